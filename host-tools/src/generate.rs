@@ -1,0 +1,156 @@
+//! `microlm generate`: stream a story from a model file.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result};
+use clap::Args;
+use microlm::tokenizer::Tokenizer;
+use microlm::{Generation, Sampler, SamplerConfig, Session, Step, Stop, Utf8Stream};
+
+use crate::load::{self, ModelFile};
+
+/// Prompt and sampling flags, shared by `generate` and `demo`.
+#[derive(Debug, Args, Clone)]
+pub struct SamplingArgs {
+    /// Prompt text (encoded with BOS and a dummy-prefix space).
+    #[arg(short = 'p', long, default_value = "")]
+    pub prompt: String,
+    /// Positions to run, prompt included (0 = the whole context).
+    #[arg(short = 'n', long = "steps", default_value_t = 256)]
+    pub steps: usize,
+    /// Temperature; 0 = greedy.
+    #[arg(short = 't', long, default_value_t = 1.0)]
+    pub temperature: f32,
+    /// Top-p (nucleus) mass in (0, 1]; 1 disables.
+    #[arg(long = "top-p", default_value_t = 0.9)]
+    pub top_p: f32,
+    /// Keep only the K most likely tokens (0 = off).
+    #[arg(long = "top-k", default_value_t = 0)]
+    pub top_k: usize,
+    /// Drop tokens below P × the top probability (0 = off).
+    #[arg(long = "min-p", default_value_t = 0.0)]
+    pub min_p: f32,
+    /// RNG seed (0 or omitted = from the clock).
+    #[arg(short = 's', long)]
+    pub seed: Option<u64>,
+    /// Context length (KV cache positions); default the model's seq_len.
+    #[arg(long)]
+    pub ctx: Option<usize>,
+}
+
+/// Arguments of `microlm generate`.
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    /// Model file (.mlm).
+    pub model: PathBuf,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+    /// Print one JSON object with ids, text and throughput as the last line.
+    #[arg(long)]
+    pub json: bool,
+    /// Skip the CRC32 check (structural checks still run).
+    #[arg(long)]
+    pub no_checksum: bool,
+}
+
+/// The result of a generation run.
+#[derive(Debug, serde::Serialize)]
+pub struct Output {
+    /// BOS followed by every next token, as llama2.c's reference lists them.
+    pub ids: Vec<u32>,
+    /// The printed text.
+    pub text: String,
+    /// Prompt tokens, BOS included.
+    pub prompt_tokens: usize,
+    /// Tokens chosen by the sampler.
+    pub generated_tokens: usize,
+    /// Forward passes per second.
+    pub tokens_per_s: f64,
+    /// Why generation ended.
+    pub stop: &'static str,
+}
+
+fn stop_name(stop: Stop) -> &'static str {
+    match stop {
+        Stop::Steps => "steps",
+        Stop::Bos => "bos",
+        Stop::Eos => "eos",
+        Stop::ContextFull => "context_full",
+    }
+}
+
+/// Encodes `prompt` with BOS as llama2.c does.
+pub fn encode_prompt(tok: &Tokenizer<'_>, prompt: &str) -> Result<Vec<u32>> {
+    let mut ids = vec![0u32; Tokenizer::encode_capacity(prompt.as_bytes())];
+    let n = tok.encode(prompt.as_bytes(), true, false, &mut ids)?;
+    ids.truncate(n);
+    Ok(ids)
+}
+
+pub fn run(args: &GenerateArgs) -> Result<()> {
+    let file = ModelFile::read(&args.model)?;
+    let model = file.parse(args.no_checksum)?;
+    let s = &args.sampling;
+    let seed = match s.seed {
+        Some(seed) if seed != 0 => seed,
+        _ => SystemTime::now().duration_since(UNIX_EPOCH).map_or(1, |d| d.as_secs().max(1)),
+    };
+    let vocab_size = model.config().vocab_size;
+    let mut sampler = Sampler::new(
+        SamplerConfig { temperature: s.temperature, top_p: s.top_p, top_k: s.top_k, min_p: s.min_p, seed },
+        vocab_size,
+    )
+    .context("invalid sampling settings")?;
+    let ctx = s.ctx.unwrap_or(model.config().seq_len);
+    let plan = model.plan(ctx)?;
+    let mut arena = load::arena(plan.total);
+    let mut session = Session::new(&model, bytemuck::cast_slice_mut(&mut arena), ctx)?;
+    let prompt = encode_prompt(model.tokenizer(), &s.prompt)?;
+    let mut generation = Generation::new(&session, &prompt, s.steps)?;
+
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    let mut utf8 = Utf8Stream::new();
+    let mut text = String::new();
+    let mut ids = vec![prompt[0]];
+    let mut generated = 0usize;
+    let start = Instant::now();
+    let stop = loop {
+        match generation.step(&mut session, &mut sampler)? {
+            Step::Token { prev, token, forced } => {
+                ids.push(token);
+                generated += usize::from(!forced);
+                let before = text.len();
+                utf8.push(model.tokenizer().decode(prev, token), |piece| text.push_str(piece));
+                // Stream the characters this token completed.
+                out.write_all(&text.as_bytes()[before..])?;
+                out.flush()?;
+            }
+            Step::Done(stop) => break stop,
+        }
+    };
+    let before = text.len();
+    utf8.finish(|piece| text.push_str(piece));
+    out.write_all(&text.as_bytes()[before..])?;
+    writeln!(out)?;
+    let elapsed = start.elapsed().as_secs_f64();
+    let tokens_per_s = if elapsed > 0.0 { generation.pos() as f64 / elapsed } else { 0.0 };
+    if stop == Stop::ContextFull {
+        eprintln!("stopped: context full ({ctx} positions)");
+    }
+    eprintln!("achieved tok/s: {tokens_per_s:.1}");
+    if args.json {
+        let o = Output {
+            ids,
+            text,
+            prompt_tokens: prompt.len(),
+            generated_tokens: generated,
+            tokens_per_s,
+            stop: stop_name(stop),
+        };
+        writeln!(out, "{}", serde_json::to_string(&o)?)?;
+    }
+    Ok(())
+}

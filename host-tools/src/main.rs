@@ -1,0 +1,72 @@
+//! `microlm`: convert, inspect and run tiny language models.
+
+mod convert;
+mod generate;
+mod inspect;
+mod llama2c;
+mod load;
+mod models;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+/// microlm: tiny language models for microcontrollers, and the host tools around them.
+#[derive(Debug, Parser)]
+#[command(name = "microlm", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Convert a llama2.c checkpoint and tokenizer into one .mlm file.
+    #[command(after_help = "Example:\n  microlm convert stories260K.bin --tokenizer tok512.bin -o stories260K.mlm")]
+    Convert(convert::ConvertArgs),
+    /// Print a model file's configuration, tensor table, tokenizer and memory plan.
+    #[command(after_help = "Example:\n  microlm inspect stories260K.mlm --ctx 256 --json")]
+    Inspect(inspect::InspectArgs),
+    /// Generate text from a model file, streaming tokens to stdout.
+    #[command(after_help = "Example:\n  microlm generate stories260K.mlm -p \"Once upon a time\" -n 128 -t 0.8 -s 42")]
+    Generate(generate::GenerateArgs),
+    /// Run the demo: find stories260K, convert it, and generate a story.
+    #[command(
+        after_help = "Example:\n  microlm demo            # models from $MICROLM_MODELS or ../shared/models\n  \
+                            microlm demo --models ~/tinyllamas -t 0"
+    )]
+    Demo(DemoArgs),
+}
+
+/// Arguments of `microlm demo`.
+#[derive(Debug, Args)]
+struct DemoArgs {
+    /// Directory holding stories260K.bin and tok512.bin (default: $MICROLM_MODELS, then ../shared/models).
+    #[arg(long)]
+    models: Option<PathBuf>,
+    #[command(flatten)]
+    sampling: generate::SamplingArgs,
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Convert(args) => convert::run(&args),
+        Command::Inspect(args) => inspect::run(&args),
+        Command::Generate(args) => generate::run(&args),
+        Command::Demo(args) => {
+            let model = models::demo_model(args.models.as_deref())?;
+            generate::run(&generate::GenerateArgs { model, sampling: args.sampling, json: false, no_checksum: false })
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,148 @@
+//! Token-at-a-time generation with llama2.c's step semantics, for a host loop
+//! or a board's main loop alike.
+
+use crate::error::{SamplerError, SessionError};
+use crate::sampler::Sampler;
+use crate::session::Session;
+
+/// Why generation ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum Stop {
+    /// The requested number of steps (positions, prompt included) was reached.
+    Steps,
+    /// The model produced BOS (llama2.c's stop condition).
+    Bos,
+    /// The model produced EOS.
+    Eos,
+    /// Every position of the KV cache is used.
+    ContextFull,
+}
+
+/// What one call to [`Generation::step`] produced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum Step {
+    /// A token to print: decode it with `Tokenizer::decode(prev, token)`.
+    Token {
+        /// The token before it.
+        prev: u32,
+        /// The new token.
+        token: u32,
+        /// True while the token comes from the prompt rather than the sampler.
+        forced: bool,
+    },
+    /// Generation is over; further calls return the same value.
+    Done(Stop),
+}
+
+/// An error during generation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum GenerateError {
+    /// The forward pass failed.
+    Session(SessionError),
+    /// The sampler failed.
+    Sampler(SamplerError),
+}
+
+impl From<SessionError> for GenerateError {
+    fn from(e: SessionError) -> Self {
+        GenerateError::Session(e)
+    }
+}
+
+impl From<SamplerError> for GenerateError {
+    fn from(e: SamplerError) -> Self {
+        GenerateError::Sampler(e)
+    }
+}
+
+impl core::fmt::Display for GenerateError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            GenerateError::Session(e) => e.fmt(f),
+            GenerateError::Sampler(e) => e.fmt(f),
+        }
+    }
+}
+
+#[cfg(feature = "std")]
+impl std::error::Error for GenerateError {}
+
+/// The generation loop as a state machine: prompt forcing, then sampling.
+#[derive(Debug)]
+pub struct Generation<'p> {
+    /// Prompt token ids, BOS first.
+    prompt: &'p [u32],
+    /// Positions to run, prompt included (llama2.c `steps`).
+    steps: usize,
+    /// Next position to run.
+    pos: usize,
+    /// Token to feed at `pos`.
+    token: u32,
+    bos: u32,
+    eos: u32,
+    done: Option<Stop>,
+}
+
+impl<'p> Generation<'p> {
+    /// Starts a generation of `steps` positions (0 means the whole context) from
+    /// `prompt` (BOS first) in `session`.
+    pub fn new(session: &Session<'_>, prompt: &'p [u32], steps: usize) -> Result<Generation<'p>, SessionError> {
+        let ctx_len = session.ctx_len();
+        let &first = prompt.first().ok_or(SessionError::EmptyPrompt)?;
+        if prompt.len() > ctx_len {
+            return Err(SessionError::PromptTooLong { tokens: prompt.len(), ctx_len });
+        }
+        let tok = session.model().tokenizer();
+        let vocab_size = tok.vocab_size();
+        if let Some(&bad) = prompt.iter().find(|&&t| t as usize >= vocab_size) {
+            return Err(SessionError::TokenOutOfRange { token: bad, vocab_size });
+        }
+        let steps = if steps == 0 { ctx_len } else { steps };
+        Ok(Generation { prompt, steps, pos: 0, token: first, bos: tok.bos_id(), eos: tok.eos_id(), done: None })
+    }
+
+    /// Positions run so far.
+    pub fn pos(&self) -> usize {
+        self.pos
+    }
+
+    /// Runs one position: returns the next token (forced from the prompt or
+    /// sampled) or why generation stopped.
+    pub fn step(&mut self, session: &mut Session<'_>, sampler: &mut Sampler) -> Result<Step, GenerateError> {
+        if let Some(stop) = self.done {
+            return Ok(Step::Done(stop));
+        }
+        if self.pos >= self.steps {
+            return Ok(self.finish(Stop::Steps));
+        }
+        if self.pos >= session.ctx_len() {
+            return Ok(self.finish(Stop::ContextFull));
+        }
+        session.forward(self.token, self.pos)?;
+        let forced = self.pos + 1 < self.prompt.len();
+        let next = match self.prompt.get(self.pos + 1) {
+            Some(&t) => t,
+            None => {
+                let (logits, scratch) = session.logits_and_scratch();
+                sampler.sample(logits, scratch)?
+            }
+        };
+        self.pos += 1;
+        if !forced && next == self.bos {
+            return Ok(self.finish(Stop::Bos));
+        }
+        if !forced && next == self.eos {
+            return Ok(self.finish(Stop::Eos));
+        }
+        let prev = core::mem::replace(&mut self.token, next);
+        Ok(Step::Token { prev, token: next, forced })
+    }
+
+    fn finish(&mut self, stop: Stop) -> Step {
+        self.done = Some(stop);
+        Step::Done(stop)
+    }
+}

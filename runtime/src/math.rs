@@ -1,0 +1,116 @@
+//! The f32 operations around the matmuls, written as llama2.c writes them and
+//! using `libm` on every target so host and device round identically.
+
+/// `out (n) = weight (n) * x (n) / sqrt(mean(x²) + eps)`.
+pub fn rmsnorm(out: &mut [f32], x: &[f32], weight: &[f32], eps: f32) {
+    let mut ss = 0.0f32;
+    for &v in x {
+        ss += v * v;
+    }
+    ss /= x.len() as f32;
+    ss += eps;
+    let scale = 1.0 / libm::sqrtf(ss);
+    for ((o, &w), &v) in out.iter_mut().zip(weight).zip(x) {
+        *o = w * (scale * v);
+    }
+}
+
+/// In-place RMSNorm (`x` is both input and output).
+pub fn rmsnorm_in_place(x: &mut [f32], weight: &[f32], eps: f32) {
+    let mut ss = 0.0f32;
+    for &v in x.iter() {
+        ss += v * v;
+    }
+    ss /= x.len() as f32;
+    ss += eps;
+    let scale = 1.0 / libm::sqrtf(ss);
+    for (v, &w) in x.iter_mut().zip(weight) {
+        *v = w * (scale * *v);
+    }
+}
+
+/// Numerically stable softmax in place: subtract the max, exponentiate, normalize.
+pub fn softmax(x: &mut [f32]) {
+    let Some(&first) = x.first() else { return };
+    let mut max = first;
+    for &v in x.iter() {
+        if v > max {
+            max = v;
+        }
+    }
+    let mut sum = 0.0f32;
+    for v in x.iter_mut() {
+        *v = libm::expf(*v - max);
+        sum += *v;
+    }
+    for v in x.iter_mut() {
+        *v /= sum;
+    }
+}
+
+/// Rotates consecutive pairs of `vec` (a multiple of `head_size` long) by
+/// position `pos`, pair i of each head at frequency `theta^(-2i/head_size)`
+/// computed with powf as llama2.c does.
+pub fn rope(vec: &mut [f32], pos: usize, head_size: usize, theta: f32) {
+    for head in vec.chunks_exact_mut(head_size) {
+        for (pair, v) in head.chunks_exact_mut(2).enumerate() {
+            let (fcr, fci) = rope_rotation(pair * 2, pos, head_size, theta);
+            let (v0, v1) = (v[0], v[1]);
+            v[0] = v0 * fcr - v1 * fci;
+            v[1] = v0 * fci + v1 * fcr;
+        }
+    }
+}
+
+/// (cos, sin) of the RoPE angle for element `head_dim` (even) at `pos`.
+#[inline]
+pub fn rope_rotation(head_dim: usize, pos: usize, head_size: usize, theta: f32) -> (f32, f32) {
+    let freq = 1.0 / libm::powf(theta, head_dim as f32 / head_size as f32);
+    let val = pos as f32 * freq;
+    (libm::cosf(val), libm::sinf(val))
+}
+
+/// SwiGLU: `gate[i] = silu(gate[i]) * up[i]`.
+pub fn swiglu(gate: &mut [f32], up: &[f32]) {
+    for (g, &u) in gate.iter_mut().zip(up) {
+        let v = *g;
+        *g = v * (1.0 / (1.0 + libm::expf(-v))) * u;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn softmax_sums_to_one_and_orders() {
+        let mut x = [1.0f32, 2.0, 3.0, -1e30];
+        softmax(&mut x);
+        assert!((x.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+        assert!(x[2] > x[1] && x[1] > x[0] && x[3] == 0.0);
+    }
+
+    #[test]
+    fn rope_at_position_zero_is_identity() {
+        let mut v = [1.0f32, 2.0, 3.0, 4.0];
+        rope(&mut v, 0, 4, 10000.0);
+        assert_eq!(v, [1.0, 2.0, 3.0, 4.0]);
+    }
+
+    #[test]
+    fn rope_preserves_pair_norms() {
+        let mut v = [3.0f32, 4.0, 1.0, 0.0];
+        rope(&mut v, 7, 4, 10000.0);
+        assert!((libm::hypotf(v[0], v[1]) - 5.0).abs() < 1e-5);
+        assert!((libm::hypotf(v[2], v[3]) - 1.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn rmsnorm_unit_weights_gives_unit_rms() {
+        let x = [1.0f32, -2.0, 3.0, -4.0];
+        let mut out = [0.0f32; 4];
+        rmsnorm(&mut out, &x, &[1.0; 4], 0.0);
+        let rms = libm::sqrtf(out.iter().map(|v| v * v).sum::<f32>() / 4.0);
+        assert!((rms - 1.0).abs() < 1e-6);
+    }
+}

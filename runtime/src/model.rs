@@ -1,0 +1,253 @@
+//! `Model::parse`: a checked, zero-copy view of a `.mlm` file.
+//!
+//! After `parse` returns `Ok`, every tensor and tokenizer accessor reads
+//! in-bounds data: each count, shape, offset and length was checked with
+//! checked arithmetic against the configuration and the file length.
+
+use crate::error::{FormatError, SessionError};
+use crate::format::{
+    canonical_tensors, read_u32, Config, DType, Header, KindDtypes, Layout, TensorEntry, TensorKind, MAGIC,
+    PREAMBLE_LEN, TRAILER_LEN, VERSION,
+};
+use crate::kernels::Matrix;
+use crate::session::Plan;
+use crate::tokenizer::Tokenizer;
+
+/// Whether `parse` verifies the file's CRC32.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum Checksum {
+    /// Compute the CRC32 of the whole file and compare (the default).
+    Verify,
+    /// Skip only the CRC (for files verified once, e.g. at flash time); every structural check still runs.
+    Skip,
+}
+
+/// A parsed model: configuration, tokenizer and weight views into the file bytes.
+#[derive(Clone, Copy, Debug)]
+pub struct Model<'a> {
+    bytes: &'a [u8],
+    name: &'a str,
+    config: Config,
+    dtypes: KindDtypes,
+    layout: Layout,
+    tokenizer: Tokenizer<'a>,
+    /// The encoded tensor table, kept for `tensors()`.
+    table: &'a [u8],
+    /// Byte length of the tokenizer section.
+    tokenizer_len: usize,
+    crc: u32,
+}
+
+impl<'a> Model<'a> {
+    /// Parses and fully checks a model file, including its CRC32.
+    pub fn parse(bytes: &'a [u8]) -> Result<Model<'a>, FormatError> {
+        Self::parse_with(bytes, Checksum::Verify)
+    }
+
+    /// Parses a model file, optionally skipping only the CRC32.
+    pub fn parse_with(bytes: &'a [u8], checksum: Checksum) -> Result<Model<'a>, FormatError> {
+        if bytes.len() < PREAMBLE_LEN + TRAILER_LEN {
+            return Err(FormatError::TooShort { len: bytes.len() });
+        }
+        if bytes[..4] != MAGIC {
+            return Err(FormatError::BadMagic);
+        }
+        let word = |at| read_u32(bytes, at).ok_or(FormatError::TooShort { len: bytes.len() });
+        let version = word(4)?;
+        if version != VERSION {
+            return Err(FormatError::UnsupportedVersion { found: version, supported: VERSION });
+        }
+        let header_len = word(8)?;
+        let flags = word(12)?;
+        if flags != 0 {
+            return Err(FormatError::UnknownFlags { flags });
+        }
+        if bytes.as_ptr().align_offset(4) != 0 {
+            return Err(FormatError::Misaligned);
+        }
+        let body_len = bytes.len() - TRAILER_LEN;
+        let stored_crc = word(body_len)?;
+        if checksum == Checksum::Verify {
+            let computed = crc32fast::hash(&bytes[..body_len]);
+            if computed != stored_crc {
+                return Err(FormatError::ChecksumMismatch { stored: stored_crc, computed });
+            }
+        }
+        let header_end = (header_len as usize)
+            .checked_add(PREAMBLE_LEN)
+            .filter(|&end| end <= body_len)
+            .ok_or(FormatError::HeaderOutOfBounds { header_len, file_len: bytes.len() })?;
+        let header_bytes = &bytes[PREAMBLE_LEN..header_end];
+
+        let (header, table): (Header<'a>, &'a [u8]) =
+            postcard::take_from_bytes(header_bytes).map_err(|_| FormatError::HeaderDecode)?;
+        let config = Config::from_header(&header)?;
+        let expected = config.tensor_count();
+        if header.tensor_count as usize != expected {
+            return Err(FormatError::TensorCount { expected: expected as u32, found: header.tensor_count });
+        }
+
+        // Tokenizer section: after the header, 4-byte aligned, before the tensors.
+        let tok = header.tokenizer;
+        let tok_start = usize::try_from(tok.offset).map_err(|_| FormatError::TokenizerOutOfBounds)?;
+        let tok_end = usize::try_from(tok.length)
+            .ok()
+            .and_then(|len| tok_start.checked_add(len))
+            .ok_or(FormatError::TokenizerOutOfBounds)?;
+        if tok_start < header_end || tok_start % 4 != 0 || tok_end > body_len {
+            return Err(FormatError::TokenizerOutOfBounds);
+        }
+        let tokenizer = Tokenizer::parse(
+            &bytes[tok_start..tok_end],
+            config.vocab_size,
+            tok.max_piece_len as usize,
+            config.bos_id,
+            config.eos_id,
+        )?;
+
+        // Per-kind dtypes come from the first entry of each kind; the table must then equal the canonical one.
+        let dtypes = Self::kind_dtypes(table, expected)?;
+        let layout = Layout::new(&config, &dtypes, tok_end).ok_or(FormatError::Overflow)?;
+        let mut rest = table;
+        for (index, canonical) in canonical_tensors(&config, &dtypes, &layout).enumerate() {
+            let index = index as u32;
+            let canonical = canonical.ok_or(FormatError::Overflow)?;
+            let (entry, tail): (TensorEntry, &[u8]) =
+                postcard::take_from_bytes(rest).map_err(|_| FormatError::HeaderDecode)?;
+            rest = tail;
+            Self::check_entry(&entry, &canonical, index, body_len)?;
+        }
+        if !rest.is_empty() {
+            return Err(FormatError::HeaderTrailingBytes);
+        }
+        if layout.end > body_len {
+            return Err(FormatError::TensorOutOfBounds { index: expected as u32 - 1 });
+        }
+
+        Ok(Model {
+            bytes,
+            name: header.name,
+            config,
+            dtypes,
+            layout,
+            tokenizer,
+            table,
+            tokenizer_len: tok_end - tok_start,
+            crc: stored_crc,
+        })
+    }
+
+    /// Reads the dtype of each kind from its first table entry; norms must be f32.
+    fn kind_dtypes(table: &[u8], count: usize) -> Result<KindDtypes, FormatError> {
+        let mut dtypes = [DType::F32; 12];
+        let mut seen = [false; 12];
+        let mut rest = table;
+        for index in 0..count {
+            let (entry, tail): (TensorEntry, &[u8]) =
+                postcard::take_from_bytes(rest).map_err(|_| FormatError::HeaderDecode)?;
+            rest = tail;
+            let k = entry.kind.index();
+            if entry.kind.is_norm() && entry.dtype != DType::F32 {
+                return Err(FormatError::TensorDtype { index: index as u32 });
+            }
+            if !seen[k] {
+                seen[k] = true;
+                dtypes[k] = entry.dtype;
+            }
+        }
+        Ok(dtypes)
+    }
+
+    /// Compares one stored entry with its canonical counterpart, naming the first difference.
+    fn check_entry(e: &TensorEntry, c: &TensorEntry, index: u32, body_len: usize) -> Result<(), FormatError> {
+        if (e.kind, e.layer) != (c.kind, c.layer) {
+            return Err(FormatError::TensorOrder { index });
+        }
+        if e.dtype != c.dtype {
+            return Err(FormatError::TensorDtype { index });
+        }
+        if (e.rows, e.cols) != (c.rows, c.cols) {
+            return Err(FormatError::TensorShape { index });
+        }
+        if e.length != c.length {
+            return Err(FormatError::TensorLength { index });
+        }
+        if e.offset != c.offset {
+            return Err(FormatError::TensorOffset { index });
+        }
+        let end = e.offset.checked_add(e.length).ok_or(FormatError::Overflow)?;
+        if end > body_len as u64 {
+            return Err(FormatError::TensorOutOfBounds { index });
+        }
+        Ok(())
+    }
+
+    /// The model's hyper-parameters.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The model name stored in the header.
+    pub fn name(&self) -> &'a str {
+        self.name
+    }
+
+    /// The tokenizer stored in the file.
+    pub fn tokenizer(&self) -> &Tokenizer<'a> {
+        &self.tokenizer
+    }
+
+    /// The dtype of tensors of `kind`.
+    pub fn dtype(&self, kind: TensorKind) -> DType {
+        self.dtypes[kind.index()]
+    }
+
+    /// Total file length in bytes.
+    pub fn file_len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// Byte length of the tokenizer section.
+    pub fn tokenizer_len(&self) -> usize {
+        self.tokenizer_len
+    }
+
+    /// The CRC32 stored in the file.
+    pub fn crc32(&self) -> u32 {
+        self.crc
+    }
+
+    /// The tensor table in file order.
+    pub fn tensors(&self) -> impl Iterator<Item = TensorEntry> + 'a {
+        let mut rest = self.table;
+        core::iter::from_fn(move || {
+            let (entry, tail) = postcard::take_from_bytes::<TensorEntry>(rest).ok()?;
+            rest = tail;
+            Some(entry)
+        })
+    }
+
+    /// A weight matrix (or a 1-row vector for norms) viewed in place.
+    pub fn matrix(&self, kind: TensorKind, layer: usize) -> Result<Matrix<'a>, SessionError> {
+        let kind =
+            if kind == TensorKind::Classifier && self.config.shared_classifier { TensorKind::Embedding } else { kind };
+        let (rows, cols) = self.config.shape(kind);
+        let dtype = self.dtypes[kind.index()];
+        let len = dtype.row_bytes(cols).and_then(|rb| rb.checked_mul(rows)).ok_or(SessionError::Internal)?;
+        let start = self.layout.offset(kind, layer).ok_or(SessionError::Internal)?;
+        let data = start.checked_add(len).and_then(|end| self.bytes.get(start..end)).ok_or(SessionError::Internal)?;
+        Ok(Matrix { dtype, rows, cols, data })
+    }
+
+    /// An f32 norm weight vector (dim) viewed in place.
+    pub fn norm(&self, kind: TensorKind, layer: usize) -> Result<&'a [f32], SessionError> {
+        let m = self.matrix(kind, layer)?;
+        bytemuck::try_cast_slice(m.data).map_err(|_| SessionError::Internal)
+    }
+
+    /// Exact arena bytes needed for a session of `ctx_len` positions.
+    pub fn plan(&self, ctx_len: usize) -> Result<Plan, SessionError> {
+        Plan::new(&self.config, ctx_len)
+    }
+}

@@ -1,0 +1,294 @@
+//! Token sampling with llama2.c's exact semantics (xorshift64* RNG, temperature,
+//! multinomial and top-p), plus top-k and min-p filters.
+
+use core::cmp::Ordering;
+
+use crate::error::SamplerError;
+use crate::math;
+
+/// A (probability, token) pair in the sampler's scratch; 8 bytes, so a plan can size it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct Candidate {
+    /// Probability after softmax.
+    pub prob: f32,
+    /// Token id.
+    pub index: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<Candidate>() == 8);
+
+/// llama2.c's xorshift64* generator.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rng {
+    state: u64,
+}
+
+impl Rng {
+    /// Seeds the generator; a zero seed would stay zero forever.
+    pub fn new(seed: u64) -> Result<Rng, SamplerError> {
+        if seed == 0 {
+            return Err(SamplerError::ZeroSeed);
+        }
+        Ok(Rng { state: seed })
+    }
+
+    /// Next 32 random bits (llama2.c `random_u32`).
+    pub fn next_u32(&mut self) -> u32 {
+        self.state ^= self.state >> 12;
+        self.state ^= self.state << 25;
+        self.state ^= self.state >> 27;
+        (self.state.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 32) as u32
+    }
+
+    /// Uniform in [0, 1) with 24 bits (llama2.c `random_f32`).
+    pub fn next_f32(&mut self) -> f32 {
+        (self.next_u32() >> 8) as f32 / 16_777_216.0
+    }
+}
+
+/// Sampling settings; the defaults are llama2.c's (`-t 1.0 -p 0.9`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct SamplerConfig {
+    /// 0 = greedy (argmax); otherwise logits are divided by it before softmax.
+    pub temperature: f32,
+    /// Nucleus mass in (0, 1]; 1 disables top-p.
+    pub top_p: f32,
+    /// Keep only the k most likely tokens; 0 disables.
+    pub top_k: usize,
+    /// Drop tokens below `min_p × max probability`; 0 disables.
+    pub min_p: f32,
+    /// RNG seed (non-zero).
+    pub seed: u64,
+}
+
+impl Default for SamplerConfig {
+    fn default() -> Self {
+        SamplerConfig { temperature: 1.0, top_p: 0.9, top_k: 0, min_p: 0.0, seed: 1 }
+    }
+}
+
+/// Picks the next token from logits.
+#[derive(Clone, Copy, Debug)]
+pub struct Sampler {
+    config: SamplerConfig,
+    rng: Rng,
+}
+
+/// Orders candidates by descending probability, then ascending id (a stable sort's order).
+fn by_prob_desc(a: &Candidate, b: &Candidate) -> Ordering {
+    b.prob.total_cmp(&a.prob).then(a.index.cmp(&b.index))
+}
+
+/// Index of the largest value; the first one wins ties (llama2.c `sample_argmax`).
+pub fn argmax(x: &[f32]) -> u32 {
+    let mut best = 0usize;
+    for (i, &v) in x.iter().enumerate().skip(1) {
+        if v > x[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+impl Sampler {
+    /// Checks the settings against a vocabulary of `vocab_size`.
+    pub fn new(config: SamplerConfig, vocab_size: usize) -> Result<Sampler, SamplerError> {
+        let t = config.temperature;
+        if !(t.is_finite() && t >= 0.0) {
+            return Err(SamplerError::Temperature);
+        }
+        if !(config.top_p > 0.0 && config.top_p <= 1.0) {
+            return Err(SamplerError::TopP);
+        }
+        if config.top_k > vocab_size {
+            return Err(SamplerError::TopK { top_k: config.top_k, vocab_size });
+        }
+        if !(0.0..=1.0).contains(&config.min_p) {
+            return Err(SamplerError::MinP);
+        }
+        Ok(Sampler { config, rng: Rng::new(config.seed)? })
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &SamplerConfig {
+        &self.config
+    }
+
+    /// Samples a token; `logits` (vocab) is overwritten with probabilities,
+    /// `scratch` needs at least `logits.len()` entries.
+    pub fn sample(&mut self, logits: &mut [f32], scratch: &mut [Candidate]) -> Result<u32, SamplerError> {
+        let n = logits.len();
+        if scratch.len() < n {
+            return Err(SamplerError::Scratch { needed: n, given: scratch.len() });
+        }
+        let c = self.config;
+        if c.temperature == 0.0 {
+            return Ok(argmax(logits));
+        }
+        for l in logits.iter_mut() {
+            *l /= c.temperature;
+        }
+        math::softmax(logits);
+        let coin = self.rng.next_f32();
+        if c.top_k == 0 && c.min_p == 0.0 {
+            if c.top_p >= 1.0 {
+                return Ok(sample_multinomial(logits, coin));
+            }
+            return Ok(sample_top_p(logits, c.top_p, scratch, coin));
+        }
+        Ok(sample_filtered(logits, &c, scratch, coin))
+    }
+}
+
+/// Inverse-CDF draw over all tokens (llama2.c `sample_mult`).
+fn sample_multinomial(probs: &[f32], coin: f32) -> u32 {
+    let mut cdf = 0.0f32;
+    for (i, &p) in probs.iter().enumerate() {
+        cdf += p;
+        if coin < cdf {
+            return i as u32;
+        }
+    }
+    probs.len().saturating_sub(1) as u32
+}
+
+/// Draws from `sorted` (descending) cut at the smallest prefix whose mass exceeds `mass`.
+fn draw_from_prefix(sorted: &[Candidate], mass: f32, coin: f32) -> u32 {
+    let mut cumulative = 0.0f32;
+    let mut last = sorted.len().saturating_sub(1);
+    for (i, c) in sorted.iter().enumerate() {
+        cumulative += c.prob;
+        if cumulative > mass {
+            last = i;
+            break;
+        }
+    }
+    let r = coin * cumulative;
+    let mut cdf = 0.0f32;
+    for c in &sorted[..=last.min(sorted.len().saturating_sub(1))] {
+        cdf += c.prob;
+        if r < cdf {
+            return c.index;
+        }
+    }
+    sorted.get(last).map_or(0, |c| c.index)
+}
+
+/// llama2.c `sample_topp`: drop tokens below (1 - p) / (n - 1), sort, cut the nucleus, draw.
+fn sample_top_p(probs: &[f32], top_p: f32, scratch: &mut [Candidate], coin: f32) -> u32 {
+    let n = probs.len();
+    if n < 2 {
+        return 0;
+    }
+    let cutoff = (1.0 - top_p) / (n - 1) as f32;
+    let kept = collect(probs, cutoff, scratch);
+    if kept.is_empty() {
+        return argmax(probs);
+    }
+    kept.sort_unstable_by(by_prob_desc);
+    draw_from_prefix(kept, top_p, coin)
+}
+
+/// Writes candidates with probability >= `cutoff` in id order; returns them.
+fn collect<'s>(probs: &[f32], cutoff: f32, scratch: &'s mut [Candidate]) -> &'s mut [Candidate] {
+    let mut n0 = 0;
+    for (i, &p) in probs.iter().enumerate() {
+        if p >= cutoff {
+            scratch[n0] = Candidate { prob: p, index: i as u32 };
+            n0 += 1;
+        }
+    }
+    &mut scratch[..n0]
+}
+
+/// min-p, then top-k, then top-p over the renormalized survivors.
+fn sample_filtered(probs: &[f32], c: &SamplerConfig, scratch: &mut [Candidate], coin: f32) -> u32 {
+    let max = probs.iter().copied().fold(0.0f32, f32::max);
+    let kept = collect(probs, c.min_p * max, scratch);
+    if kept.is_empty() {
+        return argmax(probs);
+    }
+    let k = if c.top_k == 0 { kept.len() } else { c.top_k.min(kept.len()) };
+    if k < kept.len() {
+        // Partition so the k most likely come first, then sort only those.
+        kept.select_nth_unstable_by(k - 1, by_prob_desc);
+    }
+    let kept = &mut kept[..k];
+    kept.sort_unstable_by(by_prob_desc);
+    let total: f32 = kept.iter().map(|c| c.prob).sum();
+    let mass = if c.top_p >= 1.0 { f32::INFINITY } else { c.top_p * total };
+    draw_from_prefix(kept, mass, coin)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rng_matches_llama2c_sequence() {
+        // First outputs of llama2.c's random_u32 for seed 42, computed from its C source.
+        let mut rng = Rng::new(42).unwrap();
+        let mut state: u64 = 42;
+        for _ in 0..5 {
+            state ^= state >> 12;
+            state ^= state << 25;
+            state ^= state >> 27;
+            let expect = (state.wrapping_mul(0x2545F4914F6CDD1D) >> 32) as u32;
+            assert_eq!(rng.next_u32(), expect);
+        }
+    }
+
+    #[test]
+    fn greedy_takes_first_max() {
+        let mut s = Sampler::new(SamplerConfig { temperature: 0.0, ..Default::default() }, 4).unwrap();
+        let mut logits = [0.5, 2.0, 2.0, -1.0];
+        let mut scratch = [Candidate::default(); 4];
+        assert_eq!(s.sample(&mut logits, &mut scratch), Ok(1));
+    }
+
+    #[test]
+    fn top_k_one_is_argmax() {
+        let cfg = SamplerConfig { temperature: 1.0, top_k: 1, seed: 9, ..Default::default() };
+        let mut s = Sampler::new(cfg, 5).unwrap();
+        for _ in 0..20 {
+            let mut logits = [0.1, 0.3, 3.0, 0.2, 2.9];
+            let mut scratch = [Candidate::default(); 5];
+            assert_eq!(s.sample(&mut logits, &mut scratch), Ok(2));
+        }
+    }
+
+    #[test]
+    fn min_p_excludes_unlikely_tokens() {
+        let cfg = SamplerConfig { temperature: 1.0, top_p: 1.0, min_p: 0.5, seed: 3, ..Default::default() };
+        let mut s = Sampler::new(cfg, 4).unwrap();
+        for _ in 0..200 {
+            let mut logits = [0.0, 5.0, 4.9, -3.0];
+            let mut scratch = [Candidate::default(); 4];
+            let t = s.sample(&mut logits, &mut scratch).unwrap();
+            assert!(t == 1 || t == 2, "sampled {t}");
+        }
+    }
+
+    #[test]
+    fn bad_settings_are_errors() {
+        let ok = SamplerConfig::default();
+        let bad = |c: SamplerConfig| Sampler::new(c, 10).unwrap_err();
+        assert_eq!(bad(SamplerConfig { temperature: f32::NAN, ..ok }), SamplerError::Temperature);
+        assert_eq!(bad(SamplerConfig { temperature: -1.0, ..ok }), SamplerError::Temperature);
+        assert_eq!(bad(SamplerConfig { top_p: 0.0, ..ok }), SamplerError::TopP);
+        assert_eq!(bad(SamplerConfig { top_p: 1.5, ..ok }), SamplerError::TopP);
+        assert_eq!(bad(SamplerConfig { top_k: 11, ..ok }), SamplerError::TopK { top_k: 11, vocab_size: 10 });
+        assert_eq!(bad(SamplerConfig { min_p: f32::NAN, ..ok }), SamplerError::MinP);
+        assert_eq!(bad(SamplerConfig { seed: 0, ..ok }), SamplerError::ZeroSeed);
+    }
+
+    #[test]
+    fn small_scratch_is_an_error() {
+        let mut s = Sampler::new(SamplerConfig::default(), 4).unwrap();
+        let mut logits = [0.0; 4];
+        let mut scratch = [Candidate::default(); 3];
+        assert_eq!(s.sample(&mut logits, &mut scratch), Err(SamplerError::Scratch { needed: 4, given: 3 }));
+    }
+}

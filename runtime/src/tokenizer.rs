@@ -1,0 +1,363 @@
+//! Byte-level BPE tokenizer with llama2.c semantics, read in place from the model file.
+//!
+//! Section layout (all little-endian, offsets relative to the section start):
+//!
+//! ```text
+//! 0            u32            vocab_size n
+//! 4            u32            blob length B
+//! 8            n × f32        merge scores
+//! 8+4n         (n+1) × u32    piece start offsets into the blob (last = B)
+//! 12+8n        n × u32        token ids sorted by piece bytes (built at convert time)
+//! 12+12n       B bytes        piece bytes, concatenated
+//! ```
+//!
+//! Encoding needs no heap: the caller's output slice is the merge workspace,
+//! and pair lookups compare against the two pieces without concatenating them.
+
+use core::cmp::Ordering;
+
+use crate::error::{FormatError, TokenizerError};
+use crate::format::read_u32;
+
+/// Token id of the first byte-fallback token `<0x00>`.
+pub const BYTE_TOKEN_BASE: u32 = 3;
+
+/// A validated view of the tokenizer section.
+#[derive(Clone, Copy, Debug)]
+pub struct Tokenizer<'a> {
+    /// n × f32 merge scores.
+    scores: &'a [u8],
+    /// (n+1) × u32 blob offsets.
+    offsets: &'a [u8],
+    /// n × u32 ids in piece order.
+    sorted: &'a [u8],
+    /// Concatenated piece bytes.
+    blob: &'a [u8],
+    vocab_size: usize,
+    bos_id: u32,
+    eos_id: u32,
+}
+
+/// One byte per value, so a byte token can be returned as a `&'static [u8]`.
+static BYTES: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut i = 0;
+    while i < 256 {
+        t[i] = i as u8;
+        i += 1;
+    }
+    t
+};
+
+/// Parses `<0xXX>` (upper- or lower-case hex) into its byte.
+fn byte_piece_value(piece: &[u8]) -> Option<u8> {
+    if piece.len() != 6 || &piece[..3] != b"<0x" || piece[5] != b'>' {
+        return None;
+    }
+    let hex = |c: u8| (c as char).to_digit(16);
+    Some((hex(piece[3])? * 16 + hex(piece[4])?) as u8)
+}
+
+impl<'a> Tokenizer<'a> {
+    /// Checks the section: sizes, monotonic offsets, piece lengths, and a
+    /// strictly increasing sorted index (which also proves it a permutation).
+    pub fn parse(
+        section: &'a [u8],
+        vocab_size: usize,
+        max_piece_len: usize,
+        bos_id: u32,
+        eos_id: u32,
+    ) -> Result<Tokenizer<'a>, FormatError> {
+        let bad = FormatError::TokenizerTables;
+        let n = read_u32(section, 0).ok_or(bad)? as usize;
+        let blob_len = read_u32(section, 4).ok_or(bad)? as usize;
+        if n != vocab_size {
+            return Err(bad);
+        }
+        let scores_at = 8usize;
+        let offsets_at = n.checked_mul(4).and_then(|v| v.checked_add(scores_at)).ok_or(bad)?;
+        let sorted_at = (n + 1).checked_mul(4).and_then(|v| v.checked_add(offsets_at)).ok_or(bad)?;
+        let blob_at = n.checked_mul(4).and_then(|v| v.checked_add(sorted_at)).ok_or(bad)?;
+        let end = blob_at.checked_add(blob_len).ok_or(bad)?;
+        if end != section.len() {
+            return Err(bad);
+        }
+        let t = Tokenizer {
+            scores: &section[scores_at..offsets_at],
+            offsets: &section[offsets_at..sorted_at],
+            sorted: &section[sorted_at..blob_at],
+            blob: &section[blob_at..end],
+            vocab_size: n,
+            bos_id,
+            eos_id,
+        };
+        // Offsets start at 0, never decrease, end at the blob length; pieces are 1..=max bytes.
+        if read_u32(t.offsets, 0) != Some(0) || read_u32(t.offsets, n * 4) != Some(blob_len as u32) {
+            return Err(bad);
+        }
+        for id in 0..n {
+            let start = read_u32(t.offsets, id * 4).ok_or(bad)? as usize;
+            let stop = read_u32(t.offsets, id * 4 + 4).ok_or(bad)? as usize;
+            if stop <= start || stop - start > max_piece_len || stop > blob_len {
+                return Err(FormatError::TokenizerPiece { id: id as u32 });
+            }
+        }
+        // The index must list ids whose pieces strictly increase in byte order.
+        let mut prev: Option<&[u8]> = None;
+        for pos in 0..n {
+            let index_err = FormatError::TokenizerIndex { position: pos as u32 };
+            let id = read_u32(t.sorted, pos * 4).ok_or(index_err)?;
+            let piece = t.piece(id).ok_or(index_err)?;
+            if let Some(p) = prev {
+                if p >= piece {
+                    return Err(index_err);
+                }
+            }
+            prev = Some(piece);
+        }
+        Ok(t)
+    }
+
+    /// Number of tokens.
+    pub fn vocab_size(&self) -> usize {
+        self.vocab_size
+    }
+
+    /// Beginning-of-sequence id.
+    pub fn bos_id(&self) -> u32 {
+        self.bos_id
+    }
+
+    /// End-of-sequence id.
+    pub fn eos_id(&self) -> u32 {
+        self.eos_id
+    }
+
+    /// The raw piece bytes of `id`.
+    pub fn piece(&self, id: u32) -> Option<&'a [u8]> {
+        let i = id as usize;
+        if i >= self.vocab_size {
+            return None;
+        }
+        let start = read_u32(self.offsets, i * 4)? as usize;
+        let stop = read_u32(self.offsets, i * 4 + 4)? as usize;
+        self.blob.get(start..stop)
+    }
+
+    /// The merge score of `id` (NaN for an out-of-range id, which never wins a merge).
+    pub fn score(&self, id: u32) -> f32 {
+        read_u32(self.scores, id as usize * 4).map_or(f32::NAN, f32::from_bits)
+    }
+
+    /// Binary search over the sorted index with a caller-supplied comparison of a piece to the key.
+    fn search(&self, cmp: impl Fn(&[u8]) -> Ordering) -> Option<u32> {
+        let (mut lo, mut hi) = (0usize, self.vocab_size);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            let id = read_u32(self.sorted, mid * 4)?;
+            match cmp(self.piece(id)?) {
+                Ordering::Less => lo = mid + 1,
+                Ordering::Greater => hi = mid,
+                Ordering::Equal => return Some(id),
+            }
+        }
+        None
+    }
+
+    /// The id whose piece is exactly `bytes`.
+    pub fn lookup(&self, bytes: &[u8]) -> Option<u32> {
+        self.search(|p| p.cmp(bytes))
+    }
+
+    /// The id whose piece is `a` followed by `b`, without building the concatenation.
+    pub fn lookup_pair(&self, a: &[u8], b: &[u8]) -> Option<u32> {
+        self.search(|p| {
+            let split = p.len().min(a.len());
+            match p[..split].cmp(&a[..split]) {
+                Ordering::Equal if p.len() <= a.len() => (p.len()).cmp(&(a.len() + b.len())),
+                Ordering::Equal => p[split..].cmp(b),
+                other => other,
+            }
+        })
+    }
+
+    /// Slots `encode` needs in its output slice for `text` (an upper bound on the result).
+    pub fn encode_capacity(text: &[u8]) -> usize {
+        text.len() + 3
+    }
+
+    /// Encodes `text` as llama2.c `encode` does: optional BOS, a dummy-prefix
+    /// space for non-empty text, each UTF-8 code point (bytes grouped as llama2.c
+    /// groups them) looked up whole or split into byte tokens, then repeated
+    /// merges of the best-scoring adjacent pair. Returns the token count.
+    pub fn encode(&self, text: &[u8], bos: bool, eos: bool, out: &mut [u32]) -> Result<usize, TokenizerError> {
+        // Count the tokens before merging, so capacity is checked up front.
+        let needed = self.pre_merge_count(text) + usize::from(bos) + usize::from(eos);
+        if needed > out.len() {
+            return Err(TokenizerError::OutputTooSmall { needed, given: out.len() });
+        }
+        let mut n = 0usize;
+        let mut push = |id: u32| {
+            out[n] = id;
+            n += 1;
+        };
+        if bos {
+            push(self.bos_id);
+        }
+        if !text.is_empty() {
+            push(self.space_id());
+        }
+        self.for_each_code_point(text, |bytes| match self.lookup(bytes) {
+            Some(id) => push(id),
+            None => bytes.iter().for_each(|&b| push(u32::from(b) + BYTE_TOKEN_BASE)),
+        });
+        // Merge the best pair until none is in the vocabulary (llama2.c: score > best, leftmost wins).
+        loop {
+            let mut best: Option<(f32, u32, usize)> = None;
+            for i in 0..n.saturating_sub(1) {
+                let (Some(a), Some(b)) = (self.piece(out[i]), self.piece(out[i + 1])) else {
+                    continue;
+                };
+                if let Some(id) = self.lookup_pair(a, b) {
+                    let score = self.score(id);
+                    if score > best.map_or(-1e10, |(s, _, _)| s) {
+                        best = Some((score, id, i));
+                    }
+                }
+            }
+            let Some((_, id, i)) = best else { break };
+            out[i] = id;
+            out.copy_within(i + 2..n, i + 1);
+            n -= 1;
+        }
+        if eos {
+            out[n] = self.eos_id;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// The dummy-prefix token: the piece " ", or its byte token if the vocabulary lacks it.
+    fn space_id(&self) -> u32 {
+        self.lookup(b" ").unwrap_or(u32::from(b' ') + BYTE_TOKEN_BASE)
+    }
+
+    /// Tokens produced from `text` before any merge (dummy prefix included).
+    fn pre_merge_count(&self, text: &[u8]) -> usize {
+        let mut count = usize::from(!text.is_empty());
+        self.for_each_code_point(text, |bytes| count += if self.lookup(bytes).is_some() { 1 } else { bytes.len() });
+        count
+    }
+
+    /// Groups bytes as llama2.c does: a lead byte plus up to three continuation bytes.
+    fn for_each_code_point(&self, text: &[u8], mut f: impl FnMut(&[u8])) {
+        let mut start = 0usize;
+        for i in 0..text.len() {
+            let len = i + 1 - start;
+            let next_is_cont = text.get(i + 1).is_some_and(|&c| c & 0xC0 == 0x80);
+            if next_is_cont && len < 4 {
+                continue;
+            }
+            f(&text[start..=i]);
+            start = i + 1;
+        }
+    }
+
+    /// The bytes to print for `token` following `prev`: the leading space is
+    /// dropped after BOS, and `<0xXX>` pieces become the raw byte.
+    pub fn decode(&self, prev: u32, token: u32) -> &'a [u8] {
+        let mut piece = self.piece(token).unwrap_or(&[]);
+        if prev == self.bos_id && piece.first() == Some(&b' ') {
+            piece = &piece[1..];
+        }
+        if let Some(b) = byte_piece_value(piece) {
+            let b = b as usize;
+            return &BYTES[b..b + 1];
+        }
+        piece
+    }
+}
+
+/// Reassembles UTF-8 characters split across tokens so a sink prints them whole.
+///
+/// Complete characters pass through; a sequence that cannot be valid UTF-8 is
+/// replaced by U+FFFD, so the output is always valid UTF-8. Single-byte ASCII
+/// control pieces other than white space are dropped, as llama2.c does.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Utf8Stream {
+    pending: [u8; 4],
+    len: usize,
+}
+
+const REPLACEMENT: &[u8] = "\u{FFFD}".as_bytes();
+
+/// Length of the UTF-8 sequence a lead byte starts, or 0 if it cannot start one.
+fn sequence_len(lead: u8) -> usize {
+    match lead {
+        0x00..=0x7F => 1,
+        0xC2..=0xDF => 2,
+        0xE0..=0xEF => 3,
+        0xF0..=0xF4 => 4,
+        _ => 0,
+    }
+}
+
+impl Utf8Stream {
+    /// A stream with nothing pending.
+    pub const fn new() -> Self {
+        Utf8Stream { pending: [0; 4], len: 0 }
+    }
+
+    /// Feeds the bytes of one decoded piece; `emit` receives complete UTF-8 text.
+    pub fn push(&mut self, piece: &[u8], mut emit: impl FnMut(&str)) {
+        // llama2.c's safe_printf: a lone unprintable ASCII byte is not printed.
+        if let [b] = piece {
+            if b.is_ascii_control() && !b.is_ascii_whitespace() {
+                return;
+            }
+        }
+        for &b in piece {
+            self.push_byte(b, &mut emit);
+        }
+    }
+
+    fn push_byte(&mut self, b: u8, emit: &mut impl FnMut(&str)) {
+        if self.len > 0 && b & 0xC0 != 0x80 {
+            // A new lead byte arrived before the pending character was complete.
+            self.len = 0;
+            emit_bytes(REPLACEMENT, emit);
+        }
+        if self.len == 0 {
+            match sequence_len(b) {
+                1 => return emit_bytes(&[b], emit),
+                0 => return emit_bytes(REPLACEMENT, emit),
+                _ => {}
+            }
+        }
+        self.pending[self.len] = b;
+        self.len += 1;
+        let want = sequence_len(self.pending[0]);
+        if self.len == want {
+            let bytes = self.pending;
+            self.len = 0;
+            match core::str::from_utf8(&bytes[..want]) {
+                Ok(s) => emit(s),
+                Err(_) => emit_bytes(REPLACEMENT, emit),
+            }
+        }
+    }
+
+    /// Flushes an incomplete trailing character as U+FFFD.
+    pub fn finish(&mut self, mut emit: impl FnMut(&str)) {
+        if self.len > 0 {
+            self.len = 0;
+            emit_bytes(REPLACEMENT, &mut emit);
+        }
+    }
+}
+
+fn emit_bytes(bytes: &[u8], emit: &mut impl FnMut(&str)) {
+    if let Ok(s) = core::str::from_utf8(bytes) {
+        emit(s);
+    }
+}

@@ -1,0 +1,1 @@
+//! Shared helpers for the microlm end-to-end tests.
