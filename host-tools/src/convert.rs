@@ -8,7 +8,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use microlm::format::{DType, KindDtypes, TensorKind};
 use microlm::write::{self, ModelSpec, WriteError};
 
-use crate::llama2c;
+use microlm_cli::llama2c;
 
 /// Arguments of `microlm convert`.
 #[derive(Debug, Args)]

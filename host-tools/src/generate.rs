@@ -9,7 +9,7 @@ use clap::Args;
 use microlm::tokenizer::Tokenizer;
 use microlm::{Generation, Sampler, SamplerConfig, Session, Step, Stop, Utf8Stream};
 
-use crate::load::{self, ModelFile};
+use microlm_cli::load::{self, ModelFile};
 
 /// Prompt and sampling flags, shared by `generate` and `demo`.
 #[derive(Debug, Args, Clone)]

@@ -7,7 +7,7 @@ use clap::Args;
 use microlm::format::TensorEntry;
 use serde_json::json;
 
-use crate::load::ModelFile;
+use microlm_cli::load::ModelFile;
 
 /// Arguments of `microlm inspect`.
 #[derive(Debug, Args)]

@@ -3,8 +3,6 @@
 mod convert;
 mod generate;
 mod inspect;
-mod llama2c;
-mod load;
 mod models;
 
 use std::path::PathBuf;
