@@ -1,1 +1,150 @@
-//! Shared helpers for the microlm end-to-end tests.
+//! Shared helpers for the microlm end-to-end tests: where the shared models and
+//! references are, the `microlm` binary, converted model files, and a
+//! library-level generation loop.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Mutex;
+
+use microlm::{Generation, Model, Sampler, SamplerConfig, Session, Step, Stop, Utf8Stream};
+use serde::Deserialize;
+
+pub use microlm_cli::load::{arena, ModelFile};
+
+/// The checkout root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// `../shared` beside the checkout: models, data and llama2.c references.
+pub fn shared() -> PathBuf {
+    root().join("../shared")
+}
+
+/// The cargo target directory of this test build (target/release or target/debug).
+pub fn profile_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test-binary>
+    exe.parent().and_then(Path::parent).expect("test binary lives in target/<profile>/deps").to_path_buf()
+}
+
+static BUILD: Mutex<()> = Mutex::new(());
+
+/// The `microlm` binary of this build profile, built on first use if missing.
+pub fn cli() -> PathBuf {
+    let dir = profile_dir();
+    let bin = dir.join("microlm");
+    let _guard = BUILD.lock().unwrap_or_else(|e| e.into_inner());
+    if !bin.is_file() {
+        let mut cmd = Command::new(env!("CARGO"));
+        cmd.current_dir(root()).args(["build", "-p", "microlm-cli"]);
+        if dir.file_name().is_some_and(|n| n == "release") {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().expect("run cargo build");
+        assert!(status.success(), "building microlm-cli failed");
+    }
+    bin
+}
+
+/// Runs `microlm` with `args`; returns (exit code, stdout, stderr).
+pub fn run_cli<I, S>(args: I) -> (i32, String, String)
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    let out = Command::new(cli()).args(args).output().expect("run microlm");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A scratch directory under target/ for files the tests make.
+pub fn scratch_dir(name: &str) -> PathBuf {
+    let dir = profile_dir().join("test-files").join(name);
+    std::fs::create_dir_all(&dir).expect("create scratch dir");
+    dir
+}
+
+static CONVERTED: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+/// stories260K converted with `microlm convert --dtype <dtype>`, once per test process.
+pub fn converted(dtype: &str) -> PathBuf {
+    let out = scratch_dir("models").join(format!("stories260K-{dtype}.mlm"));
+    let mut done = CONVERTED.lock().unwrap_or_else(|e| e.into_inner());
+    if !done.iter().any(|d| d == dtype) {
+        let m = shared().join("models");
+        let (code, _, err) = run_cli([
+            "convert".as_ref(),
+            m.join("stories260K.bin").as_os_str(),
+            "--tokenizer".as_ref(),
+            m.join("tok512.bin").as_os_str(),
+            "--dtype".as_ref(),
+            std::ffi::OsStr::new(dtype),
+            "-o".as_ref(),
+            out.as_os_str(),
+        ]);
+        assert_eq!(code, 0, "convert failed: {err}");
+        done.push(dtype.to_string());
+    }
+    out
+}
+
+/// One case of `reference/stories260K_generate.json`.
+#[derive(Clone, Debug, Deserialize)]
+pub struct Case {
+    pub name: String,
+    pub temperature: f32,
+    pub topp: f32,
+    pub seed: Option<u64>,
+    pub steps: usize,
+    pub prompt: String,
+    pub ids: Vec<u32>,
+    pub stdout: String,
+}
+
+#[derive(Deserialize)]
+struct Reference {
+    cases: Vec<Case>,
+}
+
+/// The five llama2.c reference generations for stories260K.
+pub fn reference_cases() -> Vec<Case> {
+    let text = std::fs::read_to_string(shared().join("reference/stories260K_generate.json"))
+        .expect("read reference/stories260K_generate.json");
+    serde_json::from_str::<Reference>(&text).expect("parse reference JSON").cases
+}
+
+/// Runs one reference case through the library API; returns (ids, text, stop).
+pub fn generate(model: &Model<'_>, case: &Case) -> (Vec<u32>, String, Stop) {
+    let ctx = model.config().seq_len;
+    let plan = model.plan(ctx).expect("plan");
+    let mut arena = arena(plan.total);
+    let mut session = Session::new(model, bytemuck::cast_slice_mut(&mut arena), ctx).expect("session");
+    let cfg = SamplerConfig {
+        temperature: case.temperature,
+        top_p: case.topp,
+        top_k: 0,
+        min_p: 0.0,
+        seed: case.seed.unwrap_or(1),
+    };
+    let mut sampler = Sampler::new(cfg, model.config().vocab_size).expect("sampler");
+    let tok = model.tokenizer();
+    let mut prompt = vec![0u32; microlm::Tokenizer::encode_capacity(case.prompt.as_bytes())];
+    let n = tok.encode(case.prompt.as_bytes(), true, false, &mut prompt).expect("encode");
+    let mut generation = Generation::new(&session, &prompt[..n], case.steps).expect("generation");
+    let mut ids = vec![prompt[0]];
+    let mut text = String::new();
+    let mut utf8 = Utf8Stream::new();
+    loop {
+        match generation.step(&mut session, &mut sampler).expect("step") {
+            Step::Token { prev, token, .. } => {
+                ids.push(token);
+                utf8.push(tok.decode(prev, token), |s| text.push_str(s));
+            }
+            Step::Done(stop) => return (ids, text, stop),
+        }
+    }
+}

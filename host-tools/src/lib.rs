@@ -1,0 +1,5 @@
+//! Host-side building blocks of the `microlm` CLI, shared with the tests:
+//! checkpoint importers and aligned model loading.
+
+pub mod llama2c;
+pub mod load;
