@@ -21,16 +21,16 @@ pub struct SamplingArgs {
     #[arg(short = 'n', long = "steps", default_value_t = 256)]
     pub steps: usize,
     /// Temperature; 0 = greedy.
-    #[arg(short = 't', long, default_value_t = 1.0)]
+    #[arg(short = 't', long, default_value_t = 1.0, allow_negative_numbers = true)]
     pub temperature: f32,
     /// Top-p (nucleus) mass in (0, 1]; 1 disables.
-    #[arg(long = "top-p", default_value_t = 0.9)]
+    #[arg(long = "top-p", default_value_t = 0.9, allow_negative_numbers = true)]
     pub top_p: f32,
     /// Keep only the K most likely tokens (0 = off).
     #[arg(long = "top-k", default_value_t = 0)]
     pub top_k: usize,
     /// Drop tokens below P × the top probability (0 = off).
-    #[arg(long = "min-p", default_value_t = 0.0)]
+    #[arg(long = "min-p", default_value_t = 0.0, allow_negative_numbers = true)]
     pub min_p: f32,
     /// RNG seed (0 or omitted = from the clock).
     #[arg(short = 's', long)]

@@ -28,14 +28,14 @@ pub fn profile_dir() -> PathBuf {
     exe.parent().and_then(Path::parent).expect("test binary lives in target/<profile>/deps").to_path_buf()
 }
 
-static BUILD: Mutex<()> = Mutex::new(());
+static BUILT: Mutex<bool> = Mutex::new(false);
 
-/// The `microlm` binary of this build profile, built on first use if missing.
+/// The `microlm` binary of this build profile, brought up to date once per test process.
 pub fn cli() -> PathBuf {
     let dir = profile_dir();
     let bin = dir.join("microlm");
-    let _guard = BUILD.lock().unwrap_or_else(|e| e.into_inner());
-    if !bin.is_file() {
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    if !*built {
         let mut cmd = Command::new(env!("CARGO"));
         cmd.current_dir(root()).args(["build", "-p", "microlm-cli"]);
         if dir.file_name().is_some_and(|n| n == "release") {
@@ -43,6 +43,7 @@ pub fn cli() -> PathBuf {
         }
         let status = cmd.status().expect("run cargo build");
         assert!(status.success(), "building microlm-cli failed");
+        *built = true;
     }
     bin
 }

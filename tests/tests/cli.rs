@@ -1,0 +1,141 @@
+//! The CLI's contract: help with examples, clear one-line errors and exit code 1
+//! for bad input, inspect's JSON.
+
+use microlm_tests::{converted, run_cli, scratch_dir, shared};
+
+#[test]
+fn every_subcommand_has_help_with_an_example() {
+    for sub in ["convert", "inspect", "generate", "demo"] {
+        let (code, out, _) = run_cli([sub, "--help"]);
+        assert_eq!(code, 0);
+        assert!(out.contains("Example:\n  microlm"), "{sub} --help lacks an example:\n{out}");
+    }
+}
+
+#[test]
+fn unknown_flag_is_a_usage_error() {
+    let (code, _, err) = run_cli(["generate", "x.mlm", "--temprature", "1"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("--temprature"), "{err}");
+}
+
+#[test]
+fn wrong_tokenizer_is_refused() {
+    let m = shared().join("models");
+    let out = scratch_dir("cli").join("wrong-tok.mlm");
+    let (code, _, err) = run_cli([
+        "convert".as_ref(),
+        m.join("stories260K.bin").as_os_str(),
+        "--tokenizer".as_ref(),
+        m.join("tokenizer.bin").as_os_str(),
+        "-o".as_ref(),
+        out.as_os_str(),
+    ]);
+    assert_eq!(code, 1);
+    assert!(err.contains("32000 tokens but the model's vocab_size is 512"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(!out.exists());
+}
+
+#[test]
+fn a_tokenizer_is_not_a_checkpoint() {
+    let m = shared().join("models");
+    let out = scratch_dir("cli").join("tok-as-model.mlm");
+    let (code, _, err) = run_cli([
+        "convert".as_ref(),
+        m.join("tok512.bin").as_os_str(),
+        "--tokenizer".as_ref(),
+        m.join("tok512.bin").as_os_str(),
+        "-o".as_ref(),
+        out.as_os_str(),
+    ]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.starts_with("error: ") && err.contains("not a usable llama2.c checkpoint"), "{err}");
+}
+
+#[test]
+fn corrupt_model_file_gives_one_clear_line() {
+    let mut bytes = std::fs::read(converted("f32")).unwrap();
+    // Flip one bit in the middle of the weights: structurally valid, checksum stale.
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x10;
+    let path = scratch_dir("cli").join("flipped.mlm");
+    std::fs::write(&path, &bytes).unwrap();
+    for sub in ["inspect", "generate"] {
+        let (code, _, err) = run_cli([sub.as_ref(), path.as_os_str()]);
+        assert_eq!(code, 1, "{sub}: {err}");
+        assert!(err.contains("checksum mismatch"), "{sub}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{sub}: {err}");
+    }
+    // --no-checksum skips only the CRC: the structure is intact, so the model runs.
+    let (code, out, err) = run_cli([
+        "generate".as_ref(),
+        path.as_os_str(),
+        "--no-checksum".as_ref(),
+        "-n".as_ref(),
+        "8".as_ref(),
+        "-t".as_ref(),
+        "0".as_ref(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(!out.trim().is_empty());
+
+    // A truncated file is a structural error even without the checksum.
+    let truncated = scratch_dir("cli").join("truncated.mlm");
+    std::fs::write(&truncated, &bytes[..bytes.len() / 3]).unwrap();
+    let (code, _, err) = run_cli(["inspect".as_ref(), truncated.as_os_str(), "--no-checksum".as_ref()]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("is not a valid model file"), "{err}");
+}
+
+#[test]
+fn bad_generation_settings_are_errors() {
+    let model = converted("f32");
+    let m = model.to_str().unwrap();
+    let cases: [(&[&str], &str); 6] = [
+        (&["-t", "-1"], "temperature"),
+        (&["--top-p", "0"], "top-p"),
+        (&["--top-p", "1.5"], "top-p"),
+        (&["--top-k", "513"], "top-k"),
+        (&["--ctx", "0"], "context length"),
+        (&["--ctx", "4", "-p", "Once upon a time there was a dragon"], "longer than the context"),
+    ];
+    for (flags, message) in cases {
+        let mut args = vec!["generate", m];
+        args.extend_from_slice(flags);
+        let (code, _, err) = run_cli(&args);
+        assert_eq!(code, 1, "{flags:?}: {err}");
+        assert!(err.contains(message), "{flags:?}: {err}");
+    }
+}
+
+#[test]
+fn inspect_reports_config_tensors_and_plan() {
+    let model = converted("f32");
+    let (code, out, err) =
+        run_cli(["inspect".as_ref(), model.as_os_str(), "--ctx".as_ref(), "128".as_ref(), "--json".as_ref()]);
+    assert_eq!(code, 0, "{err}");
+    let j: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(j["config"]["dim"], 64);
+    assert_eq!(j["config"]["n_kv_heads"], 4);
+    assert_eq!(j["tokenizer"]["vocab_size"], 512);
+    assert_eq!(j["tensors"].as_array().unwrap().len(), 47);
+    assert_eq!(j["tensors"][0]["name"], "embedding");
+    assert_eq!(j["tensors"][0]["shape"], serde_json::json!([512, 64]));
+    // ctx 128: activations (4·64 + 2·172 + 128)·4, KV 2·5·128·32·4, logits 512·4, sampler 512·8.
+    let expected = (4 * 64 + 2 * 172 + 128) * 4 + 2 * 5 * 128 * 32 * 4 + 512 * 4 + 512 * 8;
+    assert_eq!(j["arena_bytes"], expected);
+    assert_eq!(j["file_bytes"], std::fs::metadata(&model).unwrap().len());
+
+    let (code, text, _) = run_cli(["inspect".as_ref(), model.as_os_str()]);
+    assert_eq!(code, 0);
+    assert!(text.contains("layers.4.w3") && text.contains("arena_bytes"), "{text}");
+}
+
+#[test]
+fn demo_reports_missing_models_with_the_download_address() {
+    let empty = scratch_dir("cli-empty-models");
+    let (code, _, err) = run_cli(["demo".as_ref(), "--models".as_ref(), empty.as_os_str()]);
+    assert_eq!(code, 1);
+    assert!(err.contains("huggingface.co/karpathy/tinyllamas"), "{err}");
+}
