@@ -149,3 +149,4 @@ pub fn generate(model: &Model<'_>, case: &Case) -> (Vec<u32>, String, Stop) {
         }
     }
 }
+pub mod fuzz;

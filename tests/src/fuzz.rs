@@ -1,0 +1,94 @@
+//! The bodies of the fuzz targets, shared with the test suite so every input
+//! the fuzzer ever found is replayed through exactly the same checks.
+
+use std::sync::OnceLock;
+
+use microlm::write::tokenizer_section;
+use microlm::{Checksum, Model, Sampler, SamplerConfig, Session, Tokenizer, Utf8Stream};
+use microlm_cli::llama2c::{read_checkpoint, read_tokenizer};
+
+/// Any bytes through `Model::parse` (CRC skipped, so inputs reach the structural
+/// checks); an accepted model must plan, open a session, run a forward step and
+/// sample without panicking.
+pub fn parse_forward(data: &[u8]) {
+    // Hold the bytes 4-byte aligned, as flash or the CLI does.
+    let mut words = vec![0u32; data.len().div_ceil(4)];
+    bytemuck::cast_slice_mut::<u32, u8>(&mut words)[..data.len()].copy_from_slice(data);
+    let bytes = &bytemuck::cast_slice::<u32, u8>(&words)[..data.len()];
+    let Ok(model) = Model::parse_with(bytes, Checksum::Skip) else { return };
+    let ctx = model.config().seq_len.min(4);
+    let plan = model.plan(ctx).expect("an accepted model has a plan for ctx <= seq_len");
+    if plan.total > 64 << 20 {
+        return;
+    }
+    let mut arena = vec![0u32; plan.total.div_ceil(4)];
+    let mut session = Session::new(&model, bytemuck::cast_slice_mut(&mut arena), ctx).expect("planned arena");
+    let vocab = model.config().vocab_size;
+    session.forward(model.config().bos_id, 0).expect("forward at position 0");
+    let settings = SamplerConfig { top_k: 3, min_p: 0.05, ..Default::default() };
+    let mut sampler = Sampler::new(settings, vocab).expect("valid settings");
+    let (logits, scratch) = session.logits_and_scratch();
+    let token = sampler.sample(logits, scratch).expect("scratch sized by the plan");
+    assert!((token as usize) < vocab);
+    let _ = model.tokenizer().decode(model.config().bos_id, token);
+}
+
+/// (section words, section length, longest piece) of a shared vocabulary.
+fn section(index: usize) -> &'static (Vec<u32>, usize, usize) {
+    static CELLS: [OnceLock<(Vec<u32>, usize, usize)>; 2] = [OnceLock::new(), OnceLock::new()];
+    CELLS[index].get_or_init(|| {
+        let path = crate::shared().join("models").join(["tok512.bin", "tokenizer.bin"][index]);
+        let bytes = std::fs::read(&path).expect("shared tokenizer");
+        let vocab = read_tokenizer(&bytes, &path).expect("valid tokenizer");
+        let (section, max) = tokenizer_section(&vocab).expect("section");
+        let mut words = vec![0u32; section.len().div_ceil(4)];
+        bytemuck::cast_slice_mut::<u32, u8>(&mut words)[..section.len()].copy_from_slice(&section);
+        (words, section.len(), max as usize)
+    })
+}
+
+/// A selector byte (bit 0: which vocabulary, bit 1: append EOS) then text, through
+/// encode and decode: ids stay in range, decoded text is valid UTF-8, and
+/// printable UTF-8 round-trips exactly.
+pub fn tokenizer(data: &[u8]) {
+    let Some((&selector, text)) = data.split_first() else { return };
+    let (words, len, max) = section(usize::from(selector & 1));
+    let bytes = &bytemuck::cast_slice::<u32, u8>(words)[..*len];
+    let n = u32::from_le_bytes(bytes[..4].try_into().expect("4 bytes")) as usize;
+    let tok = Tokenizer::parse(bytes, n, *max, 1, 2).expect("real vocabulary parses");
+
+    let eos = selector & 2 != 0;
+    let mut ids = vec![0u32; Tokenizer::encode_capacity(text)];
+    let count = tok.encode(text, true, eos, &mut ids).expect("capacity from encode_capacity");
+    let ids = &ids[..count];
+    assert!(ids.iter().all(|&id| (id as usize) < n));
+
+    let mut out = String::new();
+    let mut utf8 = Utf8Stream::new();
+    for w in ids.windows(2) {
+        utf8.push(tok.decode(w[0], w[1]), |s| out.push_str(s));
+    }
+    utf8.finish(|s| out.push_str(s));
+    if let Ok(s) = std::str::from_utf8(text) {
+        if !eos && !s.chars().any(|c| c.is_control() && !c.is_ascii_whitespace()) {
+            assert_eq!(out, s);
+        }
+    }
+}
+
+/// Any bytes through the llama2.c checkpoint and tokenizer importers: an error
+/// or a consistent result.
+pub fn llama2c_import(data: &[u8]) {
+    if let Ok(ckpt) = read_checkpoint(data) {
+        let c = ckpt.config;
+        for kind in microlm::TensorKind::ALL {
+            let (rows, cols) = c.shape(kind);
+            if let Some(t) = ckpt.tensor(kind, 0) {
+                assert_eq!(t.len(), rows * cols);
+            }
+        }
+    }
+    if let Ok(vocab) = read_tokenizer(data, std::path::Path::new("fuzz-input")) {
+        assert_eq!(vocab.pieces.len(), vocab.scores.len());
+    }
+}
