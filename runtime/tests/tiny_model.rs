@@ -40,7 +40,8 @@ fn build(dtype: DType) -> Vec<u32> {
     let spec = ModelSpec { name: "tiny", config: config(), dtypes, vocab: &vocab };
     let bytes = write_model(&spec, |e| {
         let n = (e.rows * e.cols) as usize;
-        let values: Vec<f32> = (0..n).map(|i| ((i * 7 + e.kind.index() * 3 + e.layer as usize) % 11) as f32 / 11.0 - 0.45).collect();
+        let values: Vec<f32> =
+            (0..n).map(|i| ((i * 7 + e.kind.index() * 3 + e.layer as usize) % 11) as f32 / 11.0 - 0.45).collect();
         Ok(encode_tensor(e.dtype, &values))
     })
     .unwrap();
@@ -67,7 +68,8 @@ fn run(dtype: DType) -> Vec<u32> {
     let plan = model.plan(6).unwrap();
     let mut arena = vec![0u32; plan.total / 4];
     let mut session = Session::new(&model, bytemuck::cast_slice_mut(&mut arena), 6).unwrap();
-    let mut sampler = Sampler::new(SamplerConfig { temperature: 0.9, top_p: 0.8, seed: 5, ..Default::default() }, 267).unwrap();
+    let mut sampler =
+        Sampler::new(SamplerConfig { temperature: 0.9, top_p: 0.8, seed: 5, ..Default::default() }, 267).unwrap();
     let mut generation = Generation::new(&session, &prompt[..n], 0).unwrap();
     let mut ids = vec![1];
     while let Step::Token { token, .. } = generation.step(&mut session, &mut sampler).unwrap() {

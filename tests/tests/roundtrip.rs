@@ -59,3 +59,73 @@ fn f16_greedy_agreement_with_f32() {
     // A broken f16 path diverges within a handful of tokens; rounding alone keeps the story going.
     assert!(common >= 32, "f16 diverged from f32 after {common} ids");
 }
+
+/// Re-exports stories260K in llama2.c's version 1 layout (export.py `version1_export`).
+fn version1_export() -> Vec<u8> {
+    let ckpt = read_checkpoint(&std::fs::read(shared().join("models/stories260K.bin")).unwrap()).unwrap();
+    let c = ckpt.config;
+    let mut out = Vec::new();
+    out.extend(0x616b_3432u32.to_le_bytes());
+    out.extend(1i32.to_le_bytes());
+    for v in [c.dim, c.hidden_dim, c.n_layers, c.n_heads, c.n_kv_heads, c.vocab_size, c.seq_len] {
+        out.extend((v as i32).to_le_bytes());
+    }
+    out.push(u8::from(c.shared_classifier));
+    out.resize(256, 0);
+    let mut put = |kind: TensorKind, layers: usize| {
+        for l in 0..layers {
+            out.extend(ckpt.tensor(kind, l).unwrap().iter().flat_map(|v| v.to_le_bytes()));
+        }
+    };
+    put(TensorKind::AttnNorm, c.n_layers);
+    put(TensorKind::FfnNorm, c.n_layers);
+    put(TensorKind::FinalNorm, 1);
+    put(TensorKind::Embedding, 1);
+    for kind in
+        [TensorKind::Wq, TensorKind::Wk, TensorKind::Wv, TensorKind::Wo, TensorKind::W1, TensorKind::W2, TensorKind::W3]
+    {
+        put(kind, c.n_layers);
+    }
+    out
+}
+
+#[test]
+fn version1_checkpoint_converts_to_the_same_file() {
+    let dir = microlm_tests::scratch_dir("v1");
+    let v1 = dir.join("stories260K-v1.bin");
+    std::fs::write(&v1, version1_export()).unwrap();
+    let out = dir.join("from-v1.mlm");
+    let (code, _, err) = microlm_tests::run_cli([
+        "convert".as_ref(),
+        v1.as_os_str(),
+        "--tokenizer".as_ref(),
+        shared().join("models/tok512.bin").as_os_str(),
+        "-o".as_ref(),
+        out.as_os_str(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("version 1"), "{err}");
+    // Same tensors and tokenizer as the legacy import; only the stored name differs.
+    let a = ModelFile::read(&out).unwrap();
+    let b = ModelFile::read(&converted("f32")).unwrap();
+    let (ma, mb) = (a.parse(false).unwrap(), b.parse(false).unwrap());
+    assert_eq!(ma.config(), mb.config());
+    for (ea, eb) in ma.tensors().zip(mb.tensors()) {
+        let (ta, tb) = (ma.matrix(ea.kind, ea.layer as usize).unwrap(), mb.matrix(eb.kind, eb.layer as usize).unwrap());
+        assert_eq!(ta.data, tb.data, "{:?} layer {}", ea.kind, ea.layer);
+    }
+    // A truncated version 1 file is refused with the missing byte range.
+    let mut short = version1_export();
+    short.truncate(short.len() - 10);
+    std::fs::write(&v1, short).unwrap();
+    let (code, _, err) = microlm_tests::run_cli([
+        "convert".as_ref(),
+        v1.as_os_str(),
+        "--tokenizer".as_ref(),
+        shared().join("models/tok512.bin").as_os_str(),
+        "-o".as_ref(),
+        out.as_os_str(),
+    ]);
+    assert_eq!(code, 1);
+    assert!(err.contains("truncated"), "{err}");
+}
