@@ -172,3 +172,38 @@ fn lying_headers_get_specific_errors() {
     // ...and a later wq that disagrees with the first is named as such.
     assert_eq!(expect(&|_, e| e[11].dtype = microlm::DType::F16), Err(FormatError::TensorDtype { index: 11 }));
 }
+
+#[test]
+fn corrupt_files_through_the_cli_exit_1_with_one_line() {
+    let bytes = original();
+    let end = header_end(&bytes);
+    let dir = microlm_tests::scratch_dir("hostile-cli");
+    let mut cases: Vec<Vec<u8>> = Vec::new();
+    for cut in [0, 3, 15, 16, 40, end / 2, end, end + 100, bytes.len() / 2, bytes.len() - 5] {
+        cases.push(with_crc(bytes[..cut].to_vec()));
+    }
+    for at in (0..end).step_by(end / 24) {
+        let mut b = bytes.clone();
+        b[at..at + 4].copy_from_slice(&0xffff_ffffu32.to_le_bytes());
+        cases.push(with_crc(b));
+    }
+    let mut refused = 0;
+    for (i, case) in cases.iter().enumerate() {
+        let path = dir.join(format!("case{i}.mlm"));
+        std::fs::write(&path, case).unwrap();
+        let valid = exercise(case).is_ok();
+        for args in [vec!["inspect", "--no-checksum"], vec!["generate", "--no-checksum", "-n", "4", "-t", "0"]] {
+            let mut argv: Vec<std::ffi::OsString> = vec![args[0].into(), path.clone().into()];
+            argv.extend(args[1..].iter().map(Into::into));
+            let (code, _, err) = microlm_tests::run_cli(&argv);
+            if valid {
+                assert_eq!(code, 0, "case {i} {args:?}: {err}");
+            } else {
+                assert_eq!(code, 1, "case {i} {args:?}: {err}");
+                assert!(err.starts_with("error: ") && err.trim().lines().count() == 1, "case {i} {args:?}: {err}");
+                refused += 1;
+            }
+        }
+    }
+    assert!(refused >= 2 * 20, "only {refused} refusals");
+}

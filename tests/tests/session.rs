@@ -86,3 +86,21 @@ fn context_full_is_reported_as_a_value() {
     assert_eq!((stop, tokens), (Stop::ContextFull, 8));
     assert_eq!(generation.step(&mut session, &mut sampler).unwrap(), Step::Done(Stop::ContextFull));
 }
+
+#[test]
+fn zero_steps_means_the_whole_context() {
+    use microlm::{Sampler, SamplerConfig, Step, Stop};
+    let file = ModelFile::read(&converted("f32")).unwrap();
+    let model = file.parse(false).unwrap();
+    let plan = model.plan(5).unwrap();
+    let mut mem = arena(plan.total);
+    let mut session = Session::new(&model, bytemuck::cast_slice_mut(&mut mem), 5).unwrap();
+    let mut sampler = Sampler::new(SamplerConfig { temperature: 0.0, ..Default::default() }, 512).unwrap();
+    let mut generation = Generation::new(&session, &[1], 0).unwrap();
+    let mut tokens = 0;
+    while let Step::Token { .. } = generation.step(&mut session, &mut sampler).unwrap() {
+        tokens += 1;
+    }
+    assert_eq!(tokens, 5);
+    assert_eq!(generation.step(&mut session, &mut sampler).unwrap(), Step::Done(Stop::Steps));
+}
