@@ -97,7 +97,11 @@ fn checkout() -> PathBuf {
 /// Builds the machine's firmware in release mode and returns the ELF path.
 pub fn build_firmware(machine: &Machine) -> Result<PathBuf> {
     let dir = checkout().join(machine.board_dir);
-    ensure!(dir.join("Cargo.toml").is_file(), "board crate {} not found", dir.display());
+    ensure!(
+        dir.join("Cargo.toml").is_file(),
+        "board crate {} not found (this microlm was built outside its checkout): pass --firmware ELF",
+        dir.display()
+    );
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     // The board has its own target and runner in its .cargo/config.toml, read from its directory.
     let out = Command::new(cargo)

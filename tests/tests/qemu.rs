@@ -362,3 +362,32 @@ fn qemu_cli_builds_the_firmware() {
     let ids = last_json(&out)["ids"].as_array().unwrap().clone();
     assert_eq!(ids[..], greedy["ids"].as_array().unwrap()[..17]);
 }
+
+/// Without QEMU on PATH the CLI says how to install it.
+#[test]
+fn qemu_missing_says_how_to_install() {
+    let empty = Path::new(env!("CARGO_TARGET_TMPDIR")).join("qemu/empty-path");
+    std::fs::create_dir_all(&empty).unwrap();
+    let out = Command::new(microlm()).arg("qemu").arg(model()).env("PATH", &empty).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("apt-get install qemu-system-arm"), "{stderr}");
+}
+
+/// A run longer than --timeout is killed and reported, not waited for.
+#[test]
+fn qemu_cli_kills_a_run_past_its_timeout() {
+    let start = Instant::now();
+    // The whole 512-position context takes several seconds of QEMU time.
+    let out = Command::new(microlm())
+        .arg("qemu")
+        .arg(model())
+        .args(["-n", "0", "-t", "0", "--timeout", "1", "--firmware"])
+        .arg(firmware())
+        .output()
+        .unwrap();
+    assert!(start.elapsed() < Duration::from_secs(30));
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("did not finish within 1 s and was killed"), "{stderr}");
+}
