@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it: installs what is missing, then builds and tests.
+# The QEMU tests (tests/tests/qemu.rs) build the board firmware with cargo in a subprocess.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh

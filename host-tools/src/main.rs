@@ -4,6 +4,7 @@ mod convert;
 mod generate;
 mod inspect;
 mod models;
+mod qemu;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -29,10 +30,16 @@ enum Command {
     /// Generate text from a model file, streaming tokens to stdout.
     #[command(after_help = "Example:\n  microlm generate stories260K.mlm -p \"Once upon a time\" -n 128 -t 0.8 -s 42")]
     Generate(generate::GenerateArgs),
+    /// Run a model file on a board firmware in QEMU (default machine: mps2-an386, Cortex-M4F).
+    #[command(after_help = "Example:\n  microlm qemu stories260K.mlm -p \"Once upon a time\" -n 128 -t 0 --json\n\n\
+                      Builds boards/qemu-MACHINE with cargo (or runs --firmware ELF), loads the model with \
+                      QEMU's generic loader and passes the flags on the semihosting command line.")]
+    Qemu(qemu::QemuArgs),
     /// Run the demo: find stories260K, convert it, and generate a story.
     #[command(
         after_help = "Example:\n  microlm demo            # models from $MICROLM_MODELS or ../shared/models\n  \
-                            microlm demo --models ~/tinyllamas -t 0"
+                            microlm demo --models ~/tinyllamas -t 0\n  \
+                            microlm demo --board mps2-an386   # on the Cortex-M4F board in QEMU"
     )]
     Demo(DemoArgs),
 }
@@ -43,6 +50,9 @@ struct DemoArgs {
     /// Directory holding stories260K.bin and tok512.bin (default: $MICROLM_MODELS, then ../shared/models).
     #[arg(long)]
     models: Option<PathBuf>,
+    /// Run on this QEMU machine's firmware instead of the host (e.g. mps2-an386).
+    #[arg(long)]
+    board: Option<String>,
     #[command(flatten)]
     sampling: generate::SamplingArgs,
 }
@@ -52,9 +62,25 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Convert(args) => convert::run(&args),
         Command::Inspect(args) => inspect::run(&args),
         Command::Generate(args) => generate::run(&args),
+        Command::Qemu(args) => qemu::run(&args),
         Command::Demo(args) => {
             let model = models::demo_model(args.models.as_deref())?;
-            generate::run(&generate::GenerateArgs { model, sampling: args.sampling, json: false, no_checksum: false })
+            match args.board {
+                Some(machine) => qemu::run(&qemu::QemuArgs {
+                    model,
+                    machine,
+                    sampling: args.sampling,
+                    json: false,
+                    firmware: None,
+                    timeout: 600,
+                }),
+                None => generate::run(&generate::GenerateArgs {
+                    model,
+                    sampling: args.sampling,
+                    json: false,
+                    no_checksum: false,
+                }),
+            }
         }
     }
 }

@@ -1,0 +1,390 @@
+//! `microlm qemu`: run a model file on a board firmware in QEMU, streaming its text.
+//!
+//! The firmware (`boards/qemu-<machine>/`) reads the model from a fixed PSRAM
+//! address, where QEMU's generic loader puts the file and a length word, and
+//! its settings from the semihosting command line. It prints the text, then
+//! one `stats: ... ids=...` line, or an `error: ...` line and exits 1.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use clap::Args;
+
+use crate::generate::SamplingArgs;
+
+/// A QEMU machine with a board crate.
+#[derive(Debug)]
+pub struct Machine {
+    /// QEMU `-M` name.
+    pub name: &'static str,
+    /// Board crate directory, relative to the checkout.
+    pub board_dir: &'static str,
+    /// Where the firmware reads the model's length word (its memory.x `_model_len_word`).
+    pub len_addr: u32,
+    /// Where the firmware reads the model file (its memory.x `_model_start`).
+    pub model_addr: u32,
+    /// Bytes available for the model file at `model_addr`.
+    pub model_max: u64,
+}
+
+/// The machines `microlm qemu` knows.
+pub const MACHINES: &[Machine] = &[Machine {
+    name: "mps2-an386",
+    board_dir: "boards/qemu-mps2-an386",
+    len_addr: 0x2100_0000,
+    model_addr: 0x2100_0020,
+    model_max: (16 << 20) - 32,
+}];
+
+/// Arguments of `microlm qemu`.
+#[derive(Debug, Args)]
+pub struct QemuArgs {
+    /// Model file (.mlm).
+    pub model: PathBuf,
+    /// QEMU machine to run on (its firmware is in boards/qemu-MACHINE).
+    #[arg(long, default_value = "mps2-an386")]
+    pub machine: String,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+    /// Print one JSON object with ids, text and the firmware's figures as the last line.
+    #[arg(long)]
+    pub json: bool,
+    /// Firmware ELF to run (default: build the machine's board crate with cargo).
+    #[arg(long)]
+    pub firmware: Option<PathBuf>,
+    /// Kill QEMU after this many seconds.
+    #[arg(long, default_value_t = 600)]
+    pub timeout: u64,
+}
+
+/// What the firmware reported for a successful run.
+#[derive(Debug, serde::Serialize)]
+pub struct Output {
+    /// BOS followed by every next token, as `microlm generate --json` lists them.
+    pub ids: Vec<u32>,
+    /// The printed text.
+    pub text: String,
+    /// Prompt tokens, BOS included.
+    pub prompt_tokens: usize,
+    /// Positions run (forward passes).
+    pub tokens: usize,
+    /// Why generation ended.
+    pub stop: String,
+    /// Guest instructions per position, counted with SysTick under `-icount shift=0`.
+    pub instructions_per_token: u64,
+    /// Arena bytes the session used (`Model::plan`).
+    pub arena_bytes: usize,
+    /// Peak stack bytes, from the painted stack.
+    pub stack_peak_bytes: usize,
+}
+
+/// Finds a machine by name.
+pub fn machine(name: &str) -> Result<&'static Machine> {
+    MACHINES.iter().find(|m| m.name == name).with_context(|| {
+        let known = MACHINES.iter().map(|m| m.name).collect::<Vec<_>>().join(", ");
+        format!("unknown machine '{name}' (known: {known})")
+    })
+}
+
+/// The checkout this binary was built from (board crates live there).
+fn checkout() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Builds the machine's firmware in release mode and returns the ELF path.
+pub fn build_firmware(machine: &Machine) -> Result<PathBuf> {
+    let dir = checkout().join(machine.board_dir);
+    ensure!(
+        dir.join("Cargo.toml").is_file(),
+        "board crate {} not found (this microlm was built outside its checkout): pass --firmware ELF",
+        dir.display()
+    );
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    // The board has its own target and runner in its .cargo/config.toml, read from its directory.
+    let out = Command::new(cargo)
+        .current_dir(&dir)
+        .args(["build", "--release", "--locked", "--message-format=json-render-diagnostics"])
+        .stderr(Stdio::inherit())
+        .output()
+        .with_context(|| format!("cannot run cargo to build {}", dir.display()))?;
+    ensure!(out.status.success(), "building the firmware in {} failed", dir.display());
+    // cargo names the built ELF in its JSON messages, wherever the target directory is.
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for line in stdout.lines().rev() {
+        let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else { continue };
+        if let Some(exe) = msg.get("executable").and_then(|e| e.as_str()) {
+            return Ok(PathBuf::from(exe));
+        }
+    }
+    bail!("cargo built {} but named no executable", dir.display())
+}
+
+/// Quotes a value for the firmware's command-line parser (double quotes, backslash escapes).
+pub fn quote(value: &str) -> String {
+    let mut q = String::with_capacity(value.len() + 2);
+    q.push('"');
+    for c in value.chars() {
+        if c == '"' || c == '\\' {
+            q.push('\\');
+        }
+        q.push(c);
+    }
+    q.push('"');
+    q
+}
+
+/// Escapes a value inside a QEMU `-device`/`-semihosting-config` option (commas are doubled).
+fn qemu_opt(value: &str) -> String {
+    value.replace(',', ",,")
+}
+
+/// The firmware's command line words for these settings (argv[0] first).
+pub fn firmware_args(s: &SamplingArgs) -> Vec<String> {
+    let mut words = vec!["microlm".to_string(), "-p".into(), quote(&s.prompt), "-n".into(), s.steps.to_string()];
+    // f32 Display prints the shortest text that parses back to the same value.
+    words.extend(["-t".into(), s.temperature.to_string(), "--top-p".into(), s.top_p.to_string()]);
+    words.extend(["--top-k".into(), s.top_k.to_string(), "--min-p".into(), s.min_p.to_string()]);
+    if let Some(seed) = s.seed {
+        words.extend(["-s".into(), seed.to_string()]);
+    }
+    if let Some(ctx) = s.ctx {
+        words.extend(["--ctx".into(), ctx.to_string()]);
+    }
+    words
+}
+
+/// The QEMU command that boots `firmware` with `model` loaded and `words` as its command line.
+pub fn qemu_command(machine: &Machine, firmware: &Path, model: &Path, model_len: u64, words: &[String]) -> Command {
+    let mut semihosting = String::from("enable=on,target=native");
+    // One arg= per word keeps spaces inside the (quoted) prompt; -append would collapse them.
+    for w in words {
+        semihosting.push_str(",arg=");
+        semihosting.push_str(&qemu_opt(w));
+    }
+    let mut cmd = Command::new("qemu-system-arm");
+    cmd.args(["-M", machine.name, "-nographic", "-serial", "null", "-monitor", "none"])
+        .args(["-semihosting-config", &semihosting])
+        // 1 ns of virtual time per instruction: the firmware's SysTick counts instructions.
+        .args(["-icount", "shift=0"])
+        .arg("-device")
+        .arg(format!("loader,addr={:#x},data={model_len},data-len=4", machine.len_addr))
+        .arg("-device")
+        .arg(format!("loader,file={},addr={:#x},force-raw=on", qemu_opt(&model.to_string_lossy()), machine.model_addr))
+        .arg("-kernel")
+        .arg(firmware)
+        .stdin(Stdio::null());
+    cmd
+}
+
+/// Fails with install instructions when qemu-system-arm is not on PATH.
+pub fn check_qemu() -> Result<()> {
+    match Command::new("qemu-system-arm").arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status() {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
+            "qemu-system-arm not found: install it with 'sudo apt-get install qemu-system-arm' (or run scripts/setup.sh)"
+        ),
+        Err(e) => Err(e).context("cannot run qemu-system-arm"),
+    }
+}
+
+/// Markers of the firmware's last line.
+const MARKERS: [&[u8]; 2] = [b"stats: ", b"error: "];
+
+/// True if `line` (the start of a line) may be or become a marker line.
+fn may_be_marker(line: &[u8]) -> bool {
+    MARKERS.iter().any(|m| m.starts_with(line) || line.starts_with(m))
+}
+
+/// Copies the firmware's text to `sink` as it arrives, holding back a line that
+/// may be the final stats or error line until more output follows it.
+/// Returns everything read.
+fn stream(mut from: impl Read, mut sink: impl Write) -> std::io::Result<Vec<u8>> {
+    let mut all = Vec::new();
+    // Bytes of `all` already passed to `sink`.
+    let mut shown = 0usize;
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = from.read(&mut chunk)?;
+        if n == 0 {
+            return Ok(all);
+        }
+        all.extend_from_slice(&chunk[..n]);
+        // The last line (complete or not) may be the final stats or error line: hold it back.
+        let end = if all.ends_with(b"\n") { all.len() - 1 } else { all.len() };
+        let start = all[..end].iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+        let held_from = if may_be_marker(&all[start..end]) { start } else { all.len() };
+        if held_from > shown {
+            sink.write_all(&all[shown..held_from])?;
+            sink.flush()?;
+            shown = held_from;
+        }
+    }
+}
+
+/// Parses the firmware's stats line (without the `stats: ` prefix).
+fn parse_stats(line: &str, text: String) -> Result<Output> {
+    let mut out = Output {
+        ids: Vec::new(),
+        text,
+        prompt_tokens: 0,
+        tokens: 0,
+        stop: String::new(),
+        instructions_per_token: 0,
+        arena_bytes: 0,
+        stack_peak_bytes: 0,
+    };
+    for field in line.split_whitespace() {
+        let (key, value) = field.split_once('=').with_context(|| format!("bad stats field '{field}'"))?;
+        let bad = || format!("bad stats value {key}={value}");
+        match key {
+            "tokens" => out.tokens = value.parse().with_context(bad)?,
+            "prompt_tokens" => out.prompt_tokens = value.parse().with_context(bad)?,
+            "stop" => out.stop = value.to_string(),
+            "instructions_per_token" => out.instructions_per_token = value.parse().with_context(bad)?,
+            "arena_bytes" => out.arena_bytes = value.parse().with_context(bad)?,
+            "stack_peak_bytes" => out.stack_peak_bytes = value.parse().with_context(bad)?,
+            "ids" => {
+                out.ids = value.split(',').map(|id| id.parse()).collect::<Result<_, _>>().with_context(bad)?;
+            }
+            // Newer firmware may report more; ignore what this tool does not know.
+            _ => {}
+        }
+    }
+    ensure!(!out.ids.is_empty(), "the firmware's stats line has no ids");
+    Ok(out)
+}
+
+/// A finished QEMU run.
+#[derive(Debug)]
+pub struct Run {
+    /// QEMU's exit status.
+    pub status: ExitStatus,
+    /// Everything the firmware printed.
+    pub stdout: Vec<u8>,
+    /// QEMU's own messages.
+    pub stderr: String,
+}
+
+/// Runs `cmd`, streaming stdout to `sink`; kills QEMU after `timeout`.
+pub fn run_qemu(mut cmd: Command, timeout: Duration, sink: impl Write + Send + 'static) -> Result<Run> {
+    let mut child =
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().context("cannot start qemu-system-arm")?;
+    let stdout = child.stdout.take().context("no stdout pipe")?;
+    let mut stderr = child.stderr.take().context("no stderr pipe")?;
+    let reader = std::thread::spawn(move || stream(stdout, sink));
+    let err_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            // Best effort: the process may have exited just now.
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("QEMU did not finish within {} s and was killed", timeout.as_secs());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let stdout = reader.join().map_err(|_| anyhow::anyhow!("output reader panicked"))??;
+    let stderr = err_reader.join().unwrap_or_default();
+    Ok(Run { status, stdout, stderr })
+}
+
+/// Interprets a finished run: the stats on success, else the firmware's error line.
+pub fn outcome(run: &Run) -> Result<Output> {
+    let out = String::from_utf8_lossy(&run.stdout);
+    let last = out.trim_end_matches('\n').rsplit('\n').next().unwrap_or("");
+    if !run.status.success() {
+        if let Some(msg) = last.strip_prefix("error: ") {
+            bail!("the firmware reported: {msg}");
+        }
+        let qemu = run.stderr.trim();
+        bail!(
+            "QEMU exited with {} without a firmware error line{}",
+            run.status,
+            if qemu.is_empty() { String::new() } else { format!(": {qemu}") }
+        );
+    }
+    let stats = last.strip_prefix("stats: ").context("the firmware's output does not end with a stats line")?;
+    // The text is everything before the newline that precedes the stats line.
+    let text_end = out.trim_end_matches('\n').len() - last.len();
+    let text = out[..text_end.saturating_sub(1)].to_string();
+    parse_stats(stats, text)
+}
+
+pub fn run(args: &QemuArgs) -> Result<()> {
+    let machine = machine(&args.machine)?;
+    check_qemu()?;
+    let model_len = std::fs::metadata(&args.model)
+        .with_context(|| format!("cannot read model file {}", args.model.display()))?
+        .len();
+    ensure!(
+        model_len <= machine.model_max,
+        "{} is {model_len} bytes; {} holds at most {} bytes for the model",
+        args.model.display(),
+        machine.name,
+        machine.model_max
+    );
+    let firmware = match &args.firmware {
+        Some(path) => path.clone(),
+        None => build_firmware(machine)?,
+    };
+    let cmd = qemu_command(machine, &firmware, &args.model, model_len, &firmware_args(&args.sampling));
+    let run = run_qemu(cmd, Duration::from_secs(args.timeout), std::io::stdout())?;
+    let out = outcome(&run)?;
+    eprintln!(
+        "{}: {} tokens, {} instructions per token, arena {} bytes, stack peak {} bytes",
+        machine.name, out.tokens, out.instructions_per_token, out.arena_bytes, out.stack_peak_bytes
+    );
+    if args.json {
+        println!("{}", serde_json::to_string(&out)?);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_holds_back_only_the_final_marker_line() {
+        let input = b"Once upon a time.\nstats: in the story\nmore text\nstats: tokens=3 ids=1,2\n".as_slice();
+        let mut shown = Vec::new();
+        let all = stream(input, &mut shown).unwrap();
+        assert_eq!(all, input);
+        // With one read, the last line is held back and every earlier line shown.
+        assert_eq!(shown, b"Once upon a time.\nstats: in the story\nmore text\n".as_slice());
+    }
+
+    #[test]
+    fn quote_round_trips_through_escapes() {
+        assert_eq!(quote(r#"say "hi" \ there"#), r#""say \"hi\" \\ there""#);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn outcome_splits_text_and_stats() {
+        use std::os::unix::process::ExitStatusExt;
+        let run = Run {
+            status: ExitStatus::from_raw(0),
+            stdout: b"Hi there\nstats: tokens=2 prompt_tokens=1 stop=steps instructions_per_token=9 arena_bytes=8 \
+                      stack_peak_bytes=7 ids=1,5,6\n"
+                .to_vec(),
+            stderr: String::new(),
+        };
+        let out = outcome(&run).unwrap();
+        assert_eq!(out.text, "Hi there");
+        assert_eq!(out.ids, [1, 5, 6]);
+        assert_eq!((out.instructions_per_token, out.arena_bytes, out.stack_peak_bytes), (9, 8, 7));
+        let failed = Run { status: ExitStatus::from_raw(1 << 8), stdout: b"error: bad model\n".to_vec(), ..run };
+        assert_eq!(outcome(&failed).unwrap_err().to_string(), "the firmware reported: bad model");
+    }
+}

@@ -1,0 +1,393 @@
+//! The default board, QEMU mps2-an386 (Cortex-M4F): the firmware says exactly
+//! what llama2.c and the host say, and rejects bad input with an error exit.
+//!
+//! The firmware and the `microlm` CLI are built with cargo in a subprocess;
+//! QEMU runs are bounded (the CLI kills QEMU after `--timeout`, the direct
+//! runs here after `BOUND`). `MICROLM_BLESS=1` rewrites the golden output.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// Longest any single QEMU run may take before it counts as a hang.
+const BOUND: Duration = Duration::from_secs(120);
+
+/// The checkout root.
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn cargo() -> String {
+    std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())
+}
+
+/// The `microlm` CLI, built in release mode beside this test binary.
+fn microlm() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let status = Command::new(cargo())
+            .current_dir(root())
+            .args(["build", "--release", "--locked", "-p", "microlm-cli"])
+            .status()
+            .expect("run cargo");
+        assert!(status.success(), "building microlm-cli failed");
+        // This test runs from target/<profile>/deps/; the CLI is in target/release/.
+        let exe = std::env::current_exe().unwrap();
+        let target = exe.ancestors().nth(3).unwrap().to_path_buf();
+        let bin = target.join("release").join("microlm");
+        assert!(bin.is_file(), "{} not found after building microlm-cli", bin.display());
+        bin
+    })
+}
+
+/// The board firmware ELF, built with cargo in its own directory (own target and runner).
+fn firmware() -> &'static Path {
+    static ELF: OnceLock<PathBuf> = OnceLock::new();
+    ELF.get_or_init(|| {
+        let out = Command::new(cargo())
+            .current_dir(root().join("boards/qemu-mps2-an386"))
+            .args(["build", "--release", "--locked", "--message-format=json-render-diagnostics"])
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("run cargo");
+        assert!(out.status.success(), "building the firmware failed");
+        let exe = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find_map(|m| m.get("executable").and_then(Value::as_str).map(PathBuf::from))
+            .expect("cargo named no firmware executable");
+        exe
+    })
+}
+
+/// stories260K converted to f32 `.mlm`, once per test run.
+fn model() -> &'static Path {
+    static MODEL: OnceLock<PathBuf> = OnceLock::new();
+    MODEL.get_or_init(|| {
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("qemu");
+        std::fs::create_dir_all(&dir).unwrap();
+        let out = dir.join("stories260K.mlm");
+        let models = root().join("../shared/models");
+        let status = Command::new(microlm())
+            .arg("convert")
+            .arg(models.join("stories260K.bin"))
+            .arg("--tokenizer")
+            .arg(models.join("tok512.bin"))
+            .arg("-o")
+            .arg(&out)
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success(), "convert failed");
+        out
+    })
+}
+
+fn reference_case(name: &str) -> Value {
+    let path = root().join("../shared/reference/stories260K_generate.json");
+    let all: Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    all["cases"].as_array().unwrap().iter().find(|c| c["name"] == name).unwrap().clone()
+}
+
+/// `generate`/`qemu` flags for a reference case.
+fn case_flags(case: &Value) -> Vec<String> {
+    let mut flags = vec![
+        "-p".to_string(),
+        case["prompt"].as_str().unwrap().to_string(),
+        "-n".into(),
+        case["steps"].to_string(),
+        "-t".into(),
+        case["temperature"].to_string(),
+        "--top-p".into(),
+        case["topp"].to_string(),
+    ];
+    // The greedy cases have no seed; any seed gives the same argmax tokens.
+    flags.extend(["-s".into(), case["seed"].as_u64().unwrap_or(1).to_string()]);
+    flags
+}
+
+/// The last stdout line of a `--json` run, parsed.
+fn last_json(out: &Output) -> Value {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(stdout.trim_end().rsplit('\n').next().unwrap()).unwrap()
+}
+
+/// `microlm qemu MODEL FLAGS --json` on the prebuilt firmware.
+fn run_cli_qemu(model: &Path, flags: &[String]) -> Output {
+    let start = Instant::now();
+    let out = Command::new(microlm())
+        .arg("qemu")
+        .arg(model)
+        .args(flags)
+        .args(["--json", "--timeout", &BOUND.as_secs().to_string(), "--firmware"])
+        .arg(firmware())
+        .output()
+        .unwrap();
+    assert!(start.elapsed() < BOUND + Duration::from_secs(10), "microlm qemu overran its timeout");
+    out
+}
+
+/// Runs a reference case on the board: ids equal llama2.c's, text equals the host's.
+fn check_reference_case(name: &str) {
+    let case = reference_case(name);
+    let flags = case_flags(&case);
+    let out = run_cli_qemu(model(), &flags);
+    assert!(out.status.success(), "microlm qemu failed: {}", String::from_utf8_lossy(&out.stderr));
+    let board = last_json(&out);
+    assert_eq!(board["ids"], case["ids"], "{name}: board ids differ from llama2.c");
+
+    let host = Command::new(microlm()).arg("generate").arg(model()).args(&flags).arg("--json").output().unwrap();
+    assert!(host.status.success());
+    let host = last_json(&host);
+    assert_eq!(board["ids"], host["ids"], "{name}: board ids differ from the host's");
+    assert_eq!(board["text"], host["text"], "{name}: board text differs from the host's");
+    // The streamed text is the JSON text plus the final newline, as `generate` prints it.
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let streamed = &stdout[..stdout.trim_end_matches('\n').rfind('\n').unwrap() + 1];
+    assert_eq!(streamed, format!("{}\n", host["text"].as_str().unwrap()), "{name}: streamed text");
+    assert!(board["instructions_per_token"].as_u64().unwrap() > 0);
+    assert!(board["stack_peak_bytes"].as_u64().unwrap() > 0);
+}
+
+#[test]
+fn qemu_greedy_matches_llama2c() {
+    check_reference_case("greedy");
+}
+
+#[test]
+fn qemu_greedy_prompt_matches_llama2c() {
+    check_reference_case("greedy_prompt");
+}
+
+#[test]
+fn qemu_topp_matches_llama2c() {
+    check_reference_case("topp");
+}
+
+#[test]
+fn qemu_topp2_matches_llama2c() {
+    check_reference_case("topp2");
+}
+
+#[test]
+fn qemu_temp_matches_llama2c() {
+    check_reference_case("temp");
+}
+
+/// A prompt with quotes, a backslash, a comma and doubled spaces reaches the firmware intact.
+#[test]
+fn qemu_prompt_quoting_matches_host() {
+    let flags: Vec<String> =
+        ["-p", r#"Tom  said "hi, Sue" \ then"#, "-n", "40", "-t", "0"].iter().map(|s| s.to_string()).collect();
+    let out = run_cli_qemu(model(), &flags);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let host = Command::new(microlm()).arg("generate").arg(model()).args(&flags).arg("--json").output().unwrap();
+    let (board, host) = (last_json(&out), last_json(&host));
+    assert_eq!(board["ids"], host["ids"]);
+    assert_eq!(board["prompt_tokens"], host["prompt_tokens"]);
+}
+
+/// A finished direct QEMU run: exit code and the firmware's stdout.
+struct Direct {
+    code: Option<i32>,
+    stdout: String,
+}
+
+/// Boots the firmware as the README shows (model via the generic loader, flags
+/// via -append, which QEMU puts after the kernel file name as argv[0]), killing
+/// QEMU after `BOUND`.
+fn run_direct(model_bytes: Option<&[u8]>, append: &str) -> Direct {
+    let mut cmd = Command::new("qemu-system-arm");
+    cmd.args(["-M", "mps2-an386", "-nographic", "-serial", "null", "-monitor", "none"]).args([
+        "-semihosting-config",
+        "enable=on,target=native",
+        "-icount",
+        "shift=0",
+    ]);
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("qemu");
+    std::fs::create_dir_all(&dir).unwrap();
+    if let Some(bytes) = model_bytes {
+        // One file per content, so parallel tests do not overwrite each other's model.
+        let path = dir.join(format!("model-{:08x}-{}.mlm", crc(bytes), bytes.len()));
+        std::fs::write(&path, bytes).unwrap();
+        cmd.arg("-device").arg(format!("loader,addr=0x21000000,data={},data-len=4", bytes.len()));
+        cmd.arg("-device").arg(format!("loader,file={},addr=0x21000020,force-raw=on", path.display()));
+    }
+    cmd.arg("-kernel").arg(firmware()).args(["-append", append]);
+    let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().unwrap();
+    let mut pipe = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        pipe.read_to_string(&mut s).unwrap();
+        s
+    });
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if start.elapsed() > BOUND {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("QEMU ran longer than {BOUND:?}: the firmware hangs on '{append}'");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Direct { code: status.code(), stdout: reader.join().unwrap() }
+}
+
+/// A cheap content hash for file names.
+fn crc(bytes: &[u8]) -> u32 {
+    bytes.iter().fold(0x811c_9dc5u32, |h, &b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193))
+}
+
+fn good_model() -> Vec<u8> {
+    std::fs::read(model()).unwrap()
+}
+
+/// Asserts a run failed with exit code 1 and an error line containing `expect`.
+fn assert_error(run: &Direct, expect: &str) {
+    assert_eq!(run.code, Some(1), "expected exit code 1; output:\n{}", run.stdout);
+    let last = run.stdout.trim_end().rsplit('\n').next().unwrap();
+    assert!(
+        last.starts_with("error: ") && last.contains(expect),
+        "expected an error line with '{expect}', got: {last}"
+    );
+}
+
+#[test]
+fn qemu_corrupt_model_is_an_error_exit() {
+    let mut bytes = good_model();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x40;
+    assert_error(&run_direct(Some(&bytes), "-n 8"), "checksum mismatch");
+
+    let good = good_model();
+    assert_error(&run_direct(Some(&good[..good.len() / 2]), "-n 8"), "not a valid model file");
+    assert_error(&run_direct(Some(b"MLM\x1a not really a model file"), "-n 8"), "not a valid model file");
+    assert_error(&run_direct(None, "-n 8"), "no model loaded");
+}
+
+#[test]
+fn qemu_cli_reports_the_firmware_error() {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("qemu");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("corrupt.mlm");
+    let mut bytes = good_model();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(&path, bytes).unwrap();
+    let out = run_cli_qemu(&path, &["-n".into(), "8".into()]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("error: the firmware reported: model at 0x21000020"), "{stderr}");
+    assert!(stderr.contains("checksum mismatch"), "{stderr}");
+}
+
+#[test]
+fn qemu_bad_command_line_is_an_error_exit() {
+    let model = good_model();
+    assert_error(&run_direct(Some(&model), "--bogus 3"), "unknown flag '--bogus'");
+    assert_error(&run_direct(Some(&model), "-n"), "flag -n needs a value");
+    assert_error(&run_direct(Some(&model), "-n many"), "invalid value 'many' for -n");
+    assert_error(&run_direct(Some(&model), "-p \"unterminated"), "unterminated quote");
+    assert_error(&run_direct(Some(&model), "stray"), "unexpected argument 'stray'");
+    assert_error(&run_direct(Some(&model), "-t -1"), "invalid sampling settings");
+    assert_error(&run_direct(Some(&model), "--ctx 100000"), "context length 100000");
+    assert_error(&run_direct(Some(&model), "--arena 1000"), "arena too small: needs 665952 bytes, given 1000");
+}
+
+/// Replaces the value of `key=` in a stats line with `*`.
+fn mask(line: &str, key: &str) -> String {
+    line.split(' ')
+        .map(|f| if f.starts_with(&format!("{key}=")) { format!("{key}=*") } else { f.to_string() })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The firmware's exact output for the greedy_prompt case, as a golden file.
+/// The instruction count and stack peak depend on the compiler, so they are
+/// masked (and checked to be positive).
+#[test]
+fn qemu_golden_output() {
+    let case = reference_case("greedy_prompt");
+    let append = format!("-p \"{}\" -n {} -t 0", case["prompt"].as_str().unwrap(), case["steps"]);
+    let run = run_direct(Some(&good_model()), &append);
+    assert_eq!(run.code, Some(0), "{}", run.stdout);
+    let (text, stats) = run.stdout.trim_end().rsplit_once('\n').unwrap();
+    for key in ["instructions_per_token", "stack_peak_bytes"] {
+        let value = stats.split(' ').find_map(|f| f.strip_prefix(&format!("{key}="))).unwrap();
+        assert!(value.parse::<u64>().unwrap() > 0, "{key}={value}");
+    }
+    let actual = format!("{text}\n{}\n", mask(&mask(stats, "instructions_per_token"), "stack_peak_bytes"));
+    let golden = root().join("tests/golden/qemu_greedy_prompt.out");
+    if std::env::var_os("MICROLM_BLESS").is_some() {
+        std::fs::write(&golden, &actual).unwrap();
+    }
+    let expected = std::fs::read_to_string(&golden).expect("golden file (MICROLM_BLESS=1 writes it)");
+    assert_eq!(actual, expected, "firmware output differs from {}", golden.display());
+}
+
+/// Under -icount shift=0 the instruction count is a property of the code, not of the machine's load.
+#[test]
+fn qemu_instruction_count_is_deterministic() {
+    let model = good_model();
+    let stats = |run: Direct| {
+        assert_eq!(run.code, Some(0), "{}", run.stdout);
+        let line = run.stdout.trim_end().rsplit('\n').next().unwrap().to_string();
+        line.split(' ').find_map(|f| f.strip_prefix("instructions_per_token=")).unwrap().to_string()
+    };
+    let a = stats(run_direct(Some(&model), "-n 24 -t 0"));
+    let b = stats(run_direct(Some(&model), "-n 24 -t 0"));
+    assert_eq!(a, b);
+}
+
+/// `microlm qemu` without --firmware builds the board crate itself.
+#[test]
+fn qemu_cli_builds_the_firmware() {
+    // Build once through the helper first, so this only checks the CLI's own cargo call.
+    firmware();
+    let out = Command::new(microlm())
+        .arg("qemu")
+        .arg(model())
+        .args(["-n", "16", "-t", "0", "--json", "--timeout", "120"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let greedy = reference_case("greedy");
+    let ids = last_json(&out)["ids"].as_array().unwrap().clone();
+    assert_eq!(ids[..], greedy["ids"].as_array().unwrap()[..17]);
+}
+
+/// Without QEMU on PATH the CLI says how to install it.
+#[test]
+fn qemu_missing_says_how_to_install() {
+    let empty = Path::new(env!("CARGO_TARGET_TMPDIR")).join("qemu/empty-path");
+    std::fs::create_dir_all(&empty).unwrap();
+    let out = Command::new(microlm()).arg("qemu").arg(model()).env("PATH", &empty).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("apt-get install qemu-system-arm"), "{stderr}");
+}
+
+/// A run longer than --timeout is killed and reported, not waited for.
+#[test]
+fn qemu_cli_kills_a_run_past_its_timeout() {
+    let start = Instant::now();
+    // The whole 512-position context takes several seconds of QEMU time.
+    let out = Command::new(microlm())
+        .arg("qemu")
+        .arg(model())
+        .args(["-n", "0", "-t", "0", "--timeout", "1", "--firmware"])
+        .arg(firmware())
+        .output()
+        .unwrap();
+    assert!(start.elapsed() < Duration::from_secs(30));
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("did not finish within 1 s and was killed"), "{stderr}");
+}
