@@ -100,7 +100,7 @@ fn search_scale(x: &[f32], w: &[f32; QK], lo: i32, hi: i32) -> (f32, [i32; QK]) 
     // Round-to-nearest first, so the search never does worse than it.
     let rtn = if lo == -8 { max / -8.0 } else { amax / hi as f32 };
     let mut best = levels_for(x, w, rtn, lo, hi);
-    let mut try_scale = |d0: f32, best: &mut (f32, [i32; QK], f32)| {
+    let try_scale = |d0: f32, best: &mut (f32, [i32; QK], f32)| {
         let mut cand = levels_for(x, w, d0, lo, hi);
         for _ in 0..3 {
             if cand.2 < best.2 {

@@ -112,6 +112,11 @@ pub fn encode_tensor(dtype: DType, values: &[f32]) -> Vec<u8> {
     }
 }
 
+/// Little-endian binary16 bytes of `v` (round to nearest even), as block scales store it.
+pub fn f16_bytes(v: f32) -> [u8; 2] {
+    f16::from_f32(v).to_le_bytes()
+}
+
 /// Decodes `dtype` bytes of a (rows, cols) tensor back to f32.
 pub fn decode_tensor(dtype: DType, rows: usize, cols: usize, bytes: &[u8]) -> Vec<f32> {
     let mut out = vec![0.0f32; rows * cols];
