@@ -57,7 +57,8 @@ impl Plan {
         // The classifier reads the embedding's dtype when shared; norms are never matmuls.
         let quantized = TensorKind::ALL
             .into_iter()
-            .filter(|k| !k.is_norm() && !(*k == TensorKind::Classifier && cfg.shared_classifier))
+            .filter(|&k| !k.is_norm())
+            .filter(|&k| k != TensorKind::Classifier || !cfg.shared_classifier)
             .any(|k| dtypes[k.index()].is_quantized());
         let act_quant = if quantized {
             crate::kernels::act_scratch_bytes(cfg.dim.max(cfg.hidden_dim)).ok_or(overflow)?

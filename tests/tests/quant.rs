@@ -225,7 +225,7 @@ fn convert_q8_0_meets_its_targets_on_a_slice() {
     let top1 = j["top1_agreement"].as_f64().unwrap();
     // Loose bounds (the full-text figures are +0.1% and 0.0009): a broken kernel fails all of them.
     assert!(ppl > 1.0 && ppl < ref_ppl * 1.02, "q8_0 perplexity {ppl} vs f32 {ref_ppl}");
-    assert!(kl >= 0.0 && kl < 0.005, "KL {kl}");
+    assert!((0.0..0.005).contains(&kl), "KL {kl}");
     assert!(top1 > 95.0, "top-1 agreement {top1}");
     assert!(j["greedy_common_prefix"].as_u64().unwrap() >= 16, "{j}");
 }
