@@ -1,34 +1,32 @@
-//! `microlm convert`: llama2.c checkpoint + tokenizer → `.mlm`.
+//! `microlm convert`: llama2.c checkpoint + tokenizer → `.mlm`, with per-kind dtypes.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{ensure, Context, Result};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use microlm::format::{DType, KindDtypes, TensorKind};
+use microlm::format::{DType, TensorEntry};
 use microlm::write::{self, ModelSpec, WriteError};
 
 use microlm_cli::llama2c;
+use microlm_cli::load::ModelFile;
+
+use crate::quantize::{self, QuantArgs};
 
 /// Arguments of `microlm convert`.
 #[derive(Debug, Args)]
 pub struct ConvertArgs {
-    /// llama2.c checkpoint (legacy or version 1 float export).
+    /// llama2.c checkpoint (legacy, version 1 float or version 2 int8 export).
     pub input: PathBuf,
     /// llama2.c tokenizer.bin whose size matches the model's vocab_size.
     #[arg(long)]
     pub tokenizer: PathBuf,
-    /// Storage type for the weight matrices (norms stay f32).
-    #[arg(long, default_value = "f32", value_parser = parse_dtype)]
-    pub dtype: DType,
+    /// Weight dtypes and calibration (default dtype: f32, or q8_0 for version 2 checkpoints).
+    #[command(flatten)]
+    pub quant: QuantArgs,
     /// Output .mlm file.
     #[arg(short = 'o', long = "output")]
     pub output: PathBuf,
-}
-
-/// Parses a dtype name for clap.
-pub fn parse_dtype(s: &str) -> Result<DType, String> {
-    DType::from_name(s).ok_or_else(|| format!("unknown dtype '{s}' (expected f32 or f16)"))
 }
 
 /// Files above this size get a progress bar.
@@ -50,25 +48,21 @@ pub fn run(args: &ConvertArgs) -> Result<()> {
         ckpt.config.vocab_size
     );
 
-    let mut dtypes: KindDtypes = [args.dtype; 12];
-    for kind in TensorKind::ALL.into_iter().filter(|k| k.is_norm()) {
-        dtypes[kind.index()] = DType::F32;
-    }
+    // First the f32 model (the reference every quantized tensor is measured against) ...
     let name = write::model_name(&args.input.to_string_lossy());
-    let spec = ModelSpec { name: &name, config: ckpt.config, dtypes, vocab: &vocab };
-
+    let spec = ModelSpec { name: &name, config: ckpt.config, dtypes: [DType::F32; 12], vocab: &vocab };
     let progress = if bytes.len() as u64 > PROGRESS_THRESHOLD {
         let bar = ProgressBar::new(ckpt.config.tensor_count() as u64);
         bar.set_style(
             ProgressStyle::with_template("{msg:>12} [{bar:40}] {pos}/{len} tensors")
                 .unwrap_or_else(|_| ProgressStyle::default_bar()),
         );
-        bar.set_message("encoding");
+        bar.set_message("reading");
         bar
     } else {
         ProgressBar::hidden()
     };
-    let out = write::write_model(&spec, |entry| {
+    let f32_file = write::write_model(&spec, |entry| {
         progress.inc(1);
         let values = ckpt.tensor(entry.kind, entry.layer as usize).ok_or(WriteError::TensorSize {
             kind: entry.kind.name(),
@@ -80,18 +74,58 @@ pub fn run(args: &ConvertArgs) -> Result<()> {
     })
     .context("cannot build the model file")?;
     progress.finish_and_clear();
+    let f32_file = ModelFile::from_bytes(&f32_file);
+    let source = f32_file.parse(false).context("the converted f32 model does not parse")?;
+
+    // ... then the requested dtypes, calibrated when asked.
+    let base = args.quant.dtype.unwrap_or(if ckpt.version == 2 { DType::Q8_0 } else { DType::F32 });
+    let dtypes = quantize::kind_dtypes(base, &args.quant, ckpt.config.shared_classifier)?;
+    let importance = quantize::importance_for(&source, &args.quant, &dtypes)?;
+    let passthrough = |entry: &TensorEntry, _: &[f32]| int8_as_q8_0(&ckpt, entry);
+    let (out, report) = quantize::requantize(&source, &name, dtypes, importance.as_ref(), &passthrough)?;
 
     write_file(&args.output, &out)?;
+    quantize::print_report(&args.output, out.len(), &report, args.quant.json)?;
     eprintln!(
         "wrote {} ({} bytes, {} weights, {} tensors, vocab {}) from llama2.c version {} checkpoint",
         args.output.display(),
         out.len(),
-        args.dtype.name(),
+        base.name(),
         ckpt.config.tensor_count(),
         vocab.pieces.len(),
         ckpt.version
     );
     Ok(())
+}
+
+/// A version 2 (int8) tensor stored as q8_0 without re-rounding its values:
+/// possible when every 32-value block of every row lies inside one scale group
+/// (group size a multiple of 32 and rows a multiple of 32 long). Each block
+/// takes its group's scale (as f16) and the int8 values unchanged. `None`
+/// otherwise: the caller dequantizes and re-quantizes.
+fn int8_as_q8_0(ckpt: &llama2c::Checkpoint, entry: &TensorEntry) -> Option<Vec<u8>> {
+    use microlm::kernels::{q8_0, QK};
+    if entry.dtype != DType::Q8_0 {
+        return None;
+    }
+    let t = ckpt.int8(entry.kind, entry.layer as usize)?;
+    let cols = entry.cols as usize;
+    if t.group_size % QK != 0 || cols % QK != 0 {
+        return None;
+    }
+    let mut out = vec![0u8; t.q.len() / QK * q8_0::BLOCK_BYTES];
+    for (b, (qs, block)) in t.q.chunks_exact(QK).zip(out.chunks_exact_mut(q8_0::BLOCK_BYTES)).enumerate() {
+        let scale = *t.scales.get(b * QK / t.group_size)?;
+        let mut blk = q8_0::BlockQ8_0 { d: half_bytes(scale), qs: [0; QK] };
+        blk.qs.copy_from_slice(qs);
+        blk.write(block);
+    }
+    Some(out)
+}
+
+/// f16 little-endian bytes of `v`.
+fn half_bytes(v: f32) -> [u8; 2] {
+    microlm::write::f16_bytes(v)
 }
 
 /// Writes atomically: a temporary file renamed over the target.

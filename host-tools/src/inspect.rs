@@ -71,7 +71,7 @@ pub fn run(args: &InspectArgs) -> Result<()> {
             })).collect::<Vec<_>>(),
             "plan": {
                 "ctx_len": plan.ctx_len, "activations": plan.activations, "kv_cache": plan.kv_cache,
-                "logits": plan.logits, "sampler": plan.sampler, "arena_bytes": plan.total,
+                "logits": plan.logits, "sampler": plan.sampler, "act_quant": plan.act_quant, "arena_bytes": plan.total,
             },
             "arena_bytes": plan.total,
         });
@@ -109,6 +109,7 @@ pub fn run(args: &InspectArgs) -> Result<()> {
     println!("  kv cache    {:>10} bytes", plan.kv_cache);
     println!("  logits      {:>10} bytes", plan.logits);
     println!("  sampler     {:>10} bytes", plan.sampler);
+    println!("  act quant   {:>10} bytes", plan.act_quant);
     println!("  arena_bytes {:>10} bytes", plan.total);
     Ok(())
 }

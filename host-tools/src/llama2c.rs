@@ -1,5 +1,5 @@
-//! Importers for llama2.c checkpoints (legacy version 0 and version 1 float
-//! exports) and its `tokenizer.bin` vocabulary format.
+//! Importers for llama2.c checkpoints (legacy version 0, version 1 float and
+//! version 2 int8 exports) and its `tokenizer.bin` vocabulary format.
 
 use std::path::Path;
 
@@ -20,9 +20,37 @@ pub struct Checkpoint {
     /// Format version found in the file (0 = legacy).
     pub version: u32,
     tensors: Vec<(TensorKind, usize, Vec<f32>)>,
+    /// Version 2 only: the int8 values and group scales each weight matrix was stored as.
+    int8: Vec<(TensorKind, usize, Int8Tensor)>,
+}
+
+/// A tensor as llama2.c `runq.c` stores it: int8 values, one f32 scale per
+/// group of `group_size` consecutive values of the flattened tensor.
+#[derive(Debug)]
+pub struct Int8Tensor {
+    /// Quantized values (rows × cols, row-major).
+    pub q: Vec<i8>,
+    /// Scales, one per group: value i = q[i] × scales[i / group_size].
+    pub scales: Vec<f32>,
+    /// Values per group.
+    pub group_size: usize,
+}
+
+impl Int8Tensor {
+    /// The f32 values the file stands for.
+    pub fn dequantize(&self) -> Vec<f32> {
+        self.q.iter().enumerate().map(|(i, &q)| f32::from(q) * self.scales[i / self.group_size]).collect()
+    }
 }
 
 impl Checkpoint {
+    /// For version 2 files: tensor `kind` in `layer` as stored (int8 + group scales).
+    pub fn int8(&self, kind: TensorKind, layer: usize) -> Option<&Int8Tensor> {
+        let kind =
+            if kind == TensorKind::Classifier && self.config.shared_classifier { TensorKind::Embedding } else { kind };
+        self.int8.iter().find(|(k, l, _)| *k == kind && *l == layer).map(|(_, _, t)| t)
+    }
+
     /// The f32 values of tensor `kind` in `layer` (layer 0 outside the layers).
     pub fn tensor(&self, kind: TensorKind, layer: usize) -> Option<&[f32]> {
         let kind =
@@ -93,24 +121,89 @@ impl Floats<'_> {
         self.at = end;
         Ok(b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
     }
+
+    /// `n` int8 values followed by `n / group_size` f32 scales (llama2.c `quantize_q80` output).
+    fn take_int8(&mut self, n: usize, group_size: usize, what: &str) -> Result<Int8Tensor> {
+        ensure!(
+            n % group_size == 0,
+            "version 2 checkpoint: {what} has {n} values, not a multiple of the group size {group_size}"
+        );
+        let end = self.at.checked_add(n).context("tensor size overflows")?;
+        let Some(b) = self.bytes.get(self.at..end) else {
+            bail!("checkpoint is truncated: {what} needs bytes {}..{end}, the file has {}", self.at, self.bytes.len());
+        };
+        let q = b.iter().map(|&v| v as i8).collect();
+        self.at = end;
+        let scales = self.take(n / group_size, what)?;
+        if let Some(bad) = scales.iter().position(|s| !s.is_finite()) {
+            bail!("version 2 checkpoint: {what} has a non-finite scale at group {bad}");
+        }
+        Ok(Int8Tensor { q, scales, group_size })
+    }
 }
 
-/// Parses a llama2.c float checkpoint (legacy or version 1).
+/// Parses the rest of a version 2 (int8, `runq.c`) export after its header:
+/// f32 norms (all attention norms, all FFN norms, the final norm), then each
+/// weight matrix as int8 values followed by its f32 group scales, in the order
+/// embedding, wq, wk, wv, wo, w1, w2, w3 (each over all layers), classifier.
+fn read_version2(c: &Config, group_size: usize, r: &mut Floats<'_>) -> Result<Checkpoint> {
+    let mut tensors = Vec::new();
+    let mut int8 = Vec::new();
+    for kind in [TensorKind::AttnNorm, TensorKind::FfnNorm] {
+        for l in 0..c.n_layers {
+            tensors.push((kind, l, r.take(c.dim, kind.name())?));
+        }
+    }
+    tensors.push((TensorKind::FinalNorm, 0, r.take(c.dim, "norm")?));
+    let mut quantized = |kind: TensorKind, layer: usize, r: &mut Floats<'_>| -> Result<()> {
+        let (rows, cols) = c.shape(kind);
+        let t = r.take_int8(rows * cols, group_size, kind.name())?;
+        tensors.push((kind, layer, t.dequantize()));
+        int8.push((kind, layer, t));
+        Ok(())
+    };
+    quantized(TensorKind::Embedding, 0, r)?;
+    for kind in
+        [TensorKind::Wq, TensorKind::Wk, TensorKind::Wv, TensorKind::Wo, TensorKind::W1, TensorKind::W2, TensorKind::W3]
+    {
+        for l in 0..c.n_layers {
+            quantized(kind, l, r)?;
+        }
+    }
+    if !c.shared_classifier {
+        quantized(TensorKind::Classifier, 0, r)?;
+    }
+    Ok(Checkpoint { config: *c, version: 2, tensors, int8 })
+}
+
+/// Parses a llama2.c checkpoint: legacy, version 1 (f32) or version 2 (int8, `runq.c`).
+///
+/// Version 2 header: magic, i32 version = 2, 7 × i32 dims, u8 shared_classifier,
+/// i32 group_size, zero padding to 256 bytes.
 pub fn read_checkpoint(bytes: &[u8]) -> Result<Checkpoint> {
     ensure!(bytes.len() >= 28, "file is {} bytes, too short to be a llama2.c checkpoint", bytes.len());
     let magic = u32::from_le_bytes(bytes[..4].try_into()?);
     let (config, version, mut r) = if magic == MAGIC {
         let version = i32_at(bytes, 4)?;
-        match version {
-            1 => {}
-            2 => bail!("llama2.c version 2 (int8) checkpoints are not supported yet; export a float (version 1) file"),
-            v => bail!("unknown llama2.c checkpoint version {v}"),
-        }
+        ensure!(version == 1 || version == 2, "unknown llama2.c checkpoint version {version}");
         let dims = read_dims(bytes, 8)?;
         ensure!(dims[5] > 0, "llama2.c header: vocab_size {} must be positive", dims[5]);
         let shared = *bytes.get(36).context("file too short for its header")? != 0;
-        ensure!(bytes.len() >= VERSIONED_HEADER, "file too short for a version 1 header");
-        (config_from(dims, shared)?, 1, Floats { bytes, at: VERSIONED_HEADER })
+        ensure!(bytes.len() >= VERSIONED_HEADER, "file too short for a version {version} header");
+        let config = config_from(dims, shared)?;
+        let mut r = Floats { bytes, at: VERSIONED_HEADER };
+        if version == 2 {
+            let gs = i32_at(bytes, 37)?;
+            ensure!(gs > 0 && gs <= 1 << 20, "version 2 checkpoint: group size {gs} is out of range");
+            let ckpt = read_version2(&config, gs as usize, &mut r)?;
+            ensure!(
+                r.at == bytes.len(),
+                "checkpoint has {} bytes after the last tensor: the header does not describe this file",
+                bytes.len() as i64 - r.at as i64
+            );
+            return Ok(ckpt);
+        }
+        (config, 1, r)
     } else {
         // Legacy: a negative vocab_size means a separate classifier follows.
         let dims = read_dims(bytes, 0)?;
@@ -157,7 +250,7 @@ pub fn read_checkpoint(bytes: &[u8]) -> Result<Checkpoint> {
          kv_dim {kv_dim}, vocab {vocab}) does not describe this file",
         bytes.len() - r.at
     );
-    Ok(Checkpoint { config, version, tensors })
+    Ok(Checkpoint { config, version, tensors, int8: Vec::new() })
 }
 
 /// Parses llama2.c's `tokenizer.bin`: i32 max_token_length, then per token f32 score, i32 length, bytes.

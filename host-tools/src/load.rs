@@ -23,6 +23,13 @@ impl ModelFile {
         Ok(ModelFile { path: path.to_path_buf(), words, len: data.len() })
     }
 
+    /// Copies bytes already in memory (e.g. a file just built) into aligned storage.
+    pub fn from_bytes(data: &[u8]) -> ModelFile {
+        let mut words = vec![0u32; data.len().div_ceil(4)];
+        bytemuck::cast_slice_mut::<u32, u8>(&mut words)[..data.len()].copy_from_slice(data);
+        ModelFile { path: PathBuf::from("<memory>"), words, len: data.len() }
+    }
+
     /// The file bytes (4-byte aligned).
     pub fn bytes(&self) -> &[u8] {
         &bytemuck::cast_slice::<u32, u8>(&self.words)[..self.len]

@@ -1,10 +1,13 @@
 //! `microlm`: convert, inspect and run tiny language models.
 
+mod calibrate;
 mod convert;
+mod eval;
 mod generate;
 mod inspect;
 mod models;
 mod qemu;
+mod quantize;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -24,6 +27,14 @@ enum Command {
     /// Convert a llama2.c checkpoint and tokenizer into one .mlm file.
     #[command(after_help = "Example:\n  microlm convert stories260K.bin --tokenizer tok512.bin -o stories260K.mlm")]
     Convert(convert::ConvertArgs),
+    /// Re-encode an f32/f16 model file with quantized weights (q8_0, q4_0), optionally calibrated.
+    #[command(
+        after_help = "Example:\n  microlm quantize stories260K.mlm --dtype q4_0 --tensor-dtype embedding=q8_0 -o s-q4.mlm"
+    )]
+    Quantize(quantize::QuantizeArgs),
+    /// Perplexity on text, and KL divergence / agreement against a reference model.
+    #[command(after_help = "Example:\n  microlm eval s-q8.mlm --text stories.txt --reference stories260K.mlm --json")]
+    Eval(eval::EvalArgs),
     /// Print a model file's configuration, tensor table, tokenizer and memory plan.
     #[command(after_help = "Example:\n  microlm inspect stories260K.mlm --ctx 256 --json")]
     Inspect(inspect::InspectArgs),
@@ -61,6 +72,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Convert(args) => convert::run(&args),
         Command::Inspect(args) => inspect::run(&args),
+        Command::Quantize(args) => quantize::run(&args),
+        Command::Eval(args) => eval::run(&args),
         Command::Generate(args) => generate::run(&args),
         Command::Qemu(args) => qemu::run(&args),
         Command::Demo(args) => {

@@ -39,7 +39,7 @@ pub fn demo_model(explicit: Option<&Path>) -> Result<PathBuf> {
     crate::convert::run(&crate::convert::ConvertArgs {
         input: dir.join("stories260K.bin"),
         tokenizer: dir.join("tok512.bin"),
-        dtype: microlm::DType::F32,
+        quant: Default::default(),
         output: out.clone(),
     })?;
     Ok(out)

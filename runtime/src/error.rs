@@ -175,6 +175,8 @@ pub enum SessionError {
     PromptTooLong { tokens: usize, ctx_len: usize },
     /// The prompt is empty (it must at least hold BOS).
     EmptyPrompt,
+    /// The q8 activation scratch handed to a quantized matvec holds fewer bytes than its input needs.
+    ScratchTooSmall { needed: usize, given: usize },
     /// A tensor view could not be formed; unreachable for a parsed model.
     Internal,
 }
@@ -198,6 +200,9 @@ impl fmt::Display for SessionError {
                 write!(f, "prompt is {tokens} tokens, longer than the context of {ctx_len}")
             }
             EmptyPrompt => write!(f, "prompt token list is empty (it must start with BOS)"),
+            ScratchTooSmall { needed, given } => {
+                write!(f, "activation scratch too small for a quantized matmul: needs {needed} bytes, given {given}")
+            }
             Internal => write!(f, "internal error: tensor view out of range"),
         }
     }

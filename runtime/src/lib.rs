@@ -30,6 +30,8 @@ pub mod generate;
 pub mod kernels;
 pub mod math;
 pub mod model;
+#[cfg(feature = "std")]
+pub mod quant;
 pub mod sampler;
 pub mod session;
 pub mod tokenizer;

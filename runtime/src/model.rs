@@ -248,6 +248,6 @@ impl<'a> Model<'a> {
 
     /// Exact arena bytes needed for a session of `ctx_len` positions.
     pub fn plan(&self, ctx_len: usize) -> Result<Plan, SessionError> {
-        Plan::new(&self.config, ctx_len)
+        Plan::with_dtypes(&self.config, &self.dtypes, ctx_len)
     }
 }

@@ -1,7 +1,7 @@
 //! Inference state carved out of a caller-owned arena, and the forward pass.
 
 use crate::error::SessionError;
-use crate::format::{Config, TensorKind};
+use crate::format::{Config, DType, KindDtypes, TensorKind};
 use crate::math;
 use crate::model::Model;
 use crate::sampler::Candidate;
@@ -22,13 +22,22 @@ pub struct Plan {
     pub logits: usize,
     /// Sampler candidates: vocab_size × 8 bytes.
     pub sampler: usize,
+    /// q8_0 blocks of the input of a quantized matmul: ceil(max(dim, hidden_dim) / 32) × 34
+    /// bytes when any weight matrix is quantized, else 0.
+    pub act_quant: usize,
     /// Sum of the above: the arena size `Session::new` needs.
     pub total: usize,
 }
 
 impl Plan {
-    /// Plans a session of `ctx_len` positions (1..=seq_len).
+    /// Plans a session of `ctx_len` positions (1..=seq_len) for a model whose
+    /// weights are all f32 or f16 (no activation quantization scratch).
     pub fn new(cfg: &Config, ctx_len: usize) -> Result<Plan, SessionError> {
+        Plan::with_dtypes(cfg, &[DType::F32; 12], ctx_len)
+    }
+
+    /// Plans a session of `ctx_len` positions (1..=seq_len) for weights stored as `dtypes`.
+    pub fn with_dtypes(cfg: &Config, dtypes: &KindDtypes, ctx_len: usize) -> Result<Plan, SessionError> {
         if ctx_len == 0 || ctx_len > cfg.seq_len {
             return Err(SessionError::BadContext { requested: ctx_len, max: cfg.seq_len });
         }
@@ -45,12 +54,24 @@ impl Plan {
         )?;
         let logits = floats(Some(cfg.vocab_size))?;
         let sampler = cfg.vocab_size.checked_mul(core::mem::size_of::<Candidate>()).ok_or(overflow)?;
+        // The classifier reads the embedding's dtype when shared; norms are never matmuls.
+        let quantized = TensorKind::ALL
+            .into_iter()
+            .filter(|&k| !k.is_norm())
+            .filter(|&k| k != TensorKind::Classifier || !cfg.shared_classifier)
+            .any(|k| dtypes[k.index()].is_quantized());
+        let act_quant = if quantized {
+            crate::kernels::act_scratch_bytes(cfg.dim.max(cfg.hidden_dim)).ok_or(overflow)?
+        } else {
+            0
+        };
         let total = activations
             .checked_add(kv_cache)
             .and_then(|v| v.checked_add(logits))
             .and_then(|v| v.checked_add(sampler))
+            .and_then(|v| v.checked_add(act_quant))
             .ok_or(overflow)?;
-        Ok(Plan { ctx_len, activations, kv_cache, logits, sampler, total })
+        Ok(Plan { ctx_len, activations, kv_cache, logits, sampler, act_quant, total })
     }
 }
 
@@ -81,6 +102,8 @@ pub struct Session<'a> {
     logits: &'a mut [f32],
     /// Sampler candidates (vocab_size).
     candidates: &'a mut [Candidate],
+    /// q8_0 blocks of the current quantized matmul's input (ceil(max(dim, hidden_dim)/32) × 34 bytes, or empty).
+    xq: &'a mut [u8],
 }
 
 /// Splits `n` f32 values off the front of `rest`.
@@ -115,8 +138,9 @@ impl<'a> Session<'a> {
         let key_cache = take_f32(&mut rest, kv)?;
         let value_cache = take_f32(&mut rest, kv)?;
         let logits = take_f32(&mut rest, cfg.vocab_size)?;
-        let candidates = bytemuck::try_cast_slice_mut(rest).map_err(|_| SessionError::ArenaMisaligned)?;
-        Ok(Session { model, ctx_len, x, xb, xb2, q, hb, hb2, att, key_cache, value_cache, logits, candidates })
+        let (candidates, xq) = core::mem::take(&mut rest).split_at_mut(plan.sampler);
+        let candidates = bytemuck::try_cast_slice_mut(candidates).map_err(|_| SessionError::ArenaMisaligned)?;
+        Ok(Session { model, ctx_len, x, xb, xb2, q, hb, hb2, att, key_cache, value_cache, logits, candidates, xq })
     }
 
     /// The model this session runs.
@@ -136,6 +160,19 @@ impl<'a> Session<'a> {
 
     /// Runs the transformer for `token` at `pos` and returns the logits (vocab_size).
     pub fn forward(&mut self, token: u32, pos: usize) -> Result<&mut [f32], SessionError> {
+        self.forward_observed(token, pos, |_, _, _| {})
+    }
+
+    /// [`Session::forward`], calling `observe(kind, layer, input)` with the input
+    /// vector of every weight matmul just before it runs (wq, wk and wv share one
+    /// call with kind `Wq`; the classifier reports layer 0). Host tools use it to
+    /// collect activation statistics for calibrated quantization.
+    pub fn forward_observed(
+        &mut self,
+        token: u32,
+        pos: usize,
+        mut observe: impl FnMut(TensorKind, usize, &[f32]),
+    ) -> Result<&mut [f32], SessionError> {
         let m = self.model;
         let cfg = *m.config();
         if token as usize >= cfg.vocab_size {
@@ -157,9 +194,10 @@ impl<'a> Session<'a> {
             let row = layer_base + pos * kv_dim;
             let k = &mut self.key_cache[row..row + kv_dim]; // (kv_dim)
             let v = &mut self.value_cache[row..row + kv_dim]; // (kv_dim)
-            m.matrix(TensorKind::Wq, layer)?.matvec(self.xb, self.q);
-            m.matrix(TensorKind::Wk, layer)?.matvec(self.xb, k);
-            m.matrix(TensorKind::Wv, layer)?.matvec(self.xb, v);
+            observe(TensorKind::Wq, layer, self.xb);
+            m.matrix(TensorKind::Wq, layer)?.matvec(self.xb, self.q, self.xq)?;
+            m.matrix(TensorKind::Wk, layer)?.matvec(self.xb, k, self.xq)?;
+            m.matrix(TensorKind::Wv, layer)?.matvec(self.xb, v, self.xq)?;
             rope_qk(self.q, k, pos, head_size, cfg.rope_theta);
 
             // Each query head attends over positions 0..=pos of its shared key/value head.
@@ -181,24 +219,28 @@ impl<'a> Session<'a> {
                     }
                 }
             }
-            m.matrix(TensorKind::Wo, layer)?.matvec(self.xb, self.xb2);
+            observe(TensorKind::Wo, layer, self.xb);
+            m.matrix(TensorKind::Wo, layer)?.matvec(self.xb, self.xb2, self.xq)?;
             for (x, &d) in self.x.iter_mut().zip(self.xb2.iter()) {
                 *x += d;
             }
 
             // FFN block: x += w2 · (silu(w1 · xb) * (w3 · xb)), xb = rmsnorm(x).
             math::rmsnorm(self.xb, self.x, m.norm(TensorKind::FfnNorm, layer)?, cfg.norm_eps);
-            m.matrix(TensorKind::W1, layer)?.matvec(self.xb, self.hb);
-            m.matrix(TensorKind::W3, layer)?.matvec(self.xb, self.hb2);
+            observe(TensorKind::W1, layer, self.xb);
+            m.matrix(TensorKind::W1, layer)?.matvec(self.xb, self.hb, self.xq)?;
+            m.matrix(TensorKind::W3, layer)?.matvec(self.xb, self.hb2, self.xq)?;
             math::swiglu(self.hb, self.hb2);
-            m.matrix(TensorKind::W2, layer)?.matvec(self.hb, self.xb);
+            observe(TensorKind::W2, layer, self.hb);
+            m.matrix(TensorKind::W2, layer)?.matvec(self.hb, self.xb, self.xq)?;
             for (x, &d) in self.x.iter_mut().zip(self.xb.iter()) {
                 *x += d;
             }
         }
 
         math::rmsnorm_in_place(self.x, m.norm(TensorKind::FinalNorm, 0)?, cfg.norm_eps);
-        m.matrix(TensorKind::Classifier, 0)?.matvec(self.x, self.logits);
+        observe(TensorKind::Classifier, 0, self.x);
+        m.matrix(TensorKind::Classifier, 0)?.matvec(self.x, self.logits, self.xq)?;
         Ok(&mut *self.logits)
     }
 }

@@ -102,12 +102,19 @@ pub fn tokenizer_section(vocab: &Vocab) -> Result<(Vec<u8>, u32), WriteError> {
     Ok((out, max))
 }
 
-/// Encodes `values` (rows × cols, row-major f32) as `dtype` bytes.
+/// Encodes `values` (rows × cols, row-major f32) as `dtype` bytes. Block
+/// types treat `values` as one row; use [`crate::quant::encode_rows`] for matrices.
 pub fn encode_tensor(dtype: DType, values: &[f32]) -> Vec<u8> {
     match dtype {
         DType::F32 => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
         DType::F16 => values.iter().flat_map(|&v| f16::from_f32(v).to_le_bytes()).collect(),
+        DType::Q8_0 | DType::Q4_0 => crate::quant::encode_rows(dtype, values.len(), values, None),
     }
+}
+
+/// Little-endian binary16 bytes of `v` (round to nearest even), as block scales store it.
+pub fn f16_bytes(v: f32) -> [u8; 2] {
+    f16::from_f32(v).to_le_bytes()
 }
 
 /// Decodes `dtype` bytes of a (rows, cols) tensor back to f32.

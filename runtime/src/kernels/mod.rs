@@ -2,12 +2,28 @@
 //!
 //! Every kernel computes `out[r] = Σ_c w[r][c] · x[c]` with one fixed
 //! summation order (DESIGN.md contract 3), so any optimized variant added later
-//! must reproduce its scalar reference bit for bit.
+//! must reproduce its scalar reference bit for bit:
+//!
+//! - `f32`, `f16`: one sequential f32 sum per row, left to right (llama2.c `matmul`).
+//! - `q8_0`, `q4_0`: the input is quantized once per matvec to q8_0 blocks; per
+//!   block an exact i32 dot of the quants, then blocks summed in f32 in index
+//!   order (see each module's header).
 
 pub mod f16;
 pub mod f32;
+pub mod q4_0;
+pub mod q8_0;
 
+use crate::error::SessionError;
 use crate::format::DType;
+
+/// Values per quantization block (q8_0 and q4_0).
+pub const QK: usize = 32;
+
+/// Bytes of q8_0 activation scratch for an input of `cols` values (0 for none).
+pub fn act_scratch_bytes(cols: usize) -> Option<usize> {
+    cols.div_ceil(QK).checked_mul(q8_0::BLOCK_BYTES)
+}
 
 /// A read-only weight matrix viewed in place in the model file.
 #[derive(Clone, Copy, Debug)]
@@ -24,28 +40,186 @@ pub struct Matrix<'a> {
 
 impl Matrix<'_> {
     /// `out (rows) = self (rows, cols) · x (cols)`. Extra `out` or `x` entries are left alone / ignored.
-    pub fn matvec(&self, x: &[f32], out: &mut [f32]) {
+    ///
+    /// Quantized weights first quantize `x` to q8_0 blocks in `scratch`
+    /// (at least [`act_scratch_bytes`]`(cols)` bytes; f32/f16 weights ignore it).
+    pub fn matvec(&self, x: &[f32], out: &mut [f32], scratch: &mut [u8]) -> Result<(), SessionError> {
         let x = &x[..self.cols.min(x.len())];
         let rows = self.rows.min(out.len());
         let out = &mut out[..rows];
         match self.dtype {
             DType::F32 => f32::matvec(self.data, x, out),
             DType::F16 => f16::matvec(self.data, x, out),
+            DType::Q8_0 | DType::Q4_0 => {
+                let needed = act_scratch_bytes(self.cols).ok_or(SessionError::Internal)?;
+                let row_bytes = self.dtype.row_bytes(self.cols).ok_or(SessionError::Internal)?;
+                let given = scratch.len();
+                let xq = scratch.get_mut(..needed).ok_or(SessionError::ScratchTooSmall { needed, given })?;
+                // A short `x` leaves its missing tail at zero, like the row padding.
+                xq.fill(0);
+                q8_0::quantize_row(x, xq);
+                if self.dtype == DType::Q8_0 {
+                    q8_0::matvec(self.data, row_bytes, xq, out);
+                } else {
+                    q4_0::matvec(self.data, row_bytes, xq, out);
+                }
+            }
         }
+        Ok(())
     }
 
-    /// Writes row `row` converted to f32 into `out` (cols).
+    /// Writes row `row` converted to f32 into `out` (cols); quantized rows are dequantized.
     pub fn row_to_f32(&self, row: usize, out: &mut [f32]) {
         let Some(bytes) = self
             .dtype
             .row_bytes(self.cols)
-            .and_then(|rb| self.data.get(row.checked_mul(rb)?..(row + 1).checked_mul(rb)?))
+            .and_then(|rb| self.data.get(row.checked_mul(rb)?..(row.checked_add(1)?).checked_mul(rb)?))
         else {
             return;
         };
+        let n = self.cols.min(out.len());
+        let out = &mut out[..n];
         match self.dtype {
             DType::F32 => f32::to_f32(bytes, out),
             DType::F16 => f16::to_f32(bytes, out),
+            DType::Q8_0 => q8_0::dequantize_row(bytes, out),
+            DType::Q4_0 => q4_0::dequantize_row(bytes, out),
         }
     }
 }
+
+/// Tests shared by the block formats (`quant_tests!(module, dtype, bound)`): round trips
+/// within `bound × block max|x|`, the kernel bit-identical to its scalar
+/// reference, and the matvec against f32 on odd shapes.
+#[cfg(test)]
+macro_rules! quant_tests {
+    ($m:path, $dtype:expr, $bound:expr) => {
+        mod shared {
+            use std::vec;
+            use std::vec::Vec;
+
+            use $crate::kernels::{q8_0, QK};
+            use $m as q;
+
+            /// Deterministic values in [-1, 1) with occasional outliers (xorshift64*).
+            fn values(n: usize, seed: u64) -> Vec<f32> {
+                let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+                (0..n)
+                    .map(|i| {
+                        s ^= s >> 12;
+                        s ^= s << 25;
+                        s ^= s >> 27;
+                        let u = ((s.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 40) as f32) / (1u64 << 24) as f32;
+                        let v = 2.0 * u - 1.0;
+                        if i % 37 == 5 {
+                            v * 6.0
+                        } else {
+                            v
+                        }
+                    })
+                    .collect()
+            }
+
+            fn encode(x: &[f32]) -> Vec<u8> {
+                let mut out = vec![0u8; x.len().div_ceil(QK) * q::BLOCK_BYTES];
+                q::quantize_row(x, &mut out);
+                out
+            }
+
+            fn encode_act(x: &[f32]) -> Vec<u8> {
+                let mut out = vec![0u8; x.len().div_ceil(QK) * q8_0::BLOCK_BYTES];
+                q8_0::quantize_row(x, &mut out);
+                out
+            }
+
+            const SHAPES: [usize; 8] = [1, 31, 32, 33, 64, 100, 172, 300];
+
+            #[test]
+            fn round_trip_within_bound() {
+                for (s, &n) in SHAPES.iter().enumerate() {
+                    let x = values(n, s as u64 + 1);
+                    let b = encode(&x);
+                    assert_eq!(b.len(), n.div_ceil(QK) * q::BLOCK_BYTES);
+                    let mut y = vec![f32::NAN; n];
+                    q::dequantize_row(&b, &mut y);
+                    for (xc, yc) in x.chunks(QK).zip(y.chunks(QK)) {
+                        let amax = xc.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+                        // f16 scale rounding adds up to 2^-11 relative on top of the format's own bound.
+                        let tol = $bound * amax * (1.0 + 2e-3) + amax * 1e-3;
+                        for (a, b) in xc.iter().zip(yc) {
+                            assert!((a - b).abs() <= tol, "n={n}: {a} -> {b} (tol {tol})");
+                        }
+                    }
+                    // Re-quantizing dequantized values is (nearly) idempotent: the error does not grow.
+                    let mut z = vec![0.0f32; n];
+                    q::dequantize_row(&encode(&y), &mut z);
+                    let e1: f32 = x.iter().zip(&y).map(|(a, b)| (a - b) * (a - b)).sum();
+                    let e2: f32 = x.iter().zip(&z).map(|(a, b)| (a - b) * (a - b)).sum();
+                    assert!(e2 <= e1 * 1.05 + 1e-9, "n={n}: {e1} then {e2}");
+                }
+            }
+
+            #[test]
+            fn kernel_matches_scalar_reference_bit_for_bit() {
+                for (s, &n) in SHAPES.iter().enumerate() {
+                    for rep in 0..4u64 {
+                        let w = encode(&values(n, 100 + s as u64 * 7 + rep));
+                        let x = encode_act(&values(n, 200 + s as u64 * 7 + rep));
+                        let (a, b) = (q::vec_dot(&w, &x), q::vec_dot_ref(&w, &x));
+                        assert_eq!(a.to_bits(), b.to_bits(), "n={n}: {a} vs {b}");
+                    }
+                }
+            }
+
+            #[test]
+            fn kernel_equals_dot_of_dequantized_blocks() {
+                // Padding must contribute nothing: compare with the f32 dot of what the blocks hold.
+                for (s, &n) in SHAPES.iter().enumerate() {
+                    let w = encode(&values(n, 300 + s as u64));
+                    let x = encode_act(&values(n, 400 + s as u64));
+                    let (mut wd, mut xd) = (vec![0.0f32; n], vec![0.0f32; n]);
+                    q::dequantize_row(&w, &mut wd);
+                    q8_0::dequantize_row(&x, &mut xd);
+                    let exact: f64 = wd.iter().zip(&xd).map(|(&a, &b)| f64::from(a) * f64::from(b)).sum();
+                    let mag: f64 = wd.iter().zip(&xd).map(|(&a, &b)| f64::from((a * b).abs())).sum();
+                    let got = f64::from(q::vec_dot(&w, &x));
+                    assert!((got - exact).abs() <= 1e-5 * mag + 1e-6, "n={n}: {got} vs {exact}");
+                }
+            }
+
+            #[test]
+            fn matvec_close_to_f32() {
+                use $crate::format::DType;
+                use $crate::kernels::Matrix;
+                for (s, &cols) in SHAPES.iter().enumerate() {
+                    let rows = 7;
+                    let w = values(rows * cols, 500 + s as u64);
+                    let x = values(cols, 600 + s as u64);
+                    let data: Vec<u8> = w.chunks(cols).flat_map(|r| encode(r)).collect();
+                    let dtype: DType = $dtype;
+                    let m = Matrix { dtype, rows, cols, data: &data };
+                    let mut out = vec![0.0f32; rows];
+                    let mut scratch = vec![0u8; $crate::kernels::act_scratch_bytes(cols).unwrap()];
+                    m.matvec(&x, &mut out, &mut scratch).unwrap();
+                    for (r, &o) in out.iter().enumerate() {
+                        let row = &w[r * cols..(r + 1) * cols];
+                        let exact: f32 = row.iter().zip(&x).map(|(a, b)| a * b).sum();
+                        // Each product errs by at most |x|·δw + |w|·δx with δ the per-block bounds.
+                        let mut tol = 1e-5f32;
+                        for (wc, xc) in row.chunks(QK).zip(x.chunks(QK)) {
+                            let wa = wc.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+                            let xa = xc.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+                            tol += wc.len() as f32 * wa * xa * (1.01 * $bound + 0.51 / 127.0 + 4e-3);
+                        }
+                        assert!((o - exact).abs() <= tol, "cols={cols} row={r}: {o} vs {exact} (tol {tol})");
+                    }
+                    // Too little scratch is an error, not a panic.
+                    let mut small = vec![0u8; 3];
+                    assert!(m.matvec(&x, &mut out, &mut small).is_err());
+                }
+            }
+        }
+    };
+}
+#[cfg(test)]
+pub(crate) use quant_tests;

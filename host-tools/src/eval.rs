@@ -1,0 +1,444 @@
+//! `microlm eval`: perplexity of a model on text, and agreement with a reference model.
+//!
+//! Story splitting: the text is cut into paragraphs at blank lines; a story
+//! starts at the beginning of the text and at every paragraph that begins with
+//! "Once upon a time" (the opening of most TinyStories stories; the others
+//! simply continue the previous story), and runs up to the next story's start,
+//! paragraph breaks included. Each story is encoded as llama2.c does it (BOS,
+//! dummy-prefix space, no EOS).
+//!
+//! Scoring: each story runs from position 0. A story longer than the context
+//! is cut into windows of `ctx` tokens that overlap by one token, each window
+//! starting again at position 0 with an empty KV cache; every token but the
+//! story's BOS is predicted exactly once from the tokens before it in its
+//! window. Perplexity is `exp(mean negative log-likelihood)` over all scored tokens.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{ensure, Context, Result};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use microlm::tokenizer::Tokenizer;
+use microlm::{Model, Session};
+use serde::Serialize;
+
+use microlm_cli::load::{self, ModelFile};
+
+/// Arguments of `microlm eval`.
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    /// Model file (.mlm) to evaluate.
+    pub model: PathBuf,
+    /// Text file of stories.
+    #[arg(long)]
+    pub text: PathBuf,
+    /// Reference model (e.g. the f32 file): adds KL divergence, top-1 agreement and greedy agreement.
+    #[arg(long)]
+    pub reference: Option<PathBuf>,
+    /// Window length in tokens (default the model's seq_len).
+    #[arg(long)]
+    pub ctx: Option<usize>,
+    /// Stop after this many scored tokens (0 = the whole text).
+    #[arg(long, default_value_t = 0)]
+    pub max_tokens: usize,
+    /// Print one JSON object with the results as the last stdout line.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Results of `microlm eval`.
+#[derive(Debug, Serialize)]
+pub struct EvalOutput {
+    /// The evaluated file.
+    pub model: String,
+    /// exp(mean negative log-likelihood) over the scored tokens.
+    pub perplexity: f64,
+    /// Mean negative log-likelihood in nats.
+    pub nll: f64,
+    /// Scored tokens.
+    pub tokens: usize,
+    /// Stories (fully or partly) scored.
+    pub stories: usize,
+    /// Window length.
+    pub ctx: usize,
+    /// The reference file, when given.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reference: Option<String>,
+    /// Reference perplexity on the same tokens.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reference_perplexity: Option<f64>,
+    /// Mean KL(reference ‖ model) per scored token, in nats.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kl_divergence: Option<f64>,
+    /// Percentage of scored positions where both models' most likely token is the same.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub top1_agreement: Option<f64>,
+    /// Length of the common prefix of both models' 256-token greedy continuations of BOS.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub greedy_common_prefix: Option<usize>,
+    /// Forward passes per second (both models counted once).
+    pub tokens_per_s: f64,
+}
+
+/// Cuts `text` into stories (see the module docs).
+pub fn split_stories(text: &str) -> Vec<&str> {
+    const OPENING: &str = "Once upon a time";
+    let mut starts = vec![0usize];
+    let mut at = 0usize;
+    for line in text.split_inclusive('\n') {
+        let next = at + line.len();
+        // A paragraph starts after a blank line.
+        let after_blank = text[..at].ends_with("\n\n") || text[..at].ends_with("\n\r\n");
+        if at > 0 && after_blank && line.starts_with(OPENING) {
+            starts.push(at);
+        }
+        at = next;
+    }
+    starts.push(text.len());
+    starts.windows(2).map(|w| text[w[0]..w[1]].trim()).filter(|s| !s.is_empty()).collect()
+}
+
+/// Encodes `text` with `Tokenizer::encode` (the O(n²) reference for `encode_story`).
+#[cfg(test)]
+fn encode(tok: &Tokenizer<'_>, text: &str, bos: bool) -> Result<Vec<u32>> {
+    let mut ids = vec![0u32; Tokenizer::encode_capacity(text.as_bytes())];
+    let n = tok.encode(text.as_bytes(), bos, false, &mut ids)?;
+    ids.truncate(n);
+    Ok(ids)
+}
+
+/// Encodes `text` with BOS exactly as `Tokenizer::encode` does, in O(n log n).
+///
+/// llama2.c's BPE rescans every adjacent pair after each merge, O(n²) in the
+/// text length, which makes a 400 KB evaluation text take minutes. This is the
+/// same algorithm with a heap: the same initial tokens (dummy-prefix space,
+/// whole code points or their byte tokens), then repeatedly the pair with the
+/// highest score, the leftmost one on ties (llama2.c keeps the first strict
+/// maximum), until no adjacent pair is in the vocabulary. Stale heap entries
+/// (a side already merged away) are skipped. A unit test checks it against
+/// `Tokenizer::encode`.
+fn encode_story(tok: &Tokenizer<'_>, text: &str) -> Vec<u32> {
+    use std::cmp::{Ordering, Reverse};
+    use std::collections::BinaryHeap;
+
+    /// A candidate merge of nodes `left` and `right` into `id`.
+    struct Cand {
+        score: f32,
+        left: usize,
+        right: usize,
+        id: u32,
+    }
+    impl PartialEq for Cand {
+        fn eq(&self, o: &Self) -> bool {
+            self.cmp(o) == Ordering::Equal
+        }
+    }
+    impl Eq for Cand {}
+    impl PartialOrd for Cand {
+        fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
+            Some(self.cmp(o))
+        }
+    }
+    impl Ord for Cand {
+        // Highest score first, then the leftmost node (node indices keep text order).
+        fn cmp(&self, o: &Self) -> Ordering {
+            self.score.total_cmp(&o.score).then(Reverse(self.left).cmp(&Reverse(o.left)))
+        }
+    }
+
+    let mut tokens = vec![0u32; Tokenizer::encode_capacity(text.as_bytes())];
+    // Pre-merge tokens: encoding one code point at a time cannot merge anything.
+    let mut initial: Vec<u32> = Vec::with_capacity(text.len() + 1);
+    if !text.is_empty() {
+        initial.push(tok.lookup(b" ").unwrap_or(u32::from(b' ') + 3));
+    }
+    let bytes = text.as_bytes();
+    let mut start = 0usize;
+    for i in 0..bytes.len() {
+        let next_is_cont = bytes.get(i + 1).is_some_and(|&c| c & 0xC0 == 0x80);
+        if next_is_cont && i + 1 - start < 4 {
+            continue;
+        }
+        let cp = &bytes[start..=i];
+        match tok.lookup(cp) {
+            Some(id) => initial.push(id),
+            None => initial.extend(cp.iter().map(|&b| u32::from(b) + 3)),
+        }
+        start = i + 1;
+    }
+    // Doubly linked list over `ids`; `alive[i]` is false once node i was merged into its left neighbour.
+    let n = initial.len();
+    let mut ids = initial;
+    let mut prev: Vec<Option<usize>> = (0..n).map(|i| i.checked_sub(1)).collect();
+    let mut next: Vec<Option<usize>> = (0..n).map(|i| (i + 1 < n).then_some(i + 1)).collect();
+    let mut alive = vec![true; n];
+    let mut heap = BinaryHeap::new();
+    let cand = |ids: &[u32], left: usize, right: usize| -> Option<Cand> {
+        let id = tok.lookup_pair(tok.piece(ids[left])?, tok.piece(ids[right])?)?;
+        let score = tok.score(id);
+        (score > -1e10).then_some(Cand { score, left, right, id })
+    };
+    for i in 1..n {
+        heap.extend(cand(&ids, i - 1, i));
+    }
+    while let Some(c) = heap.pop() {
+        // Stale when either side was merged since: the pair no longer exists or its tokens changed.
+        if !alive[c.left] || !alive[c.right] || next[c.left] != Some(c.right) {
+            continue;
+        }
+        if cand(&ids, c.left, c.right).is_none_or(|now| now.id != c.id) {
+            continue;
+        }
+        ids[c.left] = c.id;
+        alive[c.right] = false;
+        next[c.left] = next[c.right];
+        if let Some(nn) = next[c.right] {
+            prev[nn] = Some(c.left);
+        }
+        if let Some(p) = prev[c.left] {
+            heap.extend(cand(&ids, p, c.left));
+        }
+        if let Some(nn) = next[c.left] {
+            heap.extend(cand(&ids, c.left, nn));
+        }
+    }
+    tokens.clear();
+    tokens.push(tok.bos_id());
+    let mut at = (n > 0).then_some(0);
+    while let Some(i) = at {
+        tokens.push(ids[i]);
+        at = next[i];
+    }
+    tokens
+}
+
+/// Encodes every story with BOS as llama2.c does.
+pub fn tokenize_stories(model: &Model<'_>, text: &str) -> Result<Vec<Vec<u32>>> {
+    let tok = model.tokenizer();
+    Ok(split_stories(text).into_iter().map(|story| encode_story(tok, story)).collect())
+}
+
+/// A progress bar on stderr (hidden when stderr is not a terminal).
+pub fn progress(len: u64, msg: &'static str) -> ProgressBar {
+    let bar = ProgressBar::new(len);
+    bar.set_style(
+        ProgressStyle::with_template("{msg:>12} [{bar:40}] {pos}/{len} tokens ({per_sec}, eta {eta})")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar.set_message(msg);
+    bar
+}
+
+/// log-softmax of `logits` in f64.
+fn log_softmax(logits: &[f32], out: &mut Vec<f64>) {
+    let max = logits.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    let sum: f64 = logits.iter().map(|&v| (f64::from(v) - f64::from(max)).exp()).sum();
+    let lse = f64::from(max) + sum.ln();
+    out.clear();
+    out.extend(logits.iter().map(|&v| f64::from(v) - lse));
+}
+
+/// Index of the largest value (first on ties), as the greedy sampler picks it.
+fn argmax(v: &[f32]) -> u32 {
+    microlm::sampler::argmax(v)
+}
+
+/// One model with its session.
+struct Runner<'m> {
+    session: Session<'m>,
+}
+
+impl<'m> Runner<'m> {
+    fn new(model: &'m Model<'m>, arena: &'m mut [u32], ctx: usize) -> Result<Runner<'m>> {
+        Ok(Runner { session: Session::new(model, bytemuck::cast_slice_mut(arena), ctx)? })
+    }
+
+    fn forward(&mut self, token: u32, pos: usize) -> Result<&[f32]> {
+        Ok(self.session.forward(token, pos).context("forward pass failed")?)
+    }
+}
+
+/// The common prefix length of both models' greedy continuations of BOS.
+fn greedy_common_prefix(a: &mut Runner<'_>, b: &mut Runner<'_>, bos: u32, steps: usize) -> Result<usize> {
+    let (mut ta, mut tb) = (bos, bos);
+    for pos in 0..steps {
+        let na = argmax(a.forward(ta, pos)?);
+        let nb = argmax(b.forward(tb, pos)?);
+        if na != nb {
+            return Ok(pos);
+        }
+        (ta, tb) = (na, nb);
+    }
+    Ok(steps)
+}
+
+pub fn run(args: &EvalArgs) -> Result<()> {
+    let file = ModelFile::read(&args.model)?;
+    let model = file.parse(false)?;
+    let ref_file = args.reference.as_ref().map(|p| ModelFile::read(p)).transpose()?;
+    let ref_model = ref_file.as_ref().map(|f| f.parse(false)).transpose()?;
+    if let Some(r) = &ref_model {
+        let (a, b) = (model.config(), r.config());
+        ensure!(
+            a.vocab_size == b.vocab_size && a.seq_len == b.seq_len,
+            "reference model has vocab {} / seq_len {}, the model {} / {}: they must match",
+            b.vocab_size,
+            b.seq_len,
+            a.vocab_size,
+            a.seq_len
+        );
+    }
+    let ctx = args.ctx.unwrap_or(model.config().seq_len);
+    ensure!(ctx >= 2, "--ctx must be at least 2 to score a token");
+    let text =
+        std::fs::read_to_string(&args.text).with_context(|| format!("cannot read text {}", args.text.display()))?;
+    let stories = tokenize_stories(&model, &text)?;
+    let scorable: usize = stories.iter().map(|s| s.len().saturating_sub(1)).sum();
+    ensure!(scorable > 0, "{} holds no text to score", args.text.display());
+    let budget = if args.max_tokens == 0 { scorable } else { scorable.min(args.max_tokens) };
+
+    let mut arena = load::arena(model.plan(ctx)?.total);
+    let mut runner = Runner::new(&model, &mut arena, ctx)?;
+    let mut ref_arena = match &ref_model {
+        Some(r) => load::arena(r.plan(ctx)?.total),
+        None => Vec::new(),
+    };
+    let mut ref_runner = match &ref_model {
+        Some(r) => Some(Runner::new(r, &mut ref_arena, ctx)?),
+        None => None,
+    };
+
+    let bar = progress(budget as u64, "evaluating");
+    let start = Instant::now();
+    let (mut nll, mut ref_nll, mut kl, mut agree) = (0.0f64, 0.0f64, 0.0f64, 0usize);
+    let (mut scored, mut forwards, mut stories_seen) = (0usize, 0usize, 0usize);
+    let (mut lp, mut ref_lp) = (Vec::new(), Vec::new());
+    'stories: for story in &stories {
+        if story.len() < 2 {
+            continue;
+        }
+        stories_seen += 1;
+        // Windows of ctx tokens overlapping by one: [0, ctx), [ctx-1, 2ctx-1), ...
+        let mut start_tok = 0usize;
+        while start_tok + 1 < story.len() {
+            let window = &story[start_tok..story.len().min(start_tok + ctx)];
+            for (pos, pair) in window.windows(2).enumerate() {
+                if scored == budget {
+                    break 'stories;
+                }
+                let (token, next) = (pair[0], pair[1] as usize);
+                let logits = runner.forward(token, pos)?;
+                log_softmax(logits, &mut lp);
+                let top = argmax(logits);
+                nll -= lp[next];
+                forwards += 1;
+                if let Some(r) = ref_runner.as_mut() {
+                    let ref_logits = r.forward(token, pos)?;
+                    log_softmax(ref_logits, &mut ref_lp);
+                    ref_nll -= ref_lp[next];
+                    // KL(ref ‖ model) = Σ p_ref (log p_ref − log p_model).
+                    kl += ref_lp.iter().zip(&lp).map(|(&r, &m)| r.exp() * (r - m)).sum::<f64>();
+                    agree += usize::from(argmax(ref_logits) == top);
+                }
+                scored += 1;
+                bar.inc(1);
+            }
+            start_tok += ctx - 1;
+        }
+    }
+    bar.finish_and_clear();
+    let elapsed = start.elapsed().as_secs_f64();
+
+    let greedy = match ref_runner.as_mut() {
+        Some(r) => Some(greedy_common_prefix(&mut runner, r, model.config().bos_id, 256.min(ctx))?),
+        None => None,
+    };
+    let n = scored as f64;
+    let out = EvalOutput {
+        model: args.model.display().to_string(),
+        perplexity: (nll / n).exp(),
+        nll: nll / n,
+        tokens: scored,
+        stories: stories_seen,
+        ctx,
+        reference: args.reference.as_ref().map(|p| p.display().to_string()),
+        reference_perplexity: ref_runner.as_ref().map(|_| (ref_nll / n).exp()),
+        kl_divergence: ref_runner.as_ref().map(|_| kl / n),
+        top1_agreement: ref_runner.as_ref().map(|_| 100.0 * agree as f64 / n),
+        greedy_common_prefix: greedy,
+        tokens_per_s: if elapsed > 0.0 { forwards as f64 / elapsed } else { 0.0 },
+    };
+    println!("model       {}", out.model);
+    println!("tokens      {} scored in {} stories, ctx {}", out.tokens, out.stories, out.ctx);
+    println!("perplexity  {:.4}", out.perplexity);
+    if let (Some(rp), Some(kl), Some(top1), Some(g)) =
+        (out.reference_perplexity, out.kl_divergence, out.top1_agreement, out.greedy_common_prefix)
+    {
+        println!(
+            "reference   {} (perplexity {rp:.4}, Δ {:+.2}%)",
+            out.reference.as_deref().unwrap_or(""),
+            100.0 * (out.perplexity / rp - 1.0)
+        );
+        println!("kl          {kl:.6} nats/token");
+        println!("top-1       {top1:.2}%");
+        println!("greedy      {g} common tokens of {}", 256.min(ctx));
+    }
+    if args.json {
+        println!("{}", serde_json::to_string(&out)?);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn heap_encoder_equals_tokenizer_encode() {
+        let shared = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared");
+        let (Ok(ckpt), Ok(tok), Ok(text)) = (
+            std::fs::read(shared.join("models/stories260K.bin")),
+            std::fs::read(shared.join("models/tok512.bin")),
+            std::fs::read_to_string(shared.join("data/tinystories_dev.txt")),
+        ) else {
+            panic!("../shared/models and ../shared/data are needed beside the checkout");
+        };
+        let ckpt = microlm_cli::llama2c::read_checkpoint(&ckpt).unwrap();
+        let vocab = microlm_cli::llama2c::read_tokenizer(&tok, std::path::Path::new("tok512.bin")).unwrap();
+        let spec = microlm::write::ModelSpec {
+            name: "t",
+            config: ckpt.config,
+            dtypes: [microlm::DType::F32; 12],
+            vocab: &vocab,
+        };
+        let bytes = microlm::write::write_model(&spec, |e| {
+            Ok(microlm::write::encode_tensor(e.dtype, ckpt.tensor(e.kind, e.layer as usize).unwrap()))
+        })
+        .unwrap();
+        let file = microlm_cli::load::ModelFile::from_bytes(&bytes);
+        let model = file.parse(false).unwrap();
+        let tok = model.tokenizer();
+        let stories = split_stories(&text);
+        for story in stories.iter().take(3).chain(stories.iter().rev().take(2)) {
+            assert_eq!(encode_story(tok, story), encode(tok, story, true).unwrap());
+        }
+        for odd in ["", "a", "é€😀 \n\n x", "Once  upon   a time\u{7f}\u{0}"] {
+            assert_eq!(encode_story(tok, odd), encode(tok, odd, true).unwrap(), "{odd:?}");
+        }
+    }
+
+    #[test]
+    fn stories_start_at_once_upon_a_time_paragraphs() {
+        let text = "tail of a story.\n\nOnce upon a time, a cat.\n\nThe cat ran.\n\nOnce upon a time, a dog.\nOnce upon a time inline.\n";
+        let s = split_stories(text);
+        assert_eq!(
+            s,
+            vec![
+                "tail of a story.",
+                "Once upon a time, a cat.\n\nThe cat ran.",
+                "Once upon a time, a dog.\nOnce upon a time inline."
+            ]
+        );
+    }
+}

@@ -1,0 +1,246 @@
+//! Weight quantization shared by `microlm convert` and `microlm quantize`: per-kind
+//! dtype selection, optional calibrated (importance-weighted) block quantization,
+//! writing the file, and the per-tensor error report.
+//!
+//! `microlm quantize` re-encodes an existing file. Tensors that are already
+//! block-quantized are copied unchanged when their target dtype is the same,
+//! and refused otherwise: re-quantizing q8_0/q4_0 values would compound two
+//! rounding errors, so the command asks for the original f32/f16 file instead.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, ensure, Context, Result};
+use clap::Args;
+use microlm::format::{DType, KindDtypes, TensorEntry, TensorKind};
+use microlm::quant::{encode_rows, ErrorStats};
+use microlm::write::{self, decode_tensor, ModelSpec, Vocab, WriteError};
+use microlm::Model;
+use serde::Serialize;
+
+use crate::calibrate::{self, Importance};
+use microlm_cli::load::ModelFile;
+
+/// Dtype and calibration flags shared by `convert` and `quantize`.
+#[derive(Debug, Args, Clone, Default)]
+pub struct QuantArgs {
+    /// Storage type of the weight matrices: f32, f16, q8_0 or q4_0 (norms stay f32).
+    #[arg(long, value_parser = parse_dtype)]
+    pub dtype: Option<DType>,
+    /// Per-kind override KIND=DTYPE, repeatable (kinds: embedding wq wk wv wo w1 w2 w3 classifier).
+    #[arg(long = "tensor-dtype", value_name = "KIND=DTYPE", value_parser = parse_kind_dtype)]
+    pub tensor_dtype: Vec<(TensorKind, DType)>,
+    /// Calibration text: run the model on it and quantize q4_0/q8_0 blocks with an
+    /// importance-weighted scale search (imatrix-style) instead of round-to-nearest.
+    #[arg(long, value_name = "FILE")]
+    pub calibrate: Option<PathBuf>,
+    /// Tokens of calibration text to run (0 = all of it).
+    #[arg(long, default_value_t = 16384)]
+    pub calibrate_tokens: usize,
+    /// Print the per-tensor report as one JSON object on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Arguments of `microlm quantize`.
+#[derive(Debug, Args)]
+pub struct QuantizeArgs {
+    /// Model file (.mlm) with f32 or f16 weights.
+    pub input: PathBuf,
+    #[command(flatten)]
+    pub quant: QuantArgs,
+    /// Output .mlm file.
+    #[arg(short = 'o', long = "output")]
+    pub output: PathBuf,
+}
+
+/// Parses a dtype name for clap.
+pub fn parse_dtype(s: &str) -> Result<DType, String> {
+    DType::from_name(s).ok_or_else(|| format!("unknown dtype '{s}' (expected f32, f16, q8_0 or q4_0)"))
+}
+
+/// Parses `KIND=DTYPE` for clap.
+pub fn parse_kind_dtype(s: &str) -> Result<(TensorKind, DType), String> {
+    let (kind, dtype) = s.split_once('=').ok_or_else(|| format!("'{s}' is not KIND=DTYPE"))?;
+    let kind = TensorKind::from_name(kind).ok_or_else(|| {
+        let names: Vec<_> = TensorKind::ALL.iter().map(|k| k.name()).collect();
+        format!("unknown tensor kind '{kind}' (expected one of {})", names.join(", "))
+    })?;
+    Ok((kind, parse_dtype(dtype)?))
+}
+
+/// The dtype of every kind: `base` for weight matrices, overrides on top, norms f32.
+pub fn kind_dtypes(base: DType, args: &QuantArgs, shared_classifier: bool) -> Result<KindDtypes> {
+    let mut dtypes: KindDtypes = [base; 12];
+    for &(kind, dtype) in &args.tensor_dtype {
+        ensure!(!kind.is_norm() || dtype == DType::F32, "{} is a norm and always stored as f32", kind.name());
+        ensure!(
+            kind != TensorKind::Classifier || !shared_classifier,
+            "this model's classifier is shared with the embedding: set embedding=DTYPE instead"
+        );
+        dtypes[kind.index()] = dtype;
+    }
+    for kind in TensorKind::ALL.into_iter().filter(|k| k.is_norm()) {
+        dtypes[kind.index()] = DType::F32;
+    }
+    Ok(dtypes)
+}
+
+/// One line of the conversion report.
+#[derive(Debug, Serialize)]
+pub struct TensorReport {
+    /// `embedding`, `layers.N.wq`, ...
+    pub name: String,
+    /// Stored dtype.
+    pub dtype: &'static str,
+    /// Stored bytes.
+    pub bytes: u64,
+    /// Root mean square error against the source.
+    pub rmse: f64,
+    /// Largest absolute error against the source.
+    pub max_abs_error: f64,
+    /// Cosine similarity with the source.
+    pub cosine: f64,
+}
+
+/// The name `inspect` uses for a tensor.
+pub fn tensor_name(kind: TensorKind, layer: u32) -> String {
+    if kind.is_per_layer() {
+        format!("layers.{layer}.{}", kind.name())
+    } else {
+        kind.name().to_string()
+    }
+}
+
+/// Rebuilds the vocabulary stored in a model file.
+pub fn vocab_of(model: &Model<'_>) -> Vocab {
+    let tok = model.tokenizer();
+    let ids = 0..tok.vocab_size() as u32;
+    Vocab {
+        pieces: ids.clone().map(|id| tok.piece(id).unwrap_or_default().to_vec()).collect(),
+        scores: ids.map(|id| tok.score(id)).collect(),
+    }
+}
+
+/// A tensor's f32 values as stored in `model` (dequantized when quantized).
+pub fn source_values(model: &Model<'_>, kind: TensorKind, layer: usize) -> Result<(DType, Vec<f32>)> {
+    let m = model.matrix(kind, layer).with_context(|| format!("cannot read tensor {}", kind.name()))?;
+    Ok((m.dtype, decode_tensor(m.dtype, m.rows, m.cols, m.data)))
+}
+
+/// Encoded bytes for a tensor supplied directly by the importer (llama2.c int8 blocks).
+pub type Passthrough<'p> = dyn Fn(&TensorEntry, &[f32]) -> Option<Vec<u8>> + 'p;
+
+/// Writes `source` with `dtypes`, quantizing block types with `importance` when
+/// given; returns the file and one report line per tensor (norms included).
+pub fn requantize(
+    source: &Model<'_>,
+    name: &str,
+    dtypes: KindDtypes,
+    importance: Option<&Importance>,
+    passthrough: &Passthrough<'_>,
+) -> Result<(Vec<u8>, Vec<TensorReport>)> {
+    let vocab = vocab_of(source);
+    let spec = ModelSpec { name, config: *source.config(), dtypes, vocab: &vocab };
+    let mut report = Vec::new();
+    let mut failure: Option<anyhow::Error> = None;
+    let out = write::write_model(&spec, |entry| {
+        let (kind, layer) = (entry.kind, entry.layer as usize);
+        let (rows, cols) = (entry.rows as usize, entry.cols as usize);
+        let name = tensor_name(kind, entry.layer);
+        let fail = |e: anyhow::Error, failure: &mut Option<anyhow::Error>| {
+            *failure = Some(e);
+            WriteError::TensorSize { kind: kind.name(), layer: entry.layer, expected: 0, found: 0 }
+        };
+        let (src_dtype, values) = match source_values(source, kind, layer) {
+            Ok(v) => v,
+            Err(e) => return Err(fail(e, &mut failure)),
+        };
+        let bytes = if src_dtype.is_quantized() {
+            if src_dtype != entry.dtype {
+                let e = anyhow::anyhow!(
+                    "{name} is already {} and cannot be re-quantized to {} (that would round twice): \
+                     quantize the original f32/f16 file, or keep {}={}",
+                    src_dtype.name(),
+                    entry.dtype.name(),
+                    kind.name(),
+                    src_dtype.name()
+                );
+                return Err(fail(e, &mut failure));
+            }
+            source.matrix(kind, layer).map(|m| m.data.to_vec()).unwrap_or_default()
+        } else if let Some(bytes) = passthrough(entry, &values) {
+            bytes
+        } else {
+            let imp = importance.and_then(|i| i.get(kind, layer));
+            encode_rows(entry.dtype, cols, &values, imp)
+        };
+        let decoded = decode_tensor(entry.dtype, rows, cols, &bytes);
+        let stats = ErrorStats::between(&values, &decoded);
+        report.push(TensorReport {
+            name,
+            dtype: entry.dtype.name(),
+            bytes: entry.length,
+            rmse: stats.rmse,
+            max_abs_error: stats.max_abs,
+            cosine: stats.cosine,
+        });
+        Ok(bytes)
+    });
+    match (out, failure) {
+        (_, Some(e)) => Err(e),
+        (Ok(out), None) => Ok((out, report)),
+        (Err(e), None) => Err(e).context("cannot build the model file"),
+    }
+}
+
+/// Runs the calibration text through `model` when `--calibrate` is given.
+pub fn importance_for(model: &Model<'_>, args: &QuantArgs, dtypes: &KindDtypes) -> Result<Option<Importance>> {
+    let Some(path) = &args.calibrate else { return Ok(None) };
+    if !dtypes.iter().any(|d| d.is_quantized()) {
+        eprintln!("warning: --calibrate only affects q8_0/q4_0 tensors; none are requested");
+    }
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read calibration text {}", path.display()))?;
+    let imp = calibrate::collect(model, &text, args.calibrate_tokens)
+        .with_context(|| format!("calibration on {} failed", path.display()))?;
+    eprintln!("calibrated on {} tokens of {}", imp.tokens, path.display());
+    Ok(Some(imp))
+}
+
+/// Prints the report table on stderr and, with `--json`, one JSON object on stdout.
+pub fn print_report(output: &std::path::Path, file_bytes: usize, report: &[TensorReport], json: bool) -> Result<()> {
+    eprintln!("{:<20} {:<5} {:>9} {:>11} {:>11} {:>10}", "tensor", "dtype", "bytes", "rmse", "max_abs", "cosine");
+    for r in report {
+        eprintln!(
+            "{:<20} {:<5} {:>9} {:>11.3e} {:>11.3e} {:>10.6}",
+            r.name, r.dtype, r.bytes, r.rmse, r.max_abs_error, r.cosine
+        );
+    }
+    let weights: u64 = report.iter().map(|r| r.bytes).sum();
+    eprintln!("{:<20} {:<5} {:>9}   (file {file_bytes} bytes)", "total", "", weights);
+    if json {
+        let j = serde_json::json!({
+            "output": output.display().to_string(),
+            "file_bytes": file_bytes,
+            "weight_bytes": weights,
+            "tensors": report,
+        });
+        println!("{j}");
+    }
+    Ok(())
+}
+
+pub fn run(args: &QuantizeArgs) -> Result<()> {
+    let file = ModelFile::read(&args.input)?;
+    let model = file.parse(false)?;
+    let Some(base) = args.quant.dtype else {
+        bail!("--dtype is required (f32, f16, q8_0 or q4_0)");
+    };
+    let dtypes = kind_dtypes(base, &args.quant, model.config().shared_classifier)?;
+    let importance = importance_for(&model, &args.quant, &dtypes)?;
+    let (out, report) = requantize(&model, model.name(), dtypes, importance.as_ref(), &|_, _| None)?;
+    crate::convert::write_file(&args.output, &out)?;
+    print_report(&args.output, out.len(), &report, args.quant.json)?;
+    eprintln!("wrote {} ({} bytes)", args.output.display(), out.len());
+    Ok(())
+}

@@ -1,0 +1,229 @@
+//! Host-side weight quantization (feature `std`): encoding whole tensors row by
+//! row, importance-weighted scale search for the block formats, and error
+//! statistics against the f32 source.
+//!
+//! Round-to-nearest (`encode_rows` without importance) is bit-compatible with
+//! ggml's reference quantizers. With an importance vector (llama.cpp
+//! imatrix-style: the mean square of each input column over calibration text),
+//! every q4_0 / q8_0 block searches its scale to minimize the weighted error
+//! `Σ_j w_j (x_j − d·q_j)²`, which approximates the expected squared error of the
+//! matmul output that the block feeds.
+
+extern crate alloc;
+use alloc::{vec, vec::Vec};
+
+use half::f16;
+
+use crate::format::DType;
+use crate::kernels::{q4_0, q8_0, QK};
+
+/// Encodes a (rows, cols) row-major tensor as `dtype`: `rows × dtype.row_bytes(cols)`
+/// bytes, block rows zero-padded. `importance` (cols values, ≥ 0), when given,
+/// switches the block types from round-to-nearest to a weighted scale search.
+pub fn encode_rows(dtype: DType, cols: usize, values: &[f32], importance: Option<&[f32]>) -> Vec<u8> {
+    let cols = cols.max(1);
+    let row_bytes = dtype.row_bytes(cols).unwrap_or(0);
+    let mut out = vec![0u8; values.len() / cols * row_bytes];
+    for (row, dst) in values.chunks_exact(cols).zip(out.chunks_exact_mut(row_bytes.max(1))) {
+        match dtype {
+            DType::F32 => {
+                for (d, v) in dst.chunks_exact_mut(4).zip(row) {
+                    d.copy_from_slice(&v.to_le_bytes());
+                }
+            }
+            DType::F16 => {
+                for (d, &v) in dst.chunks_exact_mut(2).zip(row) {
+                    d.copy_from_slice(&f16::from_f32(v).to_le_bytes());
+                }
+            }
+            DType::Q8_0 | DType::Q4_0 => {
+                let block_bytes = if dtype == DType::Q8_0 { q8_0::BLOCK_BYTES } else { q4_0::BLOCK_BYTES };
+                for (b, (chunk, block)) in row.chunks(QK).zip(dst.chunks_exact_mut(block_bytes)).enumerate() {
+                    match importance {
+                        None if dtype == DType::Q8_0 => q8_0::quantize_block(chunk, block),
+                        None => q4_0::quantize_block(chunk, block),
+                        Some(imp) => {
+                            let imp = imp.get(b * QK..).unwrap_or(&[]);
+                            quantize_block_weighted(dtype, chunk, imp, row, block);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Per-element weights of one block, llama.cpp style: the calibration
+/// importance of the column times `sqrt(σ² + x²)` with σ² the row's mean square,
+/// so large weights and important columns are both kept accurate.
+fn block_weights(x: &[f32], importance: &[f32], row: &[f32]) -> [f32; QK] {
+    let sigma2 = row.iter().map(|v| v * v).sum::<f32>() / row.len().max(1) as f32;
+    let mut w = [0.0f32; QK];
+    for (j, (wj, &xj)) in w.iter_mut().zip(x).enumerate() {
+        let imp = importance.get(j).copied().filter(|v| v.is_finite() && *v >= 0.0).unwrap_or(1.0);
+        *wj = imp * libm::sqrtf(sigma2 + xj * xj);
+    }
+    w
+}
+
+/// Quantizes `x` (≤ 32 values) to integer levels `lo..=hi` with scale `d`
+/// (rounded to f16 first, as stored), returning the stored scale, the levels and the
+/// weighted squared error.
+fn levels_for(x: &[f32], w: &[f32; QK], d: f32, lo: i32, hi: i32) -> (f32, [i32; QK], f32) {
+    let d = f16::from_f32(d).to_f32();
+    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+    let mut l = [0i32; QK];
+    let mut err = 0.0f32;
+    for (j, &v) in x.iter().enumerate() {
+        l[j] = (libm::roundf(v * id) as i32).clamp(lo, hi);
+        let e = v - d * l[j] as f32;
+        err += w[j] * e * e;
+    }
+    (d, l, err)
+}
+
+/// Searches a block's scale minimizing `Σ w_j (x_j − d·q_j)²`: starting points
+/// around `max / level` for a grid of levels, each refined by alternating
+/// least squares (optimal d for fixed q, then q for fixed d).
+fn search_scale(x: &[f32], w: &[f32; QK], lo: i32, hi: i32) -> (f32, [i32; QK]) {
+    let (mut amax, mut max) = (0.0f32, 0.0f32);
+    for &v in x {
+        if amax < libm::fabsf(v) {
+            amax = libm::fabsf(v);
+            max = v;
+        }
+    }
+    if amax == 0.0 || !amax.is_finite() {
+        return (0.0, [0; QK]);
+    }
+    // Round-to-nearest first, so the search never does worse than it.
+    let rtn = if lo == -8 { max / -8.0 } else { amax / hi as f32 };
+    let mut best = levels_for(x, w, rtn, lo, hi);
+    let try_scale = |d0: f32, best: &mut (f32, [i32; QK], f32)| {
+        let mut cand = levels_for(x, w, d0, lo, hi);
+        for _ in 0..3 {
+            if cand.2 < best.2 {
+                *best = cand;
+            }
+            // Least-squares scale for these levels.
+            let (mut sxl, mut sll) = (0.0f32, 0.0f32);
+            for (j, &v) in x.iter().enumerate() {
+                sxl += w[j] * v * cand.1[j] as f32;
+                sll += w[j] * (cand.1[j] * cand.1[j]) as f32;
+            }
+            if sll <= 0.0 {
+                break;
+            }
+            cand = levels_for(x, w, sxl / sll, lo, hi);
+        }
+        if cand.2 < best.2 {
+            *best = cand;
+        }
+    };
+    for step in -10..=10 {
+        let level = (if lo == -8 { 8.0 } else { hi as f32 }) + 0.1 * step as f32;
+        // The extreme value on the wider (negative) side, and on the positive side.
+        try_scale(max / -level, &mut best);
+        if lo == -8 {
+            try_scale(max / (level - 1.0), &mut best);
+        }
+    }
+    (best.0, best.1)
+}
+
+/// Weighted quantization of one block into `out` (q8_0 levels −127..=127,
+/// q4_0 levels −8..=7 stored as nibble = level + 8).
+fn quantize_block_weighted(dtype: DType, x: &[f32], importance: &[f32], row: &[f32], out: &mut [u8]) {
+    let x = &x[..x.len().min(QK)];
+    let w = block_weights(x, importance, row);
+    if dtype == DType::Q8_0 {
+        let (d, l) = search_scale(x, &w, -127, 127);
+        let mut block = q8_0::BlockQ8_0 { d: f16::from_f32(d).to_le_bytes(), qs: [0; QK] };
+        for (q, &v) in block.qs.iter_mut().zip(&l) {
+            *q = v as i8;
+        }
+        block.write(out);
+    } else {
+        let (d, l) = search_scale(x, &w, -8, 7);
+        let mut nibbles = [8u8; QK];
+        for (n, &v) in nibbles.iter_mut().zip(&l[..x.len()]) {
+            *n = (v + 8) as u8;
+        }
+        q4_0::pack(d, &nibbles, out);
+    }
+}
+
+/// How far a stored tensor is from its f32 source.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct ErrorStats {
+    /// Root mean square error.
+    pub rmse: f64,
+    /// Largest absolute error.
+    pub max_abs: f64,
+    /// Cosine similarity of the flattened tensors (1 when both are zero).
+    pub cosine: f64,
+}
+
+impl ErrorStats {
+    /// Compares `decoded` with `source` element by element.
+    pub fn between(source: &[f32], decoded: &[f32]) -> ErrorStats {
+        let (mut se, mut max_abs, mut dot, mut na, mut nb) = (0.0f64, 0.0f64, 0.0f64, 0.0f64, 0.0f64);
+        for (&a, &b) in source.iter().zip(decoded) {
+            let (a, b) = (f64::from(a), f64::from(b));
+            se += (a - b) * (a - b);
+            max_abs = max_abs.max((a - b).abs());
+            dot += a * b;
+            na += a * a;
+            nb += b * b;
+        }
+        let n = source.len().max(1) as f64;
+        let cosine = if na == 0.0 && nb == 0.0 { 1.0 } else { dot / (na.sqrt() * nb.sqrt()).max(f64::MIN_POSITIVE) };
+        ErrorStats { rmse: (se / n).sqrt(), max_abs, cosine }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::write::decode_tensor;
+
+    fn wave(n: usize) -> Vec<f32> {
+        (0..n).map(|i| libm::sinf(i as f32 * 0.37) * (1.0 + (i % 7) as f32 * 0.3)).collect()
+    }
+
+    #[test]
+    fn rtn_matches_the_kernels_and_pads_rows() {
+        let (rows, cols) = (3, 33);
+        let x = wave(rows * cols);
+        for dtype in DType::ALL {
+            let bytes = encode_rows(dtype, cols, &x, None);
+            assert_eq!(bytes.len(), rows * dtype.row_bytes(cols).unwrap());
+            let y = decode_tensor(dtype, rows, cols, &bytes);
+            let s = ErrorStats::between(&x, &y);
+            assert!(s.cosine > 0.99, "{dtype:?} {s:?}");
+        }
+    }
+
+    #[test]
+    fn weighted_search_beats_round_to_nearest_in_weighted_error() {
+        let cols = 172;
+        let x = wave(8 * cols);
+        let imp: Vec<f32> = (0..cols).map(|j| if j % 5 == 0 { 20.0 } else { 0.5 }).collect();
+        let err = |bytes: &[u8]| {
+            let y = decode_tensor(DType::Q4_0, 8, cols, bytes);
+            x.iter().zip(&y).enumerate().map(|(i, (a, b))| imp[i % cols] * (a - b) * (a - b)).sum::<f32>()
+        };
+        let rtn = err(&encode_rows(DType::Q4_0, cols, &x, None));
+        let searched = err(&encode_rows(DType::Q4_0, cols, &x, Some(&imp)));
+        assert!(searched < rtn * 0.9, "searched {searched} vs rtn {rtn}");
+    }
+
+    #[test]
+    fn stats_of_identical_tensors() {
+        let x = wave(50);
+        let s = ErrorStats::between(&x, &x);
+        assert_eq!((s.rmse, s.max_abs), (0.0, 0.0));
+        assert!((s.cosine - 1.0).abs() < 1e-12);
+    }
+}
