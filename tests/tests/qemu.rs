@@ -67,24 +67,34 @@ fn firmware() -> &'static Path {
 /// stories260K converted to f32 `.mlm`, once per test run.
 fn model() -> &'static Path {
     static MODEL: OnceLock<PathBuf> = OnceLock::new();
-    MODEL.get_or_init(|| {
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("qemu");
-        std::fs::create_dir_all(&dir).unwrap();
-        let out = dir.join("stories260K.mlm");
-        let models = root().join("../shared/models");
-        let status = Command::new(microlm())
-            .arg("convert")
-            .arg(models.join("stories260K.bin"))
-            .arg("--tokenizer")
-            .arg(models.join("tok512.bin"))
-            .arg("-o")
-            .arg(&out)
-            .stdout(Stdio::null())
-            .status()
-            .unwrap();
-        assert!(status.success(), "convert failed");
-        out
-    })
+    MODEL.get_or_init(|| convert("f32"))
+}
+
+/// stories260K converted to q8_0 `.mlm`, once per test run.
+fn q8_model() -> &'static Path {
+    static MODEL: OnceLock<PathBuf> = OnceLock::new();
+    MODEL.get_or_init(|| convert("q8_0"))
+}
+
+/// Converts stories260K with `--dtype dtype`.
+fn convert(dtype: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("qemu");
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = dir.join(format!("stories260K-{dtype}.mlm"));
+    let models = root().join("../shared/models");
+    let status = Command::new(microlm())
+        .arg("convert")
+        .arg(models.join("stories260K.bin"))
+        .arg("--tokenizer")
+        .arg(models.join("tok512.bin"))
+        .args(["--dtype", dtype, "-o"])
+        .arg(&out)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "convert failed");
+    out
 }
 
 fn reference_case(name: &str) -> Value {
@@ -150,7 +160,31 @@ fn check_reference_case(name: &str) {
     let streamed = &stdout[..stdout.trim_end_matches('\n').rfind('\n').unwrap() + 1];
     assert_eq!(streamed, format!("{}\n", host["text"].as_str().unwrap()), "{name}: streamed text");
     assert!(board["instructions_per_token"].as_u64().unwrap() > 0);
-    assert!(board["stack_peak_bytes"].as_u64().unwrap() > 0);
+    let stack = board["stack_peak_bytes"].as_u64().unwrap();
+    assert!(stack > 0 && stack <= STACK_BOUND, "{name}: peak stack {stack} bytes exceeds the {STACK_BOUND}-byte bound");
+}
+
+/// Documented bound on the firmware's peak stack for a whole generation (measured about 3 KB).
+const STACK_BOUND: u64 = 8 * 1024;
+
+/// A q8_0 file on the board gives exactly the host's tokens, for every reference case's settings.
+#[test]
+fn qemu_q8_0_matches_host_for_every_case() {
+    let all: Value =
+        serde_json::from_slice(&std::fs::read(root().join("../shared/reference/stories260K_generate.json")).unwrap())
+            .unwrap();
+    for case in all["cases"].as_array().unwrap() {
+        let flags = case_flags(case);
+        let out = run_cli_qemu(q8_model(), &flags);
+        assert!(out.status.success(), "microlm qemu failed: {}", String::from_utf8_lossy(&out.stderr));
+        let board = last_json(&out);
+        let host = Command::new(microlm()).arg("generate").arg(q8_model()).args(&flags).arg("--json").output().unwrap();
+        assert!(host.status.success());
+        let host = last_json(&host);
+        assert_eq!(board["ids"], host["ids"], "{}: q8_0 board ids differ from the host's", case["name"]);
+        assert_eq!(board["text"], host["text"]);
+        assert!(board["stack_peak_bytes"].as_u64().unwrap() <= STACK_BOUND);
+    }
 }
 
 #[test]
