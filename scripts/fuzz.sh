@@ -22,7 +22,7 @@ for t in $targets; do
     log="target/fuzz-$t.log"
     echo "== $t: ${secs}s" >&2
     # Inputs are capped so mutation stays fast; encode is quadratic in the text (as llama2.c's is).
-    case $t in tokenizer) max_len=1024 ;; *) max_len=65536 ;; esac
+    case $t in tokenizer) max_len=128 ;; llama2c_import) max_len=16384 ;; *) max_len=65536 ;; esac
     (cd fuzz && cargo +nightly fuzz run "$t" "corpus/$t" "corpus-seeds/$t" "regressions/$t" -- \
         -max_total_time="$secs" -max_len="$max_len" -rss_limit_mb=4096 -print_final_stats=1) >"$log" 2>&1 || {
         echo "$t: crash or error, see $log and fuzz/artifacts/$t/" >&2

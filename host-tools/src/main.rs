@@ -1,5 +1,6 @@
 //! `microlm`: convert, inspect and run tiny language models.
 
+mod bench;
 mod calibrate;
 mod convert;
 mod eval;
@@ -38,6 +39,9 @@ enum Command {
     /// Print a model file's configuration, tensor table, tokenizer and memory plan.
     #[command(after_help = "Example:\n  microlm inspect stories260K.mlm --ctx 256 --json")]
     Inspect(inspect::InspectArgs),
+    /// Measure host decoding throughput (median tokens/s of greedy runs).
+    #[command(after_help = "Example:\n  microlm bench stories260K.mlm --runs 9 --json")]
+    Bench(bench::BenchArgs),
     /// Generate text from a model file, streaming tokens to stdout.
     #[command(after_help = "Example:\n  microlm generate stories260K.mlm -p \"Once upon a time\" -n 128 -t 0.8 -s 42")]
     Generate(generate::GenerateArgs),
@@ -75,6 +79,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Quantize(args) => quantize::run(&args),
         Command::Eval(args) => eval::run(&args),
         Command::Generate(args) => generate::run(&args),
+        Command::Bench(args) => bench::run(&args),
         Command::Qemu(args) => qemu::run(&args),
         Command::Demo(args) => {
             let model = models::demo_model(args.models.as_deref())?;

@@ -5,7 +5,7 @@ use microlm_tests::{converted, run_cli, scratch_dir, shared};
 
 #[test]
 fn every_subcommand_has_help_with_an_example() {
-    for sub in ["convert", "inspect", "generate", "demo"] {
+    for sub in ["convert", "inspect", "generate", "bench", "demo"] {
         let (code, out, _) = run_cli([sub, "--help"]);
         assert_eq!(code, 0);
         assert!(out.contains("Example:\n  microlm"), "{sub} --help lacks an example:\n{out}");
@@ -138,4 +138,28 @@ fn demo_reports_missing_models_with_the_download_address() {
     let (code, _, err) = run_cli(["demo".as_ref(), "--models".as_ref(), empty.as_os_str()]);
     assert_eq!(code, 1);
     assert!(err.contains("huggingface.co/karpathy/tinyllamas"), "{err}");
+}
+
+#[test]
+fn bench_reports_a_median_throughput() {
+    let model = converted("f32");
+    let (code, out, err) = run_cli([
+        "bench".as_ref(),
+        model.as_os_str(),
+        "-n".as_ref(),
+        "16".as_ref(),
+        "--runs".as_ref(),
+        "3".as_ref(),
+        "--json".as_ref(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let j: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(j["runs"], 3);
+    assert_eq!(j["positions_per_run"], 16);
+    let (lo, med, hi) = (
+        j["tokens_per_s_min"].as_f64().unwrap(),
+        j["tokens_per_s_median"].as_f64().unwrap(),
+        j["tokens_per_s_max"].as_f64().unwrap(),
+    );
+    assert!(lo > 0.0 && lo <= med && med <= hi, "{j}");
 }
