@@ -156,6 +156,8 @@ impl<T> Once<T> {
     }
 
     /// The value, the first time only.
+    // A `&'static mut` from `&'static self` is sound here: the flag hands it out once.
+    #[allow(clippy::mut_from_ref)]
     pub fn take(&'static self) -> Option<&'static mut T> {
         if self.taken.swap(true, Ordering::AcqRel) {
             return None;
