@@ -1,8 +1,9 @@
 //! `microlm qemu`: run a model file on a board firmware in QEMU, streaming its text.
 //!
 //! The firmware (`boards/qemu-<machine>/`) reads the model from a fixed PSRAM
-//! address, where QEMU's generic loader puts the file and a length word, and
-//! its settings from the semihosting command line. It prints the text, then
+//! address, where QEMU's generic loader puts the file and a length word
+//! (mps2-an386, mps2-an505), or from its own flash, where the build embedded it
+//! (lm3s6965evb), and its settings from the semihosting command line. It prints the text, then
 //! one `stats: ... ids=...` line, or an `error: ...` line and exits 1.
 
 use std::io::{Read, Write};
@@ -72,7 +73,7 @@ pub const MACHINES: &[Machine] = &[
 pub struct QemuArgs {
     /// Model file (.mlm).
     pub model: PathBuf,
-    /// QEMU machine to run on (its firmware is in boards/qemu-MACHINE).
+    /// QEMU machine to run on: mps2-an386, mps2-an505 or lm3s6965evb (firmware in boards/qemu-MACHINE).
     #[arg(long, default_value = "mps2-an386")]
     pub machine: String,
     #[command(flatten)]
