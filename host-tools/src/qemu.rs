@@ -1,8 +1,9 @@
 //! `microlm qemu`: run a model file on a board firmware in QEMU, streaming its text.
 //!
 //! The firmware (`boards/qemu-<machine>/`) reads the model from a fixed PSRAM
-//! address, where QEMU's generic loader puts the file and a length word, and
-//! its settings from the semihosting command line. It prints the text, then
+//! address, where QEMU's generic loader puts the file and a length word
+//! (mps2-an386, mps2-an505), or from its own flash, where the build embedded it
+//! (lm3s6965evb), and its settings from the semihosting command line. It prints the text, then
 //! one `stats: ... ids=...` line, or an `error: ...` line and exits 1.
 
 use std::io::{Read, Write};
@@ -22,29 +23,57 @@ pub struct Machine {
     pub name: &'static str,
     /// Board crate directory, relative to the checkout.
     pub board_dir: &'static str,
-    /// Where the firmware reads the model's length word (its memory.x `_model_len_word`).
-    pub len_addr: u32,
-    /// Where the firmware reads the model file (its memory.x `_model_start`).
-    pub model_addr: u32,
-    /// Bytes available for the model file at `model_addr`.
-    pub model_max: u64,
+    /// How the firmware gets the model file.
+    pub model: Placement,
+}
+
+/// How a board's firmware gets the model file.
+#[derive(Debug)]
+pub enum Placement {
+    /// QEMU's generic loader writes the file's length as a 32-bit word at
+    /// `len_addr` and the file at `model_addr` (the board's memory.x
+    /// `_model_len_word` and `_model_start`), in RAM no section uses.
+    Loaded {
+        len_addr: u32,
+        model_addr: u32,
+        /// Bytes available for the model file at `model_addr`.
+        model_max: u64,
+    },
+    /// Embedded in the firmware's flash at build time (`MICROLM_MODEL`), with
+    /// the arena a static sized by build.rs for `MICROLM_CTX` positions.
+    Embedded {
+        /// Flash bytes (firmware and model).
+        flash_bytes: u64,
+        /// SRAM bytes (data, arena and stack).
+        ram_bytes: u64,
+    },
 }
 
 /// The machines `microlm qemu` knows.
-pub const MACHINES: &[Machine] = &[Machine {
-    name: "mps2-an386",
-    board_dir: "boards/qemu-mps2-an386",
-    len_addr: 0x2100_0000,
-    model_addr: 0x2100_0020,
-    model_max: (16 << 20) - 32,
-}];
+pub const MACHINES: &[Machine] = &[
+    Machine {
+        name: "mps2-an386",
+        board_dir: "boards/qemu-mps2-an386",
+        model: Placement::Loaded { len_addr: 0x2100_0000, model_addr: 0x2100_0020, model_max: (16 << 20) - 32 },
+    },
+    Machine {
+        name: "mps2-an505",
+        board_dir: "boards/qemu-mps2-an505",
+        model: Placement::Loaded { len_addr: 0x8000_0000, model_addr: 0x8000_0020, model_max: (16 << 20) - 32 },
+    },
+    Machine {
+        name: "lm3s6965evb",
+        board_dir: "boards/qemu-lm3s6965evb",
+        model: Placement::Embedded { flash_bytes: 256 << 10, ram_bytes: 64 << 10 },
+    },
+];
 
 /// Arguments of `microlm qemu`.
 #[derive(Debug, Args)]
 pub struct QemuArgs {
     /// Model file (.mlm).
     pub model: PathBuf,
-    /// QEMU machine to run on (its firmware is in boards/qemu-MACHINE).
+    /// QEMU machine to run on: mps2-an386, mps2-an505 or lm3s6965evb (firmware in boards/qemu-MACHINE).
     #[arg(long, default_value = "mps2-an386")]
     pub machine: String,
     #[command(flatten)]
@@ -94,8 +123,8 @@ fn checkout() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-/// Builds the machine's firmware in release mode and returns the ELF path.
-pub fn build_firmware(machine: &Machine) -> Result<PathBuf> {
+/// Builds the machine's firmware in release mode with `env` set and returns the ELF path.
+pub fn build_firmware(machine: &Machine, env: &[(&str, std::ffi::OsString)]) -> Result<PathBuf> {
     let dir = checkout().join(machine.board_dir);
     ensure!(
         dir.join("Cargo.toml").is_file(),
@@ -103,14 +132,25 @@ pub fn build_firmware(machine: &Machine) -> Result<PathBuf> {
         dir.display()
     );
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let embedded = matches!(machine.model, Placement::Embedded { .. });
     // The board has its own target and runner in its .cargo/config.toml, read from its directory.
-    let out = Command::new(cargo)
-        .current_dir(&dir)
-        .args(["build", "--release", "--locked", "--message-format=json-render-diagnostics"])
-        .stderr(Stdio::inherit())
-        .output()
-        .with_context(|| format!("cannot run cargo to build {}", dir.display()))?;
-    ensure!(out.status.success(), "building the firmware in {} failed", dir.display());
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(&dir).args(["build", "--release", "--locked", "--message-format=json-render-diagnostics"]);
+    cmd.envs(env.iter().map(|(k, v)| (k, v)));
+    // A board with the model in flash can fail to link for the model's sake:
+    // keep cargo's messages to turn the linker's into one line.
+    cmd.stderr(if embedded { Stdio::piped() } else { Stdio::inherit() });
+    let out = cmd.output().with_context(|| format!("cannot run cargo to build {}", dir.display()))?;
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if let Some(msg) = link_error(machine, &stderr) {
+            bail!("{msg}");
+        }
+        if embedded {
+            eprint!("{stderr}");
+        }
+        bail!("building the firmware in {} failed", dir.display());
+    }
     // cargo names the built ELF in its JSON messages, wherever the target directory is.
     let stdout = String::from_utf8_lossy(&out.stdout);
     for line in stdout.lines().rev() {
@@ -120,6 +160,53 @@ pub fn build_firmware(machine: &Machine) -> Result<PathBuf> {
         }
     }
     bail!("cargo built {} but named no executable", dir.display())
+}
+
+/// Bytes by which the linker says `region` overflowed (`... will not fit in region 'FLASH': overflowed by N bytes`).
+fn overflow(stderr: &str, region: &str) -> Option<u64> {
+    let marker = format!("will not fit in region '{region}': overflowed by ");
+    stderr.lines().find_map(|l| l.split_once(&marker)?.1.split_whitespace().next()?.parse().ok())
+}
+
+/// One line for a build that failed because the model or its arena does not
+/// fit the board, or for a build script's own `error: ` line.
+pub fn link_error(machine: &Machine, stderr: &str) -> Option<String> {
+    let Placement::Embedded { flash_bytes, ram_bytes } = machine.model else { return None };
+    if let Some(by) = overflow(stderr, "FLASH") {
+        return Some(format!(
+            "the model does not fit in {}'s {} KiB flash beside the firmware: overflowed by {by} bytes \
+             (use a smaller or more quantized model)",
+            machine.name,
+            flash_bytes >> 10
+        ));
+    }
+    if let Some(by) = overflow(stderr, "RAM") {
+        return Some(format!(
+            "the arena does not fit in {}'s {} KiB SRAM beside the stack: overflowed by {by} bytes (use a smaller --ctx)",
+            machine.name,
+            ram_bytes >> 10
+        ));
+    }
+    // build.rs reports bad settings (MICROLM_CTX, an unreadable file) as one `error: ` line.
+    stderr
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("error: ").filter(|m| m.starts_with("MICROLM_")).map(String::from))
+}
+
+/// The context an embedded board's arena is built for: `--ctx`, else the
+/// positions the run needs (`-n`, at most the model's seq_len; 0 = seq_len).
+/// `None` when the file does not parse (the firmware then reports why).
+pub fn embedded_ctx(model: &Path, sampling: &SamplingArgs) -> Result<Option<usize>> {
+    if let Some(ctx) = sampling.ctx {
+        return Ok(Some(ctx));
+    }
+    let bytes = std::fs::read(model).with_context(|| format!("cannot read model file {}", model.display()))?;
+    let mut words = vec![0u32; bytes.len().div_ceil(4)];
+    bytemuck::cast_slice_mut::<u32, u8>(&mut words)[..bytes.len()].copy_from_slice(&bytes);
+    let bytes = &bytemuck::cast_slice::<u32, u8>(&words)[..bytes.len()];
+    let Ok(parsed) = microlm::Model::parse_with(bytes, microlm::Checksum::Skip) else { return Ok(None) };
+    let seq_len = parsed.config().seq_len;
+    Ok(Some(if sampling.steps == 0 { seq_len } else { sampling.steps.min(seq_len) }))
 }
 
 /// Quotes a value for the firmware's command-line parser (double quotes, backslash escapes).
@@ -157,7 +244,8 @@ pub fn firmware_args(s: &SamplingArgs) -> Vec<String> {
 }
 
 /// The QEMU command that boots `firmware` with `model` loaded and `words` as its command line.
-pub fn qemu_command(machine: &Machine, firmware: &Path, model: &Path, model_len: u64, words: &[String]) -> Command {
+/// With `model` (and its length) for a board that loads it; an embedded board's firmware carries its own.
+pub fn qemu_command(machine: &Machine, firmware: &Path, model: Option<(&Path, u64)>, words: &[String]) -> Command {
     let mut semihosting = String::from("enable=on,target=native");
     // One arg= per word keeps spaces inside the (quoted) prompt; -append would collapse them.
     for w in words {
@@ -168,14 +256,14 @@ pub fn qemu_command(machine: &Machine, firmware: &Path, model: &Path, model_len:
     cmd.args(["-M", machine.name, "-nographic", "-serial", "null", "-monitor", "none"])
         .args(["-semihosting-config", &semihosting])
         // 1 ns of virtual time per instruction: the firmware's SysTick counts instructions.
-        .args(["-icount", "shift=0"])
-        .arg("-device")
-        .arg(format!("loader,addr={:#x},data={model_len},data-len=4", machine.len_addr))
-        .arg("-device")
-        .arg(format!("loader,file={},addr={:#x},force-raw=on", qemu_opt(&model.to_string_lossy()), machine.model_addr))
-        .arg("-kernel")
-        .arg(firmware)
-        .stdin(Stdio::null());
+        .args(["-icount", "shift=0"]);
+    if let (Placement::Loaded { len_addr, model_addr, .. }, Some((model, model_len))) = (&machine.model, model) {
+        cmd.arg("-device")
+            .arg(format!("loader,addr={len_addr:#x},data={model_len},data-len=4"))
+            .arg("-device")
+            .arg(format!("loader,file={},addr={model_addr:#x},force-raw=on", qemu_opt(&model.to_string_lossy())));
+    }
+    cmd.arg("-kernel").arg(firmware).stdin(Stdio::null());
     cmd
 }
 
@@ -326,18 +414,48 @@ pub fn run(args: &QemuArgs) -> Result<()> {
     let model_len = std::fs::metadata(&args.model)
         .with_context(|| format!("cannot read model file {}", args.model.display()))?
         .len();
-    ensure!(
-        model_len <= machine.model_max,
-        "{} is {model_len} bytes; {} holds at most {} bytes for the model",
-        args.model.display(),
-        machine.name,
-        machine.model_max
-    );
-    let firmware = match &args.firmware {
-        Some(path) => path.clone(),
-        None => build_firmware(machine)?,
+    let mut words = firmware_args(&args.sampling);
+    let cmd = match machine.model {
+        Placement::Loaded { model_max, .. } => {
+            ensure!(
+                model_len <= model_max,
+                "{} is {model_len} bytes; {} holds at most {model_max} bytes for the model",
+                args.model.display(),
+                machine.name,
+            );
+            let firmware = match &args.firmware {
+                Some(path) => path.clone(),
+                None => build_firmware(machine, &[])?,
+            };
+            qemu_command(machine, &firmware, Some((&args.model, model_len)), &words)
+        }
+        Placement::Embedded { flash_bytes, .. } => {
+            ensure!(
+                model_len <= flash_bytes,
+                "{} is {model_len} bytes; {}'s flash holds {flash_bytes} bytes, firmware included",
+                args.model.display(),
+                machine.name,
+            );
+            let firmware = match &args.firmware {
+                // A prebuilt firmware carries its own model (and context).
+                Some(path) => path.clone(),
+                None => {
+                    let ctx = embedded_ctx(&args.model, &args.sampling)?;
+                    let path = std::path::absolute(&args.model)
+                        .with_context(|| format!("cannot resolve {}", args.model.display()))?;
+                    let mut env = vec![("MICROLM_MODEL", path.into_os_string())];
+                    if let Some(ctx) = ctx {
+                        env.push(("MICROLM_CTX", ctx.to_string().into()));
+                        if args.sampling.ctx.is_none() {
+                            words.extend(["--ctx".into(), ctx.to_string()]);
+                        }
+                    }
+                    build_firmware(machine, &env)?
+                }
+            };
+            qemu_command(machine, &firmware, None, &words)
+        }
     };
-    let cmd = qemu_command(machine, &firmware, &args.model, model_len, &firmware_args(&args.sampling));
     let run = run_qemu(cmd, Duration::from_secs(args.timeout), std::io::stdout())?;
     let out = outcome(&run)?;
     eprintln!(

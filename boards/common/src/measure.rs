@@ -10,11 +10,6 @@ use cortex_m_rt::exception;
 /// SysTick reload: the full 24-bit range, so it wraps every 2^24 ticks.
 const RELOAD: u32 = 0x00FF_FFFF;
 
-/// Instructions per SysTick tick. QEMU's mps2-an386 clocks SysTick (CLKSOURCE =
-/// processor clock) at SYSCLK = 25 MHz, i.e. one tick per 40 ns of virtual
-/// time, and `-icount shift=0` advances virtual time 1 ns per instruction.
-pub const INSTRUCTIONS_PER_TICK: u64 = 40;
-
 /// SysTick wraps since `Counter::start`.
 static WRAPS: AtomicU32 = AtomicU32::new(0);
 
@@ -26,11 +21,20 @@ fn SysTick() {
 /// A free-running 24-bit SysTick extended to 64 bits by counting wraps.
 pub struct Counter {
     _syst: SYST,
+    instructions_per_tick: u64,
+}
+
+impl core::fmt::Debug for Counter {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Counter").field("instructions_per_tick", &self.instructions_per_tick).finish()
+    }
 }
 
 impl Counter {
-    /// Starts SysTick from zero on the processor clock.
-    pub fn start(mut syst: SYST) -> Counter {
+    /// Starts SysTick from zero on the processor clock. `instructions_per_tick`
+    /// is the board's nanoseconds per processor clock cycle: `-icount shift=0`
+    /// advances virtual time 1 ns per instruction.
+    pub fn start(mut syst: SYST, instructions_per_tick: u64) -> Counter {
         syst.disable_counter();
         syst.set_clock_source(SystClkSource::Core);
         syst.set_reload(RELOAD);
@@ -38,7 +42,7 @@ impl Counter {
         WRAPS.store(0, Ordering::Relaxed);
         syst.enable_interrupt();
         syst.enable_counter();
-        Counter { _syst: syst }
+        Counter { _syst: syst, instructions_per_tick }
     }
 
     /// Ticks since `start`.
@@ -56,7 +60,7 @@ impl Counter {
 
     /// Instructions since `start` (exact under `-icount shift=0`, to a tick).
     pub fn instructions(&self) -> u64 {
-        self.ticks() * INSTRUCTIONS_PER_TICK
+        self.ticks() * self.instructions_per_tick
     }
 }
 

@@ -13,6 +13,12 @@ pub struct Out {
     last: u8,
 }
 
+impl fmt::Debug for Out {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Out").field("open", &self.stream.is_some()).field("buffered", &self.len).finish()
+    }
+}
+
 impl Out {
     /// Opens the host's stdout (if the host refuses, output is dropped; the exit code still tells).
     pub fn stdout() -> Out {

@@ -1,0 +1,269 @@
+//! The other QEMU boards: mps2-an505 (Cortex-M33, model loaded into PSRAM)
+//! says exactly what llama2.c says, and lm3s6965evb (Cortex-M3, model embedded
+//! in 256 KiB flash, arena sized at build time for 64 KiB SRAM) says exactly
+//! what the host says; both reject bad models, and a model or arena too big
+//! for lm3s6965evb is one clear error line.
+//!
+//! Everything goes through `microlm qemu`, which builds the board crate with
+//! cargo in a subprocess. The lm3s6965evb firmware is rebuilt for each model
+//! and context, so those builds (and the runs on them) take turns.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::{Mutex, OnceLock};
+
+use microlm_tests::{cli, converted, reference_cases, root, run_cli, scratch_dir, shared};
+use serde_json::Value;
+
+/// Longest a single `microlm qemu` run may take (QEMU is killed after it).
+const TIMEOUT_S: &str = "120";
+
+/// The dtype of stories260K that lm3s6965evb runs once `microlm convert`
+/// offers it; until then a synthetic f32 model that fits stands in.
+const LM3S_DTYPE: &str = "q4_0";
+/// Positions the lm3s6965evb runs use; the firmware's arena is built for this
+/// context (stories260K with an f32 KV cache needs 1,280 bytes per position).
+const LM3S_STEPS: usize = 32;
+
+/// `microlm qemu MODEL --machine MACHINE ARGS --json`.
+fn qemu(model: &Path, machine: &str, args: &[&str]) -> Output {
+    Command::new(cli())
+        .arg("qemu")
+        .arg(model)
+        .args(["--machine", machine, "--json", "--timeout", TIMEOUT_S])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run microlm qemu")
+}
+
+/// `microlm generate MODEL ARGS --json`.
+fn generate(model: &Path, args: &[&str]) -> Value {
+    let out = Command::new(cli()).arg("generate").arg(model).args(args).arg("--json").output().unwrap();
+    assert!(out.status.success(), "generate failed: {}", String::from_utf8_lossy(&out.stderr));
+    last_json(&out)
+}
+
+/// The last stdout line of a `--json` run, parsed.
+fn last_json(out: &Output) -> Value {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(stdout.trim_end().rsplit('\n').next().unwrap()).expect("a JSON last line")
+}
+
+/// Asserts a failed run: exit code 1 and one `error: ` line containing `expect`.
+fn assert_error(out: &Output, expect: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "expected exit code 1; stderr:\n{stderr}");
+    let last = stderr.trim_end().rsplit('\n').next().unwrap();
+    assert!(
+        last.starts_with("error: ") && last.contains(expect),
+        "expected an error line with '{expect}', got: {last}"
+    );
+}
+
+/// The mps2-an505 firmware, built once (with cargo, in its own directory).
+fn an505_firmware() -> &'static Path {
+    static ELF: OnceLock<PathBuf> = OnceLock::new();
+    ELF.get_or_init(|| {
+        let out = Command::new(env!("CARGO"))
+            .current_dir(root().join("boards/qemu-mps2-an505"))
+            .args(["build", "--release", "--locked", "--message-format=json-render-diagnostics"])
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("run cargo");
+        assert!(out.status.success(), "building the mps2-an505 firmware failed");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find_map(|m| m.get("executable").and_then(Value::as_str).map(PathBuf::from))
+            .expect("cargo named no firmware executable")
+    })
+}
+
+/// All five llama2.c reference generations on the Cortex-M33, token for token;
+/// the text equals the host's. The first run lets `microlm qemu` build the
+/// firmware itself (a no-op once built), the rest run the prebuilt ELF.
+#[test]
+fn an505_matches_llama2c() {
+    let model = converted("f32");
+    let elf = an505_firmware();
+    for (i, case) in reference_cases().iter().enumerate() {
+        let (steps, temp, topp) = (case.steps.to_string(), case.temperature.to_string(), case.topp.to_string());
+        // The greedy cases have no seed; any seed gives the same argmax tokens.
+        let seed = case.seed.unwrap_or(1).to_string();
+        let flags = ["-p", &case.prompt, "-n", &steps, "-t", &temp, "--top-p", &topp, "-s", &seed];
+        let mut args = flags.to_vec();
+        if i > 0 {
+            args.extend(["--firmware", elf.to_str().unwrap()]);
+        }
+        let out = qemu(&model, "mps2-an505", &args);
+        assert!(out.status.success(), "{}: {}", case.name, String::from_utf8_lossy(&out.stderr));
+        let board = last_json(&out);
+        let ids: Vec<u32> = serde_json::from_value(board["ids"].clone()).unwrap();
+        assert_eq!(ids, case.ids, "{}: mps2-an505 ids differ from llama2.c", case.name);
+        let host = generate(&model, &flags);
+        assert_eq!(board["text"], host["text"], "{}: text differs from the host's", case.name);
+        assert!(board["instructions_per_token"].as_u64().unwrap() > 0);
+        assert!(board["stack_peak_bytes"].as_u64().unwrap() > 0);
+    }
+}
+
+/// A corrupt model loaded on the an505 is the parser's error and exit code 1.
+#[test]
+fn an505_corrupt_model_is_an_error_exit() {
+    let mut bytes = std::fs::read(converted("f32")).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x40;
+    let path = scratch_dir("qemu-boards").join("an505-corrupt.mlm");
+    std::fs::write(&path, bytes).unwrap();
+    let out = qemu(&path, "mps2-an505", &["-n", "8", "--firmware", an505_firmware().to_str().unwrap()]);
+    assert_error(&out, "the firmware reported: model at 0x80000020");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("checksum mismatch"));
+}
+
+/// A deterministic pseudo-random f32 in [-1, 1) (xorshift64*).
+fn next(state: &mut u64) -> f32 {
+    *state ^= *state >> 12;
+    *state ^= *state << 25;
+    *state ^= *state >> 27;
+    (state.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+}
+
+/// A llama2.c legacy checkpoint with random weights (shared classifier, vocabulary 512
+/// so tok512.bin fits it): dim 32, 4 heads, 2 KV heads, 2 layers, seq_len 256.
+fn synthetic_checkpoint(hidden_dim: usize) -> Vec<u8> {
+    let (dim, layers, heads, kv_heads, vocab, seq_len) = (32usize, 2usize, 4usize, 2usize, 512usize, 256usize);
+    let kv_dim = dim / heads * kv_heads;
+    let mut out = Vec::new();
+    for v in [dim, hidden_dim, layers, heads, kv_heads, vocab, seq_len] {
+        out.extend_from_slice(&(v as i32).to_le_bytes());
+    }
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    let mut push = |n: usize, scale: Option<f32>| {
+        for _ in 0..n {
+            let v = scale.map_or(1.0, |s| next(&mut state) * s);
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+    };
+    push(vocab * dim, Some(1.0));
+    let fan = |n: usize| Some(2.0 / (n as f32).sqrt());
+    // Each kind for every layer: attention norm, wq, wk, wv, wo, FFN norm, w1, w2, w3.
+    for (n, scale) in [
+        (dim, None),
+        (dim * dim, fan(dim)),
+        (dim * kv_dim, fan(dim)),
+        (dim * kv_dim, fan(dim)),
+        (dim * dim, fan(dim)),
+        (dim, None),
+        (hidden_dim * dim, fan(dim)),
+        (dim * hidden_dim, fan(hidden_dim)),
+        (hidden_dim * dim, fan(dim)),
+    ] {
+        push(n * layers, scale);
+    }
+    push(dim, None);
+    // The two legacy RoPE tables (the runtime recomputes them).
+    push(seq_len * dim / heads, Some(0.0));
+    out
+}
+
+/// The synthetic checkpoint converted to f32 `.mlm`, once per test process.
+fn synthetic_model(hidden_dim: usize) -> PathBuf {
+    static MADE: Mutex<Vec<usize>> = Mutex::new(Vec::new());
+    let mut made = MADE.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = scratch_dir("qemu-boards");
+    let bin = dir.join(format!("synthetic-{hidden_dim}.bin"));
+    let mlm = dir.join(format!("synthetic-{hidden_dim}.mlm"));
+    if made.contains(&hidden_dim) {
+        return mlm;
+    }
+    std::fs::write(&bin, synthetic_checkpoint(hidden_dim)).unwrap();
+    let tok = shared().join("models/tok512.bin");
+    let (code, _, err) = run_cli([
+        "convert".as_ref(),
+        bin.as_os_str(),
+        "--tokenizer".as_ref(),
+        tok.as_os_str(),
+        "-o".as_ref(),
+        mlm.as_os_str(),
+    ]);
+    assert_eq!(code, 0, "convert failed: {err}");
+    made.push(hidden_dim);
+    mlm
+}
+
+/// The model the lm3s6965evb runs: stories260K in [`LM3S_DTYPE`] once
+/// `microlm convert` offers that dtype, else the synthetic f32 model (148 KB).
+fn lm3s_model() -> PathBuf {
+    let (_, help, _) = run_cli(["convert", "--help"]);
+    if help.contains(LM3S_DTYPE) {
+        converted(LM3S_DTYPE)
+    } else {
+        synthetic_model(64)
+    }
+}
+
+/// lm3s6965evb builds replace one firmware file: one build-and-run at a time.
+static LM3S: Mutex<()> = Mutex::new(());
+
+fn lm3s(model: &Path, args: &[&str]) -> Output {
+    let _turn = LM3S.lock().unwrap_or_else(|e| e.into_inner());
+    qemu(model, "lm3s6965evb", args)
+}
+
+/// The model embedded in flash gives the host's tokens and text, sampled and greedy,
+/// with the arena built for exactly the positions run.
+#[test]
+fn lm3s6965evb_matches_host() {
+    let model = lm3s_model();
+    let steps = LM3S_STEPS.to_string();
+    for flags in [
+        ["-p", "Once upon a time", "-n", &steps, "-t", "1.0", "--top-p", "0.9", "-s", "7"],
+        ["-p", "Lily", "-n", &steps, "-t", "0", "--top-p", "0.9", "-s", "1"],
+    ] {
+        let out = lm3s(&model, &flags);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let board = last_json(&out);
+        let host = generate(&model, &flags);
+        assert_eq!(board["ids"], host["ids"], "lm3s6965evb ids differ from the host's for {flags:?}");
+        assert_eq!(board["text"], host["text"]);
+        assert_eq!(board["tokens"], LM3S_STEPS);
+        // The arena is planned for the run's context, not the model's seq_len.
+        let (_, inspect, _) =
+            run_cli(["inspect".as_ref(), model.as_os_str(), "--ctx".as_ref(), steps.as_ref(), "--json".as_ref()]);
+        let plan: Value = serde_json::from_str(&inspect).unwrap();
+        assert_eq!(board["arena_bytes"], plan["arena_bytes"]);
+    }
+}
+
+/// A corrupt embedded model is the firmware's parse error and exit code 1.
+#[test]
+fn lm3s6965evb_corrupt_model_is_an_error_exit() {
+    let mut bytes = std::fs::read(lm3s_model()).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x40;
+    let path = scratch_dir("qemu-boards").join("lm3s-corrupt.mlm");
+    std::fs::write(&path, bytes).unwrap();
+    let out = lm3s(&path, &["-n", "8"]);
+    assert_error(&out, "the firmware reported: model at 0x");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("checksum mismatch"));
+}
+
+/// A model that leaves no flash for the firmware, and a context whose arena
+/// overflows the SRAM, are each the linker's verdict in one line.
+#[test]
+fn lm3s6965evb_too_big_is_one_clear_line() {
+    // 197 KB of weights: fits the 256 KiB on its own, not beside the firmware.
+    let out = lm3s(&synthetic_model(128), &["-n", "8"]);
+    assert_error(&out, "the model does not fit in lm3s6965evb's 256 KiB flash beside the firmware: overflowed by");
+    assert_eq!(String::from_utf8_lossy(&out.stderr).lines().count(), 1, "{}", String::from_utf8_lossy(&out.stderr));
+
+    // 256 positions: a 74 KB arena.
+    let out = lm3s(&synthetic_model(64), &["-n", "0"]);
+    assert_error(&out, "the arena does not fit in lm3s6965evb's 64 KiB SRAM beside the stack: overflowed by");
+    assert_eq!(String::from_utf8_lossy(&out.stderr).lines().count(), 1, "{}", String::from_utf8_lossy(&out.stderr));
+
+    // Larger than the flash outright: refused before building.
+    let out = lm3s(&converted("f32"), &["-n", "8"]);
+    assert_error(&out, "lm3s6965evb's flash holds 262144 bytes");
+}
