@@ -9,6 +9,7 @@
 //!   block an exact i32 dot of the quants, then blocks summed in f32 in index
 //!   order (see each module's header).
 
+pub mod dsp;
 pub mod f16;
 pub mod f32;
 pub mod q4_0;

@@ -127,9 +127,20 @@ pub fn dequantize_row(bytes: &[u8], out: &mut [f32]) {
     }
 }
 
-/// Integer dot product of a q4_0 block's nibbles (16 bytes) with a q8_0 block's quants (32).
+/// Integer dot product of a q4_0 block's nibbles (16 bytes) with a q8_0 block's
+/// quants (32): dual 16-bit MACs on Cortex-M4/M7, the scalar loop elsewhere; both exact.
 #[inline]
 fn block_dot_i32(w: &[u8], x: &[u8]) -> i32 {
+    if cfg!(microlm_dsp) {
+        super::dsp::dot_q4x32::<super::dsp::Target>(w, x)
+    } else {
+        block_dot_i32_scalar(w, x)
+    }
+}
+
+/// Scalar integer dot product of a q4_0 block's nibbles with a q8_0 block's quants.
+#[inline]
+fn block_dot_i32_scalar(w: &[u8], x: &[u8]) -> i32 {
     let (x_lo, x_hi) = x.split_at(QK / 2);
     let mut sumi = 0i32;
     for ((&q, &a), &b) in w.iter().zip(x_lo).zip(x_hi) {

@@ -108,9 +108,20 @@ pub fn dequantize_row(bytes: &[u8], out: &mut [f32]) {
     }
 }
 
-/// Integer dot product of two blocks' quants.
+/// Integer dot product of two blocks' quants: dual 16-bit MACs on Cortex-M4/M7,
+/// the scalar loop elsewhere (the compiler vectorizes it); both exact.
 #[inline]
 fn block_dot_i32(w: &[u8], x: &[u8]) -> i32 {
+    if cfg!(microlm_dsp) {
+        super::dsp::dot_i8x32::<super::dsp::Target>(w, x)
+    } else {
+        block_dot_i32_scalar(w, x)
+    }
+}
+
+/// Scalar integer dot product of two blocks' quants.
+#[inline]
+fn block_dot_i32_scalar(w: &[u8], x: &[u8]) -> i32 {
     let mut sumi = 0i32;
     for (&a, &b) in w.iter().zip(x) {
         sumi += i32::from(a as i8) * i32::from(b as i8);
