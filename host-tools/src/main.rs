@@ -25,7 +25,7 @@ enum Command {
     #[command(after_help = "Example:\n  microlm convert stories260K.bin --tokenizer tok512.bin -o stories260K.mlm")]
     Convert(convert::ConvertArgs),
     /// Print a model file's configuration, tensor table, tokenizer and memory plan.
-    #[command(after_help = "Example:\n  microlm inspect stories260K.mlm --ctx 256 --json")]
+    #[command(after_help = "Example:\n  microlm inspect stories260K.mlm --ctx 512 --kv i8 --board rp2350 --json")]
     Inspect(inspect::InspectArgs),
     /// Generate text from a model file, streaming tokens to stdout.
     #[command(after_help = "Example:\n  microlm generate stories260K.mlm -p \"Once upon a time\" -n 128 -t 0.8 -s 42")]

@@ -153,6 +153,10 @@ pub fn firmware_args(s: &SamplingArgs) -> Vec<String> {
     if let Some(ctx) = s.ctx {
         words.extend(["--ctx".into(), ctx.to_string()]);
     }
+    words.extend(["--kv".into(), s.kv.name().into()]);
+    if let Some(sinks) = s.window {
+        words.extend(["--window".into(), sinks.to_string()]);
+    }
     words
 }
 

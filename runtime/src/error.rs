@@ -175,6 +175,8 @@ pub enum SessionError {
     PromptTooLong { tokens: usize, ctx_len: usize },
     /// The prompt is empty (it must at least hold BOS).
     EmptyPrompt,
+    /// Window mode needs fewer attention sinks than context positions.
+    BadWindow { sinks: usize, ctx_len: usize },
     /// A tensor view could not be formed; unreachable for a parsed model.
     Internal,
 }
@@ -198,7 +200,32 @@ impl fmt::Display for SessionError {
                 write!(f, "prompt is {tokens} tokens, longer than the context of {ctx_len}")
             }
             EmptyPrompt => write!(f, "prompt token list is empty (it must start with BOS)"),
+            BadWindow { sinks, ctx_len } => {
+                write!(
+                    f,
+                    "window mode with {sinks} attention sinks needs a context longer than {sinks} (got {ctx_len})"
+                )
+            }
             Internal => write!(f, "internal error: tensor view out of range"),
+        }
+    }
+}
+
+/// Why [`plan_from_header`](crate::plan_from_header) could not plan.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum PlanError {
+    /// The preamble or header is not valid.
+    Format(FormatError),
+    /// The context length is not valid for the model.
+    Session(SessionError),
+}
+
+impl fmt::Display for PlanError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PlanError::Format(e) => e.fmt(f),
+            PlanError::Session(e) => e.fmt(f),
         }
     }
 }
@@ -262,6 +289,7 @@ mod std_impls {
     extern crate std;
     impl std::error::Error for super::FormatError {}
     impl std::error::Error for super::SessionError {}
+    impl std::error::Error for super::PlanError {}
     impl std::error::Error for super::SamplerError {}
     impl std::error::Error for super::TokenizerError {}
 }
