@@ -41,7 +41,7 @@ pub use error::{FormatError, PlanError, SamplerError, SessionError, TokenizerErr
 pub use format::{Config, DType, TensorKind};
 pub use generate::{GenerateError, Generation, Step, Stop};
 pub use kv::KvDtype;
-pub use model::{plan_from_header, Checksum, Model};
+pub use model::{config_from_header, plan_from_header, Checksum, Model};
 pub use sampler::{Candidate, Sampler, SamplerConfig};
 pub use session::{Plan, Session};
 pub use tokenizer::{Tokenizer, Utf8Stream};

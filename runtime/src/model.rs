@@ -258,22 +258,26 @@ impl<'a> Model<'a> {
 /// a `static` arena. Checks the preamble and the configuration, not the tensors
 /// or the CRC: `Model::parse` still checks everything at run time.
 pub fn plan_from_header(bytes: &[u8], ctx_len: usize, kv: KvDtype) -> Result<Plan, PlanError> {
-    let short = PlanError::Format(FormatError::TooShort { len: bytes.len() });
+    let config = config_from_header(bytes).map_err(PlanError::Format)?;
+    Plan::new(&config, ctx_len, kv).map_err(PlanError::Session)
+}
+
+/// The configuration from a model file's preamble and header alone (see [`plan_from_header`]).
+pub fn config_from_header(bytes: &[u8]) -> Result<Config, FormatError> {
+    let short = FormatError::TooShort { len: bytes.len() };
     let word = |at| read_u32(bytes, at).ok_or(short);
     if bytes.get(..4) != Some(&MAGIC[..]) {
-        return Err(if bytes.len() < 4 { short } else { PlanError::Format(FormatError::BadMagic) });
+        return Err(if bytes.len() < 4 { short } else { FormatError::BadMagic });
     }
     let version = word(4)?;
     if version != VERSION {
-        return Err(PlanError::Format(FormatError::UnsupportedVersion { found: version, supported: VERSION }));
+        return Err(FormatError::UnsupportedVersion { found: version, supported: VERSION });
     }
     let header_len = word(8)?;
     let header = (header_len as usize)
         .checked_add(PREAMBLE_LEN)
         .and_then(|end| bytes.get(PREAMBLE_LEN..end))
-        .ok_or(PlanError::Format(FormatError::HeaderOutOfBounds { header_len, file_len: bytes.len() }))?;
-    let (header, _): (Header<'_>, &[u8]) =
-        postcard::take_from_bytes(header).map_err(|_| PlanError::Format(FormatError::HeaderDecode))?;
-    let config = Config::from_header(&header).map_err(PlanError::Format)?;
-    Plan::new(&config, ctx_len, kv).map_err(PlanError::Session)
+        .ok_or(FormatError::HeaderOutOfBounds { header_len, file_len: bytes.len() })?;
+    let (header, _): (Header<'_>, &[u8]) = postcard::take_from_bytes(header).map_err(|_| FormatError::HeaderDecode)?;
+    Config::from_header(&header)
 }

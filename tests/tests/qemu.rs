@@ -391,3 +391,31 @@ fn qemu_cli_kills_a_run_past_its_timeout() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("did not finish within 1 s and was killed"), "{stderr}");
 }
+
+/// `--kv` and `--window` reach the firmware: with an i8 or f16 cache, in window
+/// mode past the end of a small context, the board says what the host says.
+#[test]
+fn qemu_kv_dtypes_and_window_match_host() {
+    for kv in ["i8", "f16"] {
+        let flags: Vec<String> = ["-n", "150", "-t", "0", "--ctx", "64", "--kv", kv, "--window", "4"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let out = run_cli_qemu(model(), &flags);
+        assert!(out.status.success(), "{kv}: {}", String::from_utf8_lossy(&out.stderr));
+        let host = Command::new(microlm()).arg("generate").arg(model()).args(&flags).arg("--json").output().unwrap();
+        assert!(host.status.success(), "{kv}: {}", String::from_utf8_lossy(&host.stderr));
+        let (board, host) = (last_json(&out), last_json(&host));
+        assert_eq!(board["ids"], host["ids"], "{kv}: board ids differ from the host's");
+        // Window mode ran past the 64-position cache.
+        assert_eq!(board["stop"], "steps", "{kv}");
+        assert_eq!(board["ids"].as_array().unwrap().len(), 151, "{kv}");
+        let inspect = Command::new(microlm())
+            .args(["inspect", "--ctx", "64", "--kv", kv, "--json"])
+            .arg(model())
+            .output()
+            .unwrap();
+        let plan: Value = serde_json::from_slice(&inspect.stdout).unwrap();
+        assert_eq!(board["arena_bytes"], plan["arena_bytes"], "{kv}: the board's arena is the plan");
+    }
+}
