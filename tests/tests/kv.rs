@@ -20,8 +20,8 @@ fn argmax(v: &[f32]) -> u32 {
 
 /// Softmax in f64 (a measurement, not runtime numerics).
 fn probs(logits: &[f32]) -> Vec<f64> {
-    let max = logits.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) as f64;
-    let e: Vec<f64> = logits.iter().map(|&v| (v as f64 - max).exp()).collect();
+    let max = f64::from(logits.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)));
+    let e: Vec<f64> = logits.iter().map(|&v| (f64::from(v) - max).exp()).collect();
     let sum: f64 = e.iter().sum();
     e.into_iter().map(|v| v / sum).collect()
 }
