@@ -72,8 +72,8 @@ pub const BOARDS: &[Board] = &[
     Board {
         name: "stm32h743",
         flash: 2 << 20,
-        ram: 1 << 20,
-        note: "STM32H743: 1 MB SRAM in total; the largest contiguous region (AXI SRAM) is 512 KB",
+        ram: 512 << 10,
+        note: "STM32H743: 1 MB SRAM in total; the arena is contiguous, so the largest region (AXI SRAM, 512 KB) counts",
     },
     Board {
         name: "mps2-an386",
@@ -96,6 +96,8 @@ pub struct Fit {
     pub fits: bool,
     /// Largest context (positions) whose arena + stack fit the RAM, if the flash fits (0 = none).
     pub max_ctx: usize,
+    /// Largest context whose arena + stack fit the RAM, flash aside (0 = none).
+    pub max_ctx_ram: usize,
     pub note: &'static str,
 }
 
@@ -124,6 +126,7 @@ pub fn fit(model: &Model<'_>, ctx: usize, kv: KvDtype, board: &Board) -> Result<
         ram_needed,
         fits: flash_fits && ram_needed <= board.ram,
         max_ctx,
+        max_ctx_ram: lo,
         note: board.note,
     })
 }
@@ -240,19 +243,20 @@ pub fn run(args: &InspectArgs) -> Result<()> {
         STACK_BYTES >> 10
     );
     println!(
-        "{:<12} {:>12} {:>12} {:>10} {:>10} {:>5} {:>8}",
-        "board", "flash need", "flash", "RAM need", "RAM", "fits", "max ctx"
+        "{:<12} {:>12} {:>12} {:>10} {:>10} {:>5} {:>8} {:>10}",
+        "board", "flash need", "flash", "RAM need", "RAM", "fits", "max ctx", "ctx (RAM)"
     );
     for f in &fits {
         println!(
-            "{:<12} {:>12} {:>12} {:>10} {:>10} {:>5} {:>8}",
+            "{:<12} {:>12} {:>12} {:>10} {:>10} {:>5} {:>8} {:>10}",
             f.board,
             f.flash_needed,
             f.flash_bytes,
             f.ram_needed,
             f.ram_bytes,
             if f.fits { "yes" } else { "no" },
-            f.max_ctx
+            f.max_ctx,
+            f.max_ctx_ram
         );
     }
     Ok(())
