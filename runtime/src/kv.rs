@@ -163,50 +163,66 @@ impl Store<'_> {
         scores: &mut [f32],
         q_for: impl Fn(usize) -> &'q [f32],
     ) {
-        let off = kv_head * d.head_size;
         let hs = d.head_size;
-        for (slot, score) in scores.iter_mut().enumerate() {
-            let q = q_for(slot); // (head_size)
-            let at = d.row(layer, slot) + off;
-            *score = match self {
-                Store::F32(c) => crate::kernels::f32::dot(q, &c[at..at + hs]),
-                Store::F16(c) => {
+        // Start of (layer, slot)'s head row.
+        let at = |slot: usize| d.row(layer, slot) + kv_head * hs;
+        // One loop per dtype, so the per-slot work has no dispatch.
+        match self {
+            Store::F32(c) => {
+                // The layer's rows (slots, kv_dim), walked without per-slot bounds checks.
+                let rows = c[d.row(layer, 0)..d.row(layer, scores.len())].chunks_exact(d.kv_dim);
+                for (slot, (score, row)) in scores.iter_mut().zip(rows).enumerate() {
+                    *score = crate::kernels::f32::dot(q_for(slot), &row[kv_head * hs..(kv_head + 1) * hs]);
+                }
+            }
+            Store::F16(c) => {
+                for (slot, score) in scores.iter_mut().enumerate() {
+                    let at = at(slot);
                     let mut acc = 0.0f32;
-                    for (&qv, b) in q.iter().zip(c[at * 2..(at + hs) * 2].chunks_exact(2)) {
+                    for (&qv, b) in q_for(slot).iter().zip(c[at * 2..(at + hs) * 2].chunks_exact(2)) {
                         acc += qv * f16::from_le_bytes([b[0], b[1]]).to_f32();
                     }
-                    acc
+                    *score = acc;
                 }
-                Store::I8 { values, scales } => {
+            }
+            Store::I8 { values, scales } => {
+                for (slot, score) in scores.iter_mut().enumerate() {
+                    let at = at(slot);
                     let mut acc = 0.0f32;
-                    for (&qv, &kv) in q.iter().zip(&values[at..at + hs]) {
+                    for (&qv, &kv) in q_for(slot).iter().zip(&values[at..at + hs]) {
                         acc += qv * f32::from(kv as i8);
                     }
-                    acc * scales[at / hs]
+                    *score = acc * scales[at / hs];
                 }
-            };
+            }
         }
     }
 
     /// out (head_size) = Σ_slot weights[slot] · V[layer, slot, head], slots in index order.
     pub(crate) fn mix(&self, d: Dims, layer: usize, kv_head: usize, weights: &[f32], out: &mut [f32]) {
-        let off = kv_head * d.head_size;
         let hs = d.head_size;
+        let at = |slot: usize| d.row(layer, slot) + kv_head * hs;
         out.fill(0.0);
-        for (slot, &a) in weights.iter().enumerate() {
-            let at = d.row(layer, slot) + off;
-            match self {
-                Store::F32(c) => {
-                    for (o, &v) in out.iter_mut().zip(&c[at..at + hs]) {
+        match self {
+            Store::F32(c) => {
+                let rows = c[d.row(layer, 0)..d.row(layer, weights.len())].chunks_exact(d.kv_dim);
+                for (&a, row) in weights.iter().zip(rows) {
+                    for (o, &v) in out.iter_mut().zip(&row[kv_head * hs..(kv_head + 1) * hs]) {
                         *o += a * v;
                     }
                 }
-                Store::F16(c) => {
+            }
+            Store::F16(c) => {
+                for (slot, &a) in weights.iter().enumerate() {
+                    let at = at(slot);
                     for (o, b) in out.iter_mut().zip(c[at * 2..(at + hs) * 2].chunks_exact(2)) {
                         *o += a * f16::from_le_bytes([b[0], b[1]]).to_f32();
                     }
                 }
-                Store::I8 { values, scales } => {
+            }
+            Store::I8 { values, scales } => {
+                for (slot, &a) in weights.iter().enumerate() {
+                    let at = at(slot);
                     // The row's scale folds into the weight once per slot.
                     let a = a * scales[at / hs];
                     for (o, &v) in out.iter_mut().zip(&values[at..at + hs]) {
