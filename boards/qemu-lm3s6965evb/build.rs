@@ -5,8 +5,10 @@
 //!   with no model and says so when run.
 //! - `MICROLM_CTX=N`: the context length the arena is sized for (default: the
 //!   model's seq_len); the firmware uses it unless `--ctx` says otherwise.
+//! - `MICROLM_KV=f32|f16|i8`: the KV cache dtype the arena is sized for (default
+//!   f32); run the firmware with the same `--kv`.
 //!
-//! The arena is exactly `Model::plan(ctx).total` bytes. A model that does not
+//! The arena is exactly `Model::plan(ctx, kv).total` bytes. A model that does not
 //! parse still builds (with no arena), so the firmware reports the parser's
 //! error as it does for any bad file.
 
@@ -31,6 +33,12 @@ fn main() {
     println!("cargo:rustc-link-arg-bins=-Tlink.x");
     println!("cargo:rerun-if-env-changed=MICROLM_MODEL");
     println!("cargo:rerun-if-env-changed=MICROLM_CTX");
+    println!("cargo:rerun-if-env-changed=MICROLM_KV");
+    let kv = match env::var("MICROLM_KV").ok().as_deref().map(str::trim) {
+        None | Some("") => microlm::KvDtype::F32,
+        Some(name) => microlm::KvDtype::from_name(name.as_bytes())
+            .unwrap_or_else(|| fail(&format!("MICROLM_KV={name:?} is not a KV dtype (f32, f16 or i8)"))),
+    };
 
     let ctx = env::var("MICROLM_CTX").ok().map(|v| {
         v.trim()
@@ -59,7 +67,7 @@ fn main() {
                 Ok(model) => {
                     let ctx = ctx.unwrap_or(model.config().seq_len);
                     let plan = model
-                        .plan(ctx)
+                        .plan(ctx, kv)
                         .unwrap_or_else(|e| fail(&format!("MICROLM_CTX={ctx} does not suit {}: {e}", path.display())));
                     (plan.total.div_ceil(4), Some(ctx))
                 }
@@ -83,7 +91,7 @@ fn main() {
     if len == 0 {
         let _ = writeln!(code, "static MODEL: microlm_board::Aligned<[u8; 0]> = microlm_board::Aligned([]);");
     }
-    let _ = writeln!(code, "/// Arena size in 32-bit words: Model::plan(CTX).total rounded up.");
+    let _ = writeln!(code, "/// Arena size in 32-bit words: Model::plan(CTX, KV).total rounded up.");
     let _ = writeln!(code, "const ARENA_WORDS: usize = {words};");
     let _ = writeln!(code, "/// The context length the arena is sized for (None: no model, or it did not parse).");
     let _ = writeln!(code, "const CTX: Option<usize> = {ctx:?};");

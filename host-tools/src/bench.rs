@@ -22,6 +22,9 @@ pub struct BenchArgs {
     /// Context length (default: the model's seq_len).
     #[arg(long)]
     pub ctx: Option<usize>,
+    /// KV cache dtype: f32, f16 or i8.
+    #[arg(long, default_value = "f32")]
+    pub kv: microlm::KvDtype,
     /// Print one JSON object instead of a line.
     #[arg(long)]
     pub json: bool,
@@ -43,7 +46,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let file = ModelFile::read(&args.model)?;
     let model = file.parse(false)?;
     let ctx = args.ctx.unwrap_or(model.config().seq_len);
-    let plan = model.plan(ctx)?;
+    let plan = model.plan(ctx, args.kv)?;
     let mut arena = load::arena(plan.total);
     let prompt = [model.config().bos_id];
     let greedy = SamplerConfig { temperature: 0.0, ..SamplerConfig::default() };
@@ -51,7 +54,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let mut positions = 0;
     // One untimed warm-up run, then the timed ones.
     for run in 0..=args.runs {
-        let mut session = Session::new(&model, bytemuck::cast_slice_mut(&mut arena), ctx)?;
+        let mut session = Session::new(&model, bytemuck::cast_slice_mut(&mut arena), ctx, args.kv)?;
         let mut sampler = Sampler::new(greedy, model.config().vocab_size)?;
         let mut generation = Generation::new(&session, &prompt, args.steps)?;
         let start = Instant::now();
@@ -73,6 +76,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             "tokens_per_s_median": med,
             "tokens_per_s_min": lo,
             "tokens_per_s_max": hi,
+            "kv": args.kv.name(),
             "arena_bytes": plan.total,
         });
         println!("{j}");

@@ -48,9 +48,9 @@ pub fn collect(model: &Model<'_>, text: &str, max_tokens: usize) -> Result<Impor
     let budget = if max_tokens == 0 { total } else { total.min(max_tokens) };
     anyhow::ensure!(budget > 0, "the calibration text holds no tokens");
     let ctx = model.config().seq_len;
-    let plan = model.plan(ctx)?;
+    let plan = model.plan(ctx, microlm::KvDtype::F32)?;
     let mut arena = load::arena(plan.total);
-    let mut session = Session::new(model, bytemuck::cast_slice_mut(&mut arena), ctx)?;
+    let mut session = Session::new(model, bytemuck::cast_slice_mut(&mut arena), ctx, microlm::KvDtype::F32)?;
     let bar = eval::progress(budget as u64, "calibrating");
     let mut sums: HashMap<(usize, usize), Vec<f64>> = HashMap::new();
     let mut done = 0usize;

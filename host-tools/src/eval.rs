@@ -20,7 +20,7 @@ use anyhow::{ensure, Context, Result};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use microlm::tokenizer::Tokenizer;
-use microlm::{Model, Session};
+use microlm::{KvDtype, Model, Session};
 use serde::Serialize;
 
 use microlm_cli::load::{self, ModelFile};
@@ -42,6 +42,12 @@ pub struct EvalArgs {
     /// Stop after this many scored tokens (0 = the whole text).
     #[arg(long, default_value_t = 0)]
     pub max_tokens: usize,
+    /// KV cache dtype of the evaluated model: f32, f16 or i8.
+    #[arg(long, default_value = "f32")]
+    pub kv: KvDtype,
+    /// KV cache dtype of the reference (e.g. `--kv i8 --reference SAME.mlm` measures what the i8 cache costs).
+    #[arg(long, default_value = "f32")]
+    pub reference_kv: KvDtype,
     /// Print one JSON object with the results as the last stdout line.
     #[arg(long)]
     pub json: bool,
@@ -250,8 +256,8 @@ struct Runner<'m> {
 }
 
 impl<'m> Runner<'m> {
-    fn new(model: &'m Model<'m>, arena: &'m mut [u32], ctx: usize) -> Result<Runner<'m>> {
-        Ok(Runner { session: Session::new(model, bytemuck::cast_slice_mut(arena), ctx)? })
+    fn new(model: &'m Model<'m>, arena: &'m mut [u32], ctx: usize, kv: KvDtype) -> Result<Runner<'m>> {
+        Ok(Runner { session: Session::new(model, bytemuck::cast_slice_mut(arena), ctx, kv)? })
     }
 
     fn forward(&mut self, token: u32, pos: usize) -> Result<&[f32]> {
@@ -298,14 +304,14 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     ensure!(scorable > 0, "{} holds no text to score", args.text.display());
     let budget = if args.max_tokens == 0 { scorable } else { scorable.min(args.max_tokens) };
 
-    let mut arena = load::arena(model.plan(ctx)?.total);
-    let mut runner = Runner::new(&model, &mut arena, ctx)?;
+    let mut arena = load::arena(model.plan(ctx, args.kv)?.total);
+    let mut runner = Runner::new(&model, &mut arena, ctx, args.kv)?;
     let mut ref_arena = match &ref_model {
-        Some(r) => load::arena(r.plan(ctx)?.total),
+        Some(r) => load::arena(r.plan(ctx, args.reference_kv)?.total),
         None => Vec::new(),
     };
     let mut ref_runner = match &ref_model {
-        Some(r) => Some(Runner::new(r, &mut ref_arena, ctx)?),
+        Some(r) => Some(Runner::new(r, &mut ref_arena, ctx, args.reference_kv)?),
         None => None,
     };
 

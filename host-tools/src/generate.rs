@@ -7,7 +7,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result};
 use clap::Args;
 use microlm::tokenizer::Tokenizer;
-use microlm::{Generation, Sampler, SamplerConfig, Session, Step, Stop, Utf8Stream};
+use microlm::{Generation, KvDtype, Sampler, SamplerConfig, Session, Step, Stop, Utf8Stream};
 
 use microlm_cli::load::{self, ModelFile};
 
@@ -38,6 +38,13 @@ pub struct SamplingArgs {
     /// Context length (KV cache positions); default the model's seq_len.
     #[arg(long)]
     pub ctx: Option<usize>,
+    /// KV cache dtype: f32 (exact), f16, or i8 (one f32 scale per layer, position and KV head).
+    #[arg(long, default_value = "f32")]
+    pub kv: KvDtype,
+    /// Keep going when the context is full: keep the first SINKS positions and a
+    /// rolling window of the most recent ones (bare --window = 4 sinks).
+    #[arg(long, value_name = "SINKS", num_args = 0..=1, default_missing_value = "4")]
+    pub window: Option<usize>,
 }
 
 /// Arguments of `microlm generate`.
@@ -104,11 +111,15 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
     )
     .context("invalid sampling settings")?;
     let ctx = s.ctx.unwrap_or(model.config().seq_len);
-    let plan = model.plan(ctx)?;
+    let plan = model.plan(ctx, s.kv)?;
     let mut arena = load::arena(plan.total);
-    let mut session = Session::new(&model, bytemuck::cast_slice_mut(&mut arena), ctx)?;
+    let mut session = Session::new(&model, bytemuck::cast_slice_mut(&mut arena), ctx, s.kv)?;
     let prompt = encode_prompt(model.tokenizer(), &s.prompt)?;
     let mut generation = Generation::new(&session, &prompt, s.steps)?;
+    if let Some(sinks) = s.window {
+        anyhow::ensure!(sinks < ctx, "--window {sinks}: the context ({ctx}) must be longer than the sinks");
+        generation = generation.with_window(sinks);
+    }
 
     let stdout = std::io::stdout();
     let mut out = stdout.lock();

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::Args;
 use microlm::format::TensorEntry;
+use microlm::{KvDtype, Model};
 use serde_json::json;
 
 use microlm_cli::load::ModelFile;
@@ -17,12 +18,131 @@ pub struct InspectArgs {
     /// Context length for the memory plan (default the model's seq_len).
     #[arg(long)]
     pub ctx: Option<usize>,
+    /// KV cache dtype for the memory plan and the board fit.
+    #[arg(long, default_value = "f32")]
+    pub kv: KvDtype,
+    /// Show the fit on this board only (see the board table; default: all boards).
+    #[arg(long)]
+    pub board: Option<String>,
     /// Print one JSON object instead of tables.
     #[arg(long)]
     pub json: bool,
     /// Skip the CRC32 check (structural checks still run).
     #[arg(long)]
     pub no_checksum: bool,
+}
+
+/// Flash taken by the firmware besides the model file: an estimate, the
+/// measured `.vector_table + .text + .rodata` of the mps2-an386 firmware
+/// (114,476 bytes with stories260K's runtime, rounded up to 115 KiB). A board
+/// with defmt logging instead of formatted text may need less.
+pub const FIRMWARE_FLASH_BYTES: u64 = 115 * 1024;
+
+/// RAM bound for the stack: the mps2-an386 firmware's measured peak is ~3 KB
+/// (`stack_peak_bytes` = 3,424 for stories260K, every KV dtype); 4 KiB bounds it.
+/// Firmware buffers other than the arena (command line, token ids) are board
+/// specific and not included.
+pub const STACK_BYTES: u64 = 4 * 1024;
+
+/// A target board: its flash and the RAM a static arena can use.
+#[derive(Debug, Clone, Copy)]
+pub struct Board {
+    /// Name accepted by `--board`.
+    pub name: &'static str,
+    /// Flash (or XIP flash) bytes for firmware + model.
+    pub flash: u64,
+    /// SRAM bytes for arena + stack.
+    pub ram: u64,
+    /// One-line note on the figures.
+    pub note: &'static str,
+}
+
+/// The boards `inspect` reports against.
+pub const BOARDS: &[Board] = &[
+    Board { name: "lm3s6965evb", flash: 256 << 10, ram: 64 << 10, note: "TI Stellaris LM3S6965 (QEMU lm3s6965evb)" },
+    Board { name: "nrf52840", flash: 1 << 20, ram: 256 << 10, note: "Nordic nRF52840" },
+    Board { name: "stm32f411", flash: 512 << 10, ram: 128 << 10, note: "STM32F411 (Black Pill)" },
+    Board {
+        name: "rp2350",
+        flash: 4 << 20,
+        ram: 520 << 10,
+        note: "Raspberry Pi Pico 2: 4 MB QSPI flash (typical), 520 KB SRAM",
+    },
+    Board { name: "esp32-c3", flash: 4 << 20, ram: 400 << 10, note: "ESP32-C3: 4 MB flash (typical), 400 KB SRAM" },
+    Board {
+        name: "stm32h743",
+        flash: 2 << 20,
+        ram: 512 << 10,
+        note: "STM32H743: 1 MB SRAM in total; the arena is contiguous, so the largest region (AXI SRAM, 512 KB) counts",
+    },
+    Board {
+        name: "mps2-an386",
+        flash: 4 << 20,
+        ram: 4 << 20,
+        note: "QEMU Cortex-M4F: 4 MB code SRAM, 4 MB data SRAM (model loaded into 16 MB PSRAM)",
+    },
+];
+
+/// How a model fits one board.
+#[derive(Debug, serde::Serialize)]
+pub struct Fit {
+    pub board: &'static str,
+    pub flash_bytes: u64,
+    pub ram_bytes: u64,
+    /// Model file + firmware estimate.
+    pub flash_needed: u64,
+    /// Arena at the requested context + stack bound.
+    pub ram_needed: u64,
+    pub fits: bool,
+    /// Largest context (positions) whose arena + stack fit the RAM, if the flash fits (0 = none).
+    pub max_ctx: usize,
+    /// Largest context whose arena + stack fit the RAM, flash aside (0 = none).
+    pub max_ctx_ram: usize,
+    pub note: &'static str,
+}
+
+/// The fit of `model` at `ctx` positions with a `kv` cache on `board`.
+pub fn fit(model: &Model<'_>, ctx: usize, kv: KvDtype, board: &Board) -> Result<Fit> {
+    let flash_needed = model.file_len() as u64 + FIRMWARE_FLASH_BYTES;
+    let ram_needed = model.plan(ctx, kv)?.total as u64 + STACK_BYTES;
+    let ram_fits = |c: usize| model.plan(c, kv).is_ok_and(|p| p.total as u64 + STACK_BYTES <= board.ram);
+    // The arena grows with ctx, so binary search the largest ctx that fits.
+    let (mut lo, mut hi) = (0usize, model.config().seq_len);
+    while lo < hi {
+        let mid = lo + (hi - lo).div_ceil(2);
+        if ram_fits(mid) {
+            lo = mid;
+        } else {
+            hi = mid - 1;
+        }
+    }
+    let flash_fits = flash_needed <= board.flash;
+    let max_ctx = if flash_fits { lo } else { 0 };
+    Ok(Fit {
+        board: board.name,
+        flash_bytes: board.flash,
+        ram_bytes: board.ram,
+        flash_needed,
+        ram_needed,
+        fits: flash_fits && ram_needed <= board.ram,
+        max_ctx,
+        max_ctx_ram: lo,
+        note: board.note,
+    })
+}
+
+/// The boards selected by `--board` (all without it).
+fn boards(name: Option<&str>) -> Result<Vec<&'static Board>> {
+    match name {
+        None => Ok(BOARDS.iter().collect()),
+        Some(n) => match BOARDS.iter().find(|b| b.name == n) {
+            Some(b) => Ok(vec![b]),
+            None => {
+                let known = BOARDS.iter().map(|b| b.name).collect::<Vec<_>>().join(", ");
+                anyhow::bail!("unknown board '{n}' (known: {known})")
+            }
+        },
+    }
 }
 
 fn tensor_name(e: &TensorEntry) -> String {
@@ -46,7 +166,9 @@ pub fn run(args: &InspectArgs) -> Result<()> {
     let model = file.parse(args.no_checksum)?;
     let c = *model.config();
     let ctx = args.ctx.unwrap_or(c.seq_len);
-    let plan = model.plan(ctx)?;
+    let plan = model.plan(ctx, args.kv)?;
+    let fits =
+        boards(args.board.as_deref())?.into_iter().map(|b| fit(&model, ctx, args.kv, b)).collect::<Result<Vec<_>>>()?;
     let tensors: Vec<TensorEntry> = model.tensors().collect();
     let weight_bytes: u64 = tensors.iter().map(|t| t.length).sum();
 
@@ -70,10 +192,13 @@ pub fn run(args: &InspectArgs) -> Result<()> {
                 "shape": shape(t), "offset": t.offset, "bytes": t.length,
             })).collect::<Vec<_>>(),
             "plan": {
-                "ctx_len": plan.ctx_len, "activations": plan.activations, "kv_cache": plan.kv_cache,
+                "ctx_len": plan.ctx_len, "kv": plan.kv.name(), "activations": plan.activations, "kv_cache": plan.kv_cache,
                 "logits": plan.logits, "sampler": plan.sampler, "act_quant": plan.act_quant, "arena_bytes": plan.total,
             },
             "arena_bytes": plan.total,
+            "firmware_flash_estimate": FIRMWARE_FLASH_BYTES,
+            "stack_bytes": STACK_BYTES,
+            "boards": fits,
         });
         println!("{}", serde_json::to_string_pretty(&j)?);
         return Ok(());
@@ -104,12 +229,36 @@ pub fn run(args: &InspectArgs) -> Result<()> {
     }
     println!("{:<22} {:<6} {:>12} {:>10} {:>10}", "total", "", "", "", weight_bytes);
     println!();
-    println!("arena plan for ctx {}:", plan.ctx_len);
+    println!("arena plan for ctx {}, {} KV cache:", plan.ctx_len, plan.kv);
     println!("  activations {:>10} bytes", plan.activations);
     println!("  kv cache    {:>10} bytes", plan.kv_cache);
     println!("  logits      {:>10} bytes", plan.logits);
     println!("  sampler     {:>10} bytes", plan.sampler);
     println!("  act quant   {:>10} bytes", plan.act_quant);
     println!("  arena_bytes {:>10} bytes", plan.total);
+    println!();
+    println!(
+        "board fit at ctx {ctx}, {} KV: flash = file + {} KiB firmware (estimate), RAM = arena + {} KiB stack",
+        args.kv,
+        FIRMWARE_FLASH_BYTES >> 10,
+        STACK_BYTES >> 10
+    );
+    println!(
+        "{:<12} {:>12} {:>12} {:>10} {:>10} {:>5} {:>8} {:>10}",
+        "board", "flash need", "flash", "RAM need", "RAM", "fits", "max ctx", "ctx (RAM)"
+    );
+    for f in &fits {
+        println!(
+            "{:<12} {:>12} {:>12} {:>10} {:>10} {:>5} {:>8} {:>10}",
+            f.board,
+            f.flash_needed,
+            f.flash_bytes,
+            f.ram_needed,
+            f.ram_bytes,
+            if f.fits { "yes" } else { "no" },
+            f.max_ctx,
+            f.max_ctx_ram
+        );
+    }
     Ok(())
 }

@@ -37,7 +37,7 @@ enum Command {
     #[command(after_help = "Example:\n  microlm eval s-q8.mlm --text stories.txt --reference stories260K.mlm --json")]
     Eval(eval::EvalArgs),
     /// Print a model file's configuration, tensor table, tokenizer and memory plan.
-    #[command(after_help = "Example:\n  microlm inspect stories260K.mlm --ctx 256 --json")]
+    #[command(after_help = "Example:\n  microlm inspect stories260K.mlm --ctx 512 --kv i8 --board rp2350 --json")]
     Inspect(inspect::InspectArgs),
     /// Measure host decoding throughput (median tokens/s of greedy runs).
     #[command(after_help = "Example:\n  microlm bench stories260K.mlm --runs 9 --json")]

@@ -240,6 +240,10 @@ pub fn firmware_args(s: &SamplingArgs) -> Vec<String> {
     if let Some(ctx) = s.ctx {
         words.extend(["--ctx".into(), ctx.to_string()]);
     }
+    words.extend(["--kv".into(), s.kv.name().into()]);
+    if let Some(sinks) = s.window {
+        words.extend(["--window".into(), sinks.to_string()]);
+    }
     words
 }
 
@@ -443,7 +447,9 @@ pub fn run(args: &QemuArgs) -> Result<()> {
                     let ctx = embedded_ctx(&args.model, &args.sampling)?;
                     let path = std::path::absolute(&args.model)
                         .with_context(|| format!("cannot resolve {}", args.model.display()))?;
-                    let mut env = vec![("MICROLM_MODEL", path.into_os_string())];
+                    // The arena is sized for the KV dtype the run asks for (`--kv`, passed to the firmware too).
+                    let mut env =
+                        vec![("MICROLM_MODEL", path.into_os_string()), ("MICROLM_KV", args.sampling.kv.name().into())];
                     if let Some(ctx) = ctx {
                         env.push(("MICROLM_CTX", ctx.to_string().into()));
                         if args.sampling.ctx.is_none() {

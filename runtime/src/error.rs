@@ -177,6 +177,8 @@ pub enum SessionError {
     EmptyPrompt,
     /// The q8 activation scratch handed to a quantized matvec holds fewer bytes than its input needs.
     ScratchTooSmall { needed: usize, given: usize },
+    /// Window mode needs fewer attention sinks than context positions.
+    BadWindow { sinks: usize, ctx_len: usize },
     /// A tensor view could not be formed; unreachable for a parsed model.
     Internal,
 }
@@ -203,7 +205,32 @@ impl fmt::Display for SessionError {
             ScratchTooSmall { needed, given } => {
                 write!(f, "activation scratch too small for a quantized matmul: needs {needed} bytes, given {given}")
             }
+            BadWindow { sinks, ctx_len } => {
+                write!(
+                    f,
+                    "window mode with {sinks} attention sinks needs a context longer than {sinks} (got {ctx_len})"
+                )
+            }
             Internal => write!(f, "internal error: tensor view out of range"),
+        }
+    }
+}
+
+/// Why [`plan_from_header`](crate::plan_from_header) could not plan.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum PlanError {
+    /// The preamble or header is not valid.
+    Format(FormatError),
+    /// The context length is not valid for the model.
+    Session(SessionError),
+}
+
+impl fmt::Display for PlanError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PlanError::Format(e) => e.fmt(f),
+            PlanError::Session(e) => e.fmt(f),
         }
     }
 }
@@ -267,6 +294,7 @@ mod std_impls {
     extern crate std;
     impl std::error::Error for super::FormatError {}
     impl std::error::Error for super::SessionError {}
+    impl std::error::Error for super::PlanError {}
     impl std::error::Error for super::SamplerError {}
     impl std::error::Error for super::TokenizerError {}
 }

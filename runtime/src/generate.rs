@@ -83,6 +83,8 @@ pub struct Generation<'p> {
     token: u32,
     bos: u32,
     eos: u32,
+    /// Window mode: the number of attention sinks (see [`Generation::with_window`]).
+    window: Option<usize>,
     done: Option<Stop>,
 }
 
@@ -101,7 +103,27 @@ impl<'p> Generation<'p> {
             return Err(SessionError::TokenOutOfRange { token: bad, vocab_size });
         }
         let steps = if steps == 0 { ctx_len } else { steps };
-        Ok(Generation { prompt, steps, pos: 0, token: first, bos: tok.bos_id(), eos: tok.eos_id(), done: None })
+        Ok(Generation {
+            prompt,
+            steps,
+            pos: 0,
+            token: first,
+            bos: tok.bos_id(),
+            eos: tok.eos_id(),
+            window: None,
+            done: None,
+        })
+    }
+
+    /// Keeps generating when the cache is full instead of stopping with
+    /// [`Stop::ContextFull`]: the first `sinks` positions stay cached (attention
+    /// sinks, 4 is typical) and the other slots hold the most recent positions
+    /// (see [`Session::forward_window`]). Memory stays the session's arena.
+    /// `sinks` must be below the context length (else the first step fails with
+    /// `SessionError::BadWindow`).
+    pub fn with_window(mut self, sinks: usize) -> Generation<'p> {
+        self.window = Some(sinks);
+        self
     }
 
     /// Positions run so far.
@@ -118,10 +140,15 @@ impl<'p> Generation<'p> {
         if self.pos >= self.steps {
             return Ok(self.finish(Stop::Steps));
         }
-        if self.pos >= session.ctx_len() {
-            return Ok(self.finish(Stop::ContextFull));
+        match self.window {
+            Some(sinks) => {
+                session.forward_window(self.token, self.pos, sinks)?;
+            }
+            None if self.pos >= session.ctx_len() => return Ok(self.finish(Stop::ContextFull)),
+            None => {
+                session.forward(self.token, self.pos)?;
+            }
         }
-        session.forward(self.token, self.pos)?;
         let forced = self.pos + 1 < self.prompt.len();
         let next = match self.prompt.get(self.pos + 1) {
             Some(&t) => t,

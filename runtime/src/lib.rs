@@ -28,6 +28,7 @@ pub mod error;
 pub mod format;
 pub mod generate;
 pub mod kernels;
+pub mod kv;
 pub mod math;
 pub mod model;
 #[cfg(feature = "std")]
@@ -38,10 +39,11 @@ pub mod tokenizer;
 #[cfg(feature = "std")]
 pub mod write;
 
-pub use error::{FormatError, SamplerError, SessionError, TokenizerError};
+pub use error::{FormatError, PlanError, SamplerError, SessionError, TokenizerError};
 pub use format::{Config, DType, TensorKind};
 pub use generate::{GenerateError, Generation, Step, Stop};
-pub use model::{Checksum, Model};
+pub use kv::KvDtype;
+pub use model::{config_from_header, plan_from_header, Checksum, Model};
 pub use sampler::{Candidate, Sampler, SamplerConfig};
 pub use session::{Plan, Session};
 pub use tokenizer::{Tokenizer, Utf8Stream};

@@ -4,12 +4,13 @@
 //! in-bounds data: each count, shape, offset and length was checked with
 //! checked arithmetic against the configuration and the file length.
 
-use crate::error::{FormatError, SessionError};
+use crate::error::{FormatError, PlanError, SessionError};
 use crate::format::{
     canonical_tensors, read_u32, Config, DType, Header, KindDtypes, Layout, TensorEntry, TensorKind, MAGIC,
     PREAMBLE_LEN, TRAILER_LEN, VERSION,
 };
 use crate::kernels::Matrix;
+use crate::kv::KvDtype;
 use crate::session::Plan;
 use crate::tokenizer::Tokenizer;
 
@@ -246,8 +247,45 @@ impl<'a> Model<'a> {
         bytemuck::try_cast_slice(m.data).map_err(|_| SessionError::Internal)
     }
 
-    /// Exact arena bytes needed for a session of `ctx_len` positions.
-    pub fn plan(&self, ctx_len: usize) -> Result<Plan, SessionError> {
-        Plan::with_dtypes(&self.config, &self.dtypes, ctx_len)
+    /// Exact arena bytes needed for a session of `ctx_len` positions with a `kv` cache.
+    pub fn plan(&self, ctx_len: usize, kv: KvDtype) -> Result<Plan, SessionError> {
+        Plan::with_dtypes(&self.config, &self.dtypes, ctx_len, kv)
     }
+}
+
+/// The arena plan from a model file's preamble and header alone (`bytes` may be
+/// the whole file or any prefix holding the header), for a build script sizing
+/// a `static` arena. Checks the preamble and the configuration, not the tensors
+/// or the CRC: `Model::parse` still checks everything at run time.
+pub fn plan_from_header(bytes: &[u8], ctx_len: usize, kv: KvDtype) -> Result<Plan, PlanError> {
+    let (config, dtypes) = header_parts(bytes).map_err(PlanError::Format)?;
+    Plan::with_dtypes(&config, &dtypes, ctx_len, kv).map_err(PlanError::Session)
+}
+
+/// The configuration from a model file's preamble and header alone (see [`plan_from_header`]).
+pub fn config_from_header(bytes: &[u8]) -> Result<Config, FormatError> {
+    header_parts(bytes).map(|(config, _)| config)
+}
+
+/// The configuration and per-kind weight dtypes from the preamble, header and tensor table.
+fn header_parts(bytes: &[u8]) -> Result<(Config, KindDtypes), FormatError> {
+    let short = FormatError::TooShort { len: bytes.len() };
+    let word = |at| read_u32(bytes, at).ok_or(short);
+    if bytes.get(..4) != Some(&MAGIC[..]) {
+        return Err(if bytes.len() < 4 { short } else { FormatError::BadMagic });
+    }
+    let version = word(4)?;
+    if version != VERSION {
+        return Err(FormatError::UnsupportedVersion { found: version, supported: VERSION });
+    }
+    let header_len = word(8)?;
+    let header = (header_len as usize)
+        .checked_add(PREAMBLE_LEN)
+        .and_then(|end| bytes.get(PREAMBLE_LEN..end))
+        .ok_or(FormatError::HeaderOutOfBounds { header_len, file_len: bytes.len() })?;
+    let (header, table): (Header<'_>, &[u8]) =
+        postcard::take_from_bytes(header).map_err(|_| FormatError::HeaderDecode)?;
+    let config = Config::from_header(&header)?;
+    let dtypes = Model::kind_dtypes(table, config.tensor_count())?;
+    Ok((config, dtypes))
 }

@@ -2,21 +2,26 @@
 
 use crate::error::SessionError;
 use crate::format::{Config, DType, KindDtypes, TensorKind};
+use crate::kv::{Dims, KvDtype, Store};
 use crate::math;
 use crate::model::Model;
 use crate::sampler::Candidate;
 
 const F32: usize = core::mem::size_of::<f32>();
 
-/// Exact arena bytes for a model and context length, itemized.
+/// Exact arena bytes for a model, context length and KV cache dtype, itemized.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct Plan {
     /// Context length the plan was made for.
     pub ctx_len: usize,
-    /// Activation buffers: x, xb, xb2, q (dim each), hb, hb2 (hidden_dim each), att (ctx_len).
+    /// KV cache dtype the plan was made for.
+    pub kv: KvDtype,
+    /// Activation buffers, f32: x, xb, xb2, q (dim each), k, v (kv_dim each),
+    /// hb, hb2 (hidden_dim each), att (ctx_len).
     pub activations: usize,
-    /// Key and value caches: 2 × n_layers × ctx_len × kv_dim f32.
+    /// Key and value caches: 2 × n_layers × ctx_len × kv_dim values of `kv`'s
+    /// size, plus for i8 2 × n_layers × ctx_len × n_kv_heads f32 scales.
     pub kv_cache: usize,
     /// Output logits: vocab_size f32.
     pub logits: usize,
@@ -30,14 +35,14 @@ pub struct Plan {
 }
 
 impl Plan {
-    /// Plans a session of `ctx_len` positions (1..=seq_len) for a model whose
-    /// weights are all f32 or f16 (no activation quantization scratch).
-    pub fn new(cfg: &Config, ctx_len: usize) -> Result<Plan, SessionError> {
-        Plan::with_dtypes(cfg, &[DType::F32; 12], ctx_len)
+    /// Plans a session of `ctx_len` positions (1..=seq_len) with a `kv` cache, for a
+    /// model whose weights are all f32 or f16 (no activation quantization scratch).
+    pub fn new(cfg: &Config, ctx_len: usize, kv: KvDtype) -> Result<Plan, SessionError> {
+        Plan::with_dtypes(cfg, &[DType::F32; 12], ctx_len, kv)
     }
 
-    /// Plans a session of `ctx_len` positions (1..=seq_len) for weights stored as `dtypes`.
-    pub fn with_dtypes(cfg: &Config, dtypes: &KindDtypes, ctx_len: usize) -> Result<Plan, SessionError> {
+    /// Plans a session of `ctx_len` positions (1..=seq_len) with a `kv` cache for weights stored as `dtypes`.
+    pub fn with_dtypes(cfg: &Config, dtypes: &KindDtypes, ctx_len: usize, kv: KvDtype) -> Result<Plan, SessionError> {
         if ctx_len == 0 || ctx_len > cfg.seq_len {
             return Err(SessionError::BadContext { requested: ctx_len, max: cfg.seq_len });
         }
@@ -46,12 +51,15 @@ impl Plan {
         let activations = floats(
             cfg.dim
                 .checked_mul(4)
+                .and_then(|v| v.checked_add(cfg.kv_dim().checked_mul(2)?))
                 .and_then(|v| v.checked_add(cfg.hidden_dim.checked_mul(2)?))
                 .and_then(|v| v.checked_add(ctx_len)),
         )?;
-        let kv_cache = floats(
-            cfg.n_layers.checked_mul(ctx_len).and_then(|v| v.checked_mul(cfg.kv_dim())).and_then(|v| v.checked_mul(2)),
-        )?;
+        // Per cache (K or V): rows (layer, position) of kv_dim values and n_kv_heads scales.
+        let rows = cfg.n_layers.checked_mul(ctx_len).ok_or(overflow)?;
+        let values = rows.checked_mul(cfg.kv_dim()).and_then(|v| v.checked_mul(kv.value_bytes()));
+        let scales = rows.checked_mul(cfg.n_kv_heads).and_then(|v| v.checked_mul(kv.scale_bytes()));
+        let kv_cache = values.and_then(|v| v.checked_add(scales?)).and_then(|v| v.checked_mul(2)).ok_or(overflow)?;
         let logits = floats(Some(cfg.vocab_size))?;
         let sampler = cfg.vocab_size.checked_mul(core::mem::size_of::<Candidate>()).ok_or(overflow)?;
         // The classifier reads the embedding's dtype when shared; norms are never matmuls.
@@ -71,7 +79,38 @@ impl Plan {
             .and_then(|v| v.checked_add(sampler))
             .and_then(|v| v.checked_add(act_quant))
             .ok_or(overflow)?;
-        Ok(Plan { ctx_len, activations, kv_cache, logits, sampler, act_quant, total })
+        Ok(Plan { ctx_len, kv, activations, kv_cache, logits, sampler, act_quant, total })
+    }
+}
+
+/// Which cache slot a position writes and which slots it attends over.
+#[derive(Clone, Copy, Debug)]
+struct Slots {
+    /// Slot that receives this position's key and value.
+    write: usize,
+    /// Slots 0..len are attended over.
+    len: usize,
+    /// Slots 0..sinks are attention sinks read with the query rotated to `sink_pos`
+    /// (0 until a window wraps: then every slot uses the query at its true position).
+    sinks: usize,
+    /// The query's slot position, used for the sinks once the window has wrapped.
+    sink_pos: usize,
+}
+
+impl Slots {
+    /// Plain mode: position `pos` lives in slot `pos`.
+    fn linear(pos: usize) -> Slots {
+        Slots { write: pos, len: pos + 1, sinks: 0, sink_pos: pos }
+    }
+
+    /// Window mode (StreamingLLM): slots 0..sinks keep positions 0..sinks for
+    /// ever; slots sinks..ctx_len are a ring of the most recent positions.
+    fn window(pos: usize, ctx_len: usize, sinks: usize) -> Slots {
+        if pos < ctx_len {
+            return Slots::linear(pos);
+        }
+        let ring = ctx_len - sinks;
+        Slots { write: sinks + (pos - sinks) % ring, len: ctx_len, sinks, sink_pos: ctx_len - 1 }
     }
 }
 
@@ -80,24 +119,29 @@ impl Plan {
 pub struct Session<'a> {
     model: &'a Model<'a>,
     ctx_len: usize,
+    kv: KvDtype,
     /// Residual stream (dim).
     x: &'a mut [f32],
     /// Normed input / attention output (dim).
     xb: &'a mut [f32],
-    /// Projection output (dim).
+    /// Projection output (dim); during attention, the query rotated for sink slots.
     xb2: &'a mut [f32],
     /// Query for the current position (dim).
     q: &'a mut [f32],
+    /// Key of the current position before it is stored (kv_dim).
+    k: &'a mut [f32],
+    /// Value of the current position before it is stored (kv_dim).
+    v: &'a mut [f32],
     /// FFN gate activations (hidden_dim).
     hb: &'a mut [f32],
     /// FFN up activations (hidden_dim).
     hb2: &'a mut [f32],
     /// Attention scores of one head (ctx_len).
     att: &'a mut [f32],
-    /// Key cache (n_layers, ctx_len, kv_dim).
-    key_cache: &'a mut [f32],
+    /// Key cache (n_layers, ctx_len, kv_dim), keys stored RoPE-rotated at their true position.
+    key_cache: Store<'a>,
     /// Value cache (n_layers, ctx_len, kv_dim).
-    value_cache: &'a mut [f32],
+    value_cache: Store<'a>,
     /// Output logits (vocab_size).
     logits: &'a mut [f32],
     /// Sampler candidates (vocab_size).
@@ -106,19 +150,40 @@ pub struct Session<'a> {
     xq: &'a mut [u8],
 }
 
-/// Splits `n` f32 values off the front of `rest`.
-fn take_f32<'a>(rest: &mut &'a mut [u8], n: usize) -> Result<&'a mut [f32], SessionError> {
-    let bytes = n.checked_mul(F32).ok_or(SessionError::Internal)?;
+/// Splits `n` values of `T` off the front of `rest`.
+fn take<'a, T: bytemuck::Pod>(rest: &mut &'a mut [u8], n: usize) -> Result<&'a mut [T], SessionError> {
+    let bytes = n.checked_mul(core::mem::size_of::<T>()).ok_or(SessionError::Internal)?;
+    if bytes > rest.len() {
+        return Err(SessionError::Internal);
+    }
     let (head, tail) = core::mem::take(rest).split_at_mut(bytes);
     *rest = tail;
     bytemuck::try_cast_slice_mut(head).map_err(|_| SessionError::ArenaMisaligned)
 }
 
+/// Splits the storage of one `kv` cache of `rows` (layer, position) rows off `rest`.
+fn take_store<'a>(rest: &mut &'a mut [u8], kv: KvDtype, rows: usize, cfg: &Config) -> Result<Store<'a>, SessionError> {
+    let n = rows.checked_mul(cfg.kv_dim()).ok_or(SessionError::Internal)?;
+    Ok(match kv {
+        KvDtype::F32 => Store::F32(take(rest, n)?),
+        KvDtype::F16 => Store::F16(take(rest, n.checked_mul(2).ok_or(SessionError::Internal)?)?),
+        KvDtype::I8 => {
+            let scales = take(rest, rows.checked_mul(cfg.n_kv_heads).ok_or(SessionError::Internal)?)?;
+            Store::I8 { scales, values: take(rest, n)? }
+        }
+    })
+}
+
 impl<'a> Session<'a> {
-    /// Carves a session for `ctx_len` positions out of `arena` (4-byte aligned,
-    /// at least `model.plan(ctx_len)?.total` bytes; extra bytes are unused).
-    pub fn new(model: &'a Model<'a>, arena: &'a mut [u8], ctx_len: usize) -> Result<Session<'a>, SessionError> {
-        let plan = model.plan(ctx_len)?;
+    /// Carves a session for `ctx_len` positions with a `kv` cache out of `arena`
+    /// (4-byte aligned, at least `model.plan(ctx_len, kv)?.total` bytes; extra bytes are unused).
+    pub fn new(
+        model: &'a Model<'a>,
+        arena: &'a mut [u8],
+        ctx_len: usize,
+        kv: KvDtype,
+    ) -> Result<Session<'a>, SessionError> {
+        let plan = model.plan(ctx_len, kv)?;
         if arena.len() < plan.total {
             return Err(SessionError::ArenaTooSmall { needed: plan.total, given: arena.len() });
         }
@@ -126,21 +191,42 @@ impl<'a> Session<'a> {
             return Err(SessionError::ArenaMisaligned);
         }
         let cfg = *model.config();
-        let kv = cfg.n_layers * ctx_len * cfg.kv_dim();
+        let rows = cfg.n_layers * ctx_len;
+        // f32 buffers first, then the caches (f32 scales before i8/f16 bytes), so every f32 stays aligned.
         let mut rest = &mut arena[..plan.total];
-        let x = take_f32(&mut rest, cfg.dim)?;
-        let xb = take_f32(&mut rest, cfg.dim)?;
-        let xb2 = take_f32(&mut rest, cfg.dim)?;
-        let q = take_f32(&mut rest, cfg.dim)?;
-        let hb = take_f32(&mut rest, cfg.hidden_dim)?;
-        let hb2 = take_f32(&mut rest, cfg.hidden_dim)?;
-        let att = take_f32(&mut rest, ctx_len)?;
-        let key_cache = take_f32(&mut rest, kv)?;
-        let value_cache = take_f32(&mut rest, kv)?;
-        let logits = take_f32(&mut rest, cfg.vocab_size)?;
-        let (candidates, xq) = core::mem::take(&mut rest).split_at_mut(plan.sampler);
-        let candidates = bytemuck::try_cast_slice_mut(candidates).map_err(|_| SessionError::ArenaMisaligned)?;
-        Ok(Session { model, ctx_len, x, xb, xb2, q, hb, hb2, att, key_cache, value_cache, logits, candidates, xq })
+        let x = take(&mut rest, cfg.dim)?;
+        let xb = take(&mut rest, cfg.dim)?;
+        let xb2 = take(&mut rest, cfg.dim)?;
+        let q = take(&mut rest, cfg.dim)?;
+        let k = take(&mut rest, cfg.kv_dim())?;
+        let v = take(&mut rest, cfg.kv_dim())?;
+        let hb = take(&mut rest, cfg.hidden_dim)?;
+        let hb2 = take(&mut rest, cfg.hidden_dim)?;
+        let att = take(&mut rest, ctx_len)?;
+        let logits = take(&mut rest, cfg.vocab_size)?;
+        let candidates = take(&mut rest, cfg.vocab_size)?;
+        let key_cache = take_store(&mut rest, kv, rows, &cfg)?;
+        let value_cache = take_store(&mut rest, kv, rows, &cfg)?;
+        let xq = take(&mut rest, plan.act_quant)?;
+        Ok(Session {
+            model,
+            ctx_len,
+            kv,
+            x,
+            xb,
+            xb2,
+            q,
+            k,
+            v,
+            hb,
+            hb2,
+            att,
+            key_cache,
+            value_cache,
+            logits,
+            candidates,
+            xq,
+        })
     }
 
     /// The model this session runs.
@@ -153,14 +239,22 @@ impl<'a> Session<'a> {
         self.ctx_len
     }
 
+    /// The KV cache dtype.
+    pub fn kv_dtype(&self) -> KvDtype {
+        self.kv
+    }
+
     /// Logits of the last forward pass, and the sampler scratch.
     pub fn logits_and_scratch(&mut self) -> (&mut [f32], &mut [Candidate]) {
         (&mut *self.logits, &mut *self.candidates)
     }
 
-    /// Runs the transformer for `token` at `pos` and returns the logits (vocab_size).
+    /// Runs the transformer for `token` at `pos` (< ctx_len) and returns the logits (vocab_size).
     pub fn forward(&mut self, token: u32, pos: usize) -> Result<&mut [f32], SessionError> {
-        self.forward_observed(token, pos, |_, _, _| {})
+        if pos >= self.ctx_len {
+            return Err(SessionError::ContextFull { ctx_len: self.ctx_len });
+        }
+        self.run(token, pos, Slots::linear(pos), |_, _, _| {})
     }
 
     /// [`Session::forward`], calling `observe(kind, layer, input)` with the input
@@ -171,6 +265,36 @@ impl<'a> Session<'a> {
         &mut self,
         token: u32,
         pos: usize,
+        observe: impl FnMut(TensorKind, usize, &[f32]),
+    ) -> Result<&mut [f32], SessionError> {
+        if pos >= self.ctx_len {
+            return Err(SessionError::ContextFull { ctx_len: self.ctx_len });
+        }
+        self.run(token, pos, Slots::linear(pos), observe)
+    }
+    /// Like [`forward`](Self::forward), but any `pos` works: once the cache is
+    /// full, slots `0..sinks` keep the first positions (attention sinks) and the
+    /// other slots hold the most recent `ctx_len - sinks` positions.
+    ///
+    /// Positions follow StreamingLLM: a key is attended as if it sat at its
+    /// cache slot, with the query in the last slot. Keys are stored rotated by
+    /// their true position, so for the ring the query is rotated by its true
+    /// position too (distance = true distance = distance in slots), and for the
+    /// sinks a second copy of the query is rotated to slot position ctx_len - 1.
+    /// Before the cache is full this is exactly `forward`.
+    pub fn forward_window(&mut self, token: u32, pos: usize, sinks: usize) -> Result<&mut [f32], SessionError> {
+        if sinks >= self.ctx_len {
+            return Err(SessionError::BadWindow { sinks, ctx_len: self.ctx_len });
+        }
+        self.run(token, pos, Slots::window(pos, self.ctx_len, sinks), |_, _, _| {})
+    }
+
+    /// The forward pass for `token` at true position `pos`, cached as `slots` says.
+    fn run(
+        &mut self,
+        token: u32,
+        pos: usize,
+        slots: Slots,
         mut observe: impl FnMut(TensorKind, usize, &[f32]),
     ) -> Result<&mut [f32], SessionError> {
         let m = self.model;
@@ -178,47 +302,36 @@ impl<'a> Session<'a> {
         if token as usize >= cfg.vocab_size {
             return Err(SessionError::TokenOutOfRange { token, vocab_size: cfg.vocab_size });
         }
-        if pos >= self.ctx_len {
-            return Err(SessionError::ContextFull { ctx_len: self.ctx_len });
-        }
-        let (kv_dim, head_size) = (cfg.kv_dim(), cfg.head_size());
-        let kv_mul = cfg.n_heads / cfg.n_kv_heads;
-        let sqrt_head = libm::sqrtf(head_size as f32);
+        let dims = Dims { ctx_len: self.ctx_len, kv_dim: cfg.kv_dim(), head_size: cfg.head_size() };
 
         m.matrix(TensorKind::Embedding, 0)?.row_to_f32(token as usize, self.x);
 
         for layer in 0..cfg.n_layers {
-            // Attention block: xb = rmsnorm(x); q, k, v projections; k and v go straight into the cache.
+            // Attention block: xb = rmsnorm(x); q, k, v projections; k and v go into the cache.
             math::rmsnorm(self.xb, self.x, m.norm(TensorKind::AttnNorm, layer)?, cfg.norm_eps);
-            let layer_base = layer * self.ctx_len * kv_dim;
-            let row = layer_base + pos * kv_dim;
-            let k = &mut self.key_cache[row..row + kv_dim]; // (kv_dim)
-            let v = &mut self.value_cache[row..row + kv_dim]; // (kv_dim)
             observe(TensorKind::Wq, layer, self.xb);
             m.matrix(TensorKind::Wq, layer)?.matvec(self.xb, self.q, self.xq)?;
-            m.matrix(TensorKind::Wk, layer)?.matvec(self.xb, k, self.xq)?;
-            m.matrix(TensorKind::Wv, layer)?.matvec(self.xb, v, self.xq)?;
-            rope_qk(self.q, k, pos, head_size, cfg.rope_theta);
-
-            // Each query head attends over positions 0..=pos of its shared key/value head.
-            let keys = &self.key_cache[layer_base..layer_base + (pos + 1) * kv_dim]; // (pos+1, kv_dim)
-            let values = &self.value_cache[layer_base..layer_base + (pos + 1) * kv_dim]; // (pos+1, kv_dim)
-            for h in 0..cfg.n_heads {
-                let q = &self.q[h * head_size..(h + 1) * head_size]; // (head_size)
-                let kv_off = (h / kv_mul) * head_size;
-                let att = &mut self.att[..=pos]; // (pos+1)
-                for (score, k) in att.iter_mut().zip(keys.chunks_exact(kv_dim)) {
-                    *score = crate::kernels::f32::dot(q, &k[kv_off..kv_off + head_size]) / sqrt_head;
-                }
-                math::softmax(att);
-                let out = &mut self.xb[h * head_size..(h + 1) * head_size]; // (head_size)
-                out.fill(0.0);
-                for (&a, v) in att.iter().zip(values.chunks_exact(kv_dim)) {
-                    for (o, &vv) in out.iter_mut().zip(&v[kv_off..kv_off + head_size]) {
-                        *o += a * vv;
-                    }
-                }
+            m.matrix(TensorKind::Wk, layer)?.matvec(self.xb, self.k, self.xq)?;
+            m.matrix(TensorKind::Wv, layer)?.matvec(self.xb, self.v, self.xq)?;
+            if slots.sinks > 0 {
+                // The query as seen from the sink slots (window mode, wrapped).
+                self.xb2.copy_from_slice(self.q);
+                math::rope(self.xb2, slots.sink_pos, dims.head_size, cfg.rope_theta);
             }
+            rope_qk(self.q, self.k, pos, dims.head_size, cfg.rope_theta);
+            self.key_cache.write(dims, layer, slots.write, self.k)?;
+            self.value_cache.write(dims, layer, slots.write, self.v)?;
+            let queries = Queries { q: self.q, sink_q: self.xb2, sinks: slots.sinks };
+            attention(
+                &self.key_cache,
+                &self.value_cache,
+                dims,
+                layer,
+                &cfg,
+                queries,
+                &mut self.att[..slots.len],
+                self.xb,
+            );
             observe(TensorKind::Wo, layer, self.xb);
             m.matrix(TensorKind::Wo, layer)?.matvec(self.xb, self.xb2, self.xq)?;
             for (x, &d) in self.x.iter_mut().zip(self.xb2.iter()) {
@@ -242,6 +355,45 @@ impl<'a> Session<'a> {
         observe(TensorKind::Classifier, 0, self.x);
         m.matrix(TensorKind::Classifier, 0)?.matvec(self.x, self.logits, self.xq)?;
         Ok(&mut *self.logits)
+    }
+}
+
+/// The rotated queries of one position.
+#[derive(Clone, Copy)]
+struct Queries<'q> {
+    /// Query rotated at its true position (dim).
+    q: &'q [f32],
+    /// Query rotated at its slot position, for slots 0..sinks (dim; unused when sinks = 0).
+    sink_q: &'q [f32],
+    /// Number of leading slots read with `sink_q`.
+    sinks: usize,
+}
+
+/// Multi-head attention of one layer over slots 0..att.len(): each query head
+/// attends over its shared key/value head; out (dim) gets the heads' outputs.
+#[allow(clippy::too_many_arguments)]
+fn attention(
+    keys: &Store<'_>,
+    values: &Store<'_>,
+    dims: Dims,
+    layer: usize,
+    cfg: &Config,
+    queries: Queries<'_>,
+    att: &mut [f32],
+    out: &mut [f32],
+) {
+    let hs = dims.head_size;
+    let kv_mul = cfg.n_heads / cfg.n_kv_heads;
+    let sqrt_head = libm::sqrtf(hs as f32);
+    for h in 0..cfg.n_heads {
+        let head = h * hs..(h + 1) * hs;
+        let (q, sink_q) = (&queries.q[head.clone()], &queries.sink_q[head.clone()]); // (head_size) each
+        keys.scores(dims, layer, h / kv_mul, att, |slot| if slot < queries.sinks { sink_q } else { q });
+        for score in att.iter_mut() {
+            *score /= sqrt_head;
+        }
+        math::softmax(att);
+        values.mix(dims, layer, h / kv_mul, att, &mut out[head]);
     }
 }
 

@@ -3,7 +3,7 @@
 
 use microlm::format::{Config, DType, TensorKind};
 use microlm::write::{encode_tensor, write_model, ModelSpec, Vocab};
-use microlm::{Generation, Model, Sampler, SamplerConfig, Session, Step};
+use microlm::{Generation, KvDtype, Model, Sampler, SamplerConfig, Session, Step};
 
 /// Special tokens, 256 byte tokens, then single letters and a few merges.
 fn vocab() -> Vocab {
@@ -65,9 +65,9 @@ fn run(dtype: DType) -> Vec<u32> {
     // BOS, then " ab" (merged from " ", "a", "b") and "ca".
     assert_eq!(&prompt[..n], &[1, 265, 266]);
 
-    let plan = model.plan(6).unwrap();
+    let plan = model.plan(6, KvDtype::F32).unwrap();
     let mut arena = vec![0u32; plan.total / 4];
-    let mut session = Session::new(&model, bytemuck::cast_slice_mut(&mut arena), 6).unwrap();
+    let mut session = Session::new(&model, bytemuck::cast_slice_mut(&mut arena), 6, KvDtype::F32).unwrap();
     let mut sampler =
         Sampler::new(SamplerConfig { temperature: 0.9, top_p: 0.8, seed: 5, ..Default::default() }, 267).unwrap();
     let mut generation = Generation::new(&session, &prompt[..n], 0).unwrap();

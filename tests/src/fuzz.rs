@@ -4,12 +4,13 @@
 use std::sync::OnceLock;
 
 use microlm::write::tokenizer_section;
-use microlm::{Checksum, Model, Sampler, SamplerConfig, Session, Tokenizer, Utf8Stream};
+use microlm::{Checksum, KvDtype, Model, Sampler, SamplerConfig, Session, Tokenizer, Utf8Stream};
 use microlm_cli::llama2c::{read_checkpoint, read_tokenizer};
 
 /// Any bytes through `Model::parse` (CRC skipped, so inputs reach the structural
 /// checks); an accepted model must plan, open a session, run a forward step and
-/// sample without panicking.
+/// sample without panicking, with every KV cache dtype, and keep running past
+/// the context in window mode.
 pub fn parse_forward(data: &[u8]) {
     // Hold the bytes 4-byte aligned, as flash or the CLI does.
     let mut words = vec![0u32; data.len().div_ceil(4)];
@@ -17,14 +18,27 @@ pub fn parse_forward(data: &[u8]) {
     let bytes = &bytemuck::cast_slice::<u32, u8>(&words)[..data.len()];
     let Ok(model) = Model::parse_with(bytes, Checksum::Skip) else { return };
     let ctx = model.config().seq_len.min(4);
-    let plan = model.plan(ctx).expect("an accepted model has a plan for ctx <= seq_len");
+    for kv in KvDtype::ALL {
+        forward_and_sample(&model, ctx, kv);
+    }
+}
+
+/// One session of an accepted model: a forward step, a sample, and window-mode
+/// steps past the end of the cache.
+fn forward_and_sample(model: &Model<'_>, ctx: usize, kv: KvDtype) {
+    let plan = model.plan(ctx, kv).expect("an accepted model has a plan for ctx <= seq_len");
     if plan.total > 64 << 20 {
         return;
     }
     let mut arena = vec![0u32; plan.total.div_ceil(4)];
-    let mut session = Session::new(&model, bytemuck::cast_slice_mut(&mut arena), ctx).expect("planned arena");
+    let mut session = Session::new(model, bytemuck::cast_slice_mut(&mut arena), ctx, kv).expect("planned arena");
     let vocab = model.config().vocab_size;
-    session.forward(model.config().bos_id, 0).expect("forward at position 0");
+    let bos = model.config().bos_id;
+    session.forward(bos, 0).expect("forward at position 0");
+    // Window mode wraps the ring: positions ctx and ctx + 1 reuse slots.
+    let sinks = ctx.min(2) - 1;
+    session.forward_window(bos, ctx, sinks).expect("window forward");
+    session.forward_window(bos, ctx + 1, sinks).expect("window forward");
     let settings = SamplerConfig { top_k: 3, min_p: 0.05, ..Default::default() };
     let mut sampler = Sampler::new(settings, vocab).expect("valid settings");
     let (logits, scratch) = session.logits_and_scratch();

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Mutex;
 
-use microlm::{Generation, Model, Sampler, SamplerConfig, Session, Step, Stop, Utf8Stream};
+use microlm::{Generation, KvDtype, Model, Sampler, SamplerConfig, Session, Step, Stop, Utf8Stream};
 use serde::Deserialize;
 
 pub use microlm_cli::load::{arena, ModelFile};
@@ -121,9 +121,9 @@ pub fn reference_cases() -> Vec<Case> {
 /// Runs one reference case through the library API; returns (ids, text, stop).
 pub fn generate(model: &Model<'_>, case: &Case) -> (Vec<u32>, String, Stop) {
     let ctx = model.config().seq_len;
-    let plan = model.plan(ctx).expect("plan");
+    let plan = model.plan(ctx, KvDtype::F32).expect("plan");
     let mut arena = arena(plan.total);
-    let mut session = Session::new(model, bytemuck::cast_slice_mut(&mut arena), ctx).expect("session");
+    let mut session = Session::new(model, bytemuck::cast_slice_mut(&mut arena), ctx, KvDtype::F32).expect("session");
     let cfg = SamplerConfig {
         temperature: case.temperature,
         top_p: case.topp,

@@ -122,14 +122,57 @@ fn inspect_reports_config_tensors_and_plan() {
     assert_eq!(j["tensors"].as_array().unwrap().len(), 47);
     assert_eq!(j["tensors"][0]["name"], "embedding");
     assert_eq!(j["tensors"][0]["shape"], serde_json::json!([512, 64]));
-    // ctx 128: activations (4·64 + 2·172 + 128)·4, KV 2·5·128·32·4, logits 512·4, sampler 512·8.
-    let expected = (4 * 64 + 2 * 172 + 128) * 4 + 2 * 5 * 128 * 32 * 4 + 512 * 4 + 512 * 8;
+    // ctx 128: activations (4·64 + 2·32 + 2·172 + 128)·4, KV 2·5·128·32·4, logits 512·4, sampler 512·8.
+    let expected = (4 * 64 + 2 * 32 + 2 * 172 + 128) * 4 + 2 * 5 * 128 * 32 * 4 + 512 * 4 + 512 * 8;
     assert_eq!(j["arena_bytes"], expected);
+    assert_eq!(j["plan"]["kv"], "f32");
+    assert!(j["boards"].as_array().unwrap().len() >= 7);
     assert_eq!(j["file_bytes"], std::fs::metadata(&model).unwrap().len());
 
     let (code, text, _) = run_cli(["inspect".as_ref(), model.as_os_str()]);
     assert_eq!(code, 0);
     assert!(text.contains("layers.4.w3") && text.contains("arena_bytes"), "{text}");
+}
+
+/// `inspect MODEL ARGS...` as command-line words.
+fn inspect_args(model: &std::path::Path, args: &[&str]) -> Vec<std::ffi::OsString> {
+    let mut words = vec!["inspect".into(), model.as_os_str().to_owned()];
+    words.extend(args.iter().map(Into::into));
+    words
+}
+
+#[test]
+fn inspect_reports_the_board_fit() {
+    let model = converted("f32");
+    let args = ["--ctx", "512", "--kv", "i8", "--board", "rp2350", "--json"];
+    let (code, out, err) = run_cli(inspect_args(&model, &args));
+    assert_eq!(code, 0, "{err}");
+    let j: serde_json::Value = serde_json::from_str(&out).unwrap();
+    // i8 at ctx 512: KV 2·5·512·(32 + 4·4) bytes.
+    let expected = (4 * 64 + 2 * 32 + 2 * 172 + 512) * 4 + 2 * 5 * 512 * (32 + 4 * 4) + 512 * 4 + 512 * 8;
+    assert_eq!(j["arena_bytes"], expected);
+    let boards = j["boards"].as_array().unwrap();
+    assert_eq!(boards.len(), 1);
+    let b = &boards[0];
+    assert_eq!(
+        (b["board"].as_str(), b["fits"].as_bool(), b["max_ctx"].as_u64()),
+        (Some("rp2350"), Some(true), Some(512))
+    );
+    assert_eq!(b["ram_needed"], expected + 4096);
+    assert_eq!(b["flash_needed"], std::fs::metadata(&model).unwrap().len() + 115 * 1024);
+
+    // On a 64 KiB board the f32 file fits neither flash nor, at ctx 512, RAM; the RAM alone fits a shorter context.
+    let args = ["--kv", "f32", "--board", "lm3s6965evb", "--json"];
+    let (_, out, _) = run_cli(inspect_args(&model, &args));
+    let j: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let b = &j["boards"][0];
+    assert_eq!((b["fits"].as_bool(), b["max_ctx"].as_u64()), (Some(false), Some(0)));
+    let ram_ctx = b["max_ctx_ram"].as_u64().unwrap();
+    assert!(ram_ctx > 0 && ram_ctx < 512, "{ram_ctx}");
+
+    let (code, _, err) = run_cli(inspect_args(&model, &["--board", "nope"]));
+    assert_eq!(code, 1);
+    assert!(err.contains("unknown board 'nope'"), "{err}");
 }
 
 #[test]

@@ -2,7 +2,7 @@
 //! cases through the library API and through `microlm generate`, and the logits
 //! of the first 32 greedy positions within 1e-4.
 
-use microlm::Session;
+use microlm::{KvDtype, Session};
 use microlm_tests::{arena, converted, generate, reference_cases, run_cli, shared, ModelFile};
 
 #[test]
@@ -63,9 +63,9 @@ fn logits_match_llama2c_for_32_greedy_positions() {
     let vocab = model.config().vocab_size;
     assert_eq!(reference.len(), 32 * vocab);
     let ids = &reference_cases()[0].ids;
-    let plan = model.plan(64).unwrap();
+    let plan = model.plan(64, KvDtype::F32).unwrap();
     let mut mem = arena(plan.total);
-    let mut session = Session::new(&model, bytemuck::cast_slice_mut(&mut mem), 64).unwrap();
+    let mut session = Session::new(&model, bytemuck::cast_slice_mut(&mut mem), 64, KvDtype::F32).unwrap();
     let mut worst = 0.0f32;
     for pos in 0..32 {
         let logits = session.forward(ids[pos], pos).unwrap();

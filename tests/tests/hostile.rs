@@ -4,7 +4,7 @@
 //! error value or a model that runs, never a panic.
 
 use microlm::format::{Header, TensorEntry, PREAMBLE_LEN};
-use microlm::{Checksum, FormatError, Model, Session};
+use microlm::{Checksum, FormatError, KvDtype, Model, Session};
 use microlm_tests::{arena, converted};
 
 /// Copies bytes into 4-byte aligned storage, as a board's flash or the CLI holds them.
@@ -36,9 +36,9 @@ fn exercise(bytes: &[u8]) -> Result<(), FormatError> {
         }
     };
     let ctx = model.config().seq_len.min(4);
-    let plan = model.plan(ctx).expect("plan of an accepted model");
+    let plan = model.plan(ctx, KvDtype::F32).expect("plan of an accepted model");
     let mut mem = arena(plan.total);
-    let mut session = Session::new(&model, bytemuck::cast_slice_mut(&mut mem), ctx).expect("session");
+    let mut session = Session::new(&model, bytemuck::cast_slice_mut(&mut mem), ctx, KvDtype::F32).expect("session");
     session.forward(model.config().bos_id, 0).expect("forward of an accepted model");
     verified.map(|_| ())
 }

@@ -332,7 +332,9 @@ fn qemu_bad_command_line_is_an_error_exit() {
     assert_error(&run_direct(Some(&model), "stray"), "unexpected argument 'stray'");
     assert_error(&run_direct(Some(&model), "-t -1"), "invalid sampling settings");
     assert_error(&run_direct(Some(&model), "--ctx 100000"), "context length 100000");
-    assert_error(&run_direct(Some(&model), "--arena 1000"), "arena too small: needs 665952 bytes, given 1000");
+    assert_error(&run_direct(Some(&model), "--arena 1000"), "arena too small: needs 666208 bytes, given 1000");
+    assert_error(&run_direct(Some(&model), "--kv q4"), "invalid value 'q4' for --kv: expected f32, f16 or i8");
+    assert_error(&run_direct(Some(&model), "--window 9999 --ctx 16"), "window mode with 9999 attention sinks");
 }
 
 /// Replaces the value of `key=` in a stats line with `*`.
@@ -424,4 +426,32 @@ fn qemu_cli_kills_a_run_past_its_timeout() {
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("did not finish within 1 s and was killed"), "{stderr}");
+}
+
+/// `--kv` and `--window` reach the firmware: with an i8 or f16 cache, in window
+/// mode past the end of a small context, the board says what the host says.
+#[test]
+fn qemu_kv_dtypes_and_window_match_host() {
+    for kv in ["i8", "f16"] {
+        let flags: Vec<String> = ["-n", "150", "-t", "0", "--ctx", "64", "--kv", kv, "--window", "4"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let out = run_cli_qemu(model(), &flags);
+        assert!(out.status.success(), "{kv}: {}", String::from_utf8_lossy(&out.stderr));
+        let host = Command::new(microlm()).arg("generate").arg(model()).args(&flags).arg("--json").output().unwrap();
+        assert!(host.status.success(), "{kv}: {}", String::from_utf8_lossy(&host.stderr));
+        let (board, host) = (last_json(&out), last_json(&host));
+        assert_eq!(board["ids"], host["ids"], "{kv}: board ids differ from the host's");
+        // Window mode ran past the 64-position cache.
+        assert_eq!(board["stop"], "steps", "{kv}");
+        assert_eq!(board["ids"].as_array().unwrap().len(), 151, "{kv}");
+        let inspect = Command::new(microlm())
+            .args(["inspect", "--ctx", "64", "--kv", kv, "--json"])
+            .arg(model())
+            .output()
+            .unwrap();
+        let plan: Value = serde_json::from_slice(&inspect.stdout).unwrap();
+        assert_eq!(board["arena_bytes"], plan["arena_bytes"], "{kv}: the board's arena is the plan");
+    }
 }

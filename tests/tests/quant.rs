@@ -311,8 +311,8 @@ fn q4_0_pads_rows_of_172_and_runs_like_f32() {
     let reference = Model::parse(bytes_of(&f32w)).unwrap();
 
     let ctx = 32;
-    let plan = model.plan(ctx).unwrap();
-    let f32_plan = reference.plan(ctx).unwrap();
+    let plan = model.plan(ctx, microlm::KvDtype::F32).unwrap();
+    let f32_plan = reference.plan(ctx, microlm::KvDtype::F32).unwrap();
     assert_eq!(plan.act_quant, 6 * 34, "scratch for ceil(172/32) q8 blocks");
     assert_eq!(f32_plan.act_quant, 0);
     let sum = plan.activations + plan.kv_cache + plan.logits + plan.sampler + plan.act_quant;
@@ -321,14 +321,14 @@ fn q4_0_pads_rows_of_172_and_runs_like_f32() {
     let too_small = bytemuck::cast_slice_mut::<u32, u8>(&mut small);
     let short = too_small.len() - 1;
     assert!(matches!(
-        Session::new(&model, &mut too_small[..short], ctx),
+        Session::new(&model, &mut too_small[..short], ctx, microlm::KvDtype::F32),
         Err(microlm::SessionError::ArenaTooSmall { .. })
     ));
 
     let mut a = vec![0u32; plan.total.div_ceil(4)];
     let mut b = vec![0u32; f32_plan.total.div_ceil(4)];
-    let mut qs = Session::new(&model, bytemuck::cast_slice_mut(&mut a), ctx).unwrap();
-    let mut fs = Session::new(&reference, bytemuck::cast_slice_mut(&mut b), ctx).unwrap();
+    let mut qs = Session::new(&model, bytemuck::cast_slice_mut(&mut a), ctx, microlm::KvDtype::F32).unwrap();
+    let mut fs = Session::new(&reference, bytemuck::cast_slice_mut(&mut b), ctx, microlm::KvDtype::F32).unwrap();
     let tokens = [1u32, 403, 407, 261, 378, 267, 365, 347];
     let mut cos_min = 1.0f64;
     for (pos, &t) in tokens.iter().enumerate() {

@@ -1,6 +1,6 @@
 //! Memory planning and the bounds a caller can set wrongly, each a specific error.
 
-use microlm::{Generation, Session, SessionError};
+use microlm::{Generation, KvDtype, Session, SessionError};
 use microlm_tests::{arena, converted, ModelFile};
 
 #[test]
@@ -8,41 +8,73 @@ fn plan_is_exact_and_itemized() {
     let file = ModelFile::read(&converted("f32")).unwrap();
     let model = file.parse(false).unwrap();
     let c = *model.config();
-    let plan = model.plan(128).unwrap();
-    assert_eq!(plan.kv_cache, 2 * c.n_layers * 128 * c.kv_dim() * 4);
-    assert_eq!(plan.activations, (4 * c.dim + 2 * c.hidden_dim + 128) * 4);
-    assert_eq!(plan.logits, c.vocab_size * 4);
-    assert_eq!(plan.sampler, c.vocab_size * 8);
-    assert_eq!(plan.total, plan.activations + plan.kv_cache + plan.logits + plan.sampler);
+    let rows = c.n_layers * 128;
+    for (kv, value_bytes, scale_bytes) in [(KvDtype::F32, 4, 0), (KvDtype::F16, 2, 0), (KvDtype::I8, 1, 4)] {
+        let plan = model.plan(128, kv).unwrap();
+        assert_eq!(plan.kv, kv);
+        assert_eq!(plan.kv_cache, 2 * (rows * c.kv_dim() * value_bytes + rows * c.n_kv_heads * scale_bytes), "{kv}");
+        assert_eq!(plan.activations, (4 * c.dim + 2 * c.kv_dim() + 2 * c.hidden_dim + 128) * 4);
+        assert_eq!(plan.logits, c.vocab_size * 4);
+        assert_eq!(plan.sampler, c.vocab_size * 8);
+        assert_eq!(plan.total, plan.activations + plan.kv_cache + plan.logits + plan.sampler);
 
-    // Exactly the plan works; one 4-byte word less is ArenaTooSmall with both numbers.
-    let mut mem = arena(plan.total);
-    assert!(Session::new(&model, bytemuck::cast_slice_mut(&mut mem), 128).is_ok());
-    let mut small = arena(plan.total - 4);
-    let err = Session::new(&model, bytemuck::cast_slice_mut(&mut small), 128).unwrap_err();
-    assert_eq!(err, SessionError::ArenaTooSmall { needed: plan.total, given: plan.total - 4 });
+        // Exactly the plan works; one byte less is ArenaTooSmall with both numbers.
+        let mut mem = arena(plan.total);
+        assert!(Session::new(&model, bytemuck::cast_slice_mut(&mut mem), 128, kv).is_ok(), "{kv}");
+        let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut mem);
+        let err = Session::new(&model, &mut bytes[..plan.total - 1], 128, kv).unwrap_err();
+        assert_eq!(err, SessionError::ArenaTooSmall { needed: plan.total, given: plan.total - 1 }, "{kv}");
+    }
+    // Narrower caches need strictly less memory.
+    let totals = KvDtype::ALL.map(|kv| model.plan(128, kv).unwrap().total);
+    assert!(totals[0] > totals[1] && totals[1] > totals[2], "{totals:?}");
+}
+
+#[test]
+fn plan_from_header_matches_the_parsed_plan() {
+    let file = ModelFile::read(&converted("f32")).unwrap();
+    let model = file.parse(false).unwrap();
+    let bytes = std::fs::read(converted("f32")).unwrap();
+    for kv in KvDtype::ALL {
+        for ctx in [1, 100, model.config().seq_len] {
+            assert_eq!(microlm::plan_from_header(&bytes, ctx, kv), Ok(model.plan(ctx, kv).unwrap()));
+        }
+    }
+    // The header alone is enough; a cut header, bad magic or bad context is an error value.
+    let header_end = 16 + u32::from_le_bytes(bytes[8..12].try_into().unwrap()) as usize;
+    assert!(microlm::plan_from_header(&bytes[..header_end], 64, KvDtype::I8).is_ok());
+    assert!(microlm::plan_from_header(&bytes[..header_end - 1], 64, KvDtype::I8).is_err());
+    assert!(microlm::plan_from_header(b"nope", 64, KvDtype::I8).is_err());
+    assert!(microlm::plan_from_header(&[], 64, KvDtype::I8).is_err());
+    assert_eq!(
+        microlm::plan_from_header(&bytes, 0, KvDtype::F32),
+        Err(microlm::PlanError::Session(SessionError::BadContext { requested: 0, max: model.config().seq_len }))
+    );
 }
 
 #[test]
 fn misaligned_arena_and_bad_context_are_errors() {
     let file = ModelFile::read(&converted("f32")).unwrap();
     let model = file.parse(false).unwrap();
-    let plan = model.plan(16).unwrap();
+    let plan = model.plan(16, KvDtype::F32).unwrap();
     let mut mem = arena(plan.total + 4);
     let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut mem);
-    assert_eq!(Session::new(&model, &mut bytes[1..], 16).unwrap_err(), SessionError::ArenaMisaligned);
+    assert_eq!(Session::new(&model, &mut bytes[1..], 16, KvDtype::F32).unwrap_err(), SessionError::ArenaMisaligned);
     let seq_len = model.config().seq_len;
-    assert_eq!(model.plan(0).unwrap_err(), SessionError::BadContext { requested: 0, max: seq_len });
-    assert_eq!(model.plan(seq_len + 1).unwrap_err(), SessionError::BadContext { requested: seq_len + 1, max: seq_len });
+    assert_eq!(model.plan(0, KvDtype::F32).unwrap_err(), SessionError::BadContext { requested: 0, max: seq_len });
+    assert_eq!(
+        model.plan(seq_len + 1, KvDtype::F32).unwrap_err(),
+        SessionError::BadContext { requested: seq_len + 1, max: seq_len }
+    );
 }
 
 #[test]
 fn forward_rejects_bad_tokens_and_positions() {
     let file = ModelFile::read(&converted("f32")).unwrap();
     let model = file.parse(false).unwrap();
-    let plan = model.plan(4).unwrap();
+    let plan = model.plan(4, KvDtype::F32).unwrap();
     let mut mem = arena(plan.total);
-    let mut session = Session::new(&model, bytemuck::cast_slice_mut(&mut mem), 4).unwrap();
+    let mut session = Session::new(&model, bytemuck::cast_slice_mut(&mut mem), 4, KvDtype::F32).unwrap();
     assert_eq!(session.forward(512, 0).unwrap_err(), SessionError::TokenOutOfRange { token: 512, vocab_size: 512 });
     assert_eq!(session.forward(1, 4).unwrap_err(), SessionError::ContextFull { ctx_len: 4 });
     assert!(session.forward(1, 3).is_ok());
@@ -52,9 +84,9 @@ fn forward_rejects_bad_tokens_and_positions() {
 fn generation_checks_the_prompt() {
     let file = ModelFile::read(&converted("f32")).unwrap();
     let model = file.parse(false).unwrap();
-    let plan = model.plan(4).unwrap();
+    let plan = model.plan(4, KvDtype::F32).unwrap();
     let mut mem = arena(plan.total);
-    let session = Session::new(&model, bytemuck::cast_slice_mut(&mut mem), 4).unwrap();
+    let session = Session::new(&model, bytemuck::cast_slice_mut(&mut mem), 4, KvDtype::F32).unwrap();
     assert_eq!(Generation::new(&session, &[], 10).unwrap_err(), SessionError::EmptyPrompt);
     assert_eq!(
         Generation::new(&session, &[1, 5, 6, 7, 8], 10).unwrap_err(),
@@ -71,9 +103,9 @@ fn context_full_is_reported_as_a_value() {
     use microlm::{Sampler, SamplerConfig, Step, Stop};
     let file = ModelFile::read(&converted("f32")).unwrap();
     let model = file.parse(false).unwrap();
-    let plan = model.plan(8).unwrap();
+    let plan = model.plan(8, KvDtype::F32).unwrap();
     let mut mem = arena(plan.total);
-    let mut session = Session::new(&model, bytemuck::cast_slice_mut(&mut mem), 8).unwrap();
+    let mut session = Session::new(&model, bytemuck::cast_slice_mut(&mut mem), 8, KvDtype::F32).unwrap();
     let mut sampler = Sampler::new(SamplerConfig { temperature: 0.0, ..Default::default() }, 512).unwrap();
     let mut generation = Generation::new(&session, &[1], 100).unwrap();
     let mut tokens = 0;
@@ -92,9 +124,9 @@ fn zero_steps_means_the_whole_context() {
     use microlm::{Sampler, SamplerConfig, Step, Stop};
     let file = ModelFile::read(&converted("f32")).unwrap();
     let model = file.parse(false).unwrap();
-    let plan = model.plan(5).unwrap();
+    let plan = model.plan(5, KvDtype::F32).unwrap();
     let mut mem = arena(plan.total);
-    let mut session = Session::new(&model, bytemuck::cast_slice_mut(&mut mem), 5).unwrap();
+    let mut session = Session::new(&model, bytemuck::cast_slice_mut(&mut mem), 5, KvDtype::F32).unwrap();
     let mut sampler = Sampler::new(SamplerConfig { temperature: 0.0, ..Default::default() }, 512).unwrap();
     let mut generation = Generation::new(&session, &[1], 0).unwrap();
     let mut tokens = 0;

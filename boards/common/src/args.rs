@@ -3,15 +3,17 @@
 
 use core::fmt;
 
+use microlm::KvDtype;
+
 /// Most words the command line may hold (flags and values, argv[0] included).
 pub const MAX_WORDS: usize = 64;
 
 /// Flags this firmware knows, for the unknown-flag message.
-const FLAGS: &str = "-p -n -t --top-p --top-k --min-p -s --ctx --arena --help";
+const FLAGS: &str = "-p -n -t --top-p --top-k --min-p -s --ctx --kv --window --arena --help";
 
 /// Usage, printed by `--help`.
 pub const USAGE: &str = "usage: FIRMWARE [-p PROMPT] [-n STEPS] [-t TEMP] [--top-p P] [--top-k K] [--min-p P] \
-                         [-s SEED] [--ctx N] [--arena BYTES]\n\
+                         [-s SEED] [--ctx N] [--kv f32|f16|i8] [--window SINKS] [--arena BYTES]\n\
                          the same flags and defaults as `microlm generate`; --arena uses only BYTES of the arena\n";
 
 /// Generation settings from the command line.
@@ -33,6 +35,10 @@ pub struct Args<'a> {
     pub seed: Option<u64>,
     /// Context length; default the model's seq_len (`--ctx`).
     pub ctx: Option<usize>,
+    /// KV cache dtype (`--kv`, default f32).
+    pub kv: KvDtype,
+    /// Window mode with this many attention sinks (`--window SINKS`): keep going when the context is full.
+    pub window: Option<usize>,
     /// Use only this many bytes of the arena (`--arena`), to check a model fits a smaller device.
     pub arena: Option<usize>,
     /// `--help` was given.
@@ -149,6 +155,8 @@ pub fn parse(line: &mut [u8]) -> Result<Args<'_>, ArgError<'_>> {
         min_p: 0.0,
         seed: None,
         ctx: None,
+        kv: KvDtype::F32,
+        window: None,
         arena: None,
         help: false,
     };
@@ -168,6 +176,8 @@ pub fn parse(line: &mut [u8]) -> Result<Args<'_>, ArgError<'_>> {
             b"--min-p" => args.min_p = value("--min-p", next(), "a number")?,
             b"-s" | b"--seed" => args.seed = Some(value("-s", next(), "a whole number")?),
             b"--ctx" => args.ctx = Some(value("--ctx", next(), "a whole number")?),
+            b"--kv" => args.kv = value("--kv", next(), "f32, f16 or i8")?,
+            b"--window" => args.window = Some(value("--window", next(), "a whole number of sinks")?),
             b"--arena" => args.arena = Some(value("--arena", next(), "a byte count")?),
             b"-h" | b"--help" => args.help = true,
             _ if word.first() == Some(&b'-') => return Err(ArgError::UnknownFlag(word)),

@@ -272,20 +272,27 @@ fn run<'a>(board: &Board, out: &mut Out, buffers: Parts<'a>) -> Result<(), Error
         SamplerConfig { temperature: args.temperature, top_p: args.top_p, top_k: args.top_k, min_p: args.min_p, seed };
     let mut sampler = Sampler::new(settings, config.vocab_size).map_err(Error::Sampler)?;
     let ctx = args.ctx.or(board.default_ctx).unwrap_or(config.seq_len);
-    let plan = model.plan(ctx)?;
+    let plan = model.plan(ctx, args.kv)?;
     let arena: &mut [u8] = bytemuck::cast_slice_mut(arena);
     let available = arena.len();
     let limit = args.arena.unwrap_or(available);
     let arena = arena.get_mut(..limit).ok_or(Error::ArenaLimit { requested: limit, available })?;
-    let mut session = Session::new(&model, arena, ctx)?;
+    let mut session = Session::new(&model, arena, ctx, args.kv)?;
     let needed = Tokenizer::encode_capacity(args.prompt);
     // A prompt is shorter than the command line holding it, so this always fits.
     let prompt = prompt.get_mut(..needed).ok_or(Error::Cmdline { max })?;
     let n = model.tokenizer().encode(args.prompt, true, false, prompt).map_err(Error::Tokenizer)?;
     let prompt = &prompt[..n];
     let mut generation = Generation::new(&session, prompt, args.steps)?;
-    // Positions that will run: `steps` (0 = all) bounded by the context.
-    let positions = if args.steps == 0 { ctx } else { args.steps.min(ctx) };
+    if let Some(sinks) = args.window {
+        generation = generation.with_window(sinks);
+    }
+    // Positions that will run: `steps` (0 = the context), bounded by the context unless in window mode.
+    let positions = match (args.steps, args.window) {
+        (0, _) => ctx,
+        (steps, Some(_)) => steps,
+        (steps, None) => steps.min(ctx),
+    };
     if positions >= ids.len() {
         return Err(Error::TooManyPositions { positions, max: ids.len().saturating_sub(1) });
     }
