@@ -38,7 +38,7 @@ pub struct SamplingArgs {
     /// Context length (KV cache positions); default the model's seq_len.
     #[arg(long)]
     pub ctx: Option<usize>,
-    /// KV cache dtype: f32 (exact), f16, or i8 (one f32 scale per layer, position and KV head).
+    /// KV cache dtype: f32 (exact), f16, or i8 (one f32 scale per layer and position).
     #[arg(long, default_value = "f32")]
     pub kv: KvDtype,
     /// Keep going when the context is full: keep the first SINKS positions and a

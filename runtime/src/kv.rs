@@ -5,9 +5,13 @@
 //!
 //! - `F32`: the values as computed (llama2.c's cache; bit-identical to it).
 //! - `F16`: each value rounded to IEEE binary16, little-endian bytes.
-//! - `I8`: symmetric int8, one f32 scale per (layer, slot, kv head) for K and
-//!   one for V: `scale = max|x| / 127`, `q = round(x / scale)` in -127..=127,
-//!   `x ≈ q · scale` (a zero row gets scale 0).
+//! - `I8`: symmetric int8, one f32 scale per (layer, slot) row — all KV heads
+//!   of a position share it — for K and one for V: `scale = max|x| / 127`,
+//!   `q = round(x / scale)` in -127..=127, `x ≈ q · scale` (a zero row gets
+//!   scale 0). A scale per head would cost 4 bytes per head_size values (50 %
+//!   more for stories260K's 8-wide heads) and push the ctx-512 arena past
+//!   200 KB; a row-wide scale keeps it at 195 KB and lets a 64 KB-SRAM board
+//!   hold 128 positions.
 //!
 //! Reads never dequantize the cache: every attention score and every value
 //! accumulation widens one element at a time, in one fixed order (DESIGN.md
@@ -32,7 +36,7 @@ pub enum KvDtype {
     F32,
     /// 2 bytes per value (IEEE binary16).
     F16,
-    /// 1 byte per value plus one f32 scale per (layer, position, kv head).
+    /// 1 byte per value plus one f32 scale per (layer, position).
     I8,
 }
 
@@ -49,7 +53,7 @@ impl KvDtype {
         }
     }
 
-    /// Bytes of scale per (layer, position, kv head), for K and for V each.
+    /// Bytes of scale per (layer, position), for K and for V each.
     pub const fn scale_bytes(self) -> usize {
         match self {
             KvDtype::I8 => 4,
@@ -106,7 +110,7 @@ pub(crate) enum Store<'a> {
     F32(&'a mut [f32]),
     /// (n_layers, ctx_len, kv_dim) binary16, 2 little-endian bytes each.
     F16(&'a mut [u8]),
-    /// Values (n_layers, ctx_len, kv_dim) i8 as bytes, scales (n_layers, ctx_len, n_kv_heads) f32.
+    /// Values (n_layers, ctx_len, kv_dim) i8 as bytes, scales (n_layers, ctx_len) f32.
     I8 { values: &'a mut [u8], scales: &'a mut [f32] },
 }
 
@@ -126,7 +130,7 @@ impl Dims {
 }
 
 impl Store<'_> {
-    /// Writes `x` (kv_dim, f32) as row `(layer, slot)`, converting or quantizing per head.
+    /// Writes `x` (kv_dim, f32) as row `(layer, slot)`, converting or quantizing the whole row.
     pub(crate) fn write(&mut self, d: Dims, layer: usize, slot: usize, x: &[f32]) -> Result<(), SessionError> {
         let at = d.row(layer, slot);
         let n = d.kv_dim;
@@ -140,12 +144,8 @@ impl Store<'_> {
             }
             Store::I8 { values, scales } => {
                 let row = values.get_mut(at..at + n).ok_or(SessionError::Internal)?; // (kv_dim)
-                let heads = n / d.head_size;
-                let s_at = (layer * d.ctx_len + slot) * heads;
-                let row_scales = scales.get_mut(s_at..s_at + heads).ok_or(SessionError::Internal)?; // (n_kv_heads)
-                for ((q, xs), s) in row.chunks_exact_mut(d.head_size).zip(x.chunks_exact(d.head_size)).zip(row_scales) {
-                    *s = quantize_i8(xs, q);
-                }
+                let scale = scales.get_mut(layer * d.ctx_len + slot).ok_or(SessionError::Internal)?;
+                *scale = quantize_i8(&x[..n], row);
             }
         }
         Ok(())
@@ -192,7 +192,7 @@ impl Store<'_> {
                     for (&qv, &kv) in q_for(slot).iter().zip(&values[at..at + hs]) {
                         acc += qv * f32::from(kv as i8);
                     }
-                    *score = acc * scales[at / hs];
+                    *score = acc * scales[at / d.kv_dim];
                 }
             }
         }
@@ -224,7 +224,7 @@ impl Store<'_> {
                 for (slot, &a) in weights.iter().enumerate() {
                     let at = at(slot);
                     // The row's scale folds into the weight once per slot.
-                    let a = a * scales[at / hs];
+                    let a = a * scales[at / d.kv_dim];
                     for (o, &v) in out.iter_mut().zip(&values[at..at + hs]) {
                         *o += a * f32::from(v as i8);
                     }
@@ -234,7 +234,7 @@ impl Store<'_> {
     }
 }
 
-/// Quantizes `x` (head_size) into `q` (head_size, i8 as bytes); returns the scale.
+/// Quantizes `x` (one cache row) into `q` (same length, i8 as bytes); returns the scale.
 pub fn quantize_i8(x: &[f32], q: &mut [u8]) -> f32 {
     let amax = x.iter().fold(0.0f32, |m, &v| m.max(libm::fabsf(v)));
     let scale = amax / 127.0;

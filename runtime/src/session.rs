@@ -21,7 +21,7 @@ pub struct Plan {
     /// hb, hb2 (hidden_dim each), att (ctx_len).
     pub activations: usize,
     /// Key and value caches: 2 × n_layers × ctx_len × kv_dim values of `kv`'s
-    /// size, plus for i8 2 × n_layers × ctx_len × n_kv_heads f32 scales.
+    /// size, plus for i8 2 × n_layers × ctx_len f32 scales (one per row).
     pub kv_cache: usize,
     /// Output logits: vocab_size f32.
     pub logits: usize,
@@ -55,10 +55,10 @@ impl Plan {
                 .and_then(|v| v.checked_add(cfg.hidden_dim.checked_mul(2)?))
                 .and_then(|v| v.checked_add(ctx_len)),
         )?;
-        // Per cache (K or V): rows (layer, position) of kv_dim values and n_kv_heads scales.
+        // Per cache (K or V): rows (layer, position) of kv_dim values and, for i8, one scale each.
         let rows = cfg.n_layers.checked_mul(ctx_len).ok_or(overflow)?;
         let values = rows.checked_mul(cfg.kv_dim()).and_then(|v| v.checked_mul(kv.value_bytes()));
-        let scales = rows.checked_mul(cfg.n_kv_heads).and_then(|v| v.checked_mul(kv.scale_bytes()));
+        let scales = rows.checked_mul(kv.scale_bytes());
         let kv_cache = values.and_then(|v| v.checked_add(scales?)).and_then(|v| v.checked_mul(2)).ok_or(overflow)?;
         let logits = floats(Some(cfg.vocab_size))?;
         let sampler = cfg.vocab_size.checked_mul(core::mem::size_of::<Candidate>()).ok_or(overflow)?;
@@ -168,7 +168,7 @@ fn take_store<'a>(rest: &mut &'a mut [u8], kv: KvDtype, rows: usize, cfg: &Confi
         KvDtype::F32 => Store::F32(take(rest, n)?),
         KvDtype::F16 => Store::F16(take(rest, n.checked_mul(2).ok_or(SessionError::Internal)?)?),
         KvDtype::I8 => {
-            let scales = take(rest, rows.checked_mul(cfg.n_kv_heads).ok_or(SessionError::Internal)?)?;
+            let scales = take(rest, rows)?; // (n_layers, ctx_len)
             Store::I8 { scales, values: take(rest, n)? }
         }
     })

@@ -18,12 +18,11 @@ use serde_json::Value;
 /// Longest a single `microlm qemu` run may take (QEMU is killed after it).
 const TIMEOUT_S: &str = "120";
 
-/// The dtype of stories260K that lm3s6965evb runs once `microlm convert`
-/// offers it; until then a synthetic f32 model that fits stands in.
-const LM3S_DTYPE: &str = "q4_0";
-/// Positions the lm3s6965evb runs use; the firmware's arena is built for this
-/// context (stories260K with an f32 KV cache needs 1,280 bytes per position).
-const LM3S_STEPS: usize = 32;
+/// The lm3s6965evb runs stories260K q4_0 in flash with an int8 KV cache of this
+/// many positions: the 64 KiB SRAM holds 129 beside the 6 KiB stack reserve.
+const LM3S_STEPS: usize = 128;
+/// Peak stack the lm3s6965evb firmware may use: its memory.x keeps 6 KiB for the stack.
+const LM3S_STACK_BOUND: u64 = 6 * 1024;
 
 /// `microlm qemu MODEL --machine MACHINE ARGS --json`.
 fn qemu(model: &Path, machine: &str, args: &[&str]) -> Output {
@@ -192,15 +191,9 @@ fn synthetic_model(hidden_dim: usize) -> PathBuf {
     mlm
 }
 
-/// The model the lm3s6965evb runs: stories260K in [`LM3S_DTYPE`] once
-/// `microlm convert` offers that dtype, else the synthetic f32 model (148 KB).
+/// The model the lm3s6965evb runs: stories260K in q4_0 (161 KB), embedded in its flash.
 fn lm3s_model() -> PathBuf {
-    let (_, help, _) = run_cli(["convert", "--help"]);
-    if help.contains(LM3S_DTYPE) {
-        converted(LM3S_DTYPE)
-    } else {
-        synthetic_model(64)
-    }
+    converted("q4_0")
 }
 
 /// lm3s6965evb builds replace one firmware file: one build-and-run at a time.
@@ -218,8 +211,8 @@ fn lm3s6965evb_matches_host() {
     let model = lm3s_model();
     let steps = LM3S_STEPS.to_string();
     for flags in [
-        ["-p", "Once upon a time", "-n", &steps, "-t", "1.0", "--top-p", "0.9", "-s", "7"],
-        ["-p", "Lily", "-n", &steps, "-t", "0", "--top-p", "0.9", "-s", "1"],
+        ["-p", "Once upon a time", "-n", &steps, "-t", "1.0", "--top-p", "0.9", "-s", "7", "--kv", "i8"],
+        ["-p", "Lily", "-n", &steps, "-t", "0", "--top-p", "0.9", "-s", "1", "--kv", "i8"],
     ] {
         let out = lm3s(&model, &flags);
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -228,9 +221,18 @@ fn lm3s6965evb_matches_host() {
         assert_eq!(board["ids"], host["ids"], "lm3s6965evb ids differ from the host's for {flags:?}");
         assert_eq!(board["text"], host["text"]);
         assert_eq!(board["tokens"], LM3S_STEPS);
-        // The arena is planned for the run's context, not the model's seq_len.
-        let (_, inspect, _) =
-            run_cli(["inspect".as_ref(), model.as_os_str(), "--ctx".as_ref(), steps.as_ref(), "--json".as_ref()]);
+        let stack = board["stack_peak_bytes"].as_u64().unwrap();
+        assert!(stack > 0 && stack <= LM3S_STACK_BOUND, "peak stack {stack} bytes");
+        // The arena is planned for the run's context and KV dtype, not the model's seq_len.
+        let (_, inspect, _) = run_cli([
+            "inspect".as_ref(),
+            model.as_os_str(),
+            "--ctx".as_ref(),
+            steps.as_ref(),
+            "--kv".as_ref(),
+            "i8".as_ref(),
+            "--json".as_ref(),
+        ]);
         let plan: Value = serde_json::from_str(&inspect).unwrap();
         assert_eq!(board["arena_bytes"], plan["arena_bytes"]);
     }
