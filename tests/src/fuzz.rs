@@ -47,17 +47,24 @@ fn forward_and_sample(model: &Model<'_>, ctx: usize, kv: KvDtype) {
     let _ = model.tokenizer().decode(model.config().bos_id, token);
 }
 
-/// (section words, section length, longest piece) of a shared vocabulary.
-fn section(index: usize) -> &'static (Vec<u32>, usize, usize) {
-    static CELLS: [OnceLock<(Vec<u32>, usize, usize)>; 2] = [OnceLock::new(), OnceLock::new()];
-    CELLS[index].get_or_init(|| {
-        let path = crate::shared().join("models").join(["tok512.bin", "tokenizer.bin"][index]);
-        let bytes = std::fs::read(&path).expect("shared tokenizer");
-        let vocab = read_tokenizer(&bytes, &path).expect("valid tokenizer");
-        let (section, max) = tokenizer_section(&vocab).expect("section");
-        let mut words = vec![0u32; section.len().div_ceil(4)];
-        bytemuck::cast_slice_mut::<u32, u8>(&mut words)[..section.len()].copy_from_slice(&section);
-        (words, section.len(), max as usize)
+/// A shared vocabulary's tokenizer section as `convert` stores it, parsed once
+/// (parsing checks the 32,000-entry sorted index, too slow to repeat per input).
+fn tokenizer_for(index: usize) -> &'static Tokenizer<'static> {
+    static SECTIONS: [OnceLock<(Vec<u32>, usize, usize)>; 2] = [OnceLock::new(), OnceLock::new()];
+    static TOKENIZERS: [OnceLock<Tokenizer<'static>>; 2] = [OnceLock::new(), OnceLock::new()];
+    TOKENIZERS[index].get_or_init(|| {
+        let (words, len, max) = SECTIONS[index].get_or_init(|| {
+            let path = crate::shared().join("models").join(["tok512.bin", "tokenizer.bin"][index]);
+            let bytes = std::fs::read(&path).expect("shared tokenizer");
+            let vocab = read_tokenizer(&bytes, &path).expect("valid tokenizer");
+            let (section, max) = tokenizer_section(&vocab).expect("section");
+            let mut words = vec![0u32; section.len().div_ceil(4)];
+            bytemuck::cast_slice_mut::<u32, u8>(&mut words)[..section.len()].copy_from_slice(&section);
+            (words, section.len(), max as usize)
+        });
+        let bytes = &bytemuck::cast_slice::<u32, u8>(words)[..*len];
+        let n = u32::from_le_bytes(bytes[..4].try_into().expect("4 bytes")) as usize;
+        Tokenizer::parse(bytes, n, *max, 1, 2).expect("real vocabulary parses")
     })
 }
 
@@ -66,10 +73,8 @@ fn section(index: usize) -> &'static (Vec<u32>, usize, usize) {
 /// printable UTF-8 round-trips exactly.
 pub fn tokenizer(data: &[u8]) {
     let Some((&selector, text)) = data.split_first() else { return };
-    let (words, len, max) = section(usize::from(selector & 1));
-    let bytes = &bytemuck::cast_slice::<u32, u8>(words)[..*len];
-    let n = u32::from_le_bytes(bytes[..4].try_into().expect("4 bytes")) as usize;
-    let tok = Tokenizer::parse(bytes, n, *max, 1, 2).expect("real vocabulary parses");
+    let tok = tokenizer_for(usize::from(selector & 1));
+    let n = tok.vocab_size();
 
     let eos = selector & 2 != 0;
     let mut ids = vec![0u32; Tokenizer::encode_capacity(text)];
