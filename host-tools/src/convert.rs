@@ -128,8 +128,12 @@ fn half_bytes(v: f32) -> [u8; 2] {
     microlm::write::f16_bytes(v)
 }
 
-/// Writes atomically: a temporary file renamed over the target.
+/// Writes a regular file atomically (a temporary file renamed over the target).
 pub fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
+    // A device or pipe (e.g. `-o /dev/null`) is written in place; renaming over it would replace it.
+    if path.exists() && !path.is_file() {
+        return std::fs::write(path, bytes).with_context(|| format!("cannot write {}", path.display()));
+    }
     let tmp = path.with_extension("mlm.partial");
     std::fs::write(&tmp, bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("cannot move {} to {}", tmp.display(), path.display()))

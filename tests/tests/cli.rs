@@ -206,3 +206,29 @@ fn bench_reports_a_median_throughput() {
     );
     assert!(lo > 0.0 && lo <= med && med <= hi, "{j}");
 }
+
+#[test]
+fn output_to_a_pipe_writes_into_it_and_leaves_it_a_pipe() {
+    use std::os::unix::fs::FileTypeExt;
+    let fifo = scratch_dir("cli").join("out.fifo");
+    let _ = std::fs::remove_file(&fifo);
+    let made = std::process::Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(made.success());
+    // Drain the pipe while convert writes to it, as `-o /dev/null` or `-o >(...)` would.
+    let reader = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || std::fs::read(fifo).unwrap().len())
+    };
+    let m = shared().join("models");
+    let (code, _, err) = run_cli([
+        "convert".as_ref(),
+        m.join("stories260K.bin").as_os_str(),
+        "--tokenizer".as_ref(),
+        m.join("tok512.bin").as_os_str(),
+        "-o".as_ref(),
+        fifo.as_os_str(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(reader.join().unwrap() as u64, std::fs::metadata(converted("f32")).unwrap().len());
+    assert!(std::fs::metadata(&fifo).unwrap().file_type().is_fifo(), "the pipe was replaced by a file");
+}

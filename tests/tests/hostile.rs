@@ -47,58 +47,72 @@ fn original() -> Vec<u8> {
     std::fs::read(converted("f32")).unwrap()
 }
 
+/// The real stories260K files the suites run over: f32, q8_0 and q4_0 weights.
+fn originals() -> Vec<(&'static str, Vec<u8>)> {
+    ["f32", "q8_0", "q4_0"].into_iter().map(|d| (d, std::fs::read(converted(d)).unwrap())).collect()
+}
+
 /// End of the header region: preamble + header length.
 fn header_end(bytes: &[u8]) -> usize {
     PREAMBLE_LEN + u32::from_le_bytes(bytes[8..12].try_into().unwrap()) as usize
 }
 
 #[test]
-fn the_original_file_is_accepted() {
-    assert_eq!(exercise(&original()), Ok(()));
+fn the_original_files_are_accepted() {
+    for (dtype, bytes) in originals() {
+        assert_eq!(exercise(&bytes), Ok(()), "{dtype}");
+    }
 }
 
 #[test]
 fn truncation_at_every_header_offset_and_hundreds_beyond() {
-    let bytes = original();
-    let end = header_end(&bytes) + 64;
-    let beyond = (0..300).map(|i| end + i * (bytes.len() - end) / 300);
-    for cut in (0..end).chain(beyond) {
-        for candidate in [bytes[..cut].to_vec(), with_crc(bytes[..cut].to_vec())] {
-            assert!(exercise(&candidate).is_err(), "file cut at {cut} bytes was accepted");
+    for (dtype, bytes) in originals() {
+        let end = header_end(&bytes) + 64;
+        let beyond = (0..300).map(|i| end + i * (bytes.len() - end) / 300);
+        for cut in (0..end).chain(beyond) {
+            for candidate in [bytes[..cut].to_vec(), with_crc(bytes[..cut].to_vec())] {
+                assert!(exercise(&candidate).is_err(), "{dtype} file cut at {cut} bytes was accepted");
+            }
         }
     }
 }
 
 #[test]
 fn every_bit_flip_in_preamble_and_header() {
-    let bytes = original();
-    let end = header_end(&bytes);
-    let mut accepted = 0;
-    for at in 0..end {
-        for bit in 0..8 {
-            let mut flipped = bytes.clone();
-            flipped[at] ^= 1 << bit;
-            // Stale CRC: always refused.
-            assert!(exercise(&flipped).is_err(), "flip {at}:{bit} passed a stale CRC");
-            // Recomputed CRC: the structure alone must refuse it, or it must still run.
-            if exercise(&with_crc(flipped)).is_ok() {
-                accepted += 1;
+    for (dtype, bytes) in originals() {
+        let end = header_end(&bytes);
+        let mut accepted = 0;
+        for at in 0..end {
+            for bit in 0..8 {
+                let mut flipped = bytes.clone();
+                flipped[at] ^= 1 << bit;
+                // Stale CRC: always refused.
+                assert!(exercise(&flipped).is_err(), "{dtype}: flip {at}:{bit} passed a stale CRC");
+                // Recomputed CRC: the structure alone must refuse it, or it must still run.
+                if exercise(&with_crc(flipped)).is_ok() {
+                    accepted += 1;
+                }
             }
         }
+        // Only flips that keep the header meaningful (name bytes, float low bits) may pass.
+        println!("{dtype}: {accepted} of {} header bit flips with a fixed CRC still describe a valid model", end * 8);
     }
-    // Only flips that keep the header meaningful (name bytes, float low bits) may pass.
-    println!("{accepted} of {} header bit flips with a fixed CRC still describe a valid model", end * 8);
 }
 
 #[test]
 fn extreme_values_written_over_the_header() {
-    let bytes = original();
-    let end = header_end(&bytes);
+    for (_, bytes) in originals() {
+        extreme_values(&bytes);
+    }
+}
+
+fn extreme_values(bytes: &[u8]) {
+    let end = header_end(bytes);
     let extremes: [u64; 8] = [0, 1, 0x7fff_ffff, 0xffff_ffff, 0x8000_0000, 0xff, u64::MAX, 0x8000_0000_0000_0000];
     for at in 0..end {
         for v in extremes {
             for width in [4usize, 8] {
-                let mut b = bytes.clone();
+                let mut b = bytes.to_vec();
                 let n = width.min(b.len() - at);
                 b[at..at + n].copy_from_slice(&v.to_le_bytes()[..n]);
                 let _ = exercise(&b);
