@@ -36,11 +36,23 @@ pub fn demo_model(explicit: Option<&Path>) -> Result<PathBuf> {
     let out_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/models");
     std::fs::create_dir_all(&out_dir)?;
     let out = out_dir.join("stories260K.mlm");
-    crate::convert::run(&crate::convert::ConvertArgs {
-        input: dir.join("stories260K.bin"),
-        tokenizer: dir.join("tok512.bin"),
-        quant: Default::default(),
-        output: out.clone(),
-    })?;
+    let (input, tokenizer) = (dir.join("stories260K.bin"), dir.join("tok512.bin"));
+    if !up_to_date(&out, &[&input, &tokenizer]) {
+        crate::convert::run(&crate::convert::ConvertArgs {
+            input,
+            tokenizer,
+            quant: Default::default(),
+            output: out.clone(),
+        })?;
+    }
     Ok(out)
+}
+
+/// True when `out` is newer than every input and this executable, and this build reads it.
+fn up_to_date(out: &Path, inputs: &[&Path]) -> bool {
+    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let Some(built) = modified(out) else { return false };
+    let exe = std::env::current_exe().ok();
+    let newer = inputs.iter().copied().chain(exe.as_deref()).all(|p| modified(p).is_some_and(|t| t <= built));
+    newer && microlm_cli::load::ModelFile::read(out).is_ok_and(|f| f.parse(false).is_ok())
 }
