@@ -5,7 +5,7 @@ use microlm_tests::{converted, run_cli, scratch_dir, shared};
 
 #[test]
 fn every_subcommand_has_help_with_an_example() {
-    for sub in ["convert", "inspect", "generate", "bench", "demo"] {
+    for sub in ["convert", "quantize", "inspect", "generate", "eval", "bench", "qemu", "demo"] {
         let (code, out, _) = run_cli([sub, "--help"]);
         assert_eq!(code, 0);
         assert!(out.contains("Example:\n  microlm"), "{sub} --help lacks an example:\n{out}");
