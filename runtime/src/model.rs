@@ -70,7 +70,7 @@ impl<'a> Model<'a> {
         let body_len = bytes.len() - TRAILER_LEN;
         let stored_crc = word(body_len)?;
         if checksum == Checksum::Verify {
-            let computed = crc32fast::hash(&bytes[..body_len]);
+            let computed = crate::format::crc32(&bytes[..body_len]);
             if computed != stored_crc {
                 return Err(FormatError::ChecksumMismatch { stored: stored_crc, computed });
             }

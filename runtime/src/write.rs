@@ -220,7 +220,7 @@ pub fn write_model(
         out.resize(e.offset as usize, 0);
         out.extend_from_slice(&bytes);
     }
-    let crc = crc32fast::hash(&out);
+    let crc = crate::format::crc32(&out);
     out.extend_from_slice(&crc.to_le_bytes());
     Ok(out)
 }
