@@ -89,20 +89,25 @@ fn version1_export() -> Vec<u8> {
     out
 }
 
-#[test]
-fn version1_checkpoint_converts_to_the_same_file() {
-    let dir = microlm_tests::scratch_dir("v1");
-    let v1 = dir.join("stories260K-v1.bin");
-    std::fs::write(&v1, version1_export()).unwrap();
-    let out = dir.join("from-v1.mlm");
-    let (code, _, err) = microlm_tests::run_cli([
+/// `microlm convert V1 --tokenizer tok512.bin -o OUT`: (exit code, stdout, stderr).
+fn convert_v1(v1: &std::path::Path, out: &std::path::Path) -> (i32, String, String) {
+    microlm_tests::run_cli([
         "convert".as_ref(),
         v1.as_os_str(),
         "--tokenizer".as_ref(),
         shared().join("models/tok512.bin").as_os_str(),
         "-o".as_ref(),
         out.as_os_str(),
-    ]);
+    ])
+}
+
+#[test]
+fn version1_checkpoint_converts_to_the_same_file() {
+    let dir = microlm_tests::scratch_dir("v1");
+    let v1 = dir.join("stories260K-v1.bin");
+    std::fs::write(&v1, version1_export()).unwrap();
+    let out = dir.join("from-v1.mlm");
+    let (code, _, err) = convert_v1(&v1, &out);
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("version 1"), "{err}");
     // Same tensors and tokenizer as the legacy import; only the stored name differs.
@@ -118,14 +123,7 @@ fn version1_checkpoint_converts_to_the_same_file() {
     let mut short = version1_export();
     short.truncate(short.len() - 10);
     std::fs::write(&v1, short).unwrap();
-    let (code, _, err) = microlm_tests::run_cli([
-        "convert".as_ref(),
-        v1.as_os_str(),
-        "--tokenizer".as_ref(),
-        shared().join("models/tok512.bin").as_os_str(),
-        "-o".as_ref(),
-        out.as_os_str(),
-    ]);
+    let (code, _, err) = convert_v1(&v1, &out);
     assert_eq!(code, 1);
     assert!(err.contains("truncated"), "{err}");
 }

@@ -26,6 +26,18 @@ pub fn act_scratch_bytes(cols: usize) -> Option<usize> {
     cols.div_ceil(QK).checked_mul(q8_0::BLOCK_BYTES)
 }
 
+/// `out (rows) = w (rows, cols) · x` for quantized rows of `row_bytes` bytes, with
+/// `xq` the activations already quantized to q8_0 blocks and `vec_dot` the
+/// block format's row · activations dot product.
+fn quantized_matvec(w: &[u8], row_bytes: usize, xq: &[u8], out: &mut [f32], vec_dot: fn(&[u8], &[u8]) -> f32) {
+    if row_bytes == 0 {
+        return out.fill(0.0);
+    }
+    for (o, row) in out.iter_mut().zip(w.chunks_exact(row_bytes)) {
+        *o = vec_dot(row, xq);
+    }
+}
+
 /// A read-only weight matrix viewed in place in the model file.
 #[derive(Clone, Copy, Debug)]
 pub struct Matrix<'a> {
@@ -59,11 +71,8 @@ impl Matrix<'_> {
                 // A short `x` leaves its missing tail at zero, like the row padding.
                 xq.fill(0);
                 q8_0::quantize_row(x, xq);
-                if self.dtype == DType::Q8_0 {
-                    q8_0::matvec(self.data, row_bytes, xq, out);
-                } else {
-                    q4_0::matvec(self.data, row_bytes, xq, out);
-                }
+                let vec_dot = if self.dtype == DType::Q8_0 { q8_0::vec_dot } else { q4_0::vec_dot };
+                quantized_matvec(self.data, row_bytes, xq, out, vec_dot);
             }
         }
         Ok(())

@@ -158,17 +158,6 @@ pub fn vec_dot_ref(w: &[u8], x: &[u8]) -> f32 {
     acc
 }
 
-/// `out (rows) = w (rows, cols) · x`, with `w` as q8_0 rows of `row_bytes` bytes
-/// and `xq` the activations already quantized to q8_0 blocks (ceil(cols/32) blocks).
-pub fn matvec(w: &[u8], row_bytes: usize, xq: &[u8], out: &mut [f32]) {
-    if row_bytes == 0 {
-        return out.fill(0.0);
-    }
-    for (o, row) in out.iter_mut().zip(w.chunks_exact(row_bytes)) {
-        *o = vec_dot(row, xq);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
