@@ -103,6 +103,40 @@ impl core::fmt::Display for UnknownKvDtype {
 #[cfg(feature = "std")]
 impl std::error::Error for UnknownKvDtype {}
 
+/// Runs `$body` with `$hs` bound to a literal for the usual head sizes, so the
+/// loops over one head unroll with the query in registers; any other size
+/// runs the same body with the runtime value.
+macro_rules! with_head_size {
+    ($n:expr, $hs:ident => $body:expr) => {
+        match $n {
+            8 => {
+                let $hs = 8;
+                $body
+            }
+            16 => {
+                let $hs = 16;
+                $body
+            }
+            32 => {
+                let $hs = 32;
+                $body
+            }
+            48 => {
+                let $hs = 48;
+                $body
+            }
+            64 => {
+                let $hs = 64;
+                $body
+            }
+            n => {
+                let $hs = n;
+                $body
+            }
+        }
+    };
+}
+
 /// Cache storage for K or V, carved from the arena by `Session::new`.
 #[derive(Debug)]
 pub(crate) enum Store<'a> {
@@ -151,86 +185,129 @@ impl Store<'_> {
         Ok(())
     }
 
-    /// score[slot] = q · K[layer, slot, head] for `slot in 0..scores.len()` (unscaled by √head_size).
-    ///
-    /// `q_for(slot)` picks the query (head_size) used for that slot (window mode
-    /// rotates the query differently for attention-sink slots).
-    pub(crate) fn scores<'q>(
+    /// `scores[i] = (q · K[layer, first + i, kv_head]) / sqrt_head` for each `i`, and
+    /// returns their maximum (−∞ when empty; NaN scores are skipped).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn scores(
         &self,
         d: Dims,
         layer: usize,
         kv_head: usize,
+        q: &[f32],
+        first: usize,
+        sqrt_head: f32,
         scores: &mut [f32],
-        q_for: impl Fn(usize) -> &'q [f32],
-    ) {
-        let hs = d.head_size;
-        // Start of (layer, slot)'s head row.
-        let at = |slot: usize| d.row(layer, slot) + kv_head * hs;
-        // One loop per dtype, so the per-slot work has no dispatch.
-        match self {
-            Store::F32(c) => {
-                // The layer's rows (slots, kv_dim), walked without per-slot bounds checks.
-                let rows = c[d.row(layer, 0)..d.row(layer, scores.len())].chunks_exact(d.kv_dim);
-                for (slot, (score, row)) in scores.iter_mut().zip(rows).enumerate() {
-                    *score = crate::kernels::f32::dot(q_for(slot), &row[kv_head * hs..(kv_head + 1) * hs]);
-                }
-            }
-            Store::F16(c) => {
-                for (slot, score) in scores.iter_mut().enumerate() {
-                    let at = at(slot);
-                    let mut acc = 0.0f32;
-                    for (&qv, b) in q_for(slot).iter().zip(c[at * 2..(at + hs) * 2].chunks_exact(2)) {
-                        acc += qv * f16::from_le_bytes([b[0], b[1]]).to_f32();
+    ) -> f32 {
+        let mut max = f32::NEG_INFINITY;
+        // The layer's rows (slots first.., kv_dim values each), walked without per-slot index arithmetic.
+        let (start, end) = (d.row(layer, first), d.row(layer, first + scores.len()));
+        with_head_size!(d.head_size, hs => {
+            let q = &q[..hs];
+            let head = kv_head * hs..(kv_head + 1) * hs;
+            // One loop per dtype, so the per-slot work has no dispatch.
+            match self {
+                Store::F32(c) => {
+                    for (score, row) in scores.iter_mut().zip(c[start..end].chunks_exact(d.kv_dim)) {
+                        let v = crate::kernels::f32::dot(q, &row[head.clone()]) / sqrt_head;
+                        *score = v;
+                        if v > max {
+                            max = v;
+                        }
                     }
-                    *score = acc;
                 }
-            }
-            Store::I8 { values, scales } => {
-                for (slot, score) in scores.iter_mut().enumerate() {
-                    let at = at(slot);
-                    let mut acc = 0.0f32;
-                    for (&qv, &kv) in q_for(slot).iter().zip(&values[at..at + hs]) {
-                        acc += qv * f32::from(kv as i8);
+                Store::F16(c) => {
+                    for (score, row) in scores.iter_mut().zip(c[start * 2..end * 2].chunks_exact(d.kv_dim * 2)) {
+                        let mut acc = 0.0f32;
+                        for (&qv, b) in q.iter().zip(row[head.start * 2..head.end * 2].chunks_exact(2)) {
+                            acc += qv * f16::from_le_bytes([b[0], b[1]]).to_f32();
+                        }
+                        let v = acc / sqrt_head;
+                        *score = v;
+                        if v > max {
+                            max = v;
+                        }
                     }
-                    *score = acc * scales[at / d.kv_dim];
+                }
+                Store::I8 { values, scales } => {
+                    let rows = values[start..end].chunks_exact(d.kv_dim);
+                    let row_scales = &scales[start / d.kv_dim..end / d.kv_dim];
+                    for ((score, row), &scale) in scores.iter_mut().zip(rows).zip(row_scales) {
+                        let mut acc = 0.0f32;
+                        for (&qv, &kv) in q.iter().zip(&row[head.clone()]) {
+                            acc += qv * f32::from(kv as i8);
+                        }
+                        let v = acc * scale / sqrt_head;
+                        *score = v;
+                        if v > max {
+                            max = v;
+                        }
+                    }
                 }
             }
-        }
+        });
+        max
     }
 
-    /// out (head_size) = Σ_slot weights[slot] · V[layer, slot, head], slots in index order.
-    pub(crate) fn mix(&self, d: Dims, layer: usize, kv_head: usize, weights: &[f32], out: &mut [f32]) {
-        let hs = d.head_size;
-        let at = |slot: usize| d.row(layer, slot) + kv_head * hs;
-        out.fill(0.0);
+    /// out (head_size) = Σ_slot (exps[slot] / sum) · V[layer, slot, kv_head], slots in index order.
+    pub(crate) fn mix(&self, d: Dims, layer: usize, kv_head: usize, exps: &[f32], sum: f32, out: &mut [f32]) {
+        let (start, end) = (d.row(layer, 0), d.row(layer, exps.len()));
+        with_head_size!(d.head_size, hs => {
+            let out = &mut out[..hs];
+            // Eight output values at a time stay in registers over all slots; then the rest one by one.
+            let split = hs - hs % 8;
+            let (wide, narrow) = out.split_at_mut(split);
+            for (i, out) in wide.chunks_exact_mut(8).enumerate() {
+                self.mix_columns::<8>(d, start..end, kv_head * hs + i * 8, exps, sum, out);
+            }
+            for (i, out) in narrow.chunks_exact_mut(1).enumerate() {
+                self.mix_columns::<1>(d, start..end, kv_head * hs + split + i, exps, sum, out);
+            }
+        });
+    }
+
+    /// out (W) = Σ_slot (exps[slot] / sum) · V[slot][col..col + W] over the cache
+    /// values `values` (whole rows), W sums in registers, slots in index order.
+    #[inline(always)]
+    fn mix_columns<const W: usize>(
+        &self,
+        d: Dims,
+        values: core::ops::Range<usize>,
+        col: usize,
+        exps: &[f32],
+        sum: f32,
+        out: &mut [f32],
+    ) {
+        let mut acc = [0.0f32; W];
         match self {
             Store::F32(c) => {
-                let rows = c[d.row(layer, 0)..d.row(layer, weights.len())].chunks_exact(d.kv_dim);
-                for (&a, row) in weights.iter().zip(rows) {
-                    for (o, &v) in out.iter_mut().zip(&row[kv_head * hs..(kv_head + 1) * hs]) {
-                        *o += a * v;
+                for (&e, row) in exps.iter().zip(c[values].chunks_exact(d.kv_dim)) {
+                    let a = e / sum;
+                    for (s, &v) in acc.iter_mut().zip(&row[col..col + W]) {
+                        *s += a * v;
                     }
                 }
             }
             Store::F16(c) => {
-                for (slot, &a) in weights.iter().enumerate() {
-                    let at = at(slot);
-                    for (o, b) in out.iter_mut().zip(c[at * 2..(at + hs) * 2].chunks_exact(2)) {
-                        *o += a * f16::from_le_bytes([b[0], b[1]]).to_f32();
+                for (&e, row) in exps.iter().zip(c[values.start * 2..values.end * 2].chunks_exact(d.kv_dim * 2)) {
+                    let a = e / sum;
+                    for (s, b) in acc.iter_mut().zip(row[col * 2..(col + W) * 2].chunks_exact(2)) {
+                        *s += a * f16::from_le_bytes([b[0], b[1]]).to_f32();
                     }
                 }
             }
-            Store::I8 { values, scales } => {
-                for (slot, &a) in weights.iter().enumerate() {
-                    let at = at(slot);
+            Store::I8 { values: v8, scales } => {
+                let rows = v8[values.clone()].chunks_exact(d.kv_dim);
+                let row_scales = &scales[values.start / d.kv_dim..values.end / d.kv_dim];
+                for ((&e, row), &scale) in exps.iter().zip(rows).zip(row_scales) {
                     // The row's scale folds into the weight once per slot.
-                    let a = a * scales[at / d.kv_dim];
-                    for (o, &v) in out.iter_mut().zip(&values[at..at + hs]) {
-                        *o += a * f32::from(v as i8);
+                    let a = e / sum * scale;
+                    for (s, &v) in acc.iter_mut().zip(&row[col..col + W]) {
+                        *s += a * f32::from(v as i8);
                     }
                 }
             }
         }
+        out.copy_from_slice(&acc);
     }
 }
 

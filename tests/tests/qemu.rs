@@ -332,7 +332,7 @@ fn qemu_bad_command_line_is_an_error_exit() {
     assert_error(&run_direct(Some(&model), "stray"), "unexpected argument 'stray'");
     assert_error(&run_direct(Some(&model), "-t -1"), "invalid sampling settings");
     assert_error(&run_direct(Some(&model), "--ctx 100000"), "context length 100000");
-    assert_error(&run_direct(Some(&model), "--arena 1000"), "arena too small: needs 666208 bytes, given 1000");
+    assert_error(&run_direct(Some(&model), "--arena 1000"), "arena too small: needs 666240 bytes, given 1000");
     assert_error(&run_direct(Some(&model), "--kv q4"), "invalid value 'q4' for --kv: expected f32, f16 or i8");
     assert_error(&run_direct(Some(&model), "--window 9999 --ctx 16"), "window mode with 9999 attention sinks");
 }

@@ -13,7 +13,7 @@ fn plan_is_exact_and_itemized() {
         let plan = model.plan(128, kv).unwrap();
         assert_eq!(plan.kv, kv);
         assert_eq!(plan.kv_cache, 2 * (rows * c.kv_dim() * value_bytes + rows * scale_bytes), "{kv}");
-        assert_eq!(plan.activations, (4 * c.dim + 2 * c.kv_dim() + 2 * c.hidden_dim + 128) * 4);
+        assert_eq!(plan.activations, (4 * c.dim + 2 * c.kv_dim() + 2 * c.hidden_dim + 128 + c.head_size()) * 4);
         assert_eq!(plan.logits, c.vocab_size * 4);
         assert_eq!(plan.sampler, c.vocab_size * 8);
         assert_eq!(plan.total, plan.activations + plan.kv_cache + plan.logits + plan.sampler);

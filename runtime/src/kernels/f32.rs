@@ -30,11 +30,22 @@ pub fn matvec(w: &[u8], x: &[f32], out: &mut [f32]) {
     }
 }
 
-/// Σ a[i]·b[i] accumulated left to right in f32.
+/// Σ a[i]·b[i] accumulated left to right in f32 (over the shorter length).
 #[inline]
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
     let mut acc = 0.0f32;
-    for (&av, &bv) in a.iter().zip(b) {
+    // Eight at a time as fixed-size arrays, so each side comes in with one multi-register load.
+    let (a8, b8) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ra, rb) = (a8.remainder(), b8.remainder());
+    for (ca, cb) in a8.zip(b8) {
+        let (ca, cb): (&[f32; 8], &[f32; 8]) = (ca.try_into().unwrap_or(&[0.0; 8]), cb.try_into().unwrap_or(&[0.0; 8]));
+        for i in 0..8 {
+            acc += ca[i] * cb[i];
+        }
+    }
+    for (&av, &bv) in ra.iter().zip(rb) {
         acc += av * bv;
     }
     acc

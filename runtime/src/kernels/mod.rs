@@ -9,6 +9,7 @@
 //!   block an exact i32 dot of the quants, then blocks summed in f32 in index
 //!   order (see each module's header).
 
+pub mod act;
 pub mod dsp;
 pub mod f16;
 pub mod f32;
@@ -21,15 +22,30 @@ use crate::format::DType;
 /// Values per quantization block (q8_0 and q4_0).
 pub const QK: usize = 32;
 
-/// Bytes of q8_0 activation scratch for an input of `cols` values (0 for none).
+/// Bytes of prepared activation scratch ([`act`]) for an input of `cols` values.
 pub fn act_scratch_bytes(cols: usize) -> Option<usize> {
-    cols.div_ceil(QK).checked_mul(q8_0::BLOCK_BYTES)
+    act::words(cols)?.checked_mul(4)
+}
+
+/// A binary16 scale (little-endian bytes) widened to f32, exactly as IEEE (and
+/// the `half` crate) convert: the sign and the 15 other bits moved into f32
+/// position, then scaled by 2^112, which is exact for normal and subnormal
+/// halves alike. Infinities and NaNs (exponent 31) go through `half`.
+#[inline(always)]
+pub fn f16_to_f32(bytes: [u8; 2]) -> f32 {
+    let h = u32::from(u16::from_le_bytes(bytes));
+    if h & 0x7c00 == 0x7c00 {
+        return half::f16::from_bits(h as u16).to_f32();
+    }
+    let bits = (h & 0x8000) << 16 | (h & 0x7fff) << 13;
+    // 2^112 = 2^(127 - 15): rebias the exponent.
+    f32::from_bits(bits) * f32::from_bits(0x7780_0000)
 }
 
 /// `out (rows) = w (rows, cols) · x` for quantized rows of `row_bytes` bytes, with
-/// `xq` the activations already quantized to q8_0 blocks and `vec_dot` the
-/// block format's row · activations dot product.
-fn quantized_matvec(w: &[u8], row_bytes: usize, xq: &[u8], out: &mut [f32], vec_dot: fn(&[u8], &[u8]) -> f32) {
+/// `xq` the prepared activations and `vec_dot` the block format's row · activations dot product.
+#[inline(always)]
+fn quantized_matvec(w: &[u8], row_bytes: usize, xq: &[u32], out: &mut [f32], vec_dot: fn(&[u8], &[u32]) -> f32) {
     if row_bytes == 0 {
         return out.fill(0.0);
     }
@@ -68,11 +84,15 @@ impl Matrix<'_> {
                 let row_bytes = self.dtype.row_bytes(self.cols).ok_or(SessionError::Internal)?;
                 let given = scratch.len();
                 let xq = scratch.get_mut(..needed).ok_or(SessionError::ScratchTooSmall { needed, given })?;
+                let xq: &mut [u32] = bytemuck::try_cast_slice_mut(xq).map_err(|_| SessionError::ArenaMisaligned)?;
                 // A short `x` leaves its missing tail at zero, like the row padding.
                 xq.fill(0);
-                q8_0::quantize_row(x, xq);
-                let vec_dot = if self.dtype == DType::Q8_0 { q8_0::vec_dot } else { q4_0::vec_dot };
-                quantized_matvec(self.data, row_bytes, xq, out, vec_dot);
+                act::prepare_row(x, xq);
+                if self.dtype == DType::Q8_0 {
+                    quantized_matvec(self.data, row_bytes, xq, out, q8_0::vec_dot);
+                } else {
+                    quantized_matvec(self.data, row_bytes, xq, out, q4_0::vec_dot);
+                }
             }
         }
         Ok(())
@@ -142,6 +162,17 @@ macro_rules! quant_tests {
                 out
             }
 
+            /// q8_0 activation blocks as the kernels take them.
+            fn prepared(q8: &[u8]) -> Vec<u32> {
+                let mut out = vec![0u32; q8.len() / q8_0::BLOCK_BYTES * $crate::kernels::act::BLOCK_WORDS];
+                for (b, w) in
+                    q8.chunks_exact(q8_0::BLOCK_BYTES).zip(out.chunks_exact_mut($crate::kernels::act::BLOCK_WORDS))
+                {
+                    $crate::kernels::act::prepare_block(b, w);
+                }
+                out
+            }
+
             const SHAPES: [usize; 8] = [1, 31, 32, 33, 64, 100, 172, 300];
 
             #[test]
@@ -175,7 +206,7 @@ macro_rules! quant_tests {
                     for rep in 0..4u64 {
                         let w = encode(&values(n, 100 + s as u64 * 7 + rep));
                         let x = encode_act(&values(n, 200 + s as u64 * 7 + rep));
-                        let (a, b) = (q::vec_dot(&w, &x), q::vec_dot_ref(&w, &x));
+                        let (a, b) = (q::vec_dot(&w, &prepared(&x)), q::vec_dot_ref(&w, &x));
                         assert_eq!(a.to_bits(), b.to_bits(), "n={n}: {a} vs {b}");
                     }
                 }
@@ -192,7 +223,7 @@ macro_rules! quant_tests {
                     q8_0::dequantize_row(&x, &mut xd);
                     let exact: f64 = wd.iter().zip(&xd).map(|(&a, &b)| f64::from(a) * f64::from(b)).sum();
                     let mag: f64 = wd.iter().zip(&xd).map(|(&a, &b)| f64::from((a * b).abs())).sum();
-                    let got = f64::from(q::vec_dot(&w, &x));
+                    let got = f64::from(q::vec_dot(&w, &prepared(&x)));
                     assert!((got - exact).abs() <= 1e-5 * mag + 1e-6, "n={n}: {got} vs {exact}");
                 }
             }
@@ -233,3 +264,14 @@ macro_rules! quant_tests {
 }
 #[cfg(test)]
 pub(crate) use quant_tests;
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn f16_to_f32_equals_half_for_every_value() {
+        for h in 0..=u16::MAX {
+            let (ours, theirs) = (super::f16_to_f32(h.to_le_bytes()), half::f16::from_bits(h).to_f32());
+            assert!(ours.to_bits() == theirs.to_bits() || (ours.is_nan() && theirs.is_nan()), "{h:#06x}");
+        }
+    }
+}

@@ -127,39 +127,18 @@ pub fn dequantize_row(bytes: &[u8], out: &mut [f32]) {
     }
 }
 
-/// Integer dot product of a q4_0 block's nibbles (16 bytes) with a q8_0 block's
-/// quants (32): dual 16-bit MACs on Cortex-M4/M7, the scalar loop elsewhere; both exact.
+/// Dot product of one q4_0 weight row with prepared activations (`act`, same
+/// block count), in the order documented at the top of this file:
+/// Σ (nibble − 8)·x computed exactly as Σ nibble·x − 8·Σx with the dual-MAC
+/// sequence of `dsp`.
 #[inline]
-fn block_dot_i32(w: &[u8], x: &[u8]) -> i32 {
-    if cfg!(microlm_dsp) {
-        super::dsp::dot_q4x32::<super::dsp::Target>(w, x)
-    } else {
-        block_dot_i32_scalar(w, x)
-    }
-}
-
-/// Scalar integer dot product of a q4_0 block's nibbles with a q8_0 block's quants.
-#[inline]
-fn block_dot_i32_scalar(w: &[u8], x: &[u8]) -> i32 {
-    let (x_lo, x_hi) = x.split_at(QK / 2);
-    let mut sumi = 0i32;
-    for ((&q, &a), &b) in w.iter().zip(x_lo).zip(x_hi) {
-        let lo = i32::from(q & 0x0f) - 8;
-        let hi = i32::from(q >> 4) - 8;
-        sumi += lo * i32::from(a as i8) + hi * i32::from(b as i8);
-    }
-    sumi
-}
-
-/// Dot product of one q4_0 weight row with q8_0 activations (same block count),
-/// in the order documented at the top of this file.
-#[inline]
-pub fn vec_dot(w: &[u8], x: &[u8]) -> f32 {
+pub fn vec_dot(w: &[u8], x: &[u32]) -> f32 {
     let mut acc = 0.0f32;
-    for (wb, xb) in w.chunks_exact(BLOCK_BYTES).zip(x.chunks_exact(q8_0::BLOCK_BYTES)) {
-        let dw = f16::from_le_bytes([wb[0], wb[1]]).to_f32();
-        let dx = f16::from_le_bytes([xb[0], xb[1]]).to_f32();
-        acc += block_dot_i32(&wb[2..], &xb[2..]) as f32 * (dw * dx);
+    for (wb, xb) in w.chunks_exact(BLOCK_BYTES).zip(super::act::blocks(x)) {
+        let dw = super::f16_to_f32([wb[0], wb[1]]);
+        let Ok(qs) = <&[u8; 16]>::try_from(&wb[2..]) else { break };
+        let sumi = <super::dsp::Target as super::dsp::DualMac>::block_q4(qs, xb.pairs) - 8 * xb.sum;
+        acc += sumi as f32 * (dw * xb.d);
     }
     acc
 }

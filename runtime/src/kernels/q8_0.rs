@@ -9,8 +9,8 @@
 //! with zeros (quant 0), so padding contributes exactly nothing to a dot product.
 //!
 //! The same block holds the quantized *activations* of every quantized matmul:
-//! the input vector is quantized once per matvec ([`quantize_row`]) and each
-//! weight row is dotted with it block by block.
+//! the input vector is quantized once per matvec ([`quantize_row`], stored
+//! widened as `act` describes) and each weight row is dotted with it block by block.
 //!
 //! Accumulation order (DESIGN.md contract 3), for one output row:
 //!
@@ -108,36 +108,18 @@ pub fn dequantize_row(bytes: &[u8], out: &mut [f32]) {
     }
 }
 
-/// Integer dot product of two blocks' quants: dual 16-bit MACs on Cortex-M4/M7,
-/// the scalar loop elsewhere (the compiler vectorizes it); both exact.
+/// Dot product of one q8_0 weight row with prepared activations (`act`, same
+/// block count), in the order documented at the top of this file. The integer
+/// block sums use the dual-MAC sequence of `dsp` (the instructions on
+/// Cortex-M4/M7, their portable emulation elsewhere); both are exact.
 #[inline]
-fn block_dot_i32(w: &[u8], x: &[u8]) -> i32 {
-    if cfg!(microlm_dsp) {
-        super::dsp::dot_i8x32::<super::dsp::Target>(w, x)
-    } else {
-        block_dot_i32_scalar(w, x)
-    }
-}
-
-/// Scalar integer dot product of two blocks' quants.
-#[inline]
-fn block_dot_i32_scalar(w: &[u8], x: &[u8]) -> i32 {
-    let mut sumi = 0i32;
-    for (&a, &b) in w.iter().zip(x) {
-        sumi += i32::from(a as i8) * i32::from(b as i8);
-    }
-    sumi
-}
-
-/// Dot product of one q8_0 weight row with q8_0 activations (same block count),
-/// in the order documented at the top of this file.
-#[inline]
-pub fn vec_dot(w: &[u8], x: &[u8]) -> f32 {
+pub fn vec_dot(w: &[u8], x: &[u32]) -> f32 {
     let mut acc = 0.0f32;
-    for (wb, xb) in w.chunks_exact(BLOCK_BYTES).zip(x.chunks_exact(BLOCK_BYTES)) {
-        let dw = f16::from_le_bytes([wb[0], wb[1]]).to_f32();
-        let dx = f16::from_le_bytes([xb[0], xb[1]]).to_f32();
-        acc += block_dot_i32(&wb[2..], &xb[2..]) as f32 * (dw * dx);
+    for (wb, xb) in w.chunks_exact(BLOCK_BYTES).zip(super::act::blocks(x)) {
+        let dw = super::f16_to_f32([wb[0], wb[1]]);
+        let Ok(qs) = <&[u8; 32]>::try_from(&wb[2..]) else { break };
+        let sumi = <super::dsp::Target as super::dsp::DualMac>::block_q8(qs, xb.pairs);
+        acc += sumi as f32 * (dw * xb.d);
     }
     acc
 }
