@@ -122,8 +122,8 @@ fn inspect_reports_config_tensors_and_plan() {
     assert_eq!(j["tensors"].as_array().unwrap().len(), 47);
     assert_eq!(j["tensors"][0]["name"], "embedding");
     assert_eq!(j["tensors"][0]["shape"], serde_json::json!([512, 64]));
-    // ctx 128: activations (4·64 + 2·32 + 2·172 + 128)·4, KV 2·5·128·32·4, logits 512·4, sampler 512·8.
-    let expected = (4 * 64 + 2 * 32 + 2 * 172 + 128) * 4 + 2 * 5 * 128 * 32 * 4 + 512 * 4 + 512 * 8;
+    // ctx 128: activations (4·64 + 2·32 + 2·172 + 128 + 8)·4, KV 2·5·128·32·4, logits 512·4, sampler 512·8.
+    let expected = (4 * 64 + 2 * 32 + 2 * 172 + 128 + 8) * 4 + 2 * 5 * 128 * 32 * 4 + 512 * 4 + 512 * 8;
     assert_eq!(j["arena_bytes"], expected);
     assert_eq!(j["plan"]["kv"], "f32");
     assert!(j["boards"].as_array().unwrap().len() >= 7);
@@ -149,7 +149,7 @@ fn inspect_reports_the_board_fit() {
     assert_eq!(code, 0, "{err}");
     let j: serde_json::Value = serde_json::from_str(&out).unwrap();
     // i8 at ctx 512: KV 2·5·512·(32 values + one 4-byte scale) bytes; under 200 KB in all.
-    let expected = (4 * 64 + 2 * 32 + 2 * 172 + 512) * 4 + 2 * 5 * 512 * (32 + 4) + 512 * 4 + 512 * 8;
+    let expected = (4 * 64 + 2 * 32 + 2 * 172 + 512 + 8) * 4 + 2 * 5 * 512 * (32 + 4) + 512 * 4 + 512 * 8;
     assert!(expected <= 200_000);
     assert_eq!(j["arena_bytes"], expected);
     let boards = j["boards"].as_array().unwrap();

@@ -382,6 +382,21 @@ fn qemu_instruction_count_is_deterministic() {
     assert_eq!(a, b);
 }
 
+/// Instructions per token are deterministic, so their budget is a test: 256 greedy
+/// tokens of stories260K (README "Performance"). A regression in the kernels,
+/// the attention loops or the exp fails here; the bounds sit about 3 % above
+/// the measured counts.
+#[test]
+fn qemu_instructions_per_token_within_budget() {
+    for (model, budget) in [(q8_model(), 1_375_000u64), (model(), 1_415_000)] {
+        let out = run_cli_qemu(model, &["-t".into(), "0".into(), "-n".into(), "256".into()]);
+        let board = last_json(&out);
+        let count = board["instructions_per_token"].as_u64().unwrap();
+        println!("{}: {count} instructions per token", model.display());
+        assert!(count <= budget, "{}: {count} instructions per token, budget {budget}", model.display());
+    }
+}
+
 /// `microlm qemu` without --firmware builds the board crate itself.
 #[test]
 fn qemu_cli_builds_the_firmware() {
