@@ -25,7 +25,7 @@ printf '| weights | KV cache | instructions per token | per position | host tok/
 printf '| --- | --- | ---: | ---: | ---: |\n'
 for dtype in f32 q8_0 q4_0; do
     model="$dir/stories260K-$dtype.mlm"
-    "$microlm" convert "$models/stories260K.bin" --tokenizer "$models/tok512.bin" --dtype "$dtype" -o "$model" >/dev/null
+    "$microlm" convert "$models/stories260K.bin" --tokenizer "$models/tok512.bin" --dtype "$dtype" -o "$model" >/dev/null 2>&1
     for kv in f32 i8; do
         full=$(ipt "$model" 256 "$kv")
         half=$(ipt "$model" 128 "$kv")

@@ -113,10 +113,6 @@ macro_rules! with_head_size {
                 let $hs = 8;
                 $body
             }
-            16 => {
-                let $hs = 16;
-                $body
-            }
             32 => {
                 let $hs = 32;
                 $body
@@ -201,68 +197,68 @@ impl Store<'_> {
         let mut max = f32::NEG_INFINITY;
         // The layer's rows (slots first.., kv_dim values each), walked without per-slot index arithmetic.
         let (start, end) = (d.row(layer, first), d.row(layer, first + scores.len()));
-        with_head_size!(d.head_size, hs => {
-            let q = &q[..hs];
-            let head = kv_head * hs..(kv_head + 1) * hs;
-            // One loop per dtype, so the per-slot work has no dispatch.
-            match self {
-                Store::F32(c) => {
-                    for (score, row) in scores.iter_mut().zip(c[start..end].chunks_exact(d.kv_dim)) {
-                        let v = crate::kernels::f32::dot(q, &row[head.clone()]) / sqrt_head;
-                        *score = v;
-                        if v > max {
-                            max = v;
-                        }
+        let head_at = |hs: usize| kv_head * hs..(kv_head + 1) * hs;
+        // One loop per dtype, so the per-slot work has no dispatch; f32 and i8 unroll per head size.
+        match self {
+            Store::F32(c) => with_head_size!(d.head_size, hs => {
+                let (q, head) = (&q[..hs], head_at(hs));
+                for (score, row) in scores.iter_mut().zip(c[start..end].chunks_exact(d.kv_dim)) {
+                    let v = crate::kernels::f32::dot(q, &row[head.clone()]) / sqrt_head;
+                    *score = v;
+                    if v > max {
+                        max = v;
                     }
                 }
-                Store::F16(c) => {
-                    for (score, row) in scores.iter_mut().zip(c[start * 2..end * 2].chunks_exact(d.kv_dim * 2)) {
-                        let mut acc = 0.0f32;
-                        for (&qv, b) in q.iter().zip(row[head.start * 2..head.end * 2].chunks_exact(2)) {
-                            acc += qv * f16::from_le_bytes([b[0], b[1]]).to_f32();
-                        }
-                        let v = acc / sqrt_head;
-                        *score = v;
-                        if v > max {
-                            max = v;
-                        }
+            }),
+            Store::F16(c) => {
+                let hs = d.head_size;
+                let (q, head) = (&q[..hs], head_at(hs));
+                for (score, row) in scores.iter_mut().zip(c[start * 2..end * 2].chunks_exact(d.kv_dim * 2)) {
+                    let mut acc = 0.0f32;
+                    for (&qv, b) in q.iter().zip(row[head.start * 2..head.end * 2].chunks_exact(2)) {
+                        acc += qv * f16::from_le_bytes([b[0], b[1]]).to_f32();
                     }
-                }
-                Store::I8 { values, scales } => {
-                    let rows = values[start..end].chunks_exact(d.kv_dim);
-                    let row_scales = &scales[start / d.kv_dim..end / d.kv_dim];
-                    for ((score, row), &scale) in scores.iter_mut().zip(rows).zip(row_scales) {
-                        let mut acc = 0.0f32;
-                        for (&qv, &kv) in q.iter().zip(&row[head.clone()]) {
-                            acc += qv * f32::from(kv as i8);
-                        }
-                        let v = acc * scale / sqrt_head;
-                        *score = v;
-                        if v > max {
-                            max = v;
-                        }
+                    let v = acc / sqrt_head;
+                    *score = v;
+                    if v > max {
+                        max = v;
                     }
                 }
             }
-        });
+            Store::I8 { values, scales } => with_head_size!(d.head_size, hs => {
+                let (q, head) = (&q[..hs], head_at(hs));
+                let rows = values[start..end].chunks_exact(d.kv_dim);
+                let row_scales = &scales[start / d.kv_dim..end / d.kv_dim];
+                for ((score, row), &scale) in scores.iter_mut().zip(rows).zip(row_scales) {
+                    let mut acc = 0.0f32;
+                    for (&qv, &kv) in q.iter().zip(&row[head.clone()]) {
+                        acc += qv * f32::from(kv as i8);
+                    }
+                    let v = acc * scale / sqrt_head;
+                    *score = v;
+                    if v > max {
+                        max = v;
+                    }
+                }
+            }),
+        }
         max
     }
 
     /// out (head_size) = Σ_slot (exps[slot] / sum) · V[layer, slot, kv_head], slots in index order.
     pub(crate) fn mix(&self, d: Dims, layer: usize, kv_head: usize, exps: &[f32], sum: f32, out: &mut [f32]) {
         let (start, end) = (d.row(layer, 0), d.row(layer, exps.len()));
-        with_head_size!(d.head_size, hs => {
-            let out = &mut out[..hs];
-            // Eight output values at a time stay in registers over all slots; then the rest one by one.
-            let split = hs - hs % 8;
-            let (wide, narrow) = out.split_at_mut(split);
-            for (i, out) in wide.chunks_exact_mut(8).enumerate() {
-                self.mix_columns::<8>(d, start..end, kv_head * hs + i * 8, exps, sum, out);
-            }
-            for (i, out) in narrow.chunks_exact_mut(1).enumerate() {
-                self.mix_columns::<1>(d, start..end, kv_head * hs + split + i, exps, sum, out);
-            }
-        });
+        let hs = d.head_size;
+        let out = &mut out[..hs];
+        // Eight output values at a time stay in registers over all slots; then the rest one by one.
+        let split = hs - hs % 8;
+        let (wide, narrow) = out.split_at_mut(split);
+        for (i, out) in wide.chunks_exact_mut(8).enumerate() {
+            self.mix_columns::<8>(d, start..end, kv_head * hs + i * 8, exps, sum, out);
+        }
+        for (i, out) in narrow.chunks_exact_mut(1).enumerate() {
+            self.mix_columns::<1>(d, start..end, kv_head * hs + split + i, exps, sum, out);
+        }
     }
 
     /// out (W) = Σ_slot (exps[slot] / sum) · V[slot][col..col + W] over the cache
