@@ -303,8 +303,12 @@ fn run<'a>(board: &Board, out: &mut Out, buffers: Parts<'a>) -> Result<(), Error
     let mut n_ids = 1;
     let syst = cortex_m::Peripherals::take().ok_or(Error::Peripherals)?.SYST;
     let counter = measure::Counter::start(syst, board.instructions_per_tick);
+    // Called through an opaque pointer so the forward pass is never inlined here:
+    // this crate is built for size, the runtime (the per-token code) for speed.
+    let step: fn(&mut _, &mut _, &mut _) -> _ = Generation::step;
+    let step = core::hint::black_box(step);
     let stop = loop {
-        match generation.step(&mut session, &mut sampler)? {
+        match step(&mut generation, &mut session, &mut sampler)? {
             Step::Token { prev, token, .. } => {
                 // Capacity was checked above: at most `positions` tokens follow BOS.
                 if let Some(slot) = ids.get_mut(n_ids) {
@@ -397,8 +401,29 @@ unsafe fn DefaultHandler(irqn: i16) {
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
     let mut out = Out::stdout();
-    // The fault may interrupt a line of text: start a new one.
-    let _ = writeln!(out, "\nerror: panic: {info}");
+    // The fault may interrupt a line of text: start a new one. Only the place
+    // is printed: formatting the message would keep core::fmt's panic code.
+    let _ = out.write_str("\nerror: panic");
+    if let Some(at) = info.location() {
+        let _ = out.write_str(" at ");
+        let _ = out.write_str(at.file());
+        for n in [at.line(), at.column()] {
+            let _ = out.write_str(":");
+            let mut digits = [0u8; 10];
+            let mut i = digits.len();
+            let mut n = n;
+            loop {
+                i -= 1;
+                digits[i] = b'0' + (n % 10) as u8;
+                n /= 10;
+                if n == 0 {
+                    break;
+                }
+            }
+            let _ = out.write_str(core::str::from_utf8(&digits[i..]).unwrap_or(""));
+        }
+    }
+    let _ = out.write_str("\n");
     out.flush();
     host::exit(false)
 }
