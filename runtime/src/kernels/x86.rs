@@ -367,8 +367,9 @@ mod tests {
 
     #[test]
     fn matvecs_bit_identical_to_portable_on_odd_shapes() {
-        for (s, &cols) in [1usize, 31, 32, 33, 64, 100, 172, 288, 300, 512].iter().enumerate() {
-            let rows = 13;
+        let shapes =
+            [1usize, 31, 32, 33, 64, 100, 172, 288, 300, 512].into_iter().flat_map(|c| [(1, c), (4, c), (13, c)]);
+        for (s, (rows, cols)) in shapes.enumerate() {
             let seed = s as u64 * 10;
             let w = values(rows * cols, seed + 1);
             let x = values(cols, seed + 2);
@@ -398,7 +399,7 @@ mod tests {
                     let mut out = vec![f32::NAN; rows];
                     matvec(level, &data, row_bytes, &xq, &mut out);
                     let got: Vec<u32> = out.iter().map(|v| v.to_bits()).collect();
-                    assert_eq!(got, want, "cols={cols} bb={bb} {level:?}");
+                    assert_eq!(got, want, "rows={rows} cols={cols} bb={bb} {level:?}");
                 }
             }
         }
