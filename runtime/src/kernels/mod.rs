@@ -7,7 +7,8 @@
 //! - `f32`, `f16`: one sequential f32 sum per row, left to right (llama2.c `matmul`).
 //! - `q8_0`, `q4_0`: the input is quantized once per matvec to q8_0 blocks; per
 //!   block an exact i32 dot of the quants, then blocks summed in f32 in index
-//!   order (see each module's header).
+//!   order (see each module's header). On x86-64 [`x86`] computes the exact
+//!   block sums with SSE4.1/AVX2 and keeps the f32 part as is.
 
 pub mod act;
 pub mod dsp;
@@ -15,6 +16,8 @@ pub mod f16;
 pub mod f32;
 pub mod q4_0;
 pub mod q8_0;
+#[cfg(target_arch = "x86_64")]
+pub mod x86;
 
 use crate::error::SessionError;
 use crate::format::DType;
@@ -44,6 +47,7 @@ pub fn f16_to_f32(bytes: [u8; 2]) -> f32 {
 
 /// `out (rows) = w (rows, cols) · x` for quantized rows of `row_bytes` bytes, with
 /// `xq` the prepared activations and `vec_dot` the block format's row · activations dot product.
+#[cfg(not(target_arch = "x86_64"))]
 #[inline(always)]
 fn quantized_matvec(w: &[u8], row_bytes: usize, xq: &[u32], out: &mut [f32], vec_dot: fn(&[u8], &[u32]) -> f32) {
     if row_bytes == 0 {
@@ -88,6 +92,14 @@ impl Matrix<'_> {
                 // A short `x` leaves its missing tail at zero, like the row padding.
                 xq.fill(0);
                 act::prepare_row(x, xq);
+                // x86-64: the same kernels with SIMD block sums, at the level detected once.
+                #[cfg(target_arch = "x86_64")]
+                if self.dtype == DType::Q8_0 {
+                    x86::matvec_q8(x86::detected(), self.data, row_bytes, xq, out);
+                } else {
+                    x86::matvec_q4(x86::detected(), self.data, row_bytes, xq, out);
+                }
+                #[cfg(not(target_arch = "x86_64"))]
                 if self.dtype == DType::Q8_0 {
                     quantized_matvec(self.data, row_bytes, xq, out, q8_0::vec_dot);
                 } else {

@@ -1,0 +1,407 @@
+//! x86-64 SIMD versions of the quantized matvecs (SSE4.1 and AVX2).
+//!
+//! Only the exact integer block sums are vectorized: per block the weights are
+//! reordered into `act` pair order with one byte shuffle, widened to i16 and
+//! multiplied with the prepared activations by `pmaddwd`, then summed
+//! horizontally. Integer sums are exact (|sum| < 2^24), so any order of that
+//! math equals [`dsp::Portable`](super::dsp::Portable). The f32 part stays the
+//! scalar contract of `q8_0` / `q4_0`: per row, blocks in index order,
+//! `acc += sumi as f32 * (dw * xd)` (separate multiply and add, no FMA).
+//!
+//! The level is chosen once per process: under the `std` feature (and in
+//! tests) by runtime detection ([`detected`], AVX2 → SSE4.1 → portable),
+//! without it from the compile-time target features.
+#![allow(unsafe_code)]
+
+use core::arch::x86_64::{
+    __m128i, __m256i, _mm256_add_epi32, _mm256_castsi256_si128, _mm256_cvtepi8_epi16, _mm256_cvtepu8_epi16,
+    _mm256_extracti128_si256, _mm256_loadu_si256, _mm256_madd_epi16, _mm256_set_epi8, _mm256_shuffle_epi8,
+    _mm_add_epi32, _mm_and_si128, _mm_cvtepi8_epi16, _mm_cvtepu8_epi16, _mm_cvtsi128_si32, _mm_loadu_si128,
+    _mm_madd_epi16, _mm_set1_epi8, _mm_set_epi8, _mm_shuffle_epi32, _mm_shuffle_epi8, _mm_srli_epi16, _mm_srli_si128,
+};
+
+use super::{act, f16_to_f32, q4_0, q8_0};
+
+/// An implementation of the quantized matvecs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Level {
+    /// [`q8_0::vec_dot`] / [`q4_0::vec_dot`] (`dsp::Portable` block sums).
+    Portable,
+    /// SSSE3 `pshufb` and SSE4.1 `pmovsx/zxbw` with 128-bit `pmaddwd`.
+    Sse41,
+    /// AVX2: a whole block in two 256-bit `pmaddwd`.
+    Avx2,
+}
+
+impl Level {
+    /// All levels, slowest first.
+    pub const ALL: [Level; 3] = [Level::Portable, Level::Sse41, Level::Avx2];
+
+    /// Whether this CPU (or, without `std`, the compile-time target) supports the level.
+    pub fn available(self) -> bool {
+        match self {
+            Level::Portable => true,
+            Level::Sse41 => has_sse41(),
+            Level::Avx2 => has_avx2(),
+        }
+    }
+}
+
+#[cfg(any(test, feature = "std"))]
+fn has_sse41() -> bool {
+    std::is_x86_feature_detected!("ssse3") && std::is_x86_feature_detected!("sse4.1")
+}
+#[cfg(any(test, feature = "std"))]
+fn has_avx2() -> bool {
+    std::is_x86_feature_detected!("avx2")
+}
+#[cfg(not(any(test, feature = "std")))]
+fn has_sse41() -> bool {
+    cfg!(all(target_feature = "ssse3", target_feature = "sse4.1"))
+}
+#[cfg(not(any(test, feature = "std")))]
+fn has_avx2() -> bool {
+    cfg!(target_feature = "avx2")
+}
+
+/// The fastest available level, detected once and cached.
+pub fn detected() -> Level {
+    use core::sync::atomic::{AtomicU8, Ordering};
+    // 0: not yet detected, else 1 + index in Level::ALL.
+    static LEVEL: AtomicU8 = AtomicU8::new(0);
+    match LEVEL.load(Ordering::Relaxed) {
+        1 => Level::Portable,
+        2 => Level::Sse41,
+        3 => Level::Avx2,
+        _ => {
+            let level = Level::ALL.into_iter().rev().find(|l| l.available()).unwrap_or(Level::Portable);
+            let code = match level {
+                Level::Portable => 1,
+                Level::Sse41 => 2,
+                Level::Avx2 => 3,
+            };
+            LEVEL.store(code, Ordering::Relaxed);
+            level
+        }
+    }
+}
+
+/// Byte shuffle taking each group of four bytes a, b, c, d to a, c, b, d (`act` pair order).
+macro_rules! pair_order {
+    ($set:ident) => {
+        $set(15, 13, 14, 12, 11, 9, 10, 8, 7, 5, 6, 4, 3, 1, 2, 0)
+    };
+}
+
+/// Sum of the four i32 lanes.
+#[target_feature(enable = "sse4.1")]
+#[inline]
+fn hsum(v: __m128i) -> i32 {
+    let v = _mm_add_epi32(v, _mm_shuffle_epi32::<0b01_00_11_10>(v));
+    let v = _mm_add_epi32(v, _mm_shuffle_epi32::<0b10_11_00_01>(v));
+    _mm_cvtsi128_si32(v)
+}
+
+/// The 16 bytes of `b`.
+#[target_feature(enable = "sse4.1")]
+#[inline]
+fn load128(b: &[u8; 16]) -> __m128i {
+    // SAFETY: reads the 16 bytes of the borrowed array; loadu has no alignment requirement.
+    unsafe { _mm_loadu_si128(b.as_ptr().cast()) }
+}
+
+/// Prepared activation words `4k..4k + 4` (k < 4).
+#[target_feature(enable = "sse4.1")]
+#[inline]
+fn load_x128(x: &[u32; 16], k: usize) -> __m128i {
+    let part: &[u32; 4] = x[4 * (k & 3)..][..4].try_into().unwrap_or(&[0; 4]);
+    // SAFETY: reads the 16 bytes of `part`, a borrowed [u32; 4]; loadu has no alignment requirement.
+    unsafe { _mm_loadu_si128(part.as_ptr().cast()) }
+}
+
+/// Prepared activation words `8k..8k + 8` (k < 2).
+#[target_feature(enable = "avx2")]
+#[inline]
+fn load_x256(x: &[u32; 16], k: usize) -> __m256i {
+    let part: &[u32; 8] = x[8 * (k & 1)..][..8].try_into().unwrap_or(&[0; 8]);
+    // SAFETY: reads the 32 bytes of `part`, a borrowed [u32; 8]; loadu has no alignment requirement.
+    unsafe { _mm256_loadu_si256(part.as_ptr().cast()) }
+}
+
+/// [`DualMac::block_q8`](super::dsp::DualMac::block_q8) with SSSE3/SSE4.1.
+#[target_feature(enable = "ssse3,sse4.1")]
+#[inline]
+fn block_q8_sse41(w: &[u8; 32], x: &[u32; 16]) -> i32 {
+    let shuf = pair_order!(_mm_set_epi8);
+    let (w0, w1) = w.split_at(16);
+    let w0 = _mm_shuffle_epi8(load128(w0.try_into().unwrap_or(&[0; 16])), shuf);
+    let w1 = _mm_shuffle_epi8(load128(w1.try_into().unwrap_or(&[0; 16])), shuf);
+    let p0 = _mm_madd_epi16(_mm_cvtepi8_epi16(w0), load_x128(x, 0));
+    let p1 = _mm_madd_epi16(_mm_cvtepi8_epi16(_mm_srli_si128::<8>(w0)), load_x128(x, 1));
+    let p2 = _mm_madd_epi16(_mm_cvtepi8_epi16(w1), load_x128(x, 2));
+    let p3 = _mm_madd_epi16(_mm_cvtepi8_epi16(_mm_srli_si128::<8>(w1)), load_x128(x, 3));
+    hsum(_mm_add_epi32(_mm_add_epi32(p0, p1), _mm_add_epi32(p2, p3)))
+}
+
+/// [`DualMac::block_q4`](super::dsp::DualMac::block_q4) with SSSE3/SSE4.1.
+#[target_feature(enable = "ssse3,sse4.1")]
+#[inline]
+fn block_q4_sse41(nibbles: &[u8; 16], x: &[u32; 16]) -> i32 {
+    let q = _mm_shuffle_epi8(load128(nibbles), pair_order!(_mm_set_epi8));
+    let mask = _mm_set1_epi8(0x0f);
+    // Elements 0..16 in the low nibbles, 16..32 in the high ones, all in pair order.
+    let lo = _mm_and_si128(q, mask);
+    let hi = _mm_and_si128(_mm_srli_epi16::<4>(q), mask);
+    let p0 = _mm_madd_epi16(_mm_cvtepu8_epi16(lo), load_x128(x, 0));
+    let p1 = _mm_madd_epi16(_mm_cvtepu8_epi16(_mm_srli_si128::<8>(lo)), load_x128(x, 1));
+    let p2 = _mm_madd_epi16(_mm_cvtepu8_epi16(hi), load_x128(x, 2));
+    let p3 = _mm_madd_epi16(_mm_cvtepu8_epi16(_mm_srli_si128::<8>(hi)), load_x128(x, 3));
+    hsum(_mm_add_epi32(_mm_add_epi32(p0, p1), _mm_add_epi32(p2, p3)))
+}
+
+/// Sum of the eight i32 lanes.
+#[target_feature(enable = "avx2")]
+#[inline]
+fn hsum256(v: __m256i) -> i32 {
+    hsum(_mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v)))
+}
+
+/// [`DualMac::block_q8`](super::dsp::DualMac::block_q8) with AVX2.
+#[target_feature(enable = "avx2")]
+#[inline]
+fn block_q8_avx2(w: &[u8; 32], x: &[u32; 16]) -> i32 {
+    // SAFETY: reads the 32 bytes of the borrowed array; loadu has no alignment requirement.
+    let w = unsafe { _mm256_loadu_si256(w.as_ptr().cast()) };
+    let shuf = _mm256_set_epi8(
+        15, 13, 14, 12, 11, 9, 10, 8, 7, 5, 6, 4, 3, 1, 2, 0, 15, 13, 14, 12, 11, 9, 10, 8, 7, 5, 6, 4, 3, 1, 2, 0,
+    );
+    // The shuffle works per 128-bit lane, which is all pair order needs (groups of four).
+    let w = _mm256_shuffle_epi8(w, shuf);
+    let p0 = _mm256_madd_epi16(_mm256_cvtepi8_epi16(_mm256_castsi256_si128(w)), load_x256(x, 0));
+    let p1 = _mm256_madd_epi16(_mm256_cvtepi8_epi16(_mm256_extracti128_si256::<1>(w)), load_x256(x, 1));
+    hsum256(_mm256_add_epi32(p0, p1))
+}
+
+/// [`DualMac::block_q4`](super::dsp::DualMac::block_q4) with AVX2.
+#[target_feature(enable = "avx2")]
+#[inline]
+fn block_q4_avx2(nibbles: &[u8; 16], x: &[u32; 16]) -> i32 {
+    let q = _mm_shuffle_epi8(load128(nibbles), pair_order!(_mm_set_epi8));
+    let mask = _mm_set1_epi8(0x0f);
+    let lo = _mm_and_si128(q, mask);
+    let hi = _mm_and_si128(_mm_srli_epi16::<4>(q), mask);
+    let p0 = _mm256_madd_epi16(_mm256_cvtepu8_epi16(lo), load_x256(x, 0));
+    let p1 = _mm256_madd_epi16(_mm256_cvtepu8_epi16(hi), load_x256(x, 1));
+    hsum256(_mm256_add_epi32(p0, p1))
+}
+
+/// The row loops of `q8_0::vec_dot` / `q4_0::vec_dot` with `$block` for the
+/// integer sums; the f32 statements are the same, in the same order.
+macro_rules! row_loops {
+    ($q8:ident, $q4:ident, $feature:literal, $block_q8:ident, $block_q4:ident) => {
+        #[target_feature(enable = $feature)]
+        fn $q8(w: &[u8], row_bytes: usize, xq: &[u32], out: &mut [f32]) {
+            for (o, row) in out.iter_mut().zip(w.chunks_exact(row_bytes)) {
+                let mut acc = 0.0f32;
+                for (wb, xb) in row.chunks_exact(q8_0::BLOCK_BYTES).zip(act::blocks(xq)) {
+                    let dw = f16_to_f32([wb[0], wb[1]]);
+                    let Ok(qs) = <&[u8; 32]>::try_from(&wb[2..]) else { break };
+                    let sumi = $block_q8(qs, xb.pairs);
+                    acc += sumi as f32 * (dw * xb.d);
+                }
+                *o = acc;
+            }
+        }
+
+        #[target_feature(enable = $feature)]
+        fn $q4(w: &[u8], row_bytes: usize, xq: &[u32], out: &mut [f32]) {
+            for (o, row) in out.iter_mut().zip(w.chunks_exact(row_bytes)) {
+                let mut acc = 0.0f32;
+                for (wb, xb) in row.chunks_exact(q4_0::BLOCK_BYTES).zip(act::blocks(xq)) {
+                    let dw = f16_to_f32([wb[0], wb[1]]);
+                    let Ok(qs) = <&[u8; 16]>::try_from(&wb[2..]) else { break };
+                    let sumi = $block_q4(qs, xb.pairs) - 8 * xb.sum;
+                    acc += sumi as f32 * (dw * xb.d);
+                }
+                *o = acc;
+            }
+        }
+    };
+}
+
+row_loops!(matvec_q8_sse41, matvec_q4_sse41, "ssse3,sse4.1", block_q8_sse41, block_q4_sse41);
+row_loops!(matvec_q8_avx2, matvec_q4_avx2, "avx2", block_q8_avx2, block_q4_avx2);
+
+/// `out[r] = q8_0::vec_dot(row r of w, xq)` with `level` (all zeros when `row_bytes` is 0).
+/// A level the CPU lacks falls back to the portable loop.
+pub fn matvec_q8(level: Level, w: &[u8], row_bytes: usize, xq: &[u32], out: &mut [f32]) {
+    if row_bytes == 0 {
+        return out.fill(0.0);
+    }
+    match level {
+        // SAFETY: the CPU supports SSSE3 and SSE4.1 (checked just before).
+        Level::Sse41 if has_sse41() => unsafe { matvec_q8_sse41(w, row_bytes, xq, out) },
+        // SAFETY: the CPU supports AVX2 (checked just before).
+        Level::Avx2 if has_avx2() => unsafe { matvec_q8_avx2(w, row_bytes, xq, out) },
+        _ => {
+            for (o, row) in out.iter_mut().zip(w.chunks_exact(row_bytes)) {
+                *o = q8_0::vec_dot(row, xq);
+            }
+        }
+    }
+}
+
+/// `out[r] = q4_0::vec_dot(row r of w, xq)` with `level` (all zeros when `row_bytes` is 0).
+/// A level the CPU lacks falls back to the portable loop.
+pub fn matvec_q4(level: Level, w: &[u8], row_bytes: usize, xq: &[u32], out: &mut [f32]) {
+    if row_bytes == 0 {
+        return out.fill(0.0);
+    }
+    match level {
+        // SAFETY: the CPU supports SSSE3 and SSE4.1 (checked just before).
+        Level::Sse41 if has_sse41() => unsafe { matvec_q4_sse41(w, row_bytes, xq, out) },
+        // SAFETY: the CPU supports AVX2 (checked just before).
+        Level::Avx2 if has_avx2() => unsafe { matvec_q4_avx2(w, row_bytes, xq, out) },
+        _ => {
+            for (o, row) in out.iter_mut().zip(w.chunks_exact(row_bytes)) {
+                *o = q4_0::vec_dot(row, xq);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::vec;
+    use std::vec::Vec;
+
+    use super::*;
+    use crate::kernels::dsp::{DualMac, Portable};
+    use crate::kernels::QK;
+
+    /// xorshift32 bytes, six in thirteen of them extremes (0x80, 0x7f, 0x00, 0xff, 0x0f, 0xf0).
+    fn bytes(n: usize, seed: u32) -> Vec<u8> {
+        let mut s = seed.wrapping_mul(2_654_435_761) | 1;
+        (0..n)
+            .map(|i| {
+                s ^= s << 13;
+                s ^= s >> 17;
+                s ^= s << 5;
+                match (i + seed as usize) % 13 {
+                    0 => 0x80,
+                    1 => 0x7f,
+                    2 => 0x00,
+                    3 => 0xff,
+                    4 => 0x0f,
+                    5 => 0xf0,
+                    _ => s as u8,
+                }
+            })
+            .collect()
+    }
+
+    /// 32 signed bytes as prepared activation pairs.
+    fn pairs(x: &[u8]) -> [u32; 16] {
+        let mut q8 = [0u8; q8_0::BLOCK_BYTES];
+        q8[2..].copy_from_slice(x);
+        let mut w = [0u32; act::BLOCK_WORDS];
+        act::prepare_block(&q8, &mut w);
+        w[2..].try_into().unwrap()
+    }
+
+    fn levels() -> impl Iterator<Item = Level> {
+        Level::ALL.into_iter().filter(|l| l.available())
+    }
+
+    #[test]
+    fn detection_picks_an_available_level() {
+        assert!(detected().available());
+        assert_eq!(detected(), detected());
+        assert!(!Level::Avx2.available() || Level::Sse41.available());
+        std::println!("x86 SIMD level: {:?}", detected());
+    }
+
+    #[test]
+    fn block_sums_equal_portable_and_scalar() {
+        let all_same = |v: u8| vec![v; 32];
+        let mut cases: Vec<(Vec<u8>, Vec<u8>)> = (0..2000).map(|s| (bytes(32, s), bytes(32, s + 50_000))).collect();
+        for a in [0x80u8, 0x7f, 0x00, 0xff, 0x0f, 0xf0] {
+            for b in [0x80u8, 0x7f, 0x81, 0x01] {
+                cases.push((all_same(a), all_same(b)));
+            }
+        }
+        for (w, x) in &cases {
+            let q8: i32 = w.iter().zip(x).map(|(&a, &b)| i32::from(a as i8) * i32::from(b as i8)).sum();
+            let q4: i32 = (0..QK)
+                .map(|i| i32::from(if i < 16 { w[i] & 15 } else { w[i - 16] >> 4 }) * i32::from(x[i] as i8))
+                .sum();
+            let (wq8, wq4, xp) = (w[..].try_into().unwrap(), w[..16].try_into().unwrap(), pairs(x));
+            assert_eq!(Portable::block_q8(wq8, &xp), q8);
+            assert_eq!(Portable::block_q4(wq4, &xp), q4);
+            if Level::Sse41.available() {
+                // SAFETY: SSSE3 and SSE4.1 are present (checked).
+                let (a, b) = unsafe { (block_q8_sse41(wq8, &xp), block_q4_sse41(wq4, &xp)) };
+                assert_eq!((a, b), (q8, q4), "sse4.1 {w:?} {x:?}");
+            }
+            if Level::Avx2.available() {
+                // SAFETY: AVX2 is present (checked).
+                let (a, b) = unsafe { (block_q8_avx2(wq8, &xp), block_q4_avx2(wq4, &xp)) };
+                assert_eq!((a, b), (q8, q4), "avx2 {w:?} {x:?}");
+            }
+        }
+    }
+
+    /// Deterministic f32 values in [-1, 1) with outliers.
+    fn values(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..n)
+            .map(|i| {
+                s ^= s >> 12;
+                s ^= s << 25;
+                s ^= s >> 27;
+                let u = ((s.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 40) as f32) / (1u64 << 24) as f32;
+                (2.0 * u - 1.0) * if i % 37 == 5 { 6.0 } else { 1.0 }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn matvecs_bit_identical_to_portable_on_odd_shapes() {
+        let shapes =
+            [1usize, 31, 32, 33, 64, 100, 172, 288, 300, 512].into_iter().flat_map(|c| [(1, c), (4, c), (13, c)]);
+        for (s, (rows, cols)) in shapes.enumerate() {
+            let seed = s as u64 * 10;
+            let w = values(rows * cols, seed + 1);
+            let x = values(cols, seed + 2);
+            let mut xq = vec![0u32; act::words(cols).unwrap()];
+            act::prepare_row(&x, &mut xq);
+            let mut x8 = vec![0u8; cols.div_ceil(QK) * q8_0::BLOCK_BYTES];
+            q8_0::quantize_row(&x, &mut x8);
+            for (bb, quantize, dot, dot_ref, matvec) in [
+                (
+                    q8_0::BLOCK_BYTES,
+                    q8_0::quantize_row as fn(&[f32], &mut [u8]),
+                    q8_0::vec_dot as fn(&[u8], &[u32]) -> f32,
+                    q8_0::vec_dot_ref as fn(&[u8], &[u8]) -> f32,
+                    matvec_q8 as fn(Level, &[u8], usize, &[u32], &mut [f32]),
+                ),
+                (q4_0::BLOCK_BYTES, q4_0::quantize_row, q4_0::vec_dot, q4_0::vec_dot_ref, matvec_q4),
+            ] {
+                let row_bytes = cols.div_ceil(QK) * bb;
+                let mut data = vec![0u8; rows * row_bytes];
+                for (r, out) in w.chunks(cols).zip(data.chunks_exact_mut(row_bytes)) {
+                    quantize(r, out);
+                }
+                let want: Vec<u32> = data.chunks_exact(row_bytes).map(|r| dot(r, &xq).to_bits()).collect();
+                let reference: Vec<u32> = data.chunks_exact(row_bytes).map(|r| dot_ref(r, &x8).to_bits()).collect();
+                assert_eq!(want, reference, "cols={cols}: portable vs reference");
+                for level in levels() {
+                    let mut out = vec![f32::NAN; rows];
+                    matvec(level, &data, row_bytes, &xq, &mut out);
+                    let got: Vec<u32> = out.iter().map(|v| v.to_bits()).collect();
+                    assert_eq!(got, want, "rows={rows} cols={cols} bb={bb} {level:?}");
+                }
+            }
+        }
+    }
+}
