@@ -45,16 +45,91 @@ pub fn f16_to_f32(bytes: [u8; 2]) -> f32 {
     f32::from_bits(bits) * f32::from_bits(0x7780_0000)
 }
 
-/// `out (rows) = w (rows, cols) · x` for quantized rows of `row_bytes` bytes, with
-/// `xq` the prepared activations and `vec_dot` the block format's row · activations dot product.
-#[cfg(not(target_arch = "x86_64"))]
+/// Exact integer sums of one weight block with prepared activations ([`act`]),
+/// one implementation per instruction set: [`Portable`], `dsp::Dsp` on
+/// Cortex-M4/M7, SSE4.1/AVX2 in `x86`. All return the same integers.
+pub trait BlockSums {
+    /// Σ_{i<32} w[i]·x[i] for a q8_0 block's 32 signed quants (element order).
+    fn q8(w: &[u8; 32], x: &[u32; 16]) -> i32;
+    /// Σ_{i<32} nibble_i·x[i] for a q4_0 block's 16 nibble bytes (element i in
+    /// the low nibble of byte i, 16+i in the high one); the −8 offset is the caller's.
+    fn q4(nibbles: &[u8; 16], x: &[u32; 16]) -> i32;
+}
+
+/// The block sums as plain integer loops over the activation pairs (what a host
+/// compiler vectorizes).
+#[derive(Debug)]
+pub struct Portable;
+
+impl BlockSums for Portable {
+    #[inline(always)]
+    fn q8(w: &[u8; 32], x: &[u32; 16]) -> i32 {
+        let mut acc = 0i32;
+        for (quad, pair) in w.chunks_exact(4).zip(x.chunks_exact(2)) {
+            let (lo, hi) = halves(pair);
+            let q = |i: usize| i32::from(quad[i] as i8);
+            acc += q(0) * lo[0] + q(2) * hi[0] + q(1) * lo[1] + q(3) * hi[1];
+        }
+        acc
+    }
+
+    #[inline(always)]
+    fn q4(nibbles: &[u8; 16], x: &[u32; 16]) -> i32 {
+        let (x_lo, x_hi) = x.split_at(8);
+        let mut acc = 0i32;
+        for ((quad, pl), ph) in nibbles.chunks_exact(4).zip(x_lo.chunks_exact(2)).zip(x_hi.chunks_exact(2)) {
+            let ((l0, h0), (l1, h1)) = (halves(pl), halves(ph));
+            let lo = |i: usize| i32::from(quad[i] & 0x0f);
+            let hi = |i: usize| i32::from(quad[i] >> 4);
+            acc += lo(0) * l0[0] + lo(2) * h0[0] + lo(1) * l0[1] + lo(3) * h0[1];
+            acc += hi(0) * l1[0] + hi(2) * h1[0] + hi(1) * l1[1] + hi(3) * h1[1];
+        }
+        acc
+    }
+}
+
+/// The low and the high i16 halves of two pair words, widened.
 #[inline(always)]
-fn quantized_matvec(w: &[u8], row_bytes: usize, xq: &[u32], out: &mut [f32], vec_dot: fn(&[u8], &[u32]) -> f32) {
+fn halves(pair: &[u32]) -> ([i32; 2], [i32; 2]) {
+    let lo = |w: u32| i32::from(w as u16 as i16);
+    let hi = |w: u32| i32::from((w >> 16) as u16 as i16);
+    ([lo(pair[0]), lo(pair[1])], [hi(pair[0]), hi(pair[1])])
+}
+
+/// The block sums this target compiles in: the DSP asm on Cortex-M4/M7, else the
+/// portable loops (x86-64 picks SIMD sums at run time on top, in `x86`).
+#[cfg(microlm_dsp)]
+pub type Native = dsp::Dsp;
+/// The block sums this target compiles in: the DSP asm on Cortex-M4/M7, else the
+/// portable loops (x86-64 picks SIMD sums at run time on top, in `x86`).
+#[cfg(not(microlm_dsp))]
+pub type Native = Portable;
+
+/// The row · activations dot product shared by q8_0 and q4_0 (see their
+/// headers): blocks of `BLOCK` bytes, an f16 scale then quants, in index order,
+/// `acc += sum(quants, x block) as f32 · (f32(w.d) · x.d)`.
+#[inline(always)]
+fn row_dot<const BLOCK: usize>(w: &[u8], x: &[u32], sum: impl Fn(&[u8], act::Block<'_>) -> i32) -> f32 {
+    let mut acc = 0.0f32;
+    for (wb, xb) in w.chunks_exact(BLOCK).zip(act::blocks(x)) {
+        let dw = f16_to_f32([wb[0], wb[1]]);
+        acc += sum(&wb[2..], xb) as f32 * (dw * xb.d);
+    }
+    acc
+}
+
+/// `out (rows) = w (rows, cols) · x` for q8_0 or q4_0 rows of `row_bytes` bytes,
+/// with `xq` the prepared activations and `B` the block sums.
+#[inline(always)]
+pub(crate) fn quantized_matvec<B: BlockSums>(dtype: DType, w: &[u8], row_bytes: usize, xq: &[u32], out: &mut [f32]) {
     if row_bytes == 0 {
         return out.fill(0.0);
     }
-    for (o, row) in out.iter_mut().zip(w.chunks_exact(row_bytes)) {
-        *o = vec_dot(row, xq);
+    let rows = out.iter_mut().zip(w.chunks_exact(row_bytes));
+    if dtype == DType::Q4_0 {
+        rows.for_each(|(o, row)| *o = q4_0::vec_dot_with::<B>(row, xq));
+    } else {
+        rows.for_each(|(o, row)| *o = q8_0::vec_dot_with::<B>(row, xq));
     }
 }
 
@@ -94,17 +169,9 @@ impl Matrix<'_> {
                 act::prepare_row(x, xq);
                 // x86-64: the same kernels with SIMD block sums, at the level detected once.
                 #[cfg(target_arch = "x86_64")]
-                if self.dtype == DType::Q8_0 {
-                    x86::matvec_q8(x86::detected(), self.data, row_bytes, xq, out);
-                } else {
-                    x86::matvec_q4(x86::detected(), self.data, row_bytes, xq, out);
-                }
+                x86::matvec(x86::detected(), self.dtype, self.data, row_bytes, xq, out);
                 #[cfg(not(target_arch = "x86_64"))]
-                if self.dtype == DType::Q8_0 {
-                    quantized_matvec(self.data, row_bytes, xq, out, q8_0::vec_dot);
-                } else {
-                    quantized_matvec(self.data, row_bytes, xq, out, q4_0::vec_dot);
-                }
+                quantized_matvec::<Native>(self.dtype, self.data, row_bytes, xq, out);
             }
         }
         Ok(())
@@ -143,24 +210,7 @@ macro_rules! quant_tests {
             use $crate::kernels::{q8_0, QK};
             use $m as q;
 
-            /// Deterministic values in [-1, 1) with occasional outliers (xorshift64*).
-            fn values(n: usize, seed: u64) -> Vec<f32> {
-                let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-                (0..n)
-                    .map(|i| {
-                        s ^= s >> 12;
-                        s ^= s << 25;
-                        s ^= s >> 27;
-                        let u = ((s.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 40) as f32) / (1u64 << 24) as f32;
-                        let v = 2.0 * u - 1.0;
-                        if i % 37 == 5 {
-                            v * 6.0
-                        } else {
-                            v
-                        }
-                    })
-                    .collect()
-            }
+            use $crate::kernels::test_data::values;
 
             fn encode(x: &[f32]) -> Vec<u8> {
                 let mut out = vec![0u8; x.len().div_ceil(QK) * q::BLOCK_BYTES];
@@ -276,6 +326,68 @@ macro_rules! quant_tests {
 }
 #[cfg(test)]
 pub(crate) use quant_tests;
+
+/// Deterministic test inputs shared by the kernel tests.
+#[cfg(test)]
+pub(crate) mod test_data {
+    use std::vec::Vec;
+
+    use super::{act, q8_0, QK};
+
+    /// Values in [-1, 1) with an outlier (×6) every 37th (xorshift64*).
+    pub fn values(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..n)
+            .map(|i| {
+                s ^= s >> 12;
+                s ^= s << 25;
+                s ^= s >> 27;
+                let u = ((s.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 40) as f32) / (1u64 << 24) as f32;
+                (2.0 * u - 1.0) * if i % 37 == 5 { 6.0 } else { 1.0 }
+            })
+            .collect()
+    }
+
+    /// xorshift32 bytes, six in thirteen of them extremes (0x80, 0x7f, 0x00, 0xff, 0x0f, 0xf0).
+    pub fn bytes(n: usize, seed: u32) -> Vec<u8> {
+        let mut s = seed.wrapping_mul(2_654_435_761) | 1;
+        (0..n)
+            .map(|i| {
+                s ^= s << 13;
+                s ^= s >> 17;
+                s ^= s << 5;
+                match (i + seed as usize) % 13 {
+                    0 => 0x80,
+                    1 => 0x7f,
+                    2 => 0x00,
+                    3 => 0xff,
+                    4 => 0x0f,
+                    5 => 0xf0,
+                    _ => s as u8,
+                }
+            })
+            .collect()
+    }
+
+    /// 32 signed bytes as prepared activation pairs (`act` pair order).
+    pub fn pairs(x: &[u8]) -> [u32; 16] {
+        let mut q8 = [0u8; q8_0::BLOCK_BYTES];
+        q8[2..].copy_from_slice(x);
+        let mut w = [0u32; act::BLOCK_WORDS];
+        act::prepare_block(&q8, &mut w);
+        w[2..].try_into().unwrap()
+    }
+
+    /// Σ w[i]·x[i] over 32 signed bytes each.
+    pub fn scalar_q8(w: &[u8], x: &[u8]) -> i32 {
+        w.iter().zip(x).map(|(&a, &b)| i32::from(a as i8) * i32::from(b as i8)).sum()
+    }
+
+    /// Σ nibble_i·x[i] for 16 nibble bytes (element i low, 16+i high) and 32 signed bytes.
+    pub fn scalar_q4(q: &[u8], x: &[u8]) -> i32 {
+        (0..QK).map(|i| i32::from(if i < 16 { q[i] & 15 } else { q[i - 16] >> 4 }) * i32::from(x[i] as i8)).sum()
+    }
+}
 
 #[cfg(test)]
 mod tests {

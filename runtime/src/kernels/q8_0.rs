@@ -109,19 +109,17 @@ pub fn dequantize_row(bytes: &[u8], out: &mut [f32]) {
 }
 
 /// Dot product of one q8_0 weight row with prepared activations (`act`, same
-/// block count), in the order documented at the top of this file. The integer
-/// block sums use the dual-MAC sequence of `dsp` (the instructions on
-/// Cortex-M4/M7, their portable emulation elsewhere); both are exact.
+/// block count), in the order documented at the top of this file, with this
+/// target's block sums.
 #[inline]
 pub fn vec_dot(w: &[u8], x: &[u32]) -> f32 {
-    let mut acc = 0.0f32;
-    for (wb, xb) in w.chunks_exact(BLOCK_BYTES).zip(super::act::blocks(x)) {
-        let dw = super::f16_to_f32([wb[0], wb[1]]);
-        let Ok(qs) = <&[u8; 32]>::try_from(&wb[2..]) else { break };
-        let sumi = <super::dsp::Target as super::dsp::DualMac>::block_q8(qs, xb.pairs);
-        acc += sumi as f32 * (dw * xb.d);
-    }
-    acc
+    vec_dot_with::<super::Native>(w, x)
+}
+
+/// [`vec_dot`] with the integer block sums of `B` (every `B` gives the same bits).
+#[inline(always)]
+pub fn vec_dot_with<B: super::BlockSums>(w: &[u8], x: &[u32]) -> f32 {
+    super::row_dot::<BLOCK_BYTES>(w, x, |qs, xb| qs.try_into().map_or(0, |qs| B::q8(qs, xb.pairs)))
 }
 
 /// Scalar reference for [`vec_dot`]: the same contract written with block

@@ -4,7 +4,7 @@
 //! reordered into `act` pair order with one byte shuffle, widened to i16 and
 //! multiplied with the prepared activations by `pmaddwd`, then summed
 //! horizontally. Integer sums are exact (|sum| < 2^24), so any order of that
-//! math equals [`dsp::Portable`](super::dsp::Portable). The f32 part stays the
+//! math equals [`Portable`](super::Portable). The f32 part stays the
 //! scalar contract of `q8_0` / `q4_0`: per row, blocks in index order,
 //! `acc += sumi as f32 * (dw * xd)` (separate multiply and add, no FMA).
 //!
@@ -20,12 +20,13 @@ use core::arch::x86_64::{
     _mm_madd_epi16, _mm_set1_epi8, _mm_set_epi8, _mm_shuffle_epi32, _mm_shuffle_epi8, _mm_srli_epi16, _mm_srli_si128,
 };
 
-use super::{act, f16_to_f32, q4_0, q8_0};
+use super::{quantized_matvec, BlockSums, Portable};
+use crate::format::DType;
 
 /// An implementation of the quantized matvecs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Level {
-    /// [`q8_0::vec_dot`] / [`q4_0::vec_dot`] (`dsp::Portable` block sums).
+    /// [`Portable`] block sums.
     Portable,
     /// SSSE3 `pshufb` and SSE4.1 `pmovsx/zxbw` with 128-bit `pmaddwd`.
     Sse41,
@@ -128,7 +129,7 @@ fn load_x256(x: &[u32; 16], k: usize) -> __m256i {
     unsafe { _mm256_loadu_si256(part.as_ptr().cast()) }
 }
 
-/// [`DualMac::block_q8`](super::dsp::DualMac::block_q8) with SSSE3/SSE4.1.
+/// [`BlockSums::q8`] with SSSE3/SSE4.1.
 #[target_feature(enable = "ssse3,sse4.1")]
 #[inline]
 fn block_q8_sse41(w: &[u8; 32], x: &[u32; 16]) -> i32 {
@@ -143,7 +144,7 @@ fn block_q8_sse41(w: &[u8; 32], x: &[u32; 16]) -> i32 {
     hsum(_mm_add_epi32(_mm_add_epi32(p0, p1), _mm_add_epi32(p2, p3)))
 }
 
-/// [`DualMac::block_q4`](super::dsp::DualMac::block_q4) with SSSE3/SSE4.1.
+/// [`BlockSums::q4`] with SSSE3/SSE4.1.
 #[target_feature(enable = "ssse3,sse4.1")]
 #[inline]
 fn block_q4_sse41(nibbles: &[u8; 16], x: &[u32; 16]) -> i32 {
@@ -166,7 +167,7 @@ fn hsum256(v: __m256i) -> i32 {
     hsum(_mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v)))
 }
 
-/// [`DualMac::block_q8`](super::dsp::DualMac::block_q8) with AVX2.
+/// [`BlockSums::q8`] with AVX2.
 #[target_feature(enable = "avx2")]
 #[inline]
 fn block_q8_avx2(w: &[u8; 32], x: &[u32; 16]) -> i32 {
@@ -182,7 +183,7 @@ fn block_q8_avx2(w: &[u8; 32], x: &[u32; 16]) -> i32 {
     hsum256(_mm256_add_epi32(p0, p1))
 }
 
-/// [`DualMac::block_q4`](super::dsp::DualMac::block_q4) with AVX2.
+/// [`BlockSums::q4`] with AVX2.
 #[target_feature(enable = "avx2")]
 #[inline]
 fn block_q4_avx2(nibbles: &[u8; 16], x: &[u32; 16]) -> i32 {
@@ -195,78 +196,59 @@ fn block_q4_avx2(nibbles: &[u8; 16], x: &[u32; 16]) -> i32 {
     hsum256(_mm256_add_epi32(p0, p1))
 }
 
-/// The row loops of `q8_0::vec_dot` / `q4_0::vec_dot` with `$block` for the
-/// integer sums; the f32 statements are the same, in the same order.
-macro_rules! row_loops {
-    ($q8:ident, $q4:ident, $feature:literal, $block_q8:ident, $block_q4:ident) => {
-        #[target_feature(enable = $feature)]
-        fn $q8(w: &[u8], row_bytes: usize, xq: &[u32], out: &mut [f32]) {
-            for (o, row) in out.iter_mut().zip(w.chunks_exact(row_bytes)) {
-                let mut acc = 0.0f32;
-                for (wb, xb) in row.chunks_exact(q8_0::BLOCK_BYTES).zip(act::blocks(xq)) {
-                    let dw = f16_to_f32([wb[0], wb[1]]);
-                    let Ok(qs) = <&[u8; 32]>::try_from(&wb[2..]) else { break };
-                    let sumi = $block_q8(qs, xb.pairs);
-                    acc += sumi as f32 * (dw * xb.d);
-                }
-                *o = acc;
-            }
-        }
+/// The SSE4.1 block sums, for [`matvec_sse41`] only.
+struct Sse41;
 
-        #[target_feature(enable = $feature)]
-        fn $q4(w: &[u8], row_bytes: usize, xq: &[u32], out: &mut [f32]) {
-            for (o, row) in out.iter_mut().zip(w.chunks_exact(row_bytes)) {
-                let mut acc = 0.0f32;
-                for (wb, xb) in row.chunks_exact(q4_0::BLOCK_BYTES).zip(act::blocks(xq)) {
-                    let dw = f16_to_f32([wb[0], wb[1]]);
-                    let Ok(qs) = <&[u8; 16]>::try_from(&wb[2..]) else { break };
-                    let sumi = $block_q4(qs, xb.pairs) - 8 * xb.sum;
-                    acc += sumi as f32 * (dw * xb.d);
-                }
-                *o = acc;
-            }
-        }
-    };
-}
-
-row_loops!(matvec_q8_sse41, matvec_q4_sse41, "ssse3,sse4.1", block_q8_sse41, block_q4_sse41);
-row_loops!(matvec_q8_avx2, matvec_q4_avx2, "avx2", block_q8_avx2, block_q4_avx2);
-
-/// `out[r] = q8_0::vec_dot(row r of w, xq)` with `level` (all zeros when `row_bytes` is 0).
-/// A level the CPU lacks falls back to the portable loop.
-pub fn matvec_q8(level: Level, w: &[u8], row_bytes: usize, xq: &[u32], out: &mut [f32]) {
-    if row_bytes == 0 {
-        return out.fill(0.0);
+impl BlockSums for Sse41 {
+    #[inline(always)]
+    fn q8(w: &[u8; 32], x: &[u32; 16]) -> i32 {
+        // SAFETY: `Sse41` is used only inside `matvec_sse41`, which runs only on CPUs with SSSE3 and SSE4.1.
+        unsafe { block_q8_sse41(w, x) }
     }
-    match level {
-        // SAFETY: the CPU supports SSSE3 and SSE4.1 (checked just before).
-        Level::Sse41 if has_sse41() => unsafe { matvec_q8_sse41(w, row_bytes, xq, out) },
-        // SAFETY: the CPU supports AVX2 (checked just before).
-        Level::Avx2 if has_avx2() => unsafe { matvec_q8_avx2(w, row_bytes, xq, out) },
-        _ => {
-            for (o, row) in out.iter_mut().zip(w.chunks_exact(row_bytes)) {
-                *o = q8_0::vec_dot(row, xq);
-            }
-        }
+    #[inline(always)]
+    fn q4(nibbles: &[u8; 16], x: &[u32; 16]) -> i32 {
+        // SAFETY: as above.
+        unsafe { block_q4_sse41(nibbles, x) }
     }
 }
 
-/// `out[r] = q4_0::vec_dot(row r of w, xq)` with `level` (all zeros when `row_bytes` is 0).
-/// A level the CPU lacks falls back to the portable loop.
-pub fn matvec_q4(level: Level, w: &[u8], row_bytes: usize, xq: &[u32], out: &mut [f32]) {
-    if row_bytes == 0 {
-        return out.fill(0.0);
+/// The AVX2 block sums, for [`matvec_avx2`] only.
+struct Avx2;
+
+impl BlockSums for Avx2 {
+    #[inline(always)]
+    fn q8(w: &[u8; 32], x: &[u32; 16]) -> i32 {
+        // SAFETY: `Avx2` is used only inside `matvec_avx2`, which runs only on CPUs with AVX2.
+        unsafe { block_q8_avx2(w, x) }
     }
+    #[inline(always)]
+    fn q4(nibbles: &[u8; 16], x: &[u32; 16]) -> i32 {
+        // SAFETY: as above.
+        unsafe { block_q4_avx2(nibbles, x) }
+    }
+}
+
+/// The quantized matvec compiled with SSSE3/SSE4.1, so the block sums inline.
+#[target_feature(enable = "ssse3,sse4.1")]
+fn matvec_sse41(dtype: DType, w: &[u8], row_bytes: usize, xq: &[u32], out: &mut [f32]) {
+    quantized_matvec::<Sse41>(dtype, w, row_bytes, xq, out);
+}
+
+/// The quantized matvec compiled with AVX2, so the block sums inline.
+#[target_feature(enable = "avx2")]
+fn matvec_avx2(dtype: DType, w: &[u8], row_bytes: usize, xq: &[u32], out: &mut [f32]) {
+    quantized_matvec::<Avx2>(dtype, w, row_bytes, xq, out);
+}
+
+/// `out[r] = vec_dot(row r of w, xq)` for q8_0 or q4_0 `dtype`, with the block
+/// sums of `level`; a level the CPU lacks falls back to the portable sums.
+pub fn matvec(level: Level, dtype: DType, w: &[u8], row_bytes: usize, xq: &[u32], out: &mut [f32]) {
     match level {
         // SAFETY: the CPU supports SSSE3 and SSE4.1 (checked just before).
-        Level::Sse41 if has_sse41() => unsafe { matvec_q4_sse41(w, row_bytes, xq, out) },
+        Level::Sse41 if has_sse41() => unsafe { matvec_sse41(dtype, w, row_bytes, xq, out) },
         // SAFETY: the CPU supports AVX2 (checked just before).
-        Level::Avx2 if has_avx2() => unsafe { matvec_q4_avx2(w, row_bytes, xq, out) },
-        _ => {
-            for (o, row) in out.iter_mut().zip(w.chunks_exact(row_bytes)) {
-                *o = q4_0::vec_dot(row, xq);
-            }
-        }
+        Level::Avx2 if has_avx2() => unsafe { matvec_avx2(dtype, w, row_bytes, xq, out) },
+        _ => quantized_matvec::<Portable>(dtype, w, row_bytes, xq, out),
     }
 }
 
@@ -276,38 +258,8 @@ mod tests {
     use std::vec::Vec;
 
     use super::*;
-    use crate::kernels::dsp::{DualMac, Portable};
-    use crate::kernels::QK;
-
-    /// xorshift32 bytes, six in thirteen of them extremes (0x80, 0x7f, 0x00, 0xff, 0x0f, 0xf0).
-    fn bytes(n: usize, seed: u32) -> Vec<u8> {
-        let mut s = seed.wrapping_mul(2_654_435_761) | 1;
-        (0..n)
-            .map(|i| {
-                s ^= s << 13;
-                s ^= s >> 17;
-                s ^= s << 5;
-                match (i + seed as usize) % 13 {
-                    0 => 0x80,
-                    1 => 0x7f,
-                    2 => 0x00,
-                    3 => 0xff,
-                    4 => 0x0f,
-                    5 => 0xf0,
-                    _ => s as u8,
-                }
-            })
-            .collect()
-    }
-
-    /// 32 signed bytes as prepared activation pairs.
-    fn pairs(x: &[u8]) -> [u32; 16] {
-        let mut q8 = [0u8; q8_0::BLOCK_BYTES];
-        q8[2..].copy_from_slice(x);
-        let mut w = [0u32; act::BLOCK_WORDS];
-        act::prepare_block(&q8, &mut w);
-        w[2..].try_into().unwrap()
-    }
+    use crate::kernels::test_data::{bytes, pairs, scalar_q4, scalar_q8, values};
+    use crate::kernels::{act, q4_0, q8_0, QK};
 
     fn levels() -> impl Iterator<Item = Level> {
         Level::ALL.into_iter().filter(|l| l.available())
@@ -331,13 +283,10 @@ mod tests {
             }
         }
         for (w, x) in &cases {
-            let q8: i32 = w.iter().zip(x).map(|(&a, &b)| i32::from(a as i8) * i32::from(b as i8)).sum();
-            let q4: i32 = (0..QK)
-                .map(|i| i32::from(if i < 16 { w[i] & 15 } else { w[i - 16] >> 4 }) * i32::from(x[i] as i8))
-                .sum();
+            let (q8, q4) = (scalar_q8(w, x), scalar_q4(w, x));
             let (wq8, wq4, xp) = (w[..].try_into().unwrap(), w[..16].try_into().unwrap(), pairs(x));
-            assert_eq!(Portable::block_q8(wq8, &xp), q8);
-            assert_eq!(Portable::block_q4(wq4, &xp), q4);
+            assert_eq!(Portable::q8(wq8, &xp), q8);
+            assert_eq!(Portable::q4(wq4, &xp), q4);
             if Level::Sse41.available() {
                 // SAFETY: SSSE3 and SSE4.1 are present (checked).
                 let (a, b) = unsafe { (block_q8_sse41(wq8, &xp), block_q4_sse41(wq4, &xp)) };
@@ -349,20 +298,6 @@ mod tests {
                 assert_eq!((a, b), (q8, q4), "avx2 {w:?} {x:?}");
             }
         }
-    }
-
-    /// Deterministic f32 values in [-1, 1) with outliers.
-    fn values(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..n)
-            .map(|i| {
-                s ^= s >> 12;
-                s ^= s << 25;
-                s ^= s >> 27;
-                let u = ((s.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 40) as f32) / (1u64 << 24) as f32;
-                (2.0 * u - 1.0) * if i % 37 == 5 { 6.0 } else { 1.0 }
-            })
-            .collect()
     }
 
     #[test]
@@ -377,15 +312,15 @@ mod tests {
             act::prepare_row(&x, &mut xq);
             let mut x8 = vec![0u8; cols.div_ceil(QK) * q8_0::BLOCK_BYTES];
             q8_0::quantize_row(&x, &mut x8);
-            for (bb, quantize, dot, dot_ref, matvec) in [
+            for (bb, quantize, dot, dot_ref, dtype) in [
                 (
                     q8_0::BLOCK_BYTES,
                     q8_0::quantize_row as fn(&[f32], &mut [u8]),
                     q8_0::vec_dot as fn(&[u8], &[u32]) -> f32,
                     q8_0::vec_dot_ref as fn(&[u8], &[u8]) -> f32,
-                    matvec_q8 as fn(Level, &[u8], usize, &[u32], &mut [f32]),
+                    DType::Q8_0,
                 ),
-                (q4_0::BLOCK_BYTES, q4_0::quantize_row, q4_0::vec_dot, q4_0::vec_dot_ref, matvec_q4),
+                (q4_0::BLOCK_BYTES, q4_0::quantize_row, q4_0::vec_dot, q4_0::vec_dot_ref, DType::Q4_0),
             ] {
                 let row_bytes = cols.div_ceil(QK) * bb;
                 let mut data = vec![0u8; rows * row_bytes];
@@ -397,7 +332,7 @@ mod tests {
                 assert_eq!(want, reference, "cols={cols}: portable vs reference");
                 for level in levels() {
                     let mut out = vec![f32::NAN; rows];
-                    matvec(level, &data, row_bytes, &xq, &mut out);
+                    matvec(level, dtype, &data, row_bytes, &xq, &mut out);
                     let got: Vec<u32> = out.iter().map(|v| v.to_bits()).collect();
                     assert_eq!(got, want, "rows={rows} cols={cols} bb={bb} {level:?}");
                 }
