@@ -69,6 +69,15 @@ pub fn scratch_dir(name: &str) -> PathBuf {
     dir
 }
 
+/// `microlm convert CHECKPOINT --tokenizer TOKENIZER EXTRA... -o OUT`: (exit code, stdout, stderr).
+pub fn run_convert(checkpoint: &Path, tokenizer: &Path, extra: &[&str], out: &Path) -> (i32, String, String) {
+    let mut words: Vec<&std::ffi::OsStr> = vec!["convert".as_ref(), checkpoint.as_os_str(), "--tokenizer".as_ref()];
+    words.push(tokenizer.as_os_str());
+    words.extend(extra.iter().map(std::ffi::OsStr::new));
+    words.extend(["-o".as_ref(), out.as_os_str()]);
+    run_cli(words)
+}
+
 static CONVERTED: Mutex<Vec<String>> = Mutex::new(Vec::new());
 
 /// stories260K converted with `microlm convert --dtype <dtype>`, once per test process.
@@ -77,16 +86,7 @@ pub fn converted(dtype: &str) -> PathBuf {
     let mut done = CONVERTED.lock().unwrap_or_else(|e| e.into_inner());
     if !done.iter().any(|d| d == dtype) {
         let m = shared().join("models");
-        let (code, _, err) = run_cli([
-            "convert".as_ref(),
-            m.join("stories260K.bin").as_os_str(),
-            "--tokenizer".as_ref(),
-            m.join("tok512.bin").as_os_str(),
-            "--dtype".as_ref(),
-            std::ffi::OsStr::new(dtype),
-            "-o".as_ref(),
-            out.as_os_str(),
-        ]);
+        let (code, _, err) = run_convert(&m.join("stories260K.bin"), &m.join("tok512.bin"), &["--dtype", dtype], &out);
         assert_eq!(code, 0, "convert failed: {err}");
         done.push(dtype.to_string());
     }

@@ -1,7 +1,7 @@
 //! The CLI's contract: help with examples, clear one-line errors and exit code 1
 //! for bad input, inspect's JSON.
 
-use microlm_tests::{converted, run_cli, scratch_dir, shared};
+use microlm_tests::{converted, run_cli, run_convert, scratch_dir, shared};
 
 #[test]
 fn every_subcommand_has_help_with_an_example() {
@@ -23,14 +23,7 @@ fn unknown_flag_is_a_usage_error() {
 fn wrong_tokenizer_is_refused() {
     let m = shared().join("models");
     let out = scratch_dir("cli").join("wrong-tok.mlm");
-    let (code, _, err) = run_cli([
-        "convert".as_ref(),
-        m.join("stories260K.bin").as_os_str(),
-        "--tokenizer".as_ref(),
-        m.join("tokenizer.bin").as_os_str(),
-        "-o".as_ref(),
-        out.as_os_str(),
-    ]);
+    let (code, _, err) = run_convert(&m.join("stories260K.bin"), &m.join("tokenizer.bin"), &[], &out);
     assert_eq!(code, 1);
     assert!(err.contains("32000 tokens but the model's vocab_size is 512"), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "{err}");
@@ -41,14 +34,7 @@ fn wrong_tokenizer_is_refused() {
 fn a_tokenizer_is_not_a_checkpoint() {
     let m = shared().join("models");
     let out = scratch_dir("cli").join("tok-as-model.mlm");
-    let (code, _, err) = run_cli([
-        "convert".as_ref(),
-        m.join("tok512.bin").as_os_str(),
-        "--tokenizer".as_ref(),
-        m.join("tok512.bin").as_os_str(),
-        "-o".as_ref(),
-        out.as_os_str(),
-    ]);
+    let (code, _, err) = run_convert(&m.join("tok512.bin"), &m.join("tok512.bin"), &[], &out);
     assert_eq!(code, 1, "{err}");
     assert!(err.starts_with("error: ") && err.contains("not a usable llama2.c checkpoint"), "{err}");
 }
@@ -221,14 +207,7 @@ fn output_to_a_pipe_writes_into_it_and_leaves_it_a_pipe() {
         std::thread::spawn(move || std::fs::read(fifo).unwrap().len())
     };
     let m = shared().join("models");
-    let (code, _, err) = run_cli([
-        "convert".as_ref(),
-        m.join("stories260K.bin").as_os_str(),
-        "--tokenizer".as_ref(),
-        m.join("tok512.bin").as_os_str(),
-        "-o".as_ref(),
-        fifo.as_os_str(),
-    ]);
+    let (code, _, err) = run_convert(&m.join("stories260K.bin"), &m.join("tok512.bin"), &[], &fifo);
     assert_eq!(code, 0, "{err}");
     assert_eq!(reader.join().unwrap() as u64, std::fs::metadata(converted("f32")).unwrap().len());
     assert!(std::fs::metadata(&fifo).unwrap().file_type().is_fifo(), "the pipe was replaced by a file");

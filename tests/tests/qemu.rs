@@ -67,34 +67,13 @@ fn firmware() -> &'static Path {
 /// stories260K converted to f32 `.mlm`, once per test run.
 fn model() -> &'static Path {
     static MODEL: OnceLock<PathBuf> = OnceLock::new();
-    MODEL.get_or_init(|| convert("f32"))
+    MODEL.get_or_init(|| microlm_tests::converted("f32"))
 }
 
 /// stories260K converted to q8_0 `.mlm`, once per test run.
 fn q8_model() -> &'static Path {
     static MODEL: OnceLock<PathBuf> = OnceLock::new();
-    MODEL.get_or_init(|| convert("q8_0"))
-}
-
-/// Converts stories260K with `--dtype dtype`.
-fn convert(dtype: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("qemu");
-    std::fs::create_dir_all(&dir).unwrap();
-    let out = dir.join(format!("stories260K-{dtype}.mlm"));
-    let models = root().join("../shared/models");
-    let status = Command::new(microlm())
-        .arg("convert")
-        .arg(models.join("stories260K.bin"))
-        .arg("--tokenizer")
-        .arg(models.join("tok512.bin"))
-        .args(["--dtype", dtype, "-o"])
-        .arg(&out)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success(), "convert failed");
-    out
+    MODEL.get_or_init(|| microlm_tests::converted("q8_0"))
 }
 
 fn reference_case(name: &str) -> Value {

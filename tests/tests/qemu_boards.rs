@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::{Mutex, OnceLock};
 
-use microlm_tests::{cli, converted, reference_cases, root, run_cli, scratch_dir, shared};
+use microlm_tests::{cli, converted, reference_cases, root, run_cli, run_convert, scratch_dir, shared};
 use serde_json::Value;
 
 /// Longest a single `microlm qemu` run may take (QEMU is killed after it).
@@ -178,14 +178,7 @@ fn synthetic_model(hidden_dim: usize) -> PathBuf {
     }
     std::fs::write(&bin, synthetic_checkpoint(hidden_dim)).unwrap();
     let tok = shared().join("models/tok512.bin");
-    let (code, _, err) = run_cli([
-        "convert".as_ref(),
-        bin.as_os_str(),
-        "--tokenizer".as_ref(),
-        tok.as_os_str(),
-        "-o".as_ref(),
-        mlm.as_os_str(),
-    ]);
+    let (code, _, err) = run_convert(&bin, &tok, &[], &mlm);
     assert_eq!(code, 0, "convert failed: {err}");
     made.push(hidden_dim);
     mlm

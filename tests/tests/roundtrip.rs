@@ -91,14 +91,7 @@ fn version1_export() -> Vec<u8> {
 
 /// `microlm convert V1 --tokenizer tok512.bin -o OUT`: (exit code, stdout, stderr).
 fn convert_v1(v1: &std::path::Path, out: &std::path::Path) -> (i32, String, String) {
-    microlm_tests::run_cli([
-        "convert".as_ref(),
-        v1.as_os_str(),
-        "--tokenizer".as_ref(),
-        shared().join("models/tok512.bin").as_os_str(),
-        "-o".as_ref(),
-        out.as_os_str(),
-    ])
+    microlm_tests::run_convert(v1, &shared().join("models/tok512.bin"), &[], out)
 }
 
 #[test]
