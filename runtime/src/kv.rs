@@ -17,9 +17,12 @@
 //! accumulation widens one element at a time, in one fixed order (DESIGN.md
 //! contract 3):
 //!
-//! - score(slot) = (Σ_i q[i] · k[i]) · k_scale / √head_size, the sum over `i`
-//!   left to right in f32 (`k[i]` widened to f32 exactly; `k_scale` = 1 for f32
-//!   and f16), slots in index order;
+//! - f32 and f16: score(slot) = (Σ_i q[i] · k[i]) / √head_size, the sum over
+//!   `i` left to right in f32 (`k[i]` widened to f32 exactly), slots in index order;
+//! - i8: the query head is quantized once per head to i16 (`q_scale = max|q| /
+//!   32767`, `q16 = round(q / q_scale)`), then score(slot) = (Σ_i q16[i] · k[i]
+//!   as an exact i32, two SMLAD per four keys on Cortex-M4/M7) as f32 ·
+//!   (q_scale · k_scale) / √head_size;
 //! - out[i] += (a(slot) · v_scale) · v[i], slots in index order.
 //!
 //! For f32 that is exactly llama2.c's loop, so f32 output does not change.
@@ -57,6 +60,15 @@ impl KvDtype {
     pub const fn scale_bytes(self) -> usize {
         match self {
             KvDtype::I8 => 4,
+            KvDtype::F32 | KvDtype::F16 => 0,
+        }
+    }
+
+    /// Bytes of the i16 query an i8 key cache scores with (`head_size` values, in
+    /// 4-byte words); 0 for f32 and f16.
+    pub const fn query_bytes(self, head_size: usize) -> usize {
+        match self {
+            KvDtype::I8 => head_size.div_ceil(2) * 4,
             KvDtype::F32 | KvDtype::F16 => 0,
         }
     }
@@ -110,19 +122,19 @@ macro_rules! with_head_size {
     ($n:expr, $hs:ident => $body:expr) => {
         match $n {
             8 => {
-                let $hs = 8;
+                let $hs: usize = 8;
                 $body
             }
             32 => {
-                let $hs = 32;
+                let $hs: usize = 32;
                 $body
             }
             48 => {
-                let $hs = 48;
+                let $hs: usize = 48;
                 $body
             }
             64 => {
-                let $hs = 64;
+                let $hs: usize = 64;
                 $body
             }
             n => {
@@ -140,8 +152,10 @@ pub(crate) enum Store<'a> {
     F32(&'a mut [f32]),
     /// (n_layers, ctx_len, kv_dim) binary16, 2 little-endian bytes each.
     F16(&'a mut [u8]),
-    /// Values (n_layers, ctx_len, kv_dim) i8 as bytes, scales (n_layers, ctx_len) f32.
-    I8 { values: &'a mut [u8], scales: &'a mut [f32] },
+    /// Values (n_layers, ctx_len, kv_dim) i8 as bytes, scales (n_layers, ctx_len) f32,
+    /// and for the key cache the query head quantized to i16 for the integer Q·K
+    /// (head_size i16 as words, `act` pair order per group of four; empty for values).
+    I8 { values: &'a mut [u8], scales: &'a mut [f32], query: &'a mut [u32] },
 }
 
 /// Shape of one cache, to find rows in a [`Store`].
@@ -172,7 +186,7 @@ impl Store<'_> {
                     b.copy_from_slice(&f16::from_f32(v).to_le_bytes());
                 }
             }
-            Store::I8 { values, scales } => {
+            Store::I8 { values, scales, .. } => {
                 let row = values.get_mut(at..at + n).ok_or(SessionError::Internal)?; // (kv_dim)
                 let scale = scales.get_mut(layer * d.ctx_len + slot).ok_or(SessionError::Internal)?;
                 *scale = quantize_i8(&x[..n], row);
@@ -185,7 +199,7 @@ impl Store<'_> {
     /// returns their maximum (−∞ when empty; NaN scores are skipped).
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn scores(
-        &self,
+        &mut self,
         d: Dims,
         layer: usize,
         kv_head: usize,
@@ -225,22 +239,22 @@ impl Store<'_> {
                     }
                 }
             }
-            Store::I8 { values, scales } => with_head_size!(d.head_size, hs => {
-                let (q, head) = (&q[..hs], head_at(hs));
-                let rows = values[start..end].chunks_exact(d.kv_dim);
-                let row_scales = &scales[start / d.kv_dim..end / d.kv_dim];
-                for ((score, row), &scale) in scores.iter_mut().zip(rows).zip(row_scales) {
-                    let mut acc = 0.0f32;
-                    for (&qv, &kv) in q.iter().zip(&row[head.clone()]) {
-                        acc += qv * f32::from(kv as i8);
+            Store::I8 { values, scales, query } => {
+                let q_scale = quantize_query(&q[..d.head_size], query);
+                with_head_size!(d.head_size, hs => {
+                    let (query, head) = (&query[..hs.div_ceil(2)], head_at(hs));
+                    let rows = values[start..end].chunks_exact(d.kv_dim);
+                    let row_scales = &scales[start / d.kv_dim..end / d.kv_dim];
+                    for ((score, row), &k_scale) in scores.iter_mut().zip(rows).zip(row_scales) {
+                        let sumi = crate::kernels::dsp::dot_i16_i8(query, &row[head.clone()]);
+                        let v = sumi as f32 * (q_scale * k_scale) / sqrt_head;
+                        *score = v;
+                        if v > max {
+                            max = v;
+                        }
                     }
-                    let v = acc * scale / sqrt_head;
-                    *score = v;
-                    if v > max {
-                        max = v;
-                    }
-                }
-            }),
+                })
+            }
         }
         max
     }
@@ -291,7 +305,7 @@ impl Store<'_> {
                     }
                 }
             }
-            Store::I8 { values: v8, scales } => {
+            Store::I8 { values: v8, scales, .. } => {
                 let rows = v8[values.clone()].chunks_exact(d.kv_dim);
                 let row_scales = &scales[values.start / d.kv_dim..values.end / d.kv_dim];
                 for ((&e, row), &scale) in exps.iter().zip(rows).zip(row_scales) {
@@ -304,6 +318,29 @@ impl Store<'_> {
             }
         }
         out.copy_from_slice(&acc);
+    }
+}
+
+/// Quantizes a query head `q` (head_size) to i16 words for [`dsp::dot_i16_i8`](crate::kernels::dsp::dot_i16_i8)
+/// (`act` pair order per whole group of four, the rest in element order); returns the scale
+/// `max|q| / 32767` (0 for a zero or non-finite head, which then scores 0).
+fn quantize_query(q: &[f32], out: &mut [u32]) -> f32 {
+    let amax = q.iter().fold(0.0f32, |m, &v| m.max(libm::fabsf(v)));
+    let scale = amax / 32767.0;
+    let inv = if scale > 0.0 && scale.is_finite() { 1.0 / scale } else { 0.0 };
+    let full = q.len() / 4 * 4;
+    out.fill(0);
+    for (i, &v) in q.iter().enumerate() {
+        let at = if i < full { crate::kernels::act::element_of(i) } else { i };
+        let half = u32::from(libm::roundf(v * inv).clamp(-32767.0, 32767.0) as i16 as u16);
+        if let Some(word) = out.get_mut(at / 2) {
+            *word |= half << (16 * (at % 2));
+        }
+    }
+    if inv == 0.0 {
+        0.0
+    } else {
+        scale
     }
 }
 

@@ -21,7 +21,8 @@ pub struct Plan {
     /// hb, hb2 (hidden_dim each), att (ctx_len), rope (head_size).
     pub activations: usize,
     /// Key and value caches: 2 × n_layers × ctx_len × kv_dim values of `kv`'s
-    /// size, plus for i8 2 × n_layers × ctx_len f32 scales (one per row).
+    /// size, plus for i8 2 × n_layers × ctx_len f32 scales (one per row) and the
+    /// query head quantized to i16 for the integer Q·K (head_size × 2 bytes, in words).
     pub kv_cache: usize,
     /// Output logits: vocab_size f32.
     pub logits: usize,
@@ -60,7 +61,11 @@ impl Plan {
         let rows = cfg.n_layers.checked_mul(ctx_len).ok_or(overflow)?;
         let values = rows.checked_mul(cfg.kv_dim()).and_then(|v| v.checked_mul(kv.value_bytes()));
         let scales = rows.checked_mul(kv.scale_bytes());
-        let kv_cache = values.and_then(|v| v.checked_add(scales?)).and_then(|v| v.checked_mul(2)).ok_or(overflow)?;
+        let kv_cache = values
+            .and_then(|v| v.checked_add(scales?))
+            .and_then(|v| v.checked_mul(2))
+            .and_then(|v| v.checked_add(kv.query_bytes(cfg.head_size())))
+            .ok_or(overflow)?;
         let logits = floats(Some(cfg.vocab_size))?;
         let sampler = cfg.vocab_size.checked_mul(core::mem::size_of::<Candidate>()).ok_or(overflow)?;
         // The classifier reads the embedding's dtype when shared; norms are never matmuls.
@@ -165,14 +170,22 @@ fn take<'a, T: bytemuck::Pod>(rest: &mut &'a mut [u8], n: usize) -> Result<&'a m
 }
 
 /// Splits the storage of one `kv` cache of `rows` (layer, position) rows off `rest`.
-fn take_store<'a>(rest: &mut &'a mut [u8], kv: KvDtype, rows: usize, cfg: &Config) -> Result<Store<'a>, SessionError> {
+/// `query_words` is the quantized query's size for an i8 key cache (0 for values).
+fn take_store<'a>(
+    rest: &mut &'a mut [u8],
+    kv: KvDtype,
+    rows: usize,
+    query_words: usize,
+    cfg: &Config,
+) -> Result<Store<'a>, SessionError> {
     let n = rows.checked_mul(cfg.kv_dim()).ok_or(SessionError::Internal)?;
     Ok(match kv {
         KvDtype::F32 => Store::F32(take(rest, n)?),
         KvDtype::F16 => Store::F16(take(rest, n.checked_mul(2).ok_or(SessionError::Internal)?)?),
         KvDtype::I8 => {
             let scales = take(rest, rows)?; // (n_layers, ctx_len)
-            Store::I8 { scales, values: take(rest, n)? }
+            let query = take(rest, query_words)?; // (head_size i16)
+            Store::I8 { scales, query, values: take(rest, n)? }
         }
     })
 }
@@ -210,8 +223,8 @@ impl<'a> Session<'a> {
         let logits = take(&mut rest, cfg.vocab_size)?;
         let candidates = take(&mut rest, cfg.vocab_size)?;
         let xq = take(&mut rest, plan.act_quant)?;
-        let key_cache = take_store(&mut rest, kv, rows, &cfg)?;
-        let value_cache = take_store(&mut rest, kv, rows, &cfg)?;
+        let key_cache = take_store(&mut rest, kv, rows, kv.query_bytes(cfg.head_size()) / 4, &cfg)?;
+        let value_cache = take_store(&mut rest, kv, rows, 0, &cfg)?;
         Ok(Session {
             model,
             ctx_len,
@@ -332,7 +345,7 @@ impl<'a> Session<'a> {
             self.value_cache.write(dims, layer, slots.write, self.v)?;
             let queries = Queries { q: self.q, sink_q: self.xb2, sinks: slots.sinks };
             attention(
-                &self.key_cache,
+                &mut self.key_cache,
                 &self.value_cache,
                 dims,
                 layer,
@@ -382,7 +395,7 @@ struct Queries<'q> {
 /// attends over its shared key/value head; out (dim) gets the heads' outputs.
 #[allow(clippy::too_many_arguments)]
 fn attention(
-    keys: &Store<'_>,
+    keys: &mut Store<'_>,
     values: &Store<'_>,
     dims: Dims,
     layer: usize,

@@ -134,8 +134,8 @@ fn inspect_reports_the_board_fit() {
     let (code, out, err) = run_cli(inspect_args(&model, &args));
     assert_eq!(code, 0, "{err}");
     let j: serde_json::Value = serde_json::from_str(&out).unwrap();
-    // i8 at ctx 512: KV 2·5·512·(32 values + one 4-byte scale) bytes; under 200 KB in all.
-    let expected = (4 * 64 + 2 * 32 + 2 * 172 + 512 + 8) * 4 + 2 * 5 * 512 * (32 + 4) + 512 * 4 + 512 * 8;
+    // i8 at ctx 512: KV 2·5·512·(32 values + one 4-byte scale) bytes plus the 8-value i16 query; under 200 KB in all.
+    let expected = (4 * 64 + 2 * 32 + 2 * 172 + 512 + 8) * 4 + 2 * 5 * 512 * (32 + 4) + 16 + 512 * 4 + 512 * 8;
     assert!(expected <= 200_000);
     assert_eq!(j["arena_bytes"], expected);
     let boards = j["boards"].as_array().unwrap();

@@ -9,10 +9,14 @@ fn plan_is_exact_and_itemized() {
     let model = file.parse(false).unwrap();
     let c = *model.config();
     let rows = c.n_layers * 128;
-    for (kv, value_bytes, scale_bytes) in [(KvDtype::F32, 4, 0), (KvDtype::F16, 2, 0), (KvDtype::I8, 1, 4)] {
+    // i8 adds the query head as i16 (2 bytes a value) for the integer Q·K.
+    let query = c.head_size() * 2;
+    for (kv, value_bytes, scale_bytes, query_bytes) in
+        [(KvDtype::F32, 4, 0, 0), (KvDtype::F16, 2, 0, 0), (KvDtype::I8, 1, 4, query)]
+    {
         let plan = model.plan(128, kv).unwrap();
         assert_eq!(plan.kv, kv);
-        assert_eq!(plan.kv_cache, 2 * (rows * c.kv_dim() * value_bytes + rows * scale_bytes), "{kv}");
+        assert_eq!(plan.kv_cache, 2 * (rows * c.kv_dim() * value_bytes + rows * scale_bytes) + query_bytes, "{kv}");
         assert_eq!(plan.activations, (4 * c.dim + 2 * c.kv_dim() + 2 * c.hidden_dim + 128 + c.head_size()) * 4);
         assert_eq!(plan.logits, c.vocab_size * 4);
         assert_eq!(plan.sampler, c.vocab_size * 8);

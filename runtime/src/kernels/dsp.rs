@@ -33,6 +33,78 @@ pub fn smlad(a: u32, b: u32, acc: i32) -> i32 {
     acc.wrapping_add(lo).wrapping_add(hi)
 }
 
+/// The three instructions as they run on this target: the DSP instructions on
+/// Cortex-M4/M7, the emulations above elsewhere (same results).
+pub mod insn {
+    /// [`super::sxtb16`], as the instruction where there is one.
+    #[inline(always)]
+    pub fn sxtb16(x: u32) -> u32 {
+        #[cfg(microlm_dsp)]
+        {
+            let r: u32;
+            // SAFETY: SXTB16 only reads and writes the named registers (Armv7E-M DSP, present on this target).
+            unsafe {
+                core::arch::asm!("sxtb16 {r}, {x}", r = lateout(reg) r, x = in(reg) x, options(pure, nomem, nostack, preserves_flags))
+            };
+            r
+        }
+        #[cfg(not(microlm_dsp))]
+        super::sxtb16(x)
+    }
+
+    /// [`super::sxtb16_ror8`], as the instruction where there is one.
+    #[inline(always)]
+    pub fn sxtb16_ror8(x: u32) -> u32 {
+        #[cfg(microlm_dsp)]
+        {
+            let r: u32;
+            // SAFETY: as above; the rotation is part of the instruction.
+            unsafe {
+                core::arch::asm!("sxtb16 {r}, {x}, ror #8", r = lateout(reg) r, x = in(reg) x, options(pure, nomem, nostack, preserves_flags))
+            };
+            r
+        }
+        #[cfg(not(microlm_dsp))]
+        super::sxtb16_ror8(x)
+    }
+
+    /// [`super::smlad`], as the instruction where there is one.
+    #[inline(always)]
+    pub fn smlad(a: u32, b: u32, acc: i32) -> i32 {
+        #[cfg(microlm_dsp)]
+        {
+            let r: i32;
+            // SAFETY: SMLAD only reads and writes registers; it may set the sticky Q flag, which nothing reads.
+            unsafe {
+                core::arch::asm!("smlad {r}, {a}, {b}, {acc}", r = lateout(reg) r, a = in(reg) a, b = in(reg) b, acc = in(reg) acc, options(pure, nomem, nostack))
+            };
+            r
+        }
+        #[cfg(not(microlm_dsp))]
+        super::smlad(a, b, acc)
+    }
+}
+
+/// Σ_i q[i]·k[i] for i16 values `q` (as words: `act` pair order for each whole
+/// group of four, the remaining `k.len() % 4` in element order) and signed
+/// bytes `k`: two SMLAD per four bytes. Exact while the sum fits in i32.
+#[inline(always)]
+pub fn dot_i16_i8(q: &[u32], k: &[u8]) -> i32 {
+    let groups = k.len() / 4;
+    let mut acc = 0i32;
+    for (pair, kw) in q.chunks_exact(2).zip(k.chunks_exact(4)) {
+        let w = u32::from_le_bytes([kw[0], kw[1], kw[2], kw[3]]);
+        acc = insn::smlad(insn::sxtb16(w), pair[0], acc);
+        acc = insn::smlad(insn::sxtb16_ror8(w), pair[1], acc);
+    }
+    for (i, &kv) in k.iter().enumerate().skip(groups * 4) {
+        let word = q.get(i / 2).copied().unwrap_or(0);
+        let half = if i % 2 == 0 { word as u16 } else { (word >> 16) as u16 };
+        acc += i32::from(half as i16) * i32::from(kv as i8);
+    }
+    acc
+}
+
 /// One group of four weights of [`dot_q8`]: weight word at byte `$w`, activation words at byte `$x`.
 #[cfg(microlm_dsp)]
 macro_rules! q8_group {
@@ -200,6 +272,27 @@ mod tests {
         assert_eq!(sxtb16(0x80_7f_01_ff), 0x007f_ffff);
         assert_eq!(sxtb16_ror8(0x80_7f_01_ff), 0xff80_0001);
         assert_eq!(smlad(0xffff_0002, 0x0003_0004, 10), 10 + 8 - 3);
+    }
+
+    #[test]
+    fn i16_by_i8_dot_equals_scalar_for_every_length() {
+        for n in 0..=19 {
+            for seed in 0..20 {
+                let (q, k) = (bytes(2 * n, seed), bytes(n, seed + 99));
+                let q16: std::vec::Vec<i16> = q.chunks_exact(2).map(|b| i16::from_le_bytes([b[0], b[1]])).collect();
+                let scalar: i32 = q16.iter().zip(&k).map(|(&a, &b)| i32::from(a) * i32::from(b as i8)).sum();
+                // Whole groups go in pair order, the rest in element order.
+                let full = n / 4 * 4;
+                let mut halves = std::vec![0u16; n.div_ceil(2) * 2];
+                for (i, &v) in q16.iter().enumerate() {
+                    let at = if i < full { crate::kernels::act::element_of(i) } else { i };
+                    halves[at] = v as u16;
+                }
+                let words: std::vec::Vec<u32> =
+                    halves.chunks_exact(2).map(|h| u32::from(h[0]) | (u32::from(h[1]) << 16)).collect();
+                assert_eq!(dot_i16_i8(&words, &k), scalar, "n={n} seed={seed}");
+            }
+        }
     }
 
     #[test]
