@@ -325,14 +325,14 @@ impl Store<'_> {
 /// (`act` pair order per whole group of four, the rest in element order); returns the scale
 /// `max|q| / 32767` (0 for a zero or non-finite head, which then scores 0).
 fn quantize_query(q: &[f32], out: &mut [u32]) -> f32 {
-    let amax = q.iter().fold(0.0f32, |m, &v| m.max(libm::fabsf(v)));
+    let amax = crate::math::max_abs(q);
     let scale = amax / 32767.0;
     let inv = if scale > 0.0 && scale.is_finite() { 1.0 / scale } else { 0.0 };
     let full = q.len() / 4 * 4;
     out.fill(0);
     for (i, &v) in q.iter().enumerate() {
         let at = if i < full { crate::kernels::act::element_of(i) } else { i };
-        let half = u32::from(libm::roundf(v * inv).clamp(-32767.0, 32767.0) as i16 as u16);
+        let half = u32::from(crate::math::round_half_away((v * inv).clamp(-32767.0, 32767.0)) as i16 as u16);
         if let Some(word) = out.get_mut(at / 2) {
             *word |= half << (16 * (at % 2));
         }
@@ -346,13 +346,13 @@ fn quantize_query(q: &[f32], out: &mut [u32]) -> f32 {
 
 /// Quantizes `x` (one cache row) into `q` (same length, i8 as bytes); returns the scale.
 pub fn quantize_i8(x: &[f32], q: &mut [u8]) -> f32 {
-    let amax = x.iter().fold(0.0f32, |m, &v| m.max(libm::fabsf(v)));
+    let amax = crate::math::max_abs(x);
     let scale = amax / 127.0;
     // A zero (or non-finite) row stores zeros with scale 0 rather than dividing by it.
     let inv = if scale > 0.0 && scale.is_finite() { 1.0 / scale } else { 0.0 };
     for (o, &v) in q.iter_mut().zip(x) {
         // `as` saturates (and maps NaN to 0), so the clamp is only for clarity.
-        *o = (libm::roundf(v * inv).clamp(-127.0, 127.0) as i8) as u8;
+        *o = (crate::math::round_half_away((v * inv).clamp(-127.0, 127.0)) as i8) as u8;
     }
     if inv == 0.0 {
         0.0

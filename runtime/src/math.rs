@@ -59,6 +59,38 @@ pub fn exp_shifted(x: &mut [f32], max: f32) -> f32 {
     sum
 }
 
+/// `libm::roundf` (half away from zero) for `|x| < 2^23` and NaN (kept), exactly:
+/// truncate, then step away from zero when the dropped fraction (exact) is at least
+/// one half. Quantizers clamp before rounding, so their inputs are in range.
+#[inline(always)]
+pub fn round_half_away(x: f32) -> f32 {
+    let t = (x as i32) as f32;
+    let frac = x - t;
+    if frac >= 0.5 {
+        t + 1.0
+    } else if frac <= -0.5 {
+        t - 1.0
+    } else if x.is_nan() {
+        x
+    } else {
+        // Keep the sign of x (−0.3 rounds to −0, as roundf does).
+        f32::from_bits(t.to_bits() | (x.to_bits() & 0x8000_0000))
+    }
+}
+
+/// Largest |x| over `x` (NaNs skipped; 0 for none).
+#[inline(always)]
+pub fn max_abs(x: &[f32]) -> f32 {
+    let mut m = 0.0f32;
+    for &v in x {
+        let a = f32::from_bits(v.to_bits() & 0x7fff_ffff);
+        if a > m {
+            m = a;
+        }
+    }
+    m
+}
+
 /// Inputs in `EXP_FAST_MIN..=EXP_FAST_MAX` take the fast path: `n` lies in -126..=127,
 /// so `2^n` is a normal f32 built from its exponent bits alone.
 const EXP_FAST_MIN: f32 = -87.33;
@@ -199,6 +231,24 @@ mod tests {
         std::println!("exp: max relative error {worst:.3e} at {worst_at}, subnormal {worst_sub:.2} steps");
         assert!(worst <= f64::from(EXP_MAX_REL_ERROR), "max relative error {worst:e} at {worst_at}");
         assert!(worst_sub <= 1.0, "subnormal results off by {worst_sub} steps");
+    }
+
+    #[test]
+    fn round_half_away_equals_roundf() {
+        let halves = (-600..=600).map(|i| i as f32 * 0.25);
+        let near = (0..200_000).map(|i| (i as f32 - 100_000.0) * 1.37e-3);
+        let edges = [0.499_999_97f32, -0.499_999_97, 0.5, -0.5, 1.5, -1.5, 127.5, -127.5, 8_388_607.5, -0.0];
+        for x in halves.chain(near).chain(edges) {
+            assert_eq!(round_half_away(x).to_bits(), libm::roundf(x).to_bits(), "{x}");
+        }
+        assert!(round_half_away(f32::NAN).is_nan());
+    }
+
+    #[test]
+    fn max_abs_skips_nan() {
+        assert_eq!(max_abs(&[1.0, -3.0, f32::NAN, 2.0]), 3.0);
+        assert_eq!(max_abs(&[]), 0.0);
+        assert_eq!(max_abs(&[-0.0]), 0.0);
     }
 
     #[test]

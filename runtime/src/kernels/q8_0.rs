@@ -76,16 +76,14 @@ impl BlockQ8_0 {
 /// (half away from zero), using the f32 `d` for the quants and storing it as f16.
 pub fn quantize_block(x: &[f32], out: &mut [u8]) {
     let x = &x[..x.len().min(QK)];
-    let mut amax = 0.0f32;
-    for &v in x {
-        amax = amax.max(libm::fabsf(v));
-    }
+    let amax = crate::math::max_abs(x);
     let d = amax / 127.0;
     let id = if d != 0.0 { 1.0 / d } else { 0.0 };
     let mut block = BlockQ8_0 { d: f16::from_f32(d).to_le_bytes(), qs: [0; QK] };
     for (q, &v) in block.qs.iter_mut().zip(x) {
-        // |v · id| ≤ 127 up to rounding; the clamp keeps a NaN or an overshoot in range.
-        *q = libm::roundf(v * id).clamp(-127.0, 127.0) as i8;
+        // |v · id| ≤ 127 up to rounding; the clamp keeps an overshoot in range (rounding
+        // then stays in range, and clamping first gives what rounding first would).
+        *q = crate::math::round_half_away((v * id).clamp(-127.0, 127.0)) as i8;
     }
     block.write(out);
 }
