@@ -59,36 +59,37 @@ pub fn exp_shifted(x: &mut [f32], max: f32) -> f32 {
     sum
 }
 
-/// `libm::roundf` (half away from zero) for `|x| < 2^23` and NaN (kept), exactly:
-/// truncate, then step away from zero when the dropped fraction (exact) is at least
-/// one half. Quantizers clamp before rounding, so their inputs are in range.
+/// `libm::roundf(x) as i32` (half away from zero) for `|x| ≤ 2^22`, exactly, with
+/// NaN as 0. Adding 1.5·2^23 rounds to nearest-even into the low mantissa bits
+/// (no float-to-int conversion, so it vectorizes); ties that went to even
+/// toward zero then step away from zero. Quantizers clamp first, so their
+/// inputs are in range.
 #[inline(always)]
-pub fn round_half_away(x: f32) -> f32 {
-    let t = (x as i32) as f32;
-    let frac = x - t;
-    if frac >= 0.5 {
-        t + 1.0
-    } else if frac <= -0.5 {
-        t - 1.0
-    } else if x.is_nan() {
-        x
+pub fn round_half_away(x: f32) -> i32 {
+    const SHIFT: f32 = 12_582_912.0;
+    let t = x + SHIFT;
+    let even = t.to_bits() as i32 - SHIFT.to_bits() as i32; // round-half-even(x)
+    let rest = x - (t - SHIFT); // exact, in [-0.5, 0.5]
+    let n = even + i32::from(rest == 0.5 && x > 0.0) - i32::from(rest == -0.5 && x < 0.0);
+    if x.is_nan() {
+        0
     } else {
-        // Keep the sign of x (−0.3 rounds to −0, as roundf does).
-        f32::from_bits(t.to_bits() | (x.to_bits() & 0x8000_0000))
+        n
     }
 }
 
-/// Largest |x| over `x` (NaNs skipped; 0 for none).
+/// Largest |x| over `x` (NaNs skipped; 0 for none). Without the sign bit a
+/// non-NaN float orders like its bits as an integer, so the loop is an integer
+/// max with no data-dependent branch.
 #[inline(always)]
 pub fn max_abs(x: &[f32]) -> f32 {
-    let mut m = 0.0f32;
+    let mut m = 0u32;
     for &v in x {
-        let a = f32::from_bits(v.to_bits() & 0x7fff_ffff);
-        if a > m {
-            m = a;
-        }
+        let bits = v.to_bits() & 0x7fff_ffff;
+        // NaNs (above the infinity pattern) count as 0.
+        m = m.max(if bits > 0x7f80_0000 { 0 } else { bits });
     }
-    m
+    f32::from_bits(m)
 }
 
 /// Inputs in `EXP_FAST_MIN..=EXP_FAST_MAX` take the fast path: `n` lies in -126..=127,
@@ -237,11 +238,28 @@ mod tests {
     fn round_half_away_equals_roundf() {
         let halves = (-600..=600).map(|i| i as f32 * 0.25);
         let near = (0..200_000).map(|i| (i as f32 - 100_000.0) * 1.37e-3);
-        let edges = [0.499_999_97f32, -0.499_999_97, 0.5, -0.5, 1.5, -1.5, 127.5, -127.5, 8_388_607.5, -0.0];
+        let edges = [
+            0.499_999_97f32,
+            -0.499_999_97,
+            0.5,
+            -0.5,
+            1.5,
+            -1.5,
+            2.5,
+            -2.5,
+            3.5,
+            -3.5,
+            1.499_999_9,
+            127.5,
+            -127.5,
+            32_767.5,
+            4_194_303.5,
+            -0.0,
+        ];
         for x in halves.chain(near).chain(edges) {
-            assert_eq!(round_half_away(x).to_bits(), libm::roundf(x).to_bits(), "{x}");
+            assert_eq!(round_half_away(x), libm::roundf(x) as i32, "{x}");
         }
-        assert!(round_half_away(f32::NAN).is_nan());
+        assert_eq!(round_half_away(f32::NAN), 0);
     }
 
     #[test]
@@ -249,6 +267,8 @@ mod tests {
         assert_eq!(max_abs(&[1.0, -3.0, f32::NAN, 2.0]), 3.0);
         assert_eq!(max_abs(&[]), 0.0);
         assert_eq!(max_abs(&[-0.0]), 0.0);
+        assert_eq!(max_abs(&[f32::NEG_INFINITY, 1.0]), f32::INFINITY);
+        assert_eq!(max_abs(&[1e-45, -2e-45]), 2e-45);
     }
 
     #[test]
