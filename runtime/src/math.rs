@@ -50,11 +50,21 @@ pub fn softmax(x: &mut [f32]) {
 #[inline]
 pub fn exp_shifted(x: &mut [f32], max: f32) -> f32 {
     let mut sum = 0.0f32;
-    for v in x.iter_mut() {
-        // v ≤ max, so only the lower end of the fast range needs a check.
-        let d = *v - max;
-        *v = if d >= EXP_FAST_MIN { exp_fast(d) } else { exp_outside_fast_range(d) };
-        sum += *v;
+    if cfg!(any(target_arch = "x86_64", target_arch = "aarch64")) {
+        // SIMD hosts: a branch-free pass the compiler vectorizes, then the sum in order.
+        for v in x.iter_mut() {
+            *v = exp_branch_free(*v - max);
+        }
+        for &v in x.iter() {
+            sum += v;
+        }
+    } else {
+        // Scalar cores: one pass; v ≤ max, so only the lower end of the fast range needs a check.
+        for v in x.iter_mut() {
+            let d = *v - max;
+            *v = if d >= EXP_FAST_MIN { exp_fast(d) } else { exp_outside_fast_range(d) };
+            sum += *v;
+        }
     }
     sum
 }
@@ -123,6 +133,26 @@ fn exp_fast(x: f32) -> f32 {
     let (p, n) = exp_reduced(x);
     // n + 127 lies in 1..=254: the biased exponent of the normal number 2^n.
     p * f32::from_bits(((n + 127) as u32) << 23)
+}
+
+/// [`exp`] without branches, the same bits for every input, so that a loop of
+/// it vectorizes: the input is clamped into the range where the reduction
+/// works, 2^n is applied in two exact steps (the first product is exact, so
+/// the result rounds once, as `p · 2^n` does), and selects replace the
+/// overflow, underflow and NaN cases.
+#[inline(always)]
+pub fn exp_branch_free(x: f32) -> f32 {
+    // Clamping keeps NaN; the polynomial then carries it through.
+    let (p, n) = exp_reduced(x.clamp(-104.0, 89.0));
+    let half = n >> 1;
+    let pow2 = |e: i32| f32::from_bits(((e + 127) as u32) << 23);
+    let e = p * pow2(half) * pow2(n - half);
+    let e = if x > 88.722_83 { f32::INFINITY } else { e };
+    if x < -103.98 {
+        0.0
+    } else {
+        e
+    }
 }
 
 /// (e^r, n) with x = n·ln2 + r: the polynomial part of [`exp`].
@@ -217,6 +247,8 @@ mod tests {
         let (mut worst, mut worst_at, mut worst_sub) = (0.0f64, 0.0f32, 0.0f64);
         for bits in (0..=0x42B2_0000u32).step_by(61).chain(1..=4096).chain(0x42B1_0000..=0x42B2_0000) {
             for x in [f32::from_bits(bits), -f32::from_bits(bits)] {
+                let (a, b) = (exp(x), exp_branch_free(x));
+                assert!(a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan()), "{x}: {a} vs {b}");
                 if x > 88.722_83 {
                     assert_eq!(exp(x), f32::INFINITY, "{x}");
                     continue;
@@ -274,6 +306,10 @@ mod tests {
     #[test]
     fn exp_edges() {
         assert_eq!(exp(0.0), 1.0);
+        for x in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 1e30, -1e30, -103.98, -103.99, 88.722_83, 88.722_84] {
+            let (a, b) = (exp(x), exp_branch_free(x));
+            assert!(a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan()), "{x}: {a} vs {b}");
+        }
         assert!(exp(f32::NAN).is_nan());
         assert_eq!(exp(f32::NEG_INFINITY), 0.0);
         assert_eq!(exp(-200.0), 0.0);
