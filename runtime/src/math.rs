@@ -269,7 +269,9 @@ mod tests {
     #[test]
     fn round_half_away_equals_roundf() {
         let halves = (-600..=600).map(|i| i as f32 * 0.25);
-        let near = (0..200_000).map(|i| (i as f32 - 100_000.0) * 1.37e-3);
+        // Miri interprets every step: a sparser grid there.
+        let step = if cfg!(miri) { 997 } else { 1 };
+        let near = (0..200_000).step_by(step).map(|i| (i as f32 - 100_000.0) * 1.37e-3);
         let edges = [
             0.499_999_97f32,
             -0.499_999_97,
@@ -318,7 +320,7 @@ mod tests {
         assert!(exp(88.72).is_finite() && exp(88.72) > 3.3e38);
         // At least as close as libm's expf over the softmax range, on a dense grid.
         let (mut ours, mut libm_err) = (0.0f64, 0.0f64);
-        for i in 0..=200_000 {
+        for i in (0..=200_000).step_by(if cfg!(miri) { 997 } else { 1 }) {
             let x = -80.0 + i as f32 * 4e-4;
             let exact = f64::from(x).exp();
             ours = ours.max((f64::from(exp(x)) - exact).abs() / exact);

@@ -155,7 +155,7 @@ pub struct Session<'a> {
     /// Sampler candidates (vocab_size).
     candidates: &'a mut [Candidate],
     /// Prepared q8_0 blocks of the current quantized matmul's input (ceil(max(dim, hidden_dim)/32) × 72 bytes, or empty).
-    xq: &'a mut [u8],
+    xq: &'a mut [u32],
 }
 
 /// Splits `n` values of `T` off the front of `rest`.
@@ -222,7 +222,7 @@ impl<'a> Session<'a> {
         let rope = take(&mut rest, cfg.head_size())?;
         let logits = take(&mut rest, cfg.vocab_size)?;
         let candidates = take(&mut rest, cfg.vocab_size)?;
-        let xq = take(&mut rest, plan.act_quant)?;
+        let xq = take(&mut rest, plan.act_quant / 4)?;
         let key_cache = take_store(&mut rest, kv, rows, kv.query_bytes(cfg.head_size()) / 4, &cfg)?;
         let value_cache = take_store(&mut rest, kv, rows, 0, &cfg)?;
         Ok(Session {
