@@ -23,11 +23,16 @@
 //!   32767`, `q16 = round(q / q_scale)`), then score(slot) = (Σ_i q16[i] · k[i]
 //!   as an exact i32, two SMLAD per four keys on Cortex-M4/M7) as f32 ·
 //!   (q_scale · k_scale) / √head_size;
-//! - out[i] += (a(slot) · v_scale) · v[i], slots in index order.
+//! - softmax without its division: e(slot) = exp(score(slot) − max score),
+//!   `sum` = Σ e in slot order; then out[i] = (Σ_slot (e(slot) · v_scale) · v[i])
+//!   / sum, slots in index order (`v_scale` = 1 for f32 and f16).
 //!
-//! For f32 that is exactly llama2.c's loop, so f32 output does not change.
+//! For f32 the scores are exactly llama2.c's; its value sum divides each
+//! weight by `sum` first, this one divides the head's output once (the same
+//! up to rounding in the last bits, one division instead of one per slot).
 
 use crate::error::SessionError;
+use crate::math;
 use half::f16;
 
 /// Storage type of the key/value cache.
@@ -216,6 +221,13 @@ impl Store<'_> {
         match self {
             Store::F32(c) => with_head_size!(d.head_size, hs => {
                 let (q, head) = (&q[..hs], head_at(hs));
+                // Hard-float Cortex-M: the same loop with one VLDM a row (kernels/vfp.rs).
+                #[cfg(microlm_fpu)]
+                if let (Ok(q), Some(keys)) = (<&[f32; 8]>::try_from(q), c.get(start + head.start..)) {
+                    if let Some(max) = crate::kernels::vfp::scores8(q, keys, d.kv_dim, sqrt_head, max, scores) {
+                        return max;
+                    }
+                }
                 for (score, row) in scores.iter_mut().zip(c[start..end].chunks_exact(d.kv_dim)) {
                     let v = crate::kernels::f32::dot(q, &row[head.clone()]) / sqrt_head;
                     *score = v;
@@ -259,65 +271,129 @@ impl Store<'_> {
         max
     }
 
-    /// out (head_size) = Σ_slot (exps[slot] / sum) · V[layer, slot, kv_head], slots in index order.
-    pub(crate) fn mix(&self, d: Dims, layer: usize, kv_head: usize, exps: &[f32], sum: f32, out: &mut [f32]) {
-        let (start, end) = (d.row(layer, 0), d.row(layer, exps.len()));
+    /// The attention output of one head: with e(slot) = exp(scores[slot] − max),
+    /// out (head_size) = (Σ_slot e(slot) · V[layer, slot, kv_head]) / Σ_slot e(slot),
+    /// both sums over slots in index order. `scores` may be overwritten with the e(slot).
+    pub(crate) fn mix(&self, d: Dims, layer: usize, kv_head: usize, scores: &mut [f32], max: f32, out: &mut [f32]) {
+        let (start, end) = (d.row(layer, 0), d.row(layer, scores.len()));
         let hs = d.head_size;
         let out = &mut out[..hs];
+        // SIMD hosts take the exponentials in a pass of their own, which vectorizes; scalar
+        // cores compute them inside the first column group's loop. Same values, same sum.
+        // Hard-float Cortex-M, f32 cache, 8-wide heads: one FPU loop takes each slot's
+        // exponential and its value row (kernels/vfp.rs); slots outside exp's fast range
+        // are taken here. The same values in the same order as below.
+        #[cfg(microlm_fpu)]
+        if let (Store::F32(c), Ok(out)) = (self, <&mut [f32; 8]>::try_from(&mut *out)) {
+            if let Some(values) = c.get(start + kv_head * 8..end) {
+                let (mut sum, mut acc, mut at) = (0.0f32, [0.0f32; 8], 0);
+                while let Some(done) = crate::kernels::vfp::exp_mix8_run(
+                    &scores[at..],
+                    max,
+                    &values[at * d.kv_dim..],
+                    d.kv_dim,
+                    &mut sum,
+                    &mut acc,
+                ) {
+                    at += done;
+                    let Some(&score) = scores.get(at) else {
+                        for (o, &a) in out.iter_mut().zip(&acc) {
+                            *o = a / sum;
+                        }
+                        return;
+                    };
+                    let e = math::exp_at_most_zero(score - max);
+                    sum += e;
+                    for (a, &v) in acc.iter_mut().zip(&values[at * d.kv_dim..][..8]) {
+                        *a += e * v;
+                    }
+                    at += 1;
+                }
+            }
+        }
+        let vector_exp = cfg!(any(target_arch = "x86_64", target_arch = "aarch64"));
+        let mut sum = if vector_exp { math::exp_shifted(scores, max) } else { 0.0 };
+        let mut exps_pending = !vector_exp;
         // Eight output values at a time stay in registers over all slots; then the rest one by one.
         let split = hs - hs % 8;
         let (wide, narrow) = out.split_at_mut(split);
         for (i, out) in wide.chunks_exact_mut(8).enumerate() {
-            self.mix_columns::<8>(d, start..end, kv_head * hs + i * 8, exps, sum, out);
+            let col = kv_head * hs + 8 * i;
+            if exps_pending {
+                sum = self.mix_columns::<8, true>(d, start..end, col, scores, max, out);
+                exps_pending = false;
+            } else {
+                self.mix_columns::<8, false>(d, start..end, col, scores, max, out);
+            }
         }
         for (i, out) in narrow.chunks_exact_mut(1).enumerate() {
-            self.mix_columns::<1>(d, start..end, kv_head * hs + split + i, exps, sum, out);
+            let col = kv_head * hs + split + i;
+            if exps_pending {
+                sum = self.mix_columns::<1, true>(d, start..end, col, scores, max, out);
+                exps_pending = false;
+            } else {
+                self.mix_columns::<1, false>(d, start..end, col, scores, max, out);
+            }
+        }
+        for o in out.iter_mut() {
+            *o /= sum;
         }
     }
 
-    /// out (W) = Σ_slot (exps[slot] / sum) · V[slot][col..col + W] over the cache
-    /// values `values` (whole rows), W sums in registers, slots in index order.
+    /// out (W) = Σ_slot e(slot) · V[slot][col..col + W] over the cache values
+    /// `values` (whole rows), W sums in registers, slots in index order. With
+    /// `EXP`, e(slot) = exp(scores[slot] − max) is computed here, stored back and
+    /// summed (the sum is returned); without, `scores` already holds it.
     #[inline(always)]
-    fn mix_columns<const W: usize>(
+    fn mix_columns<const W: usize, const EXP: bool>(
         &self,
         d: Dims,
         values: core::ops::Range<usize>,
         col: usize,
-        exps: &[f32],
-        sum: f32,
+        scores: &mut [f32],
+        max: f32,
         out: &mut [f32],
-    ) {
+    ) -> f32 {
         let mut acc = [0.0f32; W];
+        let mut sum = 0.0f32;
+        let mut weight = |s: &mut f32| {
+            if EXP {
+                *s = math::exp_at_most_zero(*s - max);
+                sum += *s;
+            }
+            *s
+        };
         match self {
             Store::F32(c) => {
-                for (&e, row) in exps.iter().zip(c[values].chunks_exact(d.kv_dim)) {
-                    let a = e / sum;
-                    for (s, &v) in acc.iter_mut().zip(&row[col..col + W]) {
-                        *s += a * v;
+                for (s, row) in scores.iter_mut().zip(c[values].chunks_exact(d.kv_dim)) {
+                    let a = weight(s);
+                    for (o, &v) in acc.iter_mut().zip(&row[col..col + W]) {
+                        *o += a * v;
                     }
                 }
             }
             Store::F16(c) => {
-                for (&e, row) in exps.iter().zip(c[values.start * 2..values.end * 2].chunks_exact(d.kv_dim * 2)) {
-                    let a = e / sum;
-                    for (s, b) in acc.iter_mut().zip(row[col * 2..(col + W) * 2].chunks_exact(2)) {
-                        *s += a * f16::from_le_bytes([b[0], b[1]]).to_f32();
+                for (s, row) in scores.iter_mut().zip(c[values.start * 2..values.end * 2].chunks_exact(d.kv_dim * 2)) {
+                    let a = weight(s);
+                    for (o, b) in acc.iter_mut().zip(row[col * 2..(col + W) * 2].chunks_exact(2)) {
+                        *o += a * f16::from_le_bytes([b[0], b[1]]).to_f32();
                     }
                 }
             }
             Store::I8 { values: v8, scales, .. } => {
                 let rows = v8[values.clone()].chunks_exact(d.kv_dim);
                 let row_scales = &scales[values.start / d.kv_dim..values.end / d.kv_dim];
-                for ((&e, row), &scale) in exps.iter().zip(rows).zip(row_scales) {
+                for ((s, row), &scale) in scores.iter_mut().zip(rows).zip(row_scales) {
                     // The row's scale folds into the weight once per slot.
-                    let a = e / sum * scale;
-                    for (s, &v) in acc.iter_mut().zip(&row[col..col + W]) {
-                        *s += a * f32::from(v as i8);
+                    let a = weight(s) * scale;
+                    for (o, &v) in acc.iter_mut().zip(&row[col..col + W]) {
+                        *o += a * f32::from(v as i8);
                     }
                 }
             }
         }
         out.copy_from_slice(&acc);
+        sum
     }
 }
 

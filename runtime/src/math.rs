@@ -50,7 +50,8 @@ pub fn softmax(x: &mut [f32]) {
 #[inline]
 pub fn exp_shifted(x: &mut [f32], max: f32) -> f32 {
     let mut sum = 0.0f32;
-    if cfg!(any(target_arch = "x86_64", target_arch = "aarch64")) {
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+    {
         // SIMD hosts: a branch-free pass the compiler vectorizes, then the sum in order.
         for v in x.iter_mut() {
             *v = exp_branch_free(*v - max);
@@ -58,15 +59,41 @@ pub fn exp_shifted(x: &mut [f32], max: f32) -> f32 {
         for &v in x.iter() {
             sum += v;
         }
-    } else {
-        // Scalar cores: one pass; v ≤ max, so only the lower end of the fast range needs a check.
+    }
+    #[cfg(microlm_fpu)]
+    {
+        // Hard-float Cortex-M: the fast path as an FPU loop, stopping at each input
+        // outside it, which the cold path here takes (same values, same order).
+        let mut at = 0;
+        while at < x.len() {
+            at += crate::kernels::vfp::exp_shifted_run(&mut x[at..], max, &mut sum);
+            if let Some(v) = x.get_mut(at) {
+                *v = exp_outside_fast_range(*v - max);
+                sum += *v;
+                at += 1;
+            }
+        }
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64", microlm_fpu)))]
+    {
+        // Other cores: one pass.
         for v in x.iter_mut() {
-            let d = *v - max;
-            *v = if d >= EXP_FAST_MIN { exp_fast(d) } else { exp_outside_fast_range(d) };
+            *v = exp_at_most_zero(*v - max);
             sum += *v;
         }
     }
     sum
+}
+
+/// [`exp`] for `x ≤ 0` or NaN (a value minus the maximum it was taken from),
+/// where only the lower end of the fast range needs a check.
+#[inline(always)]
+pub fn exp_at_most_zero(x: f32) -> f32 {
+    if x >= EXP_FAST_MIN {
+        exp_fast(x)
+    } else {
+        exp_outside_fast_range(x)
+    }
 }
 
 /// `libm::roundf(x) as i32` (half away from zero) for `|x| ≤ 2^22`, exactly, with
@@ -104,7 +131,7 @@ pub fn max_abs(x: &[f32]) -> f32 {
 
 /// Inputs in `EXP_FAST_MIN..=EXP_FAST_MAX` take the fast path: `n` lies in -126..=127,
 /// so `2^n` is a normal f32 built from its exponent bits alone.
-const EXP_FAST_MIN: f32 = -87.33;
+pub(crate) const EXP_FAST_MIN: f32 = -87.33;
 const EXP_FAST_MAX: f32 = 88.37;
 
 /// Largest maximum relative error of [`exp`] against the exact e^x for every
@@ -158,22 +185,36 @@ pub fn exp_branch_free(x: f32) -> f32 {
 /// (e^r, n) with x = n·ln2 + r: the polynomial part of [`exp`].
 #[inline(always)]
 fn exp_reduced(x: f32) -> (f32, i32) {
-    const LOG2E: f32 = core::f32::consts::LOG2_E;
-    // ln 2 split so that n · LN2_HI is exact for |n| < 2^15.
-    const LN2_HI: f32 = 0.693_359_4;
-    const LN2_LO: f32 = -2.121_944_4e-4;
-    // Adding 1.5 · 2^23 leaves round(x · log2 e) in the low mantissa bits.
-    const SHIFT: f32 = 12_582_912.0;
-    let t = x * LOG2E + SHIFT;
-    let n = t - SHIFT; // round-to-nearest-even of x · log2 e, exactly
-    let r = (x - n * LN2_HI) - n * LN2_LO; // |r| ≤ 0.35
+    let [shift, log2e, ln2_hi, ln2_lo, c1, c2, c3, c4, c5, c6, one, _] = EXP_CONSTANTS;
+    let t = x * log2e + shift;
+    let n = t - shift; // round-to-nearest-even of x · log2 e, exactly
+    let r = (x - n * ln2_hi) - n * ln2_lo; // |r| ≤ 0.35
     let z = r * r;
-    let poly = ((((1.987_569_2e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r + 1.666_666_5e-1)
-        * r
-        + 0.5;
-    let p = poly * z + r + 1.0;
-    (p, t.to_bits() as i32 - SHIFT.to_bits() as i32)
+    let poly = ((((c6 * r + c5) * r + c4) * r + c3) * r + c2) * r + c1;
+    let p = poly * z + r + one;
+    (p, t.to_bits() as i32 - shift.to_bits() as i32)
 }
+
+/// The constants of [`exp`]'s fast path, in the order the Cortex-M FPU loop
+/// (`kernels::vfp::exp_shifted_run`) loads them: the 1.5·2^23 shift (adding it
+/// leaves round(x · log2 e) in the low mantissa bits), log2 e, ln 2 split so that
+/// n · ln2_hi is exact for |n| < 2^15, Cephes' polynomial coefficients c1..c6
+/// (of r², ..., r⁷ in e^r = 1 + r + r²·(c1 + c2·r + ...)), 1, and the lower end
+/// of the fast range.
+pub(crate) const EXP_CONSTANTS: [f32; 12] = [
+    12_582_912.0,
+    core::f32::consts::LOG2_E,
+    0.693_359_4,
+    -2.121_944_4e-4,
+    0.5,
+    1.666_666_5e-1,
+    4.166_579_6e-2,
+    8.333_452e-3,
+    1.398_199_9e-3,
+    1.987_569_2e-4,
+    1.0,
+    EXP_FAST_MIN,
+];
 
 /// [`exp`] for inputs outside the fast range: NaN, overflow, underflow, and the
 /// edges where 2^n is not a normal f32 (scaled in two exact steps).

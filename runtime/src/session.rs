@@ -416,9 +416,7 @@ fn attention(
         let sink_max = keys.scores(dims, layer, kv_head, &queries.sink_q[head.clone()], 0, sqrt_head, sink_att);
         let ring_max = keys.scores(dims, layer, kv_head, &queries.q[head.clone()], sinks, sqrt_head, ring_att);
         let max = if ring_max > sink_max { ring_max } else { sink_max };
-        // Softmax without its division: the value pass divides each weight by the sum.
-        let sum = math::exp_shifted(att, max);
-        values.mix(dims, layer, kv_head, att, sum, &mut out[head]);
+        values.mix(dims, layer, kv_head, att, max, &mut out[head]);
     }
 }
 

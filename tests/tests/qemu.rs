@@ -364,15 +364,21 @@ fn qemu_instruction_count_is_deterministic() {
 /// Instructions per token are deterministic, so their budget is a test: 256 greedy
 /// tokens of stories260K (README "Performance"). A regression in the kernels,
 /// the attention loops or the exp fails here; the bounds sit about 3 % above
-/// the measured counts.
+/// the measured counts. Token p costs base + slope · p, so the averages over 256
+/// and 128 tokens differ by 64 · slope: the attention cost of one more cache
+/// position, held to 2,500 instructions.
 #[test]
 fn qemu_instructions_per_token_within_budget() {
-    for (model, budget) in [(q8_model(), 1_375_000u64), (model(), 1_415_000)] {
-        let out = run_cli_qemu(model, &["-t".into(), "0".into(), "-n".into(), "256".into()]);
-        let board = last_json(&out);
-        let count = board["instructions_per_token"].as_u64().unwrap();
-        println!("{}: {count} instructions per token", model.display());
-        assert!(count <= budget, "{}: {count} instructions per token, budget {budget}", model.display());
+    let count = |model: &Path, steps: u32| {
+        let out = run_cli_qemu(model, &["-t".into(), "0".into(), "-n".into(), steps.to_string()]);
+        last_json(&out)["instructions_per_token"].as_u64().unwrap()
+    };
+    for (model, budget) in [(q8_model(), 1_270_000u64), (model(), 1_325_000)] {
+        let (full, half) = (count(model, 256), count(model, 128));
+        let per_position = (full - half) / 64;
+        println!("{}: {full} instructions per token, {per_position} per position", model.display());
+        assert!(full <= budget, "{}: {full} instructions per token, budget {budget}", model.display());
+        assert!(per_position <= 2_500, "{}: {per_position} instructions per position", model.display());
     }
 }
 

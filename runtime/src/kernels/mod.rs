@@ -16,6 +16,8 @@ pub mod f16;
 pub mod f32;
 pub mod q4_0;
 pub mod q8_0;
+#[cfg(microlm_fpu)]
+pub mod vfp;
 #[cfg(target_arch = "x86_64")]
 pub mod x86;
 

@@ -1,0 +1,241 @@
+//! Attention over an f32 cache with 8-wide heads on hard-float Cortex-M
+//! (`cfg(microlm_fpu)`: FPv4/FPv5, thumbv7em/thumbv8m.main `eabihf`): each
+//! cache row comes in with one VLDM instead of eight VLDR.
+//!
+//! The loops are single asm blocks that save and restore every FPU register
+//! they use (Rust cannot name FPU registers as operands on these targets).
+//! They perform the same operations in the same order as the portable loops in
+//! `kv.rs` (VMLA rounds the product before adding, as `acc += a * b` does), so
+//! the results are bit-identical, which the QEMU tests check token for token
+//! against the host.
+#![allow(unsafe_code)]
+
+/// `out[i] = (Σ_j q[j] · keys[i·stride + j], j = 0..8, left to right from 0.0) / sqrt_head`
+/// for `i < out.len()`; returns `max(max_in, out[..])` as `if v > max { max = v }`
+/// does. Returns `None` (doing nothing) when `keys` is too short for the rows.
+#[inline]
+pub fn scores8(q: &[f32; 8], keys: &[f32], stride: usize, sqrt_head: f32, max_in: f32, out: &mut [f32]) -> Option<f32> {
+    let n = out.len();
+    if n == 0 {
+        return Some(max_in);
+    }
+    // The last row read is keys[(n - 1) · stride..][..8].
+    if (n - 1).checked_mul(stride)?.checked_add(8)? > keys.len() {
+        return None;
+    }
+    let stride_bytes = stride.checked_mul(4)?;
+    let max_bits: u32;
+    // SAFETY: reads q (8 floats), n rows of 8 floats at `keys` + i·stride (checked in bounds
+    // above), writes n floats at `out` (its length); saves and restores s0-s31 on the stack,
+    // so no FPU register the compiler uses is changed; the flags are clobbered (declared).
+    unsafe {
+        core::arch::asm!(
+            "vpush {{s0-s31}}",
+            "vldmia {q}, {{s16-s23}}",
+            "vmov s24, {sqrt}",
+            "vmov s25, {max}",
+            "vmov s26, {zero}",
+            "2:",
+            "vldmia {k}, {{s0-s7}}",
+            "add {k}, {k}, {stride}",
+            "vmov.f32 s8, s26",
+            "vmla.f32 s8, s16, s0",
+            "vmla.f32 s8, s17, s1",
+            "vmla.f32 s8, s18, s2",
+            "vmla.f32 s8, s19, s3",
+            "vmla.f32 s8, s20, s4",
+            "vmla.f32 s8, s21, s5",
+            "vmla.f32 s8, s22, s6",
+            "vmla.f32 s8, s23, s7",
+            "vdiv.f32 s8, s8, s24",
+            "vstmia {o}!, {{s8}}",
+            "vcmp.f32 s8, s25",
+            "vmrs APSR_nzcv, fpscr",
+            "it gt",
+            "vmovgt.f32 s25, s8",
+            "subs {n}, {n}, #1",
+            "bne 2b",
+            "vmov {max}, s25",
+            "vpop {{s0-s31}}",
+            q = in(reg) q.as_ptr(),
+            k = inout(reg) keys.as_ptr() => _,
+            o = inout(reg) out.as_mut_ptr() => _,
+            n = inout(reg) n => _,
+            stride = in(reg) stride_bytes,
+            sqrt = in(reg) sqrt_head.to_bits(),
+            zero = in(reg) 0u32,
+            max = inout(reg) max_in.to_bits() => max_bits,
+        )
+    };
+    Some(f32::from_bits(max_bits))
+}
+
+/// `x[i] = exp(x[i] − max)` by the fast path of `math::exp` and `sum += x[i]`,
+/// for i from 0 while `x[i] − max ≥ EXP_FAST_MIN` (stopping at the first that
+/// is not, or is NaN); returns how many it did. Same operations as
+/// `math::exp_reduced` and `exp_fast`, in the same order (VMLS subtracts the
+/// rounded product, as `a - b * c` does).
+#[inline]
+pub fn exp_shifted_run(x: &mut [f32], max: f32, sum: &mut f32) -> usize {
+    let n = x.len();
+    if n == 0 {
+        return 0;
+    }
+    let constants = &crate::math::EXP_CONSTANTS;
+    // (t_bits − shift_bits + 127) << 23 = (t_bits << 23) + this, wrapping: 2^n's bits.
+    let bias = 127u32.wrapping_sub(constants[0].to_bits()) << 23;
+    let (left, sum_bits): (usize, u32);
+    // SAFETY: reads the 12 constants and up to n floats of `x`, writes the floats it
+    // read (never past x[n - 1]: the count stops the loop); saves and restores s0-s31;
+    // clobbers the flags (declared).
+    unsafe {
+        core::arch::asm!(
+            "vpush {{s0-s31}}",
+            "vldmia {c}, {{s16-s27}}",
+            "vmov s28, {max}",
+            "vmov s29, {sum}",
+            "2:",
+            "vldr s0, [{x}]",
+            "vsub.f32 s0, s0, s28",
+            "vcmp.f32 s0, s27",
+            "vmrs APSR_nzcv, fpscr",
+            "blt 3f",
+            "vmov.f32 s1, s16",
+            "vmla.f32 s1, s0, s17",
+            "vmov {t}, s1",
+            "vsub.f32 s2, s1, s16",
+            "vmls.f32 s0, s2, s18",
+            "vmls.f32 s0, s2, s19",
+            "vmul.f32 s3, s0, s0",
+            "vmov.f32 s4, s24",
+            "vmla.f32 s4, s25, s0",
+            "vmov.f32 s5, s23",
+            "vmla.f32 s5, s4, s0",
+            "vmov.f32 s4, s22",
+            "vmla.f32 s4, s5, s0",
+            "vmov.f32 s5, s21",
+            "vmla.f32 s5, s4, s0",
+            "vmov.f32 s4, s20",
+            "vmla.f32 s4, s5, s0",
+            "vmla.f32 s0, s4, s3",
+            "vadd.f32 s0, s0, s26",
+            "add {t}, {bias}, {t}, lsl #23",
+            "vmov s1, {t}",
+            "vmul.f32 s0, s0, s1",
+            "vstmia {x}!, {{s0}}",
+            "vadd.f32 s29, s29, s0",
+            "subs {n}, {n}, #1",
+            "bne 2b",
+            "3:",
+            "vmov {sum}, s29",
+            "vpop {{s0-s31}}",
+            c = in(reg) constants.as_ptr(),
+            x = inout(reg) x.as_mut_ptr() => _,
+            n = inout(reg) n => left,
+            max = in(reg) max.to_bits(),
+            sum = inout(reg) sum.to_bits() => sum_bits,
+            bias = in(reg) bias,
+            t = out(reg) _,
+        )
+    };
+    *sum = f32::from_bits(sum_bits);
+    n - left
+}
+
+/// The softmax-weighted value sum of one head fused into one pass:
+/// for slot i from 0, while `scores[i] − max ≥ EXP_FAST_MIN`, e = exp(scores[i] − max)
+/// by the fast path of `math::exp` (as [`exp_shifted_run`]), `sum += e`, then
+/// `acc[j] += e · values[i·stride + j]` for j < 8. Returns how many slots it did;
+/// the caller takes a slot outside the fast range itself and calls again after it.
+/// Returns `None` (doing nothing) when `values` is too short for the rows.
+#[inline]
+pub fn exp_mix8_run(
+    scores: &[f32],
+    max: f32,
+    values: &[f32],
+    stride: usize,
+    sum: &mut f32,
+    acc: &mut [f32; 8],
+) -> Option<usize> {
+    let n = scores.len();
+    if n == 0 {
+        return Some(0);
+    }
+    if (n - 1).checked_mul(stride)?.checked_add(8)? > values.len() {
+        return None;
+    }
+    let stride_bytes = stride.checked_mul(4)?;
+    let constants = &crate::math::EXP_CONSTANTS;
+    let bias = 127u32.wrapping_sub(constants[0].to_bits()) << 23;
+    let (left, sum_bits): (usize, u32);
+    // SAFETY: reads the 12 constants, up to n scores and n rows of 8 floats at `values` +
+    // i·stride (checked in bounds above), reads and writes the 8 floats of `acc`; saves
+    // and restores s0-s31; clobbers the flags (declared).
+    unsafe {
+        core::arch::asm!(
+            "vpush {{s0-s31}}",
+            "vldmia {c}, {{s16-s27}}",
+            "vmov s28, {max}",
+            "vmov s29, {sum}",
+            "vldmia {acc}, {{s8-s15}}",
+            "2:",
+            "vldr s0, [{s}]",
+            "vsub.f32 s0, s0, s28",
+            "vcmp.f32 s0, s27",
+            "vmrs APSR_nzcv, fpscr",
+            "blt 3f",
+            "vmov.f32 s1, s16",
+            "vmla.f32 s1, s0, s17",
+            "vmov {t}, s1",
+            "vsub.f32 s2, s1, s16",
+            "vmls.f32 s0, s2, s18",
+            "vmls.f32 s0, s2, s19",
+            "vmul.f32 s3, s0, s0",
+            "vmov.f32 s4, s24",
+            "vmla.f32 s4, s25, s0",
+            "vmov.f32 s5, s23",
+            "vmla.f32 s5, s4, s0",
+            "vmov.f32 s4, s22",
+            "vmla.f32 s4, s5, s0",
+            "vmov.f32 s5, s21",
+            "vmla.f32 s5, s4, s0",
+            "vmov.f32 s4, s20",
+            "vmla.f32 s4, s5, s0",
+            "vmla.f32 s0, s4, s3",
+            "vadd.f32 s0, s0, s26",
+            "add {t}, {bias}, {t}, lsl #23",
+            "vmov s1, {t}",
+            "vmul.f32 s30, s0, s1",
+            "vadd.f32 s29, s29, s30",
+            "vldmia {v}, {{s0-s7}}",
+            "add {v}, {v}, {stride}",
+            "vmla.f32 s8, s30, s0",
+            "vmla.f32 s9, s30, s1",
+            "vmla.f32 s10, s30, s2",
+            "vmla.f32 s11, s30, s3",
+            "vmla.f32 s12, s30, s4",
+            "vmla.f32 s13, s30, s5",
+            "vmla.f32 s14, s30, s6",
+            "vmla.f32 s15, s30, s7",
+            "add {s}, {s}, #4",
+            "subs {n}, {n}, #1",
+            "bne 2b",
+            "3:",
+            "vstmia {acc}, {{s8-s15}}",
+            "vmov {sum}, s29",
+            "vpop {{s0-s31}}",
+            c = in(reg) constants.as_ptr(),
+            s = inout(reg) scores.as_ptr() => _,
+            v = inout(reg) values.as_ptr() => _,
+            acc = in(reg) acc.as_mut_ptr(),
+            n = inout(reg) n => left,
+            max = in(reg) max.to_bits(),
+            sum = inout(reg) sum.to_bits() => sum_bits,
+            stride = in(reg) stride_bytes,
+            bias = in(reg) bias,
+            t = out(reg) _,
+        )
+    };
+    *sum = f32::from_bits(sum_bits);
+    Some(n - left)
+}
