@@ -356,17 +356,10 @@ impl Store<'_> {
     ) -> f32 {
         let mut acc = [0.0f32; W];
         let mut sum = 0.0f32;
-        let mut weight = |s: &mut f32| {
-            if EXP {
-                *s = math::exp_at_most_zero(*s - max);
-                sum += *s;
-            }
-            *s
-        };
         match self {
             Store::F32(c) => {
                 for (s, row) in scores.iter_mut().zip(c[values].chunks_exact(d.kv_dim)) {
-                    let a = weight(s);
+                    let a = weight::<EXP>(s, max, &mut sum);
                     for (o, &v) in acc.iter_mut().zip(&row[col..col + W]) {
                         *o += a * v;
                     }
@@ -374,7 +367,7 @@ impl Store<'_> {
             }
             Store::F16(c) => {
                 for (s, row) in scores.iter_mut().zip(c[values.start * 2..values.end * 2].chunks_exact(d.kv_dim * 2)) {
-                    let a = weight(s);
+                    let a = weight::<EXP>(s, max, &mut sum);
                     for (o, b) in acc.iter_mut().zip(row[col * 2..(col + W) * 2].chunks_exact(2)) {
                         *o += a * f16::from_le_bytes([b[0], b[1]]).to_f32();
                     }
@@ -385,7 +378,7 @@ impl Store<'_> {
                 let row_scales = &scales[values.start / d.kv_dim..values.end / d.kv_dim];
                 for ((s, row), &scale) in scores.iter_mut().zip(rows).zip(row_scales) {
                     // The row's scale folds into the weight once per slot.
-                    let a = weight(s) * scale;
+                    let a = weight::<EXP>(s, max, &mut sum) * scale;
                     for (o, &v) in acc.iter_mut().zip(&row[col..col + W]) {
                         *o += a * f32::from(v as i8);
                     }
@@ -395,6 +388,18 @@ impl Store<'_> {
         out.copy_from_slice(&acc);
         sum
     }
+}
+
+/// A slot's softmax weight for [`Store::mix`]'s value pass: with `EXP`, computes
+/// e = exp(score − max), stores it over the score and adds it to `sum`;
+/// without, the score already holds it.
+#[inline(always)]
+fn weight<const EXP: bool>(score: &mut f32, max: f32, sum: &mut f32) -> f32 {
+    if EXP {
+        *score = math::exp_at_most_zero(*score - max);
+        *sum += *score;
+    }
+    *score
 }
 
 /// Quantizes a query head `q` (head_size) to i16 words for [`dsp::dot_i16_i8`](crate::kernels::dsp::dot_i16_i8)

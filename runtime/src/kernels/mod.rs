@@ -68,9 +68,11 @@ impl BlockSums for Portable {
     fn q8(w: &[u8; 32], x: &[u32; 16]) -> i32 {
         let mut acc = 0i32;
         for (quad, pair) in w.chunks_exact(4).zip(x.chunks_exact(2)) {
-            let (lo, hi) = halves(pair);
-            let q = |i: usize| i32::from(quad[i] as i8);
-            acc += q(0) * lo[0] + q(2) * hi[0] + q(1) * lo[1] + q(3) * hi[1];
+            // Pair order: word 0 holds elements 0 and 2, word 1 holds 1 and 3.
+            acc += i32::from(quad[0] as i8) * low(pair[0])
+                + i32::from(quad[2] as i8) * high(pair[0])
+                + i32::from(quad[1] as i8) * low(pair[1])
+                + i32::from(quad[3] as i8) * high(pair[1]);
         }
         acc
     }
@@ -79,23 +81,26 @@ impl BlockSums for Portable {
     fn q4(nibbles: &[u8; 16], x: &[u32; 16]) -> i32 {
         let (x_lo, x_hi) = x.split_at(8);
         let mut acc = 0i32;
-        for ((quad, pl), ph) in nibbles.chunks_exact(4).zip(x_lo.chunks_exact(2)).zip(x_hi.chunks_exact(2)) {
-            let ((l0, h0), (l1, h1)) = (halves(pl), halves(ph));
-            let lo = |i: usize| i32::from(quad[i] & 0x0f);
-            let hi = |i: usize| i32::from(quad[i] >> 4);
-            acc += lo(0) * l0[0] + lo(2) * h0[0] + lo(1) * l0[1] + lo(3) * h0[1];
-            acc += hi(0) * l1[0] + hi(2) * h1[0] + hi(1) * l1[1] + hi(3) * h1[1];
+        for ((quad, lo), hi) in nibbles.chunks_exact(4).zip(x_lo.chunks_exact(2)).zip(x_hi.chunks_exact(2)) {
+            // Low nibbles are elements 0..16, high nibbles 16..32, each group in pair order.
+            let (a, b, c, d) = (i32::from(quad[0]), i32::from(quad[1]), i32::from(quad[2]), i32::from(quad[3]));
+            acc += (a & 15) * low(lo[0]) + (c & 15) * high(lo[0]) + (b & 15) * low(lo[1]) + (d & 15) * high(lo[1]);
+            acc += (a >> 4) * low(hi[0]) + (c >> 4) * high(hi[0]) + (b >> 4) * low(hi[1]) + (d >> 4) * high(hi[1]);
         }
         acc
     }
 }
 
-/// The low and the high i16 halves of two pair words, widened.
+/// The low i16 half of a pair word, widened.
 #[inline(always)]
-fn halves(pair: &[u32]) -> ([i32; 2], [i32; 2]) {
-    let lo = |w: u32| i32::from(w as u16 as i16);
-    let hi = |w: u32| i32::from((w >> 16) as u16 as i16);
-    ([lo(pair[0]), lo(pair[1])], [hi(pair[0]), hi(pair[1])])
+fn low(word: u32) -> i32 {
+    i32::from(word as u16 as i16)
+}
+
+/// The high i16 half of a pair word, widened.
+#[inline(always)]
+fn high(word: u32) -> i32 {
+    i32::from((word >> 16) as u16 as i16)
 }
 
 /// The block sums this target compiles in: the DSP asm on Cortex-M4/M7, else the
