@@ -278,39 +278,15 @@ impl Store<'_> {
         let (start, end) = (d.row(layer, 0), d.row(layer, scores.len()));
         let hs = d.head_size;
         let out = &mut out[..hs];
-        // SIMD hosts take the exponentials in a pass of their own, which vectorizes; scalar
-        // cores compute them inside the first column group's loop. Same values, same sum.
-        // Hard-float Cortex-M, f32 cache, 8-wide heads: one FPU loop takes each slot's
-        // exponential and its value row (kernels/vfp.rs); slots outside exp's fast range
-        // are taken here. The same values in the same order as below.
+        // Hard-float Cortex-M, f32 cache, 8-wide heads: the FPU loop of kernels/vfp.rs.
         #[cfg(microlm_fpu)]
         if let (Store::F32(c), Ok(out)) = (self, <&mut [f32; 8]>::try_from(&mut *out)) {
             if let Some(values) = c.get(start + kv_head * 8..end) {
-                let (mut sum, mut acc, mut at) = (0.0f32, [0.0f32; 8], 0);
-                while let Some(done) = crate::kernels::vfp::exp_mix8_run(
-                    &scores[at..],
-                    max,
-                    &values[at * d.kv_dim..],
-                    d.kv_dim,
-                    &mut sum,
-                    &mut acc,
-                ) {
-                    at += done;
-                    let Some(&score) = scores.get(at) else {
-                        for (o, &a) in out.iter_mut().zip(&acc) {
-                            *o = a / sum;
-                        }
-                        return;
-                    };
-                    let e = math::exp_at_most_zero(score - max);
-                    sum += e;
-                    for (a, &v) in acc.iter_mut().zip(&values[at * d.kv_dim..][..8]) {
-                        *a += e * v;
-                    }
-                    at += 1;
-                }
+                return mix8_fpu(scores, max, values, d.kv_dim, out);
             }
         }
+        // SIMD hosts take the exponentials in a pass of their own, which vectorizes; scalar
+        // cores compute them inside the first column group's loop. Same values, same sum.
         let vector_exp = cfg!(any(target_arch = "x86_64", target_arch = "aarch64"));
         let mut sum = if vector_exp { math::exp_shifted(scores, max) } else { 0.0 };
         let mut exps_pending = !vector_exp;
@@ -387,6 +363,31 @@ impl Store<'_> {
         }
         out.copy_from_slice(&acc);
         sum
+    }
+}
+
+/// [`Store::mix`] for an f32 cache with 8-wide heads on hard-float Cortex-M:
+/// `values` starts at the head's first value, rows `stride` apart. One FPU loop
+/// takes each slot's exponential and its value row; slots outside exp's fast
+/// range are taken here. The same values in the same order as the portable path.
+/// (`values` always holds the rows: the loop declines only rows that do not fit.)
+#[cfg(microlm_fpu)]
+fn mix8_fpu(scores: &[f32], max: f32, values: &[f32], stride: usize, out: &mut [f32; 8]) {
+    let (mut sum, mut acc, mut at) = (0.0f32, [0.0f32; 8], 0);
+    while let Some(done) =
+        crate::kernels::vfp::exp_mix8_run(&scores[at..], max, &values[at * stride..], stride, &mut sum, &mut acc)
+    {
+        at += done;
+        let Some(&score) = scores.get(at) else { break };
+        let e = math::exp_at_most_zero(score - max);
+        sum += e;
+        for (a, &v) in acc.iter_mut().zip(&values[at * stride..][..8]) {
+            *a += e * v;
+        }
+        at += 1;
+    }
+    for (o, &a) in out.iter_mut().zip(&acc) {
+        *o = a / sum;
     }
 }
 
