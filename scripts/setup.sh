@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the demo and the tests need on a fresh machine: the Rust
-# targets listed in rust-toolchain.toml, and QEMU for the board tests.
+# targets listed in rust-toolchain.toml, QEMU for the board tests, and an
+# aarch64 linker with QEMU user mode for the runtime's NEON tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,13 +12,18 @@ for t in $targets; do
     grep -qx "$t" <<<"$installed" || rustup target add "$t"
 done
 
-if ! command -v qemu-system-arm >/dev/null 2>&1; then
+# Debian packages for the commands that are missing.
+missing=()
+command -v qemu-system-arm >/dev/null 2>&1 || missing+=(qemu-system-arm)
+command -v qemu-aarch64 >/dev/null 2>&1 || missing+=(qemu-user)
+command -v aarch64-linux-gnu-gcc >/dev/null 2>&1 || missing+=(gcc-aarch64-linux-gnu)
+if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-        echo "installing qemu-system-arm with apt-get" >&2
+        echo "installing ${missing[*]} with apt-get" >&2
         apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq qemu-system-arm >/dev/null
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
     else
-        echo "qemu-system-arm is missing: install it with 'sudo apt-get install qemu-system-arm'" >&2
+        echo "missing: install them with 'sudo apt-get install ${missing[*]}'" >&2
         exit 1
     fi
 fi

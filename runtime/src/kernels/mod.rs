@@ -7,13 +7,16 @@
 //! - `f32`, `f16`: one sequential f32 sum per row, left to right (llama2.c `matmul`).
 //! - `q8_0`, `q4_0`: the input is quantized once per matvec to q8_0 blocks; per
 //!   block an exact i32 dot of the quants, then blocks summed in f32 in index
-//!   order (see each module's header). On x86-64 [`x86`] computes the exact
-//!   block sums with SSE4.1/AVX2 and keeps the f32 part as is.
+//!   order (see each module's header). The exact block sums come from one
+//!   [`BlockSums`] per instruction set: [`Portable`], `dsp` (Cortex-M4/M7),
+//!   `x86` (SSE4.1/AVX2, picked at run time) and `neon` (aarch64).
 
 pub mod act;
 pub mod dsp;
 pub mod f16;
 pub mod f32;
+#[cfg(target_arch = "aarch64")]
+pub mod neon;
 pub mod q4_0;
 pub mod q8_0;
 #[cfg(microlm_fpu)]
@@ -103,13 +106,17 @@ fn high(word: u32) -> i32 {
     i32::from((word >> 16) as u16 as i16)
 }
 
-/// The block sums this target compiles in: the DSP asm on Cortex-M4/M7, else the
-/// portable loops (x86-64 picks SIMD sums at run time on top, in `x86`).
+/// The block sums this target compiles in: the DSP asm on Cortex-M4/M7, NEON on
+/// aarch64, else the portable loops (x86-64 picks SIMD sums at run time on top, in `x86`).
 #[cfg(microlm_dsp)]
 pub type Native = dsp::Dsp;
-/// The block sums this target compiles in: the DSP asm on Cortex-M4/M7, else the
-/// portable loops (x86-64 picks SIMD sums at run time on top, in `x86`).
-#[cfg(not(microlm_dsp))]
+/// The block sums this target compiles in: the DSP asm on Cortex-M4/M7, NEON on
+/// aarch64, else the portable loops (x86-64 picks SIMD sums at run time on top, in `x86`).
+#[cfg(target_arch = "aarch64")]
+pub type Native = neon::Neon;
+/// The block sums this target compiles in: the DSP asm on Cortex-M4/M7, NEON on
+/// aarch64, else the portable loops (x86-64 picks SIMD sums at run time on top, in `x86`).
+#[cfg(not(any(microlm_dsp, target_arch = "aarch64")))]
 pub type Native = Portable;
 
 /// The row · activations dot product shared by q8_0 and q4_0 (see their
