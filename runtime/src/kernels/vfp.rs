@@ -70,11 +70,41 @@ pub fn scores8(q: &[f32; 8], keys: &[f32], stride: usize, sqrt_head: f32, max_in
     Some(f32::from_bits(max_bits))
 }
 
+/// The fast path of `math::exp` on s0 (in the fast range), leaving e^r in s0 and
+/// 2^n in s1: `math::exp_reduced` and `exp_fast` operation for operation, with
+/// `math::EXP_CONSTANTS` in s16-s27 and `{bias}` = (127 − shift bits) << 23
+/// (VMLS subtracts the rounded product, as `a - b * c` does). Uses s0-s5 and `{t}`.
+macro_rules! exp_fast_s0 {
+    () => {
+        concat!(
+            "vmov.f32 s1, s16\n",
+            "vmla.f32 s1, s0, s17\n",
+            "vmov {t}, s1\n",
+            "vsub.f32 s2, s1, s16\n",
+            "vmls.f32 s0, s2, s18\n",
+            "vmls.f32 s0, s2, s19\n",
+            "vmul.f32 s3, s0, s0\n",
+            "vmov.f32 s4, s24\n",
+            "vmla.f32 s4, s25, s0\n",
+            "vmov.f32 s5, s23\n",
+            "vmla.f32 s5, s4, s0\n",
+            "vmov.f32 s4, s22\n",
+            "vmla.f32 s4, s5, s0\n",
+            "vmov.f32 s5, s21\n",
+            "vmla.f32 s5, s4, s0\n",
+            "vmov.f32 s4, s20\n",
+            "vmla.f32 s4, s5, s0\n",
+            "vmla.f32 s0, s4, s3\n",
+            "vadd.f32 s0, s0, s26\n",
+            "add {t}, {bias}, {t}, lsl #23\n",
+            "vmov s1, {t}\n",
+        )
+    };
+}
+
 /// `x[i] = exp(x[i] − max)` by the fast path of `math::exp` and `sum += x[i]`,
 /// for i from 0 while `x[i] − max ≥ EXP_FAST_MIN` (stopping at the first that
-/// is not, or is NaN); returns how many it did. Same operations as
-/// `math::exp_reduced` and `exp_fast`, in the same order (VMLS subtracts the
-/// rounded product, as `a - b * c` does).
+/// is not, or is NaN); returns how many it did (the exponential is `exp_fast_s0!`).
 #[inline]
 pub fn exp_shifted_run(x: &mut [f32], max: f32, sum: &mut f32) -> usize {
     let n = x.len();
@@ -100,27 +130,7 @@ pub fn exp_shifted_run(x: &mut [f32], max: f32, sum: &mut f32) -> usize {
             "vcmp.f32 s0, s27",
             "vmrs APSR_nzcv, fpscr",
             "blt 3f",
-            "vmov.f32 s1, s16",
-            "vmla.f32 s1, s0, s17",
-            "vmov {t}, s1",
-            "vsub.f32 s2, s1, s16",
-            "vmls.f32 s0, s2, s18",
-            "vmls.f32 s0, s2, s19",
-            "vmul.f32 s3, s0, s0",
-            "vmov.f32 s4, s24",
-            "vmla.f32 s4, s25, s0",
-            "vmov.f32 s5, s23",
-            "vmla.f32 s5, s4, s0",
-            "vmov.f32 s4, s22",
-            "vmla.f32 s4, s5, s0",
-            "vmov.f32 s5, s21",
-            "vmla.f32 s5, s4, s0",
-            "vmov.f32 s4, s20",
-            "vmla.f32 s4, s5, s0",
-            "vmla.f32 s0, s4, s3",
-            "vadd.f32 s0, s0, s26",
-            "add {t}, {bias}, {t}, lsl #23",
-            "vmov s1, {t}",
+            exp_fast_s0!(),
             "vmul.f32 s0, s0, s1",
             "vstmia {x}!, {{s0}}",
             "vadd.f32 s29, s29, s0",
@@ -184,27 +194,7 @@ pub fn exp_mix8_run(
             "vcmp.f32 s0, s27",
             "vmrs APSR_nzcv, fpscr",
             "blt 3f",
-            "vmov.f32 s1, s16",
-            "vmla.f32 s1, s0, s17",
-            "vmov {t}, s1",
-            "vsub.f32 s2, s1, s16",
-            "vmls.f32 s0, s2, s18",
-            "vmls.f32 s0, s2, s19",
-            "vmul.f32 s3, s0, s0",
-            "vmov.f32 s4, s24",
-            "vmla.f32 s4, s25, s0",
-            "vmov.f32 s5, s23",
-            "vmla.f32 s5, s4, s0",
-            "vmov.f32 s4, s22",
-            "vmla.f32 s4, s5, s0",
-            "vmov.f32 s5, s21",
-            "vmla.f32 s5, s4, s0",
-            "vmov.f32 s4, s20",
-            "vmla.f32 s4, s5, s0",
-            "vmla.f32 s0, s4, s3",
-            "vadd.f32 s0, s0, s26",
-            "add {t}, {bias}, {t}, lsl #23",
-            "vmov s1, {t}",
+            exp_fast_s0!(),
             "vmul.f32 s30, s0, s1",
             "vadd.f32 s29, s29, s30",
             "vldmia {v}, {{s0-s7}}",
