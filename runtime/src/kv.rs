@@ -374,14 +374,17 @@ impl Store<'_> {
 #[cfg(microlm_fpu)]
 fn mix8_fpu(scores: &[f32], max: f32, values: &[f32], stride: usize, out: &mut [f32; 8]) {
     let (mut sum, mut acc, mut at) = (0.0f32, [0.0f32; 8], 0);
-    while let Some(done) =
-        crate::kernels::vfp::exp_mix8_run(&scores[at..], max, &values[at * stride..], stride, &mut sum, &mut acc)
-    {
-        at += done;
-        let Some(&score) = scores.get(at) else { break };
+    while at < scores.len() {
+        // The last head's rows end 8 values into the last row, so past the last slot there
+        // is no row at `at · stride`: every slice here is taken with `get`.
+        let rows = values.get(at * stride..).unwrap_or(&[]);
+        at += crate::kernels::vfp::exp_mix8_run(&scores[at..], max, rows, stride, &mut sum, &mut acc).unwrap_or(0);
+        let (Some(&score), Some(row)) = (scores.get(at), values.get(at * stride..).and_then(|r| r.get(..8))) else {
+            break;
+        };
         let e = math::exp_at_most_zero(score - max);
         sum += e;
-        for (a, &v) in acc.iter_mut().zip(&values[at * stride..][..8]) {
+        for (a, &v) in acc.iter_mut().zip(row) {
             *a += e * v;
         }
         at += 1;
