@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Formatting, lints and docs, as CI holds them: any rustfmt difference, clippy
+# warning or rustdoc warning fails. Run by scripts/test.sh before the tests;
+# runs alone too (after scripts/setup.sh has installed the targets).
+#
+#   host workspace        cargo fmt --check, clippy --all-targets, rustdoc
+#   runtime, Cortex-M4F   clippy and rustdoc for thumbv7em-none-eabihf (where the asm kernels compile)
+#   every board crate     cargo fmt --check and clippy for the board's own target
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf 'lint: %s\n' "$*" >&2; }
+
+step "cargo fmt --check (workspace, fuzz, boards)"
+cargo fmt --all --check
+(cd fuzz && cargo fmt --check)
+for board in boards/*/; do
+    (cd "$board" && cargo fmt --check)
+done
+
+step "clippy -D warnings (host workspace, all targets)"
+cargo clippy --release --workspace --all-targets --locked --quiet -- -D warnings
+
+step "clippy -D warnings (runtime for thumbv7em-none-eabihf)"
+cargo clippy --release --locked --quiet -p microlm --target thumbv7em-none-eabihf -- -D warnings
+
+for board in boards/*/; do
+    step "clippy -D warnings ($board, its own target)"
+    (cd "$board" && cargo clippy --release --locked --quiet -- -D warnings)
+done
+
+step "rustdoc -D warnings (host workspace, runtime for thumbv7em-none-eabihf)"
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --workspace --locked --quiet
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --locked --quiet -p microlm --target thumbv7em-none-eabihf
