@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Prints the performance table of README "Performance": for stories260K in
+# Prints the performance table of docs/PERFORMANCE.md: for stories260K in
 # f32, q8_0 and q4_0 with an f32 and an i8 KV cache, the mps2-an386 firmware's
 # instructions per token (256 greedy tokens, exact under -icount), the added
 # instructions per cache position (from the 128- and 256-token runs), and the

@@ -14,8 +14,8 @@
 //!   hold 128 positions.
 //!
 //! Reads never dequantize the cache: every attention score and every value
-//! accumulation widens one element at a time, in one fixed order (DESIGN.md
-//! contract 3):
+//! accumulation widens one element at a time, in one fixed order (docs/ARCHITECTURE.md,
+//! numerics contract):
 //!
 //! - f32 and f16: score(slot) = (Σ_i q[i] · k[i]) / √head_size, the sum over
 //!   `i` left to right in f32 (`k[i]` widened to f32 exactly), slots in index order;

@@ -210,7 +210,7 @@ struct Direct {
     stdout: String,
 }
 
-/// Boots the firmware as the README shows (model via the generic loader, flags
+/// Boots the firmware as docs/BOARDS.md shows (model via the generic loader, flags
 /// via -append, which QEMU puts after the kernel file name as argv[0]), killing
 /// QEMU after `BOUND`.
 fn run_direct(model_bytes: Option<&[u8]>, append: &str) -> Direct {
@@ -362,7 +362,7 @@ fn qemu_instruction_count_is_deterministic() {
 }
 
 /// Instructions per token are deterministic, so their budget is a test: 256 greedy
-/// tokens of stories260K (README "Performance"). A regression in the kernels,
+/// tokens of stories260K (docs/PERFORMANCE.md). A regression in the kernels,
 /// the attention loops or the exp fails here; the bounds sit about 3 % above
 /// the measured counts. Token p costs base + slope · p, so the averages over 256
 /// and 128 tokens differ by 64 · slope: the attention cost of one more cache

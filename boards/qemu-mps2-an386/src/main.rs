@@ -2,7 +2,7 @@
 //! into PSRAM (see memory.x), takes `microlm generate`'s flags from the
 //! semihosting command line and streams the story to semihosting stdout, then
 //! one stats line (the run loop is `microlm_board::start`). Run it with
-//! `microlm qemu`, or by hand (see the README, "Running a model on the board").
+//! `microlm qemu`, or by hand (see docs/BOARDS.md, "Running a model on the board").
 #![no_std]
 #![no_main]
 

@@ -1,7 +1,7 @@
 //! Matrix-vector kernels, one module per weight dtype.
 //!
 //! Every kernel computes `out[r] = Σ_c w[r][c] · x[c]` with one fixed
-//! summation order (DESIGN.md contract 3), so any optimized variant added later
+//! summation order (docs/ARCHITECTURE.md, numerics contract), so any optimized variant added later
 //! must reproduce its scalar reference bit for bit:
 //!
 //! - `f32`, `f16`: one sequential f32 sum per row, left to right (llama2.c `matmul`).

@@ -10,7 +10,7 @@
 //! stored as nibble 8 (value 0), so they contribute exactly nothing.
 //!
 //! The matmul input is quantized once per matvec to q8_0 blocks
-//! (`q8_0::quantize_row`). Accumulation order (DESIGN.md contract 3), for one
+//! (`q8_0::quantize_row`). Accumulation order (docs/ARCHITECTURE.md, numerics contract), for one
 //! output row:
 //!
 //! ```text

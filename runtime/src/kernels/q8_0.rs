@@ -12,7 +12,7 @@
 //! the input vector is quantized once per matvec ([`quantize_row`], stored
 //! widened as `act` describes) and each weight row is dotted with it block by block.
 //!
-//! Accumulation order (DESIGN.md contract 3), for one output row:
+//! Accumulation order (docs/ARCHITECTURE.md, numerics contract), for one output row:
 //!
 //! ```text
 //! acc = 0.0f32
