@@ -228,6 +228,14 @@ pub fn link_error(machine: &Machine, stderr: &str) -> Option<String> {
             ram_bytes >> 10
         ));
     }
+    // memory.x's ASSERT that the stack keeps its share of the SRAM (the stack is at the bottom, flip-link).
+    if stderr.contains("microlm: the arena does not fit in the SRAM beside the") {
+        return Some(format!(
+            "the arena does not fit in {}'s {} KiB SRAM beside the stack (6 KiB are kept for it; use a smaller --ctx)",
+            machine.name,
+            ram_bytes >> 10
+        ));
+    }
     // build.rs reports bad settings (MICROLM_CTX, an unreadable file) as one `error: ` line.
     stderr
         .lines()
