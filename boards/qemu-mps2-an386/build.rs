@@ -7,6 +7,6 @@
 const DEFAULT_ARENA_BYTES: usize = 3 * 1024 * 1024;
 
 fn main() {
-    microlm_build_support::link_memory_x(include_bytes!("memory.x"));
+    microlm_build_support::link_memory_x("memory.x");
     microlm_build_support::write_arena_rs(microlm_build_support::loaded_arena_bytes(DEFAULT_ARENA_BYTES));
 }

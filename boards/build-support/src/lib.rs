@@ -28,14 +28,16 @@ pub fn out_dir() -> PathBuf {
     PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"))
 }
 
-/// Writes the board's memory.x (its bytes, `include_bytes!("memory.x")`) to
+/// Copies the board's memory.x (`path`, relative to the package directory) to
 /// `OUT_DIR`, puts it on the linker search path and links with cortex-m-rt's
 /// `link.x`, which includes it.
-pub fn link_memory_x(memory_x: &[u8]) {
+pub fn link_memory_x(path: &str) {
     let out = out_dir();
-    fs::write(out.join("memory.x"), memory_x).expect("write memory.x");
+    let dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+    let bytes = fs::read(dir.join(path)).unwrap_or_else(|e| fail(&format!("cannot read {path}: {e}")));
+    fs::write(out.join("memory.x"), bytes).expect("write memory.x");
     println!("cargo:rustc-link-search={}", out.display());
-    println!("cargo:rerun-if-changed=memory.x");
+    println!("cargo:rerun-if-changed={path}");
     println!("cargo:rustc-link-arg-bins=-Tlink.x");
 }
 
