@@ -9,6 +9,13 @@
 //! `N passed, M failed` and the exit code (semihosting) is 0 only if M = 0.
 //! Run: `cargo run --release` here, or tests/tests/qemu_device_kernels.rs.
 //!
+//! With a model loaded where the mps2-an386 board loads one (memory.x
+//! `_model_len_word`, `_model_start`), it also runs `Session::forward_window`
+//! over it for each KV dtype and prints `session KV fnv=0x...` (an FNV-1a hash
+//! of every position's logits bits), which the host test compares with the same
+//! run on the host: the private attention loops (the hard-float value pass)
+//! are reached that way.
+//!
 //! Only the runtime's public API is used; the checks are in this one file so
 //! that following a renamed kernel is a local edit.
 #![no_std]
@@ -432,6 +439,76 @@ fn exp_mix(r: &mut Report) {
     );
 }
 
+extern "C" {
+    // mps2-an386 memory.x: the loaded model's length word and the file.
+    static _model_len_word: u32;
+    static _model_start: u8;
+    static _model_end: u8;
+}
+
+/// Words of the arena for the loaded model's sessions (1 MiB).
+const ARENA_WORDS: usize = 1 << 18;
+static mut ARENA: [u32; ARENA_WORDS] = [0; ARENA_WORDS];
+
+/// Positions, context and attention sinks of the session runs: the ring wraps several times.
+const POSITIONS: usize = 150;
+const CTX: usize = 24;
+const SINKS: usize = 2;
+
+/// `session KV fnv=...` for each KV dtype over the model QEMU loaded, if any.
+fn sessions(r: &mut Report) {
+    // SAFETY: only the symbols' addresses are taken; the length word is in RAM no section uses.
+    let len = unsafe { core::ptr::read_volatile(core::ptr::addr_of!(_model_len_word)) } as usize;
+    let max = core::ptr::addr_of!(_model_end) as usize - core::ptr::addr_of!(_model_start) as usize;
+    if len == 0 || len > max {
+        let _ = writeln!(r.out, "no model loaded: session runs skipped");
+        return;
+    }
+    // SAFETY: QEMU's loader wrote `len` bytes at `_model_start`, in the window no section uses.
+    let bytes = unsafe { core::slice::from_raw_parts(core::ptr::addr_of!(_model_start), len) };
+    // SAFETY: `main` calls this once; nothing else refers to ARENA.
+    let arena = unsafe { &mut *core::ptr::addr_of_mut!(ARENA) };
+    let model = match microlm::Model::parse(bytes) {
+        Ok(m) => m,
+        Err(e) => {
+            r.failed += 1;
+            let _ = writeln!(r.out, "FAIL session: the loaded model does not parse: {e}");
+            return;
+        }
+    };
+    let vocab = model.config().vocab_size as u32;
+    for kv in microlm::KvDtype::ALL {
+        let words: &mut [u32] = &mut arena[..];
+        // SAFETY: a [u32] viewed as its bytes (same memory, 4-byte aligned, no padding).
+        let bytes = unsafe { core::slice::from_raw_parts_mut(words.as_mut_ptr().cast::<u8>(), words.len() * 4) };
+        let mut session = match microlm::Session::new(&model, bytes, CTX, kv) {
+            Ok(s) => s,
+            Err(e) => {
+                r.failed += 1;
+                let _ = writeln!(r.out, "FAIL session {kv}: {e}");
+                return;
+            }
+        };
+        let mut hash = 0x811c_9dc5u32;
+        for pos in 0..POSITIONS {
+            let token = (pos as u32 * 7 + 1) % vocab;
+            match session.forward_window(token, pos, SINKS) {
+                Ok(logits) => {
+                    for v in logits.iter() {
+                        hash = (hash ^ v.to_bits()).wrapping_mul(0x0100_0193);
+                    }
+                }
+                Err(e) => {
+                    r.failed += 1;
+                    let _ = writeln!(r.out, "FAIL session {kv} at position {pos}: {e}");
+                    break;
+                }
+            }
+        }
+        let _ = writeln!(r.out, "session {kv} fnv={hash:#010x}");
+    }
+}
+
 #[entry]
 fn main() -> ! {
     let Ok(stdout) = hio::hstdout() else { exit(false) };
@@ -443,6 +520,7 @@ fn main() -> ! {
     exp_loops(&mut r);
     scores(&mut r);
     exp_mix(&mut r);
+    sessions(&mut r);
     let _ = writeln!(r.out, "{} passed, {} failed", r.passed, r.failed);
     exit(r.failed == 0)
 }
