@@ -30,15 +30,10 @@ pub struct Machine {
 /// How a board's firmware gets the model file.
 #[derive(Debug)]
 pub enum Placement {
-    /// QEMU's generic loader writes the file's length as a 32-bit word at
-    /// `len_addr` and the file at `model_addr` (the board's memory.x
-    /// `_model_len_word` and `_model_start`), in RAM no section uses.
-    Loaded {
-        len_addr: u32,
-        model_addr: u32,
-        /// Bytes available for the model file at `model_addr`.
-        model_max: u64,
-    },
+    /// QEMU's generic loader writes the file's length as a 32-bit word and the
+    /// file itself where the firmware's memory.x says, in RAM no section uses:
+    /// the addresses are the firmware ELF's symbols (see [`LoadAddresses`]).
+    Loaded,
     /// Embedded in the firmware's flash at build time (`MICROLM_MODEL`), with
     /// the arena a static sized by build.rs for `MICROLM_CTX` positions.
     Embedded {
@@ -51,22 +46,68 @@ pub enum Placement {
 
 /// The machines `microlm qemu` knows.
 pub const MACHINES: &[Machine] = &[
-    Machine {
-        name: "mps2-an386",
-        board_dir: "boards/qemu-mps2-an386",
-        model: Placement::Loaded { len_addr: 0x2100_0000, model_addr: 0x2100_0020, model_max: (16 << 20) - 32 },
-    },
-    Machine {
-        name: "mps2-an505",
-        board_dir: "boards/qemu-mps2-an505",
-        model: Placement::Loaded { len_addr: 0x8000_0000, model_addr: 0x8000_0020, model_max: (16 << 20) - 32 },
-    },
+    Machine { name: "mps2-an386", board_dir: "boards/qemu-mps2-an386", model: Placement::Loaded },
+    Machine { name: "mps2-an505", board_dir: "boards/qemu-mps2-an505", model: Placement::Loaded },
     Machine {
         name: "lm3s6965evb",
         board_dir: "boards/qemu-lm3s6965evb",
         model: Placement::Embedded { flash_bytes: 256 << 10, ram_bytes: 64 << 10 },
     },
 ];
+
+/// Where a firmware that loads its model wants it, from the symbols its
+/// memory.x defines: `_model_len_word` (the file's length, a 32-bit word),
+/// `_model_start` (the file) and `_model_end` (the end of the window for it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LoadAddresses {
+    /// Address of the length word.
+    pub len_addr: u64,
+    /// Address of the file's first byte.
+    pub model_addr: u64,
+    /// Bytes available for the file at `model_addr`.
+    pub model_max: u64,
+}
+
+/// The firmware ELF at `path`, parsed: it must be a 32-bit ARM ELF file.
+fn read_firmware<'d>(path: &Path, data: &'d [u8]) -> Result<object::File<'d>> {
+    use object::Object as _;
+    let not = |why: &str| anyhow::anyhow!("{} is not a microlm board firmware ({why})", path.display());
+    let file = object::File::parse(data).map_err(|_| not("not an ELF file"))?;
+    ensure!(file.format() == object::BinaryFormat::Elf, not("not an ELF file"));
+    let arch = file.architecture();
+    ensure!(arch == object::Architecture::Arm, not(&format!("an ELF file for {arch:?}, not 32-bit ARM")));
+    Ok(file)
+}
+
+/// Checks that `path` is a 32-bit ARM ELF file (what QEMU's `-kernel` boots on these machines).
+pub fn check_firmware(path: &Path) -> Result<()> {
+    let data = std::fs::read(path).with_context(|| format!("cannot read firmware {}", path.display()))?;
+    read_firmware(path, &data).map(|_| ())
+}
+
+/// The model load addresses of the firmware at `path`, from its ELF symbols.
+pub fn load_addresses(path: &Path) -> Result<LoadAddresses> {
+    use object::{Object as _, ObjectSymbol as _};
+    let data = std::fs::read(path).with_context(|| format!("cannot read firmware {}", path.display()))?;
+    let file = read_firmware(path, &data)?;
+    let symbol = |name: &str| {
+        file.symbols()
+            .find(|s| s.name() == Ok(name))
+            .map(|s| s.address())
+            .with_context(|| format!("{} is not a microlm board firmware (no {name} symbol)", path.display()))
+    };
+    // _model_start first: it names what a firmware without a loaded model lacks.
+    let model_addr = symbol("_model_start")?;
+    let len_addr = symbol("_model_len_word")?;
+    let end = symbol("_model_end")?;
+    ensure!(
+        end > model_addr && len_addr.checked_add(4).is_some_and(|e| e <= model_addr || len_addr >= end),
+        "{}: its model window is inconsistent (_model_len_word {len_addr:#x}, _model_start {model_addr:#x}, \
+         _model_end {end:#x})",
+        path.display()
+    );
+    Ok(LoadAddresses { len_addr, model_addr, model_max: end - model_addr })
+}
 
 /// Arguments of `microlm qemu`.
 #[derive(Debug, Args)]
@@ -187,6 +228,14 @@ pub fn link_error(machine: &Machine, stderr: &str) -> Option<String> {
             ram_bytes >> 10
         ));
     }
+    // memory.x's ASSERT that the stack keeps its share of the SRAM (the stack is at the bottom, flip-link).
+    if stderr.contains("microlm: the arena does not fit in the SRAM beside the") {
+        return Some(format!(
+            "the arena does not fit in {}'s {} KiB SRAM beside the stack (6 KiB are kept for it; use a smaller --ctx)",
+            machine.name,
+            ram_bytes >> 10
+        ));
+    }
     // build.rs reports bad settings (MICROLM_CTX, an unreadable file) as one `error: ` line.
     stderr
         .lines()
@@ -248,8 +297,14 @@ pub fn firmware_args(s: &SamplingArgs) -> Vec<String> {
 }
 
 /// The QEMU command that boots `firmware` with `model` loaded and `words` as its command line.
-/// With `model` (and its length) for a board that loads it; an embedded board's firmware carries its own.
-pub fn qemu_command(machine: &Machine, firmware: &Path, model: Option<(&Path, u64)>, words: &[String]) -> Command {
+/// With `model` (and its length) and the firmware's load addresses for a board
+/// that loads it; an embedded board's firmware carries its own.
+pub fn qemu_command(
+    machine: &Machine,
+    firmware: &Path,
+    model: Option<(&Path, u64, LoadAddresses)>,
+    words: &[String],
+) -> Command {
     let mut semihosting = String::from("enable=on,target=native");
     // One arg= per word keeps spaces inside the (quoted) prompt; -append would collapse them.
     for w in words {
@@ -261,7 +316,7 @@ pub fn qemu_command(machine: &Machine, firmware: &Path, model: Option<(&Path, u6
         .args(["-semihosting-config", &semihosting])
         // 1 ns of virtual time per instruction: the firmware's SysTick counts instructions.
         .args(["-icount", "shift=0"]);
-    if let (Placement::Loaded { len_addr, model_addr, .. }, Some((model, model_len))) = (&machine.model, model) {
+    if let Some((model, model_len, LoadAddresses { len_addr, model_addr, .. })) = model {
         cmd.arg("-device")
             .arg(format!("loader,addr={len_addr:#x},data={model_len},data-len=4"))
             .arg("-device")
@@ -420,18 +475,20 @@ pub fn run(args: &QemuArgs) -> Result<()> {
         .len();
     let mut words = firmware_args(&args.sampling);
     let cmd = match machine.model {
-        Placement::Loaded { model_max, .. } => {
-            ensure!(
-                model_len <= model_max,
-                "{} is {model_len} bytes; {} holds at most {model_max} bytes for the model",
-                args.model.display(),
-                machine.name,
-            );
+        Placement::Loaded => {
             let firmware = match &args.firmware {
                 Some(path) => path.clone(),
                 None => build_firmware(machine, &[])?,
             };
-            qemu_command(machine, &firmware, Some((&args.model, model_len)), &words)
+            let at = load_addresses(&firmware)?;
+            ensure!(
+                model_len <= at.model_max,
+                "{} is {model_len} bytes; {} holds at most {} bytes for the model",
+                args.model.display(),
+                machine.name,
+                at.model_max,
+            );
+            qemu_command(machine, &firmware, Some((&args.model, model_len, at)), &words)
         }
         Placement::Embedded { flash_bytes, .. } => {
             ensure!(
@@ -442,7 +499,10 @@ pub fn run(args: &QemuArgs) -> Result<()> {
             );
             let firmware = match &args.firmware {
                 // A prebuilt firmware carries its own model (and context).
-                Some(path) => path.clone(),
+                Some(path) => {
+                    check_firmware(path)?;
+                    path.clone()
+                }
                 None => {
                     let ctx = embedded_ctx(&args.model, &args.sampling)?;
                     let path = std::path::absolute(&args.model)

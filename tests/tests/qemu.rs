@@ -455,3 +455,48 @@ fn qemu_kv_dtypes_and_window_match_host() {
         assert_eq!(board["arena_bytes"], plan["arena_bytes"], "{kv}: the board's arena is the plan");
     }
 }
+
+/// A header-only 32-bit little-endian ELF file for `machine` (40 = ARM, 62 = x86-64), no sections.
+fn bare_elf(machine: u16) -> Vec<u8> {
+    let mut elf = vec![0x7f, b'E', b'L', b'F', 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    for half in [2u16, machine] {
+        elf.extend_from_slice(&half.to_le_bytes());
+    }
+    for word in [1u32, 0, 0, 0, 0x0500_0400] {
+        elf.extend_from_slice(&word.to_le_bytes());
+    }
+    for half in [52u16, 32, 0, 40, 0, 0] {
+        elf.extend_from_slice(&half.to_le_bytes());
+    }
+    elf
+}
+
+/// `--firmware` that is not a board firmware (text, an ELF for another
+/// architecture, an ARM ELF without the model symbols) is one error line, exit 1.
+#[test]
+fn qemu_cli_rejects_a_file_that_is_not_a_firmware() {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("qemu");
+    std::fs::create_dir_all(&dir).unwrap();
+    let notes = dir.join("notes.txt");
+    std::fs::write(&notes, "not a firmware\n").unwrap();
+    let x86 = dir.join("x86.elf");
+    std::fs::write(&x86, bare_elf(62)).unwrap();
+    let arm = dir.join("arm.elf");
+    std::fs::write(&arm, bare_elf(40)).unwrap();
+    for (file, why) in [(&notes, "(not an ELF file)"), (&x86, "not 32-bit ARM)"), (&arm, "(no _model_start symbol)")] {
+        for machine in ["mps2-an386", "mps2-an505"] {
+            let out = Command::new(microlm())
+                .arg("qemu")
+                .arg(model())
+                .args(["-n", "4", "--machine", machine, "--firmware"])
+                .arg(file)
+                .output()
+                .unwrap();
+            assert_eq!(out.status.code(), Some(1), "{}", file.display());
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            let expect = format!("error: {} is not a microlm board firmware ", file.display());
+            assert!(stderr.starts_with(&expect) && stderr.trim_end().ends_with(why), "{stderr}");
+            assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        }
+    }
+}

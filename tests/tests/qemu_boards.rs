@@ -259,6 +259,12 @@ fn lm3s6965evb_too_big_is_one_clear_line() {
     assert_error(&out, "the arena does not fit in lm3s6965evb's 64 KiB SRAM beside the stack: overflowed by");
     assert_eq!(String::from_utf8_lossy(&out.stderr).lines().count(), 1, "{}", String::from_utf8_lossy(&out.stderr));
 
+    // An arena that fits the SRAM but leaves less than memory.x's 6 KiB for the
+    // stack (which flip-link puts below it): memory.x's ASSERT, in one line.
+    let out = lm3s(&lm3s_model(), &["-n", &(LM3S_STEPS + 12).to_string(), "--kv", "i8"]);
+    assert_error(&out, "the arena does not fit in lm3s6965evb's 64 KiB SRAM beside the stack (6 KiB are kept for it");
+    assert_eq!(String::from_utf8_lossy(&out.stderr).lines().count(), 1, "{}", String::from_utf8_lossy(&out.stderr));
+
     // Larger than the flash outright: refused before building.
     let out = lm3s(&converted("f32"), &["-n", "8"]);
     assert_error(&out, "lm3s6965evb's flash holds 262144 bytes");

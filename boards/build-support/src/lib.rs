@@ -1,0 +1,122 @@
+//! What the board build scripts share: memory.x on the linker search path, and
+//! the arena sized from a model file's header with the runtime's own plan
+//! (`microlm::plan_from_header`).
+//!
+//! Settings come from the environment, each read once here:
+//! - `MICROLM_MODEL=FILE`: the model file (relative paths from the board's directory);
+//! - `MICROLM_CTX=N`: context positions the arena is sized for (default: the model's seq_len);
+//! - `MICROLM_KV=f32|f16|i8`: the KV cache dtype it is sized for (default f32);
+//! - `MICROLM_ARENA_BYTES=N`: an explicit arena size (boards that load their model).
+//!
+//! A bad setting stops the build with one `error: MICROLM_...` line on stderr
+//! (the `microlm qemu` CLI passes that line on).
+
+use std::env;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+pub use microlm::KvDtype;
+
+/// Stops the build with one line on stderr.
+pub fn fail(msg: &str) -> ! {
+    eprintln!("error: {msg}");
+    std::process::exit(1)
+}
+
+/// The build script's `OUT_DIR`.
+pub fn out_dir() -> PathBuf {
+    PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"))
+}
+
+/// Copies the board's memory.x (`path`, relative to the package directory) to
+/// `OUT_DIR`, puts it on the linker search path and links with cortex-m-rt's
+/// `link.x`, which includes it.
+pub fn link_memory_x(path: &str) {
+    let out = out_dir();
+    let dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+    let bytes = fs::read(dir.join(path)).unwrap_or_else(|e| fail(&format!("cannot read {path}: {e}")));
+    fs::write(out.join("memory.x"), bytes).expect("write memory.x");
+    println!("cargo:rustc-link-search={}", out.display());
+    println!("cargo:rerun-if-changed={path}");
+    println!("cargo:rustc-link-arg-bins=-Tlink.x");
+}
+
+/// What the environment asks the arena to be sized for.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// `MICROLM_MODEL`, resolved against the board's directory.
+    pub model: Option<PathBuf>,
+    /// `MICROLM_CTX`.
+    pub ctx: Option<usize>,
+    /// `MICROLM_KV` (default f32).
+    pub kv: KvDtype,
+}
+
+/// Reads `MICROLM_MODEL`, `MICROLM_CTX` and `MICROLM_KV` (and asks cargo to rerun when they change).
+pub fn settings() -> Settings {
+    for var in ["MICROLM_MODEL", "MICROLM_CTX", "MICROLM_KV"] {
+        println!("cargo:rerun-if-env-changed={var}");
+    }
+    let kv = match env::var("MICROLM_KV").ok().as_deref().map(str::trim) {
+        None | Some("") => KvDtype::F32,
+        Some(name) => KvDtype::from_name(name.as_bytes())
+            .unwrap_or_else(|| fail(&format!("MICROLM_KV={name:?} is not a KV dtype (f32, f16 or i8)"))),
+    };
+    let ctx = env::var("MICROLM_CTX").ok().filter(|v| !v.trim().is_empty()).map(|v| {
+        v.trim()
+            .parse::<usize>()
+            .ok()
+            .filter(|&n| n > 0)
+            .unwrap_or_else(|| fail(&format!("MICROLM_CTX={v:?} is not a context length (a whole number from 1)")))
+    });
+    let model = env::var_os("MICROLM_MODEL")
+        .filter(|p| !p.is_empty())
+        .map(|p| Path::new(&env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR")).join(p));
+    if let Some(path) = &model {
+        println!("cargo:rerun-if-changed={}", path.display());
+    }
+    Settings { model, ctx, kv }
+}
+
+/// Reads the model file at `path`, or stops the build.
+pub fn read_model(path: &Path) -> Vec<u8> {
+    fs::read(path).unwrap_or_else(|e| fail(&format!("cannot read MICROLM_MODEL={}: {e}", path.display())))
+}
+
+/// The arena for `ctx` positions (default: the model's seq_len) and `kv`,
+/// planned from the model's header: `(bytes, ctx)`. The error says whether the
+/// header is not valid (`Format`) or the context does not suit it (`Session`).
+pub fn plan(model: &[u8], ctx: Option<usize>, kv: KvDtype) -> Result<(usize, usize), microlm::PlanError> {
+    let ctx = match ctx {
+        Some(ctx) => ctx,
+        None => microlm::config_from_header(model).map_err(microlm::PlanError::Format)?.seq_len,
+    };
+    Ok((microlm::plan_from_header(model, ctx, kv)?.total, ctx))
+}
+
+/// The arena of a board that loads its model at run time: `MICROLM_ARENA_BYTES`
+/// if set; else, with `MICROLM_MODEL`, exactly that model's plan; else `default`.
+pub fn loaded_arena_bytes(default: usize) -> usize {
+    println!("cargo:rerun-if-env-changed=MICROLM_ARENA_BYTES");
+    if let Ok(v) = env::var("MICROLM_ARENA_BYTES") {
+        return v.trim().parse().unwrap_or_else(|_| fail(&format!("MICROLM_ARENA_BYTES={v:?} is not a byte count")));
+    }
+    let s = settings();
+    let Some(path) = s.model else { return default };
+    let (bytes, ctx) = plan(&read_model(&path), s.ctx, s.kv)
+        .unwrap_or_else(|e| fail(&format!("MICROLM_MODEL={}: cannot plan its arena: {e}", path.display())));
+    println!("cargo:warning=arena sized for {}: ctx {ctx}, {} KV cache, {bytes} bytes", path.display(), s.kv);
+    bytes
+}
+
+/// Words of a `[u32]` arena holding `bytes` (4-byte aligned, as `Session::new` wants).
+pub fn arena_words(bytes: usize) -> usize {
+    bytes.div_ceil(4)
+}
+
+/// Writes `OUT_DIR/arena.rs` with `pub const ARENA_WORDS` for an arena of `bytes`.
+pub fn write_arena_rs(bytes: usize) {
+    let words = arena_words(bytes);
+    let code = format!("/// Arena size in 32-bit words (build.rs).\npub const ARENA_WORDS: usize = {words};\n");
+    fs::write(out_dir().join("arena.rs"), code).expect("write arena.rs");
+}

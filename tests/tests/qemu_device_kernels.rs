@@ -1,0 +1,167 @@
+//! Device unit tests: boards/kernel-tests, built for thumbv7em-none-eabihf and
+//! run in QEMU mps2-an386, checks the Cortex-M4F kernels (DSP block sums and
+//! i16·i8 dot, the quantized matvec, the FPU exp, score and value loops)
+//! bit for bit against the portable code on pseudo-random data and edge cases.
+//! It prints `ok NAME` / `FAIL NAME: ...` per check, then `N passed, M failed`,
+//! and exits non-zero on any failure.
+//!
+//! The attention loops the runtime keeps private (the hard-float value pass)
+//! are checked through `Session::forward_window`: QEMU loads a tiny synthetic
+//! model with 8-wide heads and large query/key weights (so many scores fall
+//! outside exp's fast range, at every slot), the firmware hashes every
+//! position's logits for each KV dtype, and the host's portable run of the same
+//! session must give the same hash.
+
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use microlm::{KvDtype, Model, Session};
+use microlm_tests::{root, run_convert, scratch_dir, shared};
+use serde_json::Value;
+
+/// Longest the run may take before it counts as a hang (it takes well under a second).
+const BOUND: Duration = Duration::from_secs(60);
+
+/// Checks the harness makes; fewer passes means some were dropped.
+const CHECKS: u32 = 10;
+
+/// Session runs of the firmware (`sessions` in boards/kernel-tests): positions, context, sinks.
+const POSITIONS: usize = 150;
+const CTX: usize = 24;
+const SINKS: usize = 2;
+
+/// A deterministic pseudo-random f32 in [-1, 1) (xorshift64*).
+fn next(state: &mut u64) -> f32 {
+    *state ^= *state >> 12;
+    *state ^= *state << 25;
+    *state ^= *state >> 27;
+    (state.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+}
+
+/// A llama2.c legacy checkpoint with random weights (shared classifier, vocabulary 512
+/// for tok512.bin): dim 32, 4 heads of 8, 2 KV heads, 2 layers, seq_len 256; the query
+/// and key weights `qk_scale` times the usual size, so attention scores spread widely.
+fn synthetic_checkpoint(qk_scale: f32) -> Vec<u8> {
+    let (dim, hidden_dim, layers, heads, kv_heads, vocab, seq_len) = (32usize, 64, 2usize, 4usize, 2usize, 512, 256);
+    let kv_dim = dim / heads * kv_heads;
+    let mut out = Vec::new();
+    for v in [dim, hidden_dim, layers, heads, kv_heads, vocab, seq_len] {
+        out.extend_from_slice(&(v as i32).to_le_bytes());
+    }
+    let mut state = 0x2545_F491_4F6C_DD1Du64;
+    let mut push = |n: usize, scale: Option<f32>| {
+        for _ in 0..n {
+            let v = scale.map_or(1.0, |s| next(&mut state) * s);
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+    };
+    push(vocab * dim, Some(1.0));
+    let fan = |n: usize| Some(2.0 / (n as f32).sqrt());
+    let qk = Some(qk_scale * 2.0 / (dim as f32).sqrt());
+    // Each kind for every layer: attention norm, wq, wk, wv, wo, FFN norm, w1, w2, w3.
+    for (n, scale) in [
+        (dim, None),
+        (dim * dim, qk),
+        (dim * kv_dim, qk),
+        (dim * kv_dim, fan(dim)),
+        (dim * dim, fan(dim)),
+        (dim, None),
+        (hidden_dim * dim, fan(dim)),
+        (dim * hidden_dim, fan(hidden_dim)),
+        (hidden_dim * dim, fan(dim)),
+    ] {
+        push(n * layers, scale);
+    }
+    push(dim, None);
+    // The two legacy RoPE tables (the runtime recomputes them).
+    push(seq_len * dim / heads, Some(0.0));
+    out
+}
+
+/// The host's hash of the firmware's session run: FNV-1a over every position's logits bits.
+fn host_session_hash(bytes: &[u8], kv: KvDtype) -> u32 {
+    let mut words = vec![0u32; bytes.len().div_ceil(4)];
+    bytemuck::cast_slice_mut::<u32, u8>(&mut words)[..bytes.len()].copy_from_slice(bytes);
+    let model = Model::parse(&bytemuck::cast_slice::<u32, u8>(&words)[..bytes.len()]).unwrap();
+    let plan = model.plan(CTX, kv).unwrap();
+    let mut arena = vec![0u32; plan.total.div_ceil(4)];
+    let mut session = Session::new(&model, bytemuck::cast_slice_mut(&mut arena), CTX, kv).unwrap();
+    let vocab = model.config().vocab_size as u32;
+    let mut hash = 0x811c_9dc5u32;
+    for pos in 0..POSITIONS {
+        let token = (pos as u32 * 7 + 1) % vocab;
+        for v in session.forward_window(token, pos, SINKS).unwrap().iter() {
+            hash = (hash ^ v.to_bits()).wrapping_mul(0x0100_0193);
+        }
+    }
+    hash
+}
+
+#[test]
+fn device_kernels_match_portable_on_mps2_an386() {
+    let dir = scratch_dir("device-kernels");
+    let (bin, mlm) = (dir.join("wide-scores.bin"), dir.join("wide-scores.mlm"));
+    std::fs::write(&bin, synthetic_checkpoint(6.0)).unwrap();
+    let (code, _, err) = run_convert(&bin, &shared().join("models/tok512.bin"), &[], &mlm);
+    assert_eq!(code, 0, "convert failed: {err}");
+    let model = std::fs::read(&mlm).unwrap();
+
+    let out = Command::new(env!("CARGO"))
+        .current_dir(root().join("boards/kernel-tests"))
+        .args(["build", "--release", "--locked", "--message-format=json-render-diagnostics"])
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("run cargo");
+    assert!(out.status.success(), "building boards/kernel-tests failed");
+    let elf = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find_map(|m| m.get("executable").and_then(Value::as_str).map(String::from))
+        .expect("cargo named no executable");
+
+    let mut child = Command::new("qemu-system-arm")
+        .args(["-M", "mps2-an386", "-nographic", "-serial", "null", "-monitor", "none"])
+        .args(["-semihosting-config", "enable=on,target=native", "-kernel", &elf])
+        // Where the mps2-an386 memory.x puts the model (the firmware links with it).
+        .arg("-device")
+        .arg(format!("loader,addr=0x21000000,data={},data-len=4", model.len()))
+        .arg("-device")
+        .arg(format!("loader,file={},addr=0x21000020,force-raw=on", mlm.display()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("run qemu-system-arm");
+    let mut pipe = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        pipe.read_to_string(&mut s).unwrap();
+        s
+    });
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if start.elapsed() > BOUND {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the device kernel tests ran longer than {BOUND:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let stdout = reader.join().unwrap();
+    print!("{stdout}");
+    let failures: Vec<&str> = stdout.lines().filter(|l| l.starts_with("FAIL")).collect();
+    assert!(status.success() && failures.is_empty(), "device kernel tests failed ({status}):\n{}", failures.join("\n"));
+    assert!(stdout.contains("native block sums: microlm::kernels::dsp::Dsp"), "not the DSP kernels:\n{stdout}");
+    let last = stdout.trim_end().rsplit('\n').next().unwrap_or("");
+    assert_eq!(last, format!("{CHECKS} passed, 0 failed"), "{stdout}");
+    for kv in KvDtype::ALL {
+        let line = format!("session {} fnv={:#010x}", kv.name(), host_session_hash(&model, kv));
+        assert!(
+            stdout.lines().any(|l| l == line),
+            "the device's {kv} session differs from the host's ({line}):\n{stdout}"
+        );
+    }
+}
