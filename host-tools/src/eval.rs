@@ -297,8 +297,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     }
     let ctx = args.ctx.unwrap_or(model.config().seq_len);
     ensure!(ctx >= 2, "--ctx must be at least 2 to score a token");
-    let text =
-        std::fs::read_to_string(&args.text).with_context(|| format!("cannot read text {}", args.text.display()))?;
+    let text = microlm_cli::io::read_text(&args.text, microlm_cli::io::TEXT)?;
     let stories = tokenize_stories(&model, &text)?;
     let scorable: usize = stories.iter().map(|s| s.len().saturating_sub(1)).sum();
     ensure!(scorable > 0, "{} holds no text to score", args.text.display());
