@@ -502,3 +502,124 @@ fn a_failed_conversion_leaves_no_file_behind() {
     assert!(!out.exists());
     assert_eq!(listing(&dir), ["synthetic.bin"]);
 }
+
+// ---------------------------------------------------------------- long prompts
+
+/// A tokenizer section built from a llama2.c tokenizer.bin (as `convert` stores it), in aligned words.
+fn tokenizer_words(name: &str) -> (Vec<u32>, usize, usize) {
+    let path = models().join(name);
+    let vocab = microlm_cli::llama2c::read_tokenizer(&std::fs::read(&path).unwrap(), &path).unwrap();
+    let (bytes, max) = microlm::write::tokenizer_section(&vocab).unwrap();
+    let mut words = vec![0u32; bytes.len().div_ceil(4)];
+    bytemuck::cast_slice_mut::<u32, u8>(&mut words)[..bytes.len()].copy_from_slice(&bytes);
+    (words, bytes.len(), max as usize)
+}
+
+fn with_tokenizer<R>(name: &str, f: impl FnOnce(&microlm::Tokenizer<'_>) -> R) -> R {
+    let (words, len, max) = tokenizer_words(name);
+    let bytes: &[u8] = &bytemuck::cast_slice(&words)[..len];
+    let n = u32::from_le_bytes(bytes[..4].try_into().unwrap()) as usize;
+    f(&microlm::Tokenizer::parse(bytes, n, max, 1, 2).unwrap())
+}
+
+/// Encodes with BOS given `slots` u32 of output (encode_capacity: O(n²) merges; encode_workspace: fast).
+fn encode_with(tok: &microlm::Tokenizer<'_>, text: &str, slots: usize) -> Vec<u32> {
+    let mut out = vec![0u32; slots];
+    let n = tok.encode(text.as_bytes(), true, false, &mut out).unwrap();
+    out.truncate(n);
+    out
+}
+
+fn fast(tok: &microlm::Tokenizer<'_>, text: &str) -> Vec<u32> {
+    encode_with(tok, text, microlm::Tokenizer::encode_workspace(text.as_bytes()))
+}
+
+fn rescanning(tok: &microlm::Tokenizer<'_>, text: &str) -> Vec<u32> {
+    encode_with(tok, text, microlm::Tokenizer::encode_capacity(text.as_bytes()))
+}
+
+fn stories(bytes: usize) -> String {
+    let text = std::fs::read_to_string(shared().join("data/tinystories_dev.txt")).unwrap();
+    let mut end = bytes.min(text.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_string()
+}
+
+#[test]
+fn fast_merges_match_the_llama2c_references() {
+    #[derive(serde::Deserialize)]
+    struct Case {
+        tokenizer: String,
+        text: String,
+        ids: Vec<u32>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Reference {
+        cases: Vec<Case>,
+    }
+    let text = std::fs::read_to_string(shared().join("reference/tokenizer_encode.json")).unwrap();
+    let reference: Reference = serde_json::from_str(&text).unwrap();
+    for name in ["tok512.bin", "tokenizer.bin"] {
+        with_tokenizer(name, |tok| {
+            for case in reference.cases.iter().filter(|c| c.tokenizer.ends_with(name)) {
+                assert_eq!(fast(tok, &case.text), case.ids, "{name}: {:?}", case.text);
+            }
+        });
+    }
+}
+
+#[test]
+fn fast_and_rescanning_merges_agree() {
+    // Runs of one letter (equal-score ties), spaces, multi-byte and unknown characters, control bytes.
+    let alphabet = ["a", "a", "b", "e", "n", "t", "h", " ", " ", "aa", "é", "中", "😀", "\u{7}", ".", "Once", "ll"];
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    let mut rand = |n: usize| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state % n as u64) as usize
+    };
+    for name in ["tok512.bin", "tokenizer.bin"] {
+        with_tokenizer(name, |tok| {
+            for _ in 0..300 {
+                let len = rand(120);
+                let text: String = (0..len).map(|_| alphabet[rand(alphabet.len())]).collect();
+                assert_eq!(fast(tok, &text), rescanning(tok, &text), "{name}: {text:?}");
+            }
+            let text = stories(1500);
+            assert_eq!(fast(tok, &text), rescanning(tok, &text), "{name}: stories");
+        });
+    }
+}
+
+#[test]
+fn long_prompts_encode_in_n_log_n() {
+    with_tokenizer("tok512.bin", |tok| {
+        for bytes in [10_000, 100_000] {
+            let text = stories(bytes);
+            let start = Instant::now();
+            let ids = fast(tok, &text);
+            let took = start.elapsed();
+            assert!(took < Duration::from_secs(2), "{bytes} bytes took {took:?}");
+            assert!(ids.len() > bytes / 8 && ids.len() < bytes, "{} tokens", ids.len());
+        }
+    });
+}
+
+#[test]
+fn a_100_kb_prompt_is_refused_at_once() {
+    let prompt = stories(100_000);
+    let m = converted("f32");
+    let (code, err, took) =
+        run_bounded(&["generate".as_ref(), m.as_os_str(), "-p".as_ref(), prompt.as_ref()], Duration::from_secs(10));
+    assert_one_line_error(code, &err, &["prompt is at least", "longer than the context of 512"]);
+    assert!(took < Duration::from_secs(3), "took {took:?}");
+    // Just over the context after encoding (not refused by the bound): the session refuses it.
+    let prompt = stories(3_000);
+    let (code, err, took) =
+        run_bounded(&["generate".as_ref(), m.as_os_str(), "-p".as_ref(), prompt.as_ref()], Duration::from_secs(10));
+    assert_one_line_error(code, &err, &["longer than the context of 512"]);
+    assert!(took < Duration::from_secs(3), "took {took:?}");
+}
