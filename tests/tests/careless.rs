@@ -623,3 +623,32 @@ fn a_100_kb_prompt_is_refused_at_once() {
     assert_one_line_error(code, &err, &["longer than the context of 512"]);
     assert!(took < Duration::from_secs(3), "took {took:?}");
 }
+
+#[test]
+fn two_runs_writing_one_output_each_write_a_whole_file() {
+    let dir = fresh("concurrent");
+    let out = dir.join("out.mlm");
+    let expected = [bytes(&converted("f32")), bytes(&converted("q8_0"))];
+    for round in 0..4 {
+        let runs: Vec<_> = ["f32", "q8_0"]
+            .into_iter()
+            .map(|dtype| {
+                Command::new(cli())
+                    .args(["convert".as_ref(), checkpoint().as_os_str(), "--tokenizer".as_ref(), tok512().as_os_str()])
+                    .args(["--dtype", dtype, "-o"])
+                    .arg(&out)
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        for run in runs {
+            let o = run.wait_with_output().unwrap();
+            assert!(o.status.success(), "round {round}: {}", String::from_utf8_lossy(&o.stderr));
+        }
+        let got = bytes(&out);
+        assert!(expected.contains(&got), "round {round}: the output is neither run's file ({} bytes)", got.len());
+        assert_eq!(listing(&dir), ["out.mlm"], "round {round}");
+    }
+}
