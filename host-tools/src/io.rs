@@ -175,6 +175,9 @@ impl Output {
     pub fn create(path: &Path, inputs: &[&Path]) -> Result<Output> {
         ensure_not_an_input(path, inputs)?;
         let target = resolve(path)?;
+        if fs::metadata(&target).is_ok_and(|m| m.is_dir()) {
+            bail!("output {} is a directory", path.display());
+        }
         if fs::metadata(&target).is_ok_and(|m| !m.is_file()) {
             // A device or pipe (e.g. `-o /dev/null`) is written in place; renaming over it would replace it.
             return Ok(Output { path: path.to_path_buf(), target, temp: None });

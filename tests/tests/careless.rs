@@ -238,10 +238,13 @@ fn nan_and_infinite_weights_are_refused_for_every_dtype() {
         let mut s = Synthetic::new();
         s.wv[9] = bad;
         for dtype in ["f32", "f16", "q8_0", "q4_0"] {
-            let (code, err, out) = convert_synthetic(&s, &dir, &["--dtype", dtype, "--saturate"]);
+            let (code, err, out) = convert_synthetic(&s, &dir, &["--dtype", dtype]);
             assert_one_line_error(code, &err, &["layers.0.wv", "index 9", shown, "not finite"]);
             assert!(!out.exists());
         }
+        // Saturation clamps finite values only.
+        let (code, err, _) = convert_synthetic(&s, &dir, &["--dtype", "f16", "--saturate"]);
+        assert_one_line_error(code, &err, &["layers.0.wv", "index 9", shown, "not finite"]);
     }
 }
 
@@ -311,6 +314,11 @@ fn devices_are_not_read_as_model_files() {
         let (code, err, _) = run_bounded(&[cmd.as_ref(), zero], Duration::from_secs(10));
         assert_one_line_error(code, &err, &["/dev/zero is not a regular file"]);
     }
+    // A symlink to a regular file is read as the file.
+    let link = fresh("input-symlink").join("model-link.mlm");
+    std::os::unix::fs::symlink(converted("f32"), &link).unwrap();
+    let (code, _, err) = run_cli(["inspect".as_ref(), link.as_os_str()]);
+    assert_eq!(code, 0, "{err}");
 }
 
 #[test]
@@ -363,15 +371,6 @@ fn files_over_the_size_limit_are_refused_with_the_limit() {
     std::fs::File::create(&tok).unwrap().set_len((64 << 20) + 1).unwrap();
     let (code, _, err) = run_convert(&checkpoint(), &tok, &[], &dir.join("out.mlm"));
     assert_one_line_error(code, &err, &["huge-tok.bin", "tokenizer limit of 64 MiB"]);
-}
-
-#[test]
-fn a_symlink_to_a_regular_input_file_is_read() {
-    let dir = fresh("input-symlink");
-    let link = dir.join("model-link.mlm");
-    std::os::unix::fs::symlink(converted("f32"), &link).unwrap();
-    let (code, _, err) = run_cli(["inspect".as_ref(), link.as_os_str()]);
-    assert_eq!(code, 0, "{err}");
 }
 
 // ---------------------------------------------------------------- outputs that destroy inputs
@@ -481,7 +480,11 @@ fn an_interrupted_conversion_leaves_no_file_behind() {
         let start = Instant::now();
         while listing(&dir).is_empty() {
             assert!(child.try_wait().unwrap().is_none(), "convert ended before its temporary output appeared");
-            assert!(start.elapsed() < Duration::from_secs(10), "no temporary output appeared");
+            if start.elapsed() > Duration::from_secs(10) {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("no temporary output appeared");
+            }
             std::thread::sleep(Duration::from_millis(5));
         }
         let killed = Command::new("kill").args([format!("-{signal}"), child.id().to_string()]).status().unwrap();
@@ -490,6 +493,19 @@ fn an_interrupted_conversion_leaves_no_file_behind() {
         assert!(!status.success(), "SIG{signal}: convert reported success");
         assert_eq!(listing(&dir), Vec::<String>::new(), "SIG{signal} left files behind");
     }
+}
+
+#[test]
+fn a_directory_as_output_is_refused_before_the_work() {
+    let dir = fresh("output-dir");
+    // A calibrated conversion takes far longer than the 2 s allowed: the output is checked first.
+    let text = shared().join("data/tinystories_dev.txt");
+    let extra = ["--dtype", "q4_0", "--calibrate", text.to_str().unwrap(), "--calibrate-tokens", "0"];
+    let start = Instant::now();
+    let (code, _, err) = run_convert(&checkpoint(), &tok512(), &extra, &dir);
+    assert_one_line_error(code, &err, &["is a directory"]);
+    assert!(start.elapsed() < Duration::from_secs(2), "refused only after {:?}", start.elapsed());
+    assert_eq!(listing(&dir), Vec::<String>::new());
 }
 
 #[test]
