@@ -338,7 +338,8 @@ impl<'a> Tokenizer<'a> {
         };
         let mut count = n;
         loop {
-            let best = if p == 1 { better(merged, score, 0, NONE) } else { tree[1] };
+            // n >= 2, so p >= 2 and tree[1] is the root: the best pair's position, or NONE.
+            let best = tree[1];
             let Some(&m) = merged.get(best as usize) else { break };
             let (i, j) = (best as usize, next[best as usize] as usize);
             // Merge positions i and j (= next[i]) into i.
