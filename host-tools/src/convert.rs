@@ -1,6 +1,6 @@
 //! `microlm convert`: llama2.c checkpoint + tokenizer → `.mlm`, with per-kind dtypes.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{ensure, Context, Result};
 use clap::Args;
@@ -8,8 +8,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use microlm::format::{DType, TensorEntry};
 use microlm::write::{self, ModelSpec, WriteError};
 
-use microlm_cli::llama2c;
 use microlm_cli::load::ModelFile;
+use microlm_cli::{io, llama2c};
 
 use crate::quantize::{self, QuantArgs};
 
@@ -33,12 +33,11 @@ pub struct ConvertArgs {
 const PROGRESS_THRESHOLD: u64 = 4 << 20;
 
 pub fn run(args: &ConvertArgs) -> Result<()> {
-    let bytes =
-        std::fs::read(&args.input).with_context(|| format!("cannot read checkpoint {}", args.input.display()))?;
+    let output = io::Output::create(&args.output, &quantize::inputs(&[&args.input, &args.tokenizer], &args.quant))?;
+    let bytes = io::read(&args.input, io::CHECKPOINT)?;
     let ckpt = llama2c::read_checkpoint(&bytes)
         .with_context(|| format!("{} is not a usable llama2.c checkpoint", args.input.display()))?;
-    let tok_bytes = std::fs::read(&args.tokenizer)
-        .with_context(|| format!("cannot read tokenizer {}", args.tokenizer.display()))?;
+    let tok_bytes = io::read(&args.tokenizer, io::TOKENIZER)?;
     let vocab = llama2c::read_tokenizer(&tok_bytes, &args.tokenizer)?;
     ensure!(
         vocab.pieces.len() == ckpt.config.vocab_size,
@@ -82,9 +81,10 @@ pub fn run(args: &ConvertArgs) -> Result<()> {
     let dtypes = quantize::kind_dtypes(base, &args.quant, ckpt.config.shared_classifier)?;
     let importance = quantize::importance_for(&source, &args.quant, &dtypes)?;
     let passthrough = |entry: &TensorEntry, _: &[f32]| int8_as_q8_0(&ckpt, entry);
-    let (out, report) = quantize::requantize(&source, &name, dtypes, importance.as_ref(), &passthrough)?;
+    let (out, report) =
+        quantize::requantize(&source, &name, dtypes, importance.as_ref(), &passthrough, args.quant.saturate)?;
 
-    write_file(&args.output, &out)?;
+    output.commit(&out)?;
     quantize::print_report(&args.output, out.len(), &report, args.quant.json)?;
     eprintln!(
         "wrote {} ({} bytes, {} weights, {} tensors, vocab {}) from llama2.c version {} checkpoint",
@@ -126,15 +126,4 @@ fn int8_as_q8_0(ckpt: &llama2c::Checkpoint, entry: &TensorEntry) -> Option<Vec<u
 /// f16 little-endian bytes of `v`.
 fn half_bytes(v: f32) -> [u8; 2] {
     microlm::write::f16_bytes(v)
-}
-
-/// Writes a regular file atomically (a temporary file renamed over the target).
-pub fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
-    // A device or pipe (e.g. `-o /dev/null`) is written in place; renaming over it would replace it.
-    if path.exists() && !path.is_file() {
-        return std::fs::write(path, bytes).with_context(|| format!("cannot write {}", path.display()));
-    }
-    let tmp = path.with_extension("mlm.partial");
-    std::fs::write(&tmp, bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot move {} to {}", tmp.display(), path.display()))
 }

@@ -88,9 +88,9 @@ fn stop_name(stop: Stop) -> &'static str {
     }
 }
 
-/// Encodes `prompt` with BOS as llama2.c does.
+/// Encodes `prompt` with BOS as llama2.c does (with the workspace for O(n log n) merges).
 pub fn encode_prompt(tok: &Tokenizer<'_>, prompt: &str) -> Result<Vec<u32>> {
-    let mut ids = vec![0u32; Tokenizer::encode_capacity(prompt.as_bytes())];
+    let mut ids = vec![0u32; Tokenizer::encode_workspace(prompt.as_bytes())];
     let n = tok.encode(prompt.as_bytes(), true, false, &mut ids)?;
     ids.truncate(n);
     Ok(ids)
@@ -114,6 +114,13 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
     let plan = model.plan(ctx, s.kv)?;
     let mut arena = load::arena(plan.total);
     let mut session = Session::new(&model, bytemuck::cast_slice_mut(&mut arena), ctx, s.kv)?;
+    // A prompt that cannot fit is refused before it is encoded.
+    let at_least = model.tokenizer().min_tokens(s.prompt.as_bytes(), true);
+    anyhow::ensure!(
+        at_least <= ctx,
+        "prompt is at least {at_least} tokens ({} bytes), longer than the context of {ctx}",
+        s.prompt.len()
+    );
     let prompt = encode_prompt(model.tokenizer(), &s.prompt)?;
     let mut generation = Generation::new(&session, &prompt, s.steps)?;
     if let Some(sinks) = s.window {

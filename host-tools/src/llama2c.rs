@@ -265,6 +265,7 @@ pub fn read_tokenizer(bytes: &[u8], path: &Path) -> Result<Vocab> {
             .get(at..at + 8)
             .with_context(|| format!("{}: truncated at token {id} (offset {at})", path.display()))?;
         let score = f32::from_le_bytes(head[..4].try_into()?);
+        ensure!(score.is_finite(), "{}: token {id} has a non-finite score {score}", path.display());
         let len = i32::from_le_bytes(head[4..].try_into()?);
         ensure!(len > 0 && len <= max_len, "{}: token {id} has length {len}, outside 1..={max_len}", path.display());
         let piece = bytes

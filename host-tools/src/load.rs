@@ -17,7 +17,7 @@ pub struct ModelFile {
 impl ModelFile {
     /// Reads a whole file.
     pub fn read(path: &Path) -> Result<ModelFile> {
-        let data = std::fs::read(path).with_context(|| format!("cannot read model file {}", path.display()))?;
+        let data = crate::io::read(path, crate::io::MODEL)?;
         let mut words = vec![0u32; data.len().div_ceil(4)];
         bytemuck::cast_slice_mut::<u32, u8>(&mut words)[..data.len()].copy_from_slice(&data);
         Ok(ModelFile { path: path.to_path_buf(), words, len: data.len() })

@@ -249,7 +249,7 @@ pub fn embedded_ctx(model: &Path, sampling: &SamplingArgs) -> Result<Option<usiz
     if let Some(ctx) = sampling.ctx {
         return Ok(Some(ctx));
     }
-    let bytes = std::fs::read(model).with_context(|| format!("cannot read model file {}", model.display()))?;
+    let bytes = microlm_cli::io::read(model, microlm_cli::io::MODEL)?;
     let mut words = vec![0u32; bytes.len().div_ceil(4)];
     bytemuck::cast_slice_mut::<u32, u8>(&mut words)[..bytes.len()].copy_from_slice(&bytes);
     let bytes = &bytemuck::cast_slice::<u32, u8>(&words)[..bytes.len()];

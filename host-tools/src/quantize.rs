@@ -12,12 +12,13 @@ use std::path::PathBuf;
 use anyhow::{bail, ensure, Context, Result};
 use clap::Args;
 use microlm::format::{DType, KindDtypes, TensorEntry, TensorKind};
-use microlm::quant::{encode_rows, ErrorStats};
+use microlm::quant::{check_values, encode_rows, EncodeError, ErrorStats};
 use microlm::write::{self, decode_tensor, ModelSpec, Vocab, WriteError};
 use microlm::Model;
 use serde::Serialize;
 
 use crate::calibrate::{self, Importance};
+use microlm_cli::io;
 use microlm_cli::load::ModelFile;
 
 /// Dtype and calibration flags shared by `convert` and `quantize`.
@@ -39,6 +40,10 @@ pub struct QuantArgs {
     /// Print the per-tensor report as one JSON object on stdout.
     #[arg(long)]
     pub json: bool,
+    /// Clamp values beyond a dtype's range (f16: 65504; q8_0/q4_0: a block scale of 65504)
+    /// to its largest finite value instead of refusing them. NaN and infinities are always refused.
+    #[arg(long)]
+    pub saturate: bool,
 }
 
 /// Arguments of `microlm quantize`.
@@ -132,12 +137,16 @@ pub type Passthrough<'p> = dyn Fn(&TensorEntry, &[f32]) -> Option<Vec<u8>> + 'p;
 
 /// Writes `source` with `dtypes`, quantizing block types with `importance` when
 /// given; returns the file and one report line per tensor (norms included).
+/// Every writer goes through here: a NaN or infinity in the source, or a value
+/// the target dtype cannot hold finitely, is refused naming the tensor, the
+/// index and the value (with `saturate`, out-of-range values are clamped).
 pub fn requantize(
     source: &Model<'_>,
     name: &str,
     dtypes: KindDtypes,
     importance: Option<&Importance>,
     passthrough: &Passthrough<'_>,
+    saturate: bool,
 ) -> Result<(Vec<u8>, Vec<TensorReport>)> {
     let vocab = vocab_of(source);
     let spec = ModelSpec { name, config: *source.config(), dtypes, vocab: &vocab };
@@ -155,6 +164,13 @@ pub fn requantize(
             Ok(v) => v,
             Err(e) => return Err(fail(e, &mut failure)),
         };
+        // Non-finite values never enter a file: refuse them in the source, and values the
+        // target dtype cannot hold (unless saturating). Quantized sources are checked as
+        // decoded (a hostile file's scale may be infinite).
+        let checked = match check_values(entry.dtype, &values, saturate) {
+            Ok(v) => v,
+            Err(e) => return Err(fail(anyhow::anyhow!("cannot store tensor {name}: {e}{}", hint(&e)), &mut failure)),
+        };
         let bytes = if src_dtype.is_quantized() {
             if src_dtype != entry.dtype {
                 let e = anyhow::anyhow!(
@@ -168,13 +184,24 @@ pub fn requantize(
                 return Err(fail(e, &mut failure));
             }
             source.matrix(kind, layer).map(|m| m.data.to_vec()).unwrap_or_default()
-        } else if let Some(bytes) = passthrough(entry, &values) {
+        } else if let Some(bytes) =
+            passthrough(entry, &values).filter(|b| all_finite(&decode_tensor(entry.dtype, rows, cols, b)))
+        {
             bytes
         } else {
             let imp = importance.and_then(|i| i.get(kind, layer));
-            encode_rows(entry.dtype, cols, &values, imp)
+            encode_rows(entry.dtype, cols, &checked, imp)
         };
         let decoded = decode_tensor(entry.dtype, rows, cols, &bytes);
+        if let Some(index) = decoded.iter().position(|v| !v.is_finite()) {
+            // Unreachable after check_values; kept so no writer can store a non-finite value.
+            let e = anyhow::anyhow!(
+                "cannot store tensor {name}: value {} at index {index} would be stored as {}",
+                values[index],
+                decoded[index]
+            );
+            return Err(fail(e, &mut failure));
+        }
         let stats = ErrorStats::between(&values, &decoded);
         report.push(TensorReport {
             name,
@@ -193,14 +220,25 @@ pub fn requantize(
     }
 }
 
+fn all_finite(values: &[f32]) -> bool {
+    values.iter().all(|v| v.is_finite())
+}
+
+/// What to do about an [`EncodeError`].
+fn hint(e: &EncodeError) -> &'static str {
+    match e {
+        EncodeError::OutOfRange { .. } => " (--saturate clamps it to the largest finite value)",
+        EncodeError::NonFinite { .. } => "",
+    }
+}
+
 /// Runs the calibration text through `model` when `--calibrate` is given.
 pub fn importance_for(model: &Model<'_>, args: &QuantArgs, dtypes: &KindDtypes) -> Result<Option<Importance>> {
     let Some(path) = &args.calibrate else { return Ok(None) };
     if !dtypes.iter().any(|d| d.is_quantized()) {
         eprintln!("warning: --calibrate only affects q8_0/q4_0 tensors; none are requested");
     }
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read calibration text {}", path.display()))?;
+    let text = io::read_text(path, io::TEXT).context("cannot read the calibration text")?;
     let imp = calibrate::collect(model, &text, args.calibrate_tokens)
         .with_context(|| format!("calibration on {} failed", path.display()))?;
     eprintln!("calibrated on {} tokens of {}", imp.tokens, path.display());
@@ -230,16 +268,23 @@ pub fn print_report(output: &std::path::Path, file_bytes: usize, report: &[Tenso
     Ok(())
 }
 
+/// The files a `convert` or `quantize` run reads, which its output must not be.
+pub fn inputs<'a>(files: &[&'a std::path::Path], args: &'a QuantArgs) -> Vec<&'a std::path::Path> {
+    files.iter().copied().chain(args.calibrate.as_deref()).collect()
+}
+
 pub fn run(args: &QuantizeArgs) -> Result<()> {
-    let file = ModelFile::read(&args.input)?;
-    let model = file.parse(false)?;
     let Some(base) = args.quant.dtype else {
         bail!("--dtype is required (f32, f16, q8_0 or q4_0)");
     };
+    let output = io::Output::create(&args.output, &inputs(&[&args.input], &args.quant))?;
+    let file = ModelFile::read(&args.input)?;
+    let model = file.parse(false)?;
     let dtypes = kind_dtypes(base, &args.quant, model.config().shared_classifier)?;
     let importance = importance_for(&model, &args.quant, &dtypes)?;
-    let (out, report) = requantize(&model, model.name(), dtypes, importance.as_ref(), &|_, _| None)?;
-    crate::convert::write_file(&args.output, &out)?;
+    let (out, report) =
+        requantize(&model, model.name(), dtypes, importance.as_ref(), &|_, _| None, args.quant.saturate)?;
+    output.commit(&out)?;
     print_report(&args.output, out.len(), &report, args.quant.json)?;
     eprintln!("wrote {} ({} bytes)", args.output.display(), out.len());
     Ok(())

@@ -251,6 +251,8 @@ pub enum SamplerError {
     ZeroSeed,
     /// The candidate scratch is smaller than the vocabulary.
     Scratch { needed: usize, given: usize },
+    /// A logit handed to the sampler is NaN or infinite (the first such index).
+    NonFiniteLogit { index: usize },
 }
 
 impl fmt::Display for SamplerError {
@@ -267,6 +269,7 @@ impl fmt::Display for SamplerError {
             Scratch { needed, given } => {
                 write!(f, "sampler scratch holds {given} candidates, needs {needed}")
             }
+            NonFiniteLogit { index } => write!(f, "logit {index} is not a finite number"),
         }
     }
 }

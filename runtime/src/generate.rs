@@ -44,6 +44,13 @@ pub enum GenerateError {
     Session(SessionError),
     /// The sampler failed.
     Sampler(SamplerError),
+    /// The forward pass produced a NaN or infinite logit.
+    NonFiniteLogits {
+        /// The position whose logits these are.
+        position: usize,
+        /// The first token whose logit is not finite.
+        index: usize,
+    },
 }
 
 impl From<SessionError> for GenerateError {
@@ -63,6 +70,10 @@ impl core::fmt::Display for GenerateError {
         match self {
             GenerateError::Session(e) => e.fmt(f),
             GenerateError::Sampler(e) => e.fmt(f),
+            GenerateError::NonFiniteLogits { position, index } => write!(
+                f,
+                "the model produced a non-finite logit (token {index}) at position {position}: its weights overflow"
+            ),
         }
     }
 }
@@ -154,7 +165,13 @@ impl<'p> Generation<'p> {
             Some(&t) => t,
             None => {
                 let (logits, scratch) = session.logits_and_scratch();
-                sampler.sample(logits, scratch)?
+                match sampler.sample(logits, scratch) {
+                    Ok(t) => t,
+                    Err(SamplerError::NonFiniteLogit { index }) => {
+                        return Err(GenerateError::NonFiniteLogits { position: self.pos, index })
+                    }
+                    Err(e) => return Err(e.into()),
+                }
             }
         };
         self.pos += 1;

@@ -54,6 +54,104 @@ pub fn encode_rows(dtype: DType, cols: usize, values: &[f32], importance: Option
     out
 }
 
+/// Why a tensor's values cannot be stored as a dtype.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum EncodeError {
+    /// The value at `index` (flattened, row-major) is NaN or infinite.
+    NonFinite {
+        /// Flattened index of the first such value.
+        index: usize,
+        /// The value.
+        value: f32,
+    },
+    /// The value at `index` is finite but would not be in `dtype`: beyond the f16
+    /// range, or so large that its block's f16 scale overflows.
+    OutOfRange {
+        /// Flattened index of the first such value.
+        index: usize,
+        /// The value.
+        value: f32,
+        /// The dtype it does not fit.
+        dtype: DType,
+    },
+}
+
+impl core::fmt::Display for EncodeError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match *self {
+            EncodeError::NonFinite { index, value } => write!(f, "value {value} at index {index} is not finite"),
+            EncodeError::OutOfRange { index, value, dtype } => write!(
+                f,
+                "value {value:e} at index {index} does not fit in {} (largest magnitude {:e})",
+                dtype.name(),
+                largest_finite(dtype)
+            ),
+        }
+    }
+}
+
+impl std::error::Error for EncodeError {}
+
+/// The largest magnitude `dtype` stores finitely: f32::MAX, f16's 65504, and for
+/// the block types the largest value whose block scale (amax/127, max/8) is at most 65504.
+pub fn largest_finite(dtype: DType) -> f32 {
+    let f16_max = f16::MAX.to_f32();
+    match dtype {
+        DType::F32 => f32::MAX,
+        DType::F16 => f16_max,
+        DType::Q8_0 => f16_max * 127.0,
+        DType::Q4_0 => f16_max * 8.0,
+    }
+}
+
+/// Whether `v` (finite) is stored finitely as `dtype`: its f16 rounding, or the
+/// f16 rounding of the scale a block whose largest magnitude is `v` gets.
+fn fits(dtype: DType, v: f32) -> bool {
+    let a = libm::fabsf(v);
+    match dtype {
+        DType::F32 => true,
+        DType::F16 => f16::from_f32(a).is_finite(),
+        DType::Q8_0 => f16::from_f32(a / 127.0).is_finite(),
+        DType::Q4_0 => f16::from_f32(a / 8.0).is_finite(),
+    }
+}
+
+/// Checks that every value is finite and stays finite when stored as `dtype`.
+/// With `saturate`, values beyond the dtype's range are clamped to
+/// ±[`largest_finite`] (a NaN or infinity is still an error); the returned
+/// values are the ones to encode.
+pub fn check_values(
+    dtype: DType,
+    values: &[f32],
+    saturate: bool,
+) -> Result<alloc::borrow::Cow<'_, [f32]>, EncodeError> {
+    use alloc::borrow::Cow;
+    if let Some(index) = values.iter().position(|v| !v.is_finite()) {
+        return Err(EncodeError::NonFinite { index, value: values[index] });
+    }
+    let Some(index) = values.iter().position(|&v| !fits(dtype, v)) else {
+        return Ok(Cow::Borrowed(values));
+    };
+    if !saturate {
+        return Err(EncodeError::OutOfRange { index, value: values[index], dtype });
+    }
+    let max = largest_finite(dtype);
+    Ok(Cow::Owned(values.iter().map(|&v| v.clamp(-max, max)).collect()))
+}
+
+/// [`encode_rows`] after [`check_values`]: the encoded tensor never holds a
+/// non-finite value or scale.
+pub fn encode_rows_checked(
+    dtype: DType,
+    cols: usize,
+    values: &[f32],
+    importance: Option<&[f32]>,
+    saturate: bool,
+) -> Result<Vec<u8>, EncodeError> {
+    let values = check_values(dtype, values, saturate)?;
+    Ok(encode_rows(dtype, cols, &values, importance))
+}
+
 /// Per-element weights of one block, llama.cpp style: the calibration
 /// importance of the column times `sqrt(σ² + x²)` with σ² the row's mean square,
 /// so large weights and important columns are both kept accurate.
@@ -217,6 +315,42 @@ mod tests {
         let rtn = err(&encode_rows(DType::Q4_0, cols, &x, None));
         let searched = err(&encode_rows(DType::Q4_0, cols, &x, Some(&imp)));
         assert!(searched < rtn * 0.9, "searched {searched} vs rtn {rtn}");
+    }
+
+    #[test]
+    fn values_beyond_a_dtype_are_refused_or_saturated() {
+        let mut x = wave(64);
+        x[37] = 1e5;
+        assert_eq!(encode_rows_checked(DType::F32, 64, &x, None, false).map(|b| b.len()), Ok(256));
+        let err = encode_rows_checked(DType::F16, 64, &x, None, false).unwrap_err();
+        assert_eq!(err, EncodeError::OutOfRange { index: 37, value: 1e5, dtype: DType::F16 });
+        // 1e5 fits q8_0 and q4_0 (scales 787 and 12500); 1e7 does not (scales 78740 and 1.25e6).
+        x[37] = 1e7;
+        for dtype in [DType::F16, DType::Q8_0, DType::Q4_0] {
+            let err = encode_rows_checked(dtype, 64, &x, None, false).unwrap_err();
+            assert_eq!(err, EncodeError::OutOfRange { index: 37, value: 1e7, dtype });
+            for imp in [None, Some(&[1.0f32; 64][..])] {
+                let bytes = encode_rows_checked(dtype, 64, &x, imp, true).unwrap();
+                let y = decode_tensor(dtype, 1, 64, &bytes);
+                assert!(y.iter().all(|v| v.is_finite()), "{dtype:?}");
+                let top = largest_finite(dtype);
+                assert!((y[37] - top).abs() <= top * 0.07, "{dtype:?}: {} vs {top}", y[37]);
+            }
+        }
+        x[3] = f32::NAN;
+        for dtype in DType::ALL {
+            let err = encode_rows_checked(dtype, 64, &x, None, true).unwrap_err();
+            assert!(matches!(err, EncodeError::NonFinite { index: 3, value } if value.is_nan()));
+        }
+    }
+
+    #[test]
+    fn the_largest_finite_value_of_each_dtype_round_trips_finitely() {
+        for dtype in DType::ALL {
+            let x = [largest_finite(dtype); 32];
+            let bytes = encode_rows_checked(dtype, 32, &x, None, false).unwrap();
+            assert!(decode_tensor(dtype, 1, 32, &bytes).iter().all(|v| v.is_finite()), "{dtype:?}");
+        }
     }
 
     #[test]

@@ -117,18 +117,31 @@ impl Sampler {
     }
 
     /// Samples a token; `logits` (vocab) is overwritten with probabilities,
-    /// `scratch` needs at least `logits.len()` entries.
+    /// `scratch` needs at least `logits.len()` entries. A NaN or infinite logit is
+    /// an error ([`SamplerError::NonFiniteLogit`]), never a sampled token.
     pub fn sample(&mut self, logits: &mut [f32], scratch: &mut [Candidate]) -> Result<u32, SamplerError> {
         let n = logits.len();
         if scratch.len() < n {
             return Err(SamplerError::Scratch { needed: n, given: scratch.len() });
         }
-        let c = self.config;
-        if c.temperature == 0.0 {
-            return Ok(argmax(logits));
+        if let Some(index) = logits.iter().position(|l| !l.is_finite()) {
+            return Err(SamplerError::NonFiniteLogit { index });
         }
+        let c = self.config;
+        let greedy = argmax(logits);
+        if c.temperature == 0.0 {
+            return Ok(greedy);
+        }
+        // llama2.c's division, so normal temperatures keep its exact probabilities.
+        // A temperature so small that a scaled logit overflows is the t -> 0+ limit:
+        // the most likely token (softmax of an infinite logit would be NaN).
+        let mut finite = true;
         for l in logits.iter_mut() {
             *l /= c.temperature;
+            finite &= l.is_finite();
+        }
+        if !finite {
+            return Ok(greedy);
         }
         math::softmax(logits);
         let coin = self.rng.next_f32();
@@ -282,6 +295,31 @@ mod tests {
         assert_eq!(bad(SamplerConfig { top_k: 11, ..ok }), SamplerError::TopK { top_k: 11, vocab_size: 10 });
         assert_eq!(bad(SamplerConfig { min_p: f32::NAN, ..ok }), SamplerError::MinP);
         assert_eq!(bad(SamplerConfig { seed: 0, ..ok }), SamplerError::ZeroSeed);
+    }
+
+    #[test]
+    fn a_temperature_whose_scaled_logits_overflow_is_greedy() {
+        for t in [1e-38f32, 1e-30, f32::MIN_POSITIVE, 1e-45] {
+            let cfg = SamplerConfig { temperature: t, seed: 7, ..Default::default() };
+            let mut s = Sampler::new(cfg, 4).unwrap();
+            for _ in 0..10 {
+                let mut logits = [0.5, 12.0, 11.5, -3.0];
+                let mut scratch = [Candidate::default(); 4];
+                assert_eq!(s.sample(&mut logits, &mut scratch), Ok(1), "t = {t:e}");
+            }
+        }
+    }
+
+    #[test]
+    fn non_finite_logits_are_errors() {
+        for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            for t in [0.0, 1.0] {
+                let mut s = Sampler::new(SamplerConfig { temperature: t, ..Default::default() }, 4).unwrap();
+                let mut logits = [0.5, 1.0, bad, -1.0];
+                let mut scratch = [Candidate::default(); 4];
+                assert_eq!(s.sample(&mut logits, &mut scratch), Err(SamplerError::NonFiniteLogit { index: 2 }));
+            }
+        }
     }
 
     #[test]

@@ -13,6 +13,11 @@
 //!
 //! Encoding needs no heap: the caller's output slice is the merge workspace,
 //! and pair lookups compare against the two pieces without concatenating them.
+//! Given [`Tokenizer::encode_workspace`] slots, the merges run in O(n log n)
+//! (a linked list of tokens, each pair's merge cached, and a tournament tree
+//! picking the best pair); given only [`Tokenizer::encode_capacity`] slots, they
+//! rescan the sequence after every merge, O(n²), which is fine for the short
+//! prompts of a board. Both give the same tokens as llama2.c.
 
 use core::cmp::Ordering;
 
@@ -34,9 +39,17 @@ pub struct Tokenizer<'a> {
     /// Concatenated piece bytes.
     blob: &'a [u8],
     vocab_size: usize,
+    /// Length in bytes of the longest piece.
+    longest_piece: usize,
     bos_id: u32,
     eos_id: u32,
 }
+
+/// A free or absent slot in the merge workspace's links and tree.
+const NONE: u32 = u32::MAX;
+
+/// llama2.c's starting best score: only pairs scoring above it are merged.
+const MIN_MERGE_SCORE: f32 = -1e10;
 
 /// One byte per value, so a byte token can be returned as a `&'static [u8]`.
 static BYTES: [u8; 256] = {
@@ -88,9 +101,11 @@ impl<'a> Tokenizer<'a> {
             sorted: &section[sorted_at..blob_at],
             blob: &section[blob_at..end],
             vocab_size: n,
+            longest_piece: 0,
             bos_id,
             eos_id,
         };
+        let mut t = t;
         // Offsets start at 0, never decrease, end at the blob length; pieces are 1..=max bytes.
         if read_u32(t.offsets, 0) != Some(0) || read_u32(t.offsets, n * 4) != Some(blob_len as u32) {
             return Err(bad);
@@ -101,6 +116,7 @@ impl<'a> Tokenizer<'a> {
             if stop <= start || stop - start > max_piece_len || stop > blob_len {
                 return Err(FormatError::TokenizerPiece { id: id as u32 });
             }
+            t.longest_piece = t.longest_piece.max(stop - start);
         }
         // The index must list ids whose pieces strictly increase in byte order.
         let mut prev: Option<&[u8]> = None;
@@ -186,10 +202,27 @@ impl<'a> Tokenizer<'a> {
         text.len() + 3
     }
 
+    /// Slots of output slice with which `encode` merges in O(n log n) rather than
+    /// O(n²): seven per token (ids, links, cached pairs, tree).
+    pub fn encode_workspace(text: &[u8]) -> usize {
+        Self::encode_capacity(text).saturating_mul(7)
+    }
+
+    /// A lower bound on the tokens `encode` returns for `text` (with BOS when
+    /// `bos`), computed without encoding: every token covers at most the length of
+    /// the longest piece in text bytes, so a text that cannot fit a context can be
+    /// refused before it is encoded.
+    pub fn min_tokens(&self, text: &[u8], bos: bool) -> usize {
+        let covered = text.len() + usize::from(!text.is_empty()); // the dummy-prefix space
+        covered.div_ceil(self.longest_piece.max(1)) + usize::from(bos)
+    }
+
     /// Encodes `text` as llama2.c `encode` does: optional BOS, a dummy-prefix
     /// space for non-empty text, each UTF-8 code point (bytes grouped as llama2.c
     /// groups them) looked up whole or split into byte tokens, then repeated
-    /// merges of the best-scoring adjacent pair. Returns the token count.
+    /// merges of the best-scoring adjacent pair (the leftmost of equal scores).
+    /// Returns the token count. `out` needs [`Tokenizer::encode_capacity`] slots;
+    /// with [`Tokenizer::encode_workspace`] slots long texts encode fast.
     pub fn encode(&self, text: &[u8], bos: bool, eos: bool, out: &mut [u32]) -> Result<usize, TokenizerError> {
         // Count the tokens before merging, so capacity is checked up front.
         let needed = self.pre_merge_count(text) + usize::from(bos) + usize::from(eos);
@@ -211,30 +244,134 @@ impl<'a> Tokenizer<'a> {
             Some(id) => push(id),
             None => bytes.iter().for_each(|&b| push(u32::from(b) + BYTE_TOKEN_BASE)),
         });
-        // Merge the best pair until none is in the vocabulary (llama2.c: score > best, leftmost wins).
-        loop {
-            let mut best: Option<(f32, u32, usize)> = None;
-            for i in 0..n.saturating_sub(1) {
-                let (Some(a), Some(b)) = (self.piece(out[i]), self.piece(out[i + 1])) else {
-                    continue;
-                };
-                if let Some(id) = self.lookup_pair(a, b) {
-                    let score = self.score(id);
-                    if score > best.map_or(-1e10, |(s, _, _)| s) {
-                        best = Some((score, id, i));
-                    }
-                }
-            }
-            let Some((_, id, i)) = best else { break };
-            out[i] = id;
-            out.copy_within(i + 2..n, i + 1);
-            n -= 1;
-        }
+        n = match tree_len(n).and_then(|p| n.checked_mul(5)?.checked_add(p)) {
+            Some(work) if work <= out.len() && n < NONE as usize => self.merge_fast(out, n, tree_len(n).unwrap_or(1)),
+            _ => self.merge_rescanning(out, n),
+        };
         if eos {
             out[n] = self.eos_id;
             n += 1;
         }
         Ok(n)
+    }
+
+    /// The merge of `a` followed by `b` and its score, when it is eligible (llama2.c:
+    /// a pair in the vocabulary scoring above -1e10; a NaN score never merges).
+    fn pair(&self, a: u32, b: u32) -> Option<(u32, f32)> {
+        let id = self.lookup_pair(self.piece(a)?, self.piece(b)?)?;
+        let score = self.score(id);
+        (score > MIN_MERGE_SCORE).then_some((id, score))
+    }
+
+    /// Merges `out[..n]` by rescanning every pair after each merge: O(n²), no workspace.
+    fn merge_rescanning(&self, out: &mut [u32], mut n: usize) -> usize {
+        loop {
+            let mut best: Option<(f32, u32, usize)> = None;
+            for i in 0..n.saturating_sub(1) {
+                if let Some((id, score)) = self.pair(out[i], out[i + 1]) {
+                    if score > best.map_or(MIN_MERGE_SCORE, |(s, _, _)| s) {
+                        best = Some((score, id, i));
+                    }
+                }
+            }
+            let Some((_, id, i)) = best else { return n };
+            out[i] = id;
+            out.copy_within(i + 2..n, i + 1);
+            n -= 1;
+        }
+    }
+
+    /// Merges `out[..n]` in O(n log n), in the same order as [`Self::merge_rescanning`]:
+    /// the best-scoring pair first, the leftmost of equal scores. A token keeps the
+    /// position it had before merging, so "leftmost" is the smallest position.
+    ///
+    /// Workspace in `out` (n tokens, `p` = tree leaves, a power of two ≥ n):
+    /// `ids` n × token id (dead slots keep a stale id), `next`/`prev` n × position
+    /// (NONE at the ends), `merged` n × id of the pair starting there, `score` n ×
+    /// its score bits (`merged` NONE: no eligible pair), `tree` p × winner position
+    /// per node (1..p internal; leaf i is position i).
+    fn merge_fast(&self, out: &mut [u32], n: usize, p: usize) -> usize {
+        if n < 2 {
+            return n;
+        }
+        let (ids, rest) = out.split_at_mut(n);
+        let (next, rest) = rest.split_at_mut(n);
+        let (prev, rest) = rest.split_at_mut(n);
+        let (merged, rest) = rest.split_at_mut(n);
+        let (score, rest) = rest.split_at_mut(n);
+        let tree = &mut rest[..p];
+        for i in 0..n {
+            next[i] = if i + 1 < n { i as u32 + 1 } else { NONE };
+            prev[i] = if i > 0 { i as u32 - 1 } else { NONE };
+            (merged[i], score[i]) = match (i + 1 < n).then(|| self.pair(ids[i], ids[i + 1])).flatten() {
+                Some((id, s)) => (id, s.to_bits()),
+                None => (NONE, 0),
+            };
+        }
+        // The better of two candidate positions: higher score, then smaller position.
+        let better = |merged: &[u32], score: &[u32], a: u32, b: u32| -> u32 {
+            let key =
+                |i: u32| merged.get(i as usize).filter(|&&m| m != NONE).map(|_| f32::from_bits(score[i as usize]));
+            match (key(a), key(b)) {
+                (Some(sa), Some(sb)) => {
+                    if sb > sa || (sb == sa && b < a) {
+                        b
+                    } else {
+                        a
+                    }
+                }
+                (Some(_), None) => a,
+                (None, Some(_)) => b,
+                (None, None) => NONE,
+            }
+        };
+        let child = |tree: &[u32], c: usize| if c >= p { (c - p) as u32 } else { tree[c] };
+        for node in (1..p).rev() {
+            tree[node] = better(merged, score, child(tree, 2 * node), child(tree, 2 * node + 1));
+        }
+        let update = |tree: &mut [u32], merged: &[u32], score: &[u32], leaf: u32| {
+            let mut node = (p + leaf as usize) / 2;
+            while node >= 1 {
+                tree[node] = better(merged, score, child(tree, 2 * node), child(tree, 2 * node + 1));
+                node /= 2;
+            }
+        };
+        let mut count = n;
+        loop {
+            // n >= 2, so p >= 2 and tree[1] is the root: the best pair's position, or NONE.
+            let best = tree[1];
+            let Some(&m) = merged.get(best as usize) else { break };
+            let (i, j) = (best as usize, next[best as usize] as usize);
+            // Merge positions i and j (= next[i]) into i.
+            ids[i] = m;
+            let after = next[j];
+            next[i] = after;
+            if let Some(a) = prev.get_mut(after as usize) {
+                *a = i as u32;
+            }
+            merged[j] = NONE;
+            count -= 1;
+            // The pairs that changed: (i, after) and (prev[i], i).
+            let recompute = |merged: &mut [u32], score: &mut [u32], at: u32, right: u32| {
+                let pair = ids.get(right as usize).and_then(|&r| self.pair(ids[at as usize], r));
+                (merged[at as usize], score[at as usize]) = pair.map_or((NONE, 0), |(id, s)| (id, s.to_bits()));
+            };
+            recompute(merged, score, i as u32, after);
+            update(tree, merged, score, j as u32);
+            update(tree, merged, score, i as u32);
+            let before = prev[i];
+            if before != NONE {
+                recompute(merged, score, before, i as u32);
+                update(tree, merged, score, before);
+            }
+        }
+        // Compact the surviving tokens to the front (positions only grow, so in place is safe).
+        let mut at = 0u32;
+        for k in 0..count {
+            ids[k] = ids[at as usize];
+            at = next[at as usize];
+        }
+        count
     }
 
     /// The dummy-prefix token: the piece " ", or its byte token if the vocabulary lacks it.
@@ -276,6 +413,11 @@ impl<'a> Tokenizer<'a> {
         }
         piece
     }
+}
+
+/// Leaves of the merge tree for `n` tokens: the next power of two (at least 1).
+fn tree_len(n: usize) -> Option<usize> {
+    n.max(1).checked_next_power_of_two()
 }
 
 /// Reassembles UTF-8 characters split across tokens so a sink prints them whole.

@@ -29,6 +29,8 @@ pub enum WriteError {
     DuplicatePiece { first: u32, second: u32 },
     /// A piece is empty.
     EmptyPiece { id: u32 },
+    /// A token's merge score is NaN or infinite.
+    NonFiniteScore { id: u32, score: f32 },
     /// Pieces and scores differ in count, or do not match the config's vocab_size.
     VocabSize { pieces: usize, scores: usize, vocab_size: usize },
     /// A tensor's data has the wrong number of values.
@@ -44,6 +46,7 @@ impl core::fmt::Display for WriteError {
                 write!(f, "tokens {first} and {second} have the same piece")
             }
             WriteError::EmptyPiece { id } => write!(f, "token {id} has an empty piece"),
+            WriteError::NonFiniteScore { id, score } => write!(f, "token {id} has a non-finite score {score}"),
             WriteError::VocabSize { pieces, scores, vocab_size } => {
                 write!(f, "tokenizer has {pieces} pieces and {scores} scores, the model's vocab_size is {vocab_size}")
             }
@@ -71,6 +74,9 @@ pub fn tokenizer_section(vocab: &Vocab) -> Result<(Vec<u8>, u32), WriteError> {
     }
     if let Some(id) = vocab.pieces.iter().position(|p| p.is_empty()) {
         return Err(WriteError::EmptyPiece { id: id as u32 });
+    }
+    if let Some(id) = vocab.scores.iter().position(|s| !s.is_finite()) {
+        return Err(WriteError::NonFiniteScore { id: id as u32, score: vocab.scores[id] });
     }
     let mut sorted: Vec<u32> = (0..n as u32).collect();
     sorted.sort_by(|&a, &b| vocab.pieces[a as usize].cmp(&vocab.pieces[b as usize]));

@@ -69,8 +69,8 @@ fn tokenizer_for(index: usize) -> &'static Tokenizer<'static> {
 }
 
 /// A selector byte (bit 0: which vocabulary, bit 1: append EOS) then text, through
-/// encode and decode: ids stay in range, decoded text is valid UTF-8, and
-/// printable UTF-8 round-trips exactly.
+/// encode and decode: ids stay in range, both merge algorithms agree, decoded
+/// text is valid UTF-8, and printable UTF-8 round-trips exactly.
 pub fn tokenizer(data: &[u8]) {
     let Some((&selector, text)) = data.split_first() else { return };
     let tok = tokenizer_for(usize::from(selector & 1));
@@ -81,6 +81,10 @@ pub fn tokenizer(data: &[u8]) {
     let count = tok.encode(text, true, eos, &mut ids).expect("capacity from encode_capacity");
     let ids = &ids[..count];
     assert!(ids.iter().all(|&id| (id as usize) < n));
+    // The O(n log n) merges (given the workspace) give the same tokens as the rescan.
+    let mut fast = vec![0u32; Tokenizer::encode_workspace(text)];
+    let fast_count = tok.encode(text, true, eos, &mut fast).expect("workspace holds the capacity");
+    assert_eq!(&fast[..fast_count], ids);
 
     let mut out = String::new();
     let mut utf8 = Utf8Stream::new();

@@ -1,0 +1,236 @@
+//! Every file the CLI reads or writes goes through here.
+//!
+//! Reading: an input must be a regular file (symlinks to one are fine) and is
+//! read up to its kind's [`Limit`], so a device, a FIFO or a runaway file is
+//! refused with one line instead of growing until the machine runs out of memory.
+//!
+//! Writing: an [`Output`] is never one of the command's inputs (same device and
+//! inode, whatever the names), goes to a temporary file unique to this process
+//! in the target's directory, and is renamed over the target only once complete,
+//! so a reader or a concurrent run never sees a partial file and a failed or
+//! interrupted run (Ctrl-C, SIGTERM) leaves nothing behind. Writing through a
+//! symlink replaces its target and keeps the symlink; devices and pipes (e.g.
+//! `-o /dev/null`) are written in place.
+
+use std::fs::{self, File};
+use std::io::{Read, Write};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, Once};
+
+use anyhow::{bail, Context, Result};
+
+/// The largest input of one kind the CLI reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limit {
+    /// What the file is, as the error names it.
+    pub what: &'static str,
+    /// Bytes at most.
+    pub max: u64,
+}
+
+const GIB: u64 = 1 << 30;
+const MIB: u64 = 1 << 20;
+
+/// `.mlm` model files.
+pub const MODEL: Limit = Limit { what: "model file", max: 4 * GIB };
+/// llama2.c checkpoints.
+pub const CHECKPOINT: Limit = Limit { what: "checkpoint", max: 4 * GIB };
+/// llama2.c `tokenizer.bin` files.
+pub const TOKENIZER: Limit = Limit { what: "tokenizer", max: 64 * MIB };
+/// Evaluation and calibration text.
+pub const TEXT: Limit = Limit { what: "text file", max: 256 * MIB };
+
+impl Limit {
+    /// A human-readable size: "4 GiB", "64 MiB", or bytes.
+    fn size(&self) -> String {
+        match self.max {
+            m if m % GIB == 0 => format!("{} GiB", m / GIB),
+            m if m % MIB == 0 => format!("{} MiB", m / MIB),
+            m => format!("{m} bytes"),
+        }
+    }
+}
+
+/// Reads the whole of `path`, a regular file of at most `limit.max` bytes.
+pub fn read(path: &Path, limit: Limit) -> Result<Vec<u8>> {
+    let what = limit.what;
+    let meta = fs::metadata(path).with_context(|| format!("cannot read {what} {}", path.display()))?;
+    if !meta.is_file() {
+        bail!("{} is not a regular file (the {what} must be one)", path.display());
+    }
+    let too_big = || {
+        anyhow::anyhow!("{} is larger than the {what} limit of {} ({} bytes)", path.display(), limit.size(), limit.max)
+    };
+    if meta.len() > limit.max {
+        return Err(too_big());
+    }
+    let file = File::open(path).with_context(|| format!("cannot read {what} {}", path.display()))?;
+    // The size may change while reading: never take more than the limit and one byte.
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.take(limit.max + 1)
+        .read_to_end(&mut bytes)
+        .with_context(|| format!("cannot read {what} {}", path.display()))?;
+    if bytes.len() as u64 > limit.max {
+        return Err(too_big());
+    }
+    Ok(bytes)
+}
+
+/// Reads `path` as UTF-8 text (see [`read`]).
+pub fn read_text(path: &Path, limit: Limit) -> Result<String> {
+    let bytes = read(path, limit)?;
+    String::from_utf8(bytes).map_err(|e| {
+        anyhow::anyhow!(
+            "{} is not UTF-8 text (invalid byte at offset {})",
+            path.display(),
+            e.utf8_error().valid_up_to()
+        )
+    })
+}
+
+/// Temporary files to remove if the process is interrupted.
+static PENDING: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+static HANDLER: Once = Once::new();
+
+/// Installs (once) the SIGINT/SIGTERM/SIGHUP handler that removes pending temporary files and exits.
+fn install_interrupt_handler() {
+    HANDLER.call_once(|| {
+        let installed = ctrlc::set_handler(|| {
+            let pending = PENDING.lock().unwrap_or_else(|e| e.into_inner());
+            for path in pending.iter() {
+                let _ = fs::remove_file(path);
+            }
+            eprintln!("error: interrupted; nothing was written");
+            std::process::exit(130);
+        });
+        if let Err(e) = installed {
+            eprintln!(
+                "warning: cannot install the interrupt handler ({e}); an interrupted write may leave a temporary file"
+            );
+        }
+    });
+}
+
+fn pending(path: &Path, add: bool) {
+    let mut list = PENDING.lock().unwrap_or_else(|e| e.into_inner());
+    if add {
+        list.push(path.to_path_buf());
+    } else {
+        list.retain(|p| p != path);
+    }
+}
+
+/// Fails if `output` is the same file as one of `inputs` (device and inode, so
+/// symlinks and hard links are seen through).
+pub fn ensure_not_an_input(output: &Path, inputs: &[&Path]) -> Result<()> {
+    let Ok(out) = fs::metadata(output) else { return Ok(()) };
+    for input in inputs {
+        if let Ok(inp) = fs::metadata(input) {
+            if inp.dev() == out.dev() && inp.ino() == out.ino() {
+                bail!(
+                    "output {} is the input {} (the same file): choose another output",
+                    output.display(),
+                    input.display()
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The file a path names: a symlink's final target (which need not exist yet), else the path.
+fn resolve(path: &Path) -> Result<PathBuf> {
+    let mut path = path.to_path_buf();
+    for _ in 0..40 {
+        match fs::symlink_metadata(&path) {
+            Ok(m) if m.file_type().is_symlink() => {
+                let target = fs::read_link(&path).with_context(|| format!("cannot read symlink {}", path.display()))?;
+                path = match path.parent() {
+                    Some(dir) => dir.join(target),
+                    None => target,
+                };
+            }
+            _ => return Ok(path),
+        }
+    }
+    bail!("{}: too many levels of symbolic links", path.display())
+}
+
+/// An output file being prepared: create it before the work (so a bad output is
+/// reported before minutes of conversion), then [`Output::commit`] the bytes.
+/// Dropping it uncommitted (an error, a panic) removes the temporary file.
+#[derive(Debug)]
+pub struct Output {
+    /// The path as given (for messages).
+    path: PathBuf,
+    /// The file that will hold the bytes (a symlink's target).
+    target: PathBuf,
+    /// `Some` for regular files: the temporary file renamed over `target` at commit.
+    temp: Option<tempfile::NamedTempFile>,
+}
+
+impl Output {
+    /// Checks `path` against `inputs` and opens a unique temporary file beside its target.
+    pub fn create(path: &Path, inputs: &[&Path]) -> Result<Output> {
+        ensure_not_an_input(path, inputs)?;
+        let target = resolve(path)?;
+        if fs::metadata(&target).is_ok_and(|m| m.is_dir()) {
+            bail!("output {} is a directory", path.display());
+        }
+        if fs::metadata(&target).is_ok_and(|m| !m.is_file()) {
+            // A device or pipe (e.g. `-o /dev/null`) is written in place; renaming over it would replace it.
+            return Ok(Output { path: path.to_path_buf(), target, temp: None });
+        }
+        let dir = match target.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        install_interrupt_handler();
+        let prefix = format!(".{name}.");
+        let mut builder = tempfile::Builder::new();
+        builder.prefix(&prefix).suffix(".partial");
+        // Permissions as a new file gets them (the umask applies), not the 0600 of a temporary file.
+        use std::os::unix::fs::PermissionsExt;
+        let mode = fs::metadata(&target).map_or(0o666, |m| m.permissions().mode() & 0o7777);
+        builder.permissions(fs::Permissions::from_mode(mode));
+        let temp = builder.tempfile_in(&dir).with_context(|| format!("cannot create a file in {}", dir.display()))?;
+        pending(temp.path(), true);
+        Ok(Output { path: path.to_path_buf(), target, temp: Some(temp) })
+    }
+
+    /// Writes `bytes` and moves them into place atomically.
+    pub fn commit(mut self, bytes: &[u8]) -> Result<()> {
+        let shown = self.path.display().to_string();
+        let Some(mut temp) = self.temp.take() else {
+            let mut f = fs::OpenOptions::new()
+                .write(true)
+                .open(&self.target)
+                .with_context(|| format!("cannot write {shown}"))?;
+            return f.write_all(bytes).with_context(|| format!("cannot write {shown}"));
+        };
+        let temp_path = temp.path().to_path_buf();
+        let written = temp.write_all(bytes).and_then(|()| temp.as_file().sync_all());
+        let result = match written {
+            Ok(()) => temp.persist(&self.target).map(drop).map_err(|e| e.error),
+            Err(e) => Err(e),
+        };
+        pending(&temp_path, false);
+        result.with_context(|| format!("cannot write {shown}"))
+    }
+}
+
+impl Drop for Output {
+    fn drop(&mut self) {
+        if let Some(temp) = self.temp.take() {
+            pending(temp.path(), false);
+            // NamedTempFile removes the file when dropped.
+        }
+    }
+}
+
+/// Writes `bytes` to `path` as [`Output`] does, in one call.
+pub fn write(path: &Path, bytes: &[u8], inputs: &[&Path]) -> Result<()> {
+    Output::create(path, inputs)?.commit(bytes)
+}
