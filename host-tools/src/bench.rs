@@ -23,7 +23,7 @@ pub struct BenchArgs {
     #[arg(long)]
     pub ctx: Option<usize>,
     /// KV cache dtype: f32, f16 or i8.
-    #[arg(long, default_value = "f32")]
+    #[arg(long, default_value = "f32", value_parser = crate::values::kv())]
     pub kv: microlm::KvDtype,
     /// Print one JSON object instead of a line.
     #[arg(long)]
