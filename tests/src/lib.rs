@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 
 use microlm::{Generation, KvDtype, Model, Sampler, SamplerConfig, Session, Step, Stop, Utf8Stream};
 use serde::Deserialize;
@@ -17,8 +17,15 @@ pub fn root() -> PathBuf {
 }
 
 /// `../shared` beside the checkout: models, data and llama2.c references.
+/// Checked once per test process: without it every test that needs it fails
+/// with the same one-line message instead of a read error of its own.
 pub fn shared() -> PathBuf {
-    root().join("../shared")
+    static PRESENT: OnceLock<bool> = OnceLock::new();
+    let dir = root().join("../shared");
+    if !*PRESENT.get_or_init(|| dir.join("models/stories260K.bin").is_file()) {
+        panic!("needs ../shared/models/stories260K.bin beside the checkout ({}; see README, Models)", dir.display());
+    }
+    dir
 }
 
 /// A file under `../shared` (e.g. `models/stories260K.bin`), checked to exist:

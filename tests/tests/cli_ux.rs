@@ -451,3 +451,48 @@ fn demo_with_models_dir_does_not_download() {
     assert!(out.is_empty());
     assert!(line.contains("are not both in") && line.contains("huggingface.co/karpathy/tinyllamas"), "{line}");
 }
+
+// ---- The two scripts of the README: cheap checks before installing or building ----
+
+/// A checkout with only `scripts/NAME` (the real one) and a `scripts/setup.sh`
+/// that leaves a marker, in a directory with no `shared/` beside it.
+fn lone_script(name: &str) -> (PathBuf, PathBuf) {
+    let top = fresh_dir(&format!("cli-ux-lone-{name}"));
+    let scripts = top.join("checkout/scripts");
+    std::fs::create_dir_all(&scripts).unwrap();
+    std::fs::copy(microlm_tests::root().join("scripts").join(name), scripts.join(name)).unwrap();
+    let marker = top.join("setup-ran");
+    std::fs::write(scripts.join("setup.sh"), format!("#!/bin/sh\ntouch '{}'\n", marker.display())).unwrap();
+    (scripts.join(name), marker)
+}
+
+/// Runs a script with a PATH that has bash and coreutils but no cargo.
+fn run_script(script: &Path, env: &[(&str, &str)]) -> (i32, String) {
+    let out = Command::new("bash")
+        .arg(script)
+        .env("PATH", "/usr/bin:/bin")
+        .env_remove("MICROLM_MODELS")
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[test]
+fn test_script_says_what_it_needs_before_installing_or_building() {
+    let (script, marker) = lone_script("test.sh");
+    let (code, err) = run_script(&script, &[]);
+    let line = one_error_line(code, &err);
+    assert!(line.contains("the tests need ../shared") && line.contains("../shared/models/stories260K.bin"), "{line}");
+    assert!(!marker.exists(), "setup.sh ran before the check");
+}
+
+#[test]
+fn demo_script_checks_the_board_before_installing_or_building() {
+    let (script, marker) = lone_script("demo.sh");
+    let (code, err) = run_script(&script, &[("MICROLM_DEMO_BOARD", "nosuch")]);
+    let line = one_error_line(code, &err);
+    assert!(line.contains("MICROLM_DEMO_BOARD=nosuch is not a board"), "{line}");
+    assert!(!marker.exists(), "setup.sh ran before the check");
+}
