@@ -46,6 +46,24 @@ pub fn profile_dir() -> PathBuf {
     exe.parent().and_then(Path::parent).expect("test binary lives in target/<profile>/deps").to_path_buf()
 }
 
+/// `cargo` (the one running the tests) without the variables cargo sets for a
+/// test process (the test package's CARGO_PKG_*, CARGO_MANIFEST_DIR, OUT_DIR...):
+/// build scripts that watch them (ring's does) would otherwise rerun for every
+/// build from a test and again for the next build from the shell.
+pub fn cargo() -> Command {
+    let mut cmd = Command::new(env!("CARGO"));
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy();
+        let set_for_tests =
+            ["CARGO_PKG_", "CARGO_MANIFEST_", "CARGO_CRATE_", "CARGO_BIN_"].iter().any(|p| key.starts_with(p))
+                || ["CARGO_PRIMARY_PACKAGE", "CARGO_TARGET_TMPDIR", "OUT_DIR"].contains(&&*key);
+        if set_for_tests {
+            cmd.env_remove(&*key);
+        }
+    }
+    cmd
+}
+
 static BUILT: Mutex<bool> = Mutex::new(false);
 
 /// The `microlm` binary of this build profile, brought up to date once per test process.
@@ -54,20 +72,8 @@ pub fn cli() -> PathBuf {
     let bin = dir.join("microlm");
     let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
     if !*built {
-        let mut cmd = Command::new(env!("CARGO"));
+        let mut cmd = cargo();
         cmd.current_dir(root()).args(["build", "-p", "microlm-cli"]);
-        // cargo gives this test process the test package's CARGO_PKG_*, CARGO_MANIFEST_DIR,
-        // OUT_DIR...; build scripts that watch those (ring's does) would otherwise rebuild
-        // for the inner build and again for the next outer one.
-        for (key, _) in std::env::vars_os() {
-            let key = key.to_string_lossy();
-            let set_by_cargo_for_tests =
-                ["CARGO_PKG_", "CARGO_MANIFEST_", "CARGO_CRATE_", "CARGO_BIN_"].iter().any(|p| key.starts_with(p))
-                    || ["CARGO_PRIMARY_PACKAGE", "CARGO_TARGET_TMPDIR", "OUT_DIR"].contains(&&*key);
-            if set_by_cargo_for_tests {
-                cmd.env_remove(&*key);
-            }
-        }
         if dir.file_name().is_some_and(|n| n == "release") {
             cmd.arg("--release");
         }
