@@ -1,5 +1,6 @@
 //! `microlm bench`: host decoding throughput, the median of several greedy runs.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -23,7 +24,7 @@ pub struct BenchArgs {
     #[arg(long)]
     pub ctx: Option<usize>,
     /// KV cache dtype: f32, f16 or i8.
-    #[arg(long, default_value = "f32")]
+    #[arg(long, default_value = "f32", value_parser = crate::values::kv())]
     pub kv: microlm::KvDtype,
     /// Print one JSON object instead of a line.
     #[arg(long)]
@@ -79,13 +80,15 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             "kv": args.kv.name(),
             "arena_bytes": plan.total,
         });
-        println!("{j}");
+        writeln!(std::io::stdout(), "{j}")?;
     } else {
-        println!(
+        // writeln! rather than println!: a closed stdout is an error `main` ends quietly, not a panic.
+        writeln!(
+            std::io::stdout(),
             "{}: {med:.0} tok/s median of {} runs of {positions} positions (min {lo:.0}, max {hi:.0}), one thread",
             args.model.display(),
             rates.len()
-        );
+        )?;
     }
     Ok(())
 }

@@ -27,6 +27,9 @@ pub struct ConvertArgs {
     /// Output .mlm file.
     #[arg(short = 'o', long = "output")]
     pub output: PathBuf,
+    /// Leave out the per-tensor report (the demo prints only its story).
+    #[arg(skip)]
+    pub quiet: bool,
 }
 
 /// Files above this size get a progress bar.
@@ -85,7 +88,9 @@ pub fn run(args: &ConvertArgs) -> Result<()> {
         quantize::requantize(&source, &name, dtypes, importance.as_ref(), &passthrough, args.quant.saturate)?;
 
     output.commit(&out)?;
-    quantize::print_report(&args.output, out.len(), &report, args.quant.json)?;
+    if !args.quiet {
+        quantize::print_report(&args.output, out.len(), &report, args.quant.json)?;
+    }
     eprintln!(
         "wrote {} ({} bytes, {} weights, {} tensors, vocab {}) from llama2.c version {} checkpoint",
         args.output.display(),

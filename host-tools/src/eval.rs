@@ -43,10 +43,10 @@ pub struct EvalArgs {
     #[arg(long, default_value_t = 0)]
     pub max_tokens: usize,
     /// KV cache dtype of the evaluated model: f32, f16 or i8.
-    #[arg(long, default_value = "f32")]
+    #[arg(long, default_value = "f32", value_parser = crate::values::kv())]
     pub kv: KvDtype,
     /// KV cache dtype of the reference (e.g. `--kv i8 --reference SAME.mlm` measures what the i8 cache costs).
-    #[arg(long, default_value = "f32")]
+    #[arg(long, default_value = "f32", value_parser = crate::values::kv())]
     pub reference_kv: KvDtype,
     /// Print one JSON object with the results as the last stdout line.
     #[arg(long)]

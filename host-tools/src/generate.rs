@@ -11,40 +11,53 @@ use microlm::{Generation, KvDtype, Sampler, SamplerConfig, Session, Step, Stop, 
 
 use microlm_cli::load::{self, ModelFile};
 
-/// Prompt and sampling flags, shared by `generate` and `demo`.
+use crate::values;
+
+/// Prompt and sampling flags, shared by `generate`, `qemu` and `demo`.
+///
+/// Numeric options take values that start with '-' (`-t -1`, `-s -5`) so that
+/// they reach the range checks and get a specific error, not "unexpected argument".
 #[derive(Debug, Args, Clone)]
 pub struct SamplingArgs {
     /// Prompt text (encoded with BOS and a dummy-prefix space).
-    #[arg(short = 'p', long, default_value = "")]
+    #[arg(short = 'p', long, default_value = "", allow_hyphen_values = true)]
     pub prompt: String,
     /// Positions to run, prompt included (0 = the whole context).
-    #[arg(short = 'n', long = "steps", default_value_t = 256)]
+    #[arg(short = 'n', long = "steps", default_value_t = 256, allow_hyphen_values = true, value_parser = values::count)]
     pub steps: usize,
     /// Temperature; 0 = greedy.
-    #[arg(short = 't', long, default_value_t = 1.0, allow_negative_numbers = true)]
+    #[arg(short = 't', long, default_value_t = 1.0, allow_hyphen_values = true, value_parser = values::real)]
     pub temperature: f32,
     /// Top-p (nucleus) mass in (0, 1]; 1 disables.
-    #[arg(long = "top-p", default_value_t = 0.9, allow_negative_numbers = true)]
+    #[arg(long = "top-p", default_value_t = 0.9, allow_hyphen_values = true, value_parser = values::real)]
     pub top_p: f32,
     /// Keep only the K most likely tokens (0 = off).
-    #[arg(long = "top-k", default_value_t = 0)]
+    #[arg(long = "top-k", default_value_t = 0, allow_hyphen_values = true, value_parser = values::count)]
     pub top_k: usize,
     /// Drop tokens below P × the top probability (0 = off).
-    #[arg(long = "min-p", default_value_t = 0.0, allow_negative_numbers = true)]
+    #[arg(long = "min-p", default_value_t = 0.0, allow_hyphen_values = true, value_parser = values::real)]
     pub min_p: f32,
     /// RNG seed (0 or omitted = from the clock).
-    #[arg(short = 's', long)]
+    #[arg(short = 's', long, allow_hyphen_values = true, value_parser = values::seed)]
     pub seed: Option<u64>,
     /// Context length (KV cache positions); default the model's seq_len.
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true, value_parser = values::count)]
     pub ctx: Option<usize>,
-    /// KV cache dtype: f32 (exact), f16, or i8 (one f32 scale per layer and position).
-    #[arg(long, default_value = "f32")]
-    pub kv: KvDtype,
+    /// KV cache dtype: f32 (exact; the default of `generate`), f16, or i8 (one f32 scale per
+    /// layer and position). On a board the default is the dtype its firmware was built for.
+    #[arg(long, value_parser = values::kv())]
+    pub kv: Option<KvDtype>,
     /// Keep going when the context is full: keep the first SINKS positions and a
     /// rolling window of the most recent ones (bare --window = 4 sinks).
-    #[arg(long, value_name = "SINKS", num_args = 0..=1, default_missing_value = "4")]
+    #[arg(long, value_name = "SINKS", num_args = 0..=1, default_missing_value = "4", value_parser = values::count)]
     pub window: Option<usize>,
+}
+
+impl SamplingArgs {
+    /// The KV cache dtype on the host: `--kv`, else f32.
+    pub fn kv_or_f32(&self) -> KvDtype {
+        self.kv.unwrap_or(KvDtype::F32)
+    }
 }
 
 /// Arguments of `microlm generate`.
@@ -75,8 +88,12 @@ pub struct Output {
     pub generated_tokens: usize,
     /// Forward passes per second.
     pub tokens_per_s: f64,
-    /// Why generation ended.
+    /// Why generation ended: `steps`, `bos`, `eos` or `context_full`.
     pub stop: &'static str,
+    /// The same in words, with the position (as printed on stderr).
+    pub stop_reason: String,
+    /// Positions run (forward passes).
+    pub positions: usize,
 }
 
 fn stop_name(stop: Stop) -> &'static str {
@@ -96,6 +113,16 @@ pub fn encode_prompt(tok: &Tokenizer<'_>, prompt: &str) -> Result<Vec<u32>> {
     Ok(ids)
 }
 
+/// Why generation stopped, in words for stderr.
+pub fn stop_reason(stop: Stop, pos: usize, steps: usize, ctx: usize) -> String {
+    match stop {
+        Stop::Steps => format!("steps reached (-n {steps})"),
+        Stop::Bos => format!("the model produced BOS at position {pos}"),
+        Stop::Eos => format!("the model produced EOS at position {pos}"),
+        Stop::ContextFull => format!("context full ({ctx} positions; --window keeps going)"),
+    }
+}
+
 pub fn run(args: &GenerateArgs) -> Result<()> {
     let file = ModelFile::read(&args.model)?;
     let model = file.parse(args.no_checksum)?;
@@ -111,9 +138,10 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
     )
     .context("invalid sampling settings")?;
     let ctx = s.ctx.unwrap_or(model.config().seq_len);
-    let plan = model.plan(ctx, s.kv)?;
+    let kv = s.kv_or_f32();
+    let plan = model.plan(ctx, kv)?;
     let mut arena = load::arena(plan.total);
-    let mut session = Session::new(&model, bytemuck::cast_slice_mut(&mut arena), ctx, s.kv)?;
+    let mut session = Session::new(&model, bytemuck::cast_slice_mut(&mut arena), ctx, kv)?;
     // A prompt that cannot fit is refused before it is encoded.
     let at_least = model.tokenizer().min_tokens(s.prompt.as_bytes(), true);
     anyhow::ensure!(
@@ -135,6 +163,8 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
     let mut ids = vec![prompt[0]];
     let mut generated = 0usize;
     let start = Instant::now();
+    // A reader that closes the pipe (`| head`) gives a BrokenPipe error here; `main`
+    // ends such a run quietly with exit code 0 (nobody reads the rest).
     let stop = loop {
         match generation.step(&mut session, &mut sampler)? {
             Step::Token { prev, token, forced } => {
@@ -155,9 +185,7 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
     writeln!(out)?;
     let elapsed = start.elapsed().as_secs_f64();
     let tokens_per_s = if elapsed > 0.0 { generation.pos() as f64 / elapsed } else { 0.0 };
-    if stop == Stop::ContextFull {
-        eprintln!("stopped: context full ({ctx} positions)");
-    }
+    eprintln!("stopped: {}", stop_reason(stop, generation.pos(), s.steps, ctx));
     eprintln!("achieved tok/s: {tokens_per_s:.1}");
     if args.json {
         let o = Output {
@@ -167,8 +195,11 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
             generated_tokens: generated,
             tokens_per_s,
             stop: stop_name(stop),
+            stop_reason: stop_reason(stop, generation.pos(), s.steps, ctx),
+            positions: generation.pos(),
         };
         writeln!(out, "{}", serde_json::to_string(&o)?)?;
+        out.flush()?;
     }
     Ok(())
 }

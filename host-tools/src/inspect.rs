@@ -19,10 +19,10 @@ pub struct InspectArgs {
     #[arg(long)]
     pub ctx: Option<usize>,
     /// KV cache dtype for the memory plan and the board fit.
-    #[arg(long, default_value = "f32")]
+    #[arg(long, default_value = "f32", value_parser = crate::values::kv())]
     pub kv: KvDtype,
     /// Show the fit on this board only (see the board table; default: all boards).
-    #[arg(long)]
+    #[arg(long, value_parser = crate::values::board())]
     pub board: Option<String>,
     /// Print one JSON object instead of tables.
     #[arg(long)]

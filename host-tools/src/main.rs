@@ -9,11 +9,12 @@ mod inspect;
 mod models;
 mod qemu;
 mod quantize;
+mod values;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 
 /// microlm: tiny language models for microcontrollers, and the host tools around them.
 #[derive(Debug, Parser)]
@@ -50,11 +51,15 @@ enum Command {
                       Builds boards/qemu-MACHINE with cargo (or runs --firmware ELF), loads the model with \
                       QEMU's generic loader and passes the flags on the semihosting command line.")]
     Qemu(qemu::QemuArgs),
-    /// Run the demo: find stories260K, convert it, and generate a story.
+    /// Run the demo: find (or download) stories260K, convert it, and generate a story.
     #[command(
-        after_help = "Example:\n  microlm demo            # models from $MICROLM_MODELS or ../shared/models\n  \
+        after_help = "Example:\n  microlm demo            # models from $MICROLM_MODELS or ../shared/models, else downloaded\n  \
                             microlm demo --models ~/tinyllamas -t 0\n  \
-                            microlm demo --board mps2-an386   # on the Cortex-M4F board in QEMU"
+                            microlm demo --board mps2-an386   # on the Cortex-M4F board in QEMU\n\n\
+                      Without the files in $MICROLM_MODELS (or ../shared/models beside the checkout), the demo \
+                      downloads stories260K.bin and tok512.bin from the Hugging Face hub (karpathy/tinyllamas; \
+                      --hub-url or $HF_ENDPOINT to use another endpoint) into $MICROLM_CACHE or the hub's cache \
+                      (~/.cache/huggingface/hub, or $HF_HOME/hub) and checks their SHA-256."
     )]
     Demo(DemoArgs),
 }
@@ -62,12 +67,19 @@ enum Command {
 /// Arguments of `microlm demo`.
 #[derive(Debug, Args)]
 struct DemoArgs {
-    /// Directory holding stories260K.bin and tok512.bin (default: $MICROLM_MODELS, then ../shared/models).
-    #[arg(long)]
+    /// Directory holding stories260K.bin and tok512.bin; nothing is downloaded when given
+    /// (default: $MICROLM_MODELS, else ../shared/models, else the download cache).
+    #[arg(long, value_name = "DIR")]
     models: Option<PathBuf>,
-    /// Run on this QEMU machine's firmware instead of the host (e.g. mps2-an386).
-    #[arg(long)]
+    /// Hugging Face hub to download from (default: $HF_ENDPOINT, else https://huggingface.co).
+    #[arg(long, value_name = "URL")]
+    hub_url: Option<String>,
+    /// Run on this QEMU machine's firmware instead of the host.
+    #[arg(long, value_parser = values::machine())]
     board: Option<String>,
+    /// Print the conversion's per-tensor table (bytes, RMSE, cosine) on stderr.
+    #[arg(long)]
+    report: bool,
     #[command(flatten)]
     sampling: generate::SamplingArgs,
 }
@@ -82,7 +94,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(args) => bench::run(&args),
         Command::Qemu(args) => qemu::run(&args),
         Command::Demo(args) => {
-            let model = models::demo_model(args.models.as_deref())?;
+            // The board is checked by the parser; the QEMU check is cheap: both come before any download or conversion.
+            if args.board.is_some() {
+                qemu::check_qemu()?;
+            }
+            let sources = models::find_or_download(args.models.as_deref(), args.hub_url.as_deref())?;
+            let model = models::demo_model(&sources, args.report)?;
             match args.board {
                 Some(machine) => qemu::run(&qemu::QemuArgs {
                     model,
@@ -103,9 +120,61 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// The subcommand named on the command line, for the `--help` hint of a usage error.
+fn subcommand_in_args() -> Option<String> {
+    let cmd = Cli::command();
+    std::env::args().skip(1).find(|a| cmd.get_subcommands().any(|s| s.get_name() == a))
+}
+
+/// A clap error as one line: its message with the valid values or a tip, and where to look.
+/// `--help` and `--version` print normally and exit 0.
+fn usage_error(e: &clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    match e.kind() {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
+            // Output to a closed pipe (`microlm --help | head -1`) is no error worth a line.
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            let names: Vec<String> = Cli::command().get_subcommands().map(|s| s.get_name().to_string()).collect();
+            eprintln!("error: a command is needed: {}; see 'microlm --help'", names.join(", "));
+            return ExitCode::FAILURE;
+        }
+        _ => {}
+    }
+    let rendered = e.render().to_string();
+    // clap's message, the list of possible values and any tip, up to the usage block.
+    let parts: Vec<&str> = rendered
+        .lines()
+        .map(str::trim)
+        .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
+        .filter(|l| !l.is_empty())
+        .collect();
+    let message = parts.join(" ");
+    let message = message.strip_prefix("error: ").unwrap_or(&message);
+    let help = match subcommand_in_args() {
+        Some(sub) => format!("microlm {sub} --help"),
+        None => "microlm --help".to_string(),
+    };
+    eprintln!("error: {message}; see '{help}'");
+    ExitCode::FAILURE
+}
+
+/// True when the error only says that stdout's reader went away (`microlm generate | head`).
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe))
+}
+
 fn main() -> ExitCode {
-    match run(Cli::parse()) {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(&e),
+    };
+    match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
+        // Nobody reads the rest: end quietly, as `yes | head` does.
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE

@@ -114,8 +114,8 @@ pub fn load_addresses(path: &Path) -> Result<LoadAddresses> {
 pub struct QemuArgs {
     /// Model file (.mlm).
     pub model: PathBuf,
-    /// QEMU machine to run on: mps2-an386, mps2-an505 or lm3s6965evb (firmware in boards/qemu-MACHINE).
-    #[arg(long, default_value = "mps2-an386")]
+    /// QEMU machine to run on (firmware in boards/qemu-MACHINE).
+    #[arg(long, default_value = "mps2-an386", value_parser = crate::values::machine())]
     pub machine: String,
     #[command(flatten)]
     pub sampling: SamplingArgs,
@@ -289,7 +289,10 @@ pub fn firmware_args(s: &SamplingArgs) -> Vec<String> {
     if let Some(ctx) = s.ctx {
         words.extend(["--ctx".into(), ctx.to_string()]);
     }
-    words.extend(["--kv".into(), s.kv.name().into()]);
+    // Without --kv the firmware uses the dtype it was built for (MICROLM_KV, default f32).
+    if let Some(kv) = s.kv {
+        words.extend(["--kv".into(), kv.name().into()]);
+    }
     if let Some(sinks) = s.window {
         words.extend(["--window".into(), sinks.to_string()]);
     }
@@ -469,10 +472,14 @@ pub fn outcome(run: &Run) -> Result<Output> {
 
 pub fn run(args: &QemuArgs) -> Result<()> {
     let machine = machine(&args.machine)?;
+    // Cheap checks first: the model file must parse (header, tables, CRC) before
+    // minutes go into building a firmware for it.
+    let model_len = {
+        let file = microlm_cli::load::ModelFile::read(&args.model)?;
+        file.parse(false)?;
+        file.bytes().len() as u64
+    };
     check_qemu()?;
-    let model_len = std::fs::metadata(&args.model)
-        .with_context(|| format!("cannot read model file {}", args.model.display()))?
-        .len();
     let mut words = firmware_args(&args.sampling);
     let cmd = match machine.model {
         Placement::Loaded => {
@@ -507,9 +514,12 @@ pub fn run(args: &QemuArgs) -> Result<()> {
                     let ctx = embedded_ctx(&args.model, &args.sampling)?;
                     let path = std::path::absolute(&args.model)
                         .with_context(|| format!("cannot resolve {}", args.model.display()))?;
-                    // The arena is sized for the KV dtype the run asks for (`--kv`, passed to the firmware too).
-                    let mut env =
-                        vec![("MICROLM_MODEL", path.into_os_string()), ("MICROLM_KV", args.sampling.kv.name().into())];
+                    // The arena is sized for the KV dtype the run asks for (`--kv`, passed to the firmware
+                    // too); without it, for $MICROLM_KV or f32, which the firmware then takes as its default.
+                    let mut env = vec![("MICROLM_MODEL", path.into_os_string())];
+                    if let Some(kv) = args.sampling.kv {
+                        env.push(("MICROLM_KV", kv.name().into()));
+                    }
                     if let Some(ctx) = ctx {
                         env.push(("MICROLM_CTX", ctx.to_string().into()));
                         if args.sampling.ctx.is_none() {
@@ -546,6 +556,21 @@ mod tests {
         assert_eq!(all, input);
         // With one read, the last line is held back and every earlier line shown.
         assert_eq!(shown, b"Once upon a time.\nstats: in the story\nmore text\n".as_slice());
+    }
+
+    #[test]
+    fn firmware_args_leave_the_kv_dtype_to_the_firmware_unless_asked() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            sampling: SamplingArgs,
+        }
+        let words = |args: &[&str]| firmware_args(&Cli::parse_from(["microlm"].iter().chain(args)).sampling);
+        // A firmware built with MICROLM_KV=i8 has an arena sized for i8: without --kv it uses that.
+        assert!(!words(&[]).iter().any(|w| w == "--kv"), "{:?}", words(&[]));
+        let asked = words(&["--kv", "f16"]);
+        assert!(asked.windows(2).any(|w| w == ["--kv", "f16"]), "{asked:?}");
     }
 
     #[test]

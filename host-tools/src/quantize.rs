@@ -25,7 +25,7 @@ use microlm_cli::load::ModelFile;
 #[derive(Debug, Args, Clone, Default)]
 pub struct QuantArgs {
     /// Storage type of the weight matrices: f32, f16, q8_0 or q4_0 (norms stay f32).
-    #[arg(long, value_parser = parse_dtype)]
+    #[arg(long, value_parser = crate::values::dtype())]
     pub dtype: Option<DType>,
     /// Per-kind override KIND=DTYPE, repeatable (kinds: embedding wq wk wv wo w1 w2 w3 classifier).
     #[arg(long = "tensor-dtype", value_name = "KIND=DTYPE", value_parser = parse_kind_dtype)]

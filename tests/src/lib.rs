@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 
 use microlm::{Generation, KvDtype, Model, Sampler, SamplerConfig, Session, Step, Stop, Utf8Stream};
 use serde::Deserialize;
@@ -17,8 +17,26 @@ pub fn root() -> PathBuf {
 }
 
 /// `../shared` beside the checkout: models, data and llama2.c references.
+/// Checked once per test process: without it every test that needs it fails
+/// with the same one-line message instead of a read error of its own.
 pub fn shared() -> PathBuf {
-    root().join("../shared")
+    static PRESENT: OnceLock<bool> = OnceLock::new();
+    let dir = root().join("../shared");
+    if !*PRESENT.get_or_init(|| dir.join("models/stories260K.bin").is_file()) {
+        panic!("needs ../shared/models/stories260K.bin beside the checkout ({}; see README, Models)", dir.display());
+    }
+    dir
+}
+
+/// A file under `../shared` (e.g. `models/stories260K.bin`), checked to exist:
+/// a checkout without the shared models gets one clear line, not a read error
+/// deep inside a test.
+pub fn shared_file(rel: &str) -> PathBuf {
+    let path = shared().join(rel);
+    if !path.exists() {
+        panic!("needs ../shared/{rel} beside the checkout (looked at {}; see README, Models)", path.display());
+    }
+    path
 }
 
 /// The cargo target directory of this test build (target/release or target/debug).
@@ -26,6 +44,24 @@ pub fn profile_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
     // target/<profile>/deps/<test-binary>
     exe.parent().and_then(Path::parent).expect("test binary lives in target/<profile>/deps").to_path_buf()
+}
+
+/// `cargo` (the one running the tests) without the variables cargo sets for a
+/// test process (the test package's CARGO_PKG_*, CARGO_MANIFEST_DIR, OUT_DIR...):
+/// build scripts that watch them (ring's does) would otherwise rerun for every
+/// build from a test and again for the next build from the shell.
+pub fn cargo() -> Command {
+    let mut cmd = Command::new(env!("CARGO"));
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy();
+        let set_for_tests =
+            ["CARGO_PKG_", "CARGO_MANIFEST_", "CARGO_CRATE_", "CARGO_BIN_"].iter().any(|p| key.starts_with(p))
+                || ["CARGO_PRIMARY_PACKAGE", "CARGO_TARGET_TMPDIR", "OUT_DIR"].contains(&&*key);
+        if set_for_tests {
+            cmd.env_remove(&*key);
+        }
+    }
+    cmd
 }
 
 static BUILT: Mutex<bool> = Mutex::new(false);
@@ -36,7 +72,7 @@ pub fn cli() -> PathBuf {
     let bin = dir.join("microlm");
     let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
     if !*built {
-        let mut cmd = Command::new(env!("CARGO"));
+        let mut cmd = cargo();
         cmd.current_dir(root()).args(["build", "-p", "microlm-cli"]);
         if dir.file_name().is_some_and(|n| n == "release") {
             cmd.arg("--release");
@@ -85,8 +121,8 @@ pub fn converted(dtype: &str) -> PathBuf {
     let out = scratch_dir("models").join(format!("stories260K-{dtype}.mlm"));
     let mut done = CONVERTED.lock().unwrap_or_else(|e| e.into_inner());
     if !done.iter().any(|d| d == dtype) {
-        let m = shared().join("models");
-        let (code, _, err) = run_convert(&m.join("stories260K.bin"), &m.join("tok512.bin"), &["--dtype", dtype], &out);
+        let (checkpoint, tokenizer) = (shared_file("models/stories260K.bin"), shared_file("models/tok512.bin"));
+        let (code, _, err) = run_convert(&checkpoint, &tokenizer, &["--dtype", dtype], &out);
         assert_eq!(code, 0, "convert failed: {err}");
         done.push(dtype.to_string());
     }
@@ -113,8 +149,8 @@ struct Reference {
 
 /// The five llama2.c reference generations for stories260K.
 pub fn reference_cases() -> Vec<Case> {
-    let text = std::fs::read_to_string(shared().join("reference/stories260K_generate.json"))
-        .expect("read reference/stories260K_generate.json");
+    let path = shared_file("reference/stories260K_generate.json");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
     serde_json::from_str::<Reference>(&text).expect("parse reference JSON").cases
 }
 

@@ -29,7 +29,7 @@ fn cargo() -> String {
 fn microlm() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
-        let status = Command::new(cargo())
+        let status = microlm_tests::cargo()
             .current_dir(root())
             .args(["build", "--release", "--locked", "-p", "microlm-cli"])
             .status()
@@ -287,6 +287,16 @@ fn qemu_corrupt_model_is_an_error_exit() {
 
 #[test]
 fn qemu_cli_reports_the_firmware_error() {
+    // A model file the host accepts, with a context the firmware refuses: its error line, relayed.
+    let out = run_cli_qemu(model(), &["-n".into(), "8".into(), "--ctx".into(), "100000".into()]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("error: the firmware reported: "), "{stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+}
+
+#[test]
+fn qemu_cli_checks_the_model_file_before_running_the_firmware() {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("qemu");
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("corrupt.mlm");
@@ -294,11 +304,17 @@ fn qemu_cli_reports_the_firmware_error() {
     let last = bytes.len() - 1;
     bytes[last] ^= 1;
     std::fs::write(&path, bytes).unwrap();
-    let out = run_cli_qemu(&path, &["-n".into(), "8".into()]);
+    // The firmware is not even looked at: the host's parser refuses the file first.
+    let out = Command::new(microlm())
+        .arg("qemu")
+        .arg(&path)
+        .args(["-n", "8", "--firmware", "/nonexistent/firmware.elf"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("error: the firmware reported: model at 0x21000020"), "{stderr}");
-    assert!(stderr.contains("checksum mismatch"), "{stderr}");
+    assert!(stderr.contains("is not a valid model file") && stderr.contains("checksum mismatch"), "{stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
 }
 
 #[test]

@@ -38,7 +38,7 @@ fn cli() -> PathBuf {
     let bin = dir.join("microlm");
     let _guard = BUILD.lock().unwrap_or_else(|e| e.into_inner());
     if !bin.is_file() {
-        let mut cmd = Command::new(env!("CARGO"));
+        let mut cmd = microlm_tests::cargo();
         cmd.current_dir(root()).args(["build", "-p", "microlm-cli"]);
         if dir.file_name().is_some_and(|n| n == "release") {
             cmd.arg("--release");

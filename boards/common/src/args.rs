@@ -35,7 +35,7 @@ pub struct Args<'a> {
     pub seed: Option<u64>,
     /// Context length; default the model's seq_len (`--ctx`).
     pub ctx: Option<usize>,
-    /// KV cache dtype (`--kv`, default f32).
+    /// KV cache dtype (`--kv`, default the one the firmware was built for: `MICROLM_KV`, else f32).
     pub kv: KvDtype,
     /// Window mode with this many attention sinks (`--window SINKS`): keep going when the context is full.
     pub window: Option<usize>,
@@ -139,6 +139,12 @@ fn value<'a, T: core::str::FromStr>(
     core::str::from_utf8(value).ok().and_then(|s| s.parse().ok()).ok_or(ArgError::BadValue { flag, value, expected })
 }
 
+/// The default of `--kv`: the dtype the firmware was built for (`MICROLM_KV`
+/// when cargo built it, as build.rs sized the arena), else f32.
+fn built_kv() -> KvDtype {
+    option_env!("MICROLM_KV").and_then(|name| KvDtype::from_name(name.trim().as_bytes())).unwrap_or(KvDtype::F32)
+}
+
 /// Parses the semihosting command line. Word 0 is the program name (QEMU puts
 /// the kernel file name there) and is skipped.
 pub fn parse(line: &mut [u8]) -> Result<Args<'_>, ArgError<'_>> {
@@ -155,7 +161,7 @@ pub fn parse(line: &mut [u8]) -> Result<Args<'_>, ArgError<'_>> {
         min_p: 0.0,
         seed: None,
         ctx: None,
-        kv: KvDtype::F32,
+        kv: built_kv(),
         window: None,
         arena: None,
         help: false,

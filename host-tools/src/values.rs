@@ -1,0 +1,78 @@
+//! Value parsers for the command line: the allowed names of enumerated options
+//! (listed by `--help` and by the error for a bad value), and numbers that may
+//! be written negative so that they reach the specific range checks.
+
+use std::ffi::OsStr;
+
+use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
+use clap::error::ErrorKind;
+use microlm::format::DType;
+use microlm::KvDtype;
+
+/// One of a fixed list of `Copy` values, each known by its command-line name.
+#[derive(Clone, Debug)]
+pub struct Choice<T: 'static> {
+    values: &'static [T],
+    name: fn(T) -> &'static str,
+}
+
+impl<T: Copy + Send + Sync + 'static> TypedValueParser for Choice<T> {
+    type Value = T;
+
+    fn parse_ref(&self, cmd: &clap::Command, arg: Option<&clap::Arg>, value: &OsStr) -> Result<T, clap::Error> {
+        // clap's own parser gives the standard error with the list of possible values.
+        let names = PossibleValuesParser::new(self.values.iter().map(|&v| (self.name)(v)));
+        let name = names.parse_ref(cmd, arg, value)?;
+        self.values.iter().copied().find(|&v| (self.name)(v) == name).ok_or_else(|| {
+            cmd.clone().error(
+                ErrorKind::InvalidValue,
+                format!("'{name}' is not one of the values of {}", arg.map_or("the option".into(), |a| a.to_string())),
+            )
+        })
+    }
+
+    fn possible_values(&self) -> Option<Box<dyn Iterator<Item = PossibleValue> + '_>> {
+        Some(Box::new(self.values.iter().map(|&v| PossibleValue::new((self.name)(v)))))
+    }
+}
+
+/// `--kv`: f32, f16 or i8.
+pub fn kv() -> Choice<KvDtype> {
+    Choice { values: &KvDtype::ALL, name: KvDtype::name }
+}
+
+/// `--dtype`: f32, f16, q8_0 or q4_0.
+pub fn dtype() -> Choice<DType> {
+    Choice { values: &DType::ALL, name: DType::name }
+}
+
+/// `--machine` and `demo --board`: the QEMU machines with a board crate.
+pub fn machine() -> PossibleValuesParser {
+    PossibleValuesParser::new(crate::qemu::MACHINES.iter().map(|m| m.name))
+}
+
+/// `inspect --board`: the boards of the fit table.
+pub fn board() -> PossibleValuesParser {
+    PossibleValuesParser::new(crate::inspect::BOARDS.iter().map(|b| b.name))
+}
+
+/// A number parsed with a message naming the option and its range, so that
+/// `-s -5` says what a seed must be instead of "invalid digit".
+fn number<T: std::str::FromStr>(s: &str, what: &str) -> Result<T, String> {
+    s.trim().parse().map_err(|_| what.to_string())
+}
+
+/// `-s`: a whole number from 0 to 2^64 - 1.
+pub fn seed(s: &str) -> Result<u64, String> {
+    number(s, "seed must be a whole number from 0 to 18446744073709551615 (0 = from the clock)")
+}
+
+/// `-n`, `--ctx`, `--top-k`, `--window`: a whole number ≥ 0.
+pub fn count(s: &str) -> Result<usize, String> {
+    number(s, "must be a whole number >= 0")
+}
+
+/// `-t`, `--top-p`, `--min-p`: any f32 (the sampler checks the range and says which).
+pub fn real(s: &str) -> Result<f32, String> {
+    number(s, "must be a number")
+}
