@@ -67,8 +67,14 @@ impl core::fmt::Display for GenerateError {
     }
 }
 
-#[cfg(feature = "std")]
-impl std::error::Error for GenerateError {}
+impl core::error::Error for GenerateError {
+    fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
+        match self {
+            GenerateError::Session(e) => Some(e),
+            GenerateError::Sampler(e) => Some(e),
+        }
+    }
+}
 
 /// The generation loop as a state machine: prompt forcing, then sampling.
 #[derive(Debug)]

@@ -24,6 +24,7 @@ compile_error!("microlm reads little-endian model files in place and needs a lit
 extern crate std;
 
 #[allow(missing_docs)] // variant fields are named for what they hold
+pub mod dtype;
 pub mod error;
 pub mod format;
 pub mod generate;
@@ -31,9 +32,11 @@ pub mod kernels;
 pub mod kv;
 pub mod math;
 pub mod model;
+pub mod plan;
 #[cfg(feature = "std")]
 pub mod quant;
 pub mod sampler;
+pub mod scalar;
 pub mod session;
 pub mod tokenizer;
 #[cfg(feature = "std")]
@@ -44,6 +47,7 @@ pub use format::{Config, DType, TensorKind};
 pub use generate::{GenerateError, Generation, Step, Stop};
 pub use kv::KvDtype;
 pub use model::{config_from_header, plan_from_header, Checksum, Model};
+pub use plan::Plan;
 pub use sampler::{Candidate, Sampler, SamplerConfig};
-pub use session::{Plan, Session};
+pub use session::Session;
 pub use tokenizer::{Tokenizer, Utf8Stream};
