@@ -17,14 +17,14 @@
 //! accumulation widens one element at a time, in one fixed order (DESIGN.md
 //! contract 3):
 //!
-//! - f32 and f16: score(slot) = (Σ_i q[i] · k[i]) / √head_size, the sum over
+//! - f32 and f16: score(slot) = (Σ_i q\[i\] · k\[i\]) / √head_size, the sum over
 //!   `i` left to right in f32 (`k[i]` widened to f32 exactly), slots in index order;
 //! - i8: the query head is quantized once per head to i16 (`q_scale = max|q| /
-//!   32767`, `q16 = round(q / q_scale)`), then score(slot) = (Σ_i q16[i] · k[i]
+//!   32767`, `q16 = round(q / q_scale)`), then score(slot) = (Σ_i q16\[i\] · k\[i\]
 //!   as an exact i32, two SMLAD per four keys on Cortex-M4/M7) as f32 ·
 //!   (q_scale · k_scale) / √head_size;
 //! - softmax without its division: e(slot) = exp(score(slot) − max score),
-//!   `sum` = Σ e in slot order; then out[i] = (Σ_slot (e(slot) · v_scale) · v[i])
+//!   `sum` = Σ e in slot order; then out\[i\] = (Σ_slot (e(slot) · v_scale) · v\[i\])
 //!   / sum, slots in index order (`v_scale` = 1 for f32 and f16).
 //!
 //! For f32 the scores are exactly llama2.c's; its value sum divides each
@@ -250,8 +250,8 @@ impl Store<'_> {
         max
     }
 
-    /// The attention output of one head: with e(slot) = exp(scores[slot] − max),
-    /// out (head_size) = (Σ_slot e(slot) · V[layer, slot, kv_head]) / Σ_slot e(slot),
+    /// The attention output of one head: with e(slot) = exp(scores\[slot\] − max),
+    /// out (head_size) = (Σ_slot e(slot) · V\[layer, slot, kv_head\]) / Σ_slot e(slot),
     /// both sums over slots in index order. `scores` may be overwritten with the e(slot).
     pub(crate) fn mix(&self, d: Dims, layer: usize, kv_head: usize, scores: &mut [f32], max: f32, out: &mut [f32]) {
         let (start, end) = (d.row(layer, 0), d.row(layer, scores.len()));
@@ -296,9 +296,9 @@ impl Store<'_> {
         }
     }
 
-    /// out (W) = Σ_slot e(slot) · V[slot][col..col + W] over the cache values
+    /// out (W) = Σ_slot e(slot) · `V[slot][col..col + W]` over the cache values
     /// `values` (whole rows), W sums in registers, slots in index order. With
-    /// `EXP`, e(slot) = exp(scores[slot] − max) is computed here, stored back and
+    /// `EXP`, e(slot) = exp(scores\[slot\] − max) is computed here, stored back and
     /// summed (the sum is returned); without, `scores` already holds it.
     #[inline(always)]
     fn mix_columns<const W: usize, const EXP: bool>(

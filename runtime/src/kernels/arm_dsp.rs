@@ -85,7 +85,7 @@ pub mod insn {
     }
 }
 
-/// Σ_i q[i]·k[i] for i16 values `q` (as words: `q8_act` pair order for each whole
+/// Σ_i q\[i\]·k\[i\] for i16 values `q` (as words: `q8_act` pair order for each whole
 /// group of four, the remaining `k.len() % 4` in element order) and signed
 /// bytes `k`: two SMLAD per four bytes. Exact while the sum fits in i32.
 #[inline(always)]
@@ -246,7 +246,7 @@ fn word(b: &[u8], i: usize) -> u32 {
     }
 }
 
-/// Σ_{i<32} w[i]·x[i] for a block of 32 signed weight bytes (element order) and
+/// Σ_{i<32} w\[i\]·x\[i\] for a block of 32 signed weight bytes (element order) and
 /// prepared activations (`q8_act` pair order): per weight word, SXTB16 and its
 /// 8-bit rotation line up with the two activation words of the same group.
 #[inline(always)]
@@ -260,7 +260,7 @@ pub fn dot_q8(w: &[u8; 32], x: &[u32; 16]) -> i32 {
     acc
 }
 
-/// Σ_{i<32} nibble_i·x[i] for a q4_0 block's 16 nibble bytes (element i in the
+/// Σ_{i<32} nibble_i·x\[i\] for a q4_0 block's 16 nibble bytes (element i in the
 /// low nibble of byte i, element 16+i in the high one) and prepared
 /// activations; the caller subtracts 8·Σx for the nibbles' offset.
 #[inline(always)]

@@ -154,7 +154,7 @@ pub fn exp_shifted_run(x: &mut [f32], max: f32, sum: &mut f32) -> usize {
 }
 
 /// The softmax-weighted value sum of one head fused into one pass:
-/// for slot i from 0, while `scores[i] − max ≥ EXP_FAST_MIN`, e = exp(scores[i] − max)
+/// for slot i from 0, while `scores[i] − max ≥ EXP_FAST_MIN`, e = exp(scores\[i\] − max)
 /// by the fast path of `scalar::exp` (as [`exp_shifted_run`]), `sum += e`, then
 /// `acc[j] += e · values[i·stride + j]` for j < 8. Returns how many slots it did;
 /// the caller takes a slot outside the fast range itself and calls again after it.

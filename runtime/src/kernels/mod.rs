@@ -165,13 +165,14 @@ pub fn f16_to_f32(bytes: [u8; 2]) -> f32 {
     f32::from_bits(bits) * f32::from_bits(0x7780_0000)
 }
 
-/// Exact integer sums of one weight block with prepared activations ([`act`]),
-/// one implementation per instruction set: [`Portable`], `dsp::Dsp` on
-/// Cortex-M4/M7, SSE4.1/AVX2 in `x86`. All return the same integers.
+/// Exact integer sums of one weight block with prepared activations ([`q8_act`]),
+/// one implementation per instruction set: [`Portable`], `arm_dsp::Dsp` on
+/// Cortex-M4/M7 (and [`arm_dsp::Emulated`] on every target), SSE4.1/AVX2 in
+/// `x86`, NEON in `neon`; [`Isa::best`] picks one. All return the same integers.
 pub trait BlockSums {
-    /// Σ_{i<32} w[i]·x[i] for a q8_0 block's 32 signed quants (element order).
+    /// Σ_{i<32} w\[i\]·x\[i\] for a q8_0 block's 32 signed quants (element order).
     fn q8(w: &[u8; 32], x: &[u32; 16]) -> i32;
-    /// Σ_{i<32} nibble_i·x[i] for a q4_0 block's 16 nibble bytes (element i in
+    /// Σ_{i<32} nibble_i·x\[i\] for a q4_0 block's 16 nibble bytes (element i in
     /// the low nibble of byte i, 16+i in the high one); the −8 offset is the caller's.
     fn q4(nibbles: &[u8; 16], x: &[u32; 16]) -> i32;
 }
@@ -181,7 +182,7 @@ pub trait BlockSums {
 /// and returns `max(max_in, out[..])` (as `if v > max { max = v }`, so NaNs are skipped).
 /// `rows` holds the slots' whole rows (`out.len()` × `stride` values); the head
 /// is `q.len()` values at `offset` in each. Hard-float Cortex-M runs 8-wide
-/// heads in [`arm_fpu::scores8`].
+/// heads in `arm_fpu::scores8`.
 #[inline(always)]
 pub fn scores_f32(
     q: &[f32],
@@ -245,7 +246,7 @@ pub fn scores_i8(
 /// `out[j] = (Σ_i e_i · values[i·stride + j]) / Σ_i e_i` with
 /// `e_i = exp(scores[i] − max)`, both sums over slots in index order, `values`
 /// starting at the head's first value. `Some(())` when this target has such a
-/// kernel (hard-float Cortex-M, [`arm_fpu`]); `None` (doing nothing) sends the
+/// kernel (hard-float Cortex-M, `arm_fpu`); `None` (doing nothing) sends the
 /// caller to the portable column loops of `kv.rs`, which give the same bits.
 #[inline(always)]
 pub fn mix_f32_head8(scores: &[f32], max: f32, values: &[f32], stride: usize, out: &mut [f32; 8]) -> Option<()> {
@@ -268,7 +269,7 @@ pub const EXP_SEPARATE_PASS: bool = cfg!(any(target_arch = "x86_64", target_arch
 /// `x[i] = exp(x[i] - max)` in place; returns the sum, accumulated in index order
 /// (softmax without the division, which attention folds into its value pass).
 /// SIMD hosts take a branch-free pass the compiler vectorizes, hard-float
-/// Cortex-M an FPU loop ([`arm_fpu::exp_shifted_run`]), other cores one scalar
+/// Cortex-M an FPU loop (`arm_fpu::exp_shifted_run`), other cores one scalar
 /// pass: the same values and sum everywhere.
 #[inline]
 pub fn exp_shifted(x: &mut [f32], max: f32) -> f32 {
@@ -299,13 +300,19 @@ impl Matrix<'_> {
     /// Quantized weights first quantize `x` to q8_0 blocks, prepared in `scratch`
     /// (words, so always aligned: at least `act_scratch_bytes(cols) / 4` of them; f32/f16 weights ignore it).
     pub fn matvec(&self, x: &[f32], out: &mut [f32], scratch: &mut [u32]) -> Result<(), SessionError> {
-        self.matvec_on(Isa::best(), x, out, scratch)
+        self.matvec_with(Isa::best(), x, out, scratch)
     }
 
     /// [`Matrix::matvec`] with the block sums of `isa` (the same bits for every `isa`;
     /// one the CPU lacks runs the portable sums).
-    #[inline]
     pub fn matvec_on(&self, isa: Isa, x: &[f32], out: &mut [f32], scratch: &mut [u32]) -> Result<(), SessionError> {
+        self.matvec_with(isa, x, out, scratch)
+    }
+
+    /// The body of [`Matrix::matvec`] and [`Matrix::matvec_on`], inlined into both so the
+    /// forward pass makes one call per matvec.
+    #[inline(always)]
+    fn matvec_with(&self, isa: Isa, x: &[f32], out: &mut [f32], scratch: &mut [u32]) -> Result<(), SessionError> {
         let x = &x[..self.cols.min(x.len())];
         let rows = self.rows.min(out.len());
         let out = &mut out[..rows];

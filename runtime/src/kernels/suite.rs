@@ -89,12 +89,12 @@ fn prepared(x: &[u8; QK]) -> [u32; q8_act::BLOCK_WORDS] {
     w
 }
 
-/// Σ w[i]·x[i] over 32 signed bytes each.
+/// Σ w\[i\]·x\[i\] over 32 signed bytes each.
 fn scalar_q8(w: &[u8; QK], x: &[u8; QK]) -> i32 {
     w.iter().zip(x).map(|(&a, &b)| i32::from(a as i8) * i32::from(b as i8)).sum()
 }
 
-/// Σ nibble_i·x[i] for 16 nibble bytes (element i low, 16+i high) and 32 signed bytes.
+/// Σ nibble_i·x\[i\] for 16 nibble bytes (element i low, 16+i high) and 32 signed bytes.
 fn scalar_q4(q: &[u8], x: &[u8; QK]) -> i32 {
     (0..QK).map(|i| i32::from(if i < 16 { q[i] & 15 } else { q[i - 16] >> 4 }) * i32::from(x[i] as i8)).sum()
 }

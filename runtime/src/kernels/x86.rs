@@ -4,7 +4,7 @@
 //! reordered into `q8_act` pair order with one byte shuffle, widened to i16 and
 //! multiplied with the prepared activations by `pmaddwd`, then summed
 //! horizontally. Integer sums are exact (|sum| < 2^24), so any order of that
-//! math equals [`Portable`](super::Portable). The f32 part stays the
+//! math equals [`Portable`]. The f32 part stays the
 //! scalar contract of `q8_0` / `q4_0`: per row, blocks in index order,
 //! `acc += sumi as f32 * (dw * xd)` (separate multiply and add, no FMA).
 //!
