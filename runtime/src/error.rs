@@ -10,19 +10,40 @@ use core::fmt;
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub enum FormatError {
     /// The file is shorter than its fixed preamble and trailer.
-    TooShort { len: usize },
+    TooShort {
+        /// Length of the file in bytes.
+        len: usize,
+    },
     /// The file does not start with the `.mlm` magic bytes.
     BadMagic,
     /// The file was written by another format version.
-    UnsupportedVersion { found: u32, supported: u32 },
+    UnsupportedVersion {
+        /// Version the file declares.
+        found: u32,
+        /// Version this build reads.
+        supported: u32,
+    },
     /// The preamble sets flag bits this reader does not know.
-    UnknownFlags { flags: u32 },
+    UnknownFlags {
+        /// The flags word of the preamble.
+        flags: u32,
+    },
     /// The buffer does not start on a 4-byte boundary, so tensors cannot be read in place.
     Misaligned,
     /// The CRC32 stored at the end of the file does not match its contents.
-    ChecksumMismatch { stored: u32, computed: u32 },
+    ChecksumMismatch {
+        /// CRC32 stored in the trailer.
+        stored: u32,
+        /// CRC32 of the bytes before the trailer.
+        computed: u32,
+    },
     /// The header length points past the end of the file.
-    HeaderOutOfBounds { header_len: u32, file_len: usize },
+    HeaderOutOfBounds {
+        /// Header length from the preamble.
+        header_len: u32,
+        /// Length of the file in bytes.
+        file_len: usize,
+    },
     /// The postcard-encoded header or tensor table does not decode.
     HeaderDecode,
     /// Bytes are left over after the tensor table inside the header.
@@ -30,39 +51,92 @@ pub enum FormatError {
     /// The architecture id is not one this runtime implements.
     UnsupportedArch,
     /// A dimension is zero or too large for this target.
-    BadDimension { field: Field },
+    BadDimension {
+        /// The offending header field.
+        field: Field,
+    },
     /// `n_heads` does not divide `dim`, or `n_kv_heads` does not divide `n_heads`.
-    BadHeads { n_heads: u32, n_kv_heads: u32, dim: u32 },
+    BadHeads {
+        /// Query heads.
+        n_heads: u32,
+        /// Key/value heads.
+        n_kv_heads: u32,
+        /// Model width.
+        dim: u32,
+    },
     /// The head size is odd, so RoPE pairs do not fit.
-    OddHeadSize { head_size: u32 },
+    OddHeadSize {
+        /// `dim / n_heads`.
+        head_size: u32,
+    },
     /// The RMSNorm epsilon or RoPE base is not a finite positive number.
-    BadFloatParam { field: Field },
+    BadFloatParam {
+        /// The offending header field.
+        field: Field,
+    },
     /// A special token id (BOS, EOS) is not below `vocab_size`.
-    BadSpecialToken { id: u32, vocab_size: u32 },
+    BadSpecialToken {
+        /// The special token id.
+        id: u32,
+        /// Vocabulary size from the header.
+        vocab_size: u32,
+    },
     /// The vocabulary is too small to hold the 3 special and 256 byte-fallback tokens.
-    VocabTooSmall { vocab_size: u32 },
+    VocabTooSmall {
+        /// Vocabulary size from the header.
+        vocab_size: u32,
+    },
     /// The tensor table has the wrong number of entries for this configuration.
-    TensorCount { expected: u32, found: u32 },
+    TensorCount {
+        /// Entries the configuration needs.
+        expected: u32,
+        /// Entries in the table.
+        found: u32,
+    },
     /// Entry `index` names another tensor than the canonical order expects there.
-    TensorOrder { index: u32 },
+    TensorOrder {
+        /// Index of the entry in the tensor table.
+        index: u32,
+    },
     /// Entry `index` has a shape that does not match the configuration.
-    TensorShape { index: u32 },
+    TensorShape {
+        /// Index of the entry in the tensor table.
+        index: u32,
+    },
     /// Entry `index` has a dtype not allowed for its kind, or different from others of its kind.
-    TensorDtype { index: u32 },
+    TensorDtype {
+        /// Index of the entry in the tensor table.
+        index: u32,
+    },
     /// Entry `index` has a byte length that does not match its dtype and shape.
-    TensorLength { index: u32 },
+    TensorLength {
+        /// Index of the entry in the tensor table.
+        index: u32,
+    },
     /// Entry `index` is not at its canonical 32-byte aligned offset.
-    TensorOffset { index: u32 },
+    TensorOffset {
+        /// Index of the entry in the tensor table.
+        index: u32,
+    },
     /// Entry `index` reaches past the end of the tensor data.
-    TensorOutOfBounds { index: u32 },
+    TensorOutOfBounds {
+        /// Index of the entry in the tensor table.
+        index: u32,
+    },
     /// The tokenizer section lies outside the file or overlaps other sections.
     TokenizerOutOfBounds,
     /// The tokenizer section's internal tables are inconsistent.
     TokenizerTables,
     /// A vocabulary piece is empty or longer than the declared maximum.
-    TokenizerPiece { id: u32 },
+    TokenizerPiece {
+        /// Token id of the piece.
+        id: u32,
+    },
     /// The sorted-vocabulary index is not strictly sorted (unsorted or duplicate pieces).
-    TokenizerIndex { position: u32 },
+    TokenizerIndex {
+        /// Position in the sorted index.
+        position: u32,
+    },
     /// Arithmetic on a header value overflowed.
     Overflow,
 }
@@ -71,14 +145,23 @@ pub enum FormatError {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub enum Field {
+    /// `dim`, the model width.
     Dim,
+    /// `hidden_dim`, the FFN width.
     HiddenDim,
+    /// `n_layers`.
     Layers,
+    /// `n_heads`.
     Heads,
+    /// `n_kv_heads`.
     KvHeads,
+    /// `vocab_size`.
     VocabSize,
+    /// `seq_len`, the longest context.
     SeqLen,
+    /// `norm_eps`, the RMSNorm epsilon.
     NormEps,
+    /// `rope_theta`, the RoPE base.
     RopeTheta,
 }
 
@@ -162,23 +245,56 @@ impl fmt::Display for FormatError {
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub enum SessionError {
     /// The arena handed to [`Session::new`](crate::Session::new) is smaller than the plan.
-    ArenaTooSmall { needed: usize, given: usize },
+    ArenaTooSmall {
+        /// Bytes the plan needs.
+        needed: usize,
+        /// Bytes handed in.
+        given: usize,
+    },
     /// The arena does not start on a 4-byte boundary.
     ArenaMisaligned,
     /// The requested context is zero or longer than the model's `seq_len`.
-    BadContext { requested: usize, max: usize },
+    BadContext {
+        /// Context length asked for.
+        requested: usize,
+        /// The model's `seq_len`.
+        max: usize,
+    },
     /// A position at or past the context length was requested.
-    ContextFull { ctx_len: usize },
+    ContextFull {
+        /// Context length of the session.
+        ctx_len: usize,
+    },
     /// A token id is not below the vocabulary size.
-    TokenOutOfRange { token: u32, vocab_size: usize },
+    TokenOutOfRange {
+        /// The token id.
+        token: u32,
+        /// Vocabulary size of the model.
+        vocab_size: usize,
+    },
     /// The prompt has more tokens than the context holds.
-    PromptTooLong { tokens: usize, ctx_len: usize },
+    PromptTooLong {
+        /// Tokens in the prompt.
+        tokens: usize,
+        /// Context length of the session.
+        ctx_len: usize,
+    },
     /// The prompt is empty (it must at least hold BOS).
     EmptyPrompt,
     /// The q8 activation scratch handed to a quantized matvec holds fewer bytes than its input needs.
-    ScratchTooSmall { needed: usize, given: usize },
+    ScratchTooSmall {
+        /// Bytes needed.
+        needed: usize,
+        /// Bytes handed in.
+        given: usize,
+    },
     /// Window mode needs fewer attention sinks than context positions.
-    BadWindow { sinks: usize, ctx_len: usize },
+    BadWindow {
+        /// Attention sinks asked for.
+        sinks: usize,
+        /// Context length of the session.
+        ctx_len: usize,
+    },
     /// A tensor view could not be formed; unreachable for a parsed model.
     Internal,
 }
@@ -244,15 +360,28 @@ pub enum SamplerError {
     /// top-p is NaN or outside (0, 1].
     TopP,
     /// top-k is larger than the vocabulary.
-    TopK { top_k: usize, vocab_size: usize },
+    TopK {
+        /// The `top_k` asked for.
+        top_k: usize,
+        /// Vocabulary size of the model.
+        vocab_size: usize,
+    },
     /// min-p is NaN or outside [0, 1].
     MinP,
     /// A zero seed would freeze the xorshift generator.
     ZeroSeed,
     /// The candidate scratch is smaller than the vocabulary.
-    Scratch { needed: usize, given: usize },
-    /// A logit handed to the sampler is NaN or infinite (the first such index).
-    NonFiniteLogit { index: usize },
+    Scratch {
+        /// Candidates needed (the vocabulary size).
+        needed: usize,
+        /// Candidates handed in.
+        given: usize,
+    },
+    /// A logit handed to the sampler is NaN or infinite.
+    NonFiniteLogit {
+        /// The first such logit's index.
+        index: usize,
+    },
 }
 
 impl fmt::Display for SamplerError {
@@ -279,7 +408,12 @@ impl fmt::Display for SamplerError {
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub enum TokenizerError {
     /// The output slice cannot hold the tokens before merging.
-    OutputTooSmall { needed: usize, given: usize },
+    OutputTooSmall {
+        /// Bytes needed.
+        needed: usize,
+        /// Bytes handed in.
+        given: usize,
+    },
 }
 
 impl fmt::Display for TokenizerError {
@@ -292,12 +426,18 @@ impl fmt::Display for TokenizerError {
     }
 }
 
-#[cfg(feature = "std")]
-mod std_impls {
-    extern crate std;
-    impl std::error::Error for super::FormatError {}
-    impl std::error::Error for super::SessionError {}
-    impl std::error::Error for super::PlanError {}
-    impl std::error::Error for super::SamplerError {}
-    impl std::error::Error for super::TokenizerError {}
+// `core::error::Error` on every target (stable since Rust 1.81), so `?` into
+// `Box<dyn Error>` / anyhow works on hosts and a firmware can walk `source()`.
+impl core::error::Error for FormatError {}
+impl core::error::Error for SessionError {}
+impl core::error::Error for SamplerError {}
+impl core::error::Error for TokenizerError {}
+
+impl core::error::Error for PlanError {
+    fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
+        match self {
+            PlanError::Format(e) => Some(e),
+            PlanError::Session(e) => Some(e),
+        }
+    }
 }

@@ -41,55 +41,7 @@ pub enum Arch {
     Llama,
 }
 
-/// Storage type of a tensor.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[cfg_attr(feature = "defmt", derive(defmt::Format))]
-pub enum DType {
-    /// IEEE binary32, little-endian.
-    F32,
-    /// IEEE binary16, little-endian.
-    F16,
-    /// Blocks of 32 values: f16 scale + 32 × i8 (34 bytes, ggml `block_q8_0`); see `kernels::q8_0`.
-    Q8_0,
-    /// Blocks of 32 values: f16 scale + 16 bytes of nibbles (18 bytes, ggml `block_q4_0`); see `kernels::q4_0`.
-    Q4_0,
-}
-
-impl DType {
-    /// Every dtype, in declaration order.
-    pub const ALL: [DType; 4] = [DType::F32, DType::F16, DType::Q8_0, DType::Q4_0];
-
-    /// Bytes used by one row of `cols` values. Block types pad each row with
-    /// zeros to a whole number of 32-value blocks: `ceil(cols / 32) × block bytes`.
-    pub fn row_bytes(self, cols: usize) -> Option<usize> {
-        match self {
-            DType::F32 => cols.checked_mul(4),
-            DType::F16 => cols.checked_mul(2),
-            DType::Q8_0 => cols.div_ceil(crate::kernels::QK).checked_mul(crate::kernels::q8_0::BLOCK_BYTES),
-            DType::Q4_0 => cols.div_ceil(crate::kernels::QK).checked_mul(crate::kernels::q4_0::BLOCK_BYTES),
-        }
-    }
-
-    /// True for the block-quantized types, whose matmuls quantize their input to q8 blocks.
-    pub fn is_quantized(self) -> bool {
-        matches!(self, DType::Q8_0 | DType::Q4_0)
-    }
-
-    /// Lower-case name as used on the command line (`f32`, `f16`, `q8_0`, `q4_0`).
-    pub fn name(self) -> &'static str {
-        match self {
-            DType::F32 => "f32",
-            DType::F16 => "f16",
-            DType::Q8_0 => "q8_0",
-            DType::Q4_0 => "q4_0",
-        }
-    }
-
-    /// Parses a name as printed by [`DType::name`].
-    pub fn from_name(name: &str) -> Option<DType> {
-        DType::ALL.into_iter().find(|d| d.name() == name)
-    }
-}
+pub use crate::dtype::DType;
 
 /// What a tensor is. The declaration order is the order inside a layer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -78,8 +78,15 @@ impl core::fmt::Display for GenerateError {
     }
 }
 
-#[cfg(feature = "std")]
-impl std::error::Error for GenerateError {}
+impl core::error::Error for GenerateError {
+    fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
+        match self {
+            GenerateError::Session(e) => Some(e),
+            GenerateError::Sampler(e) => Some(e),
+            GenerateError::NonFiniteLogits { .. } => None,
+        }
+    }
+}
 
 /// The generation loop as a state machine: prompt forcing, then sampling.
 #[derive(Debug)]

@@ -17,23 +17,25 @@
 //! accumulation widens one element at a time, in one fixed order (docs/ARCHITECTURE.md,
 //! numerics contract):
 //!
-//! - f32 and f16: score(slot) = (Σ_i q[i] · k[i]) / √head_size, the sum over
+//! - f32 and f16: score(slot) = (Σ_i q\[i\] · k\[i\]) / √head_size, the sum over
 //!   `i` left to right in f32 (`k[i]` widened to f32 exactly), slots in index order;
 //! - i8: the query head is quantized once per head to i16 (`q_scale = max|q| /
-//!   32767`, `q16 = round(q / q_scale)`), then score(slot) = (Σ_i q16[i] · k[i]
+//!   32767`, `q16 = round(q / q_scale)`), then score(slot) = (Σ_i q16\[i\] · k\[i\]
 //!   as an exact i32, two SMLAD per four keys on Cortex-M4/M7) as f32 ·
 //!   (q_scale · k_scale) / √head_size;
 //! - softmax without its division: e(slot) = exp(score(slot) − max score),
-//!   `sum` = Σ e in slot order; then out[i] = (Σ_slot (e(slot) · v_scale) · v[i])
+//!   `sum` = Σ e in slot order; then out\[i\] = (Σ_slot (e(slot) · v_scale) · v\[i\])
 //!   / sum, slots in index order (`v_scale` = 1 for f32 and f16).
 //!
 //! For f32 the scores are exactly llama2.c's; its value sum divides each
 //! weight by `sum` first, this one divides the head's output once (the same
 //! up to rounding in the last bits, one division instead of one per slot).
 
-use crate::error::SessionError;
-use crate::math;
 use half::f16;
+
+use crate::error::SessionError;
+use crate::kernels;
+use crate::scalar;
 
 /// Storage type of the key/value cache.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -117,8 +119,7 @@ impl core::fmt::Display for UnknownKvDtype {
     }
 }
 
-#[cfg(feature = "std")]
-impl std::error::Error for UnknownKvDtype {}
+impl core::error::Error for UnknownKvDtype {}
 
 /// Runs `$body` with `$hs` bound to a literal for the usual head sizes, so the
 /// loops over one head unroll with the query in registers; any other size
@@ -220,21 +221,7 @@ impl Store<'_> {
         // One loop per dtype, so the per-slot work has no dispatch; f32 and i8 unroll per head size.
         match self {
             Store::F32(c) => with_head_size!(d.head_size, hs => {
-                let (q, head) = (&q[..hs], head_at(hs));
-                // Hard-float Cortex-M: the same loop with one VLDM a row (kernels/vfp.rs).
-                #[cfg(microlm_fpu)]
-                if let (Ok(q), Some(keys)) = (<&[f32; 8]>::try_from(q), c.get(start + head.start..)) {
-                    if let Some(max) = crate::kernels::vfp::scores8(q, keys, d.kv_dim, sqrt_head, max, scores) {
-                        return max;
-                    }
-                }
-                for (score, row) in scores.iter_mut().zip(c[start..end].chunks_exact(d.kv_dim)) {
-                    let v = crate::kernels::f32::dot(q, &row[head.clone()]) / sqrt_head;
-                    *score = v;
-                    if v > max {
-                        max = v;
-                    }
-                }
+                max = kernels::scores_f32(&q[..hs], &c[start..end], d.kv_dim, kv_head * hs, sqrt_head, max, scores);
             }),
             Store::F16(c) => {
                 let hs = d.head_size;
@@ -254,41 +241,34 @@ impl Store<'_> {
             Store::I8 { values, scales, query } => {
                 let q_scale = quantize_query(&q[..d.head_size], query);
                 with_head_size!(d.head_size, hs => {
-                    let (query, head) = (&query[..hs.div_ceil(2)], head_at(hs));
-                    let rows = values[start..end].chunks_exact(d.kv_dim);
                     let row_scales = &scales[start / d.kv_dim..end / d.kv_dim];
-                    for ((score, row), &k_scale) in scores.iter_mut().zip(rows).zip(row_scales) {
-                        let sumi = crate::kernels::dsp::dot_i16_i8(query, &row[head.clone()]);
-                        let v = sumi as f32 * (q_scale * k_scale) / sqrt_head;
-                        *score = v;
-                        if v > max {
-                            max = v;
-                        }
-                    }
+                    let (query, rows) = (&query[..hs.div_ceil(2)], &values[start..end]);
+                    max = kernels::scores_i8(query, q_scale, rows, row_scales, d.kv_dim, kv_head * hs, hs, sqrt_head, max, scores);
                 })
             }
         }
         max
     }
 
-    /// The attention output of one head: with e(slot) = exp(scores[slot] − max),
-    /// out (head_size) = (Σ_slot e(slot) · V[layer, slot, kv_head]) / Σ_slot e(slot),
+    /// The attention output of one head: with e(slot) = exp(scores\[slot\] − max),
+    /// out (head_size) = (Σ_slot e(slot) · V\[layer, slot, kv_head\]) / Σ_slot e(slot),
     /// both sums over slots in index order. `scores` may be overwritten with the e(slot).
     pub(crate) fn mix(&self, d: Dims, layer: usize, kv_head: usize, scores: &mut [f32], max: f32, out: &mut [f32]) {
         let (start, end) = (d.row(layer, 0), d.row(layer, scores.len()));
         let hs = d.head_size;
         let out = &mut out[..hs];
-        // Hard-float Cortex-M, f32 cache, 8-wide heads: the FPU loop of kernels/vfp.rs.
-        #[cfg(microlm_fpu)]
+        // f32 cache, 8-wide heads: the fused kernel where the target has one (hard-float Cortex-M).
         if let (Store::F32(c), Ok(out)) = (self, <&mut [f32; 8]>::try_from(&mut *out)) {
             if let Some(values) = c.get(start + kv_head * 8..end) {
-                return mix8_fpu(scores, max, values, d.kv_dim, out);
+                if kernels::mix_f32_head8(scores, max, values, d.kv_dim, out).is_some() {
+                    return;
+                }
             }
         }
         // SIMD hosts take the exponentials in a pass of their own, which vectorizes; scalar
         // cores compute them inside the first column group's loop. Same values, same sum.
-        let vector_exp = cfg!(any(target_arch = "x86_64", target_arch = "aarch64"));
-        let mut sum = if vector_exp { math::exp_shifted(scores, max) } else { 0.0 };
+        let vector_exp = kernels::EXP_SEPARATE_PASS;
+        let mut sum = if vector_exp { kernels::exp_shifted(scores, max) } else { 0.0 };
         let mut exps_pending = !vector_exp;
         // Eight output values at a time stay in registers over all slots; then the rest one by one.
         let split = hs - hs % 8;
@@ -316,9 +296,9 @@ impl Store<'_> {
         }
     }
 
-    /// out (W) = Σ_slot e(slot) · V[slot][col..col + W] over the cache values
+    /// out (W) = Σ_slot e(slot) · `V[slot][col..col + W]` over the cache values
     /// `values` (whole rows), W sums in registers, slots in index order. With
-    /// `EXP`, e(slot) = exp(scores[slot] − max) is computed here, stored back and
+    /// `EXP`, e(slot) = exp(scores\[slot\] − max) is computed here, stored back and
     /// summed (the sum is returned); without, `scores` already holds it.
     #[inline(always)]
     fn mix_columns<const W: usize, const EXP: bool>(
@@ -366,58 +346,30 @@ impl Store<'_> {
     }
 }
 
-/// [`Store::mix`] for an f32 cache with 8-wide heads on hard-float Cortex-M:
-/// `values` starts at the head's first value, rows `stride` apart. One FPU loop
-/// takes each slot's exponential and its value row; slots outside exp's fast
-/// range are taken here. The same values in the same order as the portable path.
-/// (`values` always holds the rows: the loop declines only rows that do not fit.)
-#[cfg(microlm_fpu)]
-fn mix8_fpu(scores: &[f32], max: f32, values: &[f32], stride: usize, out: &mut [f32; 8]) {
-    let (mut sum, mut acc, mut at) = (0.0f32, [0.0f32; 8], 0);
-    while at < scores.len() {
-        // The last head's rows end 8 values into the last row, so past the last slot there
-        // is no row at `at · stride`: every slice here is taken with `get`.
-        let rows = values.get(at * stride..).unwrap_or(&[]);
-        at += crate::kernels::vfp::exp_mix8_run(&scores[at..], max, rows, stride, &mut sum, &mut acc).unwrap_or(0);
-        let (Some(&score), Some(row)) = (scores.get(at), values.get(at * stride..).and_then(|r| r.get(..8))) else {
-            break;
-        };
-        let e = math::exp_at_most_zero(score - max);
-        sum += e;
-        for (a, &v) in acc.iter_mut().zip(row) {
-            *a += e * v;
-        }
-        at += 1;
-    }
-    for (o, &a) in out.iter_mut().zip(&acc) {
-        *o = a / sum;
-    }
-}
-
 /// A slot's softmax weight for [`Store::mix`]'s value pass: with `EXP`, computes
 /// e = exp(score − max), stores it over the score and adds it to `sum`;
 /// without, the score already holds it.
 #[inline(always)]
 fn weight<const EXP: bool>(score: &mut f32, max: f32, sum: &mut f32) -> f32 {
     if EXP {
-        *score = math::exp_at_most_zero(*score - max);
+        *score = scalar::exp_at_most_zero(*score - max);
         *sum += *score;
     }
     *score
 }
 
-/// Quantizes a query head `q` (head_size) to i16 words for [`dsp::dot_i16_i8`](crate::kernels::dsp::dot_i16_i8)
+/// Quantizes a query head `q` (head_size) to i16 words for [`kernels::dot_i16_i8`]
 /// (`act` pair order per whole group of four, the rest in element order); returns the scale
 /// `max|q| / 32767` (0 for a zero or non-finite head, which then scores 0).
 fn quantize_query(q: &[f32], out: &mut [u32]) -> f32 {
-    let amax = crate::math::max_abs(q);
+    let amax = crate::scalar::max_abs(q);
     let scale = amax / 32767.0;
     let inv = if scale > 0.0 && scale.is_finite() { 1.0 / scale } else { 0.0 };
     let full = q.len() / 4 * 4;
     out.fill(0);
     for (i, &v) in q.iter().enumerate() {
-        let at = if i < full { crate::kernels::act::element_of(i) } else { i };
-        let half = u32::from(crate::math::round_half_away((v * inv).clamp(-32767.0, 32767.0)) as i16 as u16);
+        let at = if i < full { kernels::q8_act::element_of(i) } else { i };
+        let half = u32::from(crate::scalar::round_half_away((v * inv).clamp(-32767.0, 32767.0)) as i16 as u16);
         if let Some(word) = out.get_mut(at / 2) {
             *word |= half << (16 * (at % 2));
         }
@@ -431,13 +383,13 @@ fn quantize_query(q: &[f32], out: &mut [u32]) -> f32 {
 
 /// Quantizes `x` (one cache row) into `q` (same length, i8 as bytes); returns the scale.
 pub fn quantize_i8(x: &[f32], q: &mut [u8]) -> f32 {
-    let amax = crate::math::max_abs(x);
+    let amax = crate::scalar::max_abs(x);
     let scale = amax / 127.0;
     // A zero (or non-finite) row stores zeros with scale 0 rather than dividing by it.
     let inv = if scale > 0.0 && scale.is_finite() { 1.0 / scale } else { 0.0 };
     for (o, &v) in q.iter_mut().zip(x) {
         // `as` saturates (and maps NaN to 0), so the clamp is only for clarity.
-        *o = (crate::math::round_half_away((v * inv).clamp(-127.0, 127.0)) as i8) as u8;
+        *o = (crate::scalar::round_half_away((v * inv).clamp(-127.0, 127.0)) as i8) as u8;
     }
     if inv == 0.0 {
         0.0

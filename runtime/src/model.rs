@@ -11,7 +11,7 @@ use crate::format::{
 };
 use crate::kernels::Matrix;
 use crate::kv::KvDtype;
-use crate::session::Plan;
+use crate::plan::Plan;
 use crate::tokenizer::Tokenizer;
 
 /// Whether `parse` verifies the file's CRC32.

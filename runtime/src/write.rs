@@ -58,7 +58,7 @@ impl core::fmt::Display for WriteError {
     }
 }
 
-impl std::error::Error for WriteError {}
+impl core::error::Error for WriteError {}
 
 impl From<FormatError> for WriteError {
     fn from(e: FormatError) -> Self {

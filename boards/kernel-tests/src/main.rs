@@ -1,6 +1,6 @@
 //! Device unit tests for the kernels that exist only on Cortex-M4F: the DSP
-//! asm block sums (`kernels::dsp::Dsp`, `dsp::dot_i16_i8`), the FPU loops
-//! (`kernels::vfp`, `math::exp_shifted`, `math::softmax`) and the quantized
+//! asm block sums (`kernels::arm_dsp::Dsp`, `arm_dsp::dot_i16_i8`), the FPU loops
+//! (`kernels::arm_fpu`, `math::exp_shifted`, `math::softmax`) and the quantized
 //! matvec they make (`Matrix::matvec`), each checked bit for bit against the
 //! portable code (`kernels::Portable`, scalar loops) on deterministic
 //! pseudo-random data and edge cases, in QEMU mps2-an386.
@@ -16,6 +16,7 @@
 //! run on the host: the private attention loops (the hard-float value pass)
 //! are reached that way.
 //!
+//! It first runs the runtime's own kernel suite (`kernels::suite::run_all`).
 //! Only the runtime's public API is used; the checks are in this one file so
 //! that following a renamed kernel is a local edit.
 #![no_std]
@@ -26,7 +27,7 @@ use core::fmt::Write as _;
 use cortex_m_rt::entry;
 use cortex_m_semihosting::{debug, hio};
 use microlm::format::DType;
-use microlm::kernels::{self, act, dsp, q4_0, q8_0, vfp, BlockSums, Matrix, Portable, QK};
+use microlm::kernels::{self, arm_dsp, arm_fpu, q4_0, q8_0, q8_act, BlockSums, Matrix, Portable, QK};
 use microlm::math;
 
 /// Semihosting stdout.
@@ -120,18 +121,18 @@ fn pattern_byte(rng: &mut Rng, pattern: usize, i: usize) -> u8 {
 }
 
 /// One prepared activation block from 32 quants by `pattern` and a random scale.
-fn activation_block(rng: &mut Rng, pattern: usize) -> [u32; act::BLOCK_WORDS] {
+fn activation_block(rng: &mut Rng, pattern: usize) -> [u32; q8_act::BLOCK_WORDS] {
     let mut q8 = [0u8; q8_0::BLOCK_BYTES];
     q8[..2].copy_from_slice(&rng.scale());
     for i in 0..QK {
         q8[2 + i] = pattern_byte(rng, pattern, i);
     }
-    let mut words = [0u32; act::BLOCK_WORDS];
-    act::prepare_block(&q8, &mut words);
+    let mut words = [0u32; q8_act::BLOCK_WORDS];
+    q8_act::prepare_block(&q8, &mut words);
     words
 }
 
-fn pairs(block: &[u32; act::BLOCK_WORDS]) -> &[u32; 16] {
+fn pairs(block: &[u32; q8_act::BLOCK_WORDS]) -> &[u32; 16] {
     block[2..].try_into().unwrap_or(&[0; 16])
 }
 
@@ -148,8 +149,8 @@ fn block_sums(r: &mut Report) {
                 let mut w = [0u8; 32];
                 w.iter_mut().enumerate().for_each(|(i, b)| *b = pattern_byte(&mut rng, wp, i));
                 let nib: &[u8; 16] = w[..16].try_into().unwrap_or(&[0; 16]);
-                q8[n] = (kernels::dsp::Dsp::q8(&w, pairs(&x)) as u32, Portable::q8(&w, pairs(&x)) as u32);
-                q4[n] = (kernels::dsp::Dsp::q4(nib, pairs(&x)) as u32, Portable::q4(nib, pairs(&x)) as u32);
+                q8[n] = (kernels::arm_dsp::Dsp::q8(&w, pairs(&x)) as u32, Portable::q8(&w, pairs(&x)) as u32);
+                q4[n] = (kernels::arm_dsp::Dsp::q4(nib, pairs(&x)) as u32, Portable::q4(nib, pairs(&x)) as u32);
                 n += 1;
             }
         }
@@ -163,10 +164,10 @@ fn block_sums(r: &mut Report) {
         let mut w = [0u8; 32];
         w.iter_mut().enumerate().for_each(|(j, b)| *b = pattern_byte(&mut rng, (i / 2) % PATTERNS, j));
         *h = if i % 2 == 0 {
-            (dsp::dot_q8(&w, pairs(&x)) as u32, Portable::q8(&w, pairs(&x)) as u32)
+            (arm_dsp::dot_q8(&w, pairs(&x)) as u32, Portable::q8(&w, pairs(&x)) as u32)
         } else {
             let nib: &[u8; 16] = w[..16].try_into().unwrap_or(&[0; 16]);
-            (dsp::dot_q4(nib, pairs(&x)) as u32, Portable::q4(nib, pairs(&x)) as u32)
+            (arm_dsp::dot_q4(nib, pairs(&x)) as u32, Portable::q4(nib, pairs(&x)) as u32)
         };
     }
     r.check("dsp dot_q8/dot_q4 = portable", compare(helpers.iter().copied()));
@@ -198,11 +199,11 @@ fn dot_i16_i8(r: &mut Report) {
             // Pair order for each whole group of four, the rest in element order.
             let mut words = [0u32; 86];
             for (i, &v) in q16[..len].iter().enumerate() {
-                let pos = if i < len / 4 * 4 { act::element_of(i) } else { i };
+                let pos = if i < len / 4 * 4 { q8_act::element_of(i) } else { i };
                 words[pos / 2] |= u32::from(v as u16) << (16 * (pos % 2));
             }
             let scalar: i32 = q16[..len].iter().zip(&k[..len]).map(|(&a, &b)| i32::from(a) * i32::from(b as i8)).sum();
-            results[n] = (dsp::dot_i16_i8(&words[..len.div_ceil(2)], &k[..len]) as u32, scalar as u32);
+            results[n] = (arm_dsp::dot_i16_i8(&words[..len.div_ceil(2)], &k[..len]) as u32, scalar as u32);
             n += 1;
         }
     }
@@ -227,7 +228,7 @@ fn matvec(r: &mut Report) {
     let mut rng = Rng(0x5eed_0001);
     let mut w = [0u8; 6 * 6 * q8_0::BLOCK_BYTES];
     let mut x = [0f32; 172];
-    let mut scratch = [0u32; 6 * act::BLOCK_WORDS];
+    let mut scratch = [0u32; 6 * q8_act::BLOCK_WORDS];
     for dtype in [DType::Q8_0, DType::Q4_0] {
         let mut results = [(0u32, 0u32); 4 * 5 * 6];
         let mut n = 0;
@@ -249,10 +250,10 @@ fn matvec(r: &mut Report) {
                     continue;
                 }
                 // The portable result: the same prepared activations, portable block sums.
-                let words = act::words(cols).unwrap_or(0);
+                let words = q8_act::words(cols).unwrap_or(0);
                 let xq = &mut scratch[..words];
                 xq.fill(0);
-                act::prepare_row(&x[..cols], xq);
+                q8_act::prepare_row(&x[..cols], xq);
                 for (row, &o) in out[..rows].iter().enumerate() {
                     let bytes = &w[row * row_bytes..][..row_bytes];
                     let portable = if dtype == DType::Q4_0 {
@@ -346,7 +347,7 @@ const HEAD: usize = 8;
 const KV_DIM: usize = 32;
 const SLOTS: usize = 40;
 
-/// `vfp::scores8` against the portable score loop, for every KV head (the
+/// `arm_fpu::scores8` against the portable score loop, for every KV head (the
 /// last one's rows end 8 values into the last row).
 fn scores(r: &mut Report) {
     let mut rng = Rng(0xa77e_0001);
@@ -363,7 +364,7 @@ fn scores(r: &mut Report) {
             // The head's keys end with its last row's 8 values.
             let rows = &keys[head * HEAD..(slots - 1) * KV_DIM + head * HEAD + HEAD];
             let mut device = [0f32; SLOTS];
-            let max = vfp::scores8(&q, rows, KV_DIM, sqrt_head, f32::NEG_INFINITY, &mut device[..slots]);
+            let max = arm_fpu::scores8(&q, rows, KV_DIM, sqrt_head, f32::NEG_INFINITY, &mut device[..slots]);
             let mut portable_max = f32::NEG_INFINITY;
             for i in 0..slots {
                 let mut s = 0.0f32;
@@ -384,7 +385,7 @@ fn scores(r: &mut Report) {
     r.check("vfp scores8 = portable (every KV head, 1/17/40 slots)", compare(results[..n].iter().copied()));
 }
 
-/// The fused exp · value pass (`vfp::exp_mix8_run`, with the cold path between
+/// The fused exp · value pass (`arm_fpu::exp_mix8_run`, with the cold path between
 /// its runs as the runtime's f32 attention takes it) against the portable loop,
 /// for every KV head with the slow path at the first, a middle and the last slot.
 fn exp_mix(r: &mut Report) {
@@ -405,7 +406,7 @@ fn exp_mix(r: &mut Report) {
             let (mut sum, mut acc, mut at) = (0.0f32, [0.0f32; 8], 0);
             while at < slots {
                 let run_rows = rows.get(at * KV_DIM..).unwrap_or(&[]);
-                at += vfp::exp_mix8_run(&scores[at..], max, run_rows, KV_DIM, &mut sum, &mut acc).unwrap_or(0);
+                at += arm_fpu::exp_mix8_run(&scores[at..], max, run_rows, KV_DIM, &mut sum, &mut acc).unwrap_or(0);
                 let (Some(&s), Some(row)) = (scores.get(at), rows.get(at * KV_DIM..).and_then(|r| r.get(..8))) else {
                     break;
                 };
@@ -509,11 +510,27 @@ fn sessions(r: &mut Report) {
     }
 }
 
+/// The runtime's own kernel suite (`kernels::suite::run_all`: the checks the
+/// host runs for every instruction set), here for the ones this core has.
+fn runtime_suite(r: &mut Report) {
+    match kernels::suite::run_all() {
+        Ok(()) => {
+            r.passed += 1;
+            let _ = writeln!(r.out, "ok suite::run_all");
+        }
+        Err(failure) => {
+            r.failed += 1;
+            let _ = writeln!(r.out, "FAIL suite::run_all: {failure}");
+        }
+    }
+}
+
 #[entry]
 fn main() -> ! {
     let Ok(stdout) = hio::hstdout() else { exit(false) };
     let mut r = Report { out: Out(stdout), passed: 0, failed: 0 };
-    let _ = writeln!(r.out, "native block sums: {}", core::any::type_name::<kernels::Native>());
+    let _ = writeln!(r.out, "best kernels: {:?}", kernels::Isa::best());
+    runtime_suite(&mut r);
     block_sums(&mut r);
     dot_i16_i8(&mut r);
     matvec(&mut r);

@@ -30,7 +30,7 @@ pub fn matvec(w: &[u8], x: &[f32], out: &mut [f32]) {
     }
 }
 
-/// Σ a[i]·b[i] accumulated left to right in f32 (over the shorter length).
+/// Σ a\[i\]·b\[i\] accumulated left to right in f32 (over the shorter length).
 #[inline]
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     let n = a.len().min(b.len());

@@ -1,38 +1,153 @@
-//! Matrix-vector kernels, one module per weight dtype.
+//! The kernels: every inner loop of the forward pass, and the one place that
+//! picks an implementation per instruction set.
 //!
-//! Every kernel computes `out[r] = Σ_c w[r][c] · x[c]` with one fixed
-//! summation order (docs/ARCHITECTURE.md, numerics contract), so any optimized variant added later
-//! must reproduce its scalar reference bit for bit:
+//! ```text
+//! kernels/
+//!   mod.rs      the interfaces (BlockSums, Matrix, attention, exp), Isa and Isa::best()
+//!   generic.rs  the portable implementations (the reference every other one equals)
+//!   arm_dsp.rs  Cortex-M4/M7 DSP asm: SXTB16/SMLAD block sums, the i16·i8 dot of the i8 KV cache
+//!   arm_fpu.rs  hard-float Cortex-M asm: f32 attention scores, the exp pass, the fused value mix
+//!   x86.rs      x86-64 SSE4.1 / AVX2 block sums
+//!   neon.rs     aarch64 NEON block sums
+//!   f32.rs, f16.rs, q8_0.rs, q4_0.rs   the row formats: matvec rows, (de)quantization
+//!   q8_act.rs   activations quantized to q8_0 blocks and widened for the block sums
+//!   suite.rs    the checks every implementation must pass (tests and device harnesses)
+//! ```
 //!
-//! - `f32`, `f16`: one sequential f32 sum per row, left to right (llama2.c `matmul`).
-//! - `q8_0`, `q4_0`: the input is quantized once per matvec to q8_0 blocks; per
+//! Every kernel computes its result with one fixed summation order
+//! (docs/ARCHITECTURE.md, numerics contract), so every ISA variant reproduces the portable one bit for bit:
+//!
+//! - `f32`, `f16` matvecs: one sequential f32 sum per row, left to right (llama2.c `matmul`).
+//! - `q8_0`, `q4_0` matvecs: the input is quantized once per matvec to q8_0 blocks; per
 //!   block an exact i32 dot of the quants, then blocks summed in f32 in index
 //!   order (see each module's header). The exact block sums come from one
-//!   [`BlockSums`] per instruction set: [`Portable`], `dsp` (Cortex-M4/M7),
-//!   `x86` (SSE4.1/AVX2, picked at run time) and `neon` (aarch64).
+//!   [`BlockSums`] per instruction set, chosen by [`Isa::best`].
+//! - attention ([`scores_f32`], [`scores_i8`], [`mix_f32_head8`]) and the softmax
+//!   exponentials ([`exp_shifted`]): the orders documented in `kv.rs`, the FPU asm
+//!   doing the same operations as the portable loops.
 
-pub mod act;
-pub mod dsp;
+pub mod arm_dsp;
+#[cfg(microlm_fpu)]
+pub mod arm_fpu;
 pub mod f16;
 pub mod f32;
+pub mod generic;
 #[cfg(target_arch = "aarch64")]
 pub mod neon;
 pub mod q4_0;
 pub mod q8_0;
-#[cfg(microlm_fpu)]
-pub mod vfp;
+pub mod q8_act;
+#[doc(hidden)]
+pub mod suite;
 #[cfg(target_arch = "x86_64")]
 pub mod x86;
 
+use crate::dtype::DType;
+pub use crate::dtype::QK;
 use crate::error::SessionError;
-use crate::format::DType;
+pub use generic::Portable;
 
-/// Values per quantization block (q8_0 and q4_0).
-pub const QK: usize = 32;
-
-/// Bytes of prepared activation scratch ([`act`]) for an input of `cols` values.
+/// Bytes of prepared activation scratch ([`q8_act`]) for an input of `cols` values.
 pub fn act_scratch_bytes(cols: usize) -> Option<usize> {
-    act::words(cols)?.checked_mul(4)
+    q8_act::words(cols)?.checked_mul(4)
+}
+
+/// An instruction set with its own block sums. Only the ones this target can
+/// compile are variants; [`Isa::best`] is the single choice the runtime makes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum Isa {
+    /// [`Portable`] integer loops (what a host compiler vectorizes).
+    Portable,
+    /// Cortex-M4/M7 DSP extension: SXTB16 and SMLAD asm ([`arm_dsp`]).
+    #[cfg(microlm_dsp)]
+    ArmDsp,
+    /// aarch64 NEON ([`neon`]).
+    #[cfg(target_arch = "aarch64")]
+    Neon,
+    /// x86-64 SSSE3/SSE4.1 ([`x86`]).
+    #[cfg(target_arch = "x86_64")]
+    Sse41,
+    /// x86-64 AVX2 ([`x86`]).
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+}
+
+impl Isa {
+    /// Every instruction set compiled into this build, slowest first.
+    pub const ALL: &'static [Isa] = &[
+        Isa::Portable,
+        #[cfg(microlm_dsp)]
+        Isa::ArmDsp,
+        #[cfg(target_arch = "aarch64")]
+        Isa::Neon,
+        #[cfg(target_arch = "x86_64")]
+        Isa::Sse41,
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2,
+    ];
+
+    /// Whether this CPU runs the instruction set: fixed at compile time on Arm,
+    /// detected at run time on x86-64 (under `std`; without it, the target features).
+    pub fn available(self) -> bool {
+        match self {
+            Isa::Portable => true,
+            #[cfg(microlm_dsp)]
+            Isa::ArmDsp => true,
+            #[cfg(target_arch = "aarch64")]
+            Isa::Neon => true,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Sse41 => x86::has_sse41(),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => x86::has_avx2(),
+        }
+    }
+
+    /// The fastest available instruction set: a constant on Arm (the DSP asm on
+    /// Cortex-M4/M7, NEON on aarch64, else portable), on x86-64 AVX2 → SSE4.1 →
+    /// portable, detected once and cached.
+    #[inline(always)]
+    pub fn best() -> Isa {
+        #[cfg(target_arch = "x86_64")]
+        return x86::detected();
+        #[cfg(microlm_dsp)]
+        return Isa::ArmDsp;
+        #[cfg(target_arch = "aarch64")]
+        return Isa::Neon;
+        #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64", microlm_dsp)))]
+        return Isa::Portable;
+    }
+}
+
+/// `out (rows) = w (rows, cols) · x` for q8_0 or q4_0 rows of `row_bytes` bytes,
+/// with `xq` the prepared activations and the block sums of `isa` (one the CPU
+/// lacks runs the portable ones).
+#[inline(always)]
+pub(crate) fn quantized_matvec_on(isa: Isa, dtype: DType, w: &[u8], row_bytes: usize, xq: &[u32], out: &mut [f32]) {
+    match isa {
+        #[cfg(microlm_dsp)]
+        Isa::ArmDsp => quantized_matvec::<arm_dsp::Dsp>(dtype, w, row_bytes, xq, out),
+        #[cfg(target_arch = "aarch64")]
+        Isa::Neon => quantized_matvec::<neon::Neon>(dtype, w, row_bytes, xq, out),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Sse41 | Isa::Avx2 => x86::matvec(isa, dtype, w, row_bytes, xq, out),
+        Isa::Portable => quantized_matvec::<Portable>(dtype, w, row_bytes, xq, out),
+    }
+}
+
+/// `out (rows) = w (rows, cols) · x` for q8_0 or q4_0 rows of `row_bytes` bytes,
+/// with `xq` the prepared activations and `B` the block sums.
+#[inline(always)]
+pub(crate) fn quantized_matvec<B: BlockSums>(dtype: DType, w: &[u8], row_bytes: usize, xq: &[u32], out: &mut [f32]) {
+    if row_bytes == 0 {
+        return out.fill(0.0);
+    }
+    let rows = out.iter_mut().zip(w.chunks_exact(row_bytes));
+    if dtype == DType::Q4_0 {
+        rows.for_each(|(o, row)| *o = q4_0::vec_dot_with::<B>(row, xq));
+    } else {
+        rows.for_each(|(o, row)| *o = q8_0::vec_dot_with::<B>(row, xq));
+    }
 }
 
 /// A binary16 scale (little-endian bytes) widened to f32, exactly as IEEE (and
@@ -50,101 +165,120 @@ pub fn f16_to_f32(bytes: [u8; 2]) -> f32 {
     f32::from_bits(bits) * f32::from_bits(0x7780_0000)
 }
 
-/// Exact integer sums of one weight block with prepared activations ([`act`]),
-/// one implementation per instruction set: [`Portable`], `dsp::Dsp` on
-/// Cortex-M4/M7, SSE4.1/AVX2 in `x86`. All return the same integers.
+/// Exact integer sums of one weight block with prepared activations ([`q8_act`]),
+/// one implementation per instruction set: [`Portable`], `arm_dsp::Dsp` on
+/// Cortex-M4/M7 (and [`arm_dsp::Emulated`] on every target), SSE4.1/AVX2 in
+/// `x86`, NEON in `neon`; [`Isa::best`] picks one. All return the same integers.
 pub trait BlockSums {
-    /// Σ_{i<32} w[i]·x[i] for a q8_0 block's 32 signed quants (element order).
+    /// Σ_{i<32} w\[i\]·x\[i\] for a q8_0 block's 32 signed quants (element order).
     fn q8(w: &[u8; 32], x: &[u32; 16]) -> i32;
-    /// Σ_{i<32} nibble_i·x[i] for a q4_0 block's 16 nibble bytes (element i in
+    /// Σ_{i<32} nibble_i·x\[i\] for a q4_0 block's 16 nibble bytes (element i in
     /// the low nibble of byte i, 16+i in the high one); the −8 offset is the caller's.
     fn q4(nibbles: &[u8; 16], x: &[u32; 16]) -> i32;
 }
 
-/// The block sums as plain integer loops over the activation pairs (what a host
-/// compiler vectorizes).
-#[derive(Debug)]
-pub struct Portable;
-
-impl BlockSums for Portable {
-    #[inline(always)]
-    fn q8(w: &[u8; 32], x: &[u32; 16]) -> i32 {
-        let mut acc = 0i32;
-        for (quad, pair) in w.chunks_exact(4).zip(x.chunks_exact(2)) {
-            // Pair order: word 0 holds elements 0 and 2, word 1 holds 1 and 3.
-            acc += i32::from(quad[0] as i8) * low(pair[0])
-                + i32::from(quad[2] as i8) * high(pair[0])
-                + i32::from(quad[1] as i8) * low(pair[1])
-                + i32::from(quad[3] as i8) * high(pair[1]);
+/// Attention scores over an f32 cache: for each slot `i < out.len()`,
+/// `out[i] = (Σ_j q[j] · rows[i·stride + offset + j], j left to right from 0.0) / sqrt_head`,
+/// and returns `max(max_in, out[..])` (as `if v > max { max = v }`, so NaNs are skipped).
+/// `rows` holds the slots' whole rows (`out.len()` × `stride` values); the head
+/// is `q.len()` values at `offset` in each. Hard-float Cortex-M runs 8-wide
+/// heads in `arm_fpu::scores8`.
+#[inline(always)]
+pub fn scores_f32(
+    q: &[f32],
+    rows: &[f32],
+    stride: usize,
+    offset: usize,
+    sqrt_head: f32,
+    max_in: f32,
+    out: &mut [f32],
+) -> f32 {
+    #[cfg(microlm_fpu)]
+    if let (Ok(q8), Some(keys)) = (<&[f32; 8]>::try_from(q), rows.get(offset..)) {
+        if let Some(max) = arm_fpu::scores8(q8, keys, stride, sqrt_head, max_in, out) {
+            return max;
         }
-        acc
     }
+    generic::scores_f32(q, rows, stride, offset, sqrt_head, max_in, out)
+}
 
-    #[inline(always)]
-    fn q4(nibbles: &[u8; 16], x: &[u32; 16]) -> i32 {
-        let (x_lo, x_hi) = x.split_at(8);
-        let mut acc = 0i32;
-        for ((quad, lo), hi) in nibbles.chunks_exact(4).zip(x_lo.chunks_exact(2)).zip(x_hi.chunks_exact(2)) {
-            // Low nibbles are elements 0..16, high nibbles 16..32, each group in pair order.
-            let (a, b, c, d) = (i32::from(quad[0]), i32::from(quad[1]), i32::from(quad[2]), i32::from(quad[3]));
-            acc += (a & 15) * low(lo[0]) + (c & 15) * high(lo[0]) + (b & 15) * low(lo[1]) + (d & 15) * high(lo[1]);
-            acc += (a >> 4) * low(hi[0]) + (c >> 4) * high(hi[0]) + (b >> 4) * low(hi[1]) + (d >> 4) * high(hi[1]);
+/// Σ_i q\[i\]·k\[i\] for i16 values `q` (as words: [`q8_act`] pair order for each
+/// whole group of four, the remaining `k.len() % 4` in element order) and signed
+/// bytes `k`, exact in i32: two SMLAD per four bytes on Cortex-M4/M7 ([`arm_dsp`]),
+/// the same operations emulated elsewhere.
+#[inline(always)]
+pub fn dot_i16_i8(q: &[u32], k: &[u8]) -> i32 {
+    arm_dsp::dot_i16_i8(q, k)
+}
+
+/// Attention scores over an i8 cache with the query quantized to i16 (`query`,
+/// scale `q_scale`, see `kv.rs`): for each slot `i < out.len()`,
+/// `out[i] = dot_i16_i8(query, head of row i) as f32 · (q_scale · row_scales[i]) / sqrt_head`,
+/// the head being `head_size` bytes at `offset` in each `stride`-byte row of `rows`;
+/// returns the maximum as [`scores_f32`] does.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+pub fn scores_i8(
+    query: &[u32],
+    q_scale: f32,
+    rows: &[u8],
+    row_scales: &[f32],
+    stride: usize,
+    offset: usize,
+    head_size: usize,
+    sqrt_head: f32,
+    max_in: f32,
+    out: &mut [f32],
+) -> f32 {
+    let mut max = max_in;
+    for ((score, row), &k_scale) in out.iter_mut().zip(rows.chunks_exact(stride)).zip(row_scales) {
+        let sumi = dot_i16_i8(query, &row[offset..offset + head_size]);
+        let v = sumi as f32 * (q_scale * k_scale) / sqrt_head;
+        *score = v;
+        if v > max {
+            max = v;
         }
-        acc
+    }
+    max
+}
+
+/// The fused softmax-weighted value sum of one 8-wide head of an f32 cache:
+/// `out[j] = (Σ_i e_i · values[i·stride + j]) / Σ_i e_i` with
+/// `e_i = exp(scores[i] − max)`, both sums over slots in index order, `values`
+/// starting at the head's first value. `Some(())` when this target has such a
+/// kernel (hard-float Cortex-M, `arm_fpu`); `None` (doing nothing) sends the
+/// caller to the portable column loops of `kv.rs`, which give the same bits.
+#[inline(always)]
+pub fn mix_f32_head8(scores: &[f32], max: f32, values: &[f32], stride: usize, out: &mut [f32; 8]) -> Option<()> {
+    #[cfg(microlm_fpu)]
+    {
+        arm_fpu::mix8(scores, max, values, stride, out);
+        Some(())
+    }
+    #[cfg(not(microlm_fpu))]
+    {
+        let _ = (scores, max, values, stride, out);
+        None
     }
 }
 
-/// The low i16 half of a pair word, widened.
-#[inline(always)]
-fn low(word: u32) -> i32 {
-    i32::from(word as u16 as i16)
-}
+/// Whether [`exp_shifted`] runs as a separate vectorizable pass here (SIMD hosts),
+/// so the value mix should not compute the exponentials itself.
+pub const EXP_SEPARATE_PASS: bool = cfg!(any(target_arch = "x86_64", target_arch = "aarch64"));
 
-/// The high i16 half of a pair word, widened.
-#[inline(always)]
-fn high(word: u32) -> i32 {
-    i32::from((word >> 16) as u16 as i16)
-}
-
-/// The block sums this target compiles in: the DSP asm on Cortex-M4/M7, NEON on
-/// aarch64, else the portable loops (x86-64 picks SIMD sums at run time on top, in `x86`).
-#[cfg(microlm_dsp)]
-pub type Native = dsp::Dsp;
-/// The block sums this target compiles in: the DSP asm on Cortex-M4/M7, NEON on
-/// aarch64, else the portable loops (x86-64 picks SIMD sums at run time on top, in `x86`).
-#[cfg(target_arch = "aarch64")]
-pub type Native = neon::Neon;
-/// The block sums this target compiles in: the DSP asm on Cortex-M4/M7, NEON on
-/// aarch64, else the portable loops (x86-64 picks SIMD sums at run time on top, in `x86`).
-#[cfg(not(any(microlm_dsp, target_arch = "aarch64")))]
-pub type Native = Portable;
-
-/// The row · activations dot product shared by q8_0 and q4_0 (see their
-/// headers): blocks of `BLOCK` bytes, an f16 scale then quants, in index order,
-/// `acc += sum(quants, x block) as f32 · (f32(w.d) · x.d)`.
-#[inline(always)]
-fn row_dot<const BLOCK: usize>(w: &[u8], x: &[u32], sum: impl Fn(&[u8], act::Block<'_>) -> i32) -> f32 {
-    let mut acc = 0.0f32;
-    for (wb, xb) in w.chunks_exact(BLOCK).zip(act::blocks(x)) {
-        let dw = f16_to_f32([wb[0], wb[1]]);
-        acc += sum(&wb[2..], xb) as f32 * (dw * xb.d);
-    }
-    acc
-}
-
-/// `out (rows) = w (rows, cols) · x` for q8_0 or q4_0 rows of `row_bytes` bytes,
-/// with `xq` the prepared activations and `B` the block sums.
-#[inline(always)]
-pub(crate) fn quantized_matvec<B: BlockSums>(dtype: DType, w: &[u8], row_bytes: usize, xq: &[u32], out: &mut [f32]) {
-    if row_bytes == 0 {
-        return out.fill(0.0);
-    }
-    let rows = out.iter_mut().zip(w.chunks_exact(row_bytes));
-    if dtype == DType::Q4_0 {
-        rows.for_each(|(o, row)| *o = q4_0::vec_dot_with::<B>(row, xq));
-    } else {
-        rows.for_each(|(o, row)| *o = q8_0::vec_dot_with::<B>(row, xq));
-    }
+/// `x[i] = exp(x[i] - max)` in place; returns the sum, accumulated in index order
+/// (softmax without the division, which attention folds into its value pass).
+/// SIMD hosts take a branch-free pass the compiler vectorizes, hard-float
+/// Cortex-M an FPU loop (`arm_fpu::exp_shifted_run`), other cores one scalar
+/// pass: the same values and sum everywhere.
+#[inline]
+pub fn exp_shifted(x: &mut [f32], max: f32) -> f32 {
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+    return generic::exp_shifted_branch_free(x, max);
+    #[cfg(microlm_fpu)]
+    return arm_fpu::exp_shifted(x, max);
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64", microlm_fpu)))]
+    return generic::exp_shifted(x, max);
 }
 
 /// A read-only weight matrix viewed in place in the model file.
@@ -164,8 +298,21 @@ impl Matrix<'_> {
     /// `out (rows) = self (rows, cols) · x (cols)`. Extra `out` or `x` entries are left alone / ignored.
     ///
     /// Quantized weights first quantize `x` to q8_0 blocks, prepared in `scratch`
-    /// (words, so always aligned: at least [`act_scratch_bytes`]`(cols) / 4`; f32/f16 weights ignore it).
+    /// (words, so always aligned: at least `act_scratch_bytes(cols) / 4` of them; f32/f16 weights ignore it).
     pub fn matvec(&self, x: &[f32], out: &mut [f32], scratch: &mut [u32]) -> Result<(), SessionError> {
+        self.matvec_with(Isa::best(), x, out, scratch)
+    }
+
+    /// [`Matrix::matvec`] with the block sums of `isa` (the same bits for every `isa`;
+    /// one the CPU lacks runs the portable sums).
+    pub fn matvec_on(&self, isa: Isa, x: &[f32], out: &mut [f32], scratch: &mut [u32]) -> Result<(), SessionError> {
+        self.matvec_with(isa, x, out, scratch)
+    }
+
+    /// The body of [`Matrix::matvec`] and [`Matrix::matvec_on`], inlined into both so the
+    /// forward pass makes one call per matvec.
+    #[inline(always)]
+    fn matvec_with(&self, isa: Isa, x: &[f32], out: &mut [f32], scratch: &mut [u32]) -> Result<(), SessionError> {
         let x = &x[..self.cols.min(x.len())];
         let rows = self.rows.min(out.len());
         let out = &mut out[..rows];
@@ -173,18 +320,14 @@ impl Matrix<'_> {
             DType::F32 => f32::matvec(self.data, x, out),
             DType::F16 => f16::matvec(self.data, x, out),
             DType::Q8_0 | DType::Q4_0 => {
-                let words = act::words(self.cols).ok_or(SessionError::Internal)?;
+                let words = q8_act::words(self.cols).ok_or(SessionError::Internal)?;
                 let row_bytes = self.dtype.row_bytes(self.cols).ok_or(SessionError::Internal)?;
                 let too_small = SessionError::ScratchTooSmall { needed: words * 4, given: scratch.len() * 4 };
                 let xq = scratch.get_mut(..words).ok_or(too_small)?;
                 // A short `x` leaves its missing tail at zero, like the row padding.
                 xq.fill(0);
-                act::prepare_row(x, xq);
-                // x86-64: the same kernels with SIMD block sums, at the level detected once.
-                #[cfg(target_arch = "x86_64")]
-                x86::matvec(x86::detected(), self.dtype, self.data, row_bytes, xq, out);
-                #[cfg(not(target_arch = "x86_64"))]
-                quantized_matvec::<Native>(self.dtype, self.data, row_bytes, xq, out);
+                q8_act::prepare_row(x, xq);
+                quantized_matvec_on(isa, self.dtype, self.data, row_bytes, xq, out);
             }
         }
         Ok(())
@@ -239,11 +382,11 @@ macro_rules! quant_tests {
 
             /// q8_0 activation blocks as the kernels take them.
             fn prepared(q8: &[u8]) -> Vec<u32> {
-                let mut out = vec![0u32; q8.len() / q8_0::BLOCK_BYTES * $crate::kernels::act::BLOCK_WORDS];
+                let mut out = vec![0u32; q8.len() / q8_0::BLOCK_BYTES * $crate::kernels::q8_act::BLOCK_WORDS];
                 for (b, w) in
-                    q8.chunks_exact(q8_0::BLOCK_BYTES).zip(out.chunks_exact_mut($crate::kernels::act::BLOCK_WORDS))
+                    q8.chunks_exact(q8_0::BLOCK_BYTES).zip(out.chunks_exact_mut($crate::kernels::q8_act::BLOCK_WORDS))
                 {
-                    $crate::kernels::act::prepare_block(b, w);
+                    $crate::kernels::q8_act::prepare_block(b, w);
                 }
                 out
             }
@@ -345,8 +488,6 @@ pub(crate) use quant_tests;
 pub(crate) mod test_data {
     use std::vec::Vec;
 
-    use super::{act, q8_0, QK};
-
     /// Values in [-1, 1) with an outlier (×6) every 37th (xorshift64*).
     pub fn values(n: usize, seed: u64) -> Vec<f32> {
         let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
@@ -380,25 +521,6 @@ pub(crate) mod test_data {
                 }
             })
             .collect()
-    }
-
-    /// 32 signed bytes as prepared activation pairs (`act` pair order).
-    pub fn pairs(x: &[u8]) -> [u32; 16] {
-        let mut q8 = [0u8; q8_0::BLOCK_BYTES];
-        q8[2..].copy_from_slice(x);
-        let mut w = [0u32; act::BLOCK_WORDS];
-        act::prepare_block(&q8, &mut w);
-        w[2..].try_into().unwrap()
-    }
-
-    /// Σ w[i]·x[i] over 32 signed bytes each.
-    pub fn scalar_q8(w: &[u8], x: &[u8]) -> i32 {
-        w.iter().zip(x).map(|(&a, &b)| i32::from(a as i8) * i32::from(b as i8)).sum()
-    }
-
-    /// Σ nibble_i·x[i] for 16 nibble bytes (element i low, 16+i high) and 32 signed bytes.
-    pub fn scalar_q4(q: &[u8], x: &[u8]) -> i32 {
-        (0..QK).map(|i| i32::from(if i < 16 { q[i] & 15 } else { q[i - 16] >> 4 }) * i32::from(x[i] as i8)).sum()
     }
 }
 

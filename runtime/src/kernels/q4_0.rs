@@ -26,53 +26,12 @@
 use half::f16;
 
 use super::q8_0;
-use super::QK;
+use crate::dtype::QK;
+
+pub use crate::dtype::BlockQ4_0;
 
 /// Bytes of one q4_0 block.
-pub const BLOCK_BYTES: usize = 18;
-
-/// One q4_0 block, as laid out in the file (no padding, alignment 1).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-#[repr(C)]
-pub struct BlockQ4_0 {
-    /// Scale, binary16 little-endian.
-    pub d: [u8; 2],
-    /// Nibbles: low nibble of byte j = element j, high nibble = element j + 16.
-    pub qs: [u8; QK / 2],
-}
-
-// The struct is the documented layout: scale first, then 16 nibble bytes, 18 bytes.
-const _: () = assert!(core::mem::size_of::<BlockQ4_0>() == BLOCK_BYTES);
-const _: () = assert!(BLOCK_BYTES == 2 + QK / 2);
-
-impl BlockQ4_0 {
-    /// Reads a block from the first [`BLOCK_BYTES`] of `b` (`None` when shorter).
-    pub fn read(b: &[u8]) -> Option<BlockQ4_0> {
-        let b: &[u8; BLOCK_BYTES] = b.get(..BLOCK_BYTES)?.try_into().ok()?;
-        let mut qs = [0u8; QK / 2];
-        qs.copy_from_slice(&b[2..]);
-        Some(BlockQ4_0 { d: [b[0], b[1]], qs })
-    }
-
-    /// Writes the block into the first [`BLOCK_BYTES`] of `out` (nothing when shorter).
-    pub fn write(&self, out: &mut [u8]) {
-        let Some(out) = out.get_mut(..BLOCK_BYTES) else { return };
-        out[..2].copy_from_slice(&self.d);
-        out[2..].copy_from_slice(&self.qs);
-    }
-
-    /// The scale as f32.
-    pub fn scale(&self) -> f32 {
-        f16::from_le_bytes(self.d).to_f32()
-    }
-
-    /// Signed quant of element `i` (0..32): nibble − 8, in -8..=7.
-    pub fn quant(&self, i: usize) -> i32 {
-        let byte = self.qs[i % (QK / 2)];
-        let nibble = if i < QK / 2 { byte & 0x0f } else { byte >> 4 };
-        i32::from(nibble) - 8
-    }
-}
+pub const BLOCK_BYTES: usize = crate::dtype::Q4_0_BLOCK_BYTES;
 
 /// Packs 32 quants in 0..=15 (element order) into a block with scale `d`.
 pub fn pack(d: f32, nibbles: &[u8; QK], out: &mut [u8]) {
@@ -116,37 +75,43 @@ pub fn quantize_row(x: &[f32], out: &mut [u8]) {
 
 /// Dequantizes the blocks in `bytes` into `out` (`out.len()` values; padding is dropped).
 pub fn dequantize_row(bytes: &[u8], out: &mut [f32]) {
-    for (chunk, b) in out.chunks_mut(QK).zip(bytes.chunks_exact(BLOCK_BYTES)) {
-        let d = f16::from_le_bytes([b[0], b[1]]).to_f32();
-        let qs = &b[2..];
+    for (chunk, b) in out.chunks_mut(QK).zip(BlockQ4_0::slice(bytes)) {
+        let d = b.scale();
         for (i, o) in chunk.iter_mut().enumerate() {
-            let byte = qs[i % (QK / 2)];
+            let byte = b.qs[i % (QK / 2)];
             let nibble = if i < QK / 2 { byte & 0x0f } else { byte >> 4 };
             *o = d * (f32::from(nibble) - 8.0);
         }
     }
 }
 
-/// Dot product of one q4_0 weight row with prepared activations (`act`, same
-/// block count), in the order documented at the top of this file:
-/// Σ (nibble − 8)·x computed exactly as Σ nibble·x − 8·Σx, with this target's block sums.
+/// Dot product of one q4_0 weight row with prepared activations ([`q8_act`](super::q8_act),
+/// same block count), in the order documented at the top of this file:
+/// Σ (nibble − 8)·x computed exactly as Σ nibble·x − 8·Σx, with the block sums of
+/// [`Isa::best`](super::Isa::best).
 #[inline]
 pub fn vec_dot(w: &[u8], x: &[u32]) -> f32 {
-    vec_dot_with::<super::Native>(w, x)
+    let mut out = [0.0f32];
+    super::quantized_matvec_on(super::Isa::best(), crate::dtype::DType::Q4_0, w, w.len(), x, &mut out);
+    out[0]
 }
 
 /// [`vec_dot`] with the integer block sums of `B` (every `B` gives the same bits).
 #[inline(always)]
 pub fn vec_dot_with<B: super::BlockSums>(w: &[u8], x: &[u32]) -> f32 {
-    super::row_dot::<BLOCK_BYTES>(w, x, |qs, xb| qs.try_into().map_or(0, |qs| B::q4(qs, xb.pairs) - 8 * xb.sum))
+    let mut acc = 0.0f32;
+    for (wb, xb) in BlockQ4_0::slice(w).iter().zip(super::q8_act::blocks(x)) {
+        let sumi = B::q4(&wb.qs, xb.pairs) - 8 * xb.sum;
+        acc += sumi as f32 * (super::f16_to_f32(wb.d) * xb.d);
+    }
+    acc
 }
 
 /// Scalar reference for [`vec_dot`]: the same contract written with block
 /// structs, element order and f32 arithmetic on the quants (exact below 2^24).
 pub fn vec_dot_ref(w: &[u8], x: &[u8]) -> f32 {
     let mut acc = 0.0f32;
-    for (wb, xb) in w.chunks_exact(BLOCK_BYTES).zip(x.chunks_exact(q8_0::BLOCK_BYTES)) {
-        let (Some(wb), Some(xb)) = (BlockQ4_0::read(wb), q8_0::BlockQ8_0::read(xb)) else { break };
+    for (wb, xb) in BlockQ4_0::slice(w).iter().zip(q8_0::BlockQ8_0::slice(x)) {
         let mut sum = 0.0f32;
         for (i, &b) in xb.qs.iter().enumerate() {
             sum += wb.quant(i) as f32 * f32::from(b);

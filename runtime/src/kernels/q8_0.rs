@@ -10,7 +10,7 @@
 //!
 //! The same block holds the quantized *activations* of every quantized matmul:
 //! the input vector is quantized once per matvec ([`quantize_row`], stored
-//! widened as `act` describes) and each weight row is dotted with it block by block.
+//! widened as `q8_act` describes) and each weight row is dotted with it block by block.
 //!
 //! Accumulation order (docs/ARCHITECTURE.md, numerics contract), for one output row:
 //!
@@ -26,64 +26,26 @@
 
 use half::f16;
 
-use super::QK;
+use crate::dtype::QK;
+
+pub use crate::dtype::BlockQ8_0;
 
 /// Bytes of one q8_0 block.
-pub const BLOCK_BYTES: usize = 34;
-
-/// One q8_0 block, as laid out in the file (no padding, alignment 1).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-#[repr(C)]
-pub struct BlockQ8_0 {
-    /// Scale, binary16 little-endian.
-    pub d: [u8; 2],
-    /// Quants: value i = d · qs[i].
-    pub qs: [i8; QK],
-}
-
-// The struct is the documented layout: scale first, then 32 quants, 34 bytes.
-const _: () = assert!(core::mem::size_of::<BlockQ8_0>() == BLOCK_BYTES);
-const _: () = assert!(BLOCK_BYTES == 2 + QK);
-
-impl BlockQ8_0 {
-    /// Reads a block from the first [`BLOCK_BYTES`] of `b` (`None` when shorter).
-    pub fn read(b: &[u8]) -> Option<BlockQ8_0> {
-        let b: &[u8; BLOCK_BYTES] = b.get(..BLOCK_BYTES)?.try_into().ok()?;
-        let mut qs = [0i8; QK];
-        for (q, &v) in qs.iter_mut().zip(&b[2..]) {
-            *q = v as i8;
-        }
-        Some(BlockQ8_0 { d: [b[0], b[1]], qs })
-    }
-
-    /// Writes the block into the first [`BLOCK_BYTES`] of `out` (nothing when shorter).
-    pub fn write(&self, out: &mut [u8]) {
-        let Some(out) = out.get_mut(..BLOCK_BYTES) else { return };
-        out[..2].copy_from_slice(&self.d);
-        for (o, &q) in out[2..].iter_mut().zip(&self.qs) {
-            *o = q as u8;
-        }
-    }
-
-    /// The scale as f32.
-    pub fn scale(&self) -> f32 {
-        f16::from_le_bytes(self.d).to_f32()
-    }
-}
+pub const BLOCK_BYTES: usize = crate::dtype::Q8_0_BLOCK_BYTES;
 
 /// Quantizes up to 32 values (missing ones are zero) into one block at `out[..34]`,
 /// exactly as ggml `quantize_row_q8_0_ref`: `d = max|x| / 127`, `q = round(x / d)`
 /// (half away from zero), using the f32 `d` for the quants and storing it as f16.
 pub fn quantize_block(x: &[f32], out: &mut [u8]) {
     let x = &x[..x.len().min(QK)];
-    let amax = crate::math::max_abs(x);
+    let amax = crate::scalar::max_abs(x);
     let d = amax / 127.0;
     let id = if d != 0.0 { 1.0 / d } else { 0.0 };
     let mut block = BlockQ8_0 { d: f16::from_f32(d).to_le_bytes(), qs: [0; QK] };
     for (q, &v) in block.qs.iter_mut().zip(x) {
         // |v · id| ≤ 127 up to rounding; the clamp keeps an overshoot in range (rounding
         // then stays in range, and clamping first gives what rounding first would).
-        *q = crate::math::round_half_away((v * id).clamp(-127.0, 127.0)) as i8;
+        *q = crate::scalar::round_half_away((v * id).clamp(-127.0, 127.0)) as i8;
     }
     block.write(out);
 }
@@ -98,26 +60,33 @@ pub fn quantize_row(x: &[f32], out: &mut [u8]) {
 
 /// Dequantizes the blocks in `bytes` into `out` (`out.len()` values; padding is dropped).
 pub fn dequantize_row(bytes: &[u8], out: &mut [f32]) {
-    for (chunk, b) in out.chunks_mut(QK).zip(bytes.chunks_exact(BLOCK_BYTES)) {
-        let d = f16::from_le_bytes([b[0], b[1]]).to_f32();
-        for (o, &q) in chunk.iter_mut().zip(&b[2..]) {
-            *o = d * f32::from(q as i8);
+    for (chunk, b) in out.chunks_mut(QK).zip(BlockQ8_0::slice(bytes)) {
+        let d = b.scale();
+        for (o, &q) in chunk.iter_mut().zip(&b.qs) {
+            *o = d * f32::from(q);
         }
     }
 }
 
-/// Dot product of one q8_0 weight row with prepared activations (`act`, same
-/// block count), in the order documented at the top of this file, with this
-/// target's block sums.
+/// Dot product of one q8_0 weight row with prepared activations ([`q8_act`](super::q8_act),
+/// same block count), in the order documented at the top of this file, with the
+/// block sums of [`Isa::best`](super::Isa::best).
 #[inline]
 pub fn vec_dot(w: &[u8], x: &[u32]) -> f32 {
-    vec_dot_with::<super::Native>(w, x)
+    let mut out = [0.0f32];
+    super::quantized_matvec_on(super::Isa::best(), crate::dtype::DType::Q8_0, w, w.len(), x, &mut out);
+    out[0]
 }
 
 /// [`vec_dot`] with the integer block sums of `B` (every `B` gives the same bits).
 #[inline(always)]
 pub fn vec_dot_with<B: super::BlockSums>(w: &[u8], x: &[u32]) -> f32 {
-    super::row_dot::<BLOCK_BYTES>(w, x, |qs, xb| qs.try_into().map_or(0, |qs| B::q8(qs, xb.pairs)))
+    let mut acc = 0.0f32;
+    for (wb, xb) in BlockQ8_0::slice(w).iter().zip(super::q8_act::blocks(x)) {
+        let sumi = B::q8(bytemuck::cast_ref(&wb.qs), xb.pairs);
+        acc += sumi as f32 * (super::f16_to_f32(wb.d) * xb.d);
+    }
+    acc
 }
 
 /// Scalar reference for [`vec_dot`]: the same contract written with block
@@ -125,8 +94,7 @@ pub fn vec_dot_with<B: super::BlockSums>(w: &[u8], x: &[u32]) -> f32 {
 /// for checking optimized kernels.
 pub fn vec_dot_ref(w: &[u8], x: &[u8]) -> f32 {
     let mut acc = 0.0f32;
-    for (wb, xb) in w.chunks_exact(BLOCK_BYTES).zip(x.chunks_exact(BLOCK_BYTES)) {
-        let (Some(wb), Some(xb)) = (BlockQ8_0::read(wb), BlockQ8_0::read(xb)) else { break };
+    for (wb, xb) in BlockQ8_0::slice(w).iter().zip(BlockQ8_0::slice(x)) {
         let mut sum = 0.0f32;
         for (&a, &b) in wb.qs.iter().zip(&xb.qs) {
             sum += f32::from(a) * f32::from(b);

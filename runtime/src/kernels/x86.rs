@@ -1,15 +1,15 @@
 //! x86-64 SIMD versions of the quantized matvecs (SSE4.1 and AVX2).
 //!
 //! Only the exact integer block sums are vectorized: per block the weights are
-//! reordered into `act` pair order with one byte shuffle, widened to i16 and
+//! reordered into `q8_act` pair order with one byte shuffle, widened to i16 and
 //! multiplied with the prepared activations by `pmaddwd`, then summed
 //! horizontally. Integer sums are exact (|sum| < 2^24), so any order of that
-//! math equals [`Portable`](super::Portable). The f32 part stays the
+//! math equals [`Portable`]. The f32 part stays the
 //! scalar contract of `q8_0` / `q4_0`: per row, blocks in index order,
 //! `acc += sumi as f32 * (dw * xd)` (separate multiply and add, no FMA).
 //!
-//! The level is chosen once per process: under the `std` feature (and in
-//! tests) by runtime detection ([`detected`], AVX2 → SSE4.1 → portable),
+//! The instruction set is chosen once per process: under the `std` feature (and in
+//! tests) by runtime detection (`Isa::best`, AVX2 → SSE4.1 → portable),
 //! without it from the compile-time target features.
 #![allow(unsafe_code)]
 
@@ -20,74 +20,55 @@ use core::arch::x86_64::{
     _mm_madd_epi16, _mm_set1_epi8, _mm_set_epi8, _mm_shuffle_epi32, _mm_shuffle_epi8, _mm_srli_epi16, _mm_srli_si128,
 };
 
-use super::{quantized_matvec, BlockSums, Portable};
-use crate::format::DType;
-
-/// An implementation of the quantized matvecs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Level {
-    /// [`Portable`] block sums.
-    Portable,
-    /// SSSE3 `pshufb` and SSE4.1 `pmovsx/zxbw` with 128-bit `pmaddwd`.
-    Sse41,
-    /// AVX2: a whole block in two 256-bit `pmaddwd`.
-    Avx2,
-}
-
-impl Level {
-    /// All levels, slowest first.
-    pub const ALL: [Level; 3] = [Level::Portable, Level::Sse41, Level::Avx2];
-
-    /// Whether this CPU (or, without `std`, the compile-time target) supports the level.
-    pub fn available(self) -> bool {
-        match self {
-            Level::Portable => true,
-            Level::Sse41 => has_sse41(),
-            Level::Avx2 => has_avx2(),
-        }
-    }
-}
+use super::{quantized_matvec, BlockSums, Isa, Portable};
+use crate::dtype::DType;
 
 #[cfg(any(test, feature = "std"))]
-fn has_sse41() -> bool {
+pub(crate) fn has_sse41() -> bool {
     std::is_x86_feature_detected!("ssse3") && std::is_x86_feature_detected!("sse4.1")
 }
 #[cfg(any(test, feature = "std"))]
-fn has_avx2() -> bool {
+pub(crate) fn has_avx2() -> bool {
     std::is_x86_feature_detected!("avx2")
 }
 #[cfg(not(any(test, feature = "std")))]
-fn has_sse41() -> bool {
+pub(crate) fn has_sse41() -> bool {
     cfg!(all(target_feature = "ssse3", target_feature = "sse4.1"))
 }
 #[cfg(not(any(test, feature = "std")))]
-fn has_avx2() -> bool {
+pub(crate) fn has_avx2() -> bool {
     cfg!(target_feature = "avx2")
 }
 
-/// The fastest available level, detected once and cached.
-pub fn detected() -> Level {
+/// The fastest available instruction set (AVX2 → SSE4.1 → portable), detected once and cached.
+pub(crate) fn detected() -> Isa {
     use core::sync::atomic::{AtomicU8, Ordering};
-    // 0: not yet detected, else 1 + index in Level::ALL.
+    // 0: not yet detected, else 1 + index in Isa::ALL.
     static LEVEL: AtomicU8 = AtomicU8::new(0);
     match LEVEL.load(Ordering::Relaxed) {
-        1 => Level::Portable,
-        2 => Level::Sse41,
-        3 => Level::Avx2,
+        1 => Isa::Portable,
+        2 => Isa::Sse41,
+        3 => Isa::Avx2,
         _ => {
-            let level = Level::ALL.into_iter().rev().find(|l| l.available()).unwrap_or(Level::Portable);
-            let code = match level {
-                Level::Portable => 1,
-                Level::Sse41 => 2,
-                Level::Avx2 => 3,
+            let isa = if has_avx2() {
+                Isa::Avx2
+            } else if has_sse41() {
+                Isa::Sse41
+            } else {
+                Isa::Portable
+            };
+            let code = match isa {
+                Isa::Sse41 => 2,
+                Isa::Avx2 => 3,
+                Isa::Portable => 1,
             };
             LEVEL.store(code, Ordering::Relaxed);
-            level
+            isa
         }
     }
 }
 
-/// Byte shuffle taking each group of four bytes a, b, c, d to a, c, b, d (`act` pair order).
+/// Byte shuffle taking each group of four bytes a, b, c, d to a, c, b, d (`q8_act` pair order).
 macro_rules! pair_order {
     ($set:ident) => {
         $set(15, 13, 14, 12, 11, 9, 10, 8, 7, 5, 6, 4, 3, 1, 2, 0)
@@ -241,103 +222,13 @@ fn matvec_avx2(dtype: DType, w: &[u8], row_bytes: usize, xq: &[u32], out: &mut [
 }
 
 /// `out[r] = vec_dot(row r of w, xq)` for q8_0 or q4_0 `dtype`, with the block
-/// sums of `level`; a level the CPU lacks falls back to the portable sums.
-pub fn matvec(level: Level, dtype: DType, w: &[u8], row_bytes: usize, xq: &[u32], out: &mut [f32]) {
-    match level {
+/// sums of `isa`; one the CPU lacks falls back to the portable sums.
+pub(crate) fn matvec(isa: Isa, dtype: DType, w: &[u8], row_bytes: usize, xq: &[u32], out: &mut [f32]) {
+    match isa {
         // SAFETY: the CPU supports SSSE3 and SSE4.1 (checked just before).
-        Level::Sse41 if has_sse41() => unsafe { matvec_sse41(dtype, w, row_bytes, xq, out) },
+        Isa::Sse41 if has_sse41() => unsafe { matvec_sse41(dtype, w, row_bytes, xq, out) },
         // SAFETY: the CPU supports AVX2 (checked just before).
-        Level::Avx2 if has_avx2() => unsafe { matvec_avx2(dtype, w, row_bytes, xq, out) },
+        Isa::Avx2 if has_avx2() => unsafe { matvec_avx2(dtype, w, row_bytes, xq, out) },
         _ => quantized_matvec::<Portable>(dtype, w, row_bytes, xq, out),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::vec;
-    use std::vec::Vec;
-
-    use super::*;
-    use crate::kernels::test_data::{bytes, pairs, scalar_q4, scalar_q8, values};
-    use crate::kernels::{act, q4_0, q8_0, QK};
-
-    fn levels() -> impl Iterator<Item = Level> {
-        Level::ALL.into_iter().filter(|l| l.available())
-    }
-
-    #[test]
-    fn detection_picks_an_available_level() {
-        assert!(detected().available());
-        assert_eq!(detected(), detected());
-        assert!(!Level::Avx2.available() || Level::Sse41.available());
-        std::println!("x86 SIMD level: {:?}", detected());
-    }
-
-    #[test]
-    fn block_sums_equal_portable_and_scalar() {
-        let all_same = |v: u8| vec![v; 32];
-        let mut cases: Vec<(Vec<u8>, Vec<u8>)> =
-            (0..if cfg!(miri) { 50 } else { 2000 }).map(|s| (bytes(32, s), bytes(32, s + 50_000))).collect();
-        for a in [0x80u8, 0x7f, 0x00, 0xff, 0x0f, 0xf0] {
-            for b in [0x80u8, 0x7f, 0x81, 0x01] {
-                cases.push((all_same(a), all_same(b)));
-            }
-        }
-        for (w, x) in &cases {
-            let (q8, q4) = (scalar_q8(w, x), scalar_q4(w, x));
-            let (wq8, wq4, xp) = (w[..].try_into().unwrap(), w[..16].try_into().unwrap(), pairs(x));
-            assert_eq!(Portable::q8(wq8, &xp), q8);
-            assert_eq!(Portable::q4(wq4, &xp), q4);
-            if Level::Sse41.available() {
-                // SAFETY: SSSE3 and SSE4.1 are present (checked).
-                let (a, b) = unsafe { (block_q8_sse41(wq8, &xp), block_q4_sse41(wq4, &xp)) };
-                assert_eq!((a, b), (q8, q4), "sse4.1 {w:?} {x:?}");
-            }
-            if Level::Avx2.available() {
-                // SAFETY: AVX2 is present (checked).
-                let (a, b) = unsafe { (block_q8_avx2(wq8, &xp), block_q4_avx2(wq4, &xp)) };
-                assert_eq!((a, b), (q8, q4), "avx2 {w:?} {x:?}");
-            }
-        }
-    }
-
-    #[test]
-    fn matvecs_bit_identical_to_portable_on_odd_shapes() {
-        let shapes =
-            [1usize, 31, 32, 33, 64, 100, 172, 288, 300, 512].into_iter().flat_map(|c| [(1, c), (4, c), (13, c)]);
-        for (s, (rows, cols)) in shapes.enumerate() {
-            let seed = s as u64 * 10;
-            let w = values(rows * cols, seed + 1);
-            let x = values(cols, seed + 2);
-            let mut xq = vec![0u32; act::words(cols).unwrap()];
-            act::prepare_row(&x, &mut xq);
-            let mut x8 = vec![0u8; cols.div_ceil(QK) * q8_0::BLOCK_BYTES];
-            q8_0::quantize_row(&x, &mut x8);
-            for (bb, quantize, dot, dot_ref, dtype) in [
-                (
-                    q8_0::BLOCK_BYTES,
-                    q8_0::quantize_row as fn(&[f32], &mut [u8]),
-                    q8_0::vec_dot as fn(&[u8], &[u32]) -> f32,
-                    q8_0::vec_dot_ref as fn(&[u8], &[u8]) -> f32,
-                    DType::Q8_0,
-                ),
-                (q4_0::BLOCK_BYTES, q4_0::quantize_row, q4_0::vec_dot, q4_0::vec_dot_ref, DType::Q4_0),
-            ] {
-                let row_bytes = cols.div_ceil(QK) * bb;
-                let mut data = vec![0u8; rows * row_bytes];
-                for (r, out) in w.chunks(cols).zip(data.chunks_exact_mut(row_bytes)) {
-                    quantize(r, out);
-                }
-                let want: Vec<u32> = data.chunks_exact(row_bytes).map(|r| dot(r, &xq).to_bits()).collect();
-                let reference: Vec<u32> = data.chunks_exact(row_bytes).map(|r| dot_ref(r, &x8).to_bits()).collect();
-                assert_eq!(want, reference, "cols={cols}: portable vs reference");
-                for level in levels() {
-                    let mut out = vec![f32::NAN; rows];
-                    matvec(level, dtype, &data, row_bytes, &xq, &mut out);
-                    let got: Vec<u32> = out.iter().map(|v| v.to_bits()).collect();
-                    assert_eq!(got, want, "rows={rows} cols={cols} bb={bb} {level:?}");
-                }
-            }
-        }
     }
 }

@@ -6,7 +6,7 @@
 //! [`dot_q8`] and [`dot_q4`] are the instruction sequences written with
 //! portable emulations of the instructions ([`sxtb16`], [`sxtb16_ror8`],
 //! [`smlad`]), so the host tests prove each sequence equal to the scalar sum;
-//! [`Dsp`] runs the same sequences as asm on Cortex-M4/M7 (`cfg(microlm_dsp)`),
+//! [`Emulated`] wraps them as block sums for the kernel suite; `Dsp` runs the same sequences as asm on Cortex-M4/M7 (`cfg(microlm_dsp)`),
 //! which QEMU's token identity with the host checks. Integer sums are exact
 //! (|sum| ≤ 32·128·128 < 2^31), so the result is identical to any other order.
 #![cfg_attr(microlm_dsp, allow(unsafe_code))]
@@ -85,7 +85,7 @@ pub mod insn {
     }
 }
 
-/// Σ_i q[i]·k[i] for i16 values `q` (as words: `act` pair order for each whole
+/// Σ_i q\[i\]·k\[i\] for i16 values `q` (as words: `q8_act` pair order for each whole
 /// group of four, the remaining `k.len() % 4` in element order) and signed
 /// bytes `k`: two SMLAD per four bytes. Exact while the sum fits in i32.
 #[inline(always)]
@@ -220,6 +220,23 @@ impl super::BlockSums for Dsp {
     }
 }
 
+/// The block sums as the instruction sequences with emulated instructions
+/// ([`dot_q8`], [`dot_q4`]): what the host tests prove equal to the scalar sums.
+#[derive(Debug)]
+pub struct Emulated;
+
+impl super::BlockSums for Emulated {
+    #[inline(always)]
+    fn q8(w: &[u8; 32], x: &[u32; 16]) -> i32 {
+        dot_q8(w, x)
+    }
+
+    #[inline(always)]
+    fn q4(nibbles: &[u8; 16], x: &[u32; 16]) -> i32 {
+        dot_q4(nibbles, x)
+    }
+}
+
 /// Little-endian word `i` of `b` (4 bytes); an unaligned load on Cortex-M.
 #[inline(always)]
 fn word(b: &[u8], i: usize) -> u32 {
@@ -229,8 +246,8 @@ fn word(b: &[u8], i: usize) -> u32 {
     }
 }
 
-/// Σ_{i<32} w[i]·x[i] for a block of 32 signed weight bytes (element order) and
-/// prepared activations (`act` pair order): per weight word, SXTB16 and its
+/// Σ_{i<32} w\[i\]·x\[i\] for a block of 32 signed weight bytes (element order) and
+/// prepared activations (`q8_act` pair order): per weight word, SXTB16 and its
 /// 8-bit rotation line up with the two activation words of the same group.
 #[inline(always)]
 pub fn dot_q8(w: &[u8; 32], x: &[u32; 16]) -> i32 {
@@ -243,7 +260,7 @@ pub fn dot_q8(w: &[u8; 32], x: &[u32; 16]) -> i32 {
     acc
 }
 
-/// Σ_{i<32} nibble_i·x[i] for a q4_0 block's 16 nibble bytes (element i in the
+/// Σ_{i<32} nibble_i·x\[i\] for a q4_0 block's 16 nibble bytes (element i in the
 /// low nibble of byte i, element 16+i in the high one) and prepared
 /// activations; the caller subtracts 8·Σx for the nibbles' offset.
 #[inline(always)]
@@ -264,8 +281,7 @@ pub fn dot_q4(nibbles: &[u8; 16], x: &[u32; 16]) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::test_data::{bytes, pairs, scalar_q4, scalar_q8};
-    use crate::kernels::{BlockSums, Portable};
+    use crate::kernels::test_data::bytes;
 
     #[test]
     fn emulated_instructions_match_their_definitions() {
@@ -285,35 +301,13 @@ mod tests {
                 let full = n / 4 * 4;
                 let mut halves = std::vec![0u16; n.div_ceil(2) * 2];
                 for (i, &v) in q16.iter().enumerate() {
-                    let at = if i < full { crate::kernels::act::element_of(i) } else { i };
+                    let at = if i < full { crate::kernels::q8_act::element_of(i) } else { i };
                     halves[at] = v as u16;
                 }
                 let words: std::vec::Vec<u32> =
                     halves.chunks_exact(2).map(|h| u32::from(h[0]) | (u32::from(h[1]) << 16)).collect();
                 assert_eq!(dot_i16_i8(&words, &k), scalar, "n={n} seed={seed}");
             }
-        }
-    }
-
-    #[test]
-    fn dual_mac_i8_dot_equals_scalar() {
-        for seed in 0..200 {
-            let (w, x) = (bytes(32, seed), bytes(32, seed + 1000));
-            let scalar = scalar_q8(&w, &x);
-            let (w, x) = (w[..].try_into().unwrap(), pairs(&x));
-            assert_eq!(dot_q8(w, &x), scalar, "seed {seed}");
-            assert_eq!(Portable::q8(w, &x), scalar, "seed {seed}");
-        }
-    }
-
-    #[test]
-    fn dual_mac_q4_dot_equals_scalar() {
-        for seed in 0..200 {
-            let (q, x) = (bytes(16, seed), bytes(32, seed + 7));
-            let scalar = scalar_q4(&q, &x);
-            let (q, x) = (q[..].try_into().unwrap(), pairs(&x));
-            assert_eq!(dot_q4(q, &x), scalar, "seed {seed}");
-            assert_eq!(Portable::q4(q, &x), scalar, "seed {seed}");
         }
     }
 }

@@ -1,11 +1,12 @@
-//! Attention over an f32 cache with 8-wide heads on hard-float Cortex-M
+//! Hard-float Cortex-M asm: attention over an f32 cache with 8-wide heads and
+//! the softmax exponentials, on hard-float Cortex-M
 //! (`cfg(microlm_fpu)`: FPv4/FPv5, thumbv7em/thumbv8m.main `eabihf`): each
 //! cache row comes in with one VLDM instead of eight VLDR.
 //!
 //! The loops are single asm blocks that save and restore every FPU register
 //! they use (Rust cannot name FPU registers as operands on these targets).
 //! They perform the same operations in the same order as the portable loops in
-//! `kv.rs` (VMLA rounds the product before adding, as `acc += a * b` does), so
+//! [`generic`](super::generic) and `kv.rs` (VMLA rounds the product before adding, as `acc += a * b` does), so
 //! the results are bit-identical, which the QEMU tests check token for token
 //! against the host.
 #![allow(unsafe_code)]
@@ -70,9 +71,9 @@ pub fn scores8(q: &[f32; 8], keys: &[f32], stride: usize, sqrt_head: f32, max_in
     Some(f32::from_bits(max_bits))
 }
 
-/// The fast path of `math::exp` on s0 (in the fast range), leaving e^r in s0 and
-/// 2^n in s1: `math::exp_reduced` and `exp_fast` operation for operation, with
-/// `math::EXP_CONSTANTS` in s16-s27 and `{bias}` = (127 − shift bits) << 23
+/// The fast path of `scalar::exp` on s0 (in the fast range), leaving e^r in s0 and
+/// 2^n in s1: `scalar::exp_reduced` and `exp_fast` operation for operation, with
+/// `scalar::EXP_CONSTANTS` in s16-s27 and `{bias}` = (127 − shift bits) << 23
 /// (VMLS subtracts the rounded product, as `a - b * c` does). Uses s0-s5 and `{t}`.
 macro_rules! exp_fast_s0 {
     () => {
@@ -102,7 +103,7 @@ macro_rules! exp_fast_s0 {
     };
 }
 
-/// `x[i] = exp(x[i] − max)` by the fast path of `math::exp` and `sum += x[i]`,
+/// `x[i] = exp(x[i] − max)` by the fast path of `scalar::exp` and `sum += x[i]`,
 /// for i from 0 while `x[i] − max ≥ EXP_FAST_MIN` (stopping at the first that
 /// is not, or is NaN); returns how many it did (the exponential is `exp_fast_s0!`).
 #[inline]
@@ -111,7 +112,7 @@ pub fn exp_shifted_run(x: &mut [f32], max: f32, sum: &mut f32) -> usize {
     if n == 0 {
         return 0;
     }
-    let constants = &crate::math::EXP_CONSTANTS;
+    let constants = &crate::scalar::EXP_CONSTANTS;
     // (t_bits − shift_bits + 127) << 23 = (t_bits << 23) + this, wrapping: 2^n's bits.
     let bias = 127u32.wrapping_sub(constants[0].to_bits()) << 23;
     let (left, sum_bits): (usize, u32);
@@ -153,8 +154,8 @@ pub fn exp_shifted_run(x: &mut [f32], max: f32, sum: &mut f32) -> usize {
 }
 
 /// The softmax-weighted value sum of one head fused into one pass:
-/// for slot i from 0, while `scores[i] − max ≥ EXP_FAST_MIN`, e = exp(scores[i] − max)
-/// by the fast path of `math::exp` (as [`exp_shifted_run`]), `sum += e`, then
+/// for slot i from 0, while `scores[i] − max ≥ EXP_FAST_MIN`, e = exp(scores\[i\] − max)
+/// by the fast path of `scalar::exp` (as [`exp_shifted_run`]), `sum += e`, then
 /// `acc[j] += e · values[i·stride + j]` for j < 8. Returns how many slots it did;
 /// the caller takes a slot outside the fast range itself and calls again after it.
 /// Returns `None` (doing nothing) when `values` is too short for the rows.
@@ -175,7 +176,7 @@ pub fn exp_mix8_run(
         return None;
     }
     let stride_bytes = stride.checked_mul(4)?;
-    let constants = &crate::math::EXP_CONSTANTS;
+    let constants = &crate::scalar::EXP_CONSTANTS;
     let bias = 127u32.wrapping_sub(constants[0].to_bits()) << 23;
     let (left, sum_bits): (usize, u32);
     // SAFETY: reads the 12 constants, up to n scores and n rows of 8 floats at `values` +
@@ -228,4 +229,48 @@ pub fn exp_mix8_run(
     };
     *sum = f32::from_bits(sum_bits);
     Some(n - left)
+}
+
+/// [`super::exp_shifted`] on hard-float Cortex-M: the fast path as an FPU loop
+/// ([`exp_shifted_run`]), stopping at each input outside it, which the cold path
+/// here takes (same values, same order as the portable pass).
+#[inline]
+pub fn exp_shifted(x: &mut [f32], max: f32) -> f32 {
+    let mut sum = 0.0f32;
+    let mut at = 0;
+    while at < x.len() {
+        at += exp_shifted_run(&mut x[at..], max, &mut sum);
+        if let Some(v) = x.get_mut(at) {
+            *v = crate::scalar::exp_outside_fast_range(*v - max);
+            sum += *v;
+            at += 1;
+        }
+    }
+    sum
+}
+
+/// [`super::mix_f32_head8`]: `values` starts at the head's first value, rows
+/// `stride` apart. One FPU loop ([`exp_mix8_run`]) takes each slot's
+/// exponential and its value row; slots outside exp's fast range are taken
+/// here. The same values in the same order as the portable path.
+pub fn mix8(scores: &[f32], max: f32, values: &[f32], stride: usize, out: &mut [f32; 8]) {
+    let (mut sum, mut acc, mut at) = (0.0f32, [0.0f32; 8], 0);
+    while at < scores.len() {
+        // The last head's rows end 8 values into the last row, so past the last slot there
+        // is no row at `at · stride`: every slice here is taken with `get`.
+        let rows = values.get(at * stride..).unwrap_or(&[]);
+        at += exp_mix8_run(&scores[at..], max, rows, stride, &mut sum, &mut acc).unwrap_or(0);
+        let (Some(&score), Some(row)) = (scores.get(at), values.get(at * stride..).and_then(|r| r.get(..8))) else {
+            break;
+        };
+        let e = crate::scalar::exp_at_most_zero(score - max);
+        sum += e;
+        for (a, &v) in acc.iter_mut().zip(row) {
+            *a += e * v;
+        }
+        at += 1;
+    }
+    for (o, &a) in out.iter_mut().zip(&acc) {
+        *o = a / sum;
+    }
 }

@@ -1,0 +1,101 @@
+//! The portable implementations of the kernel interfaces in [`super`]: plain
+//! Rust loops in the documented orders, the reference every ISA variant equals
+//! bit for bit (and what runs where no variant exists).
+
+use crate::scalar::{exp_at_most_zero, exp_branch_free};
+
+use super::BlockSums;
+
+/// The block sums as plain integer loops over the activation pairs (what a host
+/// compiler vectorizes).
+#[derive(Debug)]
+pub struct Portable;
+
+impl BlockSums for Portable {
+    #[inline(always)]
+    fn q8(w: &[u8; 32], x: &[u32; 16]) -> i32 {
+        let mut acc = 0i32;
+        for (quad, pair) in w.chunks_exact(4).zip(x.chunks_exact(2)) {
+            // Pair order: word 0 holds elements 0 and 2, word 1 holds 1 and 3.
+            acc += i32::from(quad[0] as i8) * low(pair[0])
+                + i32::from(quad[2] as i8) * high(pair[0])
+                + i32::from(quad[1] as i8) * low(pair[1])
+                + i32::from(quad[3] as i8) * high(pair[1]);
+        }
+        acc
+    }
+
+    #[inline(always)]
+    fn q4(nibbles: &[u8; 16], x: &[u32; 16]) -> i32 {
+        let (x_lo, x_hi) = x.split_at(8);
+        let mut acc = 0i32;
+        for ((quad, lo), hi) in nibbles.chunks_exact(4).zip(x_lo.chunks_exact(2)).zip(x_hi.chunks_exact(2)) {
+            // Low nibbles are elements 0..16, high nibbles 16..32, each group in pair order.
+            let (a, b, c, d) = (i32::from(quad[0]), i32::from(quad[1]), i32::from(quad[2]), i32::from(quad[3]));
+            acc += (a & 15) * low(lo[0]) + (c & 15) * high(lo[0]) + (b & 15) * low(lo[1]) + (d & 15) * high(lo[1]);
+            acc += (a >> 4) * low(hi[0]) + (c >> 4) * high(hi[0]) + (b >> 4) * low(hi[1]) + (d >> 4) * high(hi[1]);
+        }
+        acc
+    }
+}
+
+/// The low i16 half of a pair word, widened.
+#[inline(always)]
+fn low(word: u32) -> i32 {
+    i32::from(word as u16 as i16)
+}
+
+/// The high i16 half of a pair word, widened.
+#[inline(always)]
+fn high(word: u32) -> i32 {
+    i32::from((word >> 16) as u16 as i16)
+}
+
+/// [`super::scores_f32`] as a plain loop: each slot's head dot product left to
+/// right from 0.0, divided by `sqrt_head`, the maximum taken as `if v > max`.
+#[inline(always)]
+pub fn scores_f32(
+    q: &[f32],
+    rows: &[f32],
+    stride: usize,
+    offset: usize,
+    sqrt_head: f32,
+    max_in: f32,
+    out: &mut [f32],
+) -> f32 {
+    let mut max = max_in;
+    let head = offset..offset + q.len();
+    for (score, row) in out.iter_mut().zip(rows.chunks_exact(stride)) {
+        let v = super::f32::dot(q, &row[head.clone()]) / sqrt_head;
+        *score = v;
+        if v > max {
+            max = v;
+        }
+    }
+    max
+}
+
+/// [`super::exp_shifted`] in one scalar pass (scalar cores).
+#[inline]
+pub fn exp_shifted(x: &mut [f32], max: f32) -> f32 {
+    let mut sum = 0.0f32;
+    for v in x.iter_mut() {
+        *v = exp_at_most_zero(*v - max);
+        sum += *v;
+    }
+    sum
+}
+
+/// [`super::exp_shifted`] as a branch-free pass the compiler vectorizes, then
+/// the sum in index order (SIMD hosts; the same bits as [`exp_shifted`]).
+#[inline]
+pub fn exp_shifted_branch_free(x: &mut [f32], max: f32) -> f32 {
+    for v in x.iter_mut() {
+        *v = exp_branch_free(*v - max);
+    }
+    let mut sum = 0.0f32;
+    for &v in x.iter() {
+        sum += v;
+    }
+    sum
+}

@@ -1,0 +1,335 @@
+//! The checks every kernel implementation must pass, as plain `no_std`
+//! functions (no heap, fixed-size buffers on the stack, under 8 KiB), so the
+//! host tests and a device firmware run the same suite:
+//!
+//! - [`block_sums`]`(isa)`: the q8_0 and q4_0 block sums of `isa`, through the
+//!   quantized matvec, equal the scalar integer sums (extreme bytes included);
+//! - [`block_sums_with`]`::<B>()`: the same for a [`BlockSums`] type directly
+//!   (the DSP instruction emulation on hosts);
+//! - [`matvecs`]`(isa)`: q8_0 and q4_0 matvecs on odd shapes bit-identical to the
+//!   scalar references `q8_0::vec_dot_ref` / `q4_0::vec_dot_ref`;
+//! - [`attention`]: the attention and exp kernels this target selects,
+//!   bit-identical to the portable loops;
+//! - [`run_all`]: all of the above for every [`Isa`] this CPU runs.
+//!
+//! The host instantiates them per implementation with the `kernel_suite!` test
+//! macro; a firmware calls [`run_all`] and reports the [`Failure`].
+
+use super::generic;
+use super::{q4_0, q8_0, q8_act, BlockSums, Isa, Matrix, QK};
+use crate::dtype::DType;
+
+/// The first check that failed: its name and the case number within it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct Failure {
+    /// Which check (`"block_sums.q8"`, `"matvecs.q4_0"`, ...).
+    pub check: &'static str,
+    /// The case within the check (a seed or shape index).
+    pub case: u32,
+    /// The instruction set under test (`None` for [`attention`] and [`block_sums_with`]).
+    pub isa: Option<Isa>,
+}
+
+impl core::fmt::Display for Failure {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "kernel check {} failed at case {} ({:?})", self.check, self.case, self.isa)
+    }
+}
+
+impl core::error::Error for Failure {}
+
+/// Fails `check` at `case` unless `ok`.
+fn ensure(ok: bool, check: &'static str, case: u32, isa: Option<Isa>) -> Result<(), Failure> {
+    if ok {
+        Ok(())
+    } else {
+        Err(Failure { check, case, isa })
+    }
+}
+
+/// xorshift32 bytes, six in thirteen of them extremes (0x80, 0x7f, 0x00, 0xff, 0x0f, 0xf0).
+pub fn bytes(out: &mut [u8], seed: u32) {
+    let mut s = seed.wrapping_mul(2_654_435_761) | 1;
+    for (i, b) in out.iter_mut().enumerate() {
+        s ^= s << 13;
+        s ^= s >> 17;
+        s ^= s << 5;
+        *b = match (i + seed as usize) % 13 {
+            0 => 0x80,
+            1 => 0x7f,
+            2 => 0x00,
+            3 => 0xff,
+            4 => 0x0f,
+            5 => 0xf0,
+            _ => s as u8,
+        };
+    }
+}
+
+/// Values in [-1, 1) with an outlier (×6) every 37th (xorshift64*).
+pub fn values(out: &mut [f32], seed: u64) {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    for (i, v) in out.iter_mut().enumerate() {
+        s ^= s >> 12;
+        s ^= s << 25;
+        s ^= s >> 27;
+        let u = ((s.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 40) as f32) / (1u64 << 24) as f32;
+        *v = (2.0 * u - 1.0) * if i % 37 == 5 { 6.0 } else { 1.0 };
+    }
+}
+
+/// 32 signed bytes as one prepared activation block with scale 1.
+fn prepared(x: &[u8; QK]) -> [u32; q8_act::BLOCK_WORDS] {
+    let mut q8 = [0u8; q8_0::BLOCK_BYTES];
+    q8[..2].copy_from_slice(&half::f16::ONE.to_le_bytes());
+    q8[2..].copy_from_slice(x);
+    let mut w = [0u32; q8_act::BLOCK_WORDS];
+    q8_act::prepare_block(&q8, &mut w);
+    w
+}
+
+/// Σ w\[i\]·x\[i\] over 32 signed bytes each.
+fn scalar_q8(w: &[u8; QK], x: &[u8; QK]) -> i32 {
+    w.iter().zip(x).map(|(&a, &b)| i32::from(a as i8) * i32::from(b as i8)).sum()
+}
+
+/// Σ nibble_i·x\[i\] for 16 nibble bytes (element i low, 16+i high) and 32 signed bytes.
+fn scalar_q4(q: &[u8], x: &[u8; QK]) -> i32 {
+    (0..QK).map(|i| i32::from(if i < 16 { q[i] & 15 } else { q[i - 16] >> 4 }) * i32::from(x[i] as i8)).sum()
+}
+
+/// Seeds per block-sum check (fewer under Miri, which interprets every step).
+const SEEDS: u32 = if cfg!(miri) { 40 } else { 600 };
+
+/// The (w, x) byte pairs of the block-sum checks: pseudo-random ones, then every
+/// pair of all-equal extreme blocks.
+fn case(seed: u32) -> ([u8; QK], [u8; QK]) {
+    let (mut w, mut x) = ([0u8; QK], [0u8; QK]);
+    if seed < SEEDS {
+        bytes(&mut w, seed);
+        bytes(&mut x, seed + 50_000);
+    } else {
+        let e = (seed - SEEDS) as usize;
+        w = [[0x80u8, 0x7f, 0x00, 0xff, 0x0f, 0xf0][e / 4 % 6]; QK];
+        x = [[0x80u8, 0x7f, 0x81, 0x01][e % 4]; QK];
+    }
+    (w, x)
+}
+
+/// Block-sum cases in all: the seeds and 6 × 4 extreme pairs.
+const CASES: u32 = SEEDS + 24;
+
+/// The block sums of `B` equal the scalar integer sums.
+pub fn block_sums_with<B: BlockSums>() -> Result<(), Failure> {
+    for c in 0..CASES {
+        let (w, x) = case(c);
+        let xp = prepared(&x);
+        let pairs: &[u32; QK / 2] = xp[2..].try_into().unwrap_or(&[0; QK / 2]);
+        let nibbles: &[u8; QK / 2] = w[..QK / 2].try_into().unwrap_or(&[0; QK / 2]);
+        ensure(B::q8(&w, pairs) == scalar_q8(&w, &x), "block_sums.q8", c, None)?;
+        ensure(B::q4(nibbles, pairs) == scalar_q4(nibbles, &x), "block_sums.q4", c, None)?;
+    }
+    Ok(())
+}
+
+/// The block sums of `isa` (seen through one-block matvecs with unit scales, so the
+/// output is the integer sum) equal the scalar integer sums.
+pub fn block_sums(isa: Isa) -> Result<(), Failure> {
+    for c in 0..CASES {
+        let (w, x) = case(c);
+        let xq = prepared(&x);
+        let mut row8 = [0u8; q8_0::BLOCK_BYTES];
+        q8_0::BlockQ8_0 { d: half::f16::ONE.to_le_bytes(), qs: bytemuck::cast(w) }.write(&mut row8);
+        let mut row4 = [0u8; q4_0::BLOCK_BYTES];
+        let mut qs = [0u8; QK / 2];
+        qs.copy_from_slice(&w[..QK / 2]);
+        q4_0::BlockQ4_0 { d: half::f16::ONE.to_le_bytes(), qs }.write(&mut row4);
+        let (mut o8, mut o4) = ([f32::NAN], [f32::NAN]);
+        super::quantized_matvec_on(isa, DType::Q8_0, &row8, row8.len(), &xq, &mut o8);
+        super::quantized_matvec_on(isa, DType::Q4_0, &row4, row4.len(), &xq, &mut o4);
+        let sum: i32 = x.iter().map(|&b| i32::from(b as i8)).sum();
+        ensure(o8[0] == scalar_q8(&w, &x) as f32, "block_sums.q8", c, Some(isa))?;
+        ensure(o4[0] == (scalar_q4(&qs, &x) - 8 * sum) as f32, "block_sums.q4", c, Some(isa))?;
+    }
+    Ok(())
+}
+
+/// Largest matvec shape of [`matvecs`]: rows and columns.
+const MAX_ROWS: usize = 4;
+const MAX_COLS: usize = 300;
+const MAX_BLOCKS: usize = MAX_COLS.div_ceil(QK);
+
+/// q8_0 and q4_0 matvecs with the block sums of `isa` on odd shapes (1 and 4
+/// rows; 1 to 300 columns) are bit-identical to the scalar references.
+pub fn matvecs(isa: Isa) -> Result<(), Failure> {
+    const COLS: [usize; 9] = [1, 31, 32, 33, 64, 100, 172, 288, 300];
+    let mut w = [0.0f32; MAX_COLS];
+    let mut x = [0.0f32; MAX_COLS];
+    let mut x8 = [0u8; MAX_BLOCKS * q8_0::BLOCK_BYTES];
+    let mut xq = [0u32; MAX_BLOCKS * q8_act::BLOCK_WORDS];
+    let mut data = [0u8; MAX_ROWS * MAX_BLOCKS * q8_0::BLOCK_BYTES];
+    for (s, &cols) in COLS.iter().enumerate() {
+        for rows in [1, MAX_ROWS] {
+            let case = (s * 2 + rows) as u32;
+            let x = &mut x[..cols];
+            values(x, 1000 + u64::from(case));
+            let nb = cols.div_ceil(QK);
+            q8_0::quantize_row(x, &mut x8[..nb * q8_0::BLOCK_BYTES]);
+            for (dtype, bb) in [(DType::Q8_0, q8_0::BLOCK_BYTES), (DType::Q4_0, q4_0::BLOCK_BYTES)] {
+                let row_bytes = nb * bb;
+                let data = &mut data[..rows * row_bytes];
+                for (r, out) in data.chunks_exact_mut(row_bytes).enumerate() {
+                    let w = &mut w[..cols];
+                    values(w, 2000 + u64::from(case) * 8 + r as u64);
+                    if dtype == DType::Q8_0 {
+                        q8_0::quantize_row(w, out);
+                    } else {
+                        q4_0::quantize_row(w, out);
+                    }
+                }
+                let m = Matrix { dtype, rows, cols, data };
+                let mut out = [f32::NAN; MAX_ROWS];
+                let name = if dtype == DType::Q8_0 { "matvecs.q8_0" } else { "matvecs.q4_0" };
+                ensure(m.matvec_on(isa, x, &mut out[..rows], &mut xq).is_ok(), name, case, Some(isa))?;
+                for (o, row) in out.iter().zip(data.chunks_exact(row_bytes)) {
+                    let want = if dtype == DType::Q8_0 {
+                        q8_0::vec_dot_ref(row, &x8[..nb * q8_0::BLOCK_BYTES])
+                    } else {
+                        q4_0::vec_dot_ref(row, &x8[..nb * q8_0::BLOCK_BYTES])
+                    };
+                    ensure(o.to_bits() == want.to_bits(), name, case, Some(isa))?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The attention and exp kernels this target selects ([`super::scores_f32`],
+/// [`super::exp_shifted`], [`super::mix_f32_head8`]) equal the portable loops bit
+/// for bit, on 8-wide and other heads, with scores that leave exp's fast range.
+pub fn attention() -> Result<(), Failure> {
+    const SLOTS: usize = 40;
+    const STRIDE: usize = 24;
+    let mut rows = [0.0f32; SLOTS * STRIDE];
+    let mut q = [0.0f32; 16];
+    for case in 0..6u32 {
+        values(&mut rows, 3000 + u64::from(case));
+        values(&mut q, 4000 + u64::from(case));
+        let n = [1, 2, 7, 8, 33, SLOTS][case as usize];
+        let rows = &rows[..n * STRIDE];
+        for (hs, offset) in [(8usize, 0usize), (8, 16), (16, 8), (5, 3)] {
+            let (mut a, mut b) = ([0.0f32; SLOTS], [0.0f32; SLOTS]);
+            let ma = super::scores_f32(&q[..hs], rows, STRIDE, offset, 2.5, f32::NEG_INFINITY, &mut a[..n]);
+            let mb = generic::scores_f32(&q[..hs], rows, STRIDE, offset, 2.5, f32::NEG_INFINITY, &mut b[..n]);
+            ensure(ma.to_bits() == mb.to_bits(), "attention.scores_max", case, None)?;
+            ensure(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()), "attention.scores", case, None)?;
+        }
+        // Scores with some far below the maximum (outside exp's fast range) and a NaN-free max.
+        let mut s = [0.0f32; SLOTS];
+        values(&mut s[..n], 5000 + u64::from(case));
+        for (i, v) in s[..n].iter_mut().enumerate() {
+            *v *= if i % 5 == 3 { 40.0 } else { 3.0 };
+        }
+        let max = s[..n].iter().fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m });
+        let (mut e1, mut e2) = (s, s);
+        let (s1, s2) = (super::exp_shifted(&mut e1[..n], max), generic::exp_shifted(&mut e2[..n], max));
+        ensure(s1.to_bits() == s2.to_bits(), "attention.exp_sum", case, None)?;
+        ensure(e1.iter().zip(&e2).all(|(x, y)| x.to_bits() == y.to_bits()), "attention.exp", case, None)?;
+        // The fused value mix against the portable formula: weights, sum and columns in slot order.
+        let mut out = [0.0f32; 8];
+        let values = &rows[STRIDE - 8..];
+        if super::mix_f32_head8(&s[..n], max, values, STRIDE, &mut out).is_some() {
+            let (mut acc, mut sum) = ([0.0f32; 8], 0.0f32);
+            for (i, &e) in e2[..n].iter().enumerate() {
+                sum += e;
+                for (a, &v) in acc.iter_mut().zip(&values[i * STRIDE..i * STRIDE + 8]) {
+                    *a += e * v;
+                }
+            }
+            let ok = out.iter().zip(&acc).all(|(o, a)| o.to_bits() == (a / sum).to_bits());
+            ensure(ok, "attention.mix8", case, None)?;
+        }
+    }
+    Ok(())
+}
+
+/// Every check, for every instruction set this CPU runs: what a device test
+/// firmware calls (`Ok(())` or the first [`Failure`]).
+pub fn run_all() -> Result<(), Failure> {
+    block_sums_with::<generic::Portable>()?;
+    block_sums_with::<super::arm_dsp::Emulated>()?;
+    for &isa in Isa::ALL.iter().filter(|isa| isa.available()) {
+        block_sums(isa)?;
+        matvecs(isa)?;
+    }
+    attention()
+}
+
+/// `kernel_suite!(name, isa)`: the suite as `#[test]`s in a module `name` for one
+/// [`Isa`] expression (skipped when the CPU lacks it).
+#[cfg(test)]
+macro_rules! kernel_suite {
+    ($name:ident, $isa:expr) => {
+        mod $name {
+            use $crate::kernels::suite;
+
+            fn isa() -> Option<$crate::kernels::Isa> {
+                let isa = $isa;
+                isa.available().then_some(isa)
+            }
+
+            #[test]
+            fn block_sums() {
+                if let Some(isa) = isa() {
+                    suite::block_sums(isa).unwrap();
+                }
+            }
+
+            #[test]
+            fn matvecs() {
+                if let Some(isa) = isa() {
+                    suite::matvecs(isa).unwrap();
+                }
+            }
+        }
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    kernel_suite!(portable, crate::kernels::Isa::Portable);
+    #[cfg(target_arch = "x86_64")]
+    kernel_suite!(sse41, crate::kernels::Isa::Sse41);
+    #[cfg(target_arch = "x86_64")]
+    kernel_suite!(avx2, crate::kernels::Isa::Avx2);
+    #[cfg(target_arch = "aarch64")]
+    kernel_suite!(neon, crate::kernels::Isa::Neon);
+
+    #[test]
+    fn portable_block_sums() {
+        block_sums_with::<generic::Portable>().unwrap();
+    }
+
+    #[test]
+    fn dsp_emulation_block_sums() {
+        block_sums_with::<crate::kernels::arm_dsp::Emulated>().unwrap();
+    }
+
+    #[test]
+    fn attention_kernels() {
+        attention().unwrap();
+    }
+
+    #[test]
+    fn run_all_passes() {
+        run_all().unwrap();
+        std::println!(
+            "kernel suite passed for {:?}",
+            crate::kernels::Isa::ALL.iter().filter(|i| i.available()).collect::<std::vec::Vec<_>>()
+        );
+    }
+}
