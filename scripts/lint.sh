@@ -30,5 +30,7 @@ for board in boards/*/; do
 done
 
 step "rustdoc -D warnings (host workspace, runtime for thumbv7em-none-eabihf)"
-RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --workspace --locked --quiet
+# The CLI's binary is named like the runtime's library: document the libraries, then the binary.
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --workspace --lib --locked --quiet
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --locked --quiet -p microlm-cli --bin microlm
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --locked --quiet -p microlm --target thumbv7em-none-eabihf

@@ -16,6 +16,8 @@ if [ ${#missing[@]} -gt 0 ]; then
     exit 1
 fi
 scripts/setup.sh
+# Formatting, clippy and rustdoc warnings fail the run (host, runtime on thumbv7em, every board).
+scripts/lint.sh
 cargo build --release --workspace --locked
 cargo test --release --workspace --locked
 # The runtime's own tests for aarch64 (its NEON kernels), run in QEMU user mode

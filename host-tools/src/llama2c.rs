@@ -30,7 +30,7 @@ pub struct Checkpoint {
 pub struct Int8Tensor {
     /// Quantized values (rows × cols, row-major).
     pub q: Vec<i8>,
-    /// Scales, one per group: value i = q[i] × scales[i / group_size].
+    /// Scales, one per group: value i = `q[i] × scales[i / group_size]`.
     pub scales: Vec<f32>,
     /// Values per group.
     pub group_size: usize,

@@ -1,4 +1,6 @@
 //! `microlm`: convert, inspect and run tiny language models.
+// The doc comments of the argument structs are clap's --help text, printed as written.
+#![allow(rustdoc::bare_urls)]
 
 mod bench;
 mod calibrate;

@@ -277,7 +277,7 @@ fn qemu_opt(value: &str) -> String {
     value.replace(',', ",,")
 }
 
-/// The firmware's command line words for these settings (argv[0] first).
+/// The firmware's command line words for these settings (`argv[0]` first).
 pub fn firmware_args(s: &SamplingArgs) -> Vec<String> {
     let mut words = vec!["microlm".to_string(), "-p".into(), quote(&s.prompt), "-n".into(), s.steps.to_string()];
     // f32 Display prints the shortest text that parses back to the same value.
