@@ -360,7 +360,7 @@ fn quantize_requantizes_float_files_and_refuses_quantized_ones() {
 
     let f32m = f32_model();
     for (args, needle) in [
-        (vec!["--dtype", "q5_0"], "unknown dtype"),
+        (vec!["--dtype", "q5_0"], "invalid value 'q5_0' for '--dtype"),
         (vec!["--dtype", "q4_0", "--tensor-dtype", "final_norm=q8_0"], "always stored as f32"),
         (vec!["--dtype", "q4_0", "--tensor-dtype", "classifier=q8_0"], "shared with the embedding"),
         (vec!["--dtype", "q4_0", "--tensor-dtype", "bogus=q8_0"], "unknown tensor kind"),
