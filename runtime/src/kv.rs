@@ -35,7 +35,6 @@ use half::f16;
 
 use crate::error::SessionError;
 use crate::kernels;
-use crate::scalar;
 
 /// Storage type of the key/value cache.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -217,7 +216,6 @@ impl Store<'_> {
         let mut max = f32::NEG_INFINITY;
         // The layer's rows (slots first.., kv_dim values each), walked without per-slot index arithmetic.
         let (start, end) = (d.row(layer, first), d.row(layer, first + scores.len()));
-        let head_at = |hs: usize| kv_head * hs..(kv_head + 1) * hs;
         // One loop per dtype, so the per-slot work has no dispatch; f32 and i8 unroll per head size.
         match self {
             Store::F32(c) => with_head_size!(d.head_size, hs => {
@@ -225,18 +223,15 @@ impl Store<'_> {
             }),
             Store::F16(c) => {
                 let hs = d.head_size;
-                let (q, head) = (&q[..hs], head_at(hs));
-                for (score, row) in scores.iter_mut().zip(c[start * 2..end * 2].chunks_exact(d.kv_dim * 2)) {
-                    let mut acc = 0.0f32;
-                    for (&qv, b) in q.iter().zip(row[head.start * 2..head.end * 2].chunks_exact(2)) {
-                        acc += qv * f16::from_le_bytes([b[0], b[1]]).to_f32();
-                    }
-                    let v = acc / sqrt_head;
-                    *score = v;
-                    if v > max {
-                        max = v;
-                    }
-                }
+                max = kernels::scores_f16(
+                    &q[..hs],
+                    &c[start * 2..end * 2],
+                    d.kv_dim,
+                    kv_head * hs,
+                    sqrt_head,
+                    max,
+                    scores,
+                );
             }
             Store::I8 { values, scales, query } => {
                 let q_scale = quantize_query(&q[..d.head_size], query);
@@ -297,9 +292,8 @@ impl Store<'_> {
     }
 
     /// out (W) = Σ_slot e(slot) · `V[slot][col..col + W]` over the cache values
-    /// `values` (whole rows), W sums in registers, slots in index order. With
-    /// `EXP`, e(slot) = exp(scores\[slot\] − max) is computed here, stored back and
-    /// summed (the sum is returned); without, `scores` already holds it.
+    /// `values` (whole rows): the dtype's value-mix kernel (`kernels::mix_f32`,
+    /// `mix_f16`, `mix_i8`; with `EXP` they compute and sum the e(slot)).
     #[inline(always)]
     fn mix_columns<const W: usize, const EXP: bool>(
         &self,
@@ -310,52 +304,17 @@ impl Store<'_> {
         max: f32,
         out: &mut [f32],
     ) -> f32 {
-        let mut acc = [0.0f32; W];
-        let mut sum = 0.0f32;
         match self {
-            Store::F32(c) => {
-                for (s, row) in scores.iter_mut().zip(c[values].chunks_exact(d.kv_dim)) {
-                    let a = weight::<EXP>(s, max, &mut sum);
-                    for (o, &v) in acc.iter_mut().zip(&row[col..col + W]) {
-                        *o += a * v;
-                    }
-                }
-            }
+            Store::F32(c) => kernels::mix_f32::<W, EXP>(&c[values], d.kv_dim, col, scores, max, out),
             Store::F16(c) => {
-                for (s, row) in scores.iter_mut().zip(c[values.start * 2..values.end * 2].chunks_exact(d.kv_dim * 2)) {
-                    let a = weight::<EXP>(s, max, &mut sum);
-                    for (o, b) in acc.iter_mut().zip(row[col * 2..(col + W) * 2].chunks_exact(2)) {
-                        *o += a * f16::from_le_bytes([b[0], b[1]]).to_f32();
-                    }
-                }
+                kernels::mix_f16::<W, EXP>(&c[values.start * 2..values.end * 2], d.kv_dim, col, scores, max, out)
             }
             Store::I8 { values: v8, scales, .. } => {
-                let rows = v8[values.clone()].chunks_exact(d.kv_dim);
                 let row_scales = &scales[values.start / d.kv_dim..values.end / d.kv_dim];
-                for ((s, row), &scale) in scores.iter_mut().zip(rows).zip(row_scales) {
-                    // The row's scale folds into the weight once per slot.
-                    let a = weight::<EXP>(s, max, &mut sum) * scale;
-                    for (o, &v) in acc.iter_mut().zip(&row[col..col + W]) {
-                        *o += a * f32::from(v as i8);
-                    }
-                }
+                kernels::mix_i8::<W, EXP>(&v8[values], row_scales, d.kv_dim, col, scores, max, out)
             }
         }
-        out.copy_from_slice(&acc);
-        sum
     }
-}
-
-/// A slot's softmax weight for [`Store::mix`]'s value pass: with `EXP`, computes
-/// e = exp(score − max), stores it over the score and adds it to `sum`;
-/// without, the score already holds it.
-#[inline(always)]
-fn weight<const EXP: bool>(score: &mut f32, max: f32, sum: &mut f32) -> f32 {
-    if EXP {
-        *score = scalar::exp_at_most_zero(*score - max);
-        *sum += *score;
-    }
-    *score
 }
 
 /// Quantizes a query head `q` (head_size) to i16 words for [`kernels::dot_i16_i8`]

@@ -92,6 +92,28 @@ pub fn argmax(x: &[f32]) -> u32 {
     best as u32
 }
 
+/// [`argmax`] and the finiteness check in one pass: the index of the largest
+/// logit (the first on ties), or `Err` with the index of the first NaN or
+/// infinite one. The running maximum stays in a register; the check is an
+/// integer test of the exponent bits.
+fn argmax_finite(x: &[f32]) -> Result<u32, usize> {
+    let Some(&first) = x.first() else { return Ok(0) };
+    let (mut best, mut best_v) = (0usize, first);
+    // Exponent bits all ones is infinity or NaN.
+    let mut non_finite = (first.to_bits() & 0x7f80_0000) == 0x7f80_0000;
+    for (i, &v) in x.iter().enumerate().skip(1) {
+        non_finite |= (v.to_bits() & 0x7f80_0000) == 0x7f80_0000;
+        if v > best_v {
+            best = i;
+            best_v = v;
+        }
+    }
+    if non_finite {
+        return Err(x.iter().position(|l| !l.is_finite()).unwrap_or(0));
+    }
+    Ok(best as u32)
+}
+
 impl Sampler {
     /// Checks the settings against a vocabulary of `vocab_size`.
     pub fn new(config: SamplerConfig, vocab_size: usize) -> Result<Sampler, SamplerError> {
@@ -124,11 +146,8 @@ impl Sampler {
         if scratch.len() < n {
             return Err(SamplerError::Scratch { needed: n, given: scratch.len() });
         }
-        if let Some(index) = logits.iter().position(|l| !l.is_finite()) {
-            return Err(SamplerError::NonFiniteLogit { index });
-        }
+        let greedy = argmax_finite(logits).map_err(|index| SamplerError::NonFiniteLogit { index })?;
         let c = self.config;
-        let greedy = argmax(logits);
         if c.temperature == 0.0 {
             return Ok(greedy);
         }
@@ -238,6 +257,27 @@ fn sample_filtered(probs: &[f32], c: &SamplerConfig, scratch: &mut [Candidate], 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn argmax_finite_equals_argmax_and_finds_the_first_non_finite() {
+        let mut x: std::vec::Vec<f32> = (0..97).map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.25).collect();
+        x[60] = 100.0;
+        x[80] = 100.0; // a tie: the first wins, as in argmax
+        assert_eq!(argmax_finite(&x), Ok(argmax(&x)));
+        assert_eq!(argmax_finite(&x), Ok(60));
+        assert_eq!(argmax_finite(&[]), Ok(0));
+        assert_eq!(argmax_finite(&[f32::MAX, -f32::MAX]), Ok(0));
+        for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            for at in [0, 1, 50, 96] {
+                let mut y = x.clone();
+                y[at] = bad;
+                if at < 96 {
+                    y[96] = f32::NAN;
+                }
+                assert_eq!(argmax_finite(&y), Err(at), "{bad} at {at}");
+            }
+        }
+    }
 
     #[test]
     fn rng_matches_llama2c_sequence() {

@@ -99,3 +99,114 @@ pub fn exp_shifted_branch_free(x: &mut [f32], max: f32) -> f32 {
     }
     sum
 }
+
+/// `out[i] = (q · K_i[offset..offset + q.len()]) / sqrt_head` for an f16 cache:
+/// `rows` holds whole cache rows of `stride` values (2 little-endian bytes each),
+/// one per slot; the products summed left to right in f32. Returns the maximum of
+/// `max_in` and the scores (NaN scores are skipped).
+#[inline(always)]
+pub fn scores_f16(
+    q: &[f32],
+    rows: &[u8],
+    stride: usize,
+    offset: usize,
+    sqrt_head: f32,
+    max_in: f32,
+    out: &mut [f32],
+) -> f32 {
+    let mut max = max_in;
+    let head = offset * 2..(offset + q.len()) * 2;
+    for (score, row) in out.iter_mut().zip(rows.chunks_exact(stride * 2)) {
+        let mut acc = 0.0f32;
+        for (&qv, b) in q.iter().zip(row[head.clone()].chunks_exact(2)) {
+            acc += qv * half::f16::from_le_bytes([b[0], b[1]]).to_f32();
+        }
+        let v = acc / sqrt_head;
+        *score = v;
+        if v > max {
+            max = v;
+        }
+    }
+    max
+}
+
+/// A slot's softmax weight for the value mixes: with `EXP`, computes
+/// e = exp(score − max), stores it over the score and adds it to `sum`;
+/// without, the score already holds it.
+#[inline(always)]
+fn weight<const EXP: bool>(score: &mut f32, max: f32, sum: &mut f32) -> f32 {
+    if EXP {
+        *score = exp_at_most_zero(*score - max);
+        *sum += *score;
+    }
+    *score
+}
+
+/// The value mix of an f32 cache over W columns: `out (W) = Σ_slot e(slot) ·
+/// rows[slot][col..col + W]`, `rows` whole cache rows of `stride` values, W sums
+/// in registers, slots in index order. With `EXP`, e(slot) = exp(scores\[slot\] − max)
+/// is computed here, stored back and summed (the sum is returned, else 0);
+/// without, `scores` already holds it.
+#[inline(always)]
+pub fn mix_f32<const W: usize, const EXP: bool>(
+    rows: &[f32],
+    stride: usize,
+    col: usize,
+    scores: &mut [f32],
+    max: f32,
+    out: &mut [f32],
+) -> f32 {
+    let (mut acc, mut sum) = ([0.0f32; W], 0.0f32);
+    for (s, row) in scores.iter_mut().zip(rows.chunks_exact(stride)) {
+        let a = weight::<EXP>(s, max, &mut sum);
+        for (o, &v) in acc.iter_mut().zip(&row[col..col + W]) {
+            *o += a * v;
+        }
+    }
+    out.copy_from_slice(&acc);
+    sum
+}
+
+/// [`mix_f32`] for an f16 cache (`rows`: whole rows of `stride` little-endian f16 values).
+#[inline(always)]
+pub fn mix_f16<const W: usize, const EXP: bool>(
+    rows: &[u8],
+    stride: usize,
+    col: usize,
+    scores: &mut [f32],
+    max: f32,
+    out: &mut [f32],
+) -> f32 {
+    let (mut acc, mut sum) = ([0.0f32; W], 0.0f32);
+    for (s, row) in scores.iter_mut().zip(rows.chunks_exact(stride * 2)) {
+        let a = weight::<EXP>(s, max, &mut sum);
+        for (o, b) in acc.iter_mut().zip(row[col * 2..(col + W) * 2].chunks_exact(2)) {
+            *o += a * half::f16::from_le_bytes([b[0], b[1]]).to_f32();
+        }
+    }
+    out.copy_from_slice(&acc);
+    sum
+}
+
+/// [`mix_f32`] for an i8 cache: `rows` whole rows of `stride` signed bytes,
+/// `row_scales` one f32 scale per row (slot), folded into the weight once per slot.
+#[inline(always)]
+pub fn mix_i8<const W: usize, const EXP: bool>(
+    rows: &[u8],
+    row_scales: &[f32],
+    stride: usize,
+    col: usize,
+    scores: &mut [f32],
+    max: f32,
+    out: &mut [f32],
+) -> f32 {
+    let (mut acc, mut sum) = ([0.0f32; W], 0.0f32);
+    for ((s, row), &scale) in scores.iter_mut().zip(rows.chunks_exact(stride)).zip(row_scales) {
+        let a = weight::<EXP>(s, max, &mut sum) * scale;
+        for (o, &v) in acc.iter_mut().zip(&row[col..col + W]) {
+            *o += a * f32::from(v as i8);
+        }
+    }
+    out.copy_from_slice(&acc);
+    sum
+}

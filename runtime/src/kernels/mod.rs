@@ -262,6 +262,11 @@ pub fn mix_f32_head8(scores: &[f32], max: f32, values: &[f32], stride: usize, ou
     }
 }
 
+/// The f16-cache attention scores and the portable value mixes over W columns of
+/// each cache dtype (the fused 8-wide f32 kernel where a target has one is
+/// [`mix_f32_head8`]); see [`generic`] for their orders.
+pub use generic::{mix_f16, mix_f32, mix_i8, scores_f16};
+
 /// Whether [`exp_shifted`] runs as a separate vectorizable pass here (SIMD hosts),
 /// so the value mix should not compute the exponentials itself.
 pub const EXP_SEPARATE_PASS: bool = cfg!(any(target_arch = "x86_64", target_arch = "aarch64"));
