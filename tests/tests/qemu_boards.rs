@@ -231,6 +231,35 @@ fn lm3s6965evb_matches_host() {
     }
 }
 
+/// A firmware built for an i8 cache (`MICROLM_KV=i8` at build time) runs with one
+/// when the command line names no `--kv`, instead of planning an f32 cache that
+/// its arena cannot hold.
+#[test]
+fn lm3s6965evb_defaults_to_the_kv_dtype_it_was_built_for() {
+    let model = lm3s_model();
+    let steps = LM3S_STEPS.to_string();
+    let flags = ["-p", "Lily", "-n", &steps, "-t", "0", "-s", "1"];
+    let out = {
+        let _turn = LM3S.lock().unwrap_or_else(|e| e.into_inner());
+        Command::new(cli())
+            .arg("qemu")
+            .arg(&model)
+            .args(["--machine", "lm3s6965evb", "--json", "--timeout", TIMEOUT_S])
+            .args(flags)
+            .env("MICROLM_KV", "i8")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run microlm qemu")
+    };
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let board = last_json(&out);
+    let mut host_flags = flags.to_vec();
+    host_flags.extend(["--kv", "i8"]);
+    let host = generate(&model, &host_flags);
+    assert_eq!(board["ids"], host["ids"], "the i8-built firmware's ids differ from the host's i8 run");
+    assert_eq!(board["text"], host["text"]);
+}
+
 /// A corrupt model to embed is the parser's error and exit code 1, before the firmware is built.
 #[test]
 fn lm3s6965evb_corrupt_model_is_an_error_exit() {
