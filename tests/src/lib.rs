@@ -2,8 +2,9 @@
 //! references are, the `microlm` binary, converted model files, and a
 //! library-level generation loop.
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, Command, ExitStatus};
 use std::sync::{Mutex, OnceLock};
 
 use microlm::{Generation, KvDtype, Model, Sampler, SamplerConfig, Session, Step, Stop, Utf8Stream};
@@ -186,3 +187,28 @@ pub fn generate(model: &Model<'_>, case: &Case) -> (Vec<u32>, String, Stop) {
     }
 }
 pub mod fuzz;
+
+/// Waits for `child` (spawned with a piped stdout) at most `bound`, reading its
+/// stdout meanwhile so a chatty process cannot block on a full pipe. Returns its
+/// exit status and stdout, or `None` after killing it when it ran longer.
+pub fn wait_bounded(mut child: Child, bound: std::time::Duration) -> Option<(ExitStatus, String)> {
+    let mut pipe = child.stdout.take().expect("spawned with a piped stdout");
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = pipe.read_to_string(&mut s);
+        s
+    });
+    let start = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for the child") {
+            break status;
+        }
+        if start.elapsed() > bound {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    Some((status, reader.join().unwrap_or_default()))
+}

@@ -5,7 +5,6 @@
 //! QEMU runs are bounded (the CLI kills QEMU after `--timeout`, the direct
 //! runs here after `BOUND`). `MICROLM_BLESS=1` rewrites the golden output.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
@@ -231,26 +230,11 @@ fn run_direct(model_bytes: Option<&[u8]>, append: &str) -> Direct {
         cmd.arg("-device").arg(format!("loader,file={},addr=0x21000020,force-raw=on", path.display()));
     }
     cmd.arg("-kernel").arg(firmware()).args(["-append", append]);
-    let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().unwrap();
-    let mut pipe = child.stdout.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        pipe.read_to_string(&mut s).unwrap();
-        s
-    });
-    let start = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if start.elapsed() > BOUND {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("QEMU ran longer than {BOUND:?}: the firmware hangs on '{append}'");
-        }
-        std::thread::sleep(Duration::from_millis(20));
+    let child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().unwrap();
+    let Some((status, stdout)) = microlm_tests::wait_bounded(child, BOUND) else {
+        panic!("QEMU ran longer than {BOUND:?}: the firmware hangs on '{append}'");
     };
-    Direct { code: status.code(), stdout: reader.join().unwrap() }
+    Direct { code: status.code(), stdout }
 }
 
 /// A cheap content hash for file names.

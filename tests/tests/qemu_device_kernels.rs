@@ -12,12 +12,11 @@
 //! position's logits for each KV dtype, and the host's portable run of the same
 //! session must give the same hash.
 
-use std::io::Read;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use microlm::{KvDtype, Model, Session};
-use microlm_tests::{root, run_convert, scratch_dir, shared};
+use microlm_tests::{root, run_convert, scratch_dir, shared, wait_bounded};
 use serde_json::Value;
 
 /// Longest the run may take before it counts as a hang (it takes well under a second).
@@ -120,7 +119,7 @@ fn device_kernels_match_portable_on_mps2_an386() {
         .find_map(|m| m.get("executable").and_then(Value::as_str).map(String::from))
         .expect("cargo named no executable");
 
-    let mut child = Command::new("qemu-system-arm")
+    let child = Command::new("qemu-system-arm")
         .args(["-M", "mps2-an386", "-nographic", "-serial", "null", "-monitor", "none"])
         .args(["-semihosting-config", "enable=on,target=native", "-kernel", &elf])
         // Where the mps2-an386 memory.x puts the model (the firmware links with it).
@@ -132,25 +131,9 @@ fn device_kernels_match_portable_on_mps2_an386() {
         .stdout(Stdio::piped())
         .spawn()
         .expect("run qemu-system-arm");
-    let mut pipe = child.stdout.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        pipe.read_to_string(&mut s).unwrap();
-        s
-    });
-    let start = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if start.elapsed() > BOUND {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("the device kernel tests ran longer than {BOUND:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
+    let Some((status, stdout)) = wait_bounded(child, BOUND) else {
+        panic!("the device kernel tests ran longer than {BOUND:?}");
     };
-    let stdout = reader.join().unwrap();
     print!("{stdout}");
     let failures: Vec<&str> = stdout.lines().filter(|l| l.starts_with("FAIL")).collect();
     assert!(status.success() && failures.is_empty(), "device kernel tests failed ({status}):\n{}", failures.join("\n"));
