@@ -212,3 +212,56 @@ pub fn wait_bounded(mut child: Child, bound: std::time::Duration) -> Option<(Exi
     };
     Some((status, reader.join().unwrap_or_default()))
 }
+
+/// A deterministic pseudo-random f32 in [-1, 1) (xorshift64*).
+fn next_f32(state: &mut u64) -> f32 {
+    *state ^= *state >> 12;
+    *state ^= *state << 25;
+    *state ^= *state >> 27;
+    (state.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+}
+
+/// A llama2.c legacy checkpoint with random weights from `seed` (shared classifier,
+/// vocabulary 512 so tok512.bin fits it): dim 32, 4 heads of 8, 2 KV heads, 2 layers,
+/// seq_len 256, FFN `hidden_dim`; weights scaled by 2/sqrt(fan-in), wq and wk by
+/// `qk_scale` times that (1.0: the usual size).
+pub fn synthetic_checkpoint(hidden_dim: usize, qk_scale: f32, seed: u64) -> Vec<u8> {
+    let (dim, layers, heads, kv_heads, vocab, seq_len) = (32usize, 2usize, 4usize, 2usize, 512usize, 256usize);
+    let kv_dim = dim / heads * kv_heads;
+    let mut out = Vec::new();
+    for v in [dim, hidden_dim, layers, heads, kv_heads, vocab, seq_len] {
+        out.extend_from_slice(&(v as i32).to_le_bytes());
+    }
+    let mut state = seed;
+    let mut push = |n: usize, scale: Option<f32>| {
+        for _ in 0..n {
+            let v = scale.map_or(1.0, |s| next_f32(&mut state) * s);
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+    };
+    // token_embedding_table (vocab, dim)
+    push(vocab * dim, Some(1.0));
+    let fan = |n: usize| 2.0 / (n as f32).sqrt();
+    let qk = Some(qk_scale * 2.0 / (dim as f32).sqrt());
+    // Each kind for every layer: rms_att (dim), wq (dim, dim), wk (kv_dim, dim),
+    // wv (kv_dim, dim), wo (dim, dim), rms_ffn (dim), w1 (hidden, dim), w2 (dim, hidden),
+    // w3 (hidden, dim).
+    for (n, scale) in [
+        (dim, None),
+        (dim * dim, qk),
+        (dim * kv_dim, qk),
+        (dim * kv_dim, Some(fan(dim))),
+        (dim * dim, Some(fan(dim))),
+        (dim, None),
+        (hidden_dim * dim, Some(fan(dim))),
+        (dim * hidden_dim, Some(fan(hidden_dim))),
+        (hidden_dim * dim, Some(fan(dim))),
+    ] {
+        push(n * layers, scale);
+    }
+    // rms_final (dim)
+    push(dim, None);
+    // The two legacy RoPE tables, (seq_len, head_size / 2) each (the runtime recomputes them).
+    push(seq_len * dim / heads, Some(0.0));
+    out
+}

@@ -120,52 +120,6 @@ fn an505_corrupt_model_is_an_error_exit() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("checksum mismatch"));
 }
 
-/// A deterministic pseudo-random f32 in [-1, 1) (xorshift64*).
-fn next(state: &mut u64) -> f32 {
-    *state ^= *state >> 12;
-    *state ^= *state << 25;
-    *state ^= *state >> 27;
-    (state.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-}
-
-/// A llama2.c legacy checkpoint with random weights (shared classifier, vocabulary 512
-/// so tok512.bin fits it): dim 32, 4 heads, 2 KV heads, 2 layers, seq_len 256.
-fn synthetic_checkpoint(hidden_dim: usize) -> Vec<u8> {
-    let (dim, layers, heads, kv_heads, vocab, seq_len) = (32usize, 2usize, 4usize, 2usize, 512usize, 256usize);
-    let kv_dim = dim / heads * kv_heads;
-    let mut out = Vec::new();
-    for v in [dim, hidden_dim, layers, heads, kv_heads, vocab, seq_len] {
-        out.extend_from_slice(&(v as i32).to_le_bytes());
-    }
-    let mut state = 0x9E37_79B9_7F4A_7C15u64;
-    let mut push = |n: usize, scale: Option<f32>| {
-        for _ in 0..n {
-            let v = scale.map_or(1.0, |s| next(&mut state) * s);
-            out.extend_from_slice(&v.to_le_bytes());
-        }
-    };
-    push(vocab * dim, Some(1.0));
-    let fan = |n: usize| Some(2.0 / (n as f32).sqrt());
-    // Each kind for every layer: attention norm, wq, wk, wv, wo, FFN norm, w1, w2, w3.
-    for (n, scale) in [
-        (dim, None),
-        (dim * dim, fan(dim)),
-        (dim * kv_dim, fan(dim)),
-        (dim * kv_dim, fan(dim)),
-        (dim * dim, fan(dim)),
-        (dim, None),
-        (hidden_dim * dim, fan(dim)),
-        (dim * hidden_dim, fan(hidden_dim)),
-        (hidden_dim * dim, fan(dim)),
-    ] {
-        push(n * layers, scale);
-    }
-    push(dim, None);
-    // The two legacy RoPE tables (the runtime recomputes them).
-    push(seq_len * dim / heads, Some(0.0));
-    out
-}
-
 /// The synthetic checkpoint converted to f32 `.mlm`, once per test process.
 fn synthetic_model(hidden_dim: usize) -> PathBuf {
     static MADE: Mutex<Vec<usize>> = Mutex::new(Vec::new());
@@ -176,7 +130,7 @@ fn synthetic_model(hidden_dim: usize) -> PathBuf {
     if made.contains(&hidden_dim) {
         return mlm;
     }
-    std::fs::write(&bin, synthetic_checkpoint(hidden_dim)).unwrap();
+    std::fs::write(&bin, microlm_tests::synthetic_checkpoint(hidden_dim, 1.0, 0x9E37_79B9_7F4A_7C15)).unwrap();
     let tok = shared().join("models/tok512.bin");
     let (code, _, err) = run_convert(&bin, &tok, &[], &mlm);
     assert_eq!(code, 0, "convert failed: {err}");

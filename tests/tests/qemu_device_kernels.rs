@@ -16,7 +16,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use microlm::{KvDtype, Model, Session};
-use microlm_tests::{root, run_convert, scratch_dir, shared, wait_bounded};
+use microlm_tests::{root, run_convert, scratch_dir, shared, synthetic_checkpoint, wait_bounded};
 use serde_json::Value;
 
 /// Longest the run may take before it counts as a hang (it takes well under a second).
@@ -30,52 +30,11 @@ const POSITIONS: usize = 150;
 const CTX: usize = 24;
 const SINKS: usize = 2;
 
-/// A deterministic pseudo-random f32 in [-1, 1) (xorshift64*).
-fn next(state: &mut u64) -> f32 {
-    *state ^= *state >> 12;
-    *state ^= *state << 25;
-    *state ^= *state >> 27;
-    (state.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-}
-
-/// A llama2.c legacy checkpoint with random weights (shared classifier, vocabulary 512
-/// for tok512.bin): dim 32, 4 heads of 8, 2 KV heads, 2 layers, seq_len 256; the query
-/// and key weights `qk_scale` times the usual size, so attention scores spread widely.
-fn synthetic_checkpoint(qk_scale: f32) -> Vec<u8> {
-    let (dim, hidden_dim, layers, heads, kv_heads, vocab, seq_len) = (32usize, 64, 2usize, 4usize, 2usize, 512, 256);
-    let kv_dim = dim / heads * kv_heads;
-    let mut out = Vec::new();
-    for v in [dim, hidden_dim, layers, heads, kv_heads, vocab, seq_len] {
-        out.extend_from_slice(&(v as i32).to_le_bytes());
-    }
-    let mut state = 0x2545_F491_4F6C_DD1Du64;
-    let mut push = |n: usize, scale: Option<f32>| {
-        for _ in 0..n {
-            let v = scale.map_or(1.0, |s| next(&mut state) * s);
-            out.extend_from_slice(&v.to_le_bytes());
-        }
-    };
-    push(vocab * dim, Some(1.0));
-    let fan = |n: usize| Some(2.0 / (n as f32).sqrt());
-    let qk = Some(qk_scale * 2.0 / (dim as f32).sqrt());
-    // Each kind for every layer: attention norm, wq, wk, wv, wo, FFN norm, w1, w2, w3.
-    for (n, scale) in [
-        (dim, None),
-        (dim * dim, qk),
-        (dim * kv_dim, qk),
-        (dim * kv_dim, fan(dim)),
-        (dim * dim, fan(dim)),
-        (dim, None),
-        (hidden_dim * dim, fan(dim)),
-        (dim * hidden_dim, fan(hidden_dim)),
-        (hidden_dim * dim, fan(dim)),
-    ] {
-        push(n * layers, scale);
-    }
-    push(dim, None);
-    // The two legacy RoPE tables (the runtime recomputes them).
-    push(seq_len * dim / heads, Some(0.0));
-    out
+/// The tiny model of the session runs: 4 heads of 8 (the FPU value pass), hidden 64,
+/// the query and key weights `qk_scale` times the usual size, so attention scores spread
+/// widely and leave exp's fast range.
+fn checkpoint(qk_scale: f32) -> Vec<u8> {
+    synthetic_checkpoint(64, qk_scale, 0x2545_F491_4F6C_DD1D)
 }
 
 /// The host's hash of the firmware's session run: FNV-1a over every position's logits bits.
@@ -101,7 +60,7 @@ fn host_session_hash(bytes: &[u8], kv: KvDtype) -> u32 {
 fn device_kernels_match_portable_on_mps2_an386() {
     let dir = scratch_dir("device-kernels");
     let (bin, mlm) = (dir.join("wide-scores.bin"), dir.join("wide-scores.mlm"));
-    std::fs::write(&bin, synthetic_checkpoint(6.0)).unwrap();
+    std::fs::write(&bin, checkpoint(6.0)).unwrap();
     let (code, _, err) = run_convert(&bin, &shared().join("models/tok512.bin"), &[], &mlm);
     assert_eq!(code, 0, "convert failed: {err}");
     let model = std::fs::read(&mlm).unwrap();
