@@ -9,18 +9,19 @@ use microlm::format::{DType, TensorEntry};
 use microlm::write::{self, ModelSpec, WriteError};
 
 use microlm_cli::load::ModelFile;
-use microlm_cli::{io, llama2c};
+use microlm_cli::{hf, io, llama2c};
 
 use crate::quantize::{self, QuantArgs};
 
 /// Arguments of `microlm convert`.
 #[derive(Debug, Args)]
 pub struct ConvertArgs {
-    /// llama2.c checkpoint (legacy, version 1 float or version 2 int8 export).
+    /// llama2.c checkpoint (legacy, version 1 float or version 2 int8 export), or a
+    /// Hugging Face LlamaForCausalLM folder (config.json, safetensors, tokenizer.json).
     pub input: PathBuf,
-    /// llama2.c tokenizer.bin whose size matches the model's vocab_size.
+    /// llama2.c tokenizer.bin whose size matches the model's vocab_size (llama2.c input only).
     #[arg(long)]
-    pub tokenizer: PathBuf,
+    pub tokenizer: Option<PathBuf>,
     /// Weight dtypes and calibration (default dtype: f32, or q8_0 for version 2 checkpoints).
     #[command(flatten)]
     pub quant: QuantArgs,
@@ -36,16 +37,20 @@ pub struct ConvertArgs {
 const PROGRESS_THRESHOLD: u64 = 4 << 20;
 
 pub fn run(args: &ConvertArgs) -> Result<()> {
-    let output = io::Output::create(&args.output, &quantize::inputs(&[&args.input, &args.tokenizer], &args.quant))?;
+    if args.input.is_dir() {
+        return run_hf(args);
+    }
+    let tokenizer = args.tokenizer.as_ref().context("--tokenizer is required for a llama2.c checkpoint")?;
+    let output = io::Output::create(&args.output, &quantize::inputs(&[&args.input, tokenizer], &args.quant))?;
     let bytes = io::read(&args.input, io::CHECKPOINT)?;
     let ckpt = llama2c::read_checkpoint(&bytes)
         .with_context(|| format!("{} is not a usable llama2.c checkpoint", args.input.display()))?;
-    let tok_bytes = io::read(&args.tokenizer, io::TOKENIZER)?;
-    let vocab = llama2c::read_tokenizer(&tok_bytes, &args.tokenizer)?;
+    let tok_bytes = io::read(tokenizer, io::TOKENIZER)?;
+    let vocab = llama2c::read_tokenizer(&tok_bytes, tokenizer)?;
     ensure!(
         vocab.pieces.len() == ckpt.config.vocab_size,
         "tokenizer {} has {} tokens but the model's vocab_size is {}: wrong tokenizer for this model",
-        args.tokenizer.display(),
+        tokenizer.display(),
         vocab.pieces.len(),
         ckpt.config.vocab_size
     );
@@ -99,6 +104,45 @@ pub fn run(args: &ConvertArgs) -> Result<()> {
         ckpt.config.tensor_count(),
         vocab.pieces.len(),
         ckpt.version
+    );
+    Ok(())
+}
+
+/// `microlm convert DIR`: a Hugging Face Llama folder (see [`hf`]) → `.mlm`.
+fn run_hf(args: &ConvertArgs) -> Result<()> {
+    let output = io::Output::create(&args.output, &quantize::inputs(&[&args.input], &args.quant))?;
+    let m = hf::read_dir(&args.input)
+        .with_context(|| format!("{} is not a usable Hugging Face Llama folder", args.input.display()))?;
+    let name = write::model_name(&args.input.to_string_lossy());
+    let spec = ModelSpec { name: &name, config: m.config, dtypes: [DType::F32; 12], vocab: &m.vocab };
+    let f32_file = write::write_model(&spec, |entry| {
+        let values = m.tensor(entry.kind, entry.layer as usize).ok_or(WriteError::TensorSize {
+            kind: entry.kind.name(),
+            layer: entry.layer,
+            expected: (entry.rows * entry.cols) as usize,
+            found: 0,
+        })?;
+        Ok(write::encode_tensor(entry.dtype, values))
+    })
+    .context("cannot build the model file")?;
+    let f32_file = ModelFile::from_bytes(&f32_file);
+    let source = f32_file.parse(false).context("the converted f32 model does not parse")?;
+    let base = args.quant.dtype.unwrap_or(DType::F32);
+    let dtypes = quantize::kind_dtypes(base, &args.quant, m.config.shared_classifier)?;
+    let importance = quantize::importance_for(&source, &args.quant, &dtypes)?;
+    let (out, report) =
+        quantize::requantize(&source, &name, dtypes, importance.as_ref(), &|_: &TensorEntry, _: &[f32]| None, args.quant.saturate)?;
+    output.commit(&out)?;
+    if !args.quiet {
+        quantize::print_report(&args.output, out.len(), &report, args.quant.json)?;
+    }
+    eprintln!(
+        "wrote {} ({} bytes, {} weights, {} tensors, vocab {}) from a Hugging Face Llama folder",
+        args.output.display(),
+        out.len(),
+        base.name(),
+        m.config.tensor_count(),
+        m.vocab.pieces.len()
     );
     Ok(())
 }

@@ -4,3 +4,4 @@
 pub mod io;
 pub mod llama2c;
 pub mod load;
+pub mod hf;

@@ -219,7 +219,7 @@ pub fn demo_model(sources: &Sources, report: bool) -> Result<PathBuf> {
     if !up_to_date(&out, &[&input, &tokenizer]) {
         crate::convert::run(&crate::convert::ConvertArgs {
             input,
-            tokenizer,
+            tokenizer: Some(tokenizer),
             quant: Default::default(),
             output: out.clone(),
             quiet: !report,
