@@ -130,8 +130,14 @@ fn run_hf(args: &ConvertArgs) -> Result<()> {
     let base = args.quant.dtype.unwrap_or(DType::F32);
     let dtypes = quantize::kind_dtypes(base, &args.quant, m.config.shared_classifier)?;
     let importance = quantize::importance_for(&source, &args.quant, &dtypes)?;
-    let (out, report) =
-        quantize::requantize(&source, &name, dtypes, importance.as_ref(), &|_: &TensorEntry, _: &[f32]| None, args.quant.saturate)?;
+    let (out, report) = quantize::requantize(
+        &source,
+        &name,
+        dtypes,
+        importance.as_ref(),
+        &|_: &TensorEntry, _: &[f32]| None,
+        args.quant.saturate,
+    )?;
     output.commit(&out)?;
     if !args.quiet {
         quantize::print_report(&args.output, out.len(), &report, args.quant.json)?;

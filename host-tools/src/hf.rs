@@ -45,7 +45,10 @@ fn read_json(path: &Path) -> Result<Value> {
 }
 
 fn usize_field(cfg: &Value, name: &str) -> Result<usize> {
-    let v = cfg.get(name).and_then(Value::as_u64).with_context(|| format!("config.json: {name} is missing or not a positive integer"))?;
+    let v = cfg
+        .get(name)
+        .and_then(Value::as_u64)
+        .with_context(|| format!("config.json: {name} is missing or not a positive integer"))?;
     ensure!(v > 0 && v <= 1 << 24, "config.json: {name} = {v} is out of range");
     Ok(v as usize)
 }
@@ -68,13 +71,18 @@ pub fn read_config(cfg: &Value) -> Result<Config> {
     ensure!(act == "silu", "config.json: hidden_act {act:?} is not supported (silu only)");
     let dim = usize_field(cfg, "hidden_size")?;
     let n_heads = usize_field(cfg, "num_attention_heads")?;
-    let n_kv_heads = if cfg.get("num_key_value_heads").is_some() { usize_field(cfg, "num_key_value_heads")? } else { n_heads };
+    let n_kv_heads =
+        if cfg.get("num_key_value_heads").is_some() { usize_field(cfg, "num_key_value_heads")? } else { n_heads };
     ensure!(
         dim % n_heads == 0 && n_heads % n_kv_heads == 0,
         "config.json: num_attention_heads {n_heads} must divide hidden_size {dim} and num_key_value_heads {n_kv_heads} must divide it"
     );
     if let Some(hd) = cfg.get("head_dim").filter(|v| !v.is_null()) {
-        ensure!(hd.as_u64() == Some((dim / n_heads) as u64), "config.json: head_dim {hd} differs from hidden_size / num_attention_heads = {}", dim / n_heads);
+        ensure!(
+            hd.as_u64() == Some((dim / n_heads) as u64),
+            "config.json: head_dim {hd} differs from hidden_size / num_attention_heads = {}",
+            dim / n_heads
+        );
     }
     let float = |name: &str, default: f64| -> Result<f32> {
         let v = match cfg.get(name) {
@@ -88,7 +96,10 @@ pub fn read_config(cfg: &Value) -> Result<Config> {
     let id = |name: &str, default: u32| -> Result<u32> {
         match cfg.get(name) {
             None | Some(Value::Null) => Ok(default),
-            Some(v) => v.as_u64().and_then(|v| u32::try_from(v).ok()).with_context(|| format!("config.json: {name} {v} is not a single token id")),
+            Some(v) => v
+                .as_u64()
+                .and_then(|v| u32::try_from(v).ok())
+                .with_context(|| format!("config.json: {name} {v} is not a single token id")),
         }
     };
     Ok(Config {
@@ -142,7 +153,10 @@ fn check_layout(bytes: &[u8], path: &Path) -> Result<()> {
         if name == "__metadata__" {
             continue;
         }
-        let offs = t.get("data_offsets").and_then(Value::as_array).with_context(|| format!("{p}: tensor {name} has no data_offsets"))?;
+        let offs = t
+            .get("data_offsets")
+            .and_then(Value::as_array)
+            .with_context(|| format!("{p}: tensor {name} has no data_offsets"))?;
         let (Some(a), Some(b)) = (offs.first().and_then(Value::as_u64), offs.get(1).and_then(Value::as_u64)) else {
             bail!("{p}: tensor {name} has malformed data_offsets");
         };
@@ -198,11 +212,17 @@ fn weight_files(dir: &Path) -> Result<Vec<std::path::PathBuf>> {
     let index = dir.join("model.safetensors.index.json");
     if index.exists() {
         let v = read_json(&index)?;
-        let map = v.get("weight_map").and_then(Value::as_object).context("model.safetensors.index.json: no weight_map object")?;
+        let map = v
+            .get("weight_map")
+            .and_then(Value::as_object)
+            .context("model.safetensors.index.json: no weight_map object")?;
         let mut files: Vec<String> = Vec::new();
         for (name, f) in map {
             let f = f.as_str().with_context(|| format!("model.safetensors.index.json: {name} maps to a non-string"))?;
-            ensure!(!f.contains(['/', '\\']) && f != "..", "model.safetensors.index.json: shard {f:?} is not a file name in the folder");
+            ensure!(
+                !f.contains(['/', '\\']) && f != "..",
+                "model.safetensors.index.json: shard {f:?} is not a file name in the folder"
+            );
             if !files.iter().any(|x| x == f) {
                 files.push(f.into());
             }
@@ -233,10 +253,13 @@ pub fn read_tokenizer(tok: &Value, vocab_size: usize) -> Result<Vocab> {
         model.get("byte_fallback").and_then(Value::as_bool) == Some(true),
         "tokenizer.json: BPE without byte_fallback is not supported (SentencePiece-style vocabularies only)"
     );
-    let vocab = model.get("vocab").and_then(Value::as_object).context("tokenizer.json: model.vocab is not an object")?;
+    let vocab =
+        model.get("vocab").and_then(Value::as_object).context("tokenizer.json: model.vocab is not an object")?;
     let mut pieces: Vec<Option<Vec<u8>>> = vec![None; vocab_size];
     for (piece, id) in vocab {
-        let id = id.as_u64().filter(|&i| (i as usize) < vocab_size).with_context(|| format!("tokenizer.json: piece {piece:?} has id {id}, outside the vocab_size {vocab_size}"))? as usize;
+        let id = id.as_u64().filter(|&i| (i as usize) < vocab_size).with_context(|| {
+            format!("tokenizer.json: piece {piece:?} has id {id}, outside the vocab_size {vocab_size}")
+        })? as usize;
         ensure!(pieces[id].is_none(), "tokenizer.json: id {id} appears twice in model.vocab");
         pieces[id] = Some(piece.replace('\u{2581}', " ").into_bytes());
     }
@@ -253,7 +276,8 @@ pub fn read_tokenizer(tok: &Value, vocab_size: usize) -> Result<Vocab> {
         rank.entry(joined).or_insert(r);
     }
     let mut out = Vocab::default();
-    let by_piece: HashMap<&str, usize> = vocab.iter().filter_map(|(p, i)| Some((p.as_str(), i.as_u64()? as usize))).collect();
+    let by_piece: HashMap<&str, usize> =
+        vocab.iter().filter_map(|(p, i)| Some((p.as_str(), i.as_u64()? as usize))).collect();
     let mut rank_of = vec![None; vocab_size];
     for (p, r) in &rank {
         if let Some(&i) = by_piece.get(p.as_str()) {
@@ -289,12 +313,16 @@ pub fn read_dir(dir: &Path) -> Result<HfModel> {
     }
     let vocab = read_tokenizer(&read_json(&dir.join("tokenizer.json"))?, config.vocab_size)?;
     let files = weight_files(dir)?;
-    let blobs: Vec<Vec<u8>> =
-        files.iter().map(|f| std::fs::read(f).with_context(|| format!("cannot read {}", f.display()))).collect::<Result<_>>()?;
+    let blobs: Vec<Vec<u8>> = files
+        .iter()
+        .map(|f| std::fs::read(f).with_context(|| format!("cannot read {}", f.display())))
+        .collect::<Result<_>>()?;
     let mut parsed = Vec::new();
     for (f, b) in files.iter().zip(&blobs) {
         check_layout(b, f)?;
-        parsed.push(SafeTensors::deserialize(b).with_context(|| format!("{}: not a valid safetensors file", f.display()))?);
+        parsed.push(
+            SafeTensors::deserialize(b).with_context(|| format!("{}: not a valid safetensors file", f.display()))?,
+        );
     }
     let get = |name: &str| parsed.iter().find_map(|s| s.tensor(name).ok());
     if !config.shared_classifier && get("lm_head.weight").is_none() && get("model.embed_tokens.weight").is_some() {
@@ -308,10 +336,18 @@ pub fn read_dir(dir: &Path) -> Result<HfModel> {
     let mut tensors = Vec::new();
     let kinds = [TensorKind::Embedding, TensorKind::FinalNorm, TensorKind::Classifier];
     let per_layer = [
-        TensorKind::AttnNorm, TensorKind::FfnNorm, TensorKind::Wq, TensorKind::Wk, TensorKind::Wv,
-        TensorKind::Wo, TensorKind::W1, TensorKind::W2, TensorKind::W3,
+        TensorKind::AttnNorm,
+        TensorKind::FfnNorm,
+        TensorKind::Wq,
+        TensorKind::Wk,
+        TensorKind::Wv,
+        TensorKind::Wo,
+        TensorKind::W1,
+        TensorKind::W2,
+        TensorKind::W3,
     ];
-    let wanted = kinds.iter().map(|&k| (k, 0)).chain((0..c.n_layers).flat_map(|l| per_layer.iter().map(move |&k| (k, l))));
+    let wanted =
+        kinds.iter().map(|&k| (k, 0)).chain((0..c.n_layers).flat_map(|l| per_layer.iter().map(move |&k| (k, l))));
     for (kind, layer) in wanted {
         if kind == TensorKind::Classifier && c.shared_classifier {
             continue;
@@ -319,11 +355,12 @@ pub fn read_dir(dir: &Path) -> Result<HfModel> {
         let name = hf_name(kind, layer);
         let t = get(&name).with_context(|| format!("tensor {name} is missing"))?;
         let (rows, cols) = c.shape(kind);
-        let shape: Vec<usize> = if rows == 1 || matches!(kind, TensorKind::AttnNorm | TensorKind::FfnNorm | TensorKind::FinalNorm) {
-            vec![rows * cols]
-        } else {
-            vec![rows, cols]
-        };
+        let shape: Vec<usize> =
+            if rows == 1 || matches!(kind, TensorKind::AttnNorm | TensorKind::FfnNorm | TensorKind::FinalNorm) {
+                vec![rows * cols]
+            } else {
+                vec![rows, cols]
+            };
         let mut v = to_f32(&t, &name, &shape)?;
         if kind == TensorKind::Wq {
             v = unpermute(&v, c.n_heads, rows, cols);
