@@ -87,25 +87,40 @@ pub fn run(args: &ConvertArgs) -> Result<()> {
     // ... then the requested dtypes, calibrated when asked.
     let base = args.quant.dtype.unwrap_or(if ckpt.version == 2 { DType::Q8_0 } else { DType::F32 });
     let dtypes = quantize::kind_dtypes(base, &args.quant, ckpt.config.shared_classifier)?;
-    let importance = quantize::importance_for(&source, &args.quant, &dtypes)?;
     let passthrough = |entry: &TensorEntry, _: &[f32]| int8_as_q8_0(&ckpt, entry);
-    let (out, report) =
-        quantize::requantize(&source, &name, dtypes, importance.as_ref(), &passthrough, args.quant.saturate)?;
-
-    output.commit(&out)?;
-    if !args.quiet {
-        quantize::print_report(&args.output, out.len(), &report, args.quant.json)?;
-    }
+    let len = quantize_and_commit(args, output, &source, &name, dtypes, &passthrough)?;
     eprintln!(
         "wrote {} ({} bytes, {} weights, {} tensors, vocab {}) from llama2.c version {} checkpoint",
         args.output.display(),
-        out.len(),
+        len,
         base.name(),
         ckpt.config.tensor_count(),
         vocab.pieces.len(),
         ckpt.version
     );
     Ok(())
+}
+
+/// The converted f32 file `source` stored as `dtypes` (calibrated when
+/// asked; `passthrough` may supply a tensor's bytes as they are), written to
+/// `output`, with the per-tensor report unless `--quiet`. Returns the file's
+/// length in bytes.
+fn quantize_and_commit(
+    args: &ConvertArgs,
+    output: io::Output,
+    source: &microlm::Model<'_>,
+    name: &str,
+    dtypes: microlm::format::KindDtypes,
+    passthrough: &quantize::Passthrough<'_>,
+) -> Result<usize> {
+    let importance = quantize::importance_for(source, &args.quant, &dtypes)?;
+    let (out, report) =
+        quantize::requantize(source, name, dtypes, importance.as_ref(), passthrough, args.quant.saturate)?;
+    output.commit(&out)?;
+    if !args.quiet {
+        quantize::print_report(&args.output, out.len(), &report, args.quant.json)?;
+    }
+    Ok(out.len())
 }
 
 /// `microlm convert DIR`: a Hugging Face Llama folder (see [`hf`]) → `.mlm`.
@@ -129,23 +144,11 @@ fn run_hf(args: &ConvertArgs) -> Result<()> {
     let source = f32_file.parse(false).context("the converted f32 model does not parse")?;
     let base = args.quant.dtype.unwrap_or(DType::F32);
     let dtypes = quantize::kind_dtypes(base, &args.quant, m.config.shared_classifier)?;
-    let importance = quantize::importance_for(&source, &args.quant, &dtypes)?;
-    let (out, report) = quantize::requantize(
-        &source,
-        &name,
-        dtypes,
-        importance.as_ref(),
-        &|_: &TensorEntry, _: &[f32]| None,
-        args.quant.saturate,
-    )?;
-    output.commit(&out)?;
-    if !args.quiet {
-        quantize::print_report(&args.output, out.len(), &report, args.quant.json)?;
-    }
+    let len = quantize_and_commit(args, output, &source, &name, dtypes, &|_: &TensorEntry, _: &[f32]| None)?;
     eprintln!(
         "wrote {} ({} bytes, {} weights, {} tensors, vocab {}) from a Hugging Face Llama folder",
         args.output.display(),
-        out.len(),
+        len,
         base.name(),
         m.config.tensor_count(),
         m.vocab.pieces.len()
