@@ -155,6 +155,18 @@ pub fn reference_cases() -> Vec<Case> {
     serde_json::from_str::<Reference>(&text).expect("parse reference JSON").cases
 }
 
+/// Asserts that `model` reproduces all five llama2.c reference cases: the
+/// same token ids and the same text.
+pub fn assert_reproduces_reference_cases(model: &Model<'_>) {
+    let cases = reference_cases();
+    assert_eq!(cases.len(), 5);
+    for case in &cases {
+        let (ids, text, _) = generate(model, case);
+        assert_eq!(ids, case.ids, "case {}: token ids differ from llama2.c", case.name);
+        assert_eq!(format!("{text}\n"), case.stdout, "case {}: text differs", case.name);
+    }
+}
+
 /// Runs one reference case through the library API; returns (ids, text, stop).
 pub fn generate(model: &Model<'_>, case: &Case) -> (Vec<u32>, String, Stop) {
     let ctx = model.config().seq_len;

@@ -3,19 +3,13 @@
 //! of the first 32 greedy positions within 1e-4.
 
 use microlm::{KvDtype, Session};
-use microlm_tests::{arena, converted, generate, reference_cases, run_cli, shared, ModelFile};
+use microlm_tests::{arena, assert_reproduces_reference_cases, converted, reference_cases, run_cli, shared, ModelFile};
 
 #[test]
 fn library_reproduces_every_reference_case() {
     let file = ModelFile::read(&converted("f32")).unwrap();
     let model = file.parse(false).unwrap();
-    let cases = reference_cases();
-    assert_eq!(cases.len(), 5);
-    for case in &cases {
-        let (ids, text, _) = generate(&model, case);
-        assert_eq!(ids, case.ids, "case {}: token ids differ from llama2.c", case.name);
-        assert_eq!(format!("{text}\n"), case.stdout, "case {}: text differs", case.name);
-    }
+    assert_reproduces_reference_cases(&model);
 }
 
 #[test]

@@ -8,7 +8,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use microlm_tests::{generate, reference_cases, run_cli, scratch_dir, shared_file, ModelFile};
+use microlm_tests::{assert_reproduces_reference_cases, run_cli, scratch_dir, shared_file, ModelFile};
 
 fn hf_dir() -> PathBuf {
     shared_file("importers/stories260k/stories260K-hf")
@@ -25,13 +25,7 @@ fn hf_folder_reproduces_every_llama2c_reference_case() {
     assert_eq!(code, 0, "convert failed: {err}");
     let file = ModelFile::read(&out).unwrap();
     let model = file.parse(false).unwrap();
-    let cases = reference_cases();
-    assert_eq!(cases.len(), 5);
-    for case in &cases {
-        let (ids, text, _) = generate(&model, case);
-        assert_eq!(ids, case.ids, "case {}: token ids differ from llama2.c", case.name);
-        assert_eq!(format!("{text}\n"), case.stdout, "case {}: text differs", case.name);
-    }
+    assert_reproduces_reference_cases(&model);
 }
 
 /// A copy of the stories260K HF folder with `edit` applied, converted: (exit code, stderr).
