@@ -71,13 +71,7 @@ pub fn run(args: &ConvertArgs) -> Result<()> {
     };
     let f32_file = write::write_model(&spec, |entry| {
         progress.inc(1);
-        let values = ckpt.tensor(entry.kind, entry.layer as usize).ok_or(WriteError::TensorSize {
-            kind: entry.kind.name(),
-            layer: entry.layer,
-            expected: (entry.rows * entry.cols) as usize,
-            found: 0,
-        })?;
-        Ok(write::encode_tensor(entry.dtype, values))
+        encode_entry(entry, ckpt.tensor(entry.kind, entry.layer as usize))
     })
     .context("cannot build the model file")?;
     progress.finish_and_clear();
@@ -99,6 +93,18 @@ pub fn run(args: &ConvertArgs) -> Result<()> {
         ckpt.version
     );
     Ok(())
+}
+
+/// One tensor of the f32 file from the importer's values; a tensor the
+/// importer does not have is a `TensorSize` error with 0 values found.
+fn encode_entry(entry: &TensorEntry, values: Option<&[f32]>) -> Result<Vec<u8>, WriteError> {
+    let values = values.ok_or(WriteError::TensorSize {
+        kind: entry.kind.name(),
+        layer: entry.layer,
+        expected: (entry.rows * entry.cols) as usize,
+        found: 0,
+    })?;
+    Ok(write::encode_tensor(entry.dtype, values))
 }
 
 /// The converted f32 file `source` stored as `dtypes` (calibrated when
@@ -130,16 +136,8 @@ fn run_hf(args: &ConvertArgs) -> Result<()> {
         .with_context(|| format!("{} is not a usable Hugging Face Llama folder", args.input.display()))?;
     let name = write::model_name(&args.input.to_string_lossy());
     let spec = ModelSpec { name: &name, config: m.config, dtypes: [DType::F32; 12], vocab: &m.vocab };
-    let f32_file = write::write_model(&spec, |entry| {
-        let values = m.tensor(entry.kind, entry.layer as usize).ok_or(WriteError::TensorSize {
-            kind: entry.kind.name(),
-            layer: entry.layer,
-            expected: (entry.rows * entry.cols) as usize,
-            found: 0,
-        })?;
-        Ok(write::encode_tensor(entry.dtype, values))
-    })
-    .context("cannot build the model file")?;
+    let f32_file = write::write_model(&spec, |entry| encode_entry(entry, m.tensor(entry.kind, entry.layer as usize)))
+        .context("cannot build the model file")?;
     let f32_file = ModelFile::from_bytes(&f32_file);
     let source = f32_file.parse(false).context("the converted f32 model does not parse")?;
     let base = args.quant.dtype.unwrap_or(DType::F32);
