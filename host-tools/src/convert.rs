@@ -1,23 +1,25 @@
-//! `microlm convert`: llama2.c checkpoint + tokenizer → `.mlm`, with per-kind dtypes.
+//! `microlm convert`: a llama2.c checkpoint + tokenizer, a GGUF file or a Hugging
+//! Face folder → `.mlm`, with per-kind dtypes.
 
 use std::path::PathBuf;
 
 use anyhow::{ensure, Context, Result};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use microlm::format::{DType, TensorEntry};
+use microlm::format::{DType, KindDtypes, TensorEntry};
 use microlm::write::{self, ModelSpec, WriteError};
 
 use microlm_cli::load::ModelFile;
-use microlm_cli::{hf, io, llama2c};
+use microlm_cli::{gguf, hf, io, llama2c};
 
 use crate::quantize::{self, QuantArgs};
 
 /// Arguments of `microlm convert`.
 #[derive(Debug, Args)]
 pub struct ConvertArgs {
-    /// llama2.c checkpoint (legacy, version 1 float or version 2 int8 export), or a
-    /// Hugging Face LlamaForCausalLM folder (config.json, safetensors, tokenizer.json).
+    /// llama2.c checkpoint (legacy, version 1 float or version 2 int8 export), a GGUF
+    /// file (architecture llama, recognised by its magic), or a Hugging Face
+    /// LlamaForCausalLM folder (config.json, safetensors, tokenizer.json).
     pub input: PathBuf,
     /// llama2.c tokenizer.bin whose size matches the model's vocab_size (llama2.c input only).
     #[arg(long)]
@@ -40,6 +42,9 @@ pub fn run(args: &ConvertArgs) -> Result<()> {
     if args.input.is_dir() {
         return run_hf(args);
     }
+    if is_gguf(&args.input)? {
+        return run_gguf(args);
+    }
     let tokenizer = args.tokenizer.as_ref().context("--tokenizer is required for a llama2.c checkpoint")?;
     let output = io::Output::create(&args.output, &quantize::inputs(&[&args.input, tokenizer], &args.quant))?;
     let bytes = io::read(&args.input, io::CHECKPOINT)?;
@@ -58,17 +63,7 @@ pub fn run(args: &ConvertArgs) -> Result<()> {
     // First the f32 model (the reference every quantized tensor is measured against) ...
     let name = write::model_name(&args.input.to_string_lossy());
     let spec = ModelSpec { name: &name, config: ckpt.config, dtypes: [DType::F32; 12], vocab: &vocab };
-    let progress = if bytes.len() as u64 > PROGRESS_THRESHOLD {
-        let bar = ProgressBar::new(ckpt.config.tensor_count() as u64);
-        bar.set_style(
-            ProgressStyle::with_template("{msg:>12} [{bar:40}] {pos}/{len} tensors")
-                .unwrap_or_else(|_| ProgressStyle::default_bar()),
-        );
-        bar.set_message("reading");
-        bar
-    } else {
-        ProgressBar::hidden()
-    };
+    let progress = tensor_progress(bytes.len(), ckpt.config.tensor_count());
     let f32_file = write::write_model(&spec, |entry| {
         progress.inc(1);
         encode_entry(entry, ckpt.tensor(entry.kind, entry.layer as usize))
@@ -152,6 +147,138 @@ fn run_hf(args: &ConvertArgs) -> Result<()> {
         m.vocab.pieces.len()
     );
     Ok(())
+}
+
+/// Whether `path` starts with the GGUF magic (checked by content, not by name).
+fn is_gguf(path: &std::path::Path) -> Result<bool> {
+    use std::io::Read;
+    let Ok(mut f) = std::fs::File::open(path) else { return Ok(false) };
+    let mut magic = [0u8; 4];
+    Ok(f.metadata().is_ok_and(|m| m.is_file()) && f.read_exact(&mut magic).is_ok() && magic == gguf::MAGIC)
+}
+
+/// The microlm dtype a ggml type goes to when `--dtype` is not given: the same
+/// when microlm has it (Q8_0 and Q4_0 blocks are copied as they are), f16 for
+/// BF16, and q8_0 for the other block types (their exact values re-rounded to
+/// 8 bits: the nearest microlm format that loses little).
+fn gguf_default_dtype(type_name: &str) -> DType {
+    match type_name {
+        "F32" => DType::F32,
+        "F16" | "BF16" => DType::F16,
+        "Q4_0" => DType::Q4_0,
+        _ => DType::Q8_0,
+    }
+}
+
+/// Per-kind dtypes for a GGUF import. With `--dtype`, that dtype (and the
+/// `--tensor-dtype` overrides); without it, each kind keeps the precision of
+/// its most precise GGUF tensor (files such as Q4_K_M mix types across
+/// layers), then the overrides.
+fn gguf_dtypes(g: &gguf::Gguf<'_>, config: &microlm::format::Config, quant: &QuantArgs) -> Result<KindDtypes> {
+    use microlm::format::TensorKind;
+    if let Some(base) = quant.dtype {
+        return quantize::kind_dtypes(base, quant, config.shared_classifier);
+    }
+    // Most precise first.
+    let rank = |d: DType| [DType::F32, DType::F16, DType::Q8_0, DType::Q4_0].iter().position(|&x| x == d);
+    let mut per_kind = Vec::new();
+    for kind in TensorKind::ALL.into_iter().filter(|k| !k.is_norm()) {
+        if kind == TensorKind::Classifier && config.shared_classifier {
+            continue;
+        }
+        let layers = if kind.is_per_layer() { config.n_layers } else { 1 };
+        let best = (0..layers)
+            .filter_map(|l| g.tensor(&gguf::tensor_name(kind, l)))
+            .map(|t| gguf_default_dtype(t.type_name))
+            .min_by_key(|&d| rank(d));
+        if let Some(d) = best {
+            per_kind.push((kind, d));
+        }
+    }
+    per_kind.extend(quant.tensor_dtype.iter().copied());
+    let with_defaults = QuantArgs { tensor_dtype: per_kind, ..quant.clone() };
+    quantize::kind_dtypes(DType::F32, &with_defaults, config.shared_classifier)
+}
+
+/// `microlm convert model.gguf`: a GGUF file of architecture `llama` (see [`gguf`]) → `.mlm`.
+fn run_gguf(args: &ConvertArgs) -> Result<()> {
+    ensure!(args.tokenizer.is_none(), "a GGUF file carries its own tokenizer: leave out --tokenizer");
+    let output = io::Output::create(&args.output, &quantize::inputs(&[&args.input], &args.quant))?;
+    let bytes = io::read(&args.input, io::CHECKPOINT)?;
+    let what = || format!("{} is not a usable GGUF llama model", args.input.display());
+    let g = gguf::parse(&bytes).with_context(what)?;
+    let mut config = gguf::llama_config(&g).with_context(what)?;
+    gguf::check_llama_tensors(&g, &config).with_context(what)?;
+    let vocab = gguf::llama_vocab(&g).with_context(what)?;
+    // An output.weight identical to the embedding (as llama2.c exports have) is a tied classifier.
+    if let (Some(e), Some(o)) = (g.tensor("token_embd.weight"), g.tensor("output.weight")) {
+        if e.ty == o.ty && e.dims == o.dims && g.data(e) == g.data(o) {
+            config.shared_classifier = true;
+        }
+    }
+    let name = write::model_name(&args.input.to_string_lossy());
+    let spec = ModelSpec { name: &name, config, dtypes: [DType::F32; 12], vocab: &vocab };
+    let progress = tensor_progress(bytes.len(), config.tensor_count());
+    // The first tensor the file lacks, shapes otherwise or cannot dequantize.
+    let mut bad: Option<anyhow::Error> = None;
+    let f32_file = write::write_model(&spec, |entry| {
+        progress.inc(1);
+        let (rows, cols) = (entry.rows as usize, entry.cols as usize);
+        match gguf::tensor_values(&g, entry.kind, entry.layer as usize, rows, cols) {
+            Ok(v) => Ok(write::encode_tensor(entry.dtype, &v)),
+            Err(e) => {
+                bad.get_or_insert(e);
+                encode_entry(entry, None)
+            }
+        }
+    });
+    progress.finish_and_clear();
+    if let Some(e) = bad {
+        return Err(e).with_context(what);
+    }
+    let f32_file = f32_file.with_context(what)?;
+    let f32_file = ModelFile::from_bytes(&f32_file);
+    let source = f32_file.parse(false).context("the converted f32 model does not parse")?;
+    let source_type = gguf::dominant_type(&g);
+    let dtypes = gguf_dtypes(&g, &config, &args.quant)?;
+    let base = dtypes[microlm::format::TensorKind::Wq.index()];
+    // Q8_0 and Q4_0 blocks go through unchanged when the target dtype is the same.
+    let passthrough = |entry: &TensorEntry, _: &[f32]| {
+        let ty = match entry.dtype {
+            DType::Q8_0 => gguf::TYPE_Q8_0,
+            DType::Q4_0 => gguf::TYPE_Q4_0,
+            _ => return None,
+        };
+        gguf::tensor_blocks(&g, entry.kind, entry.layer as usize, entry.rows as usize, entry.cols as usize, ty)
+            .map(<[u8]>::to_vec)
+    };
+    let len = quantize_and_commit(args, output, &source, &name, dtypes, &passthrough)?;
+    eprintln!(
+        "wrote {} ({} bytes, {} weights, {} tensors, vocab {}) from a GGUF v{} file ({} weights)",
+        args.output.display(),
+        len,
+        base.name(),
+        config.tensor_count(),
+        vocab.pieces.len(),
+        g.version,
+        source_type.unwrap_or("no")
+    );
+    Ok(())
+}
+
+/// A progress bar over the tensors of a conversion whose input is `bytes` long
+/// (hidden for small files).
+fn tensor_progress(bytes: usize, tensors: usize) -> ProgressBar {
+    if bytes as u64 <= PROGRESS_THRESHOLD {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(tensors as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{msg:>12} [{bar:40}] {pos}/{len} tensors")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar.set_message("reading");
+    bar
 }
 
 /// A version 2 (int8) tensor stored as q8_0 without re-rounding its values:

@@ -8,9 +8,14 @@
 //! Status: the reader and the exact dequantization of F32, F16, BF16, Q8_0,
 //! Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K and Q6_K are tested
 //! (`tests/tests/gguf.rs`: every tensor of llama.cpp's tiny-random-llama
-//! files against the reference statistics). `microlm convert` does not take
-//! `.gguf` files yet: the config, tensor-name and vocabulary functions below
-//! are not yet wired into it.
+//! files against the reference statistics). `microlm convert model.gguf`
+//! imports architecture `llama` through the config, tensor-name and
+//! vocabulary functions below (`tests/tests/gguf_convert.rs`).
+//!
+//! Tensor names follow llama.cpp (`token_embd`, `blk.N.attn_q`, ...,
+//! `output_norm`, `output`); shapes are ggml's `ne = [cols, rows]`. llama.cpp
+//! stores q and k rows for adjacent-pair RoPE (its converter undoes the HF
+//! `rotate_half` permutation), which is microlm's order: no permutation here.
 
 use anyhow::{bail, ensure, Context, Result};
 use microlm::format::{Config, TensorKind};
@@ -588,4 +593,90 @@ pub fn llama_vocab(g: &Gguf<'_>) -> Result<Vocab> {
     }
     vocab.scores = scores;
     Ok(vocab)
+}
+
+/// The values of microlm tensor `kind` in `layer`, dequantized exactly, after
+/// checking that the GGUF tensor has microlm's `rows` × `cols` shape
+/// (ggml `ne = [cols, rows]`; `[cols]` for a norm vector).
+pub fn tensor_values(g: &Gguf<'_>, kind: TensorKind, layer: usize, rows: usize, cols: usize) -> Result<Vec<f32>> {
+    let t = shaped_tensor(g, kind, layer, rows, cols)?;
+    dequantize(t.ty, g.data(t), t.n_values()).with_context(|| format!("GGUF: tensor {}", t.name))
+}
+
+/// The raw ggml blocks of microlm tensor `kind` in `layer` when the file
+/// stores it as ggml type `ty` (and with the expected shape): Q8_0 and Q4_0
+/// blocks are byte-identical to microlm's, so they are copied as they are.
+pub fn tensor_blocks<'a>(
+    g: &Gguf<'a>,
+    kind: TensorKind,
+    layer: usize,
+    rows: usize,
+    cols: usize,
+    ty: u32,
+) -> Option<&'a [u8]> {
+    let t = shaped_tensor(g, kind, layer, rows, cols).ok()?;
+    (t.ty == ty).then(|| g.data(t))
+}
+
+fn shaped_tensor<'g>(
+    g: &'g Gguf<'_>,
+    kind: TensorKind,
+    layer: usize,
+    rows: usize,
+    cols: usize,
+) -> Result<&'g TensorInfo> {
+    let name = tensor_name(kind, layer);
+    let t = g.tensor(&name).with_context(|| format!("GGUF: tensor {name} is missing"))?;
+    let want: Vec<u64> = if kind.is_norm() { vec![cols as u64] } else { vec![cols as u64, rows as u64] };
+    // Trailing dimensions of 1 are the same shape.
+    let mut dims = t.dims.clone();
+    while dims.len() > want.len() && dims.last() == Some(&1) {
+        dims.pop();
+    }
+    ensure!(dims == want, "GGUF: tensor {name} has shape {:?}, the config needs {want:?}", t.dims);
+    Ok(t)
+}
+
+/// ggml type ids of the types whose blocks microlm stores as they are.
+pub const TYPE_F32: u32 = 0;
+/// ggml `GGML_TYPE_Q4_0`.
+pub const TYPE_Q4_0: u32 = 2;
+/// ggml `GGML_TYPE_Q8_0`.
+pub const TYPE_Q8_0: u32 = 8;
+
+/// Checks that every tensor of the file is one the llama architecture uses:
+/// a tensor microlm would ignore (e.g. `rope_freqs.weight`, llama 3's RoPE
+/// scaling factors) changes the model, so it is refused by name.
+pub fn check_llama_tensors(g: &Gguf<'_>, cfg: &Config) -> Result<()> {
+    let mut known = std::collections::HashSet::new();
+    for kind in TensorKind::ALL {
+        if kind.is_per_layer() {
+            for l in 0..cfg.n_layers {
+                known.insert(tensor_name(kind, l));
+            }
+        } else {
+            known.insert(tensor_name(kind, 0));
+        }
+    }
+    for t in &g.tensors {
+        ensure!(
+            known.contains(&t.name),
+            "GGUF: tensor {} is not part of a llama model microlm can run (unsupported feature)",
+            t.name
+        );
+    }
+    Ok(())
+}
+
+/// The most common ggml type among the weight matrices (not the norms), by
+/// value count: what the file was quantized to.
+pub fn dominant_type(g: &Gguf<'_>) -> Option<&'static str> {
+    let mut counts: Vec<(&'static str, usize)> = Vec::new();
+    for t in g.tensors.iter().filter(|t| t.dims.iter().filter(|&&d| d > 1).count() >= 2) {
+        match counts.iter_mut().find(|(n, _)| *n == t.type_name) {
+            Some(c) => c.1 += t.n_values(),
+            None => counts.push((t.type_name, t.n_values())),
+        }
+    }
+    counts.into_iter().max_by_key(|c| c.1).map(|c| c.0)
 }
