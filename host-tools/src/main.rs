@@ -5,6 +5,7 @@
 mod bench;
 mod calibrate;
 mod convert;
+mod device;
 mod eval;
 mod generate;
 mod inspect;
@@ -53,6 +54,13 @@ enum Command {
                       Builds boards/qemu-MACHINE with cargo (or runs --firmware ELF), loads the model with \
                       QEMU's generic loader and passes the flags on the semihosting command line.")]
     Qemu(qemu::QemuArgs),
+    /// Talk to a board over its serial link: info, generate, upload a model.
+    #[command(after_help = "Examples:\n  microlm device --port /dev/ttyACM0 info\n  \
+                            microlm device --port /dev/ttyACM0 generate -p \"Once upon a time\" -n 128 -t 0.8\n  \
+                            microlm device --socket /tmp/board.sock upload stories260K-q8_0.mlm\n\n\
+                      Frames are postcard messages with a CRC-32 in COBS (see link/src/lib.rs); each reply is \
+                      awaited --timeout seconds. Ctrl-C during a generation stops it after the current token.")]
+    Device(device::DeviceArgs),
     /// Run the demo: find (or download) stories260K, convert it, and generate a story.
     #[command(
         after_help = "Example:\n  microlm demo            # models from $MICROLM_MODELS or ../shared/models, else downloaded\n  \
@@ -95,6 +103,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Generate(args) => generate::run(&args),
         Command::Bench(args) => bench::run(&args),
         Command::Qemu(args) => qemu::run(&args),
+        Command::Device(args) => device::run(&args),
         Command::Demo(args) => {
             // The board is checked by the parser; the QEMU check is cheap: both come before any download or conversion.
             if args.board.is_some() {

@@ -115,3 +115,71 @@ pub fn llama2c_import(data: &[u8]) {
         assert_eq!(vocab.pieces.len(), vocab.scores.len());
     }
 }
+
+/// Any bytes into the device side of the link ([`microlm_link::server`]),
+/// with the stories260K q8_0 model built in and two 16 KiB flash slots. The
+/// first byte picks how the rest is read: even = a raw serial stream; odd =
+/// message bodies split at `0x00`, each framed with a correct CRC and COBS (so
+/// the fuzzer reaches the request handlers, not only the frame checks). The
+/// server must answer with well-formed frames only and still answer `Hello`
+/// with the built-in model afterwards (small slots: no upload can fit a model).
+pub fn link_server(data: &[u8]) {
+    use microlm_link::frame::{self, Feed, Frames};
+    use microlm_link::{Request, Response, CRC, MAX_FRAME, VERSION};
+
+    static MODEL: OnceLock<&'static [u8]> = OnceLock::new();
+    let model = *MODEL.get_or_init(|| {
+        // The built-in model: stories260K converted to q8_0 once (leaked, as firmware data is 'static).
+        let bytes = std::fs::read(crate::converted("q8_0")).expect("converted model");
+        let words: Vec<u32> = bytes
+            .chunks(4)
+            .map(|c| {
+                let mut w = [0u8; 4];
+                w[..c.len()].copy_from_slice(c);
+                u32::from_le_bytes(w)
+            })
+            .collect();
+        let words: &'static [u32] = Box::leak(words.into_boxed_slice());
+        &bytemuck::cast_slice(words)[..bytes.len()]
+    });
+    let Some((&mode, rest)) = data.split_first() else { return };
+    let mut s = microlm_link::server::Server::new(
+        Some(crate::link::blank_flash(32 << 10)),
+        Some(model),
+        crate::link::VecArena::new(1 << 20),
+        crate::link::TestPort::default(),
+        crate::link::INFO,
+    );
+    if mode % 2 == 0 {
+        s.port().input.extend(rest);
+    } else {
+        for body in rest.split(|&b| b == 0) {
+            let mut raw = body.to_vec();
+            raw.extend(CRC.checksum(body).to_le_bytes());
+            let mut enc = vec![0u8; raw.len() + raw.len() / 254 + 2];
+            let n = cobs::encode(&raw, &mut enc);
+            s.port().input.extend(&enc[..n]);
+            s.port().input.push_back(0);
+        }
+    }
+    s.poll();
+    // End any partial frame, then the server must still answer.
+    s.port().input.push_back(0);
+    let mut hello = [0u8; 64];
+    s.port().input.extend(frame::encode(&Request::Hello { version: VERSION }, &mut hello).unwrap().iter());
+    s.poll();
+    let out = std::mem::take(&mut s.port().output);
+    let mut frames = Frames::<MAX_FRAME>::new();
+    let mut last = None;
+    for b in out {
+        match frames.push(b) {
+            Feed::Frame(f) => {
+                let r = frame::decode::<Response<'_>>(f).expect("the server sent a bad frame");
+                last = Some(matches!(r, Response::Info(i) if i.model.is_some()));
+            }
+            Feed::Oversized => panic!("the server sent an oversized frame"),
+            Feed::Pending => {}
+        }
+    }
+    assert_eq!(last, Some(true), "no Info with the built-in model after the input");
+}

@@ -46,3 +46,30 @@ fn llama2c_import_inputs() {
     }
     println!("replayed {kept} kept llama2c_import inputs");
 }
+
+#[test]
+fn link_server_inputs() {
+    let kept = replay("link_server", fuzz::link_server);
+    // Seeds: a framed Hello, a raw Generate frame, an upload that cannot fit.
+    use microlm_link::{frame, GenerateParams, Kv, Request, VERSION};
+    let mut buf = [0u8; 256];
+    let generate = Request::Generate(GenerateParams {
+        prompt: b"Hi",
+        steps: 4,
+        temperature: 0.0,
+        top_p: 0.9,
+        top_k: 0,
+        min_p: 0.0,
+        seed: 1,
+        ctx: 0,
+        kv: Kv::I8,
+    });
+    let raw = [&[0u8][..], frame::encode(&generate, &mut buf).unwrap()].concat();
+    fuzz::link_server(&raw);
+    let hello = postcard::to_allocvec(&Request::Hello { version: VERSION }).unwrap();
+    fuzz::link_server(&[&[1u8][..], &hello].concat());
+    let begin = postcard::to_allocvec(&Request::UploadBegin { len: 1 << 20, crc: 0 }).unwrap();
+    fuzz::link_server(&[&[1u8][..], &begin].concat());
+    fuzz::link_server(&[]);
+    println!("replayed {kept} kept link_server inputs");
+}

@@ -3,75 +3,22 @@
 //! server runs here on the host exactly as a board runs it; only the port,
 //! the flash and the arena are the test's.
 
-use std::collections::VecDeque;
-
 use microlm_link::frame::{self, Feed, FrameError, Frames};
 use microlm_link::ramflash::RamFlash;
-use microlm_link::server::{Arena, BoardInfo, Port, Server};
+use microlm_link::server::Server;
 use microlm_link::{
     file_crc, Done, ErrorKind, GenerateParams, Kv, Request, Response, StopReason, MAX_CHUNK, MAX_FRAME, VERSION,
 };
+use microlm_tests::link::{Mem, TestPort, TestServer, VecArena, INFO};
 use microlm_tests::{converted, reference_cases, ModelFile};
-
-/// Flash backing memory, 4-byte aligned as a board's flash is.
-struct Mem(Vec<u32>);
-impl AsRef<[u8]> for Mem {
-    fn as_ref(&self) -> &[u8] {
-        bytemuck::cast_slice(&self.0)
-    }
-}
-impl AsMut<[u8]> for Mem {
-    fn as_mut(&mut self) -> &mut [u8] {
-        bytemuck::cast_slice_mut(&mut self.0)
-    }
-}
-
-#[derive(Default)]
-struct TestPort {
-    input: VecDeque<u8>,
-    output: Vec<u8>,
-    resets: u32,
-}
-impl Port for TestPort {
-    fn read(&mut self) -> Option<u8> {
-        self.input.pop_front()
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        self.output.extend_from_slice(bytes);
-    }
-    fn reset(&mut self) {
-        self.resets += 1;
-    }
-}
-
-struct VecArena {
-    buf: Vec<u64>,
-    limit: usize,
-}
-impl Arena for VecArena {
-    fn resize(&mut self, bytes: usize) -> Option<&mut [u8]> {
-        if bytes > self.limit {
-            return None;
-        }
-        self.buf = vec![0; bytes.div_ceil(8)];
-        Some(&mut bytemuck::cast_slice_mut(&mut self.buf)[..bytes])
-    }
-    fn free_bytes(&self) -> usize {
-        self.limit
-    }
-}
-
-type TestServer = Server<RamFlash<Mem>, VecArena, TestPort>;
-
-const INFO: BoardInfo = BoardInfo { firmware: "test 0", board: "host", flash_bytes: 1 << 21, ram_bytes: 1 << 20 };
 
 /// Two 1 MiB slots.
 fn blank_flash() -> RamFlash<Mem> {
-    RamFlash::new(Mem(vec![u32::MAX; (2 << 20) / 4]))
+    microlm_tests::link::blank_flash(2 << 20)
 }
 
 fn server(flash: RamFlash<Mem>) -> TestServer {
-    Server::new(Some(flash), None, VecArena { buf: Vec::new(), limit: 1 << 20 }, TestPort::default(), INFO)
+    microlm_tests::link::server(flash)
 }
 
 /// A response, owned.
@@ -377,8 +324,7 @@ fn bad_generate_settings_get_errors() {
     let p = GenerateParams { ctx: 16, ..params(&long[..500]) };
     assert!(matches!(ask(&mut s, &Request::Generate(p))[..], [R::Error(ErrorKind::PromptTooLong, _)]));
     // An arena the device cannot give.
-    let mut small =
-        Server::new(s.into_flash(), None, VecArena { buf: Vec::new(), limit: 1000 }, TestPort::default(), INFO);
+    let mut small = Server::new(s.into_flash(), None, VecArena::new(1000), TestPort::default(), INFO);
     assert!(
         matches!(ask(&mut small, &Request::Generate(params(b"")))[..], [R::Error(ErrorKind::ArenaTooSmall, n)] if n > 1000)
     );
