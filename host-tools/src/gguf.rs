@@ -3,7 +3,12 @@
 //!
 //! The reader treats every byte as hostile: each count and length is checked
 //! against the bytes that remain before anything is allocated from it, so a
-//! file of n bytes never makes the reader hold more than O(n) memory.
+//! file of n bytes never makes the reader hold more than O(n) memory (at most
+//! one 32-byte [`Value`] per metadata byte, for an array of u8) or O(n log n)
+//! time. The classes of the 2024 GGUF advisories (ggml PR #709: string and
+//! array lengths, counts, dimensions, types, alignment, offsets) are each
+//! refused with their own message (`tests/tests/gguf.rs`); nested arrays are
+//! refused outright rather than bounded in depth.
 //!
 //! Status: the reader and the exact dequantization of F32, F16, BF16, Q8_0,
 //! Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K and Q6_K are tested
@@ -11,6 +16,8 @@
 //! files against the reference statistics). `microlm convert` does not take
 //! `.gguf` files yet: the config, tensor-name and vocabulary functions below
 //! are not yet wired into it.
+
+use std::collections::HashSet;
 
 use anyhow::{bail, ensure, Context, Result};
 use microlm::format::{Config, TensorKind};
@@ -175,7 +182,7 @@ impl<'a> Reader<'a> {
             10 => Value::U(self.u64(what)?),
             11 => Value::I(self.u64(what)? as i64),
             12 => Value::F(f64::from_le_bytes(self.take(8, what)?.try_into()?)),
-            9 => bail!("GGUF: {what}: nested arrays are not allowed"),
+            9 => bail!("GGUF: {what}: nested arrays (an array of arrays) are refused"),
             t => bail!("GGUF: {what}: unknown metadata value type {t}"),
         })
     }
@@ -191,7 +198,7 @@ impl<'a> Reader<'a> {
             2 | 3 => 2,
             4..=6 => 4,
             8 | 10..=12 => 8,
-            9 => bail!("GGUF: {what}: nested arrays are not allowed"),
+            9 => bail!("GGUF: {what}: nested arrays (an array of arrays) are refused"),
             t => bail!("GGUF: {what}: unknown array element type {t}"),
         };
         ensure!(
@@ -227,11 +234,19 @@ pub fn parse(bytes: &[u8]) -> Result<Gguf<'_>> {
         bytes.len()
     );
     let mut kv: Vec<(String, Value)> = Vec::with_capacity(n_kv as usize);
+    let mut keys: HashSet<&[u8]> = HashSet::with_capacity(n_kv as usize);
     for i in 0..n_kv {
-        let key = r.string("metadata key")?;
-        let key = String::from_utf8(key.to_vec()).with_context(|| format!("GGUF: metadata key {i} is not UTF-8"))?;
-        ensure!(!kv.iter().any(|(k, _)| *k == key), "GGUF: duplicate metadata key {key}");
+        let raw_key = r.string("metadata key")?;
+        ensure!(!raw_key.is_empty(), "GGUF: metadata key {i} is empty");
+        let key =
+            String::from_utf8(raw_key.to_vec()).with_context(|| format!("GGUF: metadata key {i} is not UTF-8"))?;
+        ensure!(keys.insert(raw_key), "GGUF: duplicate metadata key {key}");
         let ty = r.u32("metadata type")?;
+        // The spec types general.alignment as uint32 (type 4), as ggml requires.
+        ensure!(
+            key != "general.alignment" || ty == 4,
+            "GGUF: general.alignment has value type {ty}, the spec requires uint32 (type 4)"
+        );
         let v = r.value(ty, &key)?;
         kv.push((key, v));
     }
@@ -247,10 +262,12 @@ pub fn parse(bytes: &[u8]) -> Result<Gguf<'_>> {
         }
     };
     let mut raw = Vec::with_capacity(n_tensors as usize);
-    for _ in 0..n_tensors {
-        let name = r.string("tensor name")?;
-        let name = String::from_utf8(name.to_vec()).context("GGUF: tensor name is not UTF-8")?;
-        ensure!(!raw.iter().any(|(n, ..): &(String, _, _, _)| *n == name), "GGUF: duplicate tensor name {name}");
+    let mut names: HashSet<&[u8]> = HashSet::with_capacity(n_tensors as usize);
+    for i in 0..n_tensors {
+        let raw_name = r.string("tensor name")?;
+        let name =
+            String::from_utf8(raw_name.to_vec()).with_context(|| format!("GGUF: tensor name {i} is not UTF-8"))?;
+        ensure!(names.insert(raw_name), "GGUF: duplicate tensor name {name}");
         let nd = r.u32("tensor dimensions")?;
         ensure!((1..=MAX_DIMS).contains(&nd), "GGUF: tensor {name} has {nd} dimensions (1..={MAX_DIMS} allowed)");
         let mut dims = Vec::with_capacity(nd as usize);
@@ -279,16 +296,29 @@ pub fn parse(bytes: &[u8]) -> Result<Gguf<'_>> {
         );
         let len = n / blck as u64 * bsize as u64;
         ensure!(offset % alignment == 0, "GGUF: tensor {name}: offset {offset} is not aligned to {alignment}");
-        let start = (data_offset).checked_add(offset);
-        let end = start.and_then(|s| s.checked_add(len));
-        let Some(end) = end.filter(|&e| e <= bytes.len() as u64) else {
-            bail!("GGUF: tensor {name}: data at offset {offset} ({len} bytes) lies outside the file");
-        };
-        let start = (end - len) as usize;
-        if let Some(o) = tensors.iter().find(|t| start < t.start + t.len && t.start < start + len as usize) {
-            bail!("GGUF: tensors {name} and {} overlap", o.name);
-        }
-        tensors.push(TensorInfo { name, dims, ty, type_name, start, len: len as usize });
+        let file = bytes.len() as u64;
+        let start = data_offset.checked_add(offset).filter(|&s| s <= file).with_context(|| {
+            format!("GGUF: tensor {name}: data offset {offset} lies past the end of the {file}-byte file")
+        })?;
+        ensure!(
+            len <= file - start,
+            "GGUF: tensor {name}: {len} bytes of data at offset {offset} run past the end of the {file}-byte file"
+        );
+        tensors.push(TensorInfo { name, dims, ty, type_name, start: start as usize, len: len as usize });
+    }
+    // Overlaps, by start: each range must end before the next one begins.
+    let mut by_start: Vec<&TensorInfo> = tensors.iter().collect();
+    by_start.sort_by_key(|t| t.start);
+    for w in by_start.windows(2) {
+        ensure!(
+            w[0].start + w[0].len <= w[1].start,
+            "GGUF: tensors {} (bytes {}..{}) and {} (from byte {}) overlap",
+            w[0].name,
+            w[0].start,
+            w[0].start + w[0].len,
+            w[1].name,
+            w[1].start
+        );
     }
     Ok(Gguf { version, kv, tensors, alignment, data_offset: data_offset as usize, bytes })
 }
@@ -322,7 +352,16 @@ impl<'a> Gguf<'a> {
 }
 
 /// ggml's reference dequantization of `bytes` (type `ty`, `n` values).
+///
+/// Errors: an unknown type id, or `bytes` not exactly `n` values of the type
+/// (checked before anything is allocated).
 pub fn dequantize(ty: u32, bytes: &[u8], n: usize) -> Result<Vec<f32>> {
+    let (_, name, blck, bsize) = type_info(ty).with_context(|| format!("GGUF: unknown tensor type id {ty}"))?;
+    ensure!(
+        n % blck == 0 && (n / blck).checked_mul(bsize) == Some(bytes.len()),
+        "GGUF: {} bytes of {name} do not hold {n} values ({bsize} bytes per {blck})",
+        bytes.len()
+    );
     let h = |b: &[u8], i: usize| half::f16::from_le_bytes([b[i], b[i + 1]]).to_f32();
     let mut out = Vec::with_capacity(n);
     match ty {
@@ -424,7 +463,7 @@ pub fn dequantize(ty: u32, bytes: &[u8], n: usize) -> Result<Vec<f32>> {
                 out.extend_from_slice(&y);
             }
         }
-        t => bail!("GGUF: tensor type {} cannot be imported", type_info(t).map_or("unknown", |i| i.1)),
+        _ => bail!("GGUF: tensor type {name} cannot be imported"),
     }
     ensure!(out.len() == n, "GGUF: dequantized {} values, expected {n}", out.len());
     Ok(out)
