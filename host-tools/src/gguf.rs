@@ -240,14 +240,16 @@ pub fn parse(bytes: &[u8]) -> Result<Gguf<'_>> {
         ensure!(!raw_key.is_empty(), "GGUF: metadata key {i} is empty");
         let key =
             String::from_utf8(raw_key.to_vec()).with_context(|| format!("GGUF: metadata key {i} is not UTF-8"))?;
-        ensure!(keys.insert(raw_key), "GGUF: duplicate metadata key {key}");
+        // Keys and names are shown escaped: a newline in one must not split the one-line error.
+        let shown = key.escape_debug().to_string();
+        ensure!(keys.insert(raw_key), "GGUF: duplicate metadata key {shown}");
         let ty = r.u32("metadata type")?;
         // The spec types general.alignment as uint32 (type 4), as ggml requires.
         ensure!(
             key != "general.alignment" || ty == 4,
             "GGUF: general.alignment has value type {ty}, the spec requires uint32 (type 4)"
         );
-        let v = r.value(ty, &key)?;
+        let v = r.value(ty, &shown)?;
         kv.push((key, v));
     }
     let alignment = match kv.iter().find(|(k, _)| k == "general.alignment") {
@@ -267,9 +269,10 @@ pub fn parse(bytes: &[u8]) -> Result<Gguf<'_>> {
         let raw_name = r.string("tensor name")?;
         let name =
             String::from_utf8(raw_name.to_vec()).with_context(|| format!("GGUF: tensor name {i} is not UTF-8"))?;
-        ensure!(names.insert(raw_name), "GGUF: duplicate tensor name {name}");
+        let shown = name.escape_debug().to_string();
+        ensure!(names.insert(raw_name), "GGUF: duplicate tensor name {shown}");
         let nd = r.u32("tensor dimensions")?;
-        ensure!((1..=MAX_DIMS).contains(&nd), "GGUF: tensor {name} has {nd} dimensions (1..={MAX_DIMS} allowed)");
+        ensure!((1..=MAX_DIMS).contains(&nd), "GGUF: tensor {shown} has {nd} dimensions (1..={MAX_DIMS} allowed)");
         let mut dims = Vec::with_capacity(nd as usize);
         for _ in 0..nd {
             dims.push(r.u64("tensor dimension")?);
@@ -281,28 +284,29 @@ pub fn parse(bytes: &[u8]) -> Result<Gguf<'_>> {
     let data_offset = (r.at as u64).div_ceil(alignment) * alignment;
     let mut tensors: Vec<TensorInfo> = Vec::with_capacity(raw.len());
     for (name, dims, ty, offset) in raw {
+        let shown = name.escape_debug().to_string();
         let (_, type_name, blck, bsize) =
-            type_info(ty).with_context(|| format!("GGUF: tensor {name} has unknown type id {ty}"))?;
+            type_info(ty).with_context(|| format!("GGUF: tensor {shown} has unknown type id {ty}"))?;
         let mut n: u64 = 1;
         for &d in &dims {
-            ensure!(d > 0, "GGUF: tensor {name} has a zero dimension {dims:?}");
-            n = n.checked_mul(d).with_context(|| format!("GGUF: tensor {name}: dimensions {dims:?} overflow"))?;
+            ensure!(d > 0, "GGUF: tensor {shown} has a zero dimension {dims:?}");
+            n = n.checked_mul(d).with_context(|| format!("GGUF: tensor {shown}: dimensions {dims:?} overflow"))?;
         }
-        ensure!(n <= bytes.len() as u64 * 8, "GGUF: tensor {name}: {n} values cannot be stored in this file");
+        ensure!(n <= bytes.len() as u64 * 8, "GGUF: tensor {shown}: {n} values cannot be stored in this file");
         ensure!(
             dims[0] % blck as u64 == 0,
-            "GGUF: tensor {name}: row length {} is not a multiple of the {type_name} block size {blck}",
+            "GGUF: tensor {shown}: row length {} is not a multiple of the {type_name} block size {blck}",
             dims[0]
         );
         let len = n / blck as u64 * bsize as u64;
-        ensure!(offset % alignment == 0, "GGUF: tensor {name}: offset {offset} is not aligned to {alignment}");
+        ensure!(offset % alignment == 0, "GGUF: tensor {shown}: offset {offset} is not aligned to {alignment}");
         let file = bytes.len() as u64;
         let start = data_offset.checked_add(offset).filter(|&s| s <= file).with_context(|| {
-            format!("GGUF: tensor {name}: data offset {offset} lies past the end of the {file}-byte file")
+            format!("GGUF: tensor {shown}: data offset {offset} lies past the end of the {file}-byte file")
         })?;
         ensure!(
             len <= file - start,
-            "GGUF: tensor {name}: {len} bytes of data at offset {offset} run past the end of the {file}-byte file"
+            "GGUF: tensor {shown}: {len} bytes of data at offset {offset} run past the end of the {file}-byte file"
         );
         tensors.push(TensorInfo { name, dims, ty, type_name, start: start as usize, len: len as usize });
     }
@@ -313,10 +317,10 @@ pub fn parse(bytes: &[u8]) -> Result<Gguf<'_>> {
         ensure!(
             w[0].start + w[0].len <= w[1].start,
             "GGUF: tensors {} (bytes {}..{}) and {} (from byte {}) overlap",
-            w[0].name,
+            w[0].name.escape_debug(),
             w[0].start,
             w[0].start + w[0].len,
-            w[1].name,
+            w[1].name.escape_debug(),
             w[1].start
         );
     }

@@ -168,6 +168,8 @@ pub fn check_layout(bytes: &[u8], path: &Path) -> Result<()> {
         if name == "__metadata__" {
             continue;
         }
+        // Shown escaped: a newline in a name must not split the one-line error.
+        let name = name.escape_debug().to_string();
         let offs = t
             .get("data_offsets")
             .and_then(Value::as_array)
@@ -193,7 +195,7 @@ pub fn check_layout(bytes: &[u8], path: &Path) -> Result<()> {
             "{p}: tensor {name}: shape {shape:?} of {dtype} needs {need} bytes, its data_offsets {a}..{b} hold {}",
             b - a
         );
-        spans.push((a, b, name.clone()));
+        spans.push((a, b, name));
     }
     spans.sort();
     let data = bytes.len() as u64 - 8 - n;

@@ -367,6 +367,13 @@ fn duplicate_keys_tensor_names_and_bad_keys_are_refused() {
     let mut w = gw::valid_tensors();
     w.kv_raw(b"bad\xff", ty::U8, &[0]);
     refused(&w.build(), "GGUF: metadata key 4 is not UTF-8");
+    // A newline in a key or name is shown escaped: the error stays one line.
+    let mut w = gw::valid_tensors();
+    w.kv_raw(b"bad\nkey", 99, &[0]);
+    refused(&w.build(), "GGUF: bad\\nkey: unknown metadata value type 99");
+    let mut w = gw::valid_metadata();
+    w.tensor("x\ny", &[8], 99, 0);
+    refused(&w.build(), "GGUF: tensor x\\ny has unknown type id 99");
     let mut w = gw::valid_metadata();
     w.tensor_raw(b"\xc3", 1, &[8], 0, 0);
     w.data = vec![0; 32];

@@ -219,6 +219,16 @@ fn safetensors_dtype_shape_and_byte_length_mismatches_are_refused() {
         |d| set(d, NORM, "dtype", "F99".into()),
         "tensor model.norm.weight has unknown dtype \"F99\"",
     );
+    // A newline in a tensor name is shown escaped: the error stays one line.
+    assert_refused(
+        "name_newline",
+        |d| {
+            edit_header(d, |h| {
+                h.insert("bad\nname".into(), serde_json::json!({"dtype": "F99"}));
+            })
+        },
+        "tensor bad\\nname has no data_offsets",
+    );
     // A dtype the layout allows but the importer does not convert.
     assert_refused(
         "dtype_unsupported",
