@@ -4,8 +4,8 @@
 //! The reader treats every byte as hostile: each count and length is checked
 //! against the bytes that remain before anything is allocated from it, so a
 //! file of n bytes never makes the reader hold more than O(n) memory (at most
-//! one 32-byte [`Value`] per metadata byte, for an array of u8) or O(n log n)
-//! time. The classes of the 2024 GGUF advisories (ggml PR #709: string and
+//! one 32-byte [`Value`] per metadata byte, for an array of u8, and at most
+//! [`MAX_ARRAY_ELEMENTS`] of them) or O(n log n) time. The classes of the 2024 GGUF advisories (ggml PR #709: string and
 //! array lengths, counts, dimensions, types, alignment, offsets) are each
 //! refused with their own message (`tests/tests/gguf.rs`); nested arrays are
 //! refused outright rather than bounded in depth.
@@ -29,6 +29,11 @@ pub const MAGIC: [u8; 4] = *b"GGUF";
 pub const DEFAULT_ALIGNMENT: u64 = 32;
 /// Largest accepted `general.alignment`.
 pub const MAX_ALIGNMENT: u64 = 1 << 16;
+/// Most metadata array elements in one file, all arrays together (2^24: a
+/// 256k-token vocabulary's tokens, scores, types and merges fit many times).
+/// Each element is held as one 32-byte [`Value`], so this bounds the metadata
+/// at 512 MiB however large the file is.
+pub const MAX_ARRAY_ELEMENTS: u64 = 1 << 24;
 /// Most dimensions a GGUF tensor may have (ggml `GGML_MAX_DIMS`).
 pub const MAX_DIMS: u32 = 4;
 
@@ -133,6 +138,8 @@ pub struct Gguf<'a> {
 struct Reader<'a> {
     b: &'a [u8],
     at: usize,
+    /// Array elements read so far.
+    elements: u64,
 }
 
 impl<'a> Reader<'a> {
@@ -206,6 +213,11 @@ impl<'a> Reader<'a> {
             "GGUF: {what}: array of {n} elements cannot fit in the {} bytes left in the file",
             self.remaining()
         );
+        self.elements += n;
+        ensure!(
+            self.elements <= MAX_ARRAY_ELEMENTS,
+            "GGUF: {what}: metadata arrays hold more than {MAX_ARRAY_ELEMENTS} elements in total"
+        );
         let mut out = Vec::with_capacity(n as usize);
         for _ in 0..n {
             out.push(self.scalar(elem, what)?);
@@ -216,7 +228,7 @@ impl<'a> Reader<'a> {
 
 /// Parses a GGUF v2/v3 header, metadata and tensor table and checks every tensor's data range.
 pub fn parse(bytes: &[u8]) -> Result<Gguf<'_>> {
-    let mut r = Reader { b: bytes, at: 0 };
+    let mut r = Reader { b: bytes, at: 0, elements: 0 };
     ensure!(r.take(4, "magic")? == MAGIC, "not a GGUF file (magic is not \"GGUF\")");
     let version = r.u32("version")?;
     ensure!(version == 2 || version == 3, "GGUF version {version} is not supported (2 and 3 are)");

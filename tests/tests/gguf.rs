@@ -206,6 +206,16 @@ fn array_lengths_that_overflow_or_exceed_the_file_are_refused() {
         w.kv_array("test.array", elem, count, &[]);
         refused(&w.build(), &format!("GGUF: test.array: array of {count} elements cannot fit in the"));
     }
+    // More elements than the reader holds, in one array or over two: refused before reading them.
+    let max = gguf::MAX_ARRAY_ELEMENTS as usize;
+    let mut w = gw::valid_tensors();
+    w.kv_array("test.big", ty::U8, max as u64 + 1, &vec![0; max + 1]);
+    refused(&w.build(), "GGUF: test.big: metadata arrays hold more than 16777216 elements in total");
+    let mut w = gw::valid_tensors();
+    w.kv_array("test.half", ty::U8, max as u64 / 2, &vec![0; max / 2]);
+    w.kv_array("test.rest", ty::U8, max as u64 / 2, &vec![0; max / 2]);
+    assert!(gguf::parse(&w.build())
+        .is_err_and(|e| e.to_string() == "GGUF: test.rest: metadata arrays hold more than 16777216 elements in total"));
     // One element more than the file holds (no padding after it).
     let mut w = GgufWriter::default();
     w.alignment = 1;
