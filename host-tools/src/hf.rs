@@ -150,7 +150,7 @@ fn dtype_size(dtype: &str) -> Option<u64> {
 
 /// Checks the raw safetensors layout (huggingface/safetensors `README.md`:
 /// u64 LE header length, JSON header, data area) before the crate parses it:
-/// the header length must lie inside the file and below [`MAX_HEADER`]; each
+/// the header length must lie inside the file and below 100 MB (the crate's limit); each
 /// tensor's dtype must be known and its shape's value count times the dtype
 /// size (without overflow) must equal its `data_offsets` span; the spans must
 /// tile the data area in order, without overlap or gap. `path` names the file

@@ -120,12 +120,12 @@ impl GgufWriter {
     }
 }
 
-/// The values of [`valid_tensors`]' F32 tensor `a` (ne = [4, 2]).
+/// The values of [`valid_tensors`]' F32 tensor `a` (`ne = [4, 2]`).
 pub fn a_values() -> Vec<f32> {
     (0..8).map(|i| i as f32 * 0.5 - 1.0).collect()
 }
 
-/// The values of [`valid_tensors`]' Q8_0 tensor `b` (ne = [32]): 0.25 × (i − 16).
+/// The values of [`valid_tensors`]' Q8_0 tensor `b` (`ne = [32]`): 0.25 × (i − 16).
 pub fn b_values() -> Vec<f32> {
     (0..32).map(|i| 0.25 * (i as f32 - 16.0)).collect()
 }
@@ -141,8 +141,8 @@ pub fn valid_metadata() -> GgufWriter {
     w
 }
 
-/// A complete valid file: [`valid_metadata`], an F32 tensor `a` (ne = [4, 2], 32
-/// bytes at offset 0) and a Q8_0 tensor `b` (ne = [32], one 34-byte block at offset 32).
+/// A complete valid file: [`valid_metadata`], an F32 tensor `a` (`ne = [4, 2]`, 32
+/// bytes at offset 0) and a Q8_0 tensor `b` (`ne = [32]`, one 34-byte block at offset 32).
 pub fn valid_tensors() -> GgufWriter {
     let mut w = valid_metadata();
     w.tensor("a", &[4, 2], 0, 0).tensor("b", &[32], 8, 32);
