@@ -7,12 +7,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-60}
 shift || true
-targets=${*:-parse_forward tokenizer llama2c_import link_server}
+targets=${*:-parse_forward tokenizer llama2c_import gguf_reader safetensors_header link_server}
 
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 rustup toolchain list | grep -q '^nightly' || { echo "cargo-fuzz needs a nightly toolchain: rustup toolchain install nightly" >&2; exit 1; }
 
-# Seeds: a tiny valid model, the real stories260K, tokenizer texts, tiny llama2.c checkpoints.
+# Seeds: a tiny valid model, the real stories260K, tokenizer texts, tiny llama2.c checkpoints,
+# small GGUF files and a small safetensors file.
 cargo build --release -q -p microlm-cli
 target/release/microlm convert ../shared/models/stories260K.bin --tokenizer ../shared/models/tok512.bin -o target/fuzz-stories260K.mlm
 (cd fuzz && cargo +nightly run -q --release --bin make_seeds -- corpus-seeds ../target/fuzz-stories260K.mlm)

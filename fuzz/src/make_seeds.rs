@@ -1,6 +1,6 @@
 //! Writes seed corpora for the fuzz targets: a tiny valid model (small enough
 //! for fast mutation), the real stories260K model and tokenizers, and tiny
-//! llama2.c checkpoints of both versions.
+//! llama2.c checkpoints of both versions, small GGUF files and a small safetensors file.
 //!
 //! Usage: cargo run --release --bin make_seeds -- CORPUS_DIR STORIES_MLM
 
@@ -99,5 +99,37 @@ fn main() {
     v1.extend(floats(per_model));
     write(&corpus.join("llama2c_import"), "v1.bin", &v1);
     write(&corpus.join("llama2c_import"), "tok512.bin", &std::fs::read(&tok_path).unwrap());
+
+    // GGUF: the test writer's valid file (F32 and Q8_0 tensors), as version 2, and with one
+    // tensor of each other block type the reader dequantizes.
+    use microlm_tests::gguf_writer::{valid_metadata, valid_tensors};
+    let gguf = valid_tensors();
+    write(&corpus.join("gguf_reader"), "valid.gguf", &gguf.build());
+    let mut v2 = gguf.clone();
+    v2.version = 2;
+    write(&corpus.join("gguf_reader"), "valid-v2.gguf", &v2.build());
+    for (ty, blck, bsize) in [
+        (1u32, 1u64, 2usize),
+        (30, 1, 2),
+        (2, 32, 18),
+        (3, 32, 20),
+        (6, 32, 22),
+        (7, 32, 24),
+        (12, 256, 144),
+        (13, 256, 176),
+        (14, 256, 210),
+    ] {
+        let mut w = valid_metadata();
+        w.tensor("t", &[blck, 2], ty, 0);
+        w.data = (0..2 * bsize).map(|i| (i * 37 % 251) as u8).collect();
+        write(&corpus.join("gguf_reader"), &format!("type{ty}.gguf"), &w.build());
+    }
+
+    // safetensors: two small F32 tensors.
+    let header = br#"{"__metadata__":{"format":"pt"},"a":{"dtype":"F32","shape":[2,2],"data_offsets":[0,16]},"b":{"dtype":"F16","shape":[4],"data_offsets":[16,24]}}"#;
+    let mut st = (header.len() as u64).to_le_bytes().to_vec();
+    st.extend_from_slice(header);
+    st.extend((0..24u8).map(|i| i * 7));
+    write(&corpus.join("safetensors_header"), "small.safetensors", &st);
     eprintln!("seeds written to {}", corpus.display());
 }

@@ -3,7 +3,12 @@
 //!
 //! The reader treats every byte as hostile: each count and length is checked
 //! against the bytes that remain before anything is allocated from it, so a
-//! file of n bytes never makes the reader hold more than O(n) memory.
+//! file of n bytes never makes the reader hold more than O(n) memory (at most
+//! one 32-byte [`Value`] per metadata byte, for an array of u8, and at most
+//! [`MAX_ARRAY_ELEMENTS`] of them) or O(n log n) time. The classes of the 2024 GGUF advisories (ggml PR #709: string and
+//! array lengths, counts, dimensions, types, alignment, offsets) are each
+//! refused with their own message (`tests/tests/gguf.rs`); nested arrays are
+//! refused outright rather than bounded in depth.
 //!
 //! Status: the reader and the exact dequantization of F32, F16, BF16, Q8_0,
 //! Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K and Q6_K are tested
@@ -17,6 +22,8 @@
 //! stores q and k rows for adjacent-pair RoPE (its converter undoes the HF
 //! `rotate_half` permutation), which is microlm's order: no permutation here.
 
+use std::collections::HashSet;
+
 use anyhow::{bail, ensure, Context, Result};
 use microlm::format::{Config, TensorKind};
 use microlm::write::Vocab;
@@ -27,6 +34,11 @@ pub const MAGIC: [u8; 4] = *b"GGUF";
 pub const DEFAULT_ALIGNMENT: u64 = 32;
 /// Largest accepted `general.alignment`.
 pub const MAX_ALIGNMENT: u64 = 1 << 16;
+/// Most metadata array elements in one file, all arrays together (2^24: a
+/// 256k-token vocabulary's tokens, scores, types and merges fit many times).
+/// Each element is held as one 32-byte [`Value`], so this bounds the metadata
+/// at 512 MiB however large the file is.
+pub const MAX_ARRAY_ELEMENTS: u64 = 1 << 24;
 /// Most dimensions a GGUF tensor may have (ggml `GGML_MAX_DIMS`).
 pub const MAX_DIMS: u32 = 4;
 
@@ -131,6 +143,8 @@ pub struct Gguf<'a> {
 struct Reader<'a> {
     b: &'a [u8],
     at: usize,
+    /// Array elements read so far.
+    elements: u64,
 }
 
 impl<'a> Reader<'a> {
@@ -180,7 +194,7 @@ impl<'a> Reader<'a> {
             10 => Value::U(self.u64(what)?),
             11 => Value::I(self.u64(what)? as i64),
             12 => Value::F(f64::from_le_bytes(self.take(8, what)?.try_into()?)),
-            9 => bail!("GGUF: {what}: nested arrays are not allowed"),
+            9 => bail!("GGUF: {what}: nested arrays (an array of arrays) are refused"),
             t => bail!("GGUF: {what}: unknown metadata value type {t}"),
         })
     }
@@ -196,13 +210,18 @@ impl<'a> Reader<'a> {
             2 | 3 => 2,
             4..=6 => 4,
             8 | 10..=12 => 8,
-            9 => bail!("GGUF: {what}: nested arrays are not allowed"),
+            9 => bail!("GGUF: {what}: nested arrays (an array of arrays) are refused"),
             t => bail!("GGUF: {what}: unknown array element type {t}"),
         };
         ensure!(
             n.checked_mul(min).is_some_and(|b| b <= self.remaining() as u64),
             "GGUF: {what}: array of {n} elements cannot fit in the {} bytes left in the file",
             self.remaining()
+        );
+        self.elements += n;
+        ensure!(
+            self.elements <= MAX_ARRAY_ELEMENTS,
+            "GGUF: {what}: metadata arrays hold more than {MAX_ARRAY_ELEMENTS} elements in total"
         );
         let mut out = Vec::with_capacity(n as usize);
         for _ in 0..n {
@@ -214,7 +233,7 @@ impl<'a> Reader<'a> {
 
 /// Parses a GGUF v2/v3 header, metadata and tensor table and checks every tensor's data range.
 pub fn parse(bytes: &[u8]) -> Result<Gguf<'_>> {
-    let mut r = Reader { b: bytes, at: 0 };
+    let mut r = Reader { b: bytes, at: 0, elements: 0 };
     ensure!(r.take(4, "magic")? == MAGIC, "not a GGUF file (magic is not \"GGUF\")");
     let version = r.u32("version")?;
     ensure!(version == 2 || version == 3, "GGUF version {version} is not supported (2 and 3 are)");
@@ -232,12 +251,22 @@ pub fn parse(bytes: &[u8]) -> Result<Gguf<'_>> {
         bytes.len()
     );
     let mut kv: Vec<(String, Value)> = Vec::with_capacity(n_kv as usize);
+    let mut keys: HashSet<&[u8]> = HashSet::with_capacity(n_kv as usize);
     for i in 0..n_kv {
-        let key = r.string("metadata key")?;
-        let key = String::from_utf8(key.to_vec()).with_context(|| format!("GGUF: metadata key {i} is not UTF-8"))?;
-        ensure!(!kv.iter().any(|(k, _)| *k == key), "GGUF: duplicate metadata key {key}");
+        let raw_key = r.string("metadata key")?;
+        ensure!(!raw_key.is_empty(), "GGUF: metadata key {i} is empty");
+        let key =
+            String::from_utf8(raw_key.to_vec()).with_context(|| format!("GGUF: metadata key {i} is not UTF-8"))?;
+        // Keys and names are shown escaped: a newline in one must not split the one-line error.
+        let shown = key.escape_debug().to_string();
+        ensure!(keys.insert(raw_key), "GGUF: duplicate metadata key {shown}");
         let ty = r.u32("metadata type")?;
-        let v = r.value(ty, &key)?;
+        // The spec types general.alignment as uint32 (type 4), as ggml requires.
+        ensure!(
+            key != "general.alignment" || ty == 4,
+            "GGUF: general.alignment has value type {ty}, the spec requires uint32 (type 4)"
+        );
+        let v = r.value(ty, &shown)?;
         kv.push((key, v));
     }
     let alignment = match kv.iter().find(|(k, _)| k == "general.alignment") {
@@ -252,12 +281,15 @@ pub fn parse(bytes: &[u8]) -> Result<Gguf<'_>> {
         }
     };
     let mut raw = Vec::with_capacity(n_tensors as usize);
-    for _ in 0..n_tensors {
-        let name = r.string("tensor name")?;
-        let name = String::from_utf8(name.to_vec()).context("GGUF: tensor name is not UTF-8")?;
-        ensure!(!raw.iter().any(|(n, ..): &(String, _, _, _)| *n == name), "GGUF: duplicate tensor name {name}");
+    let mut names: HashSet<&[u8]> = HashSet::with_capacity(n_tensors as usize);
+    for i in 0..n_tensors {
+        let raw_name = r.string("tensor name")?;
+        let name =
+            String::from_utf8(raw_name.to_vec()).with_context(|| format!("GGUF: tensor name {i} is not UTF-8"))?;
+        let shown = name.escape_debug().to_string();
+        ensure!(names.insert(raw_name), "GGUF: duplicate tensor name {shown}");
         let nd = r.u32("tensor dimensions")?;
-        ensure!((1..=MAX_DIMS).contains(&nd), "GGUF: tensor {name} has {nd} dimensions (1..={MAX_DIMS} allowed)");
+        ensure!((1..=MAX_DIMS).contains(&nd), "GGUF: tensor {shown} has {nd} dimensions (1..={MAX_DIMS} allowed)");
         let mut dims = Vec::with_capacity(nd as usize);
         for _ in 0..nd {
             dims.push(r.u64("tensor dimension")?);
@@ -269,31 +301,45 @@ pub fn parse(bytes: &[u8]) -> Result<Gguf<'_>> {
     let data_offset = (r.at as u64).div_ceil(alignment) * alignment;
     let mut tensors: Vec<TensorInfo> = Vec::with_capacity(raw.len());
     for (name, dims, ty, offset) in raw {
+        let shown = name.escape_debug().to_string();
         let (_, type_name, blck, bsize) =
-            type_info(ty).with_context(|| format!("GGUF: tensor {name} has unknown type id {ty}"))?;
+            type_info(ty).with_context(|| format!("GGUF: tensor {shown} has unknown type id {ty}"))?;
         let mut n: u64 = 1;
         for &d in &dims {
-            ensure!(d > 0, "GGUF: tensor {name} has a zero dimension {dims:?}");
-            n = n.checked_mul(d).with_context(|| format!("GGUF: tensor {name}: dimensions {dims:?} overflow"))?;
+            ensure!(d > 0, "GGUF: tensor {shown} has a zero dimension {dims:?}");
+            n = n.checked_mul(d).with_context(|| format!("GGUF: tensor {shown}: dimensions {dims:?} overflow"))?;
         }
-        ensure!(n <= bytes.len() as u64 * 8, "GGUF: tensor {name}: {n} values cannot be stored in this file");
+        ensure!(n <= bytes.len() as u64 * 8, "GGUF: tensor {shown}: {n} values cannot be stored in this file");
         ensure!(
             dims[0] % blck as u64 == 0,
-            "GGUF: tensor {name}: row length {} is not a multiple of the {type_name} block size {blck}",
+            "GGUF: tensor {shown}: row length {} is not a multiple of the {type_name} block size {blck}",
             dims[0]
         );
         let len = n / blck as u64 * bsize as u64;
-        ensure!(offset % alignment == 0, "GGUF: tensor {name}: offset {offset} is not aligned to {alignment}");
-        let start = (data_offset).checked_add(offset);
-        let end = start.and_then(|s| s.checked_add(len));
-        let Some(end) = end.filter(|&e| e <= bytes.len() as u64) else {
-            bail!("GGUF: tensor {name}: data at offset {offset} ({len} bytes) lies outside the file");
-        };
-        let start = (end - len) as usize;
-        if let Some(o) = tensors.iter().find(|t| start < t.start + t.len && t.start < start + len as usize) {
-            bail!("GGUF: tensors {name} and {} overlap", o.name);
-        }
-        tensors.push(TensorInfo { name, dims, ty, type_name, start, len: len as usize });
+        ensure!(offset % alignment == 0, "GGUF: tensor {shown}: offset {offset} is not aligned to {alignment}");
+        let file = bytes.len() as u64;
+        let start = data_offset.checked_add(offset).filter(|&s| s <= file).with_context(|| {
+            format!("GGUF: tensor {shown}: data offset {offset} lies past the end of the {file}-byte file")
+        })?;
+        ensure!(
+            len <= file - start,
+            "GGUF: tensor {shown}: {len} bytes of data at offset {offset} run past the end of the {file}-byte file"
+        );
+        tensors.push(TensorInfo { name, dims, ty, type_name, start: start as usize, len: len as usize });
+    }
+    // Overlaps, by start: each range must end before the next one begins.
+    let mut by_start: Vec<&TensorInfo> = tensors.iter().collect();
+    by_start.sort_by_key(|t| t.start);
+    for w in by_start.windows(2) {
+        ensure!(
+            w[0].start + w[0].len <= w[1].start,
+            "GGUF: tensors {} (bytes {}..{}) and {} (from byte {}) overlap",
+            w[0].name.escape_debug(),
+            w[0].start,
+            w[0].start + w[0].len,
+            w[1].name.escape_debug(),
+            w[1].start
+        );
     }
     Ok(Gguf { version, kv, tensors, alignment, data_offset: data_offset as usize, bytes })
 }
@@ -327,7 +373,16 @@ impl<'a> Gguf<'a> {
 }
 
 /// ggml's reference dequantization of `bytes` (type `ty`, `n` values).
+///
+/// Errors: an unknown type id, or `bytes` not exactly `n` values of the type
+/// (checked before anything is allocated).
 pub fn dequantize(ty: u32, bytes: &[u8], n: usize) -> Result<Vec<f32>> {
+    let (_, name, blck, bsize) = type_info(ty).with_context(|| format!("GGUF: unknown tensor type id {ty}"))?;
+    ensure!(
+        n % blck == 0 && (n / blck).checked_mul(bsize) == Some(bytes.len()),
+        "GGUF: {} bytes of {name} do not hold {n} values ({bsize} bytes per {blck})",
+        bytes.len()
+    );
     let h = |b: &[u8], i: usize| half::f16::from_le_bytes([b[i], b[i + 1]]).to_f32();
     let mut out = Vec::with_capacity(n);
     match ty {
@@ -429,7 +484,7 @@ pub fn dequantize(ty: u32, bytes: &[u8], n: usize) -> Result<Vec<f32>> {
                 out.extend_from_slice(&y);
             }
         }
-        t => bail!("GGUF: tensor type {} cannot be imported", type_info(t).map_or("unknown", |i| i.1)),
+        _ => bail!("GGUF: tensor type {name} cannot be imported"),
     }
     ensure!(out.len() == n, "GGUF: dequantized {} values, expected {n}", out.len());
     Ok(out)

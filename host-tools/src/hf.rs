@@ -137,10 +137,25 @@ fn hf_name(kind: TensorKind, layer: usize) -> String {
     }
 }
 
-/// Checks the raw safetensors layout before the crate parses it: the 8-byte
-/// header length must lie inside the file and below [`MAX_HEADER`], and the
-/// tensors' `data_offsets` must tile the data area in order without overlap.
-fn check_layout(bytes: &[u8], path: &Path) -> Result<()> {
+/// Bytes per value of a safetensors dtype name (the `safetensors` crate's `Dtype`).
+fn dtype_size(dtype: &str) -> Option<u64> {
+    Some(match dtype {
+        "BOOL" | "U8" | "I8" | "F8_E5M2" | "F8_E4M3" => 1,
+        "I16" | "U16" | "F16" | "BF16" => 2,
+        "I32" | "U32" | "F32" => 4,
+        "I64" | "U64" | "F64" => 8,
+        _ => return None,
+    })
+}
+
+/// Checks the raw safetensors layout (huggingface/safetensors `README.md`:
+/// u64 LE header length, JSON header, data area) before the crate parses it:
+/// the header length must lie inside the file and below 100 MB (the crate's limit); each
+/// tensor's dtype must be known and its shape's value count times the dtype
+/// size (without overflow) must equal its `data_offsets` span; the spans must
+/// tile the data area in order, without overlap or gap. `path` names the file
+/// in the one-line error.
+pub fn check_layout(bytes: &[u8], path: &Path) -> Result<()> {
     let p = path.display();
     ensure!(bytes.len() >= 8, "{p}: {} bytes, too short for a safetensors header", bytes.len());
     let n = u64::from_le_bytes(bytes[..8].try_into()?);
@@ -153,6 +168,8 @@ fn check_layout(bytes: &[u8], path: &Path) -> Result<()> {
         if name == "__metadata__" {
             continue;
         }
+        // Shown escaped: a newline in a name must not split the one-line error.
+        let name = name.escape_debug().to_string();
         let offs = t
             .get("data_offsets")
             .and_then(Value::as_array)
@@ -161,7 +178,24 @@ fn check_layout(bytes: &[u8], path: &Path) -> Result<()> {
             bail!("{p}: tensor {name} has malformed data_offsets");
         };
         ensure!(a <= b, "{p}: tensor {name} has data_offsets {a}..{b} out of order");
-        spans.push((a, b, name.clone()));
+        let dtype =
+            t.get("dtype").and_then(Value::as_str).with_context(|| format!("{p}: tensor {name} has no dtype"))?;
+        let size = dtype_size(dtype).with_context(|| format!("{p}: tensor {name} has unknown dtype {dtype:?}"))?;
+        let shape = t
+            .get("shape")
+            .and_then(Value::as_array)
+            .and_then(|s| s.iter().map(Value::as_u64).collect::<Option<Vec<u64>>>())
+            .with_context(|| format!("{p}: tensor {name} has no shape of non-negative integers"))?;
+        let need = shape
+            .iter()
+            .try_fold(size, |acc, &d| acc.checked_mul(d))
+            .with_context(|| format!("{p}: tensor {name}: shape {shape:?} of {dtype} overflows a 64-bit byte count"))?;
+        ensure!(
+            need == b - a,
+            "{p}: tensor {name}: shape {shape:?} of {dtype} needs {need} bytes, its data_offsets {a}..{b} hold {}",
+            b - a
+        );
+        spans.push((a, b, name));
     }
     spans.sort();
     let data = bytes.len() as u64 - 8 - n;

@@ -6,6 +6,7 @@ use std::sync::OnceLock;
 use microlm::write::tokenizer_section;
 use microlm::{Checksum, KvDtype, Model, Sampler, SamplerConfig, Session, Tokenizer, Utf8Stream};
 use microlm_cli::llama2c::{read_checkpoint, read_tokenizer};
+use microlm_cli::{gguf, hf};
 
 /// Any bytes through `Model::parse` (CRC skipped, so inputs reach the structural
 /// checks); an accepted model must plan, open a session, run a forward step and
@@ -182,4 +183,40 @@ pub fn link_server(data: &[u8]) {
         }
     }
     assert_eq!(last, Some(true), "no Info with the built-in model after the input");
+
+/// Any bytes through the GGUF reader: an error of one line, or a tensor table
+/// whose every tensor lies in the data section, on the alignment, without
+/// overlap, and dequantizes to exactly its value count (or is refused by
+/// type). The reader's memory is bounded by the input's size (at most 8
+/// values per byte), so every tensor is dequantized; the config and
+/// vocabulary readers built on it must not panic either.
+pub fn gguf_reader(data: &[u8]) {
+    let g = match gguf::parse(data) {
+        Ok(g) => g,
+        Err(e) => return assert_eq!(format!("{e:#}").lines().count(), 1, "{e:#}"),
+    };
+    let mut ranges = Vec::new();
+    for t in &g.tensors {
+        assert!(t.start >= g.data_offset && t.start + t.len <= data.len(), "{t:?}");
+        assert_eq!((t.start - g.data_offset) as u64 % g.alignment, 0);
+        assert!(t.n_values() <= data.len() * 8);
+        match gguf::dequantize(t.ty, g.data(t), t.n_values()) {
+            Ok(v) => assert_eq!(v.len(), t.n_values()),
+            Err(e) => assert!(e.to_string().ends_with("cannot be imported"), "{t:?}: {e}"),
+        }
+        ranges.push((t.start, t.start + t.len));
+    }
+    ranges.sort_unstable();
+    assert!(ranges.windows(2).all(|w| w[0].1 <= w[1].0));
+    let _ = gguf::llama_config(&g);
+    let _ = gguf::llama_vocab(&g);
+    let _ = gguf::gpt2_vocab(&g);
+}
+
+/// Any bytes through the safetensors layout check that runs before the
+/// `safetensors` crate parses a file: accepted or refused with one line.
+pub fn safetensors_header(data: &[u8]) {
+    if let Err(e) = hf::check_layout(data, std::path::Path::new("fuzz-input")) {
+        assert_eq!(format!("{e:#}").lines().count(), 1, "{e:#}");
+    }
 }

@@ -72,4 +72,28 @@ fn link_server_inputs() {
     fuzz::link_server(&[&[1u8][..], &begin].concat());
     fuzz::link_server(&[]);
     println!("replayed {kept} kept link_server inputs");
+fn gguf_reader_inputs() {
+    let kept = replay("gguf_reader", fuzz::gguf_reader);
+    // The writer's valid file, every truncation of it, and a real llama.cpp file's header.
+    let file = microlm_tests::gguf_writer::valid_tensors().build();
+    for cut in 0..=file.len() {
+        fuzz::gguf_reader(&file[..cut]);
+    }
+    let real =
+        std::fs::read(microlm_tests::shared_file("importers/tiny-random-llama/tiny-random-llama-Q4_K_M.gguf")).unwrap();
+    for cut in [real.len(), real.len() - 1, 4096, 24] {
+        fuzz::gguf_reader(&real[..cut]);
+    }
+    println!("replayed {kept} kept gguf_reader inputs");
+}
+
+#[test]
+fn safetensors_header_inputs() {
+    let kept = replay("safetensors_header", fuzz::safetensors_header);
+    let real =
+        std::fs::read(microlm_tests::shared_file("importers/stories260k/stories260K-hf/model.safetensors")).unwrap();
+    for cut in [real.len(), real.len() - 1, 4096, 9, 8, 0] {
+        fuzz::safetensors_header(&real[..cut]);
+    }
+    println!("replayed {kept} kept safetensors_header inputs");
 }
