@@ -183,6 +183,7 @@ pub fn link_server(data: &[u8]) {
         }
     }
     assert_eq!(last, Some(true), "no Info with the built-in model after the input");
+}
 
 /// Any bytes through the GGUF reader: an error of one line, or a tensor table
 /// whose every tensor lies in the data section, on the alignment, without

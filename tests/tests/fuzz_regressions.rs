@@ -72,6 +72,9 @@ fn link_server_inputs() {
     fuzz::link_server(&[&[1u8][..], &begin].concat());
     fuzz::link_server(&[]);
     println!("replayed {kept} kept link_server inputs");
+}
+
+#[test]
 fn gguf_reader_inputs() {
     let kept = replay("gguf_reader", fuzz::gguf_reader);
     // The writer's valid file, every truncation of it, and a real llama.cpp file's header.
