@@ -118,7 +118,7 @@ pub fn llama2c_import(data: &[u8]) {
 }
 
 /// Any bytes into the device side of the link ([`microlm_link::server`]),
-/// with the stories260K q8_0 model built in and two 16 KiB flash slots. The
+/// with the stories260K f32 model built in and two 16 KiB flash slots. The
 /// first byte picks how the rest is read: even = a raw serial stream; odd =
 /// message bodies split at `0x00`, each framed with a correct CRC and COBS (so
 /// the fuzzer reaches the request handlers, not only the frame checks). The
@@ -130,8 +130,22 @@ pub fn link_server(data: &[u8]) {
 
     static MODEL: OnceLock<&'static [u8]> = OnceLock::new();
     let model = *MODEL.get_or_init(|| {
-        // The built-in model: stories260K converted to q8_0 once (leaked, as firmware data is 'static).
-        let bytes = std::fs::read(crate::converted("q8_0")).expect("converted model");
+        // The built-in model: stories260K as f32, written in process (no CLI build inside
+        // the fuzzer), leaked as firmware data is 'static.
+        let ckpt_bytes = std::fs::read(crate::shared_file("models/stories260K.bin")).expect("stories260K.bin");
+        let ckpt = read_checkpoint(&ckpt_bytes).expect("checkpoint");
+        let tok_path = crate::shared_file("models/tok512.bin");
+        let vocab = read_tokenizer(&std::fs::read(&tok_path).expect("tok512.bin"), &tok_path).expect("tokenizer");
+        let spec = microlm::write::ModelSpec {
+            name: "stories260K",
+            config: ckpt.config,
+            dtypes: [microlm::DType::F32; 12],
+            vocab: &vocab,
+        };
+        let bytes = microlm::write::write_model(&spec, |e| {
+            Ok(microlm::write::encode_tensor(e.dtype, ckpt.tensor(e.kind, e.layer as usize).unwrap_or_default()))
+        })
+        .expect("model");
         let words: Vec<u32> = bytes
             .chunks(4)
             .map(|c| {
