@@ -235,7 +235,7 @@ fn cycles() -> u64 {
 /// A fault: one error line on USART1 and in the log, then (under QEMU) exit 1.
 #[exception]
 unsafe fn HardFault(frame: &ExceptionFrame) -> ! {
-    fault_line(frame.pc());
+    fault_line(format_args!("fault at pc {:#010x}", frame.pc()));
     defmt::error!("HardFault at pc {=u32:#010x}", frame.pc());
     stop()
 }
@@ -244,15 +244,15 @@ unsafe fn HardFault(frame: &ExceptionFrame) -> ! {
 #[exception]
 unsafe fn DefaultHandler(irqn: i16) {
     defmt::error!("unexpected exception {}", irqn);
-    fault_line(0);
+    fault_line(format_args!("unexpected exception {irqn}"));
     stop()
 }
 
-/// Writes `error: fault at pc PC` on USART1 without the HAL (whose handle the
-/// interrupted code owns): the line the host takes as the run's error.
-fn fault_line(pc: u32) {
+/// Writes `error: WHAT` on its own line on USART1 without the HAL (whose
+/// handle the interrupted code owns): the line the host takes as the run's error.
+fn fault_line(what: fmt::Arguments<'_>) {
     let mut line = heapless::String::<48>::new();
-    let _ = fmt::Write::write_fmt(&mut line, format_args!("\nerror: fault at pc {pc:#010x}\n"));
+    let _ = fmt::Write::write_fmt(&mut line, format_args!("\nerror: {what}\n"));
     // SAFETY: the fault handler never returns, so the interrupted owner of
     // USART1 never writes again; only the data and status registers are used.
     let usart = unsafe { &*USART1::ptr() };
