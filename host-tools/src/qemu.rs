@@ -710,6 +710,24 @@ mod tests {
     }
 
     #[test]
+    fn link_errors_name_the_board_and_the_stack_it_keeps() {
+        let f405 = machine("netduinoplus2").unwrap();
+        let assert = "rust-lld: error: microlm: the arena does not fit in the SRAM beside the 8 KiB kept for the stack";
+        assert_eq!(
+            link_error(f405, assert).unwrap(),
+            "the arena does not fit in netduinoplus2's 128 KiB SRAM beside the stack (8 KiB are kept for it; \
+             use a smaller --ctx)"
+        );
+        let lm3s = machine("lm3s6965evb").unwrap();
+        let assert = assert.replace("8 KiB", "6 KiB");
+        assert!(link_error(lm3s, &assert).unwrap().contains("64 KiB SRAM beside the stack (6 KiB are kept for it"));
+        let flash = "rust-lld: error: section '.rodata' will not fit in region 'FLASH': overflowed by 1234 bytes";
+        assert!(link_error(f405, flash).unwrap().starts_with(
+            "the model does not fit in netduinoplus2's 1024 KiB flash beside the firmware: overflowed by 1234"
+        ));
+    }
+
+    #[test]
     fn quote_round_trips_through_escapes() {
         assert_eq!(quote(r#"say "hi" \ there"#), r#""say \"hi\" \\ there""#);
     }
