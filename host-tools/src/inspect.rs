@@ -63,6 +63,12 @@ pub const BOARDS: &[Board] = &[
     Board { name: "nrf52840", flash: 1 << 20, ram: 256 << 10, note: "Nordic nRF52840" },
     Board { name: "stm32f411", flash: 512 << 10, ram: 128 << 10, note: "STM32F411 (Black Pill)" },
     Board {
+        name: "stm32f405",
+        flash: 1 << 20,
+        ram: 128 << 10,
+        note: "STM32F405RG (Netduino Plus 2, QEMU netduinoplus2): 128 KiB SRAM, the 64 KiB CCM not counted",
+    },
+    Board {
         name: "rp2350",
         flash: 4 << 20,
         ram: 520 << 10,

@@ -1,10 +1,12 @@
 //! `microlm qemu`: run a model file on a board firmware in QEMU, streaming its text.
 //!
-//! The firmware (`boards/qemu-<machine>/`) reads the model from a fixed PSRAM
+//! The firmware (`boards/qemu-<machine>/`, `boards/stm32f405/`) reads the model from a fixed PSRAM
 //! address, where QEMU's generic loader puts the file and a length word
 //! (mps2-an386, mps2-an505), or from its own flash, where the build embedded it
-//! (lm3s6965evb), and its settings from the semihosting command line. It prints the text, then
-//! one `stats: ... ids=...` line, or an `error: ...` line and exits 1.
+//! (lm3s6965evb, netduinoplus2), and its settings from the semihosting command line. It prints the
+//! text, then one `stats: ... ids=...` line, or an `error: ...` line and exits 1: on semihosting
+//! stdout, or on its first serial port (netduinoplus2's USART1, read here from a Unix socket),
+//! with defmt log frames on semihosting stdout, decoded here into log lines on stderr.
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -25,6 +27,21 @@ pub struct Machine {
     pub board_dir: &'static str,
     /// How the firmware gets the model file.
     pub model: Placement,
+    /// Where the firmware prints its text and stats line.
+    pub text: TextChannel,
+    /// Extra `cargo build` arguments for QEMU (features).
+    pub build_args: &'static [&'static str],
+}
+
+/// Where a board's firmware prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TextChannel {
+    /// Semihosting stdout (QEMU's stdout).
+    Semihosting,
+    /// The first serial port (`-serial` #0), served by QEMU on a Unix socket
+    /// that this tool connects to before the guest starts (`wait=on`), so no
+    /// byte is lost; semihosting stdout then carries defmt log frames.
+    Serial,
 }
 
 /// How a board's firmware gets the model file.
@@ -46,12 +63,35 @@ pub enum Placement {
 
 /// The machines `microlm qemu` knows.
 pub const MACHINES: &[Machine] = &[
-    Machine { name: "mps2-an386", board_dir: "boards/qemu-mps2-an386", model: Placement::Loaded },
-    Machine { name: "mps2-an505", board_dir: "boards/qemu-mps2-an505", model: Placement::Loaded },
+    Machine {
+        name: "mps2-an386",
+        board_dir: "boards/qemu-mps2-an386",
+        model: Placement::Loaded,
+        text: TextChannel::Semihosting,
+        build_args: &[],
+    },
+    Machine {
+        name: "mps2-an505",
+        board_dir: "boards/qemu-mps2-an505",
+        model: Placement::Loaded,
+        text: TextChannel::Semihosting,
+        build_args: &[],
+    },
     Machine {
         name: "lm3s6965evb",
         board_dir: "boards/qemu-lm3s6965evb",
         model: Placement::Embedded { flash_bytes: 256 << 10, ram_bytes: 64 << 10 },
+        text: TextChannel::Semihosting,
+        build_args: &[],
+    },
+    // STM32F405RG: QEMU's netduinoplus2 maps 192 KiB at 0x20000000, the chip
+    // (and the firmware's memory.x) 128 KiB.
+    Machine {
+        name: "netduinoplus2",
+        board_dir: "boards/stm32f405",
+        model: Placement::Embedded { flash_bytes: 1 << 20, ram_bytes: 128 << 10 },
+        text: TextChannel::Serial,
+        build_args: &["--no-default-features", "--features", "qemu"],
     },
 ];
 
@@ -177,6 +217,7 @@ pub fn build_firmware(machine: &Machine, env: &[(&str, std::ffi::OsString)]) -> 
     // The board has its own target and runner in its .cargo/config.toml, read from its directory.
     let mut cmd = Command::new(cargo);
     cmd.current_dir(&dir).args(["build", "--release", "--locked", "--message-format=json-render-diagnostics"]);
+    cmd.args(machine.build_args);
     cmd.envs(env.iter().map(|(k, v)| (k, v)));
     // A board with the model in flash can fail to link for the model's sake:
     // keep cargo's messages to turn the linker's into one line.
@@ -228,10 +269,12 @@ pub fn link_error(machine: &Machine, stderr: &str) -> Option<String> {
             ram_bytes >> 10
         ));
     }
-    // memory.x's ASSERT that the stack keeps its share of the SRAM (the stack is at the bottom, flip-link).
-    if stderr.contains("microlm: the arena does not fit in the SRAM beside the") {
+    // memory.x's ASSERT that the stack keeps its share of the SRAM (the stack is at the bottom, flip-link):
+    // "microlm: the arena does not fit in the SRAM beside the N KiB kept for the stack".
+    if let Some(rest) = stderr.split("microlm: the arena does not fit in the SRAM beside the ").nth(1) {
+        let kept = rest.split_whitespace().take(2).collect::<Vec<_>>().join(" ");
         return Some(format!(
-            "the arena does not fit in {}'s {} KiB SRAM beside the stack (6 KiB are kept for it; use a smaller --ctx)",
+            "the arena does not fit in {}'s {} KiB SRAM beside the stack ({kept} are kept for it; use a smaller --ctx)",
             machine.name,
             ram_bytes >> 10
         ));
@@ -301,12 +344,15 @@ pub fn firmware_args(s: &SamplingArgs) -> Vec<String> {
 
 /// The QEMU command that boots `firmware` with `model` loaded and `words` as its command line.
 /// With `model` (and its length) and the firmware's load addresses for a board
-/// that loads it; an embedded board's firmware carries its own.
+/// that loads it; an embedded board's firmware carries its own. `serial`: the
+/// Unix socket QEMU serves the first serial port on (a [`TextChannel::Serial`]
+/// board); QEMU waits for a client there before it starts the guest.
 pub fn qemu_command(
     machine: &Machine,
     firmware: &Path,
     model: Option<(&Path, u64, LoadAddresses)>,
     words: &[String],
+    serial: Option<&Path>,
 ) -> Command {
     let mut semihosting = String::from("enable=on,target=native");
     // One arg= per word keeps spaces inside the (quoted) prompt; -append would collapse them.
@@ -315,8 +361,15 @@ pub fn qemu_command(
         semihosting.push_str(&qemu_opt(w));
     }
     let mut cmd = Command::new("qemu-system-arm");
-    cmd.args(["-M", machine.name, "-nographic", "-serial", "null", "-monitor", "none"])
-        .args(["-semihosting-config", &semihosting])
+    cmd.args(["-M", machine.name, "-nographic", "-monitor", "none"]);
+    match serial {
+        Some(socket) => cmd
+            .arg("-chardev")
+            .arg(format!("socket,id=usart,path={},server=on,wait=on", qemu_opt(&socket.to_string_lossy())))
+            .args(["-serial", "chardev:usart"]),
+        None => cmd.args(["-serial", "null"]),
+    };
+    cmd.args(["-semihosting-config", &semihosting])
         // 1 ns of virtual time per instruction: the firmware's SysTick counts instructions.
         .args(["-icount", "shift=0"]);
     if let Some((model, model_len, LoadAddresses { len_addr, model_addr, .. })) = model {
@@ -418,19 +471,59 @@ pub struct Run {
     pub stderr: String,
 }
 
-/// Runs `cmd`, streaming stdout to `sink`; kills QEMU after `timeout`.
-pub fn run_qemu(mut cmd: Command, timeout: Duration, sink: impl Write + Send + 'static) -> Result<Run> {
+/// Where the text of a [`TextChannel::Serial`] board comes from.
+#[derive(Debug)]
+pub struct SerialText<'a> {
+    /// The Unix socket QEMU serves the serial port on (`qemu_command`'s `serial`).
+    pub socket: &'a Path,
+    /// The firmware ELF, whose defmt table decodes the log frames on QEMU's stdout.
+    pub firmware: &'a Path,
+}
+
+/// Runs `cmd`, streaming the firmware's text to `sink`; kills QEMU after `timeout`.
+/// The text is QEMU's stdout, or with `serial` what the firmware writes on its
+/// serial port (QEMU's stdout then carries defmt frames, printed as log lines on stderr).
+pub fn run_qemu(
+    mut cmd: Command,
+    timeout: Duration,
+    sink: impl Write + Send + 'static,
+    serial: Option<SerialText<'_>>,
+) -> Result<Run> {
     let mut child =
         cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().context("cannot start qemu-system-arm")?;
     let stdout = child.stdout.take().context("no stdout pipe")?;
     let mut stderr = child.stderr.take().context("no stderr pipe")?;
-    let reader = std::thread::spawn(move || stream(stdout, sink));
     let err_reader = std::thread::spawn(move || {
         let mut s = String::new();
         let _ = stderr.read_to_string(&mut s);
         s
     });
     let deadline = Instant::now() + timeout;
+    let (reader, logger) = match serial {
+        None => (std::thread::spawn(move || stream(stdout, sink)), None),
+        Some(SerialText { socket, firmware }) => {
+            let elf =
+                std::fs::read(firmware).with_context(|| format!("cannot read firmware {}", firmware.display()))?;
+            let logger = std::thread::spawn(move || print_log(stdout, &elf, std::io::stderr()));
+            // QEMU creates the socket, then waits for this connection before the guest runs.
+            let text = loop {
+                if let Ok(text) = std::os::unix::net::UnixStream::connect(socket) {
+                    break text;
+                }
+                if let Some(status) = child.try_wait()? {
+                    let qemu = err_reader.join().unwrap_or_default();
+                    bail!("QEMU exited with {status} before its serial port was connected: {}", qemu.trim());
+                }
+                if Instant::now() >= deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    bail!("QEMU's serial socket {} did not appear within {} s", socket.display(), timeout.as_secs());
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            };
+            (std::thread::spawn(move || stream(text, sink)), Some(logger))
+        }
+    };
     let status = loop {
         if let Some(status) = child.try_wait()? {
             break status;
@@ -444,8 +537,44 @@ pub fn run_qemu(mut cmd: Command, timeout: Duration, sink: impl Write + Send + '
         std::thread::sleep(Duration::from_millis(20));
     };
     let stdout = reader.join().map_err(|_| anyhow::anyhow!("output reader panicked"))??;
+    if let Some(logger) = logger {
+        logger.join().map_err(|_| anyhow::anyhow!("log reader panicked"))??;
+    }
     let stderr = err_reader.join().unwrap_or_default();
     Ok(Run { status, stdout, stderr })
+}
+
+/// Decodes the defmt frames arriving on `from` with the table of the firmware
+/// `elf` and writes each as one `LEVEL message` line to `to`. Without a defmt
+/// table in the ELF, the bytes are passed on as they are.
+fn print_log(mut from: impl Read, elf: &[u8], mut to: impl Write) -> Result<()> {
+    let table = match defmt_decoder::Table::parse(elf) {
+        Ok(Some(table)) => table,
+        Ok(None) | Err(_) => {
+            std::io::copy(&mut from, &mut to)?;
+            return Ok(());
+        }
+    };
+    let mut decoder = table.new_stream_decoder();
+    let mut chunk = [0u8; 1024];
+    loop {
+        let n = from.read(&mut chunk)?;
+        if n == 0 {
+            return Ok(());
+        }
+        decoder.received(&chunk[..n]);
+        loop {
+            match decoder.decode() {
+                Ok(frame) => {
+                    let level = frame.level().map_or_else(|| "PRINT".to_string(), |l| l.as_str().to_uppercase());
+                    writeln!(to, "{level} {}", frame.display_message())?;
+                }
+                Err(defmt_decoder::DecodeError::UnexpectedEof) => break,
+                // A frame the table does not describe: skip it (the stream decoder resynchronizes).
+                Err(defmt_decoder::DecodeError::Malformed) => writeln!(to, "(a malformed defmt frame)")?,
+            }
+        }
+    }
 }
 
 /// Interprets a finished run: the stats on success, else the firmware's error line.
@@ -481,7 +610,13 @@ pub fn run(args: &QemuArgs) -> Result<()> {
     };
     check_qemu()?;
     let mut words = firmware_args(&args.sampling);
-    let cmd = match machine.model {
+    // A board that prints on its serial port: QEMU serves it on a socket in a fresh directory.
+    let socket_dir = match machine.text {
+        TextChannel::Serial => Some(tempfile::tempdir().context("cannot create a directory for QEMU's serial socket")?),
+        TextChannel::Semihosting => None,
+    };
+    let socket = socket_dir.as_ref().map(|d| d.path().join("usart.sock"));
+    let (cmd, firmware) = match machine.model {
         Placement::Loaded => {
             let firmware = match &args.firmware {
                 Some(path) => path.clone(),
@@ -495,7 +630,7 @@ pub fn run(args: &QemuArgs) -> Result<()> {
                 machine.name,
                 at.model_max,
             );
-            qemu_command(machine, &firmware, Some((&args.model, model_len, at)), &words)
+            (qemu_command(machine, &firmware, Some((&args.model, model_len, at)), &words, None), firmware)
         }
         Placement::Embedded { flash_bytes, .. } => {
             ensure!(
@@ -529,10 +664,11 @@ pub fn run(args: &QemuArgs) -> Result<()> {
                     build_firmware(machine, &env)?
                 }
             };
-            qemu_command(machine, &firmware, None, &words)
+            (qemu_command(machine, &firmware, None, &words, socket.as_deref()), firmware)
         }
     };
-    let run = run_qemu(cmd, Duration::from_secs(args.timeout), std::io::stdout())?;
+    let serial = socket.as_deref().map(|socket| SerialText { socket, firmware: &firmware });
+    let run = run_qemu(cmd, Duration::from_secs(args.timeout), std::io::stdout(), serial)?;
     let out = outcome(&run)?;
     eprintln!(
         "{}: {} tokens, {} instructions per token, arena {} bytes, stack peak {} bytes",
@@ -571,6 +707,24 @@ mod tests {
         assert!(!words(&[]).iter().any(|w| w == "--kv"), "{:?}", words(&[]));
         let asked = words(&["--kv", "f16"]);
         assert!(asked.windows(2).any(|w| w == ["--kv", "f16"]), "{asked:?}");
+    }
+
+    #[test]
+    fn link_errors_name_the_board_and_the_stack_it_keeps() {
+        let f405 = machine("netduinoplus2").unwrap();
+        let assert = "rust-lld: error: microlm: the arena does not fit in the SRAM beside the 8 KiB kept for the stack";
+        assert_eq!(
+            link_error(f405, assert).unwrap(),
+            "the arena does not fit in netduinoplus2's 128 KiB SRAM beside the stack (8 KiB are kept for it; \
+             use a smaller --ctx)"
+        );
+        let lm3s = machine("lm3s6965evb").unwrap();
+        let assert = assert.replace("8 KiB", "6 KiB");
+        assert!(link_error(lm3s, &assert).unwrap().contains("64 KiB SRAM beside the stack (6 KiB are kept for it"));
+        let flash = "rust-lld: error: section '.rodata' will not fit in region 'FLASH': overflowed by 1234 bytes";
+        assert!(link_error(f405, flash).unwrap().starts_with(
+            "the model does not fit in netduinoplus2's 1024 KiB flash beside the firmware: overflowed by 1234"
+        ));
     }
 
     #[test]

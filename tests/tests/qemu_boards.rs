@@ -2,7 +2,9 @@
 //! says exactly what llama2.c says, and lm3s6965evb (Cortex-M3, model embedded
 //! in 256 KiB flash, arena sized at build time for 64 KiB SRAM) says exactly
 //! what the host says; both reject bad models, and a model or arena too big
-//! for lm3s6965evb is one clear error line.
+//! for lm3s6965evb is one clear error line. netduinoplus2 (STM32F405, Cortex-M4F,
+//! model embedded in 1 MiB flash, 128 KiB SRAM, text on USART1) says exactly what
+//! the host says for stories260K q8_0 with an int8 KV cache, and fits the chip.
 //!
 //! Everything goes through `microlm qemu`, which builds the board crate with
 //! cargo in a subprocess. The lm3s6965evb firmware is rebuilt for each model
@@ -251,4 +253,166 @@ fn lm3s6965evb_too_big_is_one_clear_line() {
     // Larger than the flash outright: refused before building.
     let out = lm3s(&converted("f32"), &["-n", "8"]);
     assert_error(&out, "lm3s6965evb's flash holds 262144 bytes");
+}
+
+/// The netduinoplus2 firmware runs stories260K in q8_0 (about 290 KB of flash)
+/// with an int8 KV cache sized for this many positions (every reference case fits).
+const F405_CTX: usize = 256;
+/// Stack the STM32F405 firmware's memory.x keeps (flip-link puts it below .data and .bss).
+const F405_STACK: u64 = 8 * 1024;
+/// The chip's memories (RM0090): 1 MiB flash at 0x0800_0000, 128 KiB SRAM at 0x2000_0000.
+const F405_FLASH: (u64, u64) = (0x0800_0000, 1 << 20);
+const F405_SRAM: (u64, u64) = (0x2000_0000, 128 << 10);
+
+/// netduinoplus2 builds replace one firmware file: one build-and-run at a time.
+static F405: Mutex<()> = Mutex::new(());
+
+fn f405(model: &Path, args: &[&str]) -> Output {
+    let _turn = F405.lock().unwrap_or_else(|e| e.into_inner());
+    qemu(model, "netduinoplus2", args)
+}
+
+/// The firmware ELF `microlm qemu --machine netduinoplus2` builds (and last built).
+fn f405_elf() -> PathBuf {
+    root().join("boards/stm32f405/target/thumbv7em-none-eabihf/release/microlm-stm32f405")
+}
+
+/// The five llama2.c reference settings on the STM32F405 (q8_0 weights, int8 KV
+/// cache): the ids and the text are exactly the host's for the same file and
+/// flags. The text comes from USART1, the log lines (decoded defmt) on stderr.
+#[test]
+fn netduinoplus2_matches_host() {
+    let model = converted("q8_0");
+    let ctx = F405_CTX.to_string();
+    for case in reference_cases() {
+        let (steps, temp, topp) = (case.steps.to_string(), case.temperature.to_string(), case.topp.to_string());
+        let seed = case.seed.unwrap_or(1).to_string();
+        let flags = ["-p", &case.prompt, "-n", &steps, "-t", &temp, "--top-p", &topp, "-s", &seed, "--kv", "i8"];
+        let mut args = flags.to_vec();
+        args.extend(["--ctx", &ctx]);
+        let out = f405(&model, &args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{}: {stderr}", case.name);
+        let board = last_json(&out);
+        let host = generate(&model, &flags);
+        assert_eq!(board["ids"], host["ids"], "{}: netduinoplus2 ids differ from the host's", case.name);
+        assert_eq!(board["text"], host["text"], "{}: text differs from the host's", case.name);
+        assert_eq!(board["tokens"], case.steps);
+        let stack = board["stack_peak_bytes"].as_u64().unwrap();
+        assert!(stack > 0 && stack <= F405_STACK, "{}: peak stack {stack} bytes", case.name);
+        assert!(board["instructions_per_token"].as_u64().unwrap() > 0);
+        // defmt frames from semihosting stdout, decoded with the firmware's table.
+        assert!(
+            stderr.contains("INFO microlm on STM32F405: sysclk"),
+            "{}: no decoded log line in:\n{stderr}",
+            case.name
+        );
+        println!(
+            "netduinoplus2 {}: {} instructions per token, stack {stack} bytes, arena {} bytes",
+            case.name, board["instructions_per_token"], board["arena_bytes"]
+        );
+    }
+}
+
+/// Flash and SRAM a firmware ELF occupies: (flash bytes from the flash base,
+/// end of the SRAM sections, the SRAM sections' lowest address) for the
+/// sections the image loads or allocates.
+fn f405_footprint(elf: &Path) -> (u64, u64, u64) {
+    use object::read::elf::{ElfFile32, FileHeader as _, ProgramHeader as _};
+    use object::{Object as _, ObjectSection as _};
+    let data = std::fs::read(elf).unwrap();
+    let file = ElfFile32::<object::LittleEndian>::parse(&*data).unwrap();
+    let endian = file.endian();
+    // Flash: every loaded segment's bytes at its physical (load) address, .data's initializers included.
+    let mut flash_end = F405_FLASH.0;
+    for ph in file.elf_header().program_headers(endian, &*data).unwrap() {
+        let (lma, size) = (u64::from(ph.p_paddr(endian)), u64::from(ph.p_filesz(endian)));
+        if ph.p_type(endian) == object::elf::PT_LOAD && size > 0 {
+            assert!(
+                lma >= F405_FLASH.0 && lma + size <= F405_FLASH.0 + F405_FLASH.1,
+                "a segment loads at {lma:#x}..{:#x}, outside the flash",
+                lma + size
+            );
+            flash_end = flash_end.max(lma + size);
+        }
+    }
+    // SRAM: the allocated sections there (.data, .bss with the arena, .uninit).
+    let in_sram = |a: u64| (F405_SRAM.0..F405_SRAM.0 + F405_SRAM.1).contains(&a);
+    let (mut ram_lo, mut ram_hi) = (u64::MAX, 0);
+    for section in file.sections() {
+        if section.size() > 0 && in_sram(section.address()) {
+            ram_lo = ram_lo.min(section.address());
+            ram_hi = ram_hi.max(section.address() + section.size());
+        }
+    }
+    (flash_end - F405_FLASH.0, ram_hi, ram_lo)
+}
+
+/// The firmware with stories260K q8_0 and an int8 cache of F405_CTX positions
+/// fits the real chip: its image in the 1 MiB flash, its data, bss (the arena)
+/// and the stack kept by memory.x in the 128 KiB SRAM, whatever QEMU maps.
+/// Then the largest context that fits: a build at it runs, one more position
+/// is memory.x's one-line refusal.
+#[test]
+fn netduinoplus2_fits_the_chip() {
+    let model = converted("q8_0");
+    let model_len = std::fs::metadata(&model).unwrap().len();
+    let _turn = F405.lock().unwrap_or_else(|e| e.into_inner());
+    let ctx = F405_CTX.to_string();
+    let out = qemu(&model, "netduinoplus2", &["-n", "4", "-t", "0", "--kv", "i8", "--ctx", &ctx]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let arena = last_json(&out)["arena_bytes"].as_u64().unwrap();
+    let (flash, ram_end, ram_start) = f405_footprint(&f405_elf());
+    assert!(flash > model_len && flash <= F405_FLASH.1, "flash image {flash} bytes");
+    // flip-link: the stack is below .data and .bss, at the bottom of the SRAM.
+    let stack = ram_start - F405_SRAM.0;
+    assert!(stack >= F405_STACK, "stack {stack} bytes");
+    assert!(ram_end <= F405_SRAM.0 + F405_SRAM.1, "SRAM sections end at {ram_end:#x}");
+    let ram_rest = ram_end - ram_start - arena;
+    println!(
+        "netduinoplus2, stories260K q8_0 ({model_len} bytes), i8 KV, ctx {F405_CTX}: flash {flash} bytes \
+         (firmware {} bytes), SRAM: arena {arena} bytes + other data {ram_rest} bytes + stack {stack} bytes",
+        flash - model_len
+    );
+
+    // The largest ctx whose arena fits beside the same data and the kept stack.
+    // The ids buffer grows 4 bytes per position with the ctx, so count it with the arena.
+    let plan = |ctx: usize| -> u64 {
+        let (_, inspect, _) = run_cli([
+            "inspect".as_ref(),
+            model.as_os_str(),
+            "--ctx".as_ref(),
+            ctx.to_string().as_ref(),
+            "--kv".as_ref(),
+            "i8".as_ref(),
+            "--json".as_ref(),
+        ]);
+        serde_json::from_str::<Value>(&inspect).unwrap()["arena_bytes"].as_u64().unwrap()
+    };
+    let fixed = ram_rest - 4 * (F405_CTX as u64 + 1);
+    let fits = |ctx: usize| plan(ctx) + 4 * (ctx as u64 + 1) + fixed + F405_STACK <= F405_SRAM.1;
+    let (mut lo, mut hi) = (F405_CTX, 512);
+    assert!(fits(lo));
+    while lo < hi {
+        let mid = (lo + hi).div_ceil(2);
+        if fits(mid) {
+            lo = mid;
+        } else {
+            hi = mid - 1;
+        }
+    }
+    println!("netduinoplus2: largest ctx for stories260K q8_0 with an i8 KV cache: {lo} (arena {} bytes)", plan(lo));
+    let out = qemu(&model, "netduinoplus2", &["-n", "0", "-t", "0", "--kv", "i8", "--ctx", &lo.to_string()]);
+    assert!(out.status.success(), "ctx {lo}: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(last_json(&out)["tokens"], lo);
+    let out = qemu(&model, "netduinoplus2", &["-n", "8", "--kv", "i8", "--ctx", &(lo + 1).to_string()]);
+    assert_error(
+        &out,
+        "the arena does not fit in netduinoplus2's 128 KiB SRAM beside the stack (8 KiB are kept for it",
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stderr).lines().count(), 1, "{}", String::from_utf8_lossy(&out.stderr));
+
+    // Larger than the flash outright (the f32 file is 1,048,996 bytes): refused before building.
+    let out = qemu(&converted("f32"), "netduinoplus2", &["-n", "8"]);
+    assert_error(&out, "netduinoplus2's flash holds 1048576 bytes");
 }

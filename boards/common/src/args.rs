@@ -1,5 +1,6 @@
-//! The semihosting command line, parsed without a heap: `microlm generate`'s
-//! flags with the same names, meanings and defaults.
+//! The command line (from semihosting, or a line a board reads on its serial
+//! port), parsed without a heap: `microlm generate`'s flags with the same
+//! names, meanings and defaults.
 
 use core::fmt;
 
@@ -145,7 +146,7 @@ fn built_kv() -> KvDtype {
     option_env!("MICROLM_KV").and_then(|name| KvDtype::from_name(name.trim().as_bytes())).unwrap_or(KvDtype::F32)
 }
 
-/// Parses the semihosting command line. Word 0 is the program name (QEMU puts
+/// Parses a command line. Word 0 is the program name (QEMU puts
 /// the kernel file name there) and is skipped.
 pub fn parse(line: &mut [u8]) -> Result<Args<'_>, ArgError<'_>> {
     let mut spans = [(0usize, 0usize); MAX_WORDS];

@@ -26,16 +26,21 @@ impl Out {
     }
 
     /// Writes out everything buffered.
-    pub fn flush(&mut self) {
+    fn write_out(&mut self) {
         if let Some(stream) = &mut self.stream {
             // A failed write cannot be reported anywhere else; the exit code still tells.
             let _ = stream.write_all(&self.buf[..self.len]);
         }
         self.len = 0;
     }
+}
 
-    /// Ends the current line if one is open, so the next line starts at column 0.
-    pub fn end_line(&mut self) {
+impl crate::Console for Out {
+    fn flush(&mut self) {
+        self.write_out();
+    }
+
+    fn end_line(&mut self) {
         if self.last != b'\n' {
             let _ = fmt::Write::write_str(self, "\n");
         }
@@ -46,7 +51,7 @@ impl fmt::Write for Out {
     fn write_str(&mut self, s: &str) -> fmt::Result {
         for &b in s.as_bytes() {
             if self.len == self.buf.len() {
-                self.flush();
+                self.write_out();
             }
             self.buf[self.len] = b;
             self.len += 1;

@@ -1,37 +1,61 @@
-//! What every microlm board firmware shares: the semihosting command line
-//! ([`args`]), host I/O ([`host`]), instruction counting and stack painting
-//! ([`measure`]), and the run loop ([`start`]) that parses the model, runs the
-//! runtime's `Generation` loop and streams each token over semihosting, then
-//! prints one stats line:
+//! What every microlm board firmware shares: the command line ([`args`]),
+//! instruction counting and stack painting on Cortex-M ([`measure`]), and the
+//! run loop ([`run`]) that parses the model, runs the runtime's `Generation`
+//! loop and streams each token to the board's [`Console`], then prints one
+//! stats line:
 //!
 //! ```text
 //! stats: tokens=N prompt_tokens=P stop=S instructions_per_token=X arena_bytes=A stack_peak_bytes=K ids=1,403,...
 //! ```
 //!
-//! Errors print `error: ...` and exit with code 1; so do faults, unexpected
-//! exceptions and panics (this crate defines their handlers). A board crate
-//! keeps only its memory map, how its model is found, its buffer sizes and a
-//! `#[entry]` that calls [`start`].
+//! or one `error: ...` line. The loop knows nothing of where its command line
+//! comes from or where its text goes: a board passes the line, a seed clock and
+//! its console.
+//!
+//! With the `semihosting` feature (on by default), [`host`] does the I/O over
+//! semihosting (the QEMU boards' stdout, command line, clock and exit code) and
+//! [`start`] is the whole firmware over it. With `handlers` (on by default),
+//! this crate also defines the fault, unexpected-exception and panic handlers,
+//! which report over semihosting and exit 1; a board with its own handlers
+//! (defmt, panic-probe) turns the default features off. A board crate keeps only
+//! its memory map, how its model is found, its console, its buffer sizes and a
+//! `#[entry]`.
 #![no_std]
 
 pub mod args;
+#[cfg(feature = "handlers")]
+mod handlers;
+#[cfg(feature = "semihosting")]
 pub mod host;
 #[cfg(feature = "loaded-model")]
 mod loaded;
 pub mod measure;
 
+#[cfg(feature = "semihosting")]
 use core::cell::UnsafeCell;
 use core::fmt::{self, Write};
+#[cfg(feature = "semihosting")]
 use core::sync::atomic::{AtomicBool, Ordering};
 
-use cortex_m_rt::{exception, ExceptionFrame};
+use cortex_m::peripheral::SYST;
 use microlm::{
     FormatError, GenerateError, Generation, Model, Sampler, SamplerConfig, SamplerError, Session, SessionError, Step,
     Stop, Tokenizer, TokenizerError, Utf8Stream,
 };
 
 use crate::args::ArgError;
+#[cfg(feature = "semihosting")]
 use crate::host::Out;
+pub use crate::measure::TickRate;
+
+/// Where a board's text goes: the story as it streams, the stats line and the
+/// error lines. Writes may be buffered until [`Console::flush`].
+pub trait Console: Write {
+    /// Sends out everything written so far (called after each token).
+    fn flush(&mut self);
+    /// Ends the current line if one is open, so the next line starts at column 0.
+    fn end_line(&mut self);
+}
 
 #[cfg(feature = "loaded-model")]
 pub use crate::loaded::loaded_model;
@@ -41,7 +65,7 @@ pub use crate::loaded::loaded_model;
 pub struct Board {
     /// Nanoseconds per processor clock cycle, i.e. instructions per SysTick
     /// tick under `-icount shift=0` (1 ns of virtual time per instruction).
-    pub instructions_per_tick: u64,
+    pub tick: TickRate,
     /// Context length when the command line has no `--ctx`; `None` = the model's seq_len.
     pub default_ctx: Option<usize>,
     /// Finds the model file; called after the command line is parsed.
@@ -102,8 +126,9 @@ pub fn embedded_model(bytes: &'static [u8]) -> Result<&'static [u8], ModelError>
     }
 }
 
-/// Every large buffer a run needs; in a `static` it lands in .bss (zeroed by
-/// cortex-m-rt before `main`).
+/// Every large buffer a semihosting run ([`start`]) needs; in a `static` it
+/// lands in .bss (zeroed by cortex-m-rt before `main`).
+#[cfg(feature = "semihosting")]
 #[derive(Debug)]
 pub struct Buffers<const ARENA_WORDS: usize, const CMDLINE: usize, const PROMPT: usize, const IDS: usize> {
     /// Activations, KV cache, logits and sampler scratch (`Session::new`).
@@ -117,6 +142,7 @@ pub struct Buffers<const ARENA_WORDS: usize, const CMDLINE: usize, const PROMPT:
     ids: [u32; IDS],
 }
 
+#[cfg(feature = "semihosting")]
 impl<const ARENA_WORDS: usize, const CMDLINE: usize, const PROMPT: usize, const IDS: usize>
     Buffers<ARENA_WORDS, CMDLINE, PROMPT, IDS>
 {
@@ -125,11 +151,12 @@ impl<const ARENA_WORDS: usize, const CMDLINE: usize, const PROMPT: usize, const 
         Buffers { arena: [0; ARENA_WORDS], cmdline: [0; CMDLINE], prompt: [0; PROMPT], ids: [0; IDS] }
     }
 
-    fn parts(&mut self) -> Parts<'_> {
-        Parts { arena: &mut self.arena, cmdline: &mut self.cmdline, prompt: &mut self.prompt, ids: &mut self.ids }
+    fn parts(&mut self) -> (&mut [u8], Work<'_>) {
+        (&mut self.cmdline, Work { arena: &mut self.arena, prompt: &mut self.prompt, ids: &mut self.ids })
     }
 }
 
+#[cfg(feature = "semihosting")]
 impl<const ARENA_WORDS: usize, const CMDLINE: usize, const PROMPT: usize, const IDS: usize> Default
     for Buffers<ARENA_WORDS, CMDLINE, PROMPT, IDS>
 {
@@ -139,6 +166,7 @@ impl<const ARENA_WORDS: usize, const CMDLINE: usize, const PROMPT: usize, const 
 }
 
 /// A static value handed out (mutably) at most once.
+#[cfg(feature = "semihosting")]
 #[derive(Debug)]
 pub struct Once<T> {
     taken: AtomicBool,
@@ -147,8 +175,10 @@ pub struct Once<T> {
 
 // SAFETY: `take` hands out the only reference to `value`, once, whichever
 // context calls it first; no other access to `value` exists.
+#[cfg(feature = "semihosting")]
 unsafe impl<T: Send> Sync for Once<T> {}
 
+#[cfg(feature = "semihosting")]
 impl<T> Once<T> {
     /// Wraps `value`.
     pub const fn new(value: T) -> Self {
@@ -168,18 +198,23 @@ impl<T> Once<T> {
     }
 }
 
-/// The buffers of one run, without their sizes.
-struct Parts<'a> {
-    arena: &'a mut [u32],
-    cmdline: &'a mut [u8],
-    prompt: &'a mut [u32],
-    ids: &'a mut [u32],
+/// The buffers of one run ([`run`]), without their sizes.
+#[derive(Debug)]
+pub struct Work<'a> {
+    /// Activations, KV cache, logits and sampler scratch (`Session::new`).
+    pub arena: &'a mut [u32],
+    /// Prompt token ids: at least the prompt's bytes + 3
+    /// (`Tokenizer::encode_capacity`), so the command line's length + 3 always does.
+    pub prompt: &'a mut [u32],
+    /// BOS then every next token, for the stats line: positions + 1.
+    pub ids: &'a mut [u32],
 }
 
 /// Why a run failed; printed as one `error: ...` line.
 enum Error<'a> {
-    /// The semihosting command line did not fit in the buffer.
-    Cmdline {
+    /// The prompt needs more token slots than the board's buffer has.
+    Prompt {
+        needed: usize,
         max: usize,
     },
     Args(ArgError<'a>),
@@ -203,14 +238,14 @@ enum Error<'a> {
         positions: usize,
         max: usize,
     },
-    /// The core peripherals were already taken (a bug).
-    Peripherals,
 }
 
 impl fmt::Display for Error<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Error::Cmdline { max } => write!(f, "semihosting command line is longer than {max} bytes"),
+            Error::Prompt { needed, max } => {
+                write!(f, "the prompt needs {needed} token slots; this firmware holds {max}")
+            }
             Error::Args(e) => e.fmt(f),
             Error::Source(e) => e.fmt(f),
             Error::Model { at, len, error } => {
@@ -226,7 +261,6 @@ impl fmt::Display for Error<'_> {
             Error::TooManyPositions { positions, max } => {
                 write!(f, "{positions} positions requested; this firmware records at most {max} per run")
             }
-            Error::Peripherals => write!(f, "internal error: core peripherals already taken"),
         }
     }
 }
@@ -249,10 +283,15 @@ impl From<GenerateError> for Error<'_> {
     }
 }
 
-fn run<'a>(board: &Board, out: &mut Out, buffers: Parts<'a>) -> Result<(), Error<'a>> {
-    let Parts { arena, cmdline, prompt, ids } = buffers;
-    let max = cmdline.len();
-    let line = host::cmdline(cmdline).ok_or(Error::Cmdline { max })?;
+fn generate<'a, C: Console>(
+    board: &Board,
+    out: &mut C,
+    syst: &mut SYST,
+    line: &'a mut [u8],
+    work: Work<'_>,
+    clock: fn() -> u64,
+) -> Result<(), Error<'a>> {
+    let Work { arena, prompt, ids } = work;
     let args = args::parse(line)?;
     if args.help {
         let _ = out.write_str(args::USAGE);
@@ -266,7 +305,7 @@ fn run<'a>(board: &Board, out: &mut Out, buffers: Parts<'a>) -> Result<(), Error
     let config = model.config();
     let seed = match args.seed {
         Some(seed) if seed != 0 => seed,
-        _ => host::time().max(1),
+        _ => clock().max(1),
     };
     let settings =
         SamplerConfig { temperature: args.temperature, top_p: args.top_p, top_k: args.top_k, min_p: args.min_p, seed };
@@ -279,8 +318,8 @@ fn run<'a>(board: &Board, out: &mut Out, buffers: Parts<'a>) -> Result<(), Error
     let arena = arena.get_mut(..limit).ok_or(Error::ArenaLimit { requested: limit, available })?;
     let mut session = Session::new(&model, arena, ctx, args.kv)?;
     let needed = Tokenizer::encode_capacity(args.prompt);
-    // A prompt is shorter than the command line holding it, so this always fits.
-    let prompt = prompt.get_mut(..needed).ok_or(Error::Cmdline { max })?;
+    let max = prompt.len();
+    let prompt = prompt.get_mut(..needed).ok_or(Error::Prompt { needed, max })?;
     let n = model.tokenizer().encode(args.prompt, true, false, prompt).map_err(Error::Tokenizer)?;
     let prompt = &prompt[..n];
     let mut generation = Generation::new(&session, prompt, args.steps)?;
@@ -301,8 +340,7 @@ fn run<'a>(board: &Board, out: &mut Out, buffers: Parts<'a>) -> Result<(), Error
     let mut utf8 = Utf8Stream::new();
     ids[0] = prompt[0];
     let mut n_ids = 1;
-    let syst = cortex_m::Peripherals::take().ok_or(Error::Peripherals)?.SYST;
-    let counter = measure::Counter::start(syst, board.instructions_per_tick);
+    let counter = measure::Counter::start(syst, board.tick);
     // Called through an opaque pointer so the forward pass is never inlined here:
     // this crate is built for size, the runtime (the per-token code) for speed.
     let step: fn(&mut _, &mut _, &mut _) -> _ = Generation::step;
@@ -351,79 +389,56 @@ fn run<'a>(board: &Board, out: &mut Out, buffers: Parts<'a>) -> Result<(), Error
     Ok(())
 }
 
-/// The firmware: paints the stack, runs one generation as the semihosting
-/// command line asks, prints the text and the stats line (or one error line),
-/// and ends the QEMU run with exit code 0 (or 1). Call it first thing from the
-/// board's `#[entry]`.
+/// One generation as the command line `line` asks (word 0 is the program
+/// name), streamed to `out`: the text, then the stats line, or one
+/// `error: ...` line. `clock` seeds the sampler when the line has no `-s`
+/// (or `-s 0`); SysTick (`syst`) counts the instructions. Returns whether the
+/// run succeeded. Call [`measure::paint_stack`] once at boot for the stack figure.
+pub fn run<C: Console>(
+    board: &Board,
+    out: &mut C,
+    syst: &mut SYST,
+    line: &mut [u8],
+    work: Work<'_>,
+    clock: fn() -> u64,
+) -> bool {
+    let ok = match generate(board, out, syst, line, work, clock) {
+        Ok(()) => true,
+        Err(e) => {
+            // Text already streamed ends its line before the error.
+            out.end_line();
+            let _ = writeln!(out, "error: {e}");
+            false
+        }
+    };
+    out.flush();
+    ok
+}
+
+/// The firmware of a QEMU board: paints the stack, runs one generation as the
+/// semihosting command line asks, prints the text and the stats line (or one
+/// error line) on semihosting stdout, and ends the QEMU run with exit code 0
+/// (or 1). Call it first thing from the board's `#[entry]`.
+#[cfg(feature = "semihosting")]
 pub fn start<const ARENA_WORDS: usize, const CMDLINE: usize, const PROMPT: usize, const IDS: usize>(
     board: &Board,
     buffers: &'static Once<Buffers<ARENA_WORDS, CMDLINE, PROMPT, IDS>>,
 ) -> ! {
     measure::paint_stack();
     let mut out = Out::stdout();
-    let ok = match buffers.take() {
-        Some(buffers) => match run(board, &mut out, buffers.parts()) {
-            Ok(()) => true,
-            Err(e) => {
-                // Text already streamed ends its line before the error.
-                out.end_line();
-                let _ = writeln!(out, "error: {e}");
-                false
-            }
-        },
-        None => false,
-    };
-    out.flush();
-    host::exit(ok)
-}
-
-/// Reports a fault as an error line and exits 1 instead of hanging.
-#[exception]
-unsafe fn HardFault(frame: &ExceptionFrame) -> ! {
-    let mut out = Out::stdout();
-    // The fault may interrupt a line of text: start a new one.
-    let _ = writeln!(out, "\nerror: HardFault at pc {:#010x}", frame.pc());
-    out.flush();
-    host::exit(false)
-}
-
-/// Any unexpected interrupt or exception: report and exit 1.
-#[exception]
-unsafe fn DefaultHandler(irqn: i16) {
-    let mut out = Out::stdout();
-    // The fault may interrupt a line of text: start a new one.
-    let _ = writeln!(out, "\nerror: unexpected exception {irqn}");
-    out.flush();
-    host::exit(false)
-}
-
-/// A panic is a bug (bad input gets error values); report it and exit 1.
-#[panic_handler]
-fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
-    let mut out = Out::stdout();
-    // The fault may interrupt a line of text: start a new one. Only the place
-    // is printed: formatting the message would keep core::fmt's panic code.
-    let _ = out.write_str("\nerror: panic");
-    if let Some(at) = info.location() {
-        let _ = out.write_str(" at ");
-        let _ = out.write_str(at.file());
-        for n in [at.line(), at.column()] {
-            let _ = out.write_str(":");
-            let mut digits = [0u8; 10];
-            let mut i = digits.len();
-            let mut n = n;
-            loop {
-                i -= 1;
-                digits[i] = b'0' + (n % 10) as u8;
-                n /= 10;
-                if n == 0 {
-                    break;
+    let ok = match (buffers.take(), cortex_m::Peripherals::take()) {
+        (Some(buffers), Some(mut core)) => {
+            let (cmdline, work) = buffers.parts();
+            match host::cmdline(cmdline) {
+                Some(line) => run(board, &mut out, &mut core.SYST, line, work, host::time),
+                None => {
+                    let _ = writeln!(out, "error: semihosting command line is longer than {CMDLINE} bytes");
+                    false
                 }
             }
-            let _ = out.write_str(core::str::from_utf8(&digits[i..]).unwrap_or(""));
         }
-    }
-    let _ = out.write_str("\n");
-    out.flush();
-    host::exit(false)
+        _ => false,
+    };
+    Console::flush(&mut out);
+    host::exit(ok)
 }

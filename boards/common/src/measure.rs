@@ -18,23 +18,48 @@ fn SysTick() {
     WRAPS.fetch_add(1, Ordering::Relaxed);
 }
 
-/// A free-running 24-bit SysTick extended to 64 bits by counting wraps.
-pub struct Counter {
-    _syst: SYST,
-    instructions_per_tick: u64,
+/// A free-running 24-bit SysTick extended to 64 bits by counting wraps. It
+/// borrows SysTick for as long as it counts, so a board can count run after run.
+pub struct Counter<'a> {
+    _syst: &'a mut SYST,
+    rate: TickRate,
 }
 
-impl core::fmt::Debug for Counter {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("Counter").field("instructions_per_tick", &self.instructions_per_tick).finish()
+/// Instructions per SysTick tick under `-icount shift=0` (1 ns of virtual time
+/// per instruction): the processor clock's period in nanoseconds, as the
+/// fraction `num / den` (25 MHz: 40/1; 168 MHz: 125/21).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TickRate {
+    /// Numerator (nanoseconds).
+    pub num: u64,
+    /// Denominator (ticks), at least 1.
+    pub den: u64,
+}
+
+impl TickRate {
+    /// A whole number of nanoseconds per tick.
+    pub const fn whole(ns: u64) -> TickRate {
+        TickRate { num: ns, den: 1 }
+    }
+
+    /// Instructions in `ticks` ticks, rounded to the nearest.
+    pub fn instructions(self, ticks: u64) -> u64 {
+        let den = self.den.max(1);
+        ((u128::from(ticks) * u128::from(self.num) + u128::from(den / 2)) / u128::from(den)) as u64
     }
 }
 
-impl Counter {
-    /// Starts SysTick from zero on the processor clock. `instructions_per_tick`
-    /// is the board's nanoseconds per processor clock cycle: `-icount shift=0`
-    /// advances virtual time 1 ns per instruction.
-    pub fn start(mut syst: SYST, instructions_per_tick: u64) -> Counter {
+impl core::fmt::Debug for Counter<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Counter").field("rate", &self.rate).finish()
+    }
+}
+
+impl<'a> Counter<'a> {
+    /// Starts SysTick from zero on the processor clock. `rate` is the board's
+    /// nanoseconds per processor clock cycle: `-icount shift=0` advances
+    /// virtual time 1 ns per instruction.
+    pub fn start(syst: &'a mut SYST, rate: TickRate) -> Counter<'a> {
         syst.disable_counter();
         syst.set_clock_source(SystClkSource::Core);
         syst.set_reload(RELOAD);
@@ -42,7 +67,7 @@ impl Counter {
         WRAPS.store(0, Ordering::Relaxed);
         syst.enable_interrupt();
         syst.enable_counter();
-        Counter { _syst: syst, instructions_per_tick }
+        Counter { _syst: syst, rate }
     }
 
     /// Ticks since `start`.
@@ -60,7 +85,7 @@ impl Counter {
 
     /// Instructions since `start` (exact under `-icount shift=0`, to a tick).
     pub fn instructions(&self) -> u64 {
-        self.ticks() * self.instructions_per_tick
+        self.rate.instructions(self.ticks())
     }
 }
 

@@ -9,7 +9,7 @@
 #![no_main]
 
 use cortex_m_rt::entry;
-use microlm_board::{Board, Buffers, Once};
+use microlm_board::{Board, Buffers, Once, TickRate};
 
 // MODEL, ARENA_WORDS and CTX, from build.rs (MICROLM_MODEL, MICROLM_CTX).
 include!(concat!(env!("OUT_DIR"), "/model.rs"));
@@ -33,7 +33,7 @@ static BOARD: Board = Board {
     // QEMU 7.2 runs the Stellaris core (and SysTick) at 12.5 MHz with the
     // clock registers as reset (this firmware leaves them): 80 ns per tick,
     // which agrees with an exact count (../shared/tools/qemu-insn-count).
-    instructions_per_tick: 80,
+    tick: TickRate::whole(80),
     default_ctx: CTX,
     model,
 };

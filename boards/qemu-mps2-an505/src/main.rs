@@ -7,7 +7,7 @@
 #![no_main]
 
 use cortex_m_rt::entry;
-use microlm_board::{Board, Buffers, Once};
+use microlm_board::{Board, Buffers, Once, TickRate};
 
 // ARENA_WORDS, from build.rs (MICROLM_ARENA_BYTES).
 include!(concat!(env!("OUT_DIR"), "/arena.rs"));
@@ -21,7 +21,7 @@ static BUFFERS: Once<Buffers<ARENA_WORDS, CMDLINE_MAX, { CMDLINE_MAX + 3 }, IDS_
 
 static BOARD: Board = Board {
     // SysTick runs on the 20 MHz processor clock (SYSCLK): 50 ns per tick.
-    instructions_per_tick: 50,
+    tick: TickRate::whole(50),
     default_ctx: None,
     model: microlm_board::loaded_model,
 };

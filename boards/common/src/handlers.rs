@@ -1,0 +1,60 @@
+//! Fault, unexpected-exception and panic handlers for the semihosting boards:
+//! each prints one `error: ...` line on semihosting stdout and ends the QEMU
+//! run with exit code 1 instead of hanging.
+
+use core::fmt::Write;
+
+use cortex_m_rt::{exception, ExceptionFrame};
+
+use crate::host::{self, Out};
+
+/// Reports a fault as an error line and exits 1 instead of hanging.
+#[exception]
+unsafe fn HardFault(frame: &ExceptionFrame) -> ! {
+    let mut out = Out::stdout();
+    // The fault may interrupt a line of text: start a new one.
+    let _ = writeln!(out, "\nerror: HardFault at pc {:#010x}", frame.pc());
+    crate::Console::flush(&mut out);
+    host::exit(false)
+}
+
+/// Any unexpected interrupt or exception: report and exit 1.
+#[exception]
+unsafe fn DefaultHandler(irqn: i16) {
+    let mut out = Out::stdout();
+    // The fault may interrupt a line of text: start a new one.
+    let _ = writeln!(out, "\nerror: unexpected exception {irqn}");
+    crate::Console::flush(&mut out);
+    host::exit(false)
+}
+
+/// A panic is a bug (bad input gets error values); report it and exit 1.
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
+    let mut out = Out::stdout();
+    // The fault may interrupt a line of text: start a new one. Only the place
+    // is printed: formatting the message would keep core::fmt's panic code.
+    let _ = out.write_str("\nerror: panic");
+    if let Some(at) = info.location() {
+        let _ = out.write_str(" at ");
+        let _ = out.write_str(at.file());
+        for n in [at.line(), at.column()] {
+            let _ = out.write_str(":");
+            let mut digits = [0u8; 10];
+            let mut i = digits.len();
+            let mut n = n;
+            loop {
+                i -= 1;
+                digits[i] = b'0' + (n % 10) as u8;
+                n /= 10;
+                if n == 0 {
+                    break;
+                }
+            }
+            let _ = out.write_str(core::str::from_utf8(&digits[i..]).unwrap_or(""));
+        }
+    }
+    let _ = out.write_str("\n");
+    crate::Console::flush(&mut out);
+    host::exit(false)
+}
