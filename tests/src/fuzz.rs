@@ -63,7 +63,7 @@ fn tokenizer_for(index: usize) -> &'static Tokenizer<'static> {
             (words, section.len(), max as usize)
         });
         let bytes = &bytemuck::cast_slice::<u32, u8>(words)[..*len];
-        let n = u32::from_le_bytes(bytes[..4].try_into().expect("4 bytes")) as usize;
+        let n = u32::from_le_bytes(bytes[4..8].try_into().expect("4 bytes")) as usize;
         Tokenizer::parse(bytes, n, *max, 1, 2).expect("real vocabulary parses")
     })
 }
