@@ -293,3 +293,124 @@ fn convert_time_errors_are_specific() {
     let e = BpeVocab::from_gpt2(&tokens, &v.merges, &v.token_types, "gpt-2", false).unwrap_err();
     assert_eq!(e, microlm::write::WriteError::NotByteLevel { id: 5 });
 }
+
+/// Copies a model file into 4-byte aligned storage.
+fn aligned(bytes: &[u8]) -> Vec<u32> {
+    let mut words = vec![0u32; bytes.len().div_ceil(4)];
+    bytemuck::cast_slice_mut::<u32, u8>(&mut words)[..bytes.len()].copy_from_slice(bytes);
+    words
+}
+
+#[test]
+fn a_model_with_a_byte_level_bpe_tokenizer_parses_and_generates() {
+    use microlm::format::{Config, DType};
+    use microlm::write::{encode_tensor, write_model_with, TokenizerSpec};
+    use microlm::{Generation, KvDtype, Model, Session, Step};
+
+    let (section, vocab) = section_of(&shared_file("importers/vocab/ggml-vocab-gpt-2.gguf"));
+    let config = Config {
+        dim: 8,
+        hidden_dim: 12,
+        n_layers: 1,
+        n_heads: 2,
+        n_kv_heads: 1,
+        vocab_size: vocab.pieces.len(),
+        seq_len: 16,
+        norm_eps: 1e-5,
+        rope_theta: 10000.0,
+        bos_id: section.bos,
+        eos_id: section.eos,
+        shared_classifier: true,
+    };
+    let file = write_model_with("gpt2-tiny", &config, &[DType::F32; 12], TokenizerSpec::Bpe(&vocab), |t| {
+        let values: Vec<f32> =
+            (0..(t.rows * t.cols) as usize).map(|i| ((i * 7919) % 101) as f32 / 101.0 - 0.5).collect();
+        Ok(encode_tensor(t.dtype, &values))
+    })
+    .unwrap();
+    assert_eq!(u32::from_le_bytes(file[4..8].try_into().unwrap()), microlm::format::VERSION);
+    let words = aligned(&file);
+    let model = Model::parse(&bytemuck::cast_slice::<u32, u8>(&words)[..file.len()]).unwrap();
+    let tok = model.tokenizer();
+    assert!(tok.as_bpe().is_some());
+    assert_eq!(tok.vocab_size(), 50257);
+    // The same tokens as the bare section.
+    let standalone = section.parse().unwrap();
+    let text = "Hello world, 123 — naïve";
+    let prompt = encode(tok, text.as_bytes(), false);
+    assert_eq!(prompt, encode(&standalone, text.as_bytes(), false));
+
+    let plan = model.plan(16, KvDtype::F32).unwrap();
+    let mut arena = vec![0u32; plan.total.div_ceil(4)];
+    let mut session = Session::new(&model, bytemuck::cast_slice_mut(&mut arena), 16, KvDtype::F32).unwrap();
+    let mut sampler =
+        microlm::Sampler::new(microlm::SamplerConfig { temperature: 0.0, ..Default::default() }, 50257).unwrap();
+    let mut generation = Generation::new(&session, &prompt, 16).unwrap();
+    let mut printed = String::new();
+    let mut utf8 = Utf8Stream::new();
+    let mut steps = 0;
+    while let Step::Token { prev, token, forced } = generation.step(&mut session, &mut sampler).unwrap() {
+        assert!((token as usize) < 50257);
+        utf8.push(tok.decode(prev, token), |s| printed.push_str(s));
+        steps += usize::from(!forced);
+    }
+    utf8.finish(|s| printed.push_str(s));
+    assert!(steps > 0, "the model generated no token");
+    // Requantizing keeps the tokenizer section as it was.
+    let source = Model::parse(&bytemuck::cast_slice::<u32, u8>(&words)[..file.len()]).unwrap();
+    let again = microlm::write::BpeVocab::from_tokenizer(source.tokenizer().as_bpe().unwrap());
+    assert_eq!(bpe_tokenizer_section(&again).unwrap(), bpe_tokenizer_section(&vocab).unwrap());
+}
+
+#[test]
+fn version_1_files_still_read_as_sentencepiece() {
+    use microlm::format::{Header, TensorEntry, PREAMBLE_LEN};
+    let v2 = std::fs::read(microlm_tests::converted("f32")).unwrap();
+    assert_eq!(u32::from_le_bytes(v2[4..8].try_into().unwrap()), 2);
+    // Version 1 has no kind word: move the section start past it and re-encode the header.
+    let header_len = u32::from_le_bytes(v2[8..12].try_into().unwrap()) as usize;
+    let (mut header, mut rest): (Header<'_>, &[u8]) =
+        postcard::take_from_bytes(&v2[PREAMBLE_LEN..PREAMBLE_LEN + header_len]).unwrap();
+    let tok_at = header.tokenizer.offset as usize;
+    assert_eq!(u32::from_le_bytes(v2[tok_at..tok_at + 4].try_into().unwrap()), 0, "SentencePiece kind word");
+    header.tokenizer.offset += 4;
+    header.tokenizer.length -= 4;
+    let mut encoded = postcard::to_allocvec(&header).unwrap();
+    while !rest.is_empty() {
+        let (e, tail): (TensorEntry, &[u8]) = postcard::take_from_bytes(rest).unwrap();
+        encoded.extend(postcard::to_allocvec(&e).unwrap());
+        rest = tail;
+    }
+    assert!(PREAMBLE_LEN + encoded.len() <= tok_at + 4);
+    let mut v1 = v2.clone();
+    v1[4..8].copy_from_slice(&1u32.to_le_bytes());
+    v1[8..12].copy_from_slice(&(encoded.len() as u32).to_le_bytes());
+    v1[PREAMBLE_LEN..PREAMBLE_LEN + encoded.len()].copy_from_slice(&encoded);
+    let body = v1.len() - 4;
+    let crc = crc32fast::hash(&v1[..body]);
+    v1[body..].copy_from_slice(&crc.to_le_bytes());
+    let (w1, w2) = (aligned(&v1), aligned(&v2));
+    let m1 = microlm::Model::parse(&bytemuck::cast_slice::<u32, u8>(&w1)[..v1.len()]).unwrap();
+    let m2 = microlm::Model::parse(&bytemuck::cast_slice::<u32, u8>(&w2)[..v2.len()]).unwrap();
+    assert!(m1.tokenizer().as_sentencepiece().is_some());
+    let text = b"Once upon a time, Lily";
+    assert_eq!(encode(m1.tokenizer(), text, false), encode(m2.tokenizer(), text, false));
+    // Read as version 2, the same bytes are a section of unknown kind 512 (its vocab_size).
+    let mut as_v2 = v1.clone();
+    as_v2[4..8].copy_from_slice(&2u32.to_le_bytes());
+    let crc = crc32fast::hash(&as_v2[..body]);
+    as_v2[body..].copy_from_slice(&crc.to_le_bytes());
+    let w = aligned(&as_v2);
+    assert_eq!(
+        microlm::Model::parse(&bytemuck::cast_slice::<u32, u8>(&w)[..as_v2.len()]).err(),
+        Some(FormatError::TokenizerKind { kind: 512 })
+    );
+    // A later version is refused.
+    let mut v3 = v2.clone();
+    v3[4..8].copy_from_slice(&3u32.to_le_bytes());
+    let w = aligned(&v3);
+    assert_eq!(
+        microlm::Model::parse(&bytemuck::cast_slice::<u32, u8>(&w)[..v3.len()]).err(),
+        Some(FormatError::UnsupportedVersion { found: 3, supported: 2 })
+    );
+}
