@@ -253,9 +253,9 @@ impl<'a> SpmTokenizer<'a> {
         n = match tree_len(n).and_then(|p| n.checked_mul(5)?.checked_add(p)) {
             Some(work) if work <= out.len() && n < NONE as usize => {
                 let (ids, work) = out.split_at_mut(n);
-                merge_fast(ids, work, |a, b| self.pair(a, b))
+                merge_fast(ids, work, &|a, b| self.pair(a, b))
             }
-            _ => merge_rescanning(&mut out[..n], |a, b| self.pair(a, b)),
+            _ => merge_rescanning(&mut out[..n], &|a, b| self.pair(a, b)),
         };
         if eos {
             out[n] = self.eos_id;
@@ -322,10 +322,14 @@ fn score_key(score: f32) -> u32 {
     !ordered
 }
 
+/// The merge of an adjacent pair: (merged id, key), lower keys merging first. A
+/// trait object, so both tokenizer kinds share one copy of the merge code (flash).
+pub(crate) type PairFn<'f> = &'f dyn Fn(u32, u32) -> Option<(u32, u32)>;
+
 /// Merges `ids` by rescanning every adjacent pair after each merge: O(n²) with no
 /// workspace. `pair(a, b)` gives the merged id and its key; the pair with the lowest
 /// key merges first, the leftmost of equal keys. Returns the token count, ids in front.
-pub(crate) fn merge_rescanning(ids: &mut [u32], pair: impl Fn(u32, u32) -> Option<(u32, u32)>) -> usize {
+pub(crate) fn merge_rescanning(ids: &mut [u32], pair: PairFn<'_>) -> usize {
     let mut n = ids.len();
     loop {
         let mut best: Option<(u32, u32, usize)> = None;
@@ -357,7 +361,7 @@ pub(crate) fn merge_fast_work(n: usize) -> Option<usize> {
 /// ends), `merged` n × id of the pair starting there (NONE: no eligible pair), `key`
 /// n × its key, `tree` p × winner position per node (1..p internal; leaf i is position
 /// i). Dead slots of `ids` keep a stale id. With too little work it falls back to the rescan.
-pub(crate) fn merge_fast(ids: &mut [u32], work: &mut [u32], pair: impl Fn(u32, u32) -> Option<(u32, u32)>) -> usize {
+pub(crate) fn merge_fast(ids: &mut [u32], work: &mut [u32], pair: PairFn<'_>) -> usize {
     let n = ids.len();
     if n < 2 {
         return n;
