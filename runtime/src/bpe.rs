@@ -571,7 +571,8 @@ impl<'a> BpeTokenizer<'a> {
         while pos < n {
             if matching && body[pos] != RAW {
                 // A special token starts here (parse wrote its list index).
-                let id = read_u32(self.specials, body[pos] as usize * 4).unwrap_or(self.eos_id);
+                let id = (body[pos] as usize).checked_mul(4).and_then(|at| read_u32(self.specials, at));
+                let id = id.unwrap_or(self.eos_id);
                 let len = self.piece(id).map_or(1, <[u8]>::len).max(1);
                 body[count] = id;
                 count += 1;
