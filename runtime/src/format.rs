@@ -24,8 +24,12 @@ use crate::error::FormatError;
 
 /// First four bytes of every `.mlm` file.
 pub const MAGIC: [u8; 4] = *b"MLM\x1a";
-/// The format version this build reads and writes.
-pub const VERSION: u32 = 1;
+/// The format version this build writes. Version 2 starts the tokenizer section
+/// with a kind word (SentencePiece or byte-level BPE).
+pub const VERSION: u32 = 2;
+/// The oldest version this build reads: version 1 files hold a SentencePiece
+/// section without the kind word and are otherwise identical.
+pub const MIN_VERSION: u32 = 1;
 /// Bytes before the header: magic, version, header length, flags.
 pub const PREAMBLE_LEN: usize = 16;
 /// Bytes after the data: the CRC32.

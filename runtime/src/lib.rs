@@ -72,6 +72,7 @@ compile_error!("microlm reads little-endian model files in place and needs a lit
 #[cfg(any(test, feature = "std"))]
 extern crate std;
 
+pub mod bpe;
 pub mod dtype;
 pub mod error;
 pub mod format;
@@ -90,6 +91,7 @@ pub mod tokenizer;
 #[cfg(feature = "std")]
 pub mod write;
 
+pub use bpe::{BpeTokenizer, PreTokenizer};
 pub use error::{FormatError, PlanError, SamplerError, SessionError, TokenizerError};
 pub use format::{Config, DType, TensorKind};
 pub use generate::{GenerateError, Generation, Step, Stop};
@@ -98,4 +100,4 @@ pub use model::{config_from_header, plan_from_header, Checksum, Model};
 pub use plan::Plan;
 pub use sampler::{Candidate, Sampler, SamplerConfig};
 pub use session::Session;
-pub use tokenizer::{Tokenizer, Utf8Stream};
+pub use tokenizer::{SpmTokenizer, Tokenizer, Utf8Stream};

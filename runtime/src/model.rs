@@ -7,7 +7,7 @@
 use crate::error::{FormatError, PlanError, SessionError};
 use crate::format::{
     canonical_tensors, read_u32, Config, DType, Header, KindDtypes, Layout, TensorEntry, TensorKind, MAGIC,
-    PREAMBLE_LEN, TRAILER_LEN, VERSION,
+    MIN_VERSION, PREAMBLE_LEN, TRAILER_LEN, VERSION,
 };
 use crate::kernels::Matrix;
 use crate::kv::KvDtype;
@@ -56,7 +56,7 @@ impl<'a> Model<'a> {
         }
         let word = |at| read_u32(bytes, at).ok_or(FormatError::TooShort { len: bytes.len() });
         let version = word(4)?;
-        if version != VERSION {
+        if !(MIN_VERSION..=VERSION).contains(&version) {
             return Err(FormatError::UnsupportedVersion { found: version, supported: VERSION });
         }
         let header_len = word(8)?;
@@ -99,7 +99,8 @@ impl<'a> Model<'a> {
         if tok_start < header_end || tok_start % 4 != 0 || tok_end > body_len {
             return Err(FormatError::TokenizerOutOfBounds);
         }
-        let tokenizer = Tokenizer::parse(
+        let parse_section = if version == 1 { Tokenizer::parse_v1 } else { Tokenizer::parse };
+        let tokenizer = parse_section(
             &bytes[tok_start..tok_end],
             config.vocab_size,
             tok.max_piece_len as usize,
@@ -275,7 +276,7 @@ fn header_parts(bytes: &[u8]) -> Result<(Config, KindDtypes), FormatError> {
         return Err(if bytes.len() < 4 { short } else { FormatError::BadMagic });
     }
     let version = word(4)?;
-    if version != VERSION {
+    if !(MIN_VERSION..=VERSION).contains(&version) {
         return Err(FormatError::UnsupportedVersion { found: version, supported: VERSION });
     }
     let header_len = word(8)?;

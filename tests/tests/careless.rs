@@ -531,7 +531,7 @@ fn tokenizer_words(name: &str) -> (Vec<u32>, usize, usize) {
 fn with_tokenizer<R>(name: &str, f: impl FnOnce(&microlm::Tokenizer<'_>) -> R) -> R {
     let (words, len, max) = tokenizer_words(name);
     let bytes: &[u8] = &bytemuck::cast_slice(&words)[..len];
-    let n = u32::from_le_bytes(bytes[..4].try_into().unwrap()) as usize;
+    let n = u32::from_le_bytes(bytes[4..8].try_into().unwrap()) as usize;
     f(&microlm::Tokenizer::parse(bytes, n, max, 1, 2).unwrap())
 }
 

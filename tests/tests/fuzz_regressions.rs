@@ -100,3 +100,19 @@ fn safetensors_header_inputs() {
     }
     println!("replayed {kept} kept safetensors_header inputs");
 }
+
+#[test]
+fn bpe_tokenizer_inputs() {
+    let kept = replay("bpe_tokenizer", fuzz::bpe_tokenizer);
+    for text in ["\x00Hello world", "\x02a<|endoftext|>b", "\x06naïve café — 日本語 🙂\n\n  x", "\x00\u{1}\u{80}  "]
+    {
+        fuzz::bpe_tokenizer(text.as_bytes());
+    }
+    fuzz::bpe_tokenizer(&[0, 0xff, 0xfe, 0xc3, 0x28, 0xe2, 0x82]);
+    // Edits of the section: the kind, a count, a merge, and a truncation.
+    fuzz::bpe_tokenizer(&[1, 0, 0, 0, 0, 9]);
+    fuzz::bpe_tokenizer(&[1, 4, 0, 0, 0, 0xff]);
+    fuzz::bpe_tokenizer(&[1, 0x00, 0x40, 0x03, 0x00, 0x01]);
+    fuzz::bpe_tokenizer(&[1, 0, 0, 0, 0, 1, 128]);
+    println!("replayed {kept} kept bpe_tokenizer inputs");
+}

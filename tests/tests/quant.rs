@@ -459,7 +459,7 @@ fn reader_rejects_quantized_norms() {
     let model = Model::parse(bytes_of(&words)).unwrap();
     let vocab = microlm::write::Vocab {
         pieces: (0..512).map(|i| model.tokenizer().piece(i).unwrap().to_vec()).collect(),
-        scores: (0..512).map(|i| model.tokenizer().score(i)).collect(),
+        scores: (0..512).map(|i| model.tokenizer().as_sentencepiece().unwrap().score(i)).collect(),
     };
     let mut dtypes = [DType::Q8_0; 12];
     dtypes[TensorKind::FfnNorm.index()] = DType::Q8_0;
