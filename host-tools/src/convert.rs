@@ -209,7 +209,21 @@ fn run_gguf(args: &ConvertArgs) -> Result<()> {
     let g = gguf::parse(&bytes).with_context(what)?;
     let mut config = gguf::llama_config(&g).with_context(what)?;
     gguf::check_llama_tensors(&g, &config).with_context(what)?;
-    let vocab = gguf::llama_vocab(&g).with_context(what)?;
+    // The tokenizer the file names: SentencePiece (`llama`) or byte-level BPE (`gpt2`).
+    let tokenizer_model = match g.get("tokenizer.ggml.model") {
+        Some(gguf::Value::Str(s)) => String::from_utf8_lossy(s).into_owned(),
+        _ => String::new(),
+    };
+    let (vocab, bpe) = if tokenizer_model == "gpt2" {
+        (write::Vocab::default(), Some(gguf::gpt2_bpe_vocab(&g).with_context(what)?))
+    } else {
+        (gguf::llama_vocab(&g).with_context(what)?, None)
+    };
+    let tokenizer = match &bpe {
+        Some(b) => write::TokenizerSpec::Bpe(b),
+        None => write::TokenizerSpec::SentencePiece(&vocab),
+    };
+    let vocab_len = bpe.as_ref().map_or(vocab.pieces.len(), |b| b.pieces.len());
     // An output.weight identical to the embedding (as llama2.c exports have) is a tied classifier.
     if let (Some(e), Some(o)) = (g.tensor("token_embd.weight"), g.tensor("output.weight")) {
         if e.ty == o.ty && e.dims == o.dims && g.data(e) == g.data(o) {
@@ -217,11 +231,10 @@ fn run_gguf(args: &ConvertArgs) -> Result<()> {
         }
     }
     let name = write::model_name(&args.input.to_string_lossy());
-    let spec = ModelSpec { name: &name, config, dtypes: [DType::F32; 12], vocab: &vocab };
     let progress = tensor_progress(bytes.len(), config.tensor_count());
     // The first tensor the file lacks, shapes otherwise or cannot dequantize.
     let mut bad: Option<anyhow::Error> = None;
-    let f32_file = write::write_model(&spec, |entry| {
+    let f32_file = write::write_model_with(&name, &config, &[DType::F32; 12], tokenizer, |entry| {
         progress.inc(1);
         let (rows, cols) = (entry.rows as usize, entry.cols as usize);
         match gguf::tensor_values(&g, entry.kind, entry.layer as usize, rows, cols) {
@@ -254,12 +267,13 @@ fn run_gguf(args: &ConvertArgs) -> Result<()> {
     };
     let len = quantize_and_commit(args, output, &source, &name, dtypes, &passthrough)?;
     eprintln!(
-        "wrote {} ({} bytes, {} weights, {} tensors, vocab {}) from a GGUF v{} file ({} weights)",
+        "wrote {} ({} bytes, {} weights, {} tensors, vocab {} {}) from a GGUF v{} file ({} weights)",
         args.output.display(),
         len,
         base.name(),
         config.tensor_count(),
-        vocab.pieces.len(),
+        vocab_len,
+        if bpe.is_some() { "byte-level BPE" } else { "SentencePiece" },
         g.version,
         source_type.unwrap_or("no")
     );

@@ -162,6 +162,11 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
     let mut text = String::new();
     let mut ids = vec![prompt[0]];
     let mut generated = 0usize;
+    // A model that adds no BOS (e.g. SmolLM2) starts with a text token: print it too.
+    if prompt[0] != model.tokenizer().bos_id() {
+        utf8.push(model.tokenizer().decode(model.tokenizer().bos_id(), prompt[0]), |piece| text.push_str(piece));
+        out.write_all(text.as_bytes())?;
+    }
     let start = Instant::now();
     // A reader that closes the pipe (`| head`) gives a BrokenPipe error here; `main`
     // ends such a run quietly with exit code 0 (nobody reads the rest).

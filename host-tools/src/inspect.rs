@@ -6,6 +6,8 @@ use anyhow::Result;
 use clap::Args;
 use microlm::format::TensorEntry;
 use microlm::{KvDtype, Model};
+use std::io::Write;
+
 use serde_json::json;
 
 use microlm_cli::load::ModelFile;
@@ -177,6 +179,15 @@ pub fn run(args: &InspectArgs) -> Result<()> {
         boards(args.board.as_deref())?.into_iter().map(|b| fit(&model, ctx, args.kv, b)).collect::<Result<Vec<_>>>()?;
     let tensors: Vec<TensorEntry> = model.tensors().collect();
     let weight_bytes: u64 = tensors.iter().map(|t| t.length).sum();
+    // Written through one handle so a closed pipe (`| head`) is an error, not a panic.
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    let tok = model.tokenizer();
+    let tokenizer_kind = match tok.as_bpe() {
+        Some(_) => "byte-level BPE",
+        None => "SentencePiece",
+    };
+    let bpe = tok.as_bpe();
 
     if args.json {
         let j = json!({
@@ -191,7 +202,14 @@ pub fn run(args: &InspectArgs) -> Result<()> {
                 "seq_len": c.seq_len, "norm_eps": c.norm_eps, "rope_theta": c.rope_theta,
                 "bos_id": c.bos_id, "eos_id": c.eos_id, "shared_classifier": c.shared_classifier,
             },
-            "tokenizer": { "vocab_size": model.tokenizer().vocab_size(), "bytes": model.tokenizer_len() },
+            "tokenizer": {
+                "kind": tokenizer_kind, "vocab_size": tok.vocab_size(), "bytes": model.tokenizer_len(),
+                "adds_bos": tok.adds_bos(), "bos_id": tok.bos_id(), "eos_id": tok.eos_id(),
+                "pre_tokenizer": bpe.map(|b| b.pre_tokenizer().name()),
+                "merges": bpe.map(|b| b.merge_count()), "special_tokens": bpe.map(|b| b.special_count()),
+                "unk_id": bpe.and_then(|b| b.unk_id()), "pad_id": bpe.and_then(|b| b.pad_id()),
+                "eot_id": bpe.and_then(|b| b.eot_id()),
+            },
             "weight_bytes": weight_bytes,
             "tensors": tensors.iter().map(|t| json!({
                 "name": tensor_name(t), "kind": t.kind.name(), "layer": t.layer, "dtype": t.dtype.name(),
@@ -206,14 +224,15 @@ pub fn run(args: &InspectArgs) -> Result<()> {
             "stack_bytes": STACK_BYTES,
             "boards": fits,
         });
-        println!("{}", serde_json::to_string_pretty(&j)?);
+        writeln!(out, "{}", serde_json::to_string_pretty(&j)?)?;
         return Ok(());
     }
 
-    println!("file        {} ({} bytes, crc32 {:08x})", args.model.display(), model.file_len(), model.crc32());
-    println!("name        {}", model.name());
-    println!("arch        llama");
-    println!(
+    writeln!(out, "file        {} ({} bytes, crc32 {:08x})", args.model.display(), model.file_len(), model.crc32())?;
+    writeln!(out, "name        {}", model.name())?;
+    writeln!(out, "arch        llama")?;
+    writeln!(
+        out,
         "config      dim {}  hidden_dim {}  layers {}  heads {}  kv_heads {}  head_size {}",
         c.dim,
         c.hidden_dim,
@@ -221,40 +240,68 @@ pub fn run(args: &InspectArgs) -> Result<()> {
         c.n_heads,
         c.n_kv_heads,
         c.head_size()
-    );
-    println!(
+    )?;
+    writeln!(
+        out,
         "            vocab {}  seq_len {}  norm_eps {:e}  rope_theta {}  bos {}  eos {}  shared classifier {}",
         c.vocab_size, c.seq_len, c.norm_eps, c.rope_theta, c.bos_id, c.eos_id, c.shared_classifier
-    );
-    println!("tokenizer   {} tokens, {} bytes", model.tokenizer().vocab_size(), model.tokenizer_len());
-    println!();
-    println!("{:<22} {:<6} {:>12} {:>10} {:>10}", "tensor", "dtype", "shape", "offset", "bytes");
+    )?;
+    writeln!(out, "tokenizer   {tokenizer_kind}, {} tokens, {} bytes", tok.vocab_size(), model.tokenizer_len())?;
+    match bpe {
+        Some(b) => {
+            let id = |v: Option<u32>| v.map_or("none".to_string(), |v| v.to_string());
+            writeln!(
+                out,
+                "            pre-tokenizer {}  merges {}  special tokens {}  adds BOS {}  bos {}  eos {}  unk {}  pad {}  eot {}",
+                b.pre_tokenizer().name(),
+                b.merge_count(),
+                b.special_count(),
+                if b.add_bos() { "yes" } else { "no" },
+                b.bos_id(),
+                b.eos_id(),
+                id(b.unk_id()),
+                id(b.pad_id()),
+                id(b.eot_id())
+            )?;
+        }
+        None => writeln!(
+            out,
+            "            scores and <0xNN> byte fallback  adds BOS yes  bos {}  eos {}",
+            tok.bos_id(),
+            tok.eos_id()
+        )?,
+    }
+    writeln!(out)?;
+    writeln!(out, "{:<22} {:<6} {:>12} {:>10} {:>10}", "tensor", "dtype", "shape", "offset", "bytes")?;
     for t in &tensors {
         let shape = shape(t).iter().map(u32::to_string).collect::<Vec<_>>().join("x");
-        println!("{:<22} {:<6} {:>12} {:>10} {:>10}", tensor_name(t), t.dtype.name(), shape, t.offset, t.length);
+        writeln!(out, "{:<22} {:<6} {:>12} {:>10} {:>10}", tensor_name(t), t.dtype.name(), shape, t.offset, t.length)?;
     }
-    println!("{:<22} {:<6} {:>12} {:>10} {:>10}", "total", "", "", "", weight_bytes);
-    println!();
-    println!("arena plan for ctx {}, {} KV cache:", plan.ctx_len, plan.kv);
-    println!("  activations {:>10} bytes", plan.activations);
-    println!("  kv cache    {:>10} bytes", plan.kv_cache);
-    println!("  logits      {:>10} bytes", plan.logits);
-    println!("  sampler     {:>10} bytes", plan.sampler);
-    println!("  act quant   {:>10} bytes", plan.act_quant);
-    println!("  arena_bytes {:>10} bytes", plan.total);
-    println!();
-    println!(
+    writeln!(out, "{:<22} {:<6} {:>12} {:>10} {:>10}", "total", "", "", "", weight_bytes)?;
+    writeln!(out)?;
+    writeln!(out, "arena plan for ctx {}, {} KV cache:", plan.ctx_len, plan.kv)?;
+    writeln!(out, "  activations {:>10} bytes", plan.activations)?;
+    writeln!(out, "  kv cache    {:>10} bytes", plan.kv_cache)?;
+    writeln!(out, "  logits      {:>10} bytes", plan.logits)?;
+    writeln!(out, "  sampler     {:>10} bytes", plan.sampler)?;
+    writeln!(out, "  act quant   {:>10} bytes", plan.act_quant)?;
+    writeln!(out, "  arena_bytes {:>10} bytes", plan.total)?;
+    writeln!(out)?;
+    writeln!(
+        out,
         "board fit at ctx {ctx}, {} KV: flash = file + {} KiB firmware (estimate), RAM = arena + {} KiB stack",
         args.kv,
         FIRMWARE_FLASH_BYTES >> 10,
         STACK_BYTES >> 10
-    );
-    println!(
+    )?;
+    writeln!(
+        out,
         "{:<12} {:>12} {:>12} {:>10} {:>10} {:>5} {:>8} {:>10}",
         "board", "flash need", "flash", "RAM need", "RAM", "fits", "max ctx", "ctx (RAM)"
-    );
+    )?;
     for f in &fits {
-        println!(
+        writeln!(
+            out,
             "{:<12} {:>12} {:>12} {:>10} {:>10} {:>5} {:>8} {:>10}",
             f.board,
             f.flash_needed,
@@ -264,7 +311,7 @@ pub fn run(args: &InspectArgs) -> Result<()> {
             if f.fits { "yes" } else { "no" },
             f.max_ctx,
             f.max_ctx_ram
-        );
+        )?;
     }
     Ok(())
 }

@@ -367,6 +367,10 @@ fn run<A: Arena, P: Port>(
     })?;
     let mut gen = Generation::new(&session, &tokens[..], steps).map_err(|_| (ErrorKind::PromptTooLong, ctx as u32))?;
     let (mut generated, mut forwards) = (0u32, 0u64);
+    // A model that adds no BOS starts with a text token: send it too, as `microlm generate` prints it.
+    if let Some(&first) = tokens.first().filter(|&&t| t != tok.bos_id()) {
+        send(port, out, &Response::Token { id: first, text: tok.decode(tok.bos_id(), first) });
+    }
     let start = port.counter();
     let stop = loop {
         match gen.step(&mut session, &mut sampler) {

@@ -340,6 +340,12 @@ fn generate<'a, C: Console>(
     let mut utf8 = Utf8Stream::new();
     ids[0] = prompt[0];
     let mut n_ids = 1;
+    // A model that adds no BOS starts with a text token: print it too, as `microlm generate` does.
+    if prompt[0] != tokenizer.bos_id() {
+        utf8.push(tokenizer.decode(tokenizer.bos_id(), prompt[0]), |s| {
+            let _ = out.write_str(s);
+        });
+    }
     let counter = measure::Counter::start(syst, board.tick);
     // Called through an opaque pointer so the forward pass is never inlined here:
     // this crate is built for size, the runtime (the per-token code) for speed.
