@@ -32,6 +32,9 @@ done
 # The STM32F405's QEMU build swaps its clocks, logger and command-line source.
 step "clippy -D warnings (boards/stm32f405/, --features qemu)"
 (cd boards/stm32f405 && cargo clippy --release --locked --quiet --no-default-features --features qemu -- -D warnings)
+# The mps2-an386 link firmware (boards/common's `link` feature: UART, heap arena).
+step "clippy -D warnings (boards/qemu-mps2-an386/, --features link)"
+(cd boards/qemu-mps2-an386 && cargo clippy --release --locked --quiet --features link --all-targets -- -D warnings)
 
 step "rustdoc -D warnings (host workspace, runtime for thumbv7em-none-eabihf)"
 # The CLI's binary is named like the runtime's library: document the libraries, then the binary.

@@ -73,6 +73,14 @@ struct Link {
 }
 
 impl Link {
+    /// The link on a Unix socket.
+    fn socket(path: &std::path::Path, timeout: Duration) -> Result<Link> {
+        let s = std::os::unix::net::UnixStream::connect(path)
+            .with_context(|| format!("cannot connect to {}", path.display()))?;
+        s.set_read_timeout(Some(Duration::from_millis(50)))?;
+        Ok(Link { stream: Box::new(s), frames: Frames::new(), pending: Vec::new(), timeout })
+    }
+
     fn open(args: &DeviceArgs) -> Result<Link> {
         let timeout = Duration::from_secs_f32(args.timeout.max(0.001));
         // Reads return after at most this long so the reply deadline is checked.
@@ -100,6 +108,24 @@ impl Link {
         let f = frame::encode(req, &mut buf).map_err(|e| anyhow::anyhow!("cannot encode {req:?}: {e:?}"))?;
         self.stream.write_all(f).context("cannot write to the board")?;
         self.stream.flush().context("cannot write to the board")
+    }
+
+    /// Discards what arrives until the line is quiet for 100 ms (at most 1 s):
+    /// replies meant for an earlier connection.
+    fn drain(&mut self) {
+        let start = Instant::now();
+        let mut quiet = Instant::now();
+        let mut buf = [0u8; 4096];
+        while quiet.elapsed() < Duration::from_millis(100) && start.elapsed() < Duration::from_secs(1) {
+            match self.stream.read(&mut buf) {
+                Ok(0) => return,
+                Ok(_) => quiet = Instant::now(),
+                Err(e) if matches!(e.kind(), IoKind::TimedOut | IoKind::WouldBlock | IoKind::Interrupted) => {}
+                Err(_) => return,
+            }
+        }
+        self.pending.clear();
+        self.frames.clear();
     }
 
     /// Waits for the next frame and hands its response to `f`.
@@ -236,14 +262,27 @@ fn print_info(i: &InfoOut) {
     }
 }
 
-/// Hello → Info.
+/// Hello → Info. A lone `0x00` first ends any partial frame the board holds
+/// (line noise, a cable plugged in mid-frame); a reply saying the board got a
+/// damaged frame (bytes lost while it was resetting, say) gets one more Hello.
 fn hello(link: &mut Link) -> Result<InfoOut> {
-    link.send(&Request::Hello { version: VERSION })?;
-    link.recv(|r| match r {
-        Response::Info(i) => Ok(info_out(&i)),
-        Response::Error { kind, detail } => Err(device_error(kind, detail)),
-        other => bail!("the board answered Hello with {other:?}"),
-    })
+    let mut damaged = 0;
+    link.stream.write_all(&[0]).context("cannot write to the board")?;
+    link.drain();
+    loop {
+        link.send(&Request::Hello { version: VERSION })?;
+        let reply = link.recv(|r| match r {
+            Response::Info(i) => Ok(Some(info_out(&i))),
+            Response::Error { kind: ErrorKind::Frame | ErrorKind::Oversized | ErrorKind::Decode, .. } => Ok(None),
+            Response::Error { kind, detail } => Err(device_error(kind, detail)),
+            other => bail!("the board answered Hello with {other:?}"),
+        })?;
+        match reply {
+            Some(info) => return Ok(info),
+            None if damaged < 2 => damaged += 1,
+            None => bail!("the board received only damaged frames: check the port, the baud rate and the cable"),
+        }
+    }
 }
 
 pub fn run(args: &DeviceArgs) -> Result<()> {
@@ -465,4 +504,24 @@ fn upload(link: &mut Link, path: &std::path::Path, file: &[u8], info: &InfoOut, 
         println!("{}", serde_json::to_string(&o)?);
     }
     Ok(())
+}
+
+/// Uploads `model` to the board on `socket` and generates with `sampling`
+/// (`microlm qemu --link`); prints what `microlm device ... generate` prints.
+pub fn upload_and_generate(
+    socket: &std::path::Path,
+    model: &std::path::Path,
+    sampling: &SamplingArgs,
+    json: bool,
+    timeout_s: f32,
+) -> Result<()> {
+    anyhow::ensure!(sampling.window.is_none(), "--window is not available over the link");
+    let bytes = io::read(model, io::MODEL)?;
+    microlm_cli::load::ModelFile::from_bytes(&bytes)
+        .parse(false)
+        .with_context(|| format!("{} is not a model file", model.display()))?;
+    let mut link = Link::socket(socket, Duration::from_secs_f32(timeout_s.max(0.001)))?;
+    let info = hello(&mut link)?;
+    upload(&mut link, model, &bytes, &info, false)?;
+    generate(&mut link, sampling, json)
 }

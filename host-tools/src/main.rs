@@ -119,6 +119,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     json: false,
                     firmware: None,
                     timeout: 600,
+                    link: false,
                 }),
                 None => generate::run(&generate::GenerateArgs {
                     model,

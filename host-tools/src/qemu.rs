@@ -168,6 +168,90 @@ pub struct QemuArgs {
     /// Kill QEMU after this many seconds.
     #[arg(long, default_value_t = 600)]
     pub timeout: u64,
+    /// Run the machine's link firmware instead (no model built in): upload the model
+    /// over its serial link, then generate through it, as `microlm device` does.
+    #[arg(long)]
+    pub link: bool,
+}
+
+/// The link firmware of a machine: (cargo features, binary name).
+pub fn link_firmware(machine: &Machine) -> Option<(&'static str, &'static str)> {
+    match machine.name {
+        "mps2-an386" => Some(("link", "microlm-qemu-mps2-an386-link")),
+        _ => None,
+    }
+}
+
+/// Builds the machine's link firmware and returns the ELF path.
+pub fn build_link_firmware(machine: &Machine) -> Result<PathBuf> {
+    let (features, bin) = link_firmware(machine).with_context(|| {
+        let with: Vec<_> = MACHINES.iter().filter(|m| link_firmware(m).is_some()).map(|m| m.name).collect();
+        format!("machine {} has no link firmware (--link runs on: {})", machine.name, with.join(", "))
+    })?;
+    let dir = checkout().join(machine.board_dir);
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let out = Command::new(cargo)
+        .current_dir(&dir)
+        .args(["build", "--release", "--locked", "--message-format=json-render-diagnostics", "--features", features])
+        .args(["--bin", bin])
+        .stderr(Stdio::inherit())
+        .output()
+        .with_context(|| format!("cannot run cargo to build {}", dir.display()))?;
+    ensure!(out.status.success(), "building the link firmware in {} failed", dir.display());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for line in stdout.lines().rev() {
+        let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else { continue };
+        if let Some(exe) = msg.get("executable").and_then(|e| e.as_str()) {
+            return Ok(PathBuf::from(exe));
+        }
+    }
+    bail!("cargo built {} but named no executable", dir.display())
+}
+
+/// The QEMU command that boots a link firmware with its first serial port on
+/// the Unix socket `socket` (QEMU waits for the first client before the guest runs).
+pub fn link_command(machine: &Machine, firmware: &Path, socket: &Path) -> Command {
+    let mut cmd = Command::new("qemu-system-arm");
+    cmd.args(["-M", machine.name, "-nographic", "-monitor", "none"])
+        .arg("-chardev")
+        .arg(format!("socket,id=link,path={},server=on,wait=on", qemu_opt(&socket.to_string_lossy())))
+        .args(["-serial", "chardev:link", "-semihosting-config", "enable=on,target=native", "-icount", "shift=0"])
+        .arg("-kernel")
+        .arg(firmware)
+        .stdin(Stdio::null());
+    cmd
+}
+
+/// `microlm qemu --link`: boot the link firmware, upload the model, generate over the link.
+fn run_link(args: &QemuArgs, machine: &Machine) -> Result<()> {
+    let firmware = match &args.firmware {
+        Some(path) => {
+            check_firmware(path)?;
+            path.clone()
+        }
+        None => build_link_firmware(machine)?,
+    };
+    let dir = tempfile::tempdir().context("cannot create a directory for QEMU's serial socket")?;
+    let socket = dir.path().join("link.sock");
+    let mut child = link_command(machine, &firmware, &socket)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("cannot start qemu-system-arm")?;
+    let deadline = Instant::now() + Duration::from_secs(args.timeout);
+    let result = (|| {
+        while !socket.exists() {
+            if let Some(status) = child.try_wait()? {
+                bail!("QEMU exited with {status} before its serial socket appeared");
+            }
+            ensure!(Instant::now() < deadline, "QEMU's serial socket did not appear within {} s", args.timeout);
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        crate::device::upload_and_generate(&socket, &args.model, &args.sampling, args.json, args.timeout as f32)
+    })();
+    let _ = child.kill();
+    let _ = child.wait();
+    result
 }
 
 /// What the firmware reported for a successful run.
@@ -601,6 +685,10 @@ pub fn outcome(run: &Run) -> Result<Output> {
 
 pub fn run(args: &QemuArgs) -> Result<()> {
     let machine = machine(&args.machine)?;
+    if args.link {
+        check_qemu()?;
+        return run_link(args, machine);
+    }
     // Cheap checks first: the model file must parse (header, tables, CRC) before
     // minutes go into building a firmware for it.
     let model_len = {

@@ -27,6 +27,8 @@ pub mod args;
 mod handlers;
 #[cfg(feature = "semihosting")]
 pub mod host;
+#[cfg(feature = "link")]
+pub mod link;
 #[cfg(feature = "loaded-model")]
 mod loaded;
 pub mod measure;
