@@ -19,7 +19,7 @@ use crate::values;
 /// they reach the range checks and get a specific error, not "unexpected argument".
 #[derive(Debug, Args, Clone)]
 pub struct SamplingArgs {
-    /// Prompt text (encoded with BOS and a dummy-prefix space).
+    /// Prompt text (encoded with BOS when the model adds one, and for SentencePiece a dummy-prefix space).
     #[arg(short = 'p', long, default_value = "", allow_hyphen_values = true)]
     pub prompt: String,
     /// Positions to run, prompt included (0 = the whole context).
