@@ -27,9 +27,9 @@ fn link_firmware() -> PathBuf {
     let stdout = String::from_utf8_lossy(&out.stdout);
     stdout
         .lines()
+        .rev()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter_map(|m| m.get("executable").and_then(|e| e.as_str()).map(PathBuf::from))
-        .last()
+        .find_map(|m| m.get("executable").and_then(|e| e.as_str()).map(PathBuf::from))
         .expect("cargo named no executable")
 }
 
