@@ -1,28 +1,49 @@
-//! Instruction counts from SysTick under `-icount shift=0`, and peak stack
-//! from painting the stack at boot.
+//! Instruction counts under `-icount shift=0` (SysTick on Cortex-M, the
+//! `minstret` CSR on RISC-V), and peak stack from painting the stack at boot.
 
+#[cfg(target_arch = "arm")]
 use core::sync::atomic::{AtomicU32, Ordering};
 
+#[cfg(target_arch = "arm")]
 use cortex_m::peripheral::syst::SystClkSource;
+#[cfg(target_arch = "arm")]
 use cortex_m::peripheral::SYST;
+#[cfg(target_arch = "arm")]
 use cortex_m_rt::exception;
 
+/// What counts a run's instructions: SysTick on Cortex-M.
+#[cfg(target_arch = "arm")]
+pub type Timer = SYST;
+
+/// What counts a run's instructions: the `minstret` CSR (instructions retired)
+/// on RISC-V, which QEMU counts exactly under `-icount`. Only one run reads it at a time.
+#[cfg(target_arch = "riscv32")]
+#[derive(Debug, Default)]
+pub struct Timer;
+
+#[cfg(target_arch = "arm")]
 /// SysTick reload: the full 24-bit range, so it wraps every 2^24 ticks.
 const RELOAD: u32 = 0x00FF_FFFF;
 
+#[cfg(target_arch = "arm")]
 /// SysTick wraps since `Counter::start`.
 static WRAPS: AtomicU32 = AtomicU32::new(0);
 
+#[cfg(target_arch = "arm")]
 #[exception]
 fn SysTick() {
     WRAPS.fetch_add(1, Ordering::Relaxed);
 }
 
-/// A free-running 24-bit SysTick extended to 64 bits by counting wraps. It
-/// borrows SysTick for as long as it counts, so a board can count run after run.
+/// A free-running 24-bit SysTick extended to 64 bits by counting wraps (on
+/// RISC-V: `minstret` read at the start and at the end). It borrows the
+/// [`Timer`] for as long as it counts, so a board can count run after run.
 pub struct Counter<'a> {
-    _syst: &'a mut SYST,
+    _timer: &'a mut Timer,
     rate: TickRate,
+    /// `minstret` at `start`.
+    #[cfg(target_arch = "riscv32")]
+    start: u64,
 }
 
 /// Instructions per SysTick tick under `-icount shift=0` (1 ns of virtual time
@@ -55,6 +76,7 @@ impl core::fmt::Debug for Counter<'_> {
     }
 }
 
+#[cfg(target_arch = "arm")]
 impl<'a> Counter<'a> {
     /// Starts SysTick from zero on the processor clock. `rate` is the board's
     /// nanoseconds per processor clock cycle: `-icount shift=0` advances
@@ -67,7 +89,7 @@ impl<'a> Counter<'a> {
         WRAPS.store(0, Ordering::Relaxed);
         syst.enable_interrupt();
         syst.enable_counter();
-        Counter { _syst: syst, rate }
+        Counter { _timer: syst, rate }
     }
 
     /// Ticks since `start`.
@@ -89,21 +111,71 @@ impl<'a> Counter<'a> {
     }
 }
 
+#[cfg(target_arch = "riscv32")]
+impl<'a> Counter<'a> {
+    /// Starts counting. `rate` is instructions per `minstret` count: 1.
+    pub fn start(timer: &'a mut Timer, rate: TickRate) -> Counter<'a> {
+        Counter { _timer: timer, rate, start: riscv::register::minstret::read64() }
+    }
+
+    /// Instructions retired since `start`.
+    pub fn ticks(&self) -> u64 {
+        riscv::register::minstret::read64().wrapping_sub(self.start)
+    }
+
+    /// Instructions since `start` (exact under `-icount shift=0`).
+    pub fn instructions(&self) -> u64 {
+        self.rate.instructions(self.ticks())
+    }
+}
+
 /// The word the free stack is painted with.
 const PAINT: u32 = 0xC0DE_5AFE;
 /// Bytes left unpainted just below the painter's own stack pointer.
 const MARGIN: usize = 64;
 
+#[cfg(target_arch = "arm")]
 extern "C" {
     // cortex-m-rt's linker script: the stack grows down from `_stack_start` to `_stack_end`.
     static _stack_start: u32;
     static _stack_end: u32;
 }
 
+#[cfg(target_arch = "riscv32")]
+extern "C" {
+    // riscv-rt's linker script: the stack grows down from `_stack_start` to
+    // `__estack` (the end of the heap, which is empty: the top of .bss).
+    static _stack_start: u32;
+    static __estack: u32;
+}
+
 /// Lowest and highest stack addresses.
+#[cfg(target_arch = "arm")]
 fn stack_bounds() -> (usize, usize) {
     // Only the addresses of the linker symbols are taken, never their contents.
     (core::ptr::addr_of!(_stack_end) as usize, core::ptr::addr_of!(_stack_start) as usize)
+}
+
+/// Lowest and highest stack addresses.
+#[cfg(target_arch = "riscv32")]
+fn stack_bounds() -> (usize, usize) {
+    // Only the addresses of the linker symbols are taken, never their contents.
+    (core::ptr::addr_of!(__estack) as usize, core::ptr::addr_of!(_stack_start) as usize)
+}
+
+/// The stack pointer.
+#[cfg(target_arch = "arm")]
+fn stack_pointer() -> usize {
+    cortex_m::register::msp::read() as usize
+}
+
+/// The stack pointer.
+#[cfg(target_arch = "riscv32")]
+fn stack_pointer() -> usize {
+    let sp: usize;
+    // SAFETY: copies the stack pointer into a register; no memory is touched.
+    unsafe { core::arch::asm!("mv {}, sp", out(reg) sp, options(nomem, nostack, preserves_flags)) };
+    sp
 }
 
 /// Paints the unused stack (from its limit up to just below the current stack
@@ -111,7 +183,7 @@ fn stack_bounds() -> (usize, usize) {
 #[inline(never)]
 pub fn paint_stack() {
     let (bottom, _) = stack_bounds();
-    let sp = cortex_m::register::msp::read() as usize;
+    let sp = stack_pointer();
     let mut p = bottom;
     while p + MARGIN < sp {
         // SAFETY: [bottom, sp - MARGIN) is RAM reserved for the stack and not in
