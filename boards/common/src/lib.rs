@@ -437,7 +437,7 @@ pub fn start<const ARENA_WORDS: usize, const CMDLINE: usize, const PROMPT: usize
     #[cfg(target_arch = "arm")]
     let timer = cortex_m::Peripherals::take().map(|core| core.SYST);
     #[cfg(target_arch = "riscv32")]
-    let timer = Some(Timer);
+    let timer = Some(Timer::MINSTRET);
     let ok = match (buffers.take(), timer) {
         (Some(buffers), Some(mut timer)) => {
             let (cmdline, work) = buffers.parts();

@@ -15,11 +15,27 @@ use cortex_m_rt::exception;
 #[cfg(target_arch = "arm")]
 pub type Timer = SYST;
 
-/// What counts a run's instructions: the `minstret` CSR (instructions retired)
-/// on RISC-V, which QEMU counts exactly under `-icount`. Only one run reads it at a time.
+/// What counts a run's instructions on RISC-V: a free-running 64-bit counter,
+/// read at the start and at the end of the generation loop. [`Timer::MINSTRET`]
+/// is the `minstret` CSR (instructions retired), which QEMU counts exactly
+/// under `-icount`; a core without it (the ESP32-C3 has its own performance
+/// counters) passes its own reader, and its [`TickRate`] says what a count is.
 #[cfg(target_arch = "riscv32")]
-#[derive(Debug, Default)]
-pub struct Timer;
+#[derive(Clone, Copy, Debug)]
+pub struct Timer {
+    read: fn() -> u64,
+}
+
+#[cfg(target_arch = "riscv32")]
+impl Timer {
+    /// The `minstret` CSR (with `minstreth`: 64 bits).
+    pub const MINSTRET: Timer = Timer { read: riscv::register::minstret::read64 };
+
+    /// A counter read by `read` (monotonic, 64 bits, wrapping).
+    pub const fn new(read: fn() -> u64) -> Timer {
+        Timer { read }
+    }
+}
 
 #[cfg(target_arch = "arm")]
 /// SysTick reload: the full 24-bit range, so it wraps every 2^24 ticks.
@@ -36,12 +52,14 @@ fn SysTick() {
 }
 
 /// A free-running 24-bit SysTick extended to 64 bits by counting wraps (on
-/// RISC-V: `minstret` read at the start and at the end). It borrows the
+/// RISC-V: the board's counter, `minstret` on QEMU, read at the start and at the end). It borrows the
 /// [`Timer`] for as long as it counts, so a board can count run after run.
 pub struct Counter<'a> {
-    _timer: &'a mut Timer,
+    // Held on Cortex-M only to keep SysTick borrowed; read on RISC-V.
+    #[cfg_attr(target_arch = "arm", allow(dead_code))]
+    timer: &'a mut Timer,
     rate: TickRate,
-    /// `minstret` at `start`.
+    /// The counter at `start`.
     #[cfg(target_arch = "riscv32")]
     start: u64,
 }
@@ -89,7 +107,7 @@ impl<'a> Counter<'a> {
         WRAPS.store(0, Ordering::Relaxed);
         syst.enable_interrupt();
         syst.enable_counter();
-        Counter { _timer: syst, rate }
+        Counter { timer: syst, rate }
     }
 
     /// Ticks since `start`.
@@ -113,17 +131,18 @@ impl<'a> Counter<'a> {
 
 #[cfg(target_arch = "riscv32")]
 impl<'a> Counter<'a> {
-    /// Starts counting. `rate` is instructions per `minstret` count: 1.
+    /// Starts counting. `rate` is instructions per count (1 for `minstret`).
     pub fn start(timer: &'a mut Timer, rate: TickRate) -> Counter<'a> {
-        Counter { _timer: timer, rate, start: riscv::register::minstret::read64() }
+        let start = (timer.read)();
+        Counter { timer, rate, start }
     }
 
-    /// Instructions retired since `start`.
+    /// Counts since `start`.
     pub fn ticks(&self) -> u64 {
-        riscv::register::minstret::read64().wrapping_sub(self.start)
+        (self.timer.read)().wrapping_sub(self.start)
     }
 
-    /// Instructions since `start` (exact under `-icount shift=0`).
+    /// Instructions since `start` (with `minstret`: exact under `-icount shift=0`).
     pub fn instructions(&self) -> u64 {
         self.rate.instructions(self.ticks())
     }
@@ -134,14 +153,14 @@ const PAINT: u32 = 0xC0DE_5AFE;
 /// Bytes left unpainted just below the painter's own stack pointer.
 const MARGIN: usize = 64;
 
-#[cfg(target_arch = "arm")]
+#[cfg(any(target_arch = "arm", all(target_arch = "riscv32", not(feature = "riscv-rt"))))]
 extern "C" {
-    // cortex-m-rt's linker script: the stack grows down from `_stack_start` to `_stack_end`.
+    // cortex-m-rt's (and esp-hal's) linker script: the stack grows down from `_stack_start` to `_stack_end`.
     static _stack_start: u32;
     static _stack_end: u32;
 }
 
-#[cfg(target_arch = "riscv32")]
+#[cfg(all(target_arch = "riscv32", feature = "riscv-rt"))]
 extern "C" {
     // riscv-rt's linker script: the stack grows down from `_stack_start` to
     // `__estack` (the end of the heap, which is empty: the top of .bss).
@@ -150,14 +169,14 @@ extern "C" {
 }
 
 /// Lowest and highest stack addresses.
-#[cfg(target_arch = "arm")]
+#[cfg(any(target_arch = "arm", all(target_arch = "riscv32", not(feature = "riscv-rt"))))]
 fn stack_bounds() -> (usize, usize) {
     // Only the addresses of the linker symbols are taken, never their contents.
     (core::ptr::addr_of!(_stack_end) as usize, core::ptr::addr_of!(_stack_start) as usize)
 }
 
 /// Lowest and highest stack addresses.
-#[cfg(target_arch = "riscv32")]
+#[cfg(all(target_arch = "riscv32", feature = "riscv-rt"))]
 fn stack_bounds() -> (usize, usize) {
     // Only the addresses of the linker symbols are taken, never their contents.
     (core::ptr::addr_of!(__estack) as usize, core::ptr::addr_of!(_stack_start) as usize)
