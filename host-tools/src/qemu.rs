@@ -3,7 +3,7 @@
 //! The firmware (`boards/qemu-<machine>/`, `boards/stm32f405/`) reads the model from a fixed PSRAM
 //! address, where QEMU's generic loader puts the file and a length word
 //! (mps2-an386, mps2-an505), or from its own flash, where the build embedded it
-//! (lm3s6965evb, netduinoplus2), and its settings from the semihosting command line. It prints the
+//! (lm3s6965evb, netduinoplus2, riscv32-virt), and its settings from the semihosting command line. It prints the
 //! text, then one `stats: ... ids=...` line, or an `error: ...` line and exits 1: on semihosting
 //! stdout, or on its first serial port (netduinoplus2's USART1, read here from a Unix socket),
 //! with defmt log frames on semihosting stdout, decoded here into log lines on stderr.
@@ -524,8 +524,7 @@ pub fn run_qemu(
     sink: impl Write + Send + 'static,
     serial: Option<SerialText<'_>>,
 ) -> Result<Run> {
-    let mut child =
-        cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().context("cannot start QEMU")?;
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().context("cannot start QEMU")?;
     let stdout = child.stdout.take().context("no stdout pipe")?;
     let mut stderr = child.stderr.take().context("no stderr pipe")?;
     let err_reader = std::thread::spawn(move || {
@@ -760,6 +759,22 @@ mod tests {
         assert!(link_error(f405, flash).unwrap().starts_with(
             "the model does not fit in netduinoplus2's 1024 KiB flash beside the firmware: overflowed by 1234"
         ));
+    }
+
+    #[test]
+    fn riscv32_virt_runs_on_qemu_system_riscv32_without_a_bios() {
+        let rv = machine("riscv32-virt").unwrap();
+        let cmd = qemu_command(rv, Path::new("fw.elf"), None, &["microlm".into()], None);
+        assert_eq!(cmd.get_program(), "qemu-system-riscv32");
+        let args: Vec<_> = cmd.get_args().map(|a| a.to_string_lossy().into_owned()).collect();
+        assert!(args.windows(2).any(|w| w == ["-M", "virt"]) && args.windows(2).any(|w| w == ["-bios", "none"]));
+        // The firmware links for 14 MiB of DRAM: QEMU's device tree takes the top 2 MiB of the 16.
+        assert!(args.windows(2).any(|w| w == ["-m", "16M"]), "{args:?}");
+        assert!(args.windows(2).any(|w| w == ["-icount", "shift=0"]));
+        assert_eq!(
+            qemu_command(machine("mps2-an386").unwrap(), Path::new("fw.elf"), None, &[], None).get_program(),
+            "qemu-system-arm"
+        );
     }
 
     #[test]
