@@ -6,7 +6,8 @@
 #   host workspace        cargo fmt --check, clippy --all-targets, rustdoc
 #   runtime, Cortex-M4F   clippy and rustdoc for thumbv7em-none-eabihf (where the asm kernels compile)
 #   every board crate     cargo fmt --check and clippy for the board's own target
-#                         (boards/stm32f405 also with its `qemu` feature set)
+#                         (boards/stm32f405 also with its `qemu` feature set;
+#                         boards/common also for riscv32imc-unknown-none-elf)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -29,6 +30,9 @@ for board in boards/*/; do
     step "clippy -D warnings ($board, its own target)"
     (cd "$board" && cargo clippy --release --locked --quiet -- -D warnings)
 done
+# The shared board crate is checked for thumbv7m by its config; the RISC-V boards build it for rv32.
+step "clippy -D warnings (boards/common/, riscv32imc-unknown-none-elf)"
+(cd boards/common && cargo clippy --release --locked --quiet --target riscv32imc-unknown-none-elf -- -D warnings)
 # The STM32F405's QEMU build swaps its clocks, logger and command-line source.
 step "clippy -D warnings (boards/stm32f405/, --features qemu)"
 (cd boards/stm32f405 && cargo clippy --release --locked --quiet --no-default-features --features qemu -- -D warnings)

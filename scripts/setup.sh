@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the demo and the tests need on a fresh machine: the Rust
-# targets listed in rust-toolchain.toml, QEMU for the board tests, and an
+# targets listed in rust-toolchain.toml, QEMU (Arm and RISC-V) for the board tests, and an
 # aarch64 linker with QEMU user mode for the runtime's NEON tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,6 +15,8 @@ done
 # Debian packages for the commands that are missing.
 missing=()
 command -v qemu-system-arm >/dev/null 2>&1 || missing+=(qemu-system-arm)
+# qemu-system-riscv32 (the riscv32-virt board) is in Debian's qemu-system-misc.
+command -v qemu-system-riscv32 >/dev/null 2>&1 || missing+=(qemu-system-misc)
 command -v qemu-aarch64 >/dev/null 2>&1 || missing+=(qemu-user)
 command -v aarch64-linux-gnu-gcc >/dev/null 2>&1 || missing+=(gcc-aarch64-linux-gnu)
 if [ ${#missing[@]} -gt 0 ]; then

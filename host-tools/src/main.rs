@@ -106,8 +106,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Device(args) => device::run(&args),
         Command::Demo(args) => {
             // The board is checked by the parser; the QEMU check is cheap: both come before any download or conversion.
-            if args.board.is_some() {
-                qemu::check_qemu()?;
+            if let Some(board) = &args.board {
+                qemu::check_qemu(qemu::machine(board)?)?;
             }
             let sources = models::find_or_download(args.models.as_deref(), args.hub_url.as_deref())?;
             let model = models::demo_model(&sources, args.report)?;

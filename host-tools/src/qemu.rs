@@ -3,7 +3,7 @@
 //! The firmware (`boards/qemu-<machine>/`, `boards/stm32f405/`) reads the model from a fixed PSRAM
 //! address, where QEMU's generic loader puts the file and a length word
 //! (mps2-an386, mps2-an505), or from its own flash, where the build embedded it
-//! (lm3s6965evb, netduinoplus2), and its settings from the semihosting command line. It prints the
+//! (lm3s6965evb, netduinoplus2, riscv32-virt), and its settings from the semihosting command line. It prints the
 //! text, then one `stats: ... ids=...` line, or an `error: ...` line and exits 1: on semihosting
 //! stdout, or on its first serial port (netduinoplus2's USART1, read here from a Unix socket),
 //! with defmt log frames on semihosting stdout, decoded here into log lines on stderr.
@@ -21,8 +21,14 @@ use crate::generate::SamplingArgs;
 /// A QEMU machine with a board crate.
 #[derive(Debug)]
 pub struct Machine {
-    /// QEMU `-M` name.
+    /// `--machine` name (QEMU's `-M` name for the Arm boards).
     pub name: &'static str,
+    /// The QEMU system emulator that runs it.
+    pub qemu: &'static str,
+    /// QEMU's `-M` name and any other machine options (`-m`, `-bios`).
+    pub qemu_machine: &'static [&'static str],
+    /// The firmware ELF's architecture.
+    pub arch: object::Architecture,
     /// Board crate directory, relative to the checkout.
     pub board_dir: &'static str,
     /// How the firmware gets the model file.
@@ -65,6 +71,9 @@ pub enum Placement {
 pub const MACHINES: &[Machine] = &[
     Machine {
         name: "mps2-an386",
+        qemu: "qemu-system-arm",
+        qemu_machine: &["-M", "mps2-an386"],
+        arch: object::Architecture::Arm,
         board_dir: "boards/qemu-mps2-an386",
         model: Placement::Loaded,
         text: TextChannel::Semihosting,
@@ -72,6 +81,9 @@ pub const MACHINES: &[Machine] = &[
     },
     Machine {
         name: "mps2-an505",
+        qemu: "qemu-system-arm",
+        qemu_machine: &["-M", "mps2-an505"],
+        arch: object::Architecture::Arm,
         board_dir: "boards/qemu-mps2-an505",
         model: Placement::Loaded,
         text: TextChannel::Semihosting,
@@ -79,6 +91,9 @@ pub const MACHINES: &[Machine] = &[
     },
     Machine {
         name: "lm3s6965evb",
+        qemu: "qemu-system-arm",
+        qemu_machine: &["-M", "lm3s6965evb"],
+        arch: object::Architecture::Arm,
         board_dir: "boards/qemu-lm3s6965evb",
         model: Placement::Embedded { flash_bytes: 256 << 10, ram_bytes: 64 << 10 },
         text: TextChannel::Semihosting,
@@ -88,10 +103,27 @@ pub const MACHINES: &[Machine] = &[
     // (and the firmware's memory.x) 128 KiB.
     Machine {
         name: "netduinoplus2",
+        qemu: "qemu-system-arm",
+        qemu_machine: &["-M", "netduinoplus2"],
+        arch: object::Architecture::Arm,
         board_dir: "boards/stm32f405",
         model: Placement::Embedded { flash_bytes: 1 << 20, ram_bytes: 128 << 10 },
         text: TextChannel::Serial,
         build_args: &["--no-default-features", "--features", "qemu"],
+    },
+    // RV32IMC (the ESP32-C3's instruction set) on QEMU's virt machine with no
+    // firmware of its own: the ELF (with the model) is loaded to DRAM at
+    // 0x80000000. The firmware links for the lower 14 MiB of `-m 16M`: QEMU
+    // puts its device tree in the top 2 MiB.
+    Machine {
+        name: "riscv32-virt",
+        qemu: "qemu-system-riscv32",
+        qemu_machine: &["-M", "virt", "-m", "16M", "-bios", "none"],
+        arch: object::Architecture::Riscv32,
+        board_dir: "boards/qemu-riscv32-virt",
+        model: Placement::Embedded { flash_bytes: 14 << 20, ram_bytes: 14 << 20 },
+        text: TextChannel::Semihosting,
+        build_args: &[],
     },
 ];
 
@@ -108,28 +140,28 @@ pub struct LoadAddresses {
     pub model_max: u64,
 }
 
-/// The firmware ELF at `path`, parsed: it must be a 32-bit ARM ELF file.
-fn read_firmware<'d>(path: &Path, data: &'d [u8]) -> Result<object::File<'d>> {
+/// The firmware ELF at `path`, parsed: it must be an ELF file for `arch`.
+fn read_firmware<'d>(path: &Path, data: &'d [u8], arch: object::Architecture) -> Result<object::File<'d>> {
     use object::Object as _;
     let not = |why: &str| anyhow::anyhow!("{} is not a microlm board firmware ({why})", path.display());
     let file = object::File::parse(data).map_err(|_| not("not an ELF file"))?;
     ensure!(file.format() == object::BinaryFormat::Elf, not("not an ELF file"));
-    let arch = file.architecture();
-    ensure!(arch == object::Architecture::Arm, not(&format!("an ELF file for {arch:?}, not 32-bit ARM")));
+    let found = file.architecture();
+    ensure!(found == arch, not(&format!("an ELF file for {found:?}, not {arch:?}")));
     Ok(file)
 }
 
-/// Checks that `path` is a 32-bit ARM ELF file (what QEMU's `-kernel` boots on these machines).
-pub fn check_firmware(path: &Path) -> Result<()> {
+/// Checks that `path` is an ELF file for the machine's architecture (what QEMU's `-kernel` boots).
+pub fn check_firmware(machine: &Machine, path: &Path) -> Result<()> {
     let data = std::fs::read(path).with_context(|| format!("cannot read firmware {}", path.display()))?;
-    read_firmware(path, &data).map(|_| ())
+    read_firmware(path, &data, machine.arch).map(|_| ())
 }
 
-/// The model load addresses of the firmware at `path`, from its ELF symbols.
-pub fn load_addresses(path: &Path) -> Result<LoadAddresses> {
+/// The model load addresses of the firmware at `path` (for `machine`), from its ELF symbols.
+pub fn load_addresses(machine: &Machine, path: &Path) -> Result<LoadAddresses> {
     use object::{Object as _, ObjectSymbol as _};
     let data = std::fs::read(path).with_context(|| format!("cannot read firmware {}", path.display()))?;
-    let file = read_firmware(path, &data)?;
+    let file = read_firmware(path, &data, machine.arch)?;
     let symbol = |name: &str| {
         file.symbols()
             .find(|s| s.name() == Ok(name))
@@ -444,8 +476,8 @@ pub fn qemu_command(
         semihosting.push_str(",arg=");
         semihosting.push_str(&qemu_opt(w));
     }
-    let mut cmd = Command::new("qemu-system-arm");
-    cmd.args(["-M", machine.name, "-nographic", "-monitor", "none"]);
+    let mut cmd = Command::new(machine.qemu);
+    cmd.args(machine.qemu_machine).args(["-nographic", "-monitor", "none"]);
     match serial {
         Some(socket) => cmd
             .arg("-chardev")
@@ -454,7 +486,7 @@ pub fn qemu_command(
         None => cmd.args(["-serial", "null"]),
     };
     cmd.args(["-semihosting-config", &semihosting])
-        // 1 ns of virtual time per instruction: the firmware's SysTick counts instructions.
+        // 1 ns of virtual time per instruction: the firmware's SysTick (or minstret) counts instructions.
         .args(["-icount", "shift=0"]);
     if let Some((model, model_len, LoadAddresses { len_addr, model_addr, .. })) = model {
         cmd.arg("-device")
@@ -466,14 +498,17 @@ pub fn qemu_command(
     cmd
 }
 
-/// Fails with install instructions when qemu-system-arm is not on PATH.
-pub fn check_qemu() -> Result<()> {
-    match Command::new("qemu-system-arm").arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status() {
+/// Fails with install instructions when the machine's QEMU is not on PATH.
+pub fn check_qemu(machine: &Machine) -> Result<()> {
+    let qemu = machine.qemu;
+    match Command::new(qemu).arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status() {
         Ok(_) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
-            "qemu-system-arm not found: install it with 'sudo apt-get install qemu-system-arm' (or run scripts/setup.sh)"
-        ),
-        Err(e) => Err(e).context("cannot run qemu-system-arm"),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            // Debian packages qemu-system-riscv32 in qemu-system-misc.
+            let package = if qemu == "qemu-system-arm" { "qemu-system-arm" } else { "qemu-system-misc" };
+            bail!("{qemu} not found: install it with 'sudo apt-get install {package}' (or run scripts/setup.sh)")
+        }
+        Err(e) => Err(e).context(format!("cannot run {qemu}")),
     }
 }
 
@@ -573,8 +608,7 @@ pub fn run_qemu(
     sink: impl Write + Send + 'static,
     serial: Option<SerialText<'_>>,
 ) -> Result<Run> {
-    let mut child =
-        cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().context("cannot start qemu-system-arm")?;
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().context("cannot start QEMU")?;
     let stdout = child.stdout.take().context("no stdout pipe")?;
     let mut stderr = child.stderr.take().context("no stderr pipe")?;
     let err_reader = std::thread::spawn(move || {
@@ -696,7 +730,7 @@ pub fn run(args: &QemuArgs) -> Result<()> {
         file.parse(false)?;
         file.bytes().len() as u64
     };
-    check_qemu()?;
+    check_qemu(machine)?;
     let mut words = firmware_args(&args.sampling);
     // A board that prints on its serial port: QEMU serves it on a socket in a fresh directory.
     let socket_dir = match machine.text {
@@ -710,7 +744,7 @@ pub fn run(args: &QemuArgs) -> Result<()> {
                 Some(path) => path.clone(),
                 None => build_firmware(machine, &[])?,
             };
-            let at = load_addresses(&firmware)?;
+            let at = load_addresses(machine, &firmware)?;
             ensure!(
                 model_len <= at.model_max,
                 "{} is {model_len} bytes; {} holds at most {} bytes for the model",
@@ -730,7 +764,7 @@ pub fn run(args: &QemuArgs) -> Result<()> {
             let firmware = match &args.firmware {
                 // A prebuilt firmware carries its own model (and context).
                 Some(path) => {
-                    check_firmware(path)?;
+                    check_firmware(machine, path)?;
                     path.clone()
                 }
                 None => {
@@ -813,6 +847,22 @@ mod tests {
         assert!(link_error(f405, flash).unwrap().starts_with(
             "the model does not fit in netduinoplus2's 1024 KiB flash beside the firmware: overflowed by 1234"
         ));
+    }
+
+    #[test]
+    fn riscv32_virt_runs_on_qemu_system_riscv32_without_a_bios() {
+        let rv = machine("riscv32-virt").unwrap();
+        let cmd = qemu_command(rv, Path::new("fw.elf"), None, &["microlm".into()], None);
+        assert_eq!(cmd.get_program(), "qemu-system-riscv32");
+        let args: Vec<_> = cmd.get_args().map(|a| a.to_string_lossy().into_owned()).collect();
+        assert!(args.windows(2).any(|w| w == ["-M", "virt"]) && args.windows(2).any(|w| w == ["-bios", "none"]));
+        // The firmware links for 14 MiB of DRAM: QEMU's device tree takes the top 2 MiB of the 16.
+        assert!(args.windows(2).any(|w| w == ["-m", "16M"]), "{args:?}");
+        assert!(args.windows(2).any(|w| w == ["-icount", "shift=0"]));
+        assert_eq!(
+            qemu_command(machine("mps2-an386").unwrap(), Path::new("fw.elf"), None, &[], None).get_program(),
+            "qemu-system-arm"
+        );
     }
 
     #[test]

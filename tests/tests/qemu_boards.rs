@@ -5,6 +5,9 @@
 //! for lm3s6965evb is one clear error line. netduinoplus2 (STM32F405, Cortex-M4F,
 //! model embedded in 1 MiB flash, 128 KiB SRAM, text on USART1) says exactly what
 //! the host says for stories260K q8_0 with an int8 KV cache, and fits the chip.
+//! riscv32-virt (QEMU virt, RV32IMC, model embedded in the RAM image) says
+//! exactly what the host says for the same q8_0 file and i8 cache, within an
+//! instruction budget counted by `minstret`.
 //!
 //! Everything goes through `microlm qemu`, which builds the board crate with
 //! cargo in a subprocess. The lm3s6965evb firmware is rebuilt for each model
@@ -415,4 +418,88 @@ fn netduinoplus2_fits_the_chip() {
     // Larger than the flash outright (the f32 file is 1,048,996 bytes): refused before building.
     let out = qemu(&converted("f32"), "netduinoplus2", &["-n", "8"]);
     assert_error(&out, "netduinoplus2's flash holds 1048576 bytes");
+}
+
+/// The riscv32-virt firmware (RV32IMC, soft float) runs stories260K q8_0 with
+/// an int8 KV cache sized for this many positions (every reference case fits),
+/// so one build serves all five cases.
+const RV32_CTX: usize = 256;
+/// Stack the riscv32-virt firmware's memory.x keeps below the top of its RAM.
+const RV32_STACK: u64 = 64 * 1024;
+/// Instructions per token for the greedy case (256 tokens, q8_0 weights, i8
+/// cache), counted by `minstret` under `-icount shift=0` (deterministic):
+/// 24,242,607 when the board was added; the budget sits about 3 % above it.
+const RV32_GREEDY_BUDGET: u64 = 25_000_000;
+
+/// riscv32-virt builds replace one firmware file: one build-and-run at a time.
+static RV32: Mutex<()> = Mutex::new(());
+
+fn rv32(model: &Path, args: &[&str]) -> Output {
+    let _turn = RV32.lock().unwrap_or_else(|e| e.into_inner());
+    qemu(model, "riscv32-virt", args)
+}
+
+/// The five llama2.c reference settings on QEMU's riscv32 virt machine (q8_0
+/// weights, int8 KV cache, the portable kernels in software floating point):
+/// the ids and the text are exactly the host's for the same file and flags,
+/// and the greedy case keeps to its instruction budget.
+#[test]
+fn riscv32_virt_matches_host() {
+    let model = converted("q8_0");
+    let ctx = RV32_CTX.to_string();
+    for case in reference_cases() {
+        let (steps, temp, topp) = (case.steps.to_string(), case.temperature.to_string(), case.topp.to_string());
+        let seed = case.seed.unwrap_or(1).to_string();
+        let flags = ["-p", &case.prompt, "-n", &steps, "-t", &temp, "--top-p", &topp, "-s", &seed, "--kv", "i8"];
+        let mut args = flags.to_vec();
+        args.extend(["--ctx", &ctx]);
+        let out = rv32(&model, &args);
+        assert!(out.status.success(), "{}: {}", case.name, String::from_utf8_lossy(&out.stderr));
+        let board = last_json(&out);
+        let host = generate(&model, &flags);
+        assert_eq!(board["ids"], host["ids"], "{}: riscv32-virt ids differ from the host's", case.name);
+        assert_eq!(board["text"], host["text"], "{}: text differs from the host's", case.name);
+        assert_eq!(board["tokens"], case.steps);
+        let stack = board["stack_peak_bytes"].as_u64().unwrap();
+        assert!(stack > 0 && stack <= RV32_STACK, "{}: peak stack {stack} bytes", case.name);
+        let per_token = board["instructions_per_token"].as_u64().unwrap();
+        assert!(per_token > 0);
+        if case.name == "greedy" {
+            assert!(per_token <= RV32_GREEDY_BUDGET, "greedy: {per_token} instructions per token");
+        }
+        println!(
+            "riscv32-virt {}: {per_token} instructions per token, stack {stack} bytes, arena {} bytes",
+            case.name, board["arena_bytes"]
+        );
+    }
+}
+
+/// The instruction count is `minstret` under `-icount shift=0`: the same run
+/// counts the same, and a longer run costs more per token (attention over more
+/// positions), so the counter counts the generation and nothing else.
+#[test]
+fn riscv32_virt_counts_instructions_deterministically() {
+    let model = converted("q8_0");
+    let ctx = RV32_CTX.to_string();
+    let count = |steps: &str| {
+        let out = rv32(&model, &["-n", steps, "-t", "0", "--kv", "i8", "--ctx", &ctx]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        last_json(&out)["instructions_per_token"].as_u64().unwrap()
+    };
+    let (a, b, longer) = (count("24"), count("24"), count("48"));
+    assert_eq!(a, b, "two identical runs counted differently");
+    assert!(longer > a, "48 tokens: {longer} per token, 24 tokens: {a}");
+}
+
+/// A corrupt model to embed is the parser's error and exit code 1, before the firmware is built.
+#[test]
+fn riscv32_virt_corrupt_model_is_an_error_exit() {
+    let mut bytes = std::fs::read(converted("q8_0")).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x40;
+    let path = scratch_dir("qemu-boards").join("rv32-corrupt.mlm");
+    std::fs::write(&path, bytes).unwrap();
+    let out = rv32(&path, &["-n", "8"]);
+    assert_error(&out, "is not a valid model file");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("checksum mismatch"));
 }

@@ -4,11 +4,13 @@
 
 use core::fmt::Write;
 
+#[cfg(target_arch = "arm")]
 use cortex_m_rt::{exception, ExceptionFrame};
 
 use crate::host::{self, Out};
 
 /// Reports a fault as an error line and exits 1 instead of hanging.
+#[cfg(target_arch = "arm")]
 #[exception]
 unsafe fn HardFault(frame: &ExceptionFrame) -> ! {
     let mut out = Out::stdout();
@@ -19,11 +21,38 @@ unsafe fn HardFault(frame: &ExceptionFrame) -> ! {
 }
 
 /// Any unexpected interrupt or exception: report and exit 1.
+#[cfg(target_arch = "arm")]
 #[exception]
 unsafe fn DefaultHandler(irqn: i16) {
     let mut out = Out::stdout();
     // The fault may interrupt a line of text: start a new one.
     let _ = writeln!(out, "\nerror: unexpected exception {irqn}");
+    crate::Console::flush(&mut out);
+    host::exit(false)
+}
+
+/// Any exception (a fault, an illegal instruction, ...) on RISC-V: reports
+/// `mcause` and `mepc` and exits 1 instead of hanging.
+#[cfg(target_arch = "riscv32")]
+#[export_name = "ExceptionHandler"]
+fn exception_handler(_frame: &riscv_rt::TrapFrame) -> ! {
+    let mut out = Out::stdout();
+    let cause = riscv::register::mcause::read().bits();
+    let pc = riscv::register::mepc::read();
+    // The fault may interrupt a line of text: start a new one.
+    let _ = writeln!(out, "\nerror: exception (mcause {cause:#x}) at pc {pc:#010x}");
+    crate::Console::flush(&mut out);
+    host::exit(false)
+}
+
+/// Any interrupt on RISC-V (the firmware enables none): report and exit 1.
+#[cfg(target_arch = "riscv32")]
+#[export_name = "DefaultHandler"]
+fn default_handler() -> ! {
+    let mut out = Out::stdout();
+    let cause = riscv::register::mcause::read().bits();
+    // The interrupt may interrupt a line of text: start a new one.
+    let _ = writeln!(out, "\nerror: unexpected interrupt (mcause {cause:#x})");
     crate::Console::flush(&mut out);
     host::exit(false)
 }

@@ -1,8 +1,13 @@
-//! Semihosting: buffered stdout, the command line, the clock and the exit code.
+//! Semihosting: buffered stdout, the command line, the clock and the exit code
+//! (cortex-m-semihosting on Arm, riscv-semihosting on RISC-V: the same calls).
 
 use core::fmt;
 
-use cortex_m_semihosting::{debug, hio, nr};
+#[cfg(target_arch = "arm")]
+use cortex_m_semihosting as sh;
+#[cfg(target_arch = "riscv32")]
+use riscv_semihosting as sh;
+use sh::{debug, hio, nr};
 
 /// Text to the host's stdout, buffered so a token or a stats line is one write.
 pub struct Out {
@@ -68,7 +73,7 @@ pub fn cmdline(buf: &mut [u8]) -> Option<&mut [u8]> {
     let mut block = [buf.as_mut_ptr() as usize, buf.len()];
     // SAFETY: the host writes at most `buf.len()` bytes into `buf` and one word
     // into `block`, both live and exclusively borrowed for the call.
-    let status = unsafe { cortex_m_semihosting::syscall1(nr::GET_CMDLINE, block.as_mut_ptr() as usize) };
+    let status = unsafe { sh::syscall1(nr::GET_CMDLINE, block.as_mut_ptr() as usize) };
     let len = block[1];
     (status == 0 && len < buf.len()).then(|| &mut buf[..len])
 }
@@ -76,7 +81,7 @@ pub fn cmdline(buf: &mut [u8]) -> Option<&mut [u8]> {
 /// Seconds since the Unix epoch from the host clock (SYS_TIME).
 pub fn time() -> u64 {
     // SAFETY: SYS_TIME takes no parameter block and only returns a value.
-    unsafe { cortex_m_semihosting::syscall1(nr::TIME, 0) as u64 }
+    unsafe { sh::syscall1(nr::TIME, 0) as u64 }
 }
 
 /// Ends the QEMU run with exit code 0 (`ok`) or 1.
@@ -84,6 +89,9 @@ pub fn exit(ok: bool) -> ! {
     debug::exit(if ok { debug::EXIT_SUCCESS } else { debug::EXIT_FAILURE });
     // Only reached if a debugger resumes after the exit request.
     loop {
+        #[cfg(target_arch = "arm")]
         cortex_m::asm::wfi();
+        #[cfg(target_arch = "riscv32")]
+        riscv::asm::wfi();
     }
 }

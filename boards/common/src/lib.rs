@@ -1,5 +1,5 @@
 //! What every microlm board firmware shares: the command line ([`args`]),
-//! instruction counting and stack painting on Cortex-M ([`measure`]), and the
+//! instruction counting and stack painting on Cortex-M and RISC-V ([`measure`]), and the
 //! run loop ([`run`]) that parses the model, runs the runtime's `Generation`
 //! loop and streams each token to the board's [`Console`], then prints one
 //! stats line:
@@ -22,6 +22,9 @@
 //! `#[entry]`.
 #![no_std]
 
+#[cfg(not(any(target_arch = "arm", target_arch = "riscv32")))]
+compile_error!("microlm-board builds for Cortex-M (arm) and 32-bit RISC-V targets only");
+
 pub mod args;
 #[cfg(feature = "handlers")]
 mod handlers;
@@ -39,7 +42,6 @@ use core::fmt::{self, Write};
 #[cfg(feature = "semihosting")]
 use core::sync::atomic::{AtomicBool, Ordering};
 
-use cortex_m::peripheral::SYST;
 use microlm::{
     FormatError, GenerateError, Generation, Model, Sampler, SamplerConfig, SamplerError, Session, SessionError, Step,
     Stop, Tokenizer, TokenizerError, Utf8Stream,
@@ -48,7 +50,7 @@ use microlm::{
 use crate::args::ArgError;
 #[cfg(feature = "semihosting")]
 use crate::host::Out;
-pub use crate::measure::TickRate;
+pub use crate::measure::{TickRate, Timer};
 
 /// Where a board's text goes: the story as it streams, the stats line and the
 /// error lines. Writes may be buffered until [`Console::flush`].
@@ -191,10 +193,16 @@ impl<T> Once<T> {
     // A `&'static mut` from `&'static self` is sound here: the flag hands it out once.
     #[allow(clippy::mut_from_ref)]
     pub fn take(&'static self) -> Option<&'static mut T> {
-        if self.taken.swap(true, Ordering::AcqRel) {
+        // A critical section, not `swap`: rv32imc has atomic loads and stores only.
+        let taken = critical_section::with(|_| {
+            let taken = self.taken.load(Ordering::Acquire);
+            self.taken.store(true, Ordering::Release);
+            taken
+        });
+        if taken {
             return None;
         }
-        // SAFETY: the flag above lets this run once, so this is the only
+        // SAFETY: the flag above (tested and set in one critical section) lets this run once, so this is the only
         // reference to the value for the rest of the program.
         Some(unsafe { &mut *self.value.get() })
     }
@@ -288,7 +296,7 @@ impl From<GenerateError> for Error<'_> {
 fn generate<'a, C: Console>(
     board: &Board,
     out: &mut C,
-    syst: &mut SYST,
+    syst: &mut Timer,
     line: &'a mut [u8],
     work: Work<'_>,
     clock: fn() -> u64,
@@ -400,12 +408,12 @@ fn generate<'a, C: Console>(
 /// One generation as the command line `line` asks (word 0 is the program
 /// name), streamed to `out`: the text, then the stats line, or one
 /// `error: ...` line. `clock` seeds the sampler when the line has no `-s`
-/// (or `-s 0`); SysTick (`syst`) counts the instructions. Returns whether the
+/// (or `-s 0`); `syst` (SysTick on Cortex-M, `minstret` on RISC-V) counts the instructions. Returns whether the
 /// run succeeded. Call [`measure::paint_stack`] once at boot for the stack figure.
 pub fn run<C: Console>(
     board: &Board,
     out: &mut C,
-    syst: &mut SYST,
+    syst: &mut Timer,
     line: &mut [u8],
     work: Work<'_>,
     clock: fn() -> u64,
@@ -434,11 +442,15 @@ pub fn start<const ARENA_WORDS: usize, const CMDLINE: usize, const PROMPT: usize
 ) -> ! {
     measure::paint_stack();
     let mut out = Out::stdout();
-    let ok = match (buffers.take(), cortex_m::Peripherals::take()) {
-        (Some(buffers), Some(mut core)) => {
+    #[cfg(target_arch = "arm")]
+    let timer = cortex_m::Peripherals::take().map(|core| core.SYST);
+    #[cfg(target_arch = "riscv32")]
+    let timer = Some(Timer::MINSTRET);
+    let ok = match (buffers.take(), timer) {
+        (Some(buffers), Some(mut timer)) => {
             let (cmdline, work) = buffers.parts();
             match host::cmdline(cmdline) {
-                Some(line) => run(board, &mut out, &mut core.SYST, line, work, host::time),
+                Some(line) => run(board, &mut out, &mut timer, line, work, host::time),
                 None => {
                     let _ = writeln!(out, "error: semihosting command line is longer than {CMDLINE} bytes");
                     false
