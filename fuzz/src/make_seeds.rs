@@ -62,7 +62,7 @@ fn main() {
         for k in TensorKind::ALL.into_iter().filter(|k| k.is_norm()) {
             dtypes[k.index()] = DType::F32;
         }
-        let spec = ModelSpec { name: "tiny", config: cfg, dtypes, vocab: &vocab };
+        let spec = ModelSpec { name: "tiny", source: "test", config: cfg, dtypes, vocab: &vocab };
         let bytes = write_model(&spec, |e| {
             let n = (e.rows * e.cols) as usize;
             Ok(encode_tensor(e.dtype, &weights(n, u64::from(e.layer) * 16 + e.kind.index() as u64)))

@@ -62,7 +62,8 @@ pub fn run(args: &ConvertArgs) -> Result<()> {
 
     // First the f32 model (the reference every quantized tensor is measured against) ...
     let name = write::model_name(&args.input.to_string_lossy());
-    let spec = ModelSpec { name: &name, config: ckpt.config, dtypes: [DType::F32; 12], vocab: &vocab };
+    let spec =
+        ModelSpec { name: &name, source: "llama2.c", config: ckpt.config, dtypes: [DType::F32; 12], vocab: &vocab };
     let progress = tensor_progress(bytes.len(), ckpt.config.tensor_count());
     let f32_file = write::write_model(&spec, |entry| {
         progress.inc(1);
@@ -130,7 +131,8 @@ fn run_hf(args: &ConvertArgs) -> Result<()> {
     let m = hf::read_dir(&args.input)
         .with_context(|| format!("{} is not a usable Hugging Face Llama folder", args.input.display()))?;
     let name = write::model_name(&args.input.to_string_lossy());
-    let spec = ModelSpec { name: &name, config: m.config, dtypes: [DType::F32; 12], vocab: &m.vocab };
+    let spec =
+        ModelSpec { name: &name, source: "huggingface", config: m.config, dtypes: [DType::F32; 12], vocab: &m.vocab };
     let f32_file = write::write_model(&spec, |entry| encode_entry(entry, m.tensor(entry.kind, entry.layer as usize)))
         .context("cannot build the model file")?;
     let f32_file = ModelFile::from_bytes(&f32_file);
@@ -152,9 +154,14 @@ fn run_hf(args: &ConvertArgs) -> Result<()> {
 /// Whether `path` starts with the GGUF magic (checked by content, not by name).
 fn is_gguf(path: &std::path::Path) -> Result<bool> {
     use std::io::Read;
+    // Only a regular file is opened: opening a FIFO or a device could block
+    // (io::read refuses those with a clear error afterwards).
+    if !std::fs::metadata(path).is_ok_and(|m| m.is_file()) {
+        return Ok(false);
+    }
     let Ok(mut f) = std::fs::File::open(path) else { return Ok(false) };
     let mut magic = [0u8; 4];
-    Ok(f.metadata().is_ok_and(|m| m.is_file()) && f.read_exact(&mut magic).is_ok() && magic == gguf::MAGIC)
+    Ok(f.read_exact(&mut magic).is_ok() && magic == gguf::MAGIC)
 }
 
 /// The microlm dtype a ggml type goes to when `--dtype` is not given: the same
@@ -234,7 +241,7 @@ fn run_gguf(args: &ConvertArgs) -> Result<()> {
     let progress = tensor_progress(bytes.len(), config.tensor_count());
     // The first tensor the file lacks, shapes otherwise or cannot dequantize.
     let mut bad: Option<anyhow::Error> = None;
-    let f32_file = write::write_model_with(&name, &config, &[DType::F32; 12], tokenizer, |entry| {
+    let f32_file = write::write_model_with(&name, "gguf", &config, &[DType::F32; 12], tokenizer, |entry| {
         progress.inc(1);
         let (rows, cols) = (entry.rows as usize, entry.cols as usize);
         match gguf::tensor_values(&g, entry.kind, entry.layer as usize, rows, cols) {

@@ -317,6 +317,7 @@ mod tests {
         let vocab = microlm_cli::llama2c::read_tokenizer(&tok, std::path::Path::new("tok512.bin")).unwrap();
         let spec = microlm::write::ModelSpec {
             name: "t",
+            source: "llama2.c",
             config: ckpt.config,
             dtypes: [microlm::DType::F32; 12],
             vocab: &vocab,

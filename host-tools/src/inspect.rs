@@ -193,6 +193,7 @@ pub fn run(args: &InspectArgs) -> Result<()> {
         let j = json!({
             "file": args.model.display().to_string(),
             "name": model.name(),
+            "source": model.source(),
             "arch": "llama",
             "file_bytes": model.file_len(),
             "crc32": format!("{:08x}", model.crc32()),
@@ -230,6 +231,11 @@ pub fn run(args: &InspectArgs) -> Result<()> {
 
     writeln!(out, "file        {} ({} bytes, crc32 {:08x})", args.model.display(), model.file_len(), model.crc32())?;
     writeln!(out, "name        {}", model.name())?;
+    writeln!(
+        out,
+        "source      {}",
+        if model.source().is_empty() { "not recorded (format version 1)" } else { model.source() }
+    )?;
     writeln!(out, "arch        llama")?;
     writeln!(
         out,

@@ -162,7 +162,7 @@ pub fn requantize(
     };
     let mut report = Vec::new();
     let mut failure: Option<anyhow::Error> = None;
-    let out = write::write_model_with(name, source.config(), &dtypes, tokenizer, |entry| {
+    let out = write::write_model_with(name, source.source(), source.config(), &dtypes, tokenizer, |entry| {
         let (kind, layer) = (entry.kind, entry.layer as usize);
         let (rows, cols) = (entry.rows as usize, entry.cols as usize);
         let name = tensor_name(kind, entry.layer);

@@ -27,6 +27,8 @@ pub const MAGIC: [u8; 4] = *b"MLM\x1a";
 /// The format version this build writes. Version 2 starts the tokenizer section
 /// with a kind word (SentencePiece or byte-level BPE).
 pub const VERSION: u32 = 2;
+/// Longest source-format name (the string after the tensor table in version 2).
+pub const MAX_SOURCE_LEN: usize = 64;
 /// The oldest version this build reads: version 1 files hold a SentencePiece
 /// section without the kind word and are otherwise identical.
 pub const MIN_VERSION: u32 = 1;

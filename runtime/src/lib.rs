@@ -35,7 +35,7 @@
 //!     dim: 8, hidden_dim: 12, n_layers: 1, n_heads: 2, n_kv_heads: 1, vocab_size: 259, seq_len: 4,
 //!     norm_eps: 1e-5, rope_theta: 10000.0, bos_id: 1, eos_id: 2, shared_classifier: false,
 //! };
-//! let spec = ModelSpec { name: "doc", config, dtypes: [DType::F32; 12], vocab: &vocab };
+//! let spec = ModelSpec { name: "doc", source: "llama2.c", config, dtypes: [DType::F32; 12], vocab: &vocab };
 //! let file = write_model(&spec, |t| {
 //!     let values: Vec<f32> = (0..(t.rows * t.cols) as usize).map(|i| (i % 7) as f32 / 7.0 - 0.4).collect();
 //!     Ok(encode_tensor(t.dtype, &values))

@@ -7,7 +7,7 @@
 use crate::error::{FormatError, PlanError, SessionError};
 use crate::format::{
     canonical_tensors, read_u32, Config, DType, Header, KindDtypes, Layout, TensorEntry, TensorKind, MAGIC,
-    MIN_VERSION, PREAMBLE_LEN, TRAILER_LEN, VERSION,
+    MAX_SOURCE_LEN, MIN_VERSION, PREAMBLE_LEN, TRAILER_LEN, VERSION,
 };
 use crate::kernels::Matrix;
 use crate::kv::KvDtype;
@@ -33,6 +33,8 @@ pub struct Model<'a> {
     dtypes: KindDtypes,
     layout: Layout,
     tokenizer: Tokenizer<'a>,
+    /// The format the file was converted from (`llama2.c`, `gguf`, `huggingface`; "" in version 1 files).
+    source: &'a str,
     /// The encoded tensor table, kept for `tensors()`.
     table: &'a [u8],
     /// Byte length of the tokenizer section.
@@ -120,6 +122,19 @@ impl<'a> Model<'a> {
             rest = tail;
             Self::check_entry(&entry, &canonical, index, body_len)?;
         }
+        let table = &table[..table.len() - rest.len()];
+        // Version 2 ends the header with the format the model was converted from.
+        let source = if version >= 2 {
+            let (source, tail): (&'a str, &'a [u8]) =
+                postcard::take_from_bytes(rest).map_err(|_| FormatError::HeaderDecode)?;
+            if source.len() > MAX_SOURCE_LEN {
+                return Err(FormatError::HeaderDecode);
+            }
+            rest = tail;
+            source
+        } else {
+            ""
+        };
         if !rest.is_empty() {
             return Err(FormatError::HeaderTrailingBytes);
         }
@@ -130,6 +145,7 @@ impl<'a> Model<'a> {
         Ok(Model {
             bytes,
             name: header.name,
+            source,
             config,
             dtypes,
             layout,
@@ -193,6 +209,12 @@ impl<'a> Model<'a> {
     /// The model name stored in the header.
     pub fn name(&self) -> &'a str {
         self.name
+    }
+
+    /// The format the model was converted from: `llama2.c`, `gguf` or
+    /// `huggingface` (empty for version 1 files, which do not record it).
+    pub fn source(&self) -> &'a str {
+        self.source
     }
 
     /// The tokenizer stored in the file.

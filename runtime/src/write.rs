@@ -411,6 +411,8 @@ pub fn decode_tensor(dtype: DType, rows: usize, cols: usize, bytes: &[u8]) -> Ve
 pub struct ModelSpec<'a> {
     /// Name stored in the header.
     pub name: &'a str,
+    /// The format the model was converted from (`llama2.c`, `gguf`, `huggingface`).
+    pub source: &'a str,
     /// Hyper-parameters (checked again by the writer).
     pub config: Config,
     /// Storage dtype per tensor kind.
@@ -426,7 +428,14 @@ pub fn write_model(
     spec: &ModelSpec<'_>,
     tensor_bytes: impl FnMut(&TensorEntry) -> Result<Vec<u8>, WriteError>,
 ) -> Result<Vec<u8>, WriteError> {
-    write_model_with(spec.name, &spec.config, &spec.dtypes, TokenizerSpec::SentencePiece(spec.vocab), tensor_bytes)
+    write_model_with(
+        spec.name,
+        spec.source,
+        &spec.config,
+        &spec.dtypes,
+        TokenizerSpec::SentencePiece(spec.vocab),
+        tensor_bytes,
+    )
 }
 
 /// Writes a complete `.mlm` file (format `VERSION`) with either kind of tokenizer:
@@ -436,12 +445,16 @@ pub fn write_model(
 /// encoded bytes of each tensor in canonical order (lengths are checked).
 pub fn write_model_with(
     name: &str,
+    source: &str,
     config: &Config,
     dtypes: &KindDtypes,
     tokenizer: TokenizerSpec<'_>,
     mut tensor_bytes: impl FnMut(&TensorEntry) -> Result<Vec<u8>, WriteError>,
 ) -> Result<Vec<u8>, WriteError> {
     let cfg = config;
+    if source.len() > crate::format::MAX_SOURCE_LEN {
+        return Err(WriteError::Format(FormatError::HeaderDecode));
+    }
     let (tok_section, max_piece_len) = match tokenizer {
         TokenizerSpec::SentencePiece(vocab) => {
             if vocab.pieces.len() != cfg.vocab_size || vocab.scores.len() != cfg.vocab_size {
@@ -499,6 +512,7 @@ pub fn write_model_with(
         for e in &entries {
             bytes.extend(postcard::to_allocvec(e).map_err(|_| FormatError::HeaderDecode)?);
         }
+        bytes.extend(postcard::to_allocvec(source).map_err(|_| FormatError::HeaderDecode)?);
         let wanted = align_up(PREAMBLE_LEN + bytes.len(), 4).ok_or(FormatError::Overflow)?;
         if wanted == tok_offset {
             break (bytes, layout_probe, entries);

@@ -37,7 +37,7 @@ fn build(dtype: DType) -> Vec<u32> {
     dtypes[TensorKind::AttnNorm.index()] = DType::F32;
     dtypes[TensorKind::FfnNorm.index()] = DType::F32;
     dtypes[TensorKind::FinalNorm.index()] = DType::F32;
-    let spec = ModelSpec { name: "tiny", config: config(), dtypes, vocab: &vocab };
+    let spec = ModelSpec { name: "tiny", source: "test", config: config(), dtypes, vocab: &vocab };
     let bytes = write_model(&spec, |e| {
         let n = (e.rows * e.cols) as usize;
         let values: Vec<f32> =

@@ -138,6 +138,7 @@ pub fn link_server(data: &[u8]) {
         let vocab = read_tokenizer(&std::fs::read(&tok_path).expect("tok512.bin"), &tok_path).expect("tokenizer");
         let spec = microlm::write::ModelSpec {
             name: "stories260K",
+            source: "llama2.c",
             config: ckpt.config,
             dtypes: [microlm::DType::F32; 12],
             vocab: &vocab,

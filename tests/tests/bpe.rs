@@ -322,7 +322,7 @@ fn a_model_with_a_byte_level_bpe_tokenizer_parses_and_generates() {
         eos_id: section.eos,
         shared_classifier: true,
     };
-    let file = write_model_with("gpt2-tiny", &config, &[DType::F32; 12], TokenizerSpec::Bpe(&vocab), |t| {
+    let file = write_model_with("gpt2-tiny", "test", &config, &[DType::F32; 12], TokenizerSpec::Bpe(&vocab), |t| {
         let values: Vec<f32> =
             (0..(t.rows * t.cols) as usize).map(|i| ((i * 7919) % 101) as f32 / 101.0 - 0.5).collect();
         Ok(encode_tensor(t.dtype, &values))
@@ -376,11 +376,14 @@ fn version_1_files_still_read_as_sentencepiece() {
     header.tokenizer.offset += 4;
     header.tokenizer.length -= 4;
     let mut encoded = postcard::to_allocvec(&header).unwrap();
-    while !rest.is_empty() {
+    // The table, without the source format that version 2 appends after it.
+    for _ in 0..header.tensor_count {
         let (e, tail): (TensorEntry, &[u8]) = postcard::take_from_bytes(rest).unwrap();
         encoded.extend(postcard::to_allocvec(&e).unwrap());
         rest = tail;
     }
+    let (source, _): (&str, &[u8]) = postcard::take_from_bytes(rest).unwrap();
+    assert_eq!(source, "llama2.c");
     assert!(PREAMBLE_LEN + encoded.len() <= tok_at + 4);
     let mut v1 = v2.clone();
     v1[4..8].copy_from_slice(&1u32.to_le_bytes());
@@ -393,6 +396,7 @@ fn version_1_files_still_read_as_sentencepiece() {
     let m1 = microlm::Model::parse(&bytemuck::cast_slice::<u32, u8>(&w1)[..v1.len()]).unwrap();
     let m2 = microlm::Model::parse(&bytemuck::cast_slice::<u32, u8>(&w2)[..v2.len()]).unwrap();
     assert!(m1.tokenizer().as_sentencepiece().is_some());
+    assert_eq!((m1.source(), m2.source()), ("", "llama2.c"));
     let text = b"Once upon a time, Lily";
     assert_eq!(encode(m1.tokenizer(), text, false), encode(m2.tokenizer(), text, false));
     // Read as version 2, the same bytes are a section of unknown kind 512 (its vocab_size).

@@ -347,3 +347,40 @@ fn a_gguf_file_needs_no_tokenizer_argument() {
     assert_ne!(code, 0);
     assert!(err.contains("a GGUF file carries its own tokenizer"), "{err}");
 }
+
+#[test]
+fn inspect_shows_the_source_format_and_the_tokenizer() {
+    let gguf = convert(&stories("f32"), "stories260K-f32-inspect.mlm", &[]);
+    let hf = scratch_dir("gguf-convert").join("stories260K-hf-inspect.mlm");
+    let (code, _, err) = run_cli([
+        "convert".as_ref(),
+        shared_file("importers/stories260k/stories260K-hf").as_os_str(),
+        "-o".as_ref(),
+        hf.as_os_str(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let llama2c = microlm_tests::converted("f32");
+    for (file, source) in [(&gguf, "gguf"), (&hf, "huggingface"), (&llama2c, "llama2.c")] {
+        let (code, out, err) = run_cli(["inspect".as_ref(), file.as_os_str(), "--json".as_ref()]);
+        assert_eq!(code, 0, "{err}");
+        let j: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(j["source"], source, "{}", file.display());
+        assert_eq!(j["tokenizer"]["kind"], "SentencePiece");
+        assert_eq!(j["tokenizer"]["bos_id"], 1);
+        assert_eq!(j["tokenizer"]["eos_id"], 2);
+        // Requantizing keeps the source.
+        let q4 = file.with_extension("q4_0.mlm");
+        let (code, _, err) = run_cli([
+            "quantize".as_ref(),
+            file.as_os_str(),
+            "--dtype".as_ref(),
+            "q4_0".as_ref(),
+            "-o".as_ref(),
+            q4.as_os_str(),
+        ]);
+        assert_eq!(code, 0, "{err}");
+        let (_, out, _) = run_cli(["inspect".as_ref(), q4.as_os_str(), "--json".as_ref()]);
+        let j: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(j["source"], source, "{} requantized", file.display());
+    }
+}

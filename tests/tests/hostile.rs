@@ -127,16 +127,19 @@ fn rewrite(bytes: &[u8], edit: impl FnOnce(&mut Header<'_>, &mut Vec<TensorEntry
     let end = header_end(bytes);
     let (mut header, mut rest): (Header<'_>, &[u8]) = postcard::take_from_bytes(&bytes[PREAMBLE_LEN..end]).unwrap();
     let mut entries = Vec::new();
-    while !rest.is_empty() {
+    for _ in 0..header.tensor_count {
         let (e, tail): (TensorEntry, &[u8]) = postcard::take_from_bytes(rest).unwrap();
         entries.push(e);
         rest = tail;
     }
+    // What follows the table (version 2: the source format) stays as it was.
+    let after_table = rest.to_vec();
     edit(&mut header, &mut entries);
     let mut encoded = postcard::to_allocvec(&header).unwrap();
     for e in &entries {
         encoded.extend(postcard::to_allocvec(e).unwrap());
     }
+    encoded.extend(&after_table);
     // Keep every later byte where it was: pad a shorter header, or let a longer one overlap (itself hostile).
     let mut out = bytes.to_vec();
     let room = end - PREAMBLE_LEN;

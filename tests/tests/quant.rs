@@ -463,7 +463,8 @@ fn reader_rejects_quantized_norms() {
     };
     let mut dtypes = [DType::Q8_0; 12];
     dtypes[TensorKind::FfnNorm.index()] = DType::Q8_0;
-    let spec = microlm::write::ModelSpec { name: "bad", config: *model.config(), dtypes, vocab: &vocab };
+    let spec =
+        microlm::write::ModelSpec { name: "bad", source: "test", config: *model.config(), dtypes, vocab: &vocab };
     let bytes = microlm::write::write_model(&spec, |e| {
         let m = model.matrix(e.kind, e.layer as usize).unwrap();
         let values = microlm::write::decode_tensor(m.dtype, m.rows, m.cols, m.data);
