@@ -199,8 +199,8 @@ pub fn generate(model: &Model<'_>, case: &Case) -> (Vec<u32>, String, Stop) {
     }
 }
 pub mod fuzz;
-pub mod link;
 pub mod gguf_writer;
+pub mod link;
 
 /// Waits for `child` (spawned with a piped stdout) at most `bound`, reading its
 /// stdout meanwhile so a chatty process cannot block on a full pipe. Returns its
