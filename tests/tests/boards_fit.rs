@@ -237,7 +237,7 @@ const RP2350_ARM_S: u32 = 0xe48b_ff59;
 
 /// The UF2 of the RP2350 firmware `elf2flash-core` writes holds exactly the
 /// ELF's loaded bytes at their flash addresses, in numbered RP2350 blocks. It
-/// is written beside the ELF for drag-and-drop.
+/// is written beside the ELF for drag-and-drop, named for the build it holds.
 fn uf2_matches(elf: &Path, image: &BTreeMap<u64, Vec<u8>>) {
     let elf_bytes = std::fs::read(elf).unwrap();
     let mut uf2 = Vec::new();
@@ -269,7 +269,8 @@ fn uf2_matches(elf: &Path, image: &BTreeMap<u64, Vec<u8>>) {
             assert_eq!(flash.get(&at), Some(&b), "UF2 byte at {at:#x}");
         }
     }
-    let out = elf.with_extension("uf2");
+    // Later builds replace the ELF: the name says which build this UF2 holds.
+    let out = elf.with_file_name("microlm-rp2350-stories260K-q8_0-kv-i8-ctx512.uf2");
     std::fs::write(&out, &uf2).unwrap();
     println!("rp2350: {} ({} blocks, {} bytes)", out.display(), count, uf2.len());
 }
