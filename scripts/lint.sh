@@ -7,7 +7,9 @@
 #   runtime, Cortex-M4F   clippy and rustdoc for thumbv7em-none-eabihf (where the asm kernels compile)
 #   every board crate     cargo fmt --check and clippy for the board's own target
 #                         (boards/stm32f405 also with its `qemu` feature set;
-#                         boards/common also for riscv32imc-unknown-none-elf)
+#                         boards/common also for riscv32imc-unknown-none-elf;
+#                         boards/rp2350 for thumbv8m.main-none-eabihf and
+#                         boards/nrf52840 for thumbv7em-none-eabihf, hardware only)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -120,3 +120,48 @@ pub fn write_arena_rs(bytes: usize) {
     let code = format!("/// Arena size in 32-bit words (build.rs).\npub const ARENA_WORDS: usize = {words};\n");
     fs::write(out_dir().join("arena.rs"), code).expect("write arena.rs");
 }
+
+/// A chip's memories, for [`check_fits`].
+#[derive(Clone, Copy, Debug)]
+pub struct Chip {
+    /// The board crate, as the error line names it (`microlm-rp2350`).
+    pub board: &'static str,
+    /// The chip or board, for people (`RP2350`).
+    pub name: &'static str,
+    /// Flash bytes the image may use.
+    pub flash: usize,
+    /// SRAM bytes.
+    pub ram: usize,
+    /// SRAM bytes memory.x keeps for the stack.
+    pub stack: usize,
+}
+
+/// Stops the build with one line naming the board and the bytes over when the
+/// embedded model (`model_len` bytes) cannot fit in the chip's flash, or the
+/// arena (`arena_bytes`) in its SRAM beside the stack reserve. These are lower
+/// bounds (the code, .data and the other buffers come on top); the linker's
+/// memory regions and memory.x's ASSERT catch the rest.
+pub fn check_fits(chip: &Chip, model_len: usize, arena_bytes: usize) {
+    if model_len > chip.flash {
+        fail(&format!(
+            "{}: the model ({model_len} bytes) does not fit in the {}'s {} KiB flash ({} bytes): {} bytes over",
+            chip.board,
+            chip.name,
+            chip.flash / 1024,
+            chip.flash,
+            model_len - chip.flash
+        ));
+    }
+    let room = chip.ram.saturating_sub(chip.stack);
+    if arena_bytes > room {
+        fail(&format!(
+            "{}: the arena ({arena_bytes} bytes) does not fit in the {}'s {} KiB SRAM beside the {} KiB kept for \
+             the stack ({room} bytes): {} bytes over; lower MICROLM_CTX or use MICROLM_KV=i8",
+            chip.board,
+            chip.name,
+            chip.ram / 1024,
+            chip.stack / 1024,
+            arena_bytes - room
+        ));
+    }
+}
