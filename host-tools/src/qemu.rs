@@ -258,7 +258,7 @@ pub fn link_command(machine: &Machine, firmware: &Path, socket: &Path) -> Comman
 fn run_link(args: &QemuArgs, machine: &Machine) -> Result<()> {
     let firmware = match &args.firmware {
         Some(path) => {
-            check_firmware(path)?;
+            check_firmware(machine, path)?;
             path.clone()
         }
         None => build_link_firmware(machine)?,
@@ -720,7 +720,7 @@ pub fn outcome(run: &Run) -> Result<Output> {
 pub fn run(args: &QemuArgs) -> Result<()> {
     let machine = machine(&args.machine)?;
     if args.link {
-        check_qemu()?;
+        check_qemu(machine)?;
         return run_link(args, machine);
     }
     // Cheap checks first: the model file must parse (header, tables, CRC) before

@@ -1,8 +1,8 @@
 //! Encoding a message into one frame, and collecting frames from a byte stream.
 //!
 //! The format is in the [crate docs](crate#frames). Encoding stacks postcard's
-//! flavors: [`CrcModifier`](postcard::ser_flavors::crc::CrcModifier) appends the
-//! CRC-32 of the serialized bytes, and [`Cobs`](postcard::ser_flavors::Cobs)
+//! flavors: [`postcard::ser_flavors::crc::CrcModifier`] appends the
+//! CRC-32 of the serialized bytes, and [`postcard::ser_flavors::Cobs`]
 //! COBS-encodes everything and ends the frame with `0x00`. Decoding undoes
 //! COBS in place (the `cobs` crate), checks the CRC before looking at the
 //! message, then deserializes with postcard and refuses trailing bytes.

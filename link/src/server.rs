@@ -5,7 +5,7 @@
 //! [`Arena`] (the run-time allocator: `embedded-alloc` on a board), a [`Port`]
 //! (the UART and the board's counters), and [`BoardInfo`]. It then calls
 //! [`Server::poll`] forever. Nothing here allocates; every buffer is a field
-//! of the server, sized by the constants of the [crate](crate).
+//! of the server, sized by the constants of the [`crate`].
 
 use embedded_storage::nor_flash::NorFlash;
 use microlm::{

@@ -62,8 +62,14 @@ fn help_lists_the_allowed_values_of_enumerated_options() {
         ("bench", &["[possible values: f32, f16, i8]"]),
         ("eval", &["[possible values: f32, f16, i8]"]),
         ("convert", &["[possible values: f32, f16, q8_0, q4_0]"]),
-        ("qemu", &["[possible values: mps2-an386, mps2-an505, lm3s6965evb]", "[possible values: f32, f16, i8]"]),
-        ("demo", &["[possible values: mps2-an386, mps2-an505, lm3s6965evb]"]),
+        (
+            "qemu",
+            &[
+                "[possible values: mps2-an386, mps2-an505, lm3s6965evb, netduinoplus2, riscv32-virt]",
+                "[possible values: f32, f16, i8]",
+            ],
+        ),
+        ("demo", &["[possible values: mps2-an386, mps2-an505, lm3s6965evb, netduinoplus2, riscv32-virt]"]),
     ];
     for (sub, lists) in expect {
         let (code, out, _) = run_cli([sub, "--help"]);
