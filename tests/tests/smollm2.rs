@@ -34,9 +34,14 @@ struct Run {
     cases: Vec<Case>,
 }
 
+static CONVERTED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+/// SmolLM2 converted with `--dtype dtype`, once per test process (never a file
+/// left by an earlier build, whose format may be older).
 fn converted(dtype: &str) -> PathBuf {
     let out = scratch_dir("smollm2").join(format!("SmolLM2-135M-Instruct-{dtype}.mlm"));
-    if !out.exists() {
+    let mut done = CONVERTED.lock().unwrap_or_else(|e| e.into_inner());
+    if !done.iter().any(|d| d == dtype) {
         let gguf = smollm2_gguf();
         let (code, _, err) = run_cli([
             "convert".as_ref(),
@@ -47,6 +52,7 @@ fn converted(dtype: &str) -> PathBuf {
             out.as_os_str(),
         ]);
         assert_eq!(code, 0, "convert failed: {err}");
+        done.push(dtype.to_string());
     }
     out
 }
