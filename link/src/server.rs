@@ -36,6 +36,9 @@ pub trait Port {
     }
     /// Restarts the board.
     fn reset(&mut self);
+    /// Called by a board's serve loop when [`Port::read`] has nothing: a board
+    /// whose receive runs on interrupts may sleep here until the next one.
+    fn idle(&mut self) {}
 }
 
 /// Run-time memory for the inference arena.

@@ -201,6 +201,7 @@ pub fn generate(model: &Model<'_>, case: &Case) -> (Vec<u32>, String, Stop) {
 pub mod fuzz;
 pub mod gguf_writer;
 pub mod link;
+pub mod link_qemu;
 
 /// Waits for `child` (spawned with a piped stdout) at most `bound`, reading its
 /// stdout meanwhile so a chatty process cannot block on a full pipe. Returns its

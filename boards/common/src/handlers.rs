@@ -20,10 +20,16 @@ unsafe fn HardFault(frame: &ExceptionFrame) -> ! {
     host::exit(false)
 }
 
-/// Any unexpected interrupt or exception: report and exit 1.
+/// Any unexpected interrupt or exception: report and exit 1 (with the
+/// feature `link`, the interrupt registered by `link::CmsdkUart::listen_rx` is served).
 #[cfg(target_arch = "arm")]
 #[exception]
 unsafe fn DefaultHandler(irqn: i16) {
+    // The link firmware's UART receive interrupt, when one is registered.
+    #[cfg(feature = "link")]
+    if crate::link::on_interrupt(irqn) {
+        return;
+    }
     let mut out = Out::stdout();
     // The fault may interrupt a line of text: start a new one.
     let _ = writeln!(out, "\nerror: unexpected exception {irqn}");
