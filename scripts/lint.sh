@@ -38,6 +38,10 @@ step "clippy -D warnings (boards/common/, riscv32imc-unknown-none-elf)"
 # The STM32F405's QEMU build swaps its clocks, logger and command-line source.
 step "clippy -D warnings (boards/stm32f405/, --features qemu)"
 (cd boards/stm32f405 && cargo clippy --release --locked --quiet --no-default-features --features qemu -- -D warnings)
+# Its link firmware (src/bin/link.rs), on the board and under QEMU.
+step "clippy -D warnings (boards/stm32f405/, --features link; --features qemu,link)"
+(cd boards/stm32f405 && cargo clippy --release --locked --quiet --features link -- -D warnings)
+(cd boards/stm32f405 && cargo clippy --release --locked --quiet --no-default-features --features qemu,link -- -D warnings)
 # The mps2-an386 link firmware (boards/common's `link` feature: UART, heap arena).
 step "clippy -D warnings (boards/qemu-mps2-an386/, --features link)"
 (cd boards/qemu-mps2-an386 && cargo clippy --release --locked --quiet --features link --all-targets -- -D warnings)

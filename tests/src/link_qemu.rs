@@ -15,12 +15,14 @@ use microlm_link::{file_crc, ErrorKind, Request, Response, StopReason, CRC, MAX_
 use crate::{cargo, root, scratch_dir};
 
 /// Builds `bin` of the board crate in `boards/<board>` (release, `--locked`,
-/// with `args` such as `--features link`) and returns the ELF cargo names.
-pub fn build_firmware(board: &str, bin: &str, args: &[&str]) -> PathBuf {
+/// with `args` such as `--features link` and the environment `envs`, such as
+/// `MICROLM_MODEL`) and returns the ELF cargo names.
+pub fn build_firmware(board: &str, bin: &str, args: &[&str], envs: &[(&str, &Path)]) -> PathBuf {
     let out = cargo()
         .current_dir(root().join("boards").join(board))
         .args(["build", "--release", "--locked", "--bin", bin])
         .args(args)
+        .envs(envs.iter().copied())
         .args(["--message-format=json-render-diagnostics"])
         .stderr(Stdio::inherit())
         .output()
@@ -37,7 +39,14 @@ pub fn build_firmware(board: &str, bin: &str, args: &[&str]) -> PathBuf {
 
 /// The mps2-an386 link firmware (`--features link`).
 pub fn an386_firmware() -> PathBuf {
-    build_firmware("qemu-mps2-an386", "microlm-qemu-mps2-an386-link", &["--features", "link"])
+    build_firmware("qemu-mps2-an386", "microlm-qemu-mps2-an386-link", &["--features", "link"], &[])
+}
+
+/// The STM32F405 link firmware for QEMU netduinoplus2 (`--no-default-features
+/// --features qemu,link`) with `model` embedded.
+pub fn f405_qemu_firmware(model: &Path) -> PathBuf {
+    let args = ["--no-default-features", "--features", "qemu,link"];
+    build_firmware("stm32f405", "microlm-stm32f405-link", &args, &[("MICROLM_MODEL", model)])
 }
 
 /// QEMU running a link firmware, killed on drop.
