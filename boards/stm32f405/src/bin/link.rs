@@ -291,6 +291,10 @@ fn main() -> ! {
     let counter = Counter::start(syst, TickRate { num: 125, den: 21 });
     let builtin = microlm_board::embedded_model(embedded::model()).ok();
 
+    // The serve loop sleeps in `wfi`; keep the debug port clocked meanwhile so
+    // probe-rs can go on reading the defmt log (RTT).
+    #[cfg(feature = "probe")]
+    dp.DBGMCU.cr().modify(|_, w| w.dbg_sleep().set_bit());
     #[cfg(feature = "probe")]
     let flash = {
         static FLASH_CELL: StaticCell<FLASH> = StaticCell::new();
