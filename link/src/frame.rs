@@ -64,8 +64,10 @@ pub fn decode<'a, T: Deserialize<'a>>(frame: &'a mut [u8]) -> Result<T, FrameErr
     }
 }
 
-/// Collects the bytes of a stream into frames of at most `N` bytes (use
-/// [`MAX_FRAME`]).
+/// Collects the bytes of a stream into frames of at most `N` bytes on the
+/// wire, the `0x00` delimiter included (use [`MAX_FRAME`]): at most `N - 1`
+/// encoded bytes before the delimiter; a longer frame ends as
+/// [`Feed::Oversized`].
 #[derive(Debug)]
 pub struct Frames<const N: usize> {
     buf: [u8; N],
@@ -100,7 +102,8 @@ impl<const N: usize> Frames<N> {
     /// Takes one byte of the stream. A lone `0x00` (an empty frame) is skipped.
     pub fn push(&mut self, byte: u8) -> Feed<'_> {
         if byte != 0 {
-            if self.len < N {
+            // Keep one place for the delimiter, so N counts the frame as sent.
+            if self.len + 1 < N {
                 self.buf[self.len] = byte;
                 self.len += 1;
             } else {

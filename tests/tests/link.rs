@@ -393,3 +393,22 @@ fn frames_resynchronise_after_an_oversized_one() {
     }
     assert_eq!(frames.push(0), Feed::Frame(&mut [1, 2, 3]));
 }
+
+/// `MAX_FRAME` counts a frame as sent, delimiter included: a frame of exactly
+/// `MAX_FRAME` bytes is taken, one byte longer is `Oversized`, and the largest
+/// upload chunk's frame fits.
+#[test]
+fn max_frame_counts_the_delimiter() {
+    let mut frames = Frames::<MAX_FRAME>::new();
+    for _ in 0..MAX_FRAME - 1 {
+        assert_eq!(frames.push(1), Feed::Pending);
+    }
+    assert!(matches!(frames.push(0), Feed::Frame(f) if f.len() == MAX_FRAME - 1));
+    for _ in 0..MAX_FRAME {
+        assert_eq!(frames.push(1), Feed::Pending);
+    }
+    assert_eq!(frames.push(0), Feed::Oversized);
+    let chunk = vec![0xA5u8; MAX_CHUNK];
+    let largest = frame_of(&Request::UploadChunk { offset: u32::MAX, bytes: &chunk });
+    assert!(largest.len() <= MAX_FRAME, "{} bytes", largest.len());
+}
