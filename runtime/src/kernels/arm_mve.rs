@@ -1,0 +1,292 @@
+//! Cortex-M55 MVE (Helium, Armv8.1-M) asm for the quantized matvecs
+//! (`cfg(microlm_mve)`: built with `-C target-cpu=cortex-m55`; see build.rs).
+//!
+//! Only integer instructions are vectorized: `VMLADAV.S8` multiplies 16 byte
+//! lanes and sums them into a general register, exactly (|sum| < 2^31), so a
+//! block's integer sum equals [`Portable`](super::Portable)'s in any lane order.
+//! The f32 part is scalar FPv5 (`VCVTB.F32.F16`, `VMUL.F32`, `VADD.F32` under
+//! the default FPSCR, as the compiled portable code): MVE's own float
+//! instructions flush subnormals and are not used, so nothing depends on them.
+//!
+//! [`matvec`] (what [`Isa::Mve`](super::Isa::Mve) runs) first narrows the
+//! prepared activations ([`q8_act`](super::q8_act): i16 in pair order) back to
+//! i8 in element order, with their f32 scale, for up to [`CHUNK_BLOCKS`]
+//! blocks at a time (`VLDRH` then a narrowing scatter `VSTRB.16`), then runs
+//! every row over that chunk with one asm loop (low-overhead `DLS`/`LE`):
+//!
+//! ```text
+//! per row r, per block b of the chunk (index order):
+//!     sumi = VMLADAV.S8(w[0..16], x[0..16]) + VMLADAVA.S8(w[16..32], x[16..32])
+//!                                  (q4_0: nibbles − 8 as bytes, low then high)
+//!     out[r] += (sumi as f32) · (f32(w.d) · x.d)
+//! ```
+//!
+//! `out[r]` starts at 0.0 and carries over from chunk to chunk, so each row is
+//! one sequential f32 sum over its blocks in index order: the contract of
+//! `q8_0` / `q4_0`, bit for bit. [`Mve`] is the same block sums on the prepared
+//! i16 words (a gather `VLDRB.S16` puts the weights in pair order), for the
+//! kernel suite's [`BlockSums`] checks.
+#![allow(unsafe_code)]
+
+use core::arch::asm;
+
+use super::{q4_0, q8_0, q8_act, BlockSums, QK};
+use crate::dtype::DType;
+
+/// Blocks of activations narrowed at a time: 36 bytes each on the stack (1,152 bytes).
+pub const CHUNK_BLOCKS: usize = 32;
+
+/// Bytes of one narrowed activation block: the f32 scale, then 32 i8 quants in element order.
+const NARROW_BYTES: usize = 4 + QK;
+
+/// Lane offsets (u16) that take the pair-order positions 0..8 of a group of
+/// eight to their elements: positions 0, 1, 2, 3 hold elements 0, 2, 1, 3.
+static PAIR_OFFSETS: [u16; 8] = [0, 2, 1, 3, 4, 6, 5, 7];
+
+/// The MVE block sums on prepared i16 words (for the [`BlockSums`] checks;
+/// the matvec uses [`matvec`]).
+#[derive(Debug)]
+pub struct Mve;
+
+impl BlockSums for Mve {
+    #[inline(always)]
+    fn q8(w: &[u8; 32], x: &[u32; 16]) -> i32 {
+        let sum: i32;
+        // SAFETY: reads the 32 bytes of `w`, the 64 bytes of `x` and the 16 of PAIR_OFFSETS
+        // (borrowed, in bounds: four groups of 8 bytes / 16 bytes); writes only the named
+        // registers and q0-q2 (d0-d5, declared clobbered). MVE is present (cfg(microlm_mve)).
+        unsafe {
+            asm!(
+                "vldrh.u16 q2, [{off}]",
+                "vldrb.s16 q0, [{w}, q2]",
+                "vldrh.u16 q1, [{x}]",
+                "vmladav.s16 {sum}, q0, q1",
+                "adds {w}, #8",
+                "vldrb.s16 q0, [{w}, q2]",
+                "vldrh.u16 q1, [{x}, #16]",
+                "vmladava.s16 {sum}, q0, q1",
+                "adds {w}, #8",
+                "vldrb.s16 q0, [{w}, q2]",
+                "vldrh.u16 q1, [{x}, #32]",
+                "vmladava.s16 {sum}, q0, q1",
+                "adds {w}, #8",
+                "vldrb.s16 q0, [{w}, q2]",
+                "vldrh.u16 q1, [{x}, #48]",
+                "vmladava.s16 {sum}, q0, q1",
+                off = in(reg) PAIR_OFFSETS.as_ptr(),
+                w = inout(reg) w.as_ptr() => _,
+                x = in(reg) x.as_ptr(),
+                sum = out(reg) sum,
+                out("d0") _, out("d1") _, out("d2") _, out("d3") _, out("d4") _, out("d5") _,
+                options(readonly, nostack),
+            );
+        }
+        sum
+    }
+
+    #[inline(always)]
+    fn q4(nibbles: &[u8; 16], x: &[u32; 16]) -> i32 {
+        let sum: i32;
+        // SAFETY: reads the 16 bytes of `nibbles`, the 64 bytes of `x` and PAIR_OFFSETS (in
+        // bounds, as above); writes only the named registers and q0-q3 (d0-d7, clobbered).
+        unsafe {
+            asm!(
+                "vldrh.u16 q2, [{off}]",
+                "vmov.i16 q3, #15",
+                // Bytes 0..8 in pair order: elements 0..8 (low nibbles) and 16..24 (high).
+                "vldrb.u16 q0, [{w}, q2]",
+                "vand q1, q0, q3",
+                "vshr.u16 q0, q0, #4",
+                "vldrh.u16 q3, [{x}]",
+                "vmladav.s16 {sum}, q1, q3",
+                "vldrh.u16 q3, [{x}, #32]",
+                "vmladava.s16 {sum}, q0, q3",
+                // Bytes 8..16: elements 8..16 and 24..32.
+                "adds {w}, #8",
+                "vmov.i16 q3, #15",
+                "vldrb.u16 q0, [{w}, q2]",
+                "vand q1, q0, q3",
+                "vshr.u16 q0, q0, #4",
+                "vldrh.u16 q3, [{x}, #16]",
+                "vmladava.s16 {sum}, q1, q3",
+                "vldrh.u16 q3, [{x}, #48]",
+                "vmladava.s16 {sum}, q0, q3",
+                off = in(reg) PAIR_OFFSETS.as_ptr(),
+                w = inout(reg) nibbles.as_ptr() => _,
+                x = in(reg) x.as_ptr(),
+                sum = out(reg) sum,
+                out("d0") _, out("d1") _, out("d2") _, out("d3") _,
+                out("d4") _, out("d5") _, out("d6") _, out("d7") _,
+                options(readonly, nostack),
+            );
+        }
+        sum
+    }
+}
+
+/// Narrows `blocks` prepared activation blocks (`xq`, [`q8_act::BLOCK_WORDS`] words each)
+/// into `out`: per block its f32 scale, then its 32 quants as i8 in element order.
+fn narrow(xq: &[u32], out: &mut [u32; CHUNK_BLOCKS * NARROW_BYTES / 4], blocks: usize) {
+    let out: &mut [u8] = bytemuck::cast_slice_mut(&mut out[..]);
+    let blocks = blocks.min(CHUNK_BLOCKS).min(xq.len() / q8_act::BLOCK_WORDS);
+    for (src, dst) in xq.chunks_exact(q8_act::BLOCK_WORDS).zip(out.chunks_exact_mut(NARROW_BYTES)).take(blocks) {
+        dst[..4].copy_from_slice(&src[0].to_le_bytes());
+        // SAFETY: reads the 16 pair words of `src` (64 bytes: words 2..18 of the block) and
+        // PAIR_OFFSETS; writes the 32 quant bytes of `dst` (bytes 4..36; each scatter writes
+        // the low bytes of 8 halfwords at offsets 0..8 from its base). Only q0, q1 (d0-d3) change.
+        unsafe {
+            asm!(
+                "vldrh.u16 q1, [{off}]",
+                "vldrh.u16 q0, [{src}], #16",
+                "vstrb.16 q0, [{dst}, q1]",
+                "adds {dst}, #8",
+                "vldrh.u16 q0, [{src}], #16",
+                "vstrb.16 q0, [{dst}, q1]",
+                "adds {dst}, #8",
+                "vldrh.u16 q0, [{src}], #16",
+                "vstrb.16 q0, [{dst}, q1]",
+                "adds {dst}, #8",
+                "vldrh.u16 q0, [{src}]",
+                "vstrb.16 q0, [{dst}, q1]",
+                off = in(reg) PAIR_OFFSETS.as_ptr(),
+                src = inout(reg) src[2..].as_ptr() => _,
+                dst = inout(reg) dst[4..].as_mut_ptr() => _,
+                out("d0") _, out("d1") _, out("d2") _, out("d3") _,
+                options(nostack),
+            );
+        }
+    }
+}
+
+/// `acc + Σ_b (sumi_b as f32) · (f32(w_b.d) · x_b.d)` over `blocks` q8_0 blocks at `w`
+/// and narrowed activation blocks at `x`, blocks in index order.
+///
+/// # Safety
+/// `w` must be readable for `blocks × 34` bytes, `x` (4-byte aligned) for `blocks × 36`, `blocks ≥ 1`.
+#[inline(always)]
+unsafe fn row_q8(w: *const u8, x: *const u8, blocks: usize, acc: f32) -> f32 {
+    let mut acc = acc;
+    // SAFETY: the caller's contract; only the named registers, lr, s8-s10 and q0, q1 (d0-d3) change.
+    unsafe {
+        asm!(
+            "dls lr, {n}",
+            "2:",
+            "vldrb.u8 q0, [{w}, #2]",
+            "vldr s8, [{x}]",
+            "vldrb.u8 q1, [{x}, #4]",
+            "vmladav.s8 {s}, q0, q1",
+            "vldrb.u8 q0, [{w}, #18]",
+            "vldrb.u8 q1, [{x}, #20]",
+            "vmladava.s8 {s}, q0, q1",
+            "ldrh {d}, [{w}], #34",
+            "adds {x}, #36",
+            // f32(w.d) · x.d, then (sumi as f32) · that, then the running sum.
+            "vmov s9, {d}",
+            "vcvtb.f32.f16 s9, s9",
+            "vmul.f32 s9, s9, s8",
+            "vmov s10, {s}",
+            "vcvt.f32.s32 s10, s10",
+            "vmul.f32 s10, s10, s9",
+            "vadd.f32 {acc}, {acc}, s10",
+            "le lr, 2b",
+            n = in(reg) blocks,
+            w = inout(reg) w => _,
+            x = inout(reg) x => _,
+            s = out(reg) _,
+            d = out(reg) _,
+            acc = inout(sreg) acc,
+            out("lr") _,
+            out("s8") _, out("s9") _, out("s10") _,
+            out("d0") _, out("d1") _, out("d2") _, out("d3") _,
+            options(readonly, nostack),
+        );
+    }
+    acc
+}
+
+/// [`row_q8`] for q4_0 blocks (18 bytes) at `w`: sumi is Σ (nibble − 8) · x.
+///
+/// # Safety
+/// `w` must be readable for `blocks × 18` bytes, `x` (4-byte aligned) for `blocks × 36`, `blocks ≥ 1`.
+#[inline(always)]
+unsafe fn row_q4(w: *const u8, x: *const u8, blocks: usize, acc: f32) -> f32 {
+    let mut acc = acc;
+    // SAFETY: the caller's contract; only the named registers, lr, s16-s19 and q0-q3 (d0-d7) change.
+    unsafe {
+        asm!(
+            "vmov.i8 q3, #15",
+            "dls lr, {n}",
+            "2:",
+            "vldrb.u8 q0, [{w}, #2]",
+            "vldr s17, [{x}]",
+            // Low nibbles (elements 0..16) and high ones (16..32), each minus 8, as signed bytes.
+            "vand q2, q0, q3",
+            "vshr.u8 q0, q0, #4",
+            "vsub.i8 q2, q2, {eight}",
+            "vsub.i8 q0, q0, {eight}",
+            "vldrb.u8 q1, [{x}, #4]",
+            "vmladav.s8 {s}, q2, q1",
+            "vldrb.u8 q1, [{x}, #20]",
+            "vmladava.s8 {s}, q0, q1",
+            "ldrh {d}, [{w}], #18",
+            "adds {x}, #36",
+            "vmov s18, {d}",
+            "vcvtb.f32.f16 s18, s18",
+            "vmul.f32 s18, s18, s17",
+            "vmov s19, {s}",
+            "vcvt.f32.s32 s19, s19",
+            "vmul.f32 s19, s19, s18",
+            "vadd.f32 s16, s16, s19",
+            "le lr, 2b",
+            n = in(reg) blocks,
+            eight = in(reg) 8u32,
+            w = inout(reg) w => _,
+            x = inout(reg) x => _,
+            s = out(reg) _,
+            d = out(reg) _,
+            inout("s16") acc,
+            out("lr") _,
+            out("s17") _, out("s18") _, out("s19") _,
+            out("d0") _, out("d1") _, out("d2") _, out("d3") _,
+            out("d4") _, out("d5") _, out("d6") _, out("d7") _,
+            options(readonly, nostack),
+        );
+    }
+    acc
+}
+
+/// `out (rows) = w (rows, cols) · x` for q8_0 or q4_0 rows of `row_bytes` bytes with
+/// prepared activations `xq`, as [`quantized_matvec`](super::quantized_matvec) with
+/// [`Portable`](super::Portable) computes it (the order at the top of this file).
+pub(crate) fn matvec(dtype: DType, w: &[u8], row_bytes: usize, xq: &[u32], out: &mut [f32]) {
+    let block_bytes = if dtype == DType::Q4_0 { q4_0::BLOCK_BYTES } else { q8_0::BLOCK_BYTES };
+    if row_bytes == 0 {
+        return out.fill(0.0);
+    }
+    let rows = out.len().min(w.len() / row_bytes);
+    let out = &mut out[..rows];
+    out.fill(0.0);
+    // Blocks per row: the whole blocks of a row that have activations.
+    let blocks = (row_bytes / block_bytes).min(xq.len() / q8_act::BLOCK_WORDS);
+    // Words, so each block's f32 scale is aligned for VLDR.
+    let mut narrowed = [0u32; CHUNK_BLOCKS * NARROW_BYTES / 4];
+    let mut first = 0;
+    while first < blocks {
+        let n = (blocks - first).min(CHUNK_BLOCKS);
+        narrow(&xq[first * q8_act::BLOCK_WORDS..], &mut narrowed, n);
+        for (r, o) in out.iter_mut().enumerate() {
+            let at = r * row_bytes + first * block_bytes;
+            let row = &w[at..at + n * block_bytes];
+            // SAFETY: `row` holds `n` whole blocks and `narrowed` `n ≤ CHUNK_BLOCKS` narrowed
+            // blocks; n ≥ 1 inside this loop.
+            *o = unsafe {
+                if dtype == DType::Q4_0 {
+                    row_q4(row.as_ptr(), narrowed.as_ptr().cast(), n, *o)
+                } else {
+                    row_q8(row.as_ptr(), narrowed.as_ptr().cast(), n, *o)
+                }
+            };
+        }
+        first += n;
+    }
+}
