@@ -50,8 +50,9 @@ fn fill(out: &mut [f32], seed: u32) {
 /// powers of two from 2^-20 (f16 subnormal block scales) to 2^4.
 fn mve_matvec_equals_portable(out: &mut Out) -> bool {
     // SAFETY: `main` calls this once; nothing else refers to the statics.
-    let (w, x, scratch) =
-        unsafe { (&mut *core::ptr::addr_of_mut!(W), &mut *core::ptr::addr_of_mut!(X), &mut *core::ptr::addr_of_mut!(SCRATCH)) };
+    let (w, x, scratch) = unsafe {
+        (&mut *core::ptr::addr_of_mut!(W), &mut *core::ptr::addr_of_mut!(X), &mut *core::ptr::addr_of_mut!(SCRATCH))
+    };
     let mut row = [0f32; COLS];
     let mut case = 0u32;
     for dtype in [DType::Q8_0, DType::Q4_0] {
