@@ -256,9 +256,142 @@ unsafe fn row_q4(w: *const u8, x: *const u8, blocks: usize, acc: f32) -> f32 {
     acc
 }
 
+/// [`row_q8`] for two rows at once (`wa`, `wb`), sharing the activation loads:
+/// returns `(acc_a', acc_b')`, each row its own sequential sum in block order.
+///
+/// # Safety
+/// `wa` and `wb` must be readable for `blocks × 34` bytes, `x` (4-byte aligned) for
+/// `blocks × 36`, `blocks ≥ 1`.
+#[inline(always)]
+unsafe fn rows2_q8(wa: *const u8, wb: *const u8, x: *const u8, blocks: usize, acc: (f32, f32)) -> (f32, f32) {
+    let (mut a, mut b) = acc;
+    // SAFETY: the caller's contract; only the named registers, lr, q0-q3 (d0-d7) and
+    // s16-s21 change.
+    unsafe {
+        asm!(
+            "dls lr, {n}",
+            "2:",
+            "vldr s16, [{x}]",
+            "vldrb.u8 q1, [{x}, #4]",
+            "vldrb.u8 q3, [{x}, #20]",
+            "adds {x}, #36",
+            "vldrb.u8 q0, [{wa}, #2]",
+            "vmladav.s8 r0, q0, q1",
+            "vldrb.u8 q2, [{wa}, #18]",
+            "vmladava.s8 r0, q2, q3",
+            "vldrb.u8 q0, [{wb}, #2]",
+            "vmladav.s8 r2, q0, q1",
+            "vldrb.u8 q2, [{wb}, #18]",
+            "vmladava.s8 r2, q2, q3",
+            "ldrh {da}, [{wa}], #34",
+            "ldrh {db}, [{wb}], #34",
+            // Row a: f32(w.d) · x.d, (sumi as f32) · that, the running sum; then row b.
+            "vmov s17, {da}",
+            "vcvtb.f32.f16 s17, s17",
+            "vmul.f32 s17, s17, s16",
+            "vmov s18, r0",
+            "vcvt.f32.s32 s18, s18",
+            "vmul.f32 s18, s18, s17",
+            "vadd.f32 {a}, {a}, s18",
+            "vmov s19, {db}",
+            "vcvtb.f32.f16 s19, s19",
+            "vmul.f32 s19, s19, s16",
+            "vmov s20, r2",
+            "vcvt.f32.s32 s20, s20",
+            "vmul.f32 s20, s20, s19",
+            "vadd.f32 {b}, {b}, s20",
+            "le lr, 2b",
+            n = in(reg) blocks,
+            wa = inout(reg) wa => _,
+            wb = inout(reg) wb => _,
+            x = inout(reg) x => _,
+            da = out(reg) _,
+            db = out(reg) _,
+            a = inout(sreg) a,
+            b = inout(sreg) b,
+            out("r0") _, out("r2") _, out("lr") _,
+            out("d0") _, out("d1") _, out("d2") _, out("d3") _,
+            out("d4") _, out("d5") _, out("d6") _, out("d7") _,
+            out("s16") _, out("s17") _, out("s18") _, out("s19") _, out("s20") _,
+            options(readonly, nostack),
+        );
+    }
+    (a, b)
+}
+
+/// [`rows2_q8`] for q4_0 blocks (18 bytes): sumi is Σ (nibble − 8) · x per row.
+///
+/// # Safety
+/// `wa` and `wb` must be readable for `blocks × 18` bytes, `x` (4-byte aligned) for
+/// `blocks × 36`, `blocks ≥ 1`.
+#[inline(always)]
+unsafe fn rows2_q4(wa: *const u8, wb: *const u8, x: *const u8, blocks: usize, acc: (f32, f32)) -> (f32, f32) {
+    let (mut a, mut b) = acc;
+    // SAFETY: the caller's contract; only the named registers, lr, q0-q4 (d0-d9) and
+    // s20-s24 change.
+    unsafe {
+        asm!(
+            "vmov.i8 q4, #15",
+            "dls lr, {n}",
+            "2:",
+            "vldr s20, [{x}]",
+            "vldrb.u8 q1, [{x}, #4]",
+            "vldrb.u8 q3, [{x}, #20]",
+            "adds {x}, #36",
+            "vldrb.u8 q0, [{wa}, #2]",
+            "vand q2, q0, q4",
+            "vshr.u8 q0, q0, #4",
+            "vsub.i8 q2, q2, {eight}",
+            "vsub.i8 q0, q0, {eight}",
+            "vmladav.s8 r0, q2, q1",
+            "vmladava.s8 r0, q0, q3",
+            "vldrb.u8 q0, [{wb}, #2]",
+            "vand q2, q0, q4",
+            "vshr.u8 q0, q0, #4",
+            "vsub.i8 q2, q2, {eight}",
+            "vsub.i8 q0, q0, {eight}",
+            "vmladav.s8 r2, q2, q1",
+            "vmladava.s8 r2, q0, q3",
+            "ldrh {da}, [{wa}], #18",
+            "ldrh {db}, [{wb}], #18",
+            "vmov s21, {da}",
+            "vcvtb.f32.f16 s21, s21",
+            "vmul.f32 s21, s21, s20",
+            "vmov s22, r0",
+            "vcvt.f32.s32 s22, s22",
+            "vmul.f32 s22, s22, s21",
+            "vadd.f32 {a}, {a}, s22",
+            "vmov s23, {db}",
+            "vcvtb.f32.f16 s23, s23",
+            "vmul.f32 s23, s23, s20",
+            "vmov s24, r2",
+            "vcvt.f32.s32 s24, s24",
+            "vmul.f32 s24, s24, s23",
+            "vadd.f32 {b}, {b}, s24",
+            "le lr, 2b",
+            n = in(reg) blocks,
+            eight = in(reg) 8u32,
+            wa = inout(reg) wa => _,
+            wb = inout(reg) wb => _,
+            x = inout(reg) x => _,
+            da = out(reg) _,
+            db = out(reg) _,
+            a = inout(sreg) a,
+            b = inout(sreg) b,
+            out("r0") _, out("r2") _, out("lr") _,
+            out("d0") _, out("d1") _, out("d2") _, out("d3") _,
+            out("d4") _, out("d5") _, out("d6") _, out("d7") _, out("d8") _, out("d9") _,
+            out("s20") _, out("s21") _, out("s22") _, out("s23") _, out("s24") _,
+            options(readonly, nostack),
+        );
+    }
+    (a, b)
+}
+
 /// `out (rows) = w (rows, cols) · x` for q8_0 or q4_0 rows of `row_bytes` bytes with
 /// prepared activations `xq`, as [`quantized_matvec`](super::quantized_matvec) with
-/// [`Portable`](super::Portable) computes it (the order at the top of this file).
+/// [`Portable`](super::Portable) computes it (the order at the top of this file):
+/// rows two at a time, the last odd one alone.
 pub(crate) fn matvec(dtype: DType, w: &[u8], row_bytes: usize, xq: &[u32], out: &mut [f32]) {
     let block_bytes = if dtype == DType::Q4_0 { q4_0::BLOCK_BYTES } else { q8_0::BLOCK_BYTES };
     if row_bytes == 0 {
@@ -271,20 +404,39 @@ pub(crate) fn matvec(dtype: DType, w: &[u8], row_bytes: usize, xq: &[u32], out: 
     let blocks = (row_bytes / block_bytes).min(xq.len() / q8_act::BLOCK_WORDS);
     // Words, so each block's f32 scale is aligned for VLDR.
     let mut narrowed = [0u32; CHUNK_BLOCKS * NARROW_BYTES / 4];
+    let x = narrowed.as_ptr().cast::<u8>();
     let mut first = 0;
     while first < blocks {
         let n = (blocks - first).min(CHUNK_BLOCKS);
         narrow(&xq[first * q8_act::BLOCK_WORDS..], &mut narrowed, n);
-        for (r, o) in out.iter_mut().enumerate() {
-            let at = r * row_bytes + first * block_bytes;
-            let row = &w[at..at + n * block_bytes];
-            // SAFETY: `row` holds `n` whole blocks and `narrowed` `n ≤ CHUNK_BLOCKS` narrowed
+        // The chunk's blocks of row r: bytes r·row_bytes + first·block_bytes, n·block_bytes of
+        // them, inside `w` (rows·row_bytes ≤ w.len(), (first + n)·block_bytes ≤ row_bytes).
+        let start = w[first * block_bytes..].as_ptr();
+        let mut pairs = out.chunks_exact_mut(2);
+        for (p, pair) in (&mut pairs).enumerate() {
+            // SAFETY: rows 2p and 2p + 1 exist (rows ≥ 2p + 2), so both pointers and the
+            // n blocks after them are inside `w` (above); `narrowed` holds n ≤ CHUNK_BLOCKS
             // blocks; n ≥ 1 inside this loop.
-            *o = unsafe {
+            let (a, b) = unsafe {
+                let wa = start.add(2 * p * row_bytes);
+                let wb = wa.add(row_bytes);
                 if dtype == DType::Q4_0 {
-                    row_q4(row.as_ptr(), narrowed.as_ptr().cast(), n, *o)
+                    rows2_q4(wa, wb, x, n, (pair[0], pair[1]))
                 } else {
-                    row_q8(row.as_ptr(), narrowed.as_ptr().cast(), n, *o)
+                    rows2_q8(wa, wb, x, n, (pair[0], pair[1]))
+                }
+            };
+            pair[0] = a;
+            pair[1] = b;
+        }
+        if let [o] = pairs.into_remainder() {
+            // SAFETY: the last row (rows − 1) and its n blocks are inside `w`, as above.
+            *o = unsafe {
+                let wr = start.add((rows - 1) * row_bytes);
+                if dtype == DType::Q4_0 {
+                    row_q4(wr, x, n, *o)
+                } else {
+                    row_q8(wr, x, n, *o)
                 }
             };
         }
