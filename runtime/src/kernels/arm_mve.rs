@@ -319,6 +319,97 @@ unsafe fn rows2_q8(wa: *const u8, wb: *const u8, x: *const u8, blocks: usize, ac
     (a, b)
 }
 
+/// [`row_q8`] for four rows at once (`w`, `row_bytes` apart), sharing the activation
+/// loads: each row its own sequential sum in block order.
+///
+/// # Safety
+/// `w + k·row_bytes` (k < 4) must be readable for `blocks × 34` bytes, `x` (4-byte
+/// aligned) for `blocks × 36`, `blocks ≥ 1`.
+#[inline(always)]
+unsafe fn rows4_q8(w: *const u8, row_bytes: usize, x: *const u8, blocks: usize, acc: &mut [f32; 4]) {
+    let [mut a, mut b, mut c, mut d] = *acc;
+    // SAFETY: the caller's contract; only the named registers, lr, q0-q3 (d0-d7) and
+    // s16-s18 change.
+    unsafe {
+        let (wb, wc, wd) = (w.add(row_bytes), w.add(2 * row_bytes), w.add(3 * row_bytes));
+        asm!(
+            "dls lr, lr",
+            "2:",
+            "vldr s16, [{x}]",
+            "vldrb.u8 q1, [{x}, #4]",
+            "vldrb.u8 q3, [{x}, #20]",
+            "adds {x}, #36",
+            // Per row: the exact block sum, f32(w.d) · x.d, (sumi as f32) · that, the running sum.
+            "vldrb.u8 q0, [{wa}, #2]",
+            "vmladav.s8 r0, q0, q1",
+            "vldrb.u8 q2, [{wa}, #18]",
+            "vmladava.s8 r0, q2, q3",
+            "ldrh {h}, [{wa}], #34",
+            "vmov s17, {h}",
+            "vcvtb.f32.f16 s17, s17",
+            "vmul.f32 s17, s17, s16",
+            "vmov s18, r0",
+            "vcvt.f32.s32 s18, s18",
+            "vmul.f32 s18, s18, s17",
+            "vadd.f32 {a}, {a}, s18",
+            "vldrb.u8 q0, [{wb}, #2]",
+            "vmladav.s8 r0, q0, q1",
+            "vldrb.u8 q2, [{wb}, #18]",
+            "vmladava.s8 r0, q2, q3",
+            "ldrh {h}, [{wb}], #34",
+            "vmov s17, {h}",
+            "vcvtb.f32.f16 s17, s17",
+            "vmul.f32 s17, s17, s16",
+            "vmov s18, r0",
+            "vcvt.f32.s32 s18, s18",
+            "vmul.f32 s18, s18, s17",
+            "vadd.f32 {b}, {b}, s18",
+            "vldrb.u8 q0, [{wc}, #2]",
+            "vmladav.s8 r0, q0, q1",
+            "vldrb.u8 q2, [{wc}, #18]",
+            "vmladava.s8 r0, q2, q3",
+            "ldrh {h}, [{wc}], #34",
+            "vmov s17, {h}",
+            "vcvtb.f32.f16 s17, s17",
+            "vmul.f32 s17, s17, s16",
+            "vmov s18, r0",
+            "vcvt.f32.s32 s18, s18",
+            "vmul.f32 s18, s18, s17",
+            "vadd.f32 {c}, {c}, s18",
+            "vldrb.u8 q0, [{wd}, #2]",
+            "vmladav.s8 r0, q0, q1",
+            "vldrb.u8 q2, [{wd}, #18]",
+            "vmladava.s8 r0, q2, q3",
+            "ldrh {h}, [{wd}], #34",
+            "vmov s17, {h}",
+            "vcvtb.f32.f16 s17, s17",
+            "vmul.f32 s17, s17, s16",
+            "vmov s18, r0",
+            "vcvt.f32.s32 s18, s18",
+            "vmul.f32 s18, s18, s17",
+            "vadd.f32 {d}, {d}, s18",
+            "le lr, 2b",
+            wa = inout(reg) w => _,
+            wb = inout(reg) wb => _,
+            wc = inout(reg) wc => _,
+            wd = inout(reg) wd => _,
+            x = inout(reg) x => _,
+            h = out(reg) _,
+            a = inout(sreg) a,
+            b = inout(sreg) b,
+            c = inout(sreg) c,
+            d = inout(sreg) d,
+            inout("lr") blocks => _,
+            out("r0") _,
+            out("d0") _, out("d1") _, out("d2") _, out("d3") _,
+            out("d4") _, out("d5") _, out("d6") _, out("d7") _,
+            out("s16") _, out("s17") _, out("s18") _,
+            options(readonly, nostack),
+        );
+    }
+    *acc = [a, b, c, d];
+}
+
 /// [`rows2_q8`] for q4_0 blocks (18 bytes): sumi is Σ (nibble − 8) · x per row.
 ///
 /// # Safety
@@ -391,7 +482,7 @@ unsafe fn rows2_q4(wa: *const u8, wb: *const u8, x: *const u8, blocks: usize, ac
 /// `out (rows) = w (rows, cols) · x` for q8_0 or q4_0 rows of `row_bytes` bytes with
 /// prepared activations `xq`, as [`quantized_matvec`](super::quantized_matvec) with
 /// [`Portable`](super::Portable) computes it (the order at the top of this file):
-/// rows two at a time, the last odd one alone.
+/// q8_0 rows four at a time, then (and q4_0 rows) two at a time, the last odd one alone.
 pub(crate) fn matvec(dtype: DType, w: &[u8], row_bytes: usize, xq: &[u32], out: &mut [f32]) {
     let block_bytes = if dtype == DType::Q4_0 { q4_0::BLOCK_BYTES } else { q8_0::BLOCK_BYTES };
     if row_bytes == 0 {
@@ -412,13 +503,23 @@ pub(crate) fn matvec(dtype: DType, w: &[u8], row_bytes: usize, xq: &[u32], out: 
         // The chunk's blocks of row r: bytes r·row_bytes + first·block_bytes, n·block_bytes of
         // them, inside `w` (rows·row_bytes ≤ w.len(), (first + n)·block_bytes ≤ row_bytes).
         let start = w[first * block_bytes..].as_ptr();
-        let mut pairs = out.chunks_exact_mut(2);
+        let mut done = 0;
+        if dtype == DType::Q8_0 {
+            for (q, quad) in out.chunks_exact_mut(4).enumerate() {
+                let Ok(quad) = <&mut [f32; 4]>::try_from(quad) else { continue };
+                // SAFETY: rows 4q..4q + 4 exist, so their n blocks are inside `w` (above);
+                // `narrowed` holds n ≤ CHUNK_BLOCKS blocks; n ≥ 1 inside this loop.
+                unsafe { rows4_q8(start.add(4 * q * row_bytes), row_bytes, x, n, quad) };
+                done += 4;
+            }
+        }
+        let mut pairs = out[done..].chunks_exact_mut(2);
         for (p, pair) in (&mut pairs).enumerate() {
-            // SAFETY: rows 2p and 2p + 1 exist (rows ≥ 2p + 2), so both pointers and the
+            // SAFETY: rows done + 2p and done + 2p + 1 exist, so both pointers and the
             // n blocks after them are inside `w` (above); `narrowed` holds n ≤ CHUNK_BLOCKS
             // blocks; n ≥ 1 inside this loop.
             let (a, b) = unsafe {
-                let wa = start.add(2 * p * row_bytes);
+                let wa = start.add((done + 2 * p) * row_bytes);
                 let wb = wa.add(row_bytes);
                 if dtype == DType::Q4_0 {
                     rows2_q4(wa, wb, x, n, (pair[0], pair[1]))
