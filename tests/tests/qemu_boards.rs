@@ -511,9 +511,10 @@ fn riscv32_virt_corrupt_model_is_an_error_exit() {
 
 /// Instructions per token for 256 greedy tokens of stories260K q8_0 (f32 KV
 /// cache, the model's 512 positions) on mps3-an547, counted by SysTick under
-/// `-icount shift=0`: 2,034,474 with the portable kernels when the board was
-/// added, 675,218 with the MVE block sums; the budget sits about 3 % above it.
-const AN547_GREEDY_BUDGET: u64 = 695_000;
+/// `-icount shift=0`: 2,034,474 with the portable block sums when the board
+/// was added, 611,005 with the MVE matvec (about 312,000 + 2,440 per cache
+/// position, the attention being the FPU loops); the budget sits about 3 % above it.
+const AN547_GREEDY_BUDGET: u64 = 629_000;
 
 /// The mps3-an547 firmware binary `bin`, built once per name (with cargo, in its own directory).
 fn an547_build(bin: &str) -> PathBuf {
