@@ -13,7 +13,9 @@
 //! prepared activations ([`q8_act`](super::q8_act): i16 in pair order) back to
 //! i8 in element order, with their f32 scale, for up to [`CHUNK_BLOCKS`]
 //! blocks at a time (`VLDRH` then a narrowing scatter `VSTRB.16`), then runs
-//! every row over that chunk with one asm loop (low-overhead `DLS`/`LE`):
+//! the rows over that chunk in asm loops (low-overhead `DLS`/`LE`) that take four
+//! q8_0 rows (two q4_0 rows) at a time, sharing the activation loads, and a
+//! leftover pair or row alone:
 //!
 //! ```text
 //! per row r, per block b of the chunk (index order):
