@@ -1,9 +1,11 @@
 //! Generates the Unicode class table of the byte-level BPE pre-tokenizer
 //! (`$OUT_DIR/unicode_classes.rs`, see `bpe.rs`), and enables the Armv7E-M DSP kernels (`cfg(microlm_dsp)`) on targets that always have the
-//! DSP extension, and the FPU attention loops (`cfg(microlm_fpu)`) on hard-float Cortex-M; `target_feature = "dsp"` is not visible to `cfg` on stable Rust.
+//! DSP extension, the MVE kernels (`cfg(microlm_mve)`) for Cortex-M55, and the FPU attention loops (`cfg(microlm_fpu)`) on hard-float Cortex-M; `target_feature = "dsp"` is not visible to `cfg` on stable Rust.
 fn main() {
     println!("cargo::rustc-check-cfg=cfg(microlm_dsp)");
     println!("cargo::rustc-check-cfg=cfg(microlm_fpu)");
+    println!("cargo::rustc-check-cfg=cfg(microlm_mve)");
+    println!("cargo::rerun-if-env-changed=CARGO_ENCODED_RUSTFLAGS");
     println!("cargo::rerun-if-changed=build.rs");
     write_class_runs();
     let target = std::env::var("TARGET").unwrap_or_default();
@@ -11,10 +13,43 @@ fn main() {
     if target.starts_with("thumbv7em") {
         println!("cargo::rustc-cfg=microlm_dsp");
     }
+    // Cortex-M55 (Armv8.1-M with MVE): the board sets `-C target-cpu=cortex-m55` (or
+    // `+mve` in `-C target-feature`), which only the rustflags show on stable Rust.
+    if target.starts_with("thumbv8m.main") && mve_in_rustflags() {
+        println!("cargo::rustc-cfg=microlm_mve");
+    }
     // Hard-float Cortex-M4F/M7/M33 (FPv4/FPv5): the VLDM attention loops of kernels/vfp.rs.
     if (target.starts_with("thumbv7em") || target.starts_with("thumbv8m.main")) && target.ends_with("eabihf") {
         println!("cargo::rustc-cfg=microlm_fpu");
     }
+}
+
+/// Whether the rustflags select a core with MVE: `target-cpu=cortex-m55` or
+/// `cortex-m85`, or `+mve` / `+mve.fp` in a `target-feature` list.
+fn mve_in_rustflags() -> bool {
+    let flags = std::env::var("CARGO_ENCODED_RUSTFLAGS").unwrap_or_default();
+    let flags: Vec<&str> = flags.split('\x1f').collect();
+    // `-C target-cpu=X` is one flag or two; `-Ctarget-cpu=X` is one.
+    let values = flags.iter().enumerate().filter_map(|(i, f)| match f.strip_prefix("-C") {
+        Some("") => flags.get(i + 1).copied(),
+        Some(v) => Some(v),
+        None => None,
+    });
+    let mut mve = false;
+    for v in values {
+        if let Some(cpu) = v.strip_prefix("target-cpu=") {
+            mve = matches!(cpu, "cortex-m55" | "cortex-m85");
+        } else if let Some(features) = v.strip_prefix("target-feature=") {
+            for f in features.split(',') {
+                match f {
+                    "+mve" | "+mve.fp" => mve = true,
+                    "-mve" | "-mve.fp" => mve = false,
+                    _ => {}
+                }
+            }
+        }
+    }
+    mve
 }
 
 /// Writes `CLASS_RUNS`: every code point where the GPT-2 regex class changes, as

@@ -5,6 +5,7 @@
 #
 #   host workspace        cargo fmt --check, clippy --all-targets, rustdoc
 #   runtime, Cortex-M4F   clippy and rustdoc for thumbv7em-none-eabihf (where the asm kernels compile)
+#   runtime, Cortex-M55   clippy for thumbv8m.main-none-eabihf with target-cpu=cortex-m55 (the MVE kernels)
 #   every board crate     cargo fmt --check and clippy for the board's own target
 #                         (boards/stm32f405 also with its `qemu` feature set;
 #                         boards/common also for riscv32imc-unknown-none-elf;
@@ -27,6 +28,10 @@ cargo clippy --release --workspace --all-targets --locked --quiet -- -D warnings
 
 step "clippy -D warnings (runtime for thumbv7em-none-eabihf)"
 cargo clippy --release --locked --quiet -p microlm --target thumbv7em-none-eabihf -- -D warnings
+
+# The Cortex-M55 build (boards/qemu-mps3-an547's rustflags), where the MVE kernels compile.
+step "clippy -D warnings (runtime for thumbv8m.main-none-eabihf, target-cpu=cortex-m55)"
+RUSTFLAGS="-C target-cpu=cortex-m55" cargo clippy --release --locked --quiet -p microlm --target thumbv8m.main-none-eabihf -- -D warnings
 
 for board in boards/*/; do
     step "clippy -D warnings ($board, its own target)"

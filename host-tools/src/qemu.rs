@@ -2,7 +2,7 @@
 //!
 //! The firmware (`boards/qemu-<machine>/`, `boards/stm32f405/`) reads the model from a fixed PSRAM
 //! address, where QEMU's generic loader puts the file and a length word
-//! (mps2-an386, mps2-an505), or from its own flash, where the build embedded it
+//! (mps2-an386, mps2-an505, mps3-an547), or from its own flash, where the build embedded it
 //! (lm3s6965evb, netduinoplus2, riscv32-virt), and its settings from the semihosting command line. It prints the
 //! text, then one `stats: ... ids=...` line, or an `error: ...` line and exits 1: on semihosting
 //! stdout, or on its first serial port (netduinoplus2's USART1, read here from a Unix socket),
@@ -85,6 +85,17 @@ pub const MACHINES: &[Machine] = &[
         qemu_machine: &["-M", "mps2-an505"],
         arch: object::Architecture::Arm,
         board_dir: "boards/qemu-mps2-an505",
+        model: Placement::Loaded,
+        text: TextChannel::Semihosting,
+        build_args: &[],
+    },
+    // Cortex-M55 with MVE (Helium): the firmware's runtime runs the MVE kernels.
+    Machine {
+        name: "mps3-an547",
+        qemu: "qemu-system-arm",
+        qemu_machine: &["-M", "mps3-an547"],
+        arch: object::Architecture::Arm,
+        board_dir: "boards/qemu-mps3-an547",
         model: Placement::Loaded,
         text: TextChannel::Semihosting,
         build_args: &[],

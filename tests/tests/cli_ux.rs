@@ -65,11 +65,11 @@ fn help_lists_the_allowed_values_of_enumerated_options() {
         (
             "qemu",
             &[
-                "[possible values: mps2-an386, mps2-an505, lm3s6965evb, netduinoplus2, riscv32-virt]",
+                "[possible values: mps2-an386, mps2-an505, mps3-an547, lm3s6965evb, netduinoplus2, riscv32-virt]",
                 "[possible values: f32, f16, i8]",
             ],
         ),
-        ("demo", &["[possible values: mps2-an386, mps2-an505, lm3s6965evb, netduinoplus2, riscv32-virt]"]),
+        ("demo", &["[possible values: mps2-an386, mps2-an505, mps3-an547, lm3s6965evb, netduinoplus2, riscv32-virt]"]),
     ];
     for (sub, lists) in expect {
         let (code, out, _) = run_cli([sub, "--help"]);
@@ -86,7 +86,7 @@ fn help_lists_the_allowed_values_of_enumerated_options() {
 fn bad_enumerated_values_are_rejected_with_the_list() {
     let cases: [(&[&str], &str); 4] = [
         (&["convert", "a.bin", "--tokenizer", "t.bin", "-o", "x.mlm", "--dtype", "q5_1"], "f32, f16, q8_0, q4_0"),
-        (&["qemu", "x.mlm", "--machine", "pdp11"], "mps2-an386, mps2-an505, lm3s6965evb"),
+        (&["qemu", "x.mlm", "--machine", "pdp11"], "mps2-an386, mps2-an505, mps3-an547, lm3s6965evb"),
         (&["bench", "x.mlm", "--kv", "f8"], "f32, f16, i8"),
         (&["inspect", "x.mlm", "--board", "nope"], "rp2350"),
     ];

@@ -7,6 +7,7 @@
 //!   generic.rs  the portable implementations (the reference every other one equals)
 //!   arm_dsp.rs  Cortex-M4/M7 DSP asm: SXTB16/SMLAD block sums, the i16·i8 dot of the i8 KV cache
 //!   arm_fpu.rs  hard-float Cortex-M asm: f32 attention scores, the exp pass, the fused value mix
+//!   arm_mve.rs  Cortex-M55 MVE (Helium) asm: VMLADAV block sums over whole rows
 //!   x86.rs      x86-64 SSE4.1 / AVX2 block sums
 //!   neon.rs     aarch64 NEON block sums
 //!   f32.rs, f16.rs, q8_0.rs, q4_0.rs   the row formats: matvec rows, (de)quantization
@@ -29,6 +30,8 @@
 pub mod arm_dsp;
 #[cfg(microlm_fpu)]
 pub mod arm_fpu;
+#[cfg(microlm_mve)]
+pub mod arm_mve;
 pub mod f16;
 pub mod f32;
 pub mod generic;
@@ -62,6 +65,9 @@ pub enum Isa {
     /// Cortex-M4/M7 DSP extension: SXTB16 and SMLAD asm ([`arm_dsp`]).
     #[cfg(microlm_dsp)]
     ArmDsp,
+    /// Cortex-M55 MVE (Helium): VMLADAV asm ([`arm_mve`]).
+    #[cfg(microlm_mve)]
+    Mve,
     /// aarch64 NEON ([`neon`]).
     #[cfg(target_arch = "aarch64")]
     Neon,
@@ -79,6 +85,8 @@ impl Isa {
         Isa::Portable,
         #[cfg(microlm_dsp)]
         Isa::ArmDsp,
+        #[cfg(microlm_mve)]
+        Isa::Mve,
         #[cfg(target_arch = "aarch64")]
         Isa::Neon,
         #[cfg(target_arch = "x86_64")]
@@ -94,6 +102,8 @@ impl Isa {
             Isa::Portable => true,
             #[cfg(microlm_dsp)]
             Isa::ArmDsp => true,
+            #[cfg(microlm_mve)]
+            Isa::Mve => true,
             #[cfg(target_arch = "aarch64")]
             Isa::Neon => true,
             #[cfg(target_arch = "x86_64")]
@@ -103,18 +113,20 @@ impl Isa {
         }
     }
 
-    /// The fastest available instruction set: a constant on Arm (the DSP asm on
-    /// Cortex-M4/M7, NEON on aarch64, else portable), on x86-64 AVX2 → SSE4.1 →
+    /// The fastest available instruction set: a constant on Arm (the MVE asm on
+    /// Cortex-M55, the DSP asm on Cortex-M4/M7, NEON on aarch64, else portable), on x86-64 AVX2 → SSE4.1 →
     /// portable, detected once and cached.
     #[inline(always)]
     pub fn best() -> Isa {
         #[cfg(target_arch = "x86_64")]
         return x86::detected();
-        #[cfg(microlm_dsp)]
+        #[cfg(microlm_mve)]
+        return Isa::Mve;
+        #[cfg(all(microlm_dsp, not(microlm_mve)))]
         return Isa::ArmDsp;
         #[cfg(target_arch = "aarch64")]
         return Isa::Neon;
-        #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64", microlm_dsp)))]
+        #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64", microlm_dsp, microlm_mve)))]
         return Isa::Portable;
     }
 }
@@ -127,6 +139,8 @@ pub(crate) fn quantized_matvec_on(isa: Isa, dtype: DType, w: &[u8], row_bytes: u
     match isa {
         #[cfg(microlm_dsp)]
         Isa::ArmDsp => quantized_matvec::<arm_dsp::Dsp>(dtype, w, row_bytes, xq, out),
+        #[cfg(microlm_mve)]
+        Isa::Mve => arm_mve::matvec(dtype, w, row_bytes, xq, out),
         #[cfg(target_arch = "aarch64")]
         Isa::Neon => quantized_matvec::<neon::Neon>(dtype, w, row_bytes, xq, out),
         #[cfg(target_arch = "x86_64")]
@@ -167,7 +181,7 @@ pub fn f16_to_f32(bytes: [u8; 2]) -> f32 {
 
 /// Exact integer sums of one weight block with prepared activations ([`q8_act`]),
 /// one implementation per instruction set: [`Portable`], `arm_dsp::Dsp` on
-/// Cortex-M4/M7 (and [`arm_dsp::Emulated`] on every target), SSE4.1/AVX2 in
+/// Cortex-M4/M7 (and [`arm_dsp::Emulated`] on every target), `arm_mve::Mve` on Cortex-M55, SSE4.1/AVX2 in
 /// `x86`, NEON in `neon`; [`Isa::best`] picks one. All return the same integers.
 pub trait BlockSums {
     /// Σ_{i<32} w\[i\]·x\[i\] for a q8_0 block's 32 signed quants (element order).

@@ -5,7 +5,7 @@
 //! - [`block_sums`]`(isa)`: the q8_0 and q4_0 block sums of `isa`, through the
 //!   quantized matvec, equal the scalar integer sums (extreme bytes included);
 //! - [`block_sums_with`]`::<B>()`: the same for a [`BlockSums`] type directly
-//!   (the DSP instruction emulation on hosts);
+//!   (the DSP instruction emulation on hosts, the MVE asm `arm_mve::Mve` on Cortex-M55);
 //! - [`matvecs`]`(isa)`: q8_0 and q4_0 matvecs on odd shapes bit-identical to the
 //!   scalar references `q8_0::vec_dot_ref` / `q4_0::vec_dot_ref`;
 //! - [`attention`]: the attention and exp kernels this target selects,
@@ -260,6 +260,8 @@ pub fn attention() -> Result<(), Failure> {
 pub fn run_all() -> Result<(), Failure> {
     block_sums_with::<generic::Portable>()?;
     block_sums_with::<super::arm_dsp::Emulated>()?;
+    #[cfg(microlm_mve)]
+    block_sums_with::<super::arm_mve::Mve>()?;
     for &isa in Isa::ALL.iter().filter(|isa| isa.available()) {
         block_sums(isa)?;
         matvecs(isa)?;

@@ -1,0 +1,548 @@
+//! Cortex-M55 MVE (Helium, Armv8.1-M) asm for the quantized matvecs
+//! (`cfg(microlm_mve)`: built with `-C target-cpu=cortex-m55`; see build.rs).
+//!
+//! Only integer instructions are vectorized (VMLADAV's destination is an even
+//! register: r0 and r2 here): `VMLADAV.S8` multiplies 16 byte
+//! lanes and sums them into a general register, exactly (|sum| < 2^31), so a
+//! block's integer sum equals [`Portable`](super::Portable)'s in any lane order.
+//! The f32 part is scalar FPv5 (`VCVTB.F32.F16`, `VMUL.F32`, `VADD.F32` under
+//! the default FPSCR, as the compiled portable code): MVE's own float
+//! instructions flush subnormals and are not used, so nothing depends on them.
+//!
+//! [`matvec`] (what [`Isa::Mve`](super::Isa::Mve) runs) first narrows the
+//! prepared activations ([`q8_act`](super::q8_act): i16 in pair order) back to
+//! i8 in element order, with their f32 scale, for up to [`CHUNK_BLOCKS`]
+//! blocks at a time (`VLDRH` then a narrowing scatter `VSTRB.16`), then runs
+//! the rows over that chunk in asm loops (low-overhead `DLS`/`LE`) that take four
+//! q8_0 rows (two q4_0 rows) at a time, sharing the activation loads, and a
+//! leftover pair or row alone:
+//!
+//! ```text
+//! per row r, per block b of the chunk (index order):
+//!     sumi = VMLADAV.S8(w[0..16], x[0..16]) + VMLADAVA.S8(w[16..32], x[16..32])
+//!                                  (q4_0: nibbles − 8 as bytes, low then high)
+//!     out[r] += (sumi as f32) · (f32(w.d) · x.d)
+//! ```
+//!
+//! `out[r]` starts at 0.0 and carries over from chunk to chunk, so each row is
+//! one sequential f32 sum over its blocks in index order: the contract of
+//! `q8_0` / `q4_0`, bit for bit. [`Mve`] is the same block sums on the prepared
+//! i16 words (a gather `VLDRB.S16` puts the weights in pair order), for the
+//! kernel suite's [`BlockSums`] checks.
+#![allow(unsafe_code)]
+
+use core::arch::asm;
+
+use super::{q4_0, q8_0, q8_act, BlockSums, QK};
+use crate::dtype::DType;
+
+/// Blocks of activations narrowed at a time: 36 bytes each on the stack (1,152 bytes).
+pub const CHUNK_BLOCKS: usize = 32;
+
+/// Bytes of one narrowed activation block: the f32 scale, then 32 i8 quants in element order.
+const NARROW_BYTES: usize = 4 + QK;
+
+/// Lane offsets (u16) that take the pair-order positions 0..8 of a group of
+/// eight to their elements: positions 0, 1, 2, 3 hold elements 0, 2, 1, 3.
+static PAIR_OFFSETS: [u16; 8] = [0, 2, 1, 3, 4, 6, 5, 7];
+
+/// The MVE block sums on prepared i16 words (for the [`BlockSums`] checks;
+/// the matvec uses [`matvec`]).
+#[derive(Debug)]
+pub struct Mve;
+
+impl BlockSums for Mve {
+    #[inline(always)]
+    fn q8(w: &[u8; 32], x: &[u32; 16]) -> i32 {
+        let sum: i32;
+        // SAFETY: reads the 32 bytes of `w`, the 64 bytes of `x` and the 16 of PAIR_OFFSETS
+        // (borrowed, in bounds: four groups of 8 bytes / 16 bytes); writes only the named
+        // registers and q0-q2 (d0-d5, declared clobbered). MVE is present (cfg(microlm_mve)).
+        unsafe {
+            asm!(
+                "vldrh.u16 q2, [{off}]",
+                "vldrb.s16 q0, [{w}, q2]",
+                "vldrh.u16 q1, [{x}]",
+                "vmladav.s16 r0, q0, q1",
+                "adds {w}, #8",
+                "vldrb.s16 q0, [{w}, q2]",
+                "vldrh.u16 q1, [{x}, #16]",
+                "vmladava.s16 r0, q0, q1",
+                "adds {w}, #8",
+                "vldrb.s16 q0, [{w}, q2]",
+                "vldrh.u16 q1, [{x}, #32]",
+                "vmladava.s16 r0, q0, q1",
+                "adds {w}, #8",
+                "vldrb.s16 q0, [{w}, q2]",
+                "vldrh.u16 q1, [{x}, #48]",
+                "vmladava.s16 r0, q0, q1",
+                off = in(reg) PAIR_OFFSETS.as_ptr(),
+                w = inout(reg) w.as_ptr() => _,
+                x = in(reg) x.as_ptr(),
+                out("r0") sum,
+                out("d0") _, out("d1") _, out("d2") _, out("d3") _, out("d4") _, out("d5") _,
+                options(readonly, nostack),
+            );
+        }
+        sum
+    }
+
+    #[inline(always)]
+    fn q4(nibbles: &[u8; 16], x: &[u32; 16]) -> i32 {
+        let sum: i32;
+        // SAFETY: reads the 16 bytes of `nibbles`, the 64 bytes of `x` and PAIR_OFFSETS (in
+        // bounds, as above); writes only the named registers and q0-q3 (d0-d7, clobbered).
+        unsafe {
+            asm!(
+                "vldrh.u16 q2, [{off}]",
+                "vmov.i16 q3, #15",
+                // Bytes 0..8 in pair order: elements 0..8 (low nibbles) and 16..24 (high).
+                "vldrb.u16 q0, [{w}, q2]",
+                "vand q1, q0, q3",
+                "vshr.u16 q0, q0, #4",
+                "vldrh.u16 q3, [{x}]",
+                "vmladav.s16 r0, q1, q3",
+                "vldrh.u16 q3, [{x}, #32]",
+                "vmladava.s16 r0, q0, q3",
+                // Bytes 8..16: elements 8..16 and 24..32.
+                "adds {w}, #8",
+                "vmov.i16 q3, #15",
+                "vldrb.u16 q0, [{w}, q2]",
+                "vand q1, q0, q3",
+                "vshr.u16 q0, q0, #4",
+                "vldrh.u16 q3, [{x}, #16]",
+                "vmladava.s16 r0, q1, q3",
+                "vldrh.u16 q3, [{x}, #48]",
+                "vmladava.s16 r0, q0, q3",
+                off = in(reg) PAIR_OFFSETS.as_ptr(),
+                w = inout(reg) nibbles.as_ptr() => _,
+                x = in(reg) x.as_ptr(),
+                out("r0") sum,
+                out("d0") _, out("d1") _, out("d2") _, out("d3") _,
+                out("d4") _, out("d5") _, out("d6") _, out("d7") _,
+                options(readonly, nostack),
+            );
+        }
+        sum
+    }
+}
+
+/// Narrows `blocks` prepared activation blocks (`xq`, [`q8_act::BLOCK_WORDS`] words each)
+/// into `out`: per block its f32 scale, then its 32 quants as i8 in element order.
+fn narrow(xq: &[u32], out: &mut [u32; CHUNK_BLOCKS * NARROW_BYTES / 4], blocks: usize) {
+    let out: &mut [u8] = bytemuck::cast_slice_mut(&mut out[..]);
+    let blocks = blocks.min(CHUNK_BLOCKS).min(xq.len() / q8_act::BLOCK_WORDS);
+    for (src, dst) in xq.chunks_exact(q8_act::BLOCK_WORDS).zip(out.chunks_exact_mut(NARROW_BYTES)).take(blocks) {
+        dst[..4].copy_from_slice(&src[0].to_le_bytes());
+        // SAFETY: reads the 16 pair words of `src` (64 bytes: words 2..18 of the block) and
+        // PAIR_OFFSETS; writes the 32 quant bytes of `dst` (bytes 4..36; each scatter writes
+        // the low bytes of 8 halfwords at offsets 0..8 from its base). Only q0, q1 (d0-d3) change.
+        unsafe {
+            asm!(
+                "vldrh.u16 q1, [{off}]",
+                "vldrh.u16 q0, [{src}], #16",
+                "vstrb.16 q0, [{dst}, q1]",
+                "adds {dst}, #8",
+                "vldrh.u16 q0, [{src}], #16",
+                "vstrb.16 q0, [{dst}, q1]",
+                "adds {dst}, #8",
+                "vldrh.u16 q0, [{src}], #16",
+                "vstrb.16 q0, [{dst}, q1]",
+                "adds {dst}, #8",
+                "vldrh.u16 q0, [{src}]",
+                "vstrb.16 q0, [{dst}, q1]",
+                off = in(reg) PAIR_OFFSETS.as_ptr(),
+                src = inout(reg) src[2..].as_ptr() => _,
+                dst = inout(reg) dst[4..].as_mut_ptr() => _,
+                out("d0") _, out("d1") _, out("d2") _, out("d3") _,
+                options(nostack),
+            );
+        }
+    }
+}
+
+/// `acc + Σ_b (sumi_b as f32) · (f32(w_b.d) · x_b.d)` over `blocks` q8_0 blocks at `w`
+/// and narrowed activation blocks at `x`, blocks in index order.
+///
+/// # Safety
+/// `w` must be readable for `blocks × 34` bytes, `x` (4-byte aligned) for `blocks × 36`, `blocks ≥ 1`.
+#[inline(always)]
+unsafe fn row_q8(w: *const u8, x: *const u8, blocks: usize, acc: f32) -> f32 {
+    let mut acc = acc;
+    // SAFETY: the caller's contract; only the named registers, lr, s8-s10 and q0, q1 (d0-d3) change.
+    unsafe {
+        asm!(
+            "dls lr, {n}",
+            "2:",
+            "vldrb.u8 q0, [{w}, #2]",
+            "vldr s8, [{x}]",
+            "vldrb.u8 q1, [{x}, #4]",
+            "vmladav.s8 r2, q0, q1",
+            "vldrb.u8 q0, [{w}, #18]",
+            "vldrb.u8 q1, [{x}, #20]",
+            "vmladava.s8 r2, q0, q1",
+            "ldrh {d}, [{w}], #34",
+            "adds {x}, #36",
+            // f32(w.d) · x.d, then (sumi as f32) · that, then the running sum.
+            "vmov s9, {d}",
+            "vcvtb.f32.f16 s9, s9",
+            "vmul.f32 s9, s9, s8",
+            "vmov s10, r2",
+            "vcvt.f32.s32 s10, s10",
+            "vmul.f32 s10, s10, s9",
+            "vadd.f32 {acc}, {acc}, s10",
+            "le lr, 2b",
+            n = in(reg) blocks,
+            w = inout(reg) w => _,
+            x = inout(reg) x => _,
+            out("r2") _,
+            d = out(reg) _,
+            acc = inout(sreg) acc,
+            out("lr") _,
+            out("s8") _, out("s9") _, out("s10") _,
+            out("d0") _, out("d1") _, out("d2") _, out("d3") _,
+            options(readonly, nostack),
+        );
+    }
+    acc
+}
+
+/// [`row_q8`] for q4_0 blocks (18 bytes) at `w`: sumi is Σ (nibble − 8) · x.
+///
+/// # Safety
+/// `w` must be readable for `blocks × 18` bytes, `x` (4-byte aligned) for `blocks × 36`, `blocks ≥ 1`.
+#[inline(always)]
+unsafe fn row_q4(w: *const u8, x: *const u8, blocks: usize, acc: f32) -> f32 {
+    let mut acc = acc;
+    // SAFETY: the caller's contract; only the named registers, lr, s16-s19 and q0-q3 (d0-d7) change.
+    unsafe {
+        asm!(
+            "vmov.i8 q3, #15",
+            "dls lr, {n}",
+            "2:",
+            "vldrb.u8 q0, [{w}, #2]",
+            "vldr s17, [{x}]",
+            // Low nibbles (elements 0..16) and high ones (16..32), each minus 8, as signed bytes.
+            "vand q2, q0, q3",
+            "vshr.u8 q0, q0, #4",
+            "vsub.i8 q2, q2, {eight}",
+            "vsub.i8 q0, q0, {eight}",
+            "vldrb.u8 q1, [{x}, #4]",
+            "vmladav.s8 r2, q2, q1",
+            "vldrb.u8 q1, [{x}, #20]",
+            "vmladava.s8 r2, q0, q1",
+            "ldrh {d}, [{w}], #18",
+            "adds {x}, #36",
+            "vmov s18, {d}",
+            "vcvtb.f32.f16 s18, s18",
+            "vmul.f32 s18, s18, s17",
+            "vmov s19, r2",
+            "vcvt.f32.s32 s19, s19",
+            "vmul.f32 s19, s19, s18",
+            "vadd.f32 s16, s16, s19",
+            "le lr, 2b",
+            n = in(reg) blocks,
+            eight = in(reg) 8u32,
+            w = inout(reg) w => _,
+            x = inout(reg) x => _,
+            out("r2") _,
+            d = out(reg) _,
+            inout("s16") acc,
+            out("lr") _,
+            out("s17") _, out("s18") _, out("s19") _,
+            out("d0") _, out("d1") _, out("d2") _, out("d3") _,
+            out("d4") _, out("d5") _, out("d6") _, out("d7") _,
+            options(readonly, nostack),
+        );
+    }
+    acc
+}
+
+/// [`row_q8`] for two rows at once (`wa`, `wb`), sharing the activation loads:
+/// returns `(acc_a', acc_b')`, each row its own sequential sum in block order.
+///
+/// # Safety
+/// `wa` and `wb` must be readable for `blocks × 34` bytes, `x` (4-byte aligned) for
+/// `blocks × 36`, `blocks ≥ 1`.
+#[inline(always)]
+unsafe fn rows2_q8(wa: *const u8, wb: *const u8, x: *const u8, blocks: usize, acc: (f32, f32)) -> (f32, f32) {
+    let (mut a, mut b) = acc;
+    // SAFETY: the caller's contract; only the named registers, lr, q0-q3 (d0-d7) and
+    // s16-s21 change.
+    unsafe {
+        asm!(
+            "dls lr, {n}",
+            "2:",
+            "vldr s16, [{x}]",
+            "vldrb.u8 q1, [{x}, #4]",
+            "vldrb.u8 q3, [{x}, #20]",
+            "adds {x}, #36",
+            "vldrb.u8 q0, [{wa}, #2]",
+            "vmladav.s8 r0, q0, q1",
+            "vldrb.u8 q2, [{wa}, #18]",
+            "vmladava.s8 r0, q2, q3",
+            "vldrb.u8 q0, [{wb}, #2]",
+            "vmladav.s8 r2, q0, q1",
+            "vldrb.u8 q2, [{wb}, #18]",
+            "vmladava.s8 r2, q2, q3",
+            "ldrh {da}, [{wa}], #34",
+            "ldrh {db}, [{wb}], #34",
+            // Row a: f32(w.d) · x.d, (sumi as f32) · that, the running sum; then row b.
+            "vmov s17, {da}",
+            "vcvtb.f32.f16 s17, s17",
+            "vmul.f32 s17, s17, s16",
+            "vmov s18, r0",
+            "vcvt.f32.s32 s18, s18",
+            "vmul.f32 s18, s18, s17",
+            "vadd.f32 {a}, {a}, s18",
+            "vmov s19, {db}",
+            "vcvtb.f32.f16 s19, s19",
+            "vmul.f32 s19, s19, s16",
+            "vmov s20, r2",
+            "vcvt.f32.s32 s20, s20",
+            "vmul.f32 s20, s20, s19",
+            "vadd.f32 {b}, {b}, s20",
+            "le lr, 2b",
+            n = in(reg) blocks,
+            wa = inout(reg) wa => _,
+            wb = inout(reg) wb => _,
+            x = inout(reg) x => _,
+            da = out(reg) _,
+            db = out(reg) _,
+            a = inout(sreg) a,
+            b = inout(sreg) b,
+            out("r0") _, out("r2") _, out("lr") _,
+            out("d0") _, out("d1") _, out("d2") _, out("d3") _,
+            out("d4") _, out("d5") _, out("d6") _, out("d7") _,
+            out("s16") _, out("s17") _, out("s18") _, out("s19") _, out("s20") _,
+            options(readonly, nostack),
+        );
+    }
+    (a, b)
+}
+
+/// [`row_q8`] for four rows at once (`w`, `row_bytes` apart), sharing the activation
+/// loads: each row its own sequential sum in block order.
+///
+/// # Safety
+/// `w + k·row_bytes` (k < 4) must be readable for `blocks × 34` bytes, `x` (4-byte
+/// aligned) for `blocks × 36`, `blocks ≥ 1`.
+#[inline(always)]
+unsafe fn rows4_q8(w: *const u8, row_bytes: usize, x: *const u8, blocks: usize, acc: &mut [f32; 4]) {
+    let [mut a, mut b, mut c, mut d] = *acc;
+    // SAFETY: the caller's contract; only the named registers, lr, q0-q3 (d0-d7) and
+    // s16-s18 change.
+    unsafe {
+        let (wb, wc, wd) = (w.add(row_bytes), w.add(2 * row_bytes), w.add(3 * row_bytes));
+        asm!(
+            "dls lr, lr",
+            "2:",
+            "vldr s16, [{x}]",
+            "vldrb.u8 q1, [{x}, #4]",
+            "vldrb.u8 q3, [{x}, #20]",
+            "adds {x}, #36",
+            // Per row: the exact block sum, f32(w.d) · x.d, (sumi as f32) · that, the running sum.
+            "vldrb.u8 q0, [{wa}, #2]",
+            "vmladav.s8 r0, q0, q1",
+            "vldrb.u8 q2, [{wa}, #18]",
+            "vmladava.s8 r0, q2, q3",
+            "ldrh {h}, [{wa}], #34",
+            "vmov s17, {h}",
+            "vcvtb.f32.f16 s17, s17",
+            "vmul.f32 s17, s17, s16",
+            "vmov s18, r0",
+            "vcvt.f32.s32 s18, s18",
+            "vmul.f32 s18, s18, s17",
+            "vadd.f32 {a}, {a}, s18",
+            "vldrb.u8 q0, [{wb}, #2]",
+            "vmladav.s8 r0, q0, q1",
+            "vldrb.u8 q2, [{wb}, #18]",
+            "vmladava.s8 r0, q2, q3",
+            "ldrh {h}, [{wb}], #34",
+            "vmov s17, {h}",
+            "vcvtb.f32.f16 s17, s17",
+            "vmul.f32 s17, s17, s16",
+            "vmov s18, r0",
+            "vcvt.f32.s32 s18, s18",
+            "vmul.f32 s18, s18, s17",
+            "vadd.f32 {b}, {b}, s18",
+            "vldrb.u8 q0, [{wc}, #2]",
+            "vmladav.s8 r0, q0, q1",
+            "vldrb.u8 q2, [{wc}, #18]",
+            "vmladava.s8 r0, q2, q3",
+            "ldrh {h}, [{wc}], #34",
+            "vmov s17, {h}",
+            "vcvtb.f32.f16 s17, s17",
+            "vmul.f32 s17, s17, s16",
+            "vmov s18, r0",
+            "vcvt.f32.s32 s18, s18",
+            "vmul.f32 s18, s18, s17",
+            "vadd.f32 {c}, {c}, s18",
+            "vldrb.u8 q0, [{wd}, #2]",
+            "vmladav.s8 r0, q0, q1",
+            "vldrb.u8 q2, [{wd}, #18]",
+            "vmladava.s8 r0, q2, q3",
+            "ldrh {h}, [{wd}], #34",
+            "vmov s17, {h}",
+            "vcvtb.f32.f16 s17, s17",
+            "vmul.f32 s17, s17, s16",
+            "vmov s18, r0",
+            "vcvt.f32.s32 s18, s18",
+            "vmul.f32 s18, s18, s17",
+            "vadd.f32 {d}, {d}, s18",
+            "le lr, 2b",
+            wa = inout(reg) w => _,
+            wb = inout(reg) wb => _,
+            wc = inout(reg) wc => _,
+            wd = inout(reg) wd => _,
+            x = inout(reg) x => _,
+            h = out(reg) _,
+            a = inout(sreg) a,
+            b = inout(sreg) b,
+            c = inout(sreg) c,
+            d = inout(sreg) d,
+            inout("lr") blocks => _,
+            out("r0") _,
+            out("d0") _, out("d1") _, out("d2") _, out("d3") _,
+            out("d4") _, out("d5") _, out("d6") _, out("d7") _,
+            out("s16") _, out("s17") _, out("s18") _,
+            options(readonly, nostack),
+        );
+    }
+    *acc = [a, b, c, d];
+}
+
+/// [`rows2_q8`] for q4_0 blocks (18 bytes): sumi is Σ (nibble − 8) · x per row.
+///
+/// # Safety
+/// `wa` and `wb` must be readable for `blocks × 18` bytes, `x` (4-byte aligned) for
+/// `blocks × 36`, `blocks ≥ 1`.
+#[inline(always)]
+unsafe fn rows2_q4(wa: *const u8, wb: *const u8, x: *const u8, blocks: usize, acc: (f32, f32)) -> (f32, f32) {
+    let (mut a, mut b) = acc;
+    // SAFETY: the caller's contract; only the named registers, lr, q0-q4 (d0-d9) and
+    // s20-s24 change.
+    unsafe {
+        asm!(
+            "vmov.i8 q4, #15",
+            "dls lr, {n}",
+            "2:",
+            "vldr s20, [{x}]",
+            "vldrb.u8 q1, [{x}, #4]",
+            "vldrb.u8 q3, [{x}, #20]",
+            "adds {x}, #36",
+            "vldrb.u8 q0, [{wa}, #2]",
+            "vand q2, q0, q4",
+            "vshr.u8 q0, q0, #4",
+            "vsub.i8 q2, q2, {eight}",
+            "vsub.i8 q0, q0, {eight}",
+            "vmladav.s8 r0, q2, q1",
+            "vmladava.s8 r0, q0, q3",
+            "vldrb.u8 q0, [{wb}, #2]",
+            "vand q2, q0, q4",
+            "vshr.u8 q0, q0, #4",
+            "vsub.i8 q2, q2, {eight}",
+            "vsub.i8 q0, q0, {eight}",
+            "vmladav.s8 r2, q2, q1",
+            "vmladava.s8 r2, q0, q3",
+            "ldrh {da}, [{wa}], #18",
+            "ldrh {db}, [{wb}], #18",
+            "vmov s21, {da}",
+            "vcvtb.f32.f16 s21, s21",
+            "vmul.f32 s21, s21, s20",
+            "vmov s22, r0",
+            "vcvt.f32.s32 s22, s22",
+            "vmul.f32 s22, s22, s21",
+            "vadd.f32 {a}, {a}, s22",
+            "vmov s23, {db}",
+            "vcvtb.f32.f16 s23, s23",
+            "vmul.f32 s23, s23, s20",
+            "vmov s24, r2",
+            "vcvt.f32.s32 s24, s24",
+            "vmul.f32 s24, s24, s23",
+            "vadd.f32 {b}, {b}, s24",
+            "le lr, 2b",
+            n = in(reg) blocks,
+            eight = in(reg) 8u32,
+            wa = inout(reg) wa => _,
+            wb = inout(reg) wb => _,
+            x = inout(reg) x => _,
+            da = out(reg) _,
+            db = out(reg) _,
+            a = inout(sreg) a,
+            b = inout(sreg) b,
+            out("r0") _, out("r2") _, out("lr") _,
+            out("d0") _, out("d1") _, out("d2") _, out("d3") _,
+            out("d4") _, out("d5") _, out("d6") _, out("d7") _, out("d8") _, out("d9") _,
+            out("s20") _, out("s21") _, out("s22") _, out("s23") _, out("s24") _,
+            options(readonly, nostack),
+        );
+    }
+    (a, b)
+}
+
+/// `out (rows) = w (rows, cols) · x` for q8_0 or q4_0 rows of `row_bytes` bytes with
+/// prepared activations `xq`, as [`quantized_matvec`](super::quantized_matvec) with
+/// [`Portable`](super::Portable) computes it (the order at the top of this file):
+/// q8_0 rows four at a time, then (and q4_0 rows) two at a time, the last odd one alone.
+pub(crate) fn matvec(dtype: DType, w: &[u8], row_bytes: usize, xq: &[u32], out: &mut [f32]) {
+    let block_bytes = if dtype == DType::Q4_0 { q4_0::BLOCK_BYTES } else { q8_0::BLOCK_BYTES };
+    if row_bytes == 0 {
+        return out.fill(0.0);
+    }
+    let rows = out.len().min(w.len() / row_bytes);
+    let out = &mut out[..rows];
+    out.fill(0.0);
+    // Blocks per row: the whole blocks of a row that have activations.
+    let blocks = (row_bytes / block_bytes).min(xq.len() / q8_act::BLOCK_WORDS);
+    // Words, so each block's f32 scale is aligned for VLDR.
+    let mut narrowed = [0u32; CHUNK_BLOCKS * NARROW_BYTES / 4];
+    let x = narrowed.as_ptr().cast::<u8>();
+    let mut first = 0;
+    while first < blocks {
+        let n = (blocks - first).min(CHUNK_BLOCKS);
+        narrow(&xq[first * q8_act::BLOCK_WORDS..], &mut narrowed, n);
+        // The chunk's blocks of row r: bytes r·row_bytes + first·block_bytes, n·block_bytes of
+        // them, inside `w` (rows·row_bytes ≤ w.len(), (first + n)·block_bytes ≤ row_bytes).
+        let start = w[first * block_bytes..].as_ptr();
+        let mut done = 0;
+        if dtype == DType::Q8_0 {
+            for (q, quad) in out.chunks_exact_mut(4).enumerate() {
+                let Ok(quad) = <&mut [f32; 4]>::try_from(quad) else { continue };
+                // SAFETY: rows 4q..4q + 4 exist, so their n blocks are inside `w` (above);
+                // `narrowed` holds n ≤ CHUNK_BLOCKS blocks; n ≥ 1 inside this loop.
+                unsafe { rows4_q8(start.add(4 * q * row_bytes), row_bytes, x, n, quad) };
+                done += 4;
+            }
+        }
+        let mut pairs = out[done..].chunks_exact_mut(2);
+        for (p, pair) in (&mut pairs).enumerate() {
+            // SAFETY: rows done + 2p and done + 2p + 1 exist, so both pointers and the
+            // n blocks after them are inside `w` (above); `narrowed` holds n ≤ CHUNK_BLOCKS
+            // blocks; n ≥ 1 inside this loop.
+            let (a, b) = unsafe {
+                let wa = start.add((done + 2 * p) * row_bytes);
+                let wb = wa.add(row_bytes);
+                if dtype == DType::Q4_0 {
+                    rows2_q4(wa, wb, x, n, (pair[0], pair[1]))
+                } else {
+                    rows2_q8(wa, wb, x, n, (pair[0], pair[1]))
+                }
+            };
+            pair[0] = a;
+            pair[1] = b;
+        }
+        if let [o] = pairs.into_remainder() {
+            // SAFETY: the last row (rows − 1) and its n blocks are inside `w`, as above.
+            *o = unsafe {
+                let wr = start.add((rows - 1) * row_bytes);
+                if dtype == DType::Q4_0 {
+                    row_q4(wr, x, n, *o)
+                } else {
+                    row_q8(wr, x, n, *o)
+                }
+            };
+        }
+        first += n;
+    }
+}
