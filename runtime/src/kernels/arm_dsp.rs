@@ -220,6 +220,193 @@ impl super::BlockSums for Dsp {
     }
 }
 
+/// One group of four weights of both rows in [`matvec_q8`]'s loop: activation words
+/// `$x0`, `$x1` (explicit registers), one weight word of each row (post-indexed,
+/// unaligned loads). `first` starts the two sums with SMUAD, `next` adds with SMLAD.
+#[cfg(all(microlm_dsp, microlm_fpu))]
+macro_rules! q8_pair_group {
+    (first, $x0:literal, $x1:literal) => {
+        concat!(
+            "ldr {w}, [{wa}], #4\n",
+            "sxtb16 {t}, {w}\n",
+            "smuad {acca}, {t}, ",
+            $x0,
+            "\n",
+            "sxtb16 {t}, {w}, ror #8\n",
+            "smlad {acca}, {t}, ",
+            $x1,
+            ", {acca}\n",
+            "ldr {w}, [{wb}], #4\n",
+            "sxtb16 {t}, {w}\n",
+            "smuad {accb}, {t}, ",
+            $x0,
+            "\n",
+            "sxtb16 {t}, {w}, ror #8\n",
+            "smlad {accb}, {t}, ",
+            $x1,
+            ", {accb}\n",
+        )
+    };
+    (next, $x0:literal, $x1:literal) => {
+        concat!(
+            "ldr {w}, [{wa}], #4\n",
+            "sxtb16 {t}, {w}\n",
+            "smlad {acca}, {t}, ",
+            $x0,
+            ", {acca}\n",
+            "sxtb16 {t}, {w}, ror #8\n",
+            "smlad {acca}, {t}, ",
+            $x1,
+            ", {acca}\n",
+            "ldr {w}, [{wb}], #4\n",
+            "sxtb16 {t}, {w}\n",
+            "smlad {accb}, {t}, ",
+            $x0,
+            ", {accb}\n",
+            "sxtb16 {t}, {w}, ror #8\n",
+            "smlad {accb}, {t}, ",
+            $x1,
+            ", {accb}\n",
+        )
+    };
+}
+
+/// Two q8_0 rows `wa`, `wb` (`blocks` blocks each) dotted with the prepared
+/// activations `x` in one FPU+DSP loop: per block the two f16 scales widened by
+/// VCVTB (exact, as `f16_to_f32`), each multiplied by the activation scale, the
+/// two integer sums by SXTB16/SMLAD with every activation word loaded once for
+/// both rows (LDM), then `acc += (sumi as f32) · (d_w · d_x)` per row (VMLA rounds
+/// the product, then the sum). Returns both rows' sums: the order of
+/// `q8_0::vec_dot_with`, which [`matvec_q8_emulated`] writes out in Rust.
+///
+/// # Safety
+/// `wa` and `wb` must be readable for `blocks` × 34 bytes and `x` for
+/// `blocks` × 18 words (word-aligned); `blocks` ≥ 1.
+#[cfg(all(microlm_dsp, microlm_fpu))]
+#[inline(always)]
+unsafe fn dot_q8_rows2(wa: *const u8, wb: *const u8, x: *const u32, blocks: usize) -> (f32, f32) {
+    let (ra, rb): (u32, u32);
+    // SAFETY: the caller's contract covers every load (weights with unaligned LDR/LDRH, allowed
+    // on Armv7E-M and Armv8-M Main; activations with LDM, word-aligned). s0-s7 are saved
+    // and restored; the flags are clobbered (declared by not preserving them).
+    unsafe {
+        core::arch::asm!(
+            "vpush {{s0-s7}}",
+            "movs {t}, #0",
+            "vmov s6, s7, {t}, {t}",
+            "2:",
+            "ldm {x}!, {{r2-r5}}",
+            "ldrh {w}, [{wa}], #2",
+            "ldrh {t}, [{wb}], #2",
+            "vmov s0, s1, {w}, {t}",
+            "vmov s2, r2",
+            "vcvtb.f32.f16 s0, s0",
+            "vcvtb.f32.f16 s1, s1",
+            "vmul.f32 s0, s0, s2",
+            "vmul.f32 s1, s1, s2",
+            q8_pair_group!(first, "r4", "r5"),
+            "ldm {x}!, {{r2-r5}}",
+            q8_pair_group!(next, "r2", "r3"),
+            q8_pair_group!(next, "r4", "r5"),
+            "ldm {x}!, {{r2-r5}}",
+            q8_pair_group!(next, "r2", "r3"),
+            q8_pair_group!(next, "r4", "r5"),
+            "ldm {x}!, {{r2-r5}}",
+            q8_pair_group!(next, "r2", "r3"),
+            q8_pair_group!(next, "r4", "r5"),
+            "ldm {x}!, {{r2, r3}}",
+            q8_pair_group!(next, "r2", "r3"),
+            "vmov s2, s3, {acca}, {accb}",
+            "vcvt.f32.s32 s2, s2",
+            "vcvt.f32.s32 s3, s3",
+            "vmla.f32 s6, s2, s0",
+            "vmla.f32 s7, s3, s1",
+            "subs {n}, {n}, #1",
+            "bne 2b",
+            "vmov {acca}, {accb}, s6, s7",
+            "vpop {{s0-s7}}",
+            wa = inout(reg) wa => _,
+            wb = inout(reg) wb => _,
+            x = inout(reg) x => _,
+            n = inout(reg) blocks => _,
+            acca = out(reg) ra,
+            accb = out(reg) rb,
+            w = out(reg) _,
+            t = out(reg) _,
+            out("r2") _,
+            out("r3") _,
+            out("r4") _,
+            out("r5") _,
+            options(readonly),
+        )
+    };
+    (f32::from_bits(ra), f32::from_bits(rb))
+}
+
+/// The q8_0 matvec on Cortex-M4F/M7/M33 with DSP and FPU: `out (rows) = w (rows,
+/// row_bytes) · x`, two rows at a time through [`dot_q8_rows2`], an odd last row
+/// through the [`Dsp`] block sums. Bit-identical to `quantized_matvec::<Portable>`
+/// (the suite checks it on the device). `xq` holds at least the row's blocks.
+#[cfg(all(microlm_dsp, microlm_fpu))]
+#[inline]
+pub fn matvec_q8(w: &[u8], row_bytes: usize, xq: &[u32], out: &mut [f32]) {
+    let blocks = row_bytes / super::q8_0::BLOCK_BYTES;
+    let fits = blocks > 0
+        && blocks * super::q8_0::BLOCK_BYTES == row_bytes
+        && xq.len() >= blocks * super::q8_act::BLOCK_WORDS
+        && w.len() >= out.len() * row_bytes;
+    if !fits {
+        return super::quantized_matvec::<Dsp>(crate::dtype::DType::Q8_0, w, row_bytes, xq, out);
+    }
+    let last = out.len() / 2 * 2 * row_bytes;
+    let mut pairs = out.chunks_exact_mut(2);
+    let mut rows = w.chunks_exact(2 * row_bytes);
+    for (o, r) in (&mut pairs).zip(&mut rows) {
+        // SAFETY: `r` holds two whole rows of `blocks` blocks; `xq` holds `blocks` prepared
+        // blocks (checked above) and is word-aligned (a &[u32]).
+        let (a, b) = unsafe { dot_q8_rows2(r.as_ptr(), r.as_ptr().add(row_bytes), xq.as_ptr(), blocks) };
+        o[0] = a;
+        o[1] = b;
+    }
+    if let ([o], Some(row)) = (pairs.into_remainder(), w.get(last..)) {
+        *o = super::q8_0::vec_dot_with::<Dsp>(&row[..row_bytes], xq);
+    }
+}
+
+/// [`matvec_q8`]'s loop written in Rust with the emulated instructions: two rows
+/// at a time, per block both integer sums from the same activation words, the
+/// scales widened by `f16_to_f32`, then `acc += sumi as f32 · (d_w · d_x)` per row.
+/// The host tests prove it equal to `q8_0::vec_dot_ref`.
+pub fn matvec_q8_emulated(w: &[u8], row_bytes: usize, xq: &[u32], out: &mut [f32]) {
+    let blocks = row_bytes / super::q8_0::BLOCK_BYTES;
+    for (o, r) in out.chunks_mut(2).zip(w.chunks(2 * row_bytes)) {
+        let (ra, rb) = r.split_at(row_bytes.min(r.len()));
+        let (mut acc_a, mut acc_b) = (0.0f32, 0.0f32);
+        for (b, xb) in super::q8_act::blocks(xq).take(blocks).enumerate() {
+            let at = b * super::q8_0::BLOCK_BYTES;
+            let block = |row: &[u8]| -> ([u8; 2], [u8; 32]) {
+                let bytes = row.get(at..at + super::q8_0::BLOCK_BYTES).unwrap_or(&[0; 34]);
+                ([bytes[0], bytes[1]], bytes[2..].try_into().unwrap_or([0; 32]))
+            };
+            let ((da, qa), (db, qb)) = (block(ra), block(rb));
+            let (sa, sb) = (super::f16_to_f32(da) * xb.d, super::f16_to_f32(db) * xb.d);
+            let (mut ia, mut ib) = (0i32, 0i32);
+            for g in 0..8 {
+                let (x0, x1) = (xb.pairs[2 * g], xb.pairs[2 * g + 1]);
+                let (a, b) = (word(&qa, g), word(&qb, g));
+                ia = smlad(sxtb16_ror8(a), x1, smlad(sxtb16(a), x0, ia));
+                ib = smlad(sxtb16_ror8(b), x1, smlad(sxtb16(b), x0, ib));
+            }
+            acc_a += ia as f32 * sa;
+            acc_b += ib as f32 * sb;
+        }
+        o[0] = acc_a;
+        if let Some(o1) = o.get_mut(1) {
+            *o1 = acc_b;
+        }
+    }
+}
+
 /// The block sums as the instruction sequences with emulated instructions
 /// ([`dot_q8`], [`dot_q4`]): what the host tests prove equal to the scalar sums.
 #[derive(Debug)]
@@ -288,6 +475,32 @@ mod tests {
         assert_eq!(sxtb16(0x80_7f_01_ff), 0x007f_ffff);
         assert_eq!(sxtb16_ror8(0x80_7f_01_ff), 0xff80_0001);
         assert_eq!(smlad(0xffff_0002, 0x0003_0004, 10), 10 + 8 - 3);
+    }
+
+    #[test]
+    fn paired_q8_matvec_emulation_equals_scalar_reference() {
+        use crate::kernels::{q8_0, q8_act, test_data::values};
+        for (s, &cols) in [1usize, 31, 32, 64, 100, 172].iter().enumerate() {
+            for rows in 1..=5 {
+                let nb = cols.div_ceil(32);
+                let rb = nb * q8_0::BLOCK_BYTES;
+                let mut w = std::vec![0u8; rows * rb];
+                for (r, row) in w.chunks_exact_mut(rb).enumerate() {
+                    q8_0::quantize_row(&values(cols, 10 + (s * 8 + r) as u64), row);
+                }
+                let x = values(cols, 900 + s as u64);
+                let mut x8 = std::vec![0u8; rb];
+                q8_0::quantize_row(&x, &mut x8);
+                let mut xq = std::vec![0u32; q8_act::words(cols).unwrap()];
+                q8_act::prepare_row(&x, &mut xq);
+                let mut out = std::vec![f32::NAN; rows];
+                matvec_q8_emulated(&w, rb, &xq, &mut out);
+                for (o, row) in out.iter().zip(w.chunks_exact(rb)) {
+                    let want = q8_0::vec_dot_ref(row, &x8);
+                    assert_eq!(o.to_bits(), want.to_bits(), "cols={cols} rows={rows}: {o} vs {want}");
+                }
+            }
+        }
     }
 
     #[test]

@@ -150,17 +150,28 @@ pub fn block_sums(isa: Isa) -> Result<(), Failure> {
         super::quantized_matvec_on(isa, DType::Q4_0, &row4, row4.len(), &xq, &mut o4);
         let sum: i32 = x.iter().map(|&b| i32::from(b as i8)).sum();
         ensure(o8[0] == scalar_q8(&w, &x) as f32, "block_sums.q8", c, Some(isa))?;
+        // Two rows at once (the second reversed), as the paired q8_0 kernels run them.
+        let mut wr = w;
+        wr.reverse();
+        let mut rows8 = [0u8; 2 * q8_0::BLOCK_BYTES];
+        rows8[..q8_0::BLOCK_BYTES].copy_from_slice(&row8);
+        q8_0::BlockQ8_0 { d: half::f16::ONE.to_le_bytes(), qs: bytemuck::cast(wr) }
+            .write(&mut rows8[q8_0::BLOCK_BYTES..]);
+        let mut o2 = [f32::NAN; 2];
+        super::quantized_matvec_on(isa, DType::Q8_0, &rows8, row8.len(), &xq, &mut o2);
+        let want = [scalar_q8(&w, &x) as f32, scalar_q8(&wr, &x) as f32];
+        ensure(o2 == want, "block_sums.q8_rows2", c, Some(isa))?;
         ensure(o4[0] == (scalar_q4(&qs, &x) - 8 * sum) as f32, "block_sums.q4", c, Some(isa))?;
     }
     Ok(())
 }
 
 /// Largest matvec shape of [`matvecs`]: rows and columns.
-const MAX_ROWS: usize = 4;
+const MAX_ROWS: usize = 5;
 const MAX_COLS: usize = 300;
 const MAX_BLOCKS: usize = MAX_COLS.div_ceil(QK);
 
-/// q8_0 and q4_0 matvecs with the block sums of `isa` on odd shapes (1 and 4
+/// q8_0 and q4_0 matvecs with the block sums of `isa` on odd shapes (1 to 5
 /// rows; 1 to 300 columns) are bit-identical to the scalar references.
 pub fn matvecs(isa: Isa) -> Result<(), Failure> {
     const COLS: [usize; 9] = [1, 31, 32, 33, 64, 100, 172, 288, 300];
@@ -170,8 +181,8 @@ pub fn matvecs(isa: Isa) -> Result<(), Failure> {
     let mut xq = [0u32; MAX_BLOCKS * q8_act::BLOCK_WORDS];
     let mut data = [0u8; MAX_ROWS * MAX_BLOCKS * q8_0::BLOCK_BYTES];
     for (s, &cols) in COLS.iter().enumerate() {
-        for rows in [1, MAX_ROWS] {
-            let case = (s * 2 + rows) as u32;
+        for rows in [1, 2, 4, MAX_ROWS] {
+            let case = (s * 8 + rows) as u32;
             let x = &mut x[..cols];
             values(x, 1000 + u64::from(case));
             let nb = cols.div_ceil(QK);
