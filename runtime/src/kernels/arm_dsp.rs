@@ -465,6 +465,41 @@ pub fn dot_q4(nibbles: &[u8; 16], x: &[u32; 16]) -> i32 {
     acc
 }
 
+/// `(d, 1/d)` of a block from `arm_fpu::max_abs_bits2`'s result (twice the bits of max |x|), when the fast
+/// quantization applies: no NaN or infinity, and `d = max|x| / 127` normal or zero
+/// (`1/d` is then finite, and 0 for d = 0 as in `q8_0::quantize_block`).
+#[inline(always)]
+pub(crate) fn fast_scale(bits2: u32) -> Option<(f32, f32)> {
+    if bits2 >= 0xFF00_0000 {
+        return None;
+    }
+    let d = f32::from_bits(bits2 >> 1) / 127.0;
+    if d == 0.0 {
+        return Some((d, 0.0));
+    }
+    d.is_normal().then(|| (d, 1.0 / d))
+}
+
+/// `arm_fpu::prepare_block`'s arithmetic in Rust (`trunc(2y)` by `as i32`, the scale through
+/// `half`): what the host tests prove equal to the portable quantizer; `false` where
+/// `arm_fpu::prepare_block` takes the portable path.
+pub fn prepare_block_emulated(x: &[f32; 32], out: &mut [u32; super::q8_act::BLOCK_WORDS]) -> bool {
+    let bits2 = x.iter().fold(0u32, |m, v| m.max(v.to_bits() << 1));
+    let Some((d, id)) = fast_scale(bits2) else { return false };
+    let q = x.map(|v| {
+        let t = (v * id * 2.0) as i32;
+        (t + (t >> 31) + 1) >> 1
+    });
+    out[0] = half::f16::from_f32(d).to_f32().to_bits();
+    out[1] = q.iter().sum::<i32>() as u32;
+    for (pair, g) in out[2..].chunks_exact_mut(2).zip(q.chunks_exact(4)) {
+        let half = |v: i32| u32::from(v as i16 as u16);
+        pair[0] = half(g[0]) | half(g[2]) << 16;
+        pair[1] = half(g[1]) | half(g[3]) << 16;
+    }
+    true
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -475,6 +510,28 @@ mod tests {
         assert_eq!(sxtb16(0x80_7f_01_ff), 0x007f_ffff);
         assert_eq!(sxtb16_ror8(0x80_7f_01_ff), 0xff80_0001);
         assert_eq!(smlad(0xffff_0002, 0x0003_0004, 10), 10 + 8 - 3);
+    }
+
+    #[test]
+    fn quantizer_emulation_equals_portable_quantizer() {
+        use crate::kernels::{q8_0, q8_act};
+        let (mut fast, mut slow) = (0, 0);
+        for case in 0..4000u32 {
+            let x = crate::kernels::suite::quant_block(case);
+            let mut q8 = [0u8; q8_0::BLOCK_BYTES];
+            q8_0::quantize_block(&x, &mut q8);
+            let mut want = [0u32; q8_act::BLOCK_WORDS];
+            q8_act::prepare_block(&q8, &mut want);
+            let mut got = [0u32; q8_act::BLOCK_WORDS];
+            if prepare_block_emulated(&x, &mut got) {
+                assert_eq!(got, want, "case {case}: {x:?}");
+                fast += 1;
+            } else {
+                slow += 1;
+            }
+        }
+        // The fast path covers every finite block with a normal or zero scale.
+        assert!(fast >= 3000 && slow >= 500, "fast {fast}, slow {slow}");
     }
 
     #[test]

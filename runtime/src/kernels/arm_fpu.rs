@@ -274,3 +274,137 @@ pub fn mix8(scores: &[f32], max: f32, values: &[f32], stride: usize, out: &mut [
         *o = a / sum;
     }
 }
+
+/// `(max over i of x[i].to_bits() << 1, as u32)`: twice the bits of max |x| (the
+/// sign shifted out). A result above `0xFF00_0000` means a NaN is present, equal
+/// to it an infinity (and no NaN).
+#[cfg(microlm_dsp)]
+#[inline(always)]
+fn max_abs_bits2(x: &[f32; 32]) -> u32 {
+    let m: u32;
+    macro_rules! step {
+        ($r:literal) => {
+            concat!("cmp {m}, ", $r, ", lsl #1\n", "it lo\n", "lsllo {m}, ", $r, ", #1\n")
+        };
+    }
+    macro_rules! four {
+        () => {
+            concat!("ldm {p}!, {{r2-r5}}\n", step!("r2"), step!("r3"), step!("r4"), step!("r5"))
+        };
+    }
+    // SAFETY: reads the 32 words of `x`; writes only the named registers and the flags.
+    unsafe {
+        core::arch::asm!(
+            "movs {m}, #0",
+            four!(), four!(), four!(), four!(), four!(), four!(), four!(), four!(),
+            p = inout(reg) x.as_ptr() => _,
+            m = out(reg) m,
+            out("r2") _,
+            out("r3") _,
+            out("r4") _,
+            out("r5") _,
+            options(pure, readonly, nostack),
+        )
+    };
+    m
+}
+
+/// Four quants of [`prepare_block`]'s loop, from s`$a`..s`$a+3`: convert (×2, toward zero),
+/// round half away, pack in pair order, add to the sum, store two words.
+#[cfg(microlm_dsp)]
+macro_rules! quant4 {
+    ($s0:literal, $s1:literal, $s2:literal, $s3:literal) => {
+        concat!(
+            "vmov r2, r3, ",
+            $s0,
+            ", ",
+            $s1,
+            "\n",
+            "vmov r4, r5, ",
+            $s2,
+            ", ",
+            $s3,
+            "\n",
+            "add r2, r2, r2, asr #31\n",
+            "add r3, r3, r3, asr #31\n",
+            "add r4, r4, r4, asr #31\n",
+            "add r5, r5, r5, asr #31\n",
+            "adds r2, r2, #1\n",
+            "adds r3, r3, #1\n",
+            "adds r4, r4, #1\n",
+            "adds r5, r5, #1\n",
+            "asrs r2, r2, #1\n",
+            "asrs r3, r3, #1\n",
+            "pkhbt r2, r2, r4, lsl #15\n",
+            "pkhbt r3, r3, r5, lsl #15\n",
+            "smlad {sum}, r2, {ones}, {sum}\n",
+            "smlad {sum}, r3, {ones}, {sum}\n",
+            "stmia {o}!, {{r2, r3}}\n",
+        )
+    };
+}
+
+/// `q8_act::prepare_block(quantize_block(x))` for 32 values on hard-float Cortex-M
+/// with DSP, when max |x| is finite and `d = max|x| / 127` is normal or zero
+/// (returns `false`, writing nothing, otherwise: the caller takes the portable
+/// path). Then `|x · id| ≤ 127.00003` (id = 1/d), so no clamp is needed, and
+/// `round_half_away(y) = (t + (t < 0 ? -1 : 0) + 1) >> 1` with `t = trunc(2y)`, which
+/// VCVT to fixed point with one fraction bit gives exactly. The scale goes
+/// through VCVTB to binary16 (nearest even, as `half`) and back (exact).
+/// `arm_dsp::prepare_block_emulated` is the same arithmetic in Rust.
+#[cfg(microlm_dsp)]
+#[inline]
+pub fn prepare_block(x: &[f32; 32], out: &mut [u32; super::q8_act::BLOCK_WORDS]) -> bool {
+    let Some((d, id)) = super::arm_dsp::fast_scale(max_abs_bits2(x)) else { return false };
+    let (sum, d16): (u32, u32);
+    // SAFETY: reads the 32 floats of `x`, writes the 16 pair words of `out` (from word 2);
+    // saves and restores s0-s8; clobbers the flags (declared).
+    unsafe {
+        core::arch::asm!(
+            "vpush {{s0-s8}}",
+            "vmov s8, {d}",
+            "vcvtb.f16.f32 s8, s8",
+            "vcvtb.f32.f16 s8, s8",
+            "vmov {d}, s8",
+            "vmov s8, {id}",
+            "movs {sum}, #0",
+            "2:",
+            "vldmia {p}!, {{s0-s7}}",
+            "vmul.f32 s0, s0, s8",
+            "vmul.f32 s1, s1, s8",
+            "vmul.f32 s2, s2, s8",
+            "vmul.f32 s3, s3, s8",
+            "vmul.f32 s4, s4, s8",
+            "vmul.f32 s5, s5, s8",
+            "vmul.f32 s6, s6, s8",
+            "vmul.f32 s7, s7, s8",
+            "vcvt.s32.f32 s0, s0, #1",
+            "vcvt.s32.f32 s1, s1, #1",
+            "vcvt.s32.f32 s2, s2, #1",
+            "vcvt.s32.f32 s3, s3, #1",
+            "vcvt.s32.f32 s4, s4, #1",
+            "vcvt.s32.f32 s5, s5, #1",
+            "vcvt.s32.f32 s6, s6, #1",
+            "vcvt.s32.f32 s7, s7, #1",
+            quant4!("s0", "s1", "s2", "s3"),
+            quant4!("s4", "s5", "s6", "s7"),
+            "subs {n}, {n}, #1",
+            "bne 2b",
+            "vpop {{s0-s8}}",
+            p = inout(reg) x.as_ptr() => _,
+            o = inout(reg) out[2..].as_mut_ptr() => _,
+            n = inout(reg) 4u32 => _,
+            d = inout(reg) d.to_bits() => d16,
+            id = in(reg) id.to_bits(),
+            ones = in(reg) 0x0001_0001u32,
+            sum = out(reg) sum,
+            out("r2") _,
+            out("r3") _,
+            out("r4") _,
+            out("r5") _,
+        )
+    };
+    out[0] = d16;
+    out[1] = sum;
+    true
+}

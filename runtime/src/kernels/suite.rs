@@ -8,6 +8,7 @@
 //!   (the DSP instruction emulation on hosts);
 //! - [`matvecs`]`(isa)`: q8_0 and q4_0 matvecs on odd shapes bit-identical to the
 //!   scalar references `q8_0::vec_dot_ref` / `q4_0::vec_dot_ref`;
+//! - [`quantizer`]: activation quantization equals the portable quantizer;
 //! - [`attention`]: the attention and exp kernels this target selects,
 //!   bit-identical to the portable loops;
 //! - [`run_all`]: all of the above for every [`Isa`] this CPU runs.
@@ -266,6 +267,48 @@ pub fn attention() -> Result<(), Failure> {
     Ok(())
 }
 
+/// A block of 32 activations for the quantizer checks, by case: random, exact
+/// ties (d = 1), a tie at the maximum, subnormal and huge scales, zeros, one NaN
+/// or infinity, values near k + 0.5 steps.
+pub fn quant_block(case: u32) -> [f32; QK] {
+    let mut x = [0.0f32; QK];
+    values(&mut x, u64::from(case) + 77);
+    match case % 8 {
+        1 => {
+            for (i, v) in x.iter_mut().enumerate() {
+                *v = (i as f32 - 16.0) * 2.5 + 0.5;
+            }
+            x[31] = if case % 16 == 1 { 127.0 } else { -127.0 };
+        }
+        2 => x[3] = 127.0 * 0.0625 * if case % 16 == 2 { 1.0 } else { -1.0 },
+        3 => x.iter_mut().for_each(|v| *v *= 1e-37),
+        4 => x.iter_mut().for_each(|v| *v *= 3e36),
+        5 => x = [0.0; QK],
+        6 => x[(case / 8 % 32) as usize] = if case % 16 == 6 { f32::NAN } else { f32::INFINITY },
+        7 => x.iter_mut().for_each(|v| *v = libm::roundf(*v * 254.0) / 2.0),
+        _ => {}
+    }
+    x
+}
+
+/// Activation quantization as this target runs it (`q8_act::prepare_row`, the FPU
+/// quantizer on hard-float Cortex-M with DSP) equals `q8_0::quantize_block` then
+/// `q8_act::prepare_block`, word for word, on whole and partial blocks.
+pub fn quantizer() -> Result<(), Failure> {
+    for case in 0..2000u32 {
+        let x = quant_block(case);
+        let n = if case % 5 == 4 { 1 + case as usize % 31 } else { QK };
+        let mut q8 = [0u8; q8_0::BLOCK_BYTES];
+        q8_0::quantize_block(&x[..n], &mut q8);
+        let mut want = [0u32; q8_act::BLOCK_WORDS];
+        q8_act::prepare_block(&q8, &mut want);
+        let mut got = [0u32; q8_act::BLOCK_WORDS];
+        q8_act::prepare_row(&x[..n], &mut got);
+        ensure(got == want, "quantizer", case, None)?;
+    }
+    Ok(())
+}
+
 /// Every check, for every instruction set this CPU runs: what a device test
 /// firmware calls (`Ok(())` or the first [`Failure`]).
 pub fn run_all() -> Result<(), Failure> {
@@ -275,6 +318,7 @@ pub fn run_all() -> Result<(), Failure> {
         block_sums(isa)?;
         matvecs(isa)?;
     }
+    quantizer()?;
     attention()
 }
 
@@ -328,6 +372,11 @@ mod tests {
     #[test]
     fn dsp_emulation_block_sums() {
         block_sums_with::<crate::kernels::arm_dsp::Emulated>().unwrap();
+    }
+
+    #[test]
+    fn quantizer_equals_portable() {
+        quantizer().unwrap();
     }
 
     #[test]
