@@ -275,6 +275,123 @@ pub fn mix8(scores: &[f32], max: f32, values: &[f32], stride: usize, out: &mut [
     }
 }
 
+/// Four rows of an f32 matvec over `groups` × 8 columns: for each row r,
+/// `acc_r = Σ_c w_r[c] · x[c]`, left to right from 0.0 (VMLA rounds each product, then
+/// the sum: llama2.c's `matmul` order). Each step loads 8 activations and 8 weights
+/// of each row with one VLDM each.
+///
+/// # Safety
+/// `w` must be readable (word-aligned) for 4 rows of `groups` × 8 floats, the rows
+/// `stride` bytes apart, and `x` for `groups` × 8 floats; `groups` ≥ 1.
+#[inline(always)]
+unsafe fn dot4_f32(w: *const f32, stride: usize, x: *const f32, groups: usize) -> [f32; 4] {
+    let (a, b, c, d): (u32, u32, u32, u32);
+    // SAFETY: the caller's contract covers every load; s0-s19 are saved and restored;
+    // the flags are clobbered (declared).
+    unsafe {
+        core::arch::asm!(
+            "vpush {{s0-s19}}",
+            "movs {a}, #0",
+            "vmov s16, s17, {a}, {a}",
+            "vmov s18, s19, {a}, {a}",
+            "add {wb}, {wa}, {stride}",
+            "add {wc}, {wb}, {stride}",
+            "add {wd}, {wc}, {stride}",
+            "2:",
+            "vldmia {x}!, {{s0-s7}}",
+            "vldmia {wa}!, {{s8-s15}}",
+            "vmla.f32 s16, s8, s0",
+            "vmla.f32 s16, s9, s1",
+            "vmla.f32 s16, s10, s2",
+            "vmla.f32 s16, s11, s3",
+            "vmla.f32 s16, s12, s4",
+            "vmla.f32 s16, s13, s5",
+            "vmla.f32 s16, s14, s6",
+            "vmla.f32 s16, s15, s7",
+            "vldmia {wb}!, {{s8-s15}}",
+            "vmla.f32 s17, s8, s0",
+            "vmla.f32 s17, s9, s1",
+            "vmla.f32 s17, s10, s2",
+            "vmla.f32 s17, s11, s3",
+            "vmla.f32 s17, s12, s4",
+            "vmla.f32 s17, s13, s5",
+            "vmla.f32 s17, s14, s6",
+            "vmla.f32 s17, s15, s7",
+            "vldmia {wc}!, {{s8-s15}}",
+            "vmla.f32 s18, s8, s0",
+            "vmla.f32 s18, s9, s1",
+            "vmla.f32 s18, s10, s2",
+            "vmla.f32 s18, s11, s3",
+            "vmla.f32 s18, s12, s4",
+            "vmla.f32 s18, s13, s5",
+            "vmla.f32 s18, s14, s6",
+            "vmla.f32 s18, s15, s7",
+            "vldmia {wd}!, {{s8-s15}}",
+            "vmla.f32 s19, s8, s0",
+            "vmla.f32 s19, s9, s1",
+            "vmla.f32 s19, s10, s2",
+            "vmla.f32 s19, s11, s3",
+            "vmla.f32 s19, s12, s4",
+            "vmla.f32 s19, s13, s5",
+            "vmla.f32 s19, s14, s6",
+            "vmla.f32 s19, s15, s7",
+            "subs {n}, {n}, #1",
+            "bne 2b",
+            "vmov {a}, {b}, s16, s17",
+            "vmov {c}, {d}, s18, s19",
+            "vpop {{s0-s19}}",
+            wa = inout(reg) w => _,
+            wb = out(reg) _,
+            wc = out(reg) _,
+            wd = out(reg) _,
+            stride = in(reg) stride,
+            x = inout(reg) x => _,
+            n = inout(reg) groups => _,
+            a = out(reg) a,
+            b = out(reg) b,
+            c = out(reg) c,
+            d = out(reg) d,
+            options(readonly),
+        )
+    };
+    [a, b, c, d].map(f32::from_bits)
+}
+
+/// The f32 matvec on hard-float Cortex-M: `out (rows) = w (rows, cols) · x (cols)`,
+/// `cols = x.len()`, `w` little-endian f32 bytes. Four rows at a time through
+/// [`dot4_f32`] for the whole groups of 8 columns, the last `cols % 8` columns
+/// continuing the same sums in Rust, the last `rows % 4` rows by `f32::dot`: every
+/// row the one left-to-right sum of `kernels::f32::matvec`. Returns `false`
+/// (doing nothing) for unaligned or short weights.
+#[inline]
+pub fn matvec_f32(w: &[u8], x: &[f32], out: &mut [f32]) -> bool {
+    let cols = x.len();
+    let (Ok(w), Some(need)) = (bytemuck::try_cast_slice::<u8, f32>(w), out.len().checked_mul(cols)) else {
+        return false;
+    };
+    let groups = cols / 8;
+    if groups == 0 || w.len() < need {
+        return false;
+    }
+    let (main, done) = (groups * 8, out.len() / 4 * 4);
+    let mut quads = out.chunks_exact_mut(4);
+    for (o, rows) in (&mut quads).zip(w.chunks_exact(4 * cols)) {
+        // SAFETY: `rows` holds 4 whole rows of `cols` ≥ 8 · groups floats (aligned: a &[f32]),
+        // and `x` holds `cols` floats.
+        let mut acc = unsafe { dot4_f32(rows.as_ptr(), cols * 4, x.as_ptr(), groups) };
+        for (a, row) in acc.iter_mut().zip(rows.chunks_exact(cols)) {
+            for (&wv, &xv) in row[main..].iter().zip(&x[main..]) {
+                *a += wv * xv;
+            }
+        }
+        o.copy_from_slice(&acc);
+    }
+    for (o, row) in quads.into_remainder().iter_mut().zip(w[done * cols..].chunks_exact(cols)) {
+        *o = super::f32::dot(row, x);
+    }
+    true
+}
+
 /// `(max over i of x[i].to_bits() << 1, as u32)`: twice the bits of max |x| (the
 /// sign shifted out). A result above `0xFF00_0000` means a NaN is present, equal
 /// to it an infinity (and no NaN).

@@ -349,6 +349,9 @@ impl Matrix<'_> {
         let rows = self.rows.min(out.len());
         let out = &mut out[..rows];
         match self.dtype {
+            // Hard-float Cortex-M: four rows at a time with VLDM (the same sums).
+            #[cfg(microlm_fpu)]
+            DType::F32 if arm_fpu::matvec_f32(self.data, x, out) => {}
             DType::F32 => f32::matvec(self.data, x, out),
             DType::F16 => f16::matvec(self.data, x, out),
             DType::Q8_0 | DType::Q4_0 => {

@@ -8,6 +8,7 @@
 //!   (the DSP instruction emulation on hosts);
 //! - [`matvecs`]`(isa)`: q8_0 and q4_0 matvecs on odd shapes bit-identical to the
 //!   scalar references `q8_0::vec_dot_ref` / `q4_0::vec_dot_ref`;
+//! - [`f32_matvecs`]: f32 matvecs equal one sequential sum per row;
 //! - [`quantizer`]: activation quantization equals the portable quantizer;
 //! - [`attention`]: the attention and exp kernels this target selects,
 //!   bit-identical to the portable loops;
@@ -267,6 +268,34 @@ pub fn attention() -> Result<(), Failure> {
     Ok(())
 }
 
+/// f32 matvecs as this target runs them (`Matrix::matvec`: four rows at a time
+/// on hard-float Cortex-M) equal one left-to-right sum per row (llama2.c
+/// `matmul`), on 1 to 9 rows and 1 to 300 columns.
+pub fn f32_matvecs() -> Result<(), Failure> {
+    const ROWS: usize = 9;
+    let mut w = [0.0f32; ROWS * MAX_COLS];
+    let mut x = [0.0f32; MAX_COLS];
+    for (s, &cols) in [1usize, 7, 8, 9, 64, 172, 300].iter().enumerate() {
+        for rows in [1, 3, 4, 5, 8, ROWS] {
+            let case = (s * 16 + rows) as u32;
+            let (w, x) = (&mut w[..rows * cols], &mut x[..cols]);
+            values(w, 7000 + u64::from(case));
+            values(x, 8000 + u64::from(case));
+            let m = Matrix { dtype: DType::F32, rows, cols, data: bytemuck::cast_slice(w) };
+            let mut out = [f32::NAN; ROWS];
+            ensure(m.matvec(x, &mut out[..rows], &mut []).is_ok(), "f32_matvecs", case, None)?;
+            for (o, row) in out.iter().zip(w.chunks_exact(cols)) {
+                let mut acc = 0.0f32;
+                for (&a, &b) in row.iter().zip(x.iter()) {
+                    acc += a * b;
+                }
+                ensure(o.to_bits() == acc.to_bits(), "f32_matvecs", case, None)?;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// A block of 32 activations for the quantizer checks, by case: random, exact
 /// ties (d = 1), a tie at the maximum, subnormal and huge scales, zeros, one NaN
 /// or infinity, values near k + 0.5 steps.
@@ -319,6 +348,7 @@ pub fn run_all() -> Result<(), Failure> {
         matvecs(isa)?;
     }
     quantizer()?;
+    f32_matvecs()?;
     attention()
 }
 
@@ -372,6 +402,11 @@ mod tests {
     #[test]
     fn dsp_emulation_block_sums() {
         block_sums_with::<crate::kernels::arm_dsp::Emulated>().unwrap();
+    }
+
+    #[test]
+    fn f32_matvecs_equal_sequential_sums() {
+        f32_matvecs().unwrap();
     }
 
     #[test]
