@@ -1,20 +1,50 @@
 //! Generates the Unicode class table of the byte-level BPE pre-tokenizer
 //! (`$OUT_DIR/unicode_classes.rs`, see `bpe.rs`), and enables the Armv7E-M DSP kernels (`cfg(microlm_dsp)`) on targets that always have the
-//! DSP extension, and the FPU attention loops (`cfg(microlm_fpu)`) on hard-float Cortex-M; `target_feature = "dsp"` is not visible to `cfg` on stable Rust.
+//! DSP extension and on Armv8-M Mainline built with it, and the FPU attention loops (`cfg(microlm_fpu)`) on hard-float Cortex-M; `target_feature = "dsp"` is not visible to `cfg` on stable Rust.
 fn main() {
     println!("cargo::rustc-check-cfg=cfg(microlm_dsp)");
     println!("cargo::rustc-check-cfg=cfg(microlm_fpu)");
     println!("cargo::rerun-if-changed=build.rs");
     write_class_runs();
     let target = std::env::var("TARGET").unwrap_or_default();
-    // Cortex-M4/M7 (thumbv7em) implement SXTB16 and SMLAD in every configuration.
-    if target.starts_with("thumbv7em") {
+    // Cortex-M4/M7 (thumbv7em) implement SXTB16 and SMLAD in every configuration; on
+    // Armv8-M Mainline (Cortex-M33/M35P/M55) the DSP extension is optional, so a board
+    // enables it in its rustflags (`-C target-cpu=cortex-m33` or `-C target-feature=+dsp`).
+    println!("cargo::rerun-if-env-changed=CARGO_ENCODED_RUSTFLAGS");
+    let flags = std::env::var("CARGO_ENCODED_RUSTFLAGS").unwrap_or_default();
+    if target.starts_with("thumbv7em") || (target.starts_with("thumbv8m.main") && enables_dsp(&flags)) {
         println!("cargo::rustc-cfg=microlm_dsp");
     }
     // Hard-float Cortex-M4F/M7/M33 (FPv4/FPv5): the VLDM attention loops of kernels/vfp.rs.
     if (target.starts_with("thumbv7em") || target.starts_with("thumbv8m.main")) && target.ends_with("eabihf") {
         println!("cargo::rustc-cfg=microlm_fpu");
     }
+}
+
+/// Whether rustflags (`CARGO_ENCODED_RUSTFLAGS`: separated by 0x1f) turn on the
+/// Armv8-M DSP extension: `-C target-feature=…+dsp…` or a `-C target-cpu` that has
+/// it (Cortex-M33, M35P), in either the split or the joined form.
+fn enables_dsp(flags: &str) -> bool {
+    let args: Vec<&str> = flags.split('\x1f').collect();
+    let values = args.iter().enumerate().filter_map(|(i, a)| match *a {
+        "-C" | "--codegen" => args.get(i + 1).copied(),
+        a => a.strip_prefix("-C"),
+    });
+    let mut dsp = false;
+    for v in values {
+        if let Some(cpu) = v.strip_prefix("target-cpu=") {
+            dsp = matches!(cpu, "cortex-m33" | "cortex-m35p");
+        } else if let Some(features) = v.strip_prefix("target-feature=") {
+            for f in features.split(',') {
+                match f {
+                    "+dsp" => dsp = true,
+                    "-dsp" => dsp = false,
+                    _ => {}
+                }
+            }
+        }
+    }
+    dsp
 }
 
 /// Writes `CLASS_RUNS`: every code point where the GPT-2 regex class changes, as
