@@ -271,27 +271,34 @@ macro_rules! q8_pair_group {
     };
 }
 
-/// Two q8_0 rows `wa`, `wb` (`blocks` blocks each) dotted with the prepared
-/// activations `x` in one FPU+DSP loop: per block the two f16 scales widened by
+/// `pairs` pairs of q8_0 rows (`blocks` blocks each, `row_bytes` apart, from `w`)
+/// dotted with the prepared activations `x` into `out` (2 · pairs floats), the
+/// whole matvec in one FPU+DSP loop (the loop state between pairs kept in s8-s12): per block the two f16 scales widened by
 /// VCVTB (exact, as `f16_to_f32`), each multiplied by the activation scale, the
 /// two integer sums by SXTB16/SMLAD with every activation word loaded once for
 /// both rows (LDM), then `acc += (sumi as f32) · (d_w · d_x)` per row (VMLA rounds
-/// the product, then the sum). Returns both rows' sums: the order of
+/// the product, then the sum). Each row's sum is the order of
 /// `q8_0::vec_dot_with`, which [`matvec_q8_emulated`] writes out in Rust.
 ///
 /// # Safety
-/// `wa` and `wb` must be readable for `blocks` × 34 bytes and `x` for
-/// `blocks` × 18 words (word-aligned); `blocks` ≥ 1.
+/// `w` must be readable for 2 · pairs rows of `row_bytes` = `blocks` × 34 bytes, `x`
+/// for `blocks` × 18 words (word-aligned) and `out` writable (word-aligned) for
+/// 2 · pairs floats; `blocks` ≥ 1 and `pairs` ≥ 1.
 #[cfg(all(microlm_dsp, microlm_fpu))]
 #[inline(always)]
-unsafe fn dot_q8_rows2(wa: *const u8, wb: *const u8, x: *const u32, blocks: usize) -> (f32, f32) {
-    let (ra, rb): (u32, u32);
+unsafe fn matvec_q8_pairs(w: *const u8, row_bytes: usize, x: *const u32, blocks: usize, out: *mut f32, pairs: usize) {
     // SAFETY: the caller's contract covers every load (weights with unaligned LDR/LDRH, allowed
-    // on Armv7E-M and Armv8-M Main; activations with LDM, word-aligned). s0-s7 are saved
-    // and restored; the flags are clobbered (declared by not preserving them).
+    // on Armv7E-M and Armv8-M Main; activations with LDM, word-aligned); the outputs are word stores. s0-s12
+    // are saved and restored; the flags are clobbered (declared by not preserving them).
     unsafe {
         core::arch::asm!(
-            "vpush {{s0-s7}}",
+            "vpush {{s0-s12}}",
+            "vmov s8, s9, {x}, {n}",
+            "vmov s10, s11, {t}, {w}",
+            "vmov s12, {acca}",
+            "add {wb}, {wa}, {w}",
+            "3:",
+            "vmov {x}, {n}, s8, s9",
             "movs {t}, #0",
             "vmov s6, s7, {t}, {t}",
             "2:",
@@ -323,28 +330,35 @@ unsafe fn dot_q8_rows2(wa: *const u8, wb: *const u8, x: *const u32, blocks: usiz
             "vmla.f32 s7, s3, s1",
             "subs {n}, {n}, #1",
             "bne 2b",
-            "vmov {acca}, {accb}, s6, s7",
-            "vpop {{s0-s7}}",
-            wa = inout(reg) wa => _,
-            wb = inout(reg) wb => _,
+            // Both sums out; the next pair starts one row past where these rows ended.
+            "vmov {t}, {w}, s10, s11",
+            "vstmia {t}!, {{s6-s7}}",
+            "vmov s10, {t}",
+            "add {wa}, {wa}, {w}",
+            "add {wb}, {wb}, {w}",
+            "vmov {acca}, s12",
+            "subs {acca}, {acca}, #1",
+            "vmov s12, {acca}",
+            "bne 3b",
+            "vpop {{s0-s12}}",
+            wa = inout(reg) w => _,
+            wb = out(reg) _,
             x = inout(reg) x => _,
             n = inout(reg) blocks => _,
-            acca = out(reg) ra,
-            accb = out(reg) rb,
-            w = out(reg) _,
-            t = out(reg) _,
+            acca = inout(reg) pairs => _,
+            accb = out(reg) _,
+            w = inout(reg) row_bytes => _,
+            t = inout(reg) out => _,
             out("r2") _,
             out("r3") _,
             out("r4") _,
             out("r5") _,
-            options(readonly),
         )
     };
-    (f32::from_bits(ra), f32::from_bits(rb))
 }
 
 /// The q8_0 matvec on Cortex-M4F/M7/M33 with DSP and FPU: `out (rows) = w (rows,
-/// row_bytes) · x`, two rows at a time through [`dot_q8_rows2`], an odd last row
+/// row_bytes) · x`, two rows at a time through [`matvec_q8_pairs`], an odd last row
 /// through the [`Dsp`] block sums. Bit-identical to `quantized_matvec::<Portable>`
 /// (the suite checks it on the device). `xq` holds at least the row's blocks.
 #[cfg(all(microlm_dsp, microlm_fpu))]
@@ -358,17 +372,15 @@ pub fn matvec_q8(w: &[u8], row_bytes: usize, xq: &[u32], out: &mut [f32]) {
     if !fits {
         return super::quantized_matvec::<Dsp>(crate::dtype::DType::Q8_0, w, row_bytes, xq, out);
     }
-    let last = out.len() / 2 * 2 * row_bytes;
-    let mut pairs = out.chunks_exact_mut(2);
-    let mut rows = w.chunks_exact(2 * row_bytes);
-    for (o, r) in (&mut pairs).zip(&mut rows) {
-        // SAFETY: `r` holds two whole rows of `blocks` blocks; `xq` holds `blocks` prepared
-        // blocks (checked above) and is word-aligned (a &[u32]).
-        let (a, b) = unsafe { dot_q8_rows2(r.as_ptr(), r.as_ptr().add(row_bytes), xq.as_ptr(), blocks) };
-        o[0] = a;
-        o[1] = b;
+    let (pairs, last) = (out.len() / 2, out.len() / 2 * 2 * row_bytes);
+    if pairs > 0 {
+        // SAFETY: `w` holds 2 · pairs whole rows of `blocks` blocks and `xq` `blocks` prepared
+        // blocks (checked above); `xq` and `out` are word-aligned (&[u32], &mut [f32]) and
+        // `out` holds 2 · pairs floats.
+        unsafe { matvec_q8_pairs(w.as_ptr(), row_bytes, xq.as_ptr(), blocks, out.as_mut_ptr(), pairs) };
     }
-    if let ([o], Some(row)) = (pairs.into_remainder(), w.get(last..)) {
+    let rest = &mut out[pairs * 2..];
+    if let ([o], Some(row)) = (rest, w.get(last..)) {
         *o = super::q8_0::vec_dot_with::<Dsp>(&row[..row_bytes], xq);
     }
 }
