@@ -94,9 +94,16 @@ pub fn prepare_row(x: &[f32], out: &mut [u32]) {
         #[cfg(all(microlm_dsp, microlm_fpu))]
         {
             let mut padded = [0.0f32; QK];
-            padded[..chunk.len()].copy_from_slice(chunk);
+            // A whole block is read in place; the last, partial one from a zero-padded copy.
+            let values: &[f32; QK] = match <&[f32; QK]>::try_from(chunk) {
+                Ok(whole) => whole,
+                Err(_) => {
+                    padded[..chunk.len()].copy_from_slice(chunk);
+                    &padded
+                }
+            };
             if let Ok(block) = <&mut [u32; BLOCK_WORDS]>::try_from(&mut *block) {
-                if super::arm_fpu::prepare_block(&padded, block) {
+                if super::arm_fpu::prepare_block(values, block) {
                     continue;
                 }
             }
