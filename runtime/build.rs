@@ -1,6 +1,6 @@
 //! Generates the Unicode class table of the byte-level BPE pre-tokenizer
 //! (`$OUT_DIR/unicode_classes.rs`, see `bpe.rs`), and enables the Armv7E-M DSP kernels (`cfg(microlm_dsp)`) on targets that always have the
-//! DSP extension, the MVE kernels (`cfg(microlm_mve)`) for Cortex-M55, and the FPU attention loops (`cfg(microlm_fpu)`) on hard-float Cortex-M; `target_feature = "dsp"` is not visible to `cfg` on stable Rust.
+//! DSP extension and on Armv8-M Mainline built with it, the MVE kernels (`cfg(microlm_mve)`) for Cortex-M55, and the FPU attention loops (`cfg(microlm_fpu)`) on hard-float Cortex-M; `target_feature = "dsp"` is not visible to `cfg` on stable Rust.
 fn main() {
     println!("cargo::rustc-check-cfg=cfg(microlm_dsp)");
     println!("cargo::rustc-check-cfg=cfg(microlm_fpu)");
@@ -9,13 +9,16 @@ fn main() {
     println!("cargo::rerun-if-changed=build.rs");
     write_class_runs();
     let target = std::env::var("TARGET").unwrap_or_default();
-    // Cortex-M4/M7 (thumbv7em) implement SXTB16 and SMLAD in every configuration.
-    if target.starts_with("thumbv7em") {
+    // Cortex-M4/M7 (thumbv7em) implement SXTB16 and SMLAD in every configuration; on
+    // Armv8-M Mainline (Cortex-M33/M35P/M55) the DSP extension is optional, so a board
+    // enables it in its rustflags (`-C target-cpu=cortex-m33` or `-C target-feature=+dsp`).
+    let flags = std::env::var("CARGO_ENCODED_RUSTFLAGS").unwrap_or_default();
+    if target.starts_with("thumbv7em") || (target.starts_with("thumbv8m.main") && enables_dsp(&flags)) {
         println!("cargo::rustc-cfg=microlm_dsp");
     }
     // Cortex-M55 (Armv8.1-M with MVE): the board sets `-C target-cpu=cortex-m55` (or
     // `+mve` in `-C target-feature`), which only the rustflags show on stable Rust.
-    if target.starts_with("thumbv8m.main") && mve_in_rustflags() {
+    if target.starts_with("thumbv8m.main") && enables_mve(&flags) {
         println!("cargo::rustc-cfg=microlm_mve");
     }
     // Hard-float Cortex-M4F/M7/M33 (FPv4/FPv5): the VLDM attention loops of kernels/vfp.rs.
@@ -24,32 +27,41 @@ fn main() {
     }
 }
 
-/// Whether the rustflags select a core with MVE: `target-cpu=cortex-m55` or
-/// `cortex-m85`, or `+mve` / `+mve.fp` in a `target-feature` list.
-fn mve_in_rustflags() -> bool {
-    let flags = std::env::var("CARGO_ENCODED_RUSTFLAGS").unwrap_or_default();
-    let flags: Vec<&str> = flags.split('\x1f').collect();
-    // `-C target-cpu=X` is one flag or two; `-Ctarget-cpu=X` is one.
-    let values = flags.iter().enumerate().filter_map(|(i, f)| match f.strip_prefix("-C") {
-        Some("") => flags.get(i + 1).copied(),
-        Some(v) => Some(v),
-        None => None,
+/// Whether rustflags (`CARGO_ENCODED_RUSTFLAGS`: separated by 0x1f) turn on an
+/// Armv8-M extension: a `-C target-cpu` among `cpus`, or `+F` for an `F` in
+/// `features` in a `-C target-feature` list (`-F` turns it off again; the last
+/// flag wins), in either the split (`-C x`) or the joined (`-Cx`) form.
+fn rustflags_enable(flags: &str, cpus: &[&str], features: &[&str]) -> bool {
+    let args: Vec<&str> = flags.split('\x1f').collect();
+    let values = args.iter().enumerate().filter_map(|(i, a)| match *a {
+        "-C" | "--codegen" => args.get(i + 1).copied(),
+        a => a.strip_prefix("-C"),
     });
-    let mut mve = false;
+    let mut on = false;
     for v in values {
         if let Some(cpu) = v.strip_prefix("target-cpu=") {
-            mve = matches!(cpu, "cortex-m55" | "cortex-m85");
-        } else if let Some(features) = v.strip_prefix("target-feature=") {
-            for f in features.split(',') {
-                match f {
-                    "+mve" | "+mve.fp" => mve = true,
-                    "-mve" | "-mve.fp" => mve = false,
-                    _ => {}
+            on = cpus.contains(&cpu);
+        } else if let Some(list) = v.strip_prefix("target-feature=") {
+            for f in list.split(',') {
+                if f.strip_prefix('+').is_some_and(|n| features.contains(&n)) {
+                    on = true;
+                } else if f.strip_prefix('-').is_some_and(|n| features.contains(&n)) {
+                    on = false;
                 }
             }
         }
     }
-    mve
+    on
+}
+
+/// The DSP extension: Cortex-M33/M35P, or `+dsp`.
+fn enables_dsp(flags: &str) -> bool {
+    rustflags_enable(flags, &["cortex-m33", "cortex-m35p"], &["dsp"])
+}
+
+/// MVE (Helium): Cortex-M55/M85, or `+mve` / `+mve.fp`.
+fn enables_mve(flags: &str) -> bool {
+    rustflags_enable(flags, &["cortex-m55", "cortex-m85"], &["mve", "mve.fp"])
 }
 
 /// Writes `CLASS_RUNS`: every code point where the GPT-2 regex class changes, as

@@ -2,6 +2,7 @@
 
 use crate::error::SessionError;
 use crate::format::{Config, TensorKind};
+use crate::kernels::Matrix;
 use crate::kv::{Dims, KvDtype, Store};
 use crate::math;
 use crate::model::Model;
@@ -251,9 +252,10 @@ impl<'a> Session<'a> {
             // Attention block: xb = rmsnorm(x); q, k, v projections; k and v go into the cache.
             math::rmsnorm(self.xb, self.x, m.norm(TensorKind::AttnNorm, layer)?, cfg.norm_eps);
             observe(TensorKind::Wq, layer, self.xb);
-            m.matrix(TensorKind::Wq, layer)?.matvec(self.xb, self.q, self.xq)?;
-            m.matrix(TensorKind::Wk, layer)?.matvec(self.xb, self.k, self.xq)?;
-            m.matrix(TensorKind::Wv, layer)?.matvec(self.xb, self.v, self.xq)?;
+            let (wq, wk, wv) =
+                (m.matrix(TensorKind::Wq, layer)?, m.matrix(TensorKind::Wk, layer)?, m.matrix(TensorKind::Wv, layer)?);
+            // One quantization of xb for the three projections.
+            Matrix::matvecs([(wq, &mut *self.q), (wk, &mut *self.k), (wv, &mut *self.v)], self.xb, self.xq)?;
             if slots.sinks > 0 {
                 // The query as seen from the sink slots (window mode, wrapped).
                 self.xb2.copy_from_slice(self.q);
@@ -282,8 +284,8 @@ impl<'a> Session<'a> {
             // FFN block: x += w2 · (silu(w1 · xb) * (w3 · xb)), xb = rmsnorm(x).
             math::rmsnorm(self.xb, self.x, m.norm(TensorKind::FfnNorm, layer)?, cfg.norm_eps);
             observe(TensorKind::W1, layer, self.xb);
-            m.matrix(TensorKind::W1, layer)?.matvec(self.xb, self.hb, self.xq)?;
-            m.matrix(TensorKind::W3, layer)?.matvec(self.xb, self.hb2, self.xq)?;
+            let (w1, w3) = (m.matrix(TensorKind::W1, layer)?, m.matrix(TensorKind::W3, layer)?);
+            Matrix::matvecs([(w1, &mut *self.hb), (w3, &mut *self.hb2)], self.xb, self.xq)?;
             math::swiglu(self.hb, self.hb2);
             observe(TensorKind::W2, layer, self.hb);
             m.matrix(TensorKind::W2, layer)?.matvec(self.hb, self.xb, self.xq)?;

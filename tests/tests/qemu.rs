@@ -373,7 +373,7 @@ fn qemu_instructions_per_token_within_budget() {
         let out = run_cli_qemu(model, &["-t".into(), "0".into(), "-n".into(), steps.to_string()]);
         last_json(&out)["instructions_per_token"].as_u64().unwrap()
     };
-    for (model, budget) in [(q8_model(), 1_236_000u64), (model(), 1_325_000)] {
+    for (model, budget) in [(q8_model(), 897_000u64), (model(), 778_000)] {
         let (full, half) = (count(model, 256), count(model, 128));
         let per_position = (full - half) / 64;
         println!("{}: {full} instructions per token, {per_position} per position", model.display());

@@ -220,6 +220,205 @@ impl super::BlockSums for Dsp {
     }
 }
 
+/// One group of four weights of both rows in [`matvec_q8`]'s loop: activation words
+/// `$x0`, `$x1` (explicit registers), one weight word of each row (post-indexed,
+/// unaligned loads). `first` starts the two sums with SMUAD, `next` adds with SMLAD.
+#[cfg(all(microlm_dsp, microlm_fpu))]
+macro_rules! q8_pair_group {
+    (first, $x0:literal, $x1:literal) => {
+        concat!(
+            "ldr {w}, [{wa}], #4\n",
+            "sxtb16 {t}, {w}\n",
+            "smuad {acca}, {t}, ",
+            $x0,
+            "\n",
+            "sxtb16 {t}, {w}, ror #8\n",
+            "smlad {acca}, {t}, ",
+            $x1,
+            ", {acca}\n",
+            "ldr {w}, [{wb}], #4\n",
+            "sxtb16 {t}, {w}\n",
+            "smuad {accb}, {t}, ",
+            $x0,
+            "\n",
+            "sxtb16 {t}, {w}, ror #8\n",
+            "smlad {accb}, {t}, ",
+            $x1,
+            ", {accb}\n",
+        )
+    };
+    (next, $x0:literal, $x1:literal) => {
+        concat!(
+            "ldr {w}, [{wa}], #4\n",
+            "sxtb16 {t}, {w}\n",
+            "smlad {acca}, {t}, ",
+            $x0,
+            ", {acca}\n",
+            "sxtb16 {t}, {w}, ror #8\n",
+            "smlad {acca}, {t}, ",
+            $x1,
+            ", {acca}\n",
+            "ldr {w}, [{wb}], #4\n",
+            "sxtb16 {t}, {w}\n",
+            "smlad {accb}, {t}, ",
+            $x0,
+            ", {accb}\n",
+            "sxtb16 {t}, {w}, ror #8\n",
+            "smlad {accb}, {t}, ",
+            $x1,
+            ", {accb}\n",
+        )
+    };
+}
+
+/// `pairs` pairs of q8_0 rows (`blocks` blocks each, `row_bytes` apart, from `w`)
+/// dotted with the prepared activations `x` into `out` (2 · pairs floats), the
+/// whole matvec in one FPU+DSP loop (the loop state between pairs kept in s8-s12): per block the two f16 scales widened by
+/// VCVTB (exact, as `f16_to_f32`), each multiplied by the activation scale, the
+/// two integer sums by SXTB16/SMLAD with every activation word loaded once for
+/// both rows (LDM), then `acc += (sumi as f32) · (d_w · d_x)` per row (VMLA rounds
+/// the product, then the sum). Each row's sum is the order of
+/// `q8_0::vec_dot_with`, which [`matvec_q8_emulated`] writes out in Rust.
+///
+/// # Safety
+/// `w` must be readable for 2 · pairs rows of `row_bytes` = `blocks` × 34 bytes, `x`
+/// for `blocks` × 18 words (word-aligned) and `out` writable (word-aligned) for
+/// 2 · pairs floats; `blocks` ≥ 1 and `pairs` ≥ 1.
+#[cfg(all(microlm_dsp, microlm_fpu))]
+#[inline(always)]
+unsafe fn matvec_q8_pairs(w: *const u8, row_bytes: usize, x: *const u32, blocks: usize, out: *mut f32, pairs: usize) {
+    // SAFETY: the caller's contract covers every load (weights with unaligned LDR/LDRH, allowed
+    // on Armv7E-M and Armv8-M Main; activations with LDM, word-aligned); the outputs are word stores. s0-s12
+    // are saved and restored; the flags are clobbered (declared by not preserving them).
+    unsafe {
+        core::arch::asm!(
+            "vpush {{s0-s12}}",
+            "vmov s8, s9, {x}, {n}",
+            "vmov s10, s11, {t}, {w}",
+            "vmov s12, {acca}",
+            "add {wb}, {wa}, {w}",
+            "3:",
+            "vmov {x}, {n}, s8, s9",
+            "movs {t}, #0",
+            "vmov s6, s7, {t}, {t}",
+            "2:",
+            "ldm {x}!, {{r2-r5}}",
+            "ldrh {w}, [{wa}], #2",
+            "ldrh {t}, [{wb}], #2",
+            "vmov s0, s1, {w}, {t}",
+            "vmov s2, r2",
+            "vcvtb.f32.f16 s0, s0",
+            "vcvtb.f32.f16 s1, s1",
+            "vmul.f32 s0, s0, s2",
+            "vmul.f32 s1, s1, s2",
+            q8_pair_group!(first, "r4", "r5"),
+            "ldm {x}!, {{r2-r5}}",
+            q8_pair_group!(next, "r2", "r3"),
+            q8_pair_group!(next, "r4", "r5"),
+            "ldm {x}!, {{r2-r5}}",
+            q8_pair_group!(next, "r2", "r3"),
+            q8_pair_group!(next, "r4", "r5"),
+            "ldm {x}!, {{r2-r5}}",
+            q8_pair_group!(next, "r2", "r3"),
+            q8_pair_group!(next, "r4", "r5"),
+            "ldm {x}!, {{r2, r3}}",
+            q8_pair_group!(next, "r2", "r3"),
+            "vmov s2, s3, {acca}, {accb}",
+            "vcvt.f32.s32 s2, s2",
+            "vcvt.f32.s32 s3, s3",
+            "vmla.f32 s6, s2, s0",
+            "vmla.f32 s7, s3, s1",
+            "subs {n}, {n}, #1",
+            "bne 2b",
+            // Both sums out; the next pair starts one row past where these rows ended.
+            "vmov {t}, {w}, s10, s11",
+            "vstmia {t}!, {{s6-s7}}",
+            "vmov s10, {t}",
+            "add {wa}, {wa}, {w}",
+            "add {wb}, {wb}, {w}",
+            "vmov {acca}, s12",
+            "subs {acca}, {acca}, #1",
+            "vmov s12, {acca}",
+            "bne 3b",
+            "vpop {{s0-s12}}",
+            wa = inout(reg) w => _,
+            wb = out(reg) _,
+            x = inout(reg) x => _,
+            n = inout(reg) blocks => _,
+            acca = inout(reg) pairs => _,
+            accb = out(reg) _,
+            w = inout(reg) row_bytes => _,
+            t = inout(reg) out => _,
+            out("r2") _,
+            out("r3") _,
+            out("r4") _,
+            out("r5") _,
+        )
+    };
+}
+
+/// The q8_0 matvec on Cortex-M4F/M7/M33 with DSP and FPU: `out (rows) = w (rows,
+/// row_bytes) · x`, two rows at a time through [`matvec_q8_pairs`], an odd last row
+/// through the [`Dsp`] block sums. Bit-identical to `quantized_matvec::<Portable>`
+/// (the suite checks it on the device). `xq` holds at least the row's blocks.
+#[cfg(all(microlm_dsp, microlm_fpu))]
+#[inline]
+pub fn matvec_q8(w: &[u8], row_bytes: usize, xq: &[u32], out: &mut [f32]) {
+    let blocks = row_bytes / super::q8_0::BLOCK_BYTES;
+    let fits = blocks > 0
+        && blocks * super::q8_0::BLOCK_BYTES == row_bytes
+        && xq.len() >= blocks * super::q8_act::BLOCK_WORDS
+        && w.len() >= out.len() * row_bytes;
+    if !fits {
+        return super::quantized_matvec::<Dsp>(crate::dtype::DType::Q8_0, w, row_bytes, xq, out);
+    }
+    let (pairs, last) = (out.len() / 2, out.len() / 2 * 2 * row_bytes);
+    if pairs > 0 {
+        // SAFETY: `w` holds 2 · pairs whole rows of `blocks` blocks and `xq` `blocks` prepared
+        // blocks (checked above); `xq` and `out` are word-aligned (&[u32], &mut [f32]) and
+        // `out` holds 2 · pairs floats.
+        unsafe { matvec_q8_pairs(w.as_ptr(), row_bytes, xq.as_ptr(), blocks, out.as_mut_ptr(), pairs) };
+    }
+    let rest = &mut out[pairs * 2..];
+    if let ([o], Some(row)) = (rest, w.get(last..)) {
+        *o = super::q8_0::vec_dot_with::<Dsp>(&row[..row_bytes], xq);
+    }
+}
+
+/// [`matvec_q8`]'s loop written in Rust with the emulated instructions: two rows
+/// at a time, per block both integer sums from the same activation words, the
+/// scales widened by `f16_to_f32`, then `acc += sumi as f32 · (d_w · d_x)` per row.
+/// The host tests prove it equal to `q8_0::vec_dot_ref`.
+pub fn matvec_q8_emulated(w: &[u8], row_bytes: usize, xq: &[u32], out: &mut [f32]) {
+    let blocks = row_bytes / super::q8_0::BLOCK_BYTES;
+    for (o, r) in out.chunks_mut(2).zip(w.chunks(2 * row_bytes)) {
+        let (ra, rb) = r.split_at(row_bytes.min(r.len()));
+        let (mut acc_a, mut acc_b) = (0.0f32, 0.0f32);
+        for (b, xb) in super::q8_act::blocks(xq).take(blocks).enumerate() {
+            let at = b * super::q8_0::BLOCK_BYTES;
+            let block = |row: &[u8]| -> ([u8; 2], [u8; 32]) {
+                let bytes = row.get(at..at + super::q8_0::BLOCK_BYTES).unwrap_or(&[0; 34]);
+                ([bytes[0], bytes[1]], bytes[2..].try_into().unwrap_or([0; 32]))
+            };
+            let ((da, qa), (db, qb)) = (block(ra), block(rb));
+            let (sa, sb) = (super::f16_to_f32(da) * xb.d, super::f16_to_f32(db) * xb.d);
+            let (mut ia, mut ib) = (0i32, 0i32);
+            for g in 0..8 {
+                let (x0, x1) = (xb.pairs[2 * g], xb.pairs[2 * g + 1]);
+                let (a, b) = (word(&qa, g), word(&qb, g));
+                ia = smlad(sxtb16_ror8(a), x1, smlad(sxtb16(a), x0, ia));
+                ib = smlad(sxtb16_ror8(b), x1, smlad(sxtb16(b), x0, ib));
+            }
+            acc_a += ia as f32 * sa;
+            acc_b += ib as f32 * sb;
+        }
+        o[0] = acc_a;
+        if let Some(o1) = o.get_mut(1) {
+            *o1 = acc_b;
+        }
+    }
+}
+
 /// The block sums as the instruction sequences with emulated instructions
 /// ([`dot_q8`], [`dot_q4`]): what the host tests prove equal to the scalar sums.
 #[derive(Debug)]
@@ -278,6 +477,41 @@ pub fn dot_q4(nibbles: &[u8; 16], x: &[u32; 16]) -> i32 {
     acc
 }
 
+/// `(d, 1/d)` of a block from `arm_fpu::max_abs_bits2`'s result (twice the bits of max |x|), when the fast
+/// quantization applies: no NaN or infinity, and `d = max|x| / 127` normal or zero
+/// (`1/d` is then finite, and 0 for d = 0 as in `q8_0::quantize_block`).
+#[inline(always)]
+pub(crate) fn fast_scale(bits2: u32) -> Option<(f32, f32)> {
+    if bits2 >= 0xFF00_0000 {
+        return None;
+    }
+    let d = f32::from_bits(bits2 >> 1) / 127.0;
+    if d == 0.0 {
+        return Some((d, 0.0));
+    }
+    d.is_normal().then(|| (d, 1.0 / d))
+}
+
+/// `arm_fpu::prepare_block`'s arithmetic in Rust (`trunc(2y)` by `as i32`, the scale through
+/// `half`): what the host tests prove equal to the portable quantizer; `false` where
+/// `arm_fpu::prepare_block` takes the portable path.
+pub fn prepare_block_emulated(x: &[f32; 32], out: &mut [u32; super::q8_act::BLOCK_WORDS]) -> bool {
+    let bits2 = x.iter().fold(0u32, |m, v| m.max(v.to_bits() << 1));
+    let Some((d, id)) = fast_scale(bits2) else { return false };
+    let q = x.map(|v| {
+        let t = (v * id * 2.0) as i32;
+        (t + (t >> 31) + 1) >> 1
+    });
+    out[0] = half::f16::from_f32(d).to_f32().to_bits();
+    out[1] = q.iter().sum::<i32>() as u32;
+    for (pair, g) in out[2..].chunks_exact_mut(2).zip(q.chunks_exact(4)) {
+        let half = |v: i32| u32::from(v as i16 as u16);
+        pair[0] = half(g[0]) | half(g[2]) << 16;
+        pair[1] = half(g[1]) | half(g[3]) << 16;
+    }
+    true
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -288,6 +522,54 @@ mod tests {
         assert_eq!(sxtb16(0x80_7f_01_ff), 0x007f_ffff);
         assert_eq!(sxtb16_ror8(0x80_7f_01_ff), 0xff80_0001);
         assert_eq!(smlad(0xffff_0002, 0x0003_0004, 10), 10 + 8 - 3);
+    }
+
+    #[test]
+    fn quantizer_emulation_equals_portable_quantizer() {
+        use crate::kernels::{q8_0, q8_act};
+        let (mut fast, mut slow) = (0, 0);
+        for case in 0..4000u32 {
+            let x = crate::kernels::suite::quant_block(case);
+            let mut q8 = [0u8; q8_0::BLOCK_BYTES];
+            q8_0::quantize_block(&x, &mut q8);
+            let mut want = [0u32; q8_act::BLOCK_WORDS];
+            q8_act::prepare_block(&q8, &mut want);
+            let mut got = [0u32; q8_act::BLOCK_WORDS];
+            if prepare_block_emulated(&x, &mut got) {
+                assert_eq!(got, want, "case {case}: {x:?}");
+                fast += 1;
+            } else {
+                slow += 1;
+            }
+        }
+        // The fast path covers every finite block with a normal or zero scale.
+        assert!(fast >= 3000 && slow >= 500, "fast {fast}, slow {slow}");
+    }
+
+    #[test]
+    fn paired_q8_matvec_emulation_equals_scalar_reference() {
+        use crate::kernels::{q8_0, q8_act, test_data::values};
+        for (s, &cols) in [1usize, 31, 32, 64, 100, 172].iter().enumerate() {
+            for rows in 1..=5 {
+                let nb = cols.div_ceil(32);
+                let rb = nb * q8_0::BLOCK_BYTES;
+                let mut w = std::vec![0u8; rows * rb];
+                for (r, row) in w.chunks_exact_mut(rb).enumerate() {
+                    q8_0::quantize_row(&values(cols, 10 + (s * 8 + r) as u64), row);
+                }
+                let x = values(cols, 900 + s as u64);
+                let mut x8 = std::vec![0u8; rb];
+                q8_0::quantize_row(&x, &mut x8);
+                let mut xq = std::vec![0u32; q8_act::words(cols).unwrap()];
+                q8_act::prepare_row(&x, &mut xq);
+                let mut out = std::vec![f32::NAN; rows];
+                matvec_q8_emulated(&w, rb, &xq, &mut out);
+                for (o, row) in out.iter().zip(w.chunks_exact(rb)) {
+                    let want = q8_0::vec_dot_ref(row, &x8);
+                    assert_eq!(o.to_bits(), want.to_bits(), "cols={cols} rows={rows}: {o} vs {want}");
+                }
+            }
+        }
     }
 
     #[test]

@@ -190,7 +190,7 @@ pub fn exp_mix8_run(
             "vmov s29, {sum}",
             "vldmia {acc}, {{s8-s15}}",
             "2:",
-            "vldr s0, [{s}]",
+            "vldmia {s}!, {{s0}}",
             "vsub.f32 s0, s0, s28",
             "vcmp.f32 s0, s27",
             "vmrs APSR_nzcv, fpscr",
@@ -208,7 +208,6 @@ pub fn exp_mix8_run(
             "vmla.f32 s13, s30, s5",
             "vmla.f32 s14, s30, s6",
             "vmla.f32 s15, s30, s7",
-            "add {s}, {s}, #4",
             "subs {n}, {n}, #1",
             "bne 2b",
             "3:",
@@ -273,4 +272,255 @@ pub fn mix8(scores: &[f32], max: f32, values: &[f32], stride: usize, out: &mut [
     for (o, &a) in out.iter_mut().zip(&acc) {
         *o = a / sum;
     }
+}
+
+/// Four rows of an f32 matvec over `groups` × 8 columns: for each row r,
+/// `acc_r = Σ_c w_r[c] · x[c]`, left to right from 0.0 (VMLA rounds each product, then
+/// the sum: llama2.c's `matmul` order). Each step loads 8 activations and 8 weights
+/// of each row with one VLDM each.
+///
+/// # Safety
+/// `w` must be readable (word-aligned) for 4 rows of `groups` × 8 floats, the rows
+/// `stride` bytes apart, and `x` for `groups` × 8 floats; `groups` ≥ 1.
+#[inline(always)]
+unsafe fn dot4_f32(w: *const f32, stride: usize, x: *const f32, groups: usize) -> [f32; 4] {
+    let (a, b, c, d): (u32, u32, u32, u32);
+    // SAFETY: the caller's contract covers every load; s0-s19 are saved and restored;
+    // the flags are clobbered (declared).
+    unsafe {
+        core::arch::asm!(
+            "vpush {{s0-s19}}",
+            "movs {a}, #0",
+            "vmov s16, s17, {a}, {a}",
+            "vmov s18, s19, {a}, {a}",
+            "add {wb}, {wa}, {stride}",
+            "add {wc}, {wb}, {stride}",
+            "add {wd}, {wc}, {stride}",
+            "2:",
+            "vldmia {x}!, {{s0-s7}}",
+            "vldmia {wa}!, {{s8-s15}}",
+            "vmla.f32 s16, s8, s0",
+            "vmla.f32 s16, s9, s1",
+            "vmla.f32 s16, s10, s2",
+            "vmla.f32 s16, s11, s3",
+            "vmla.f32 s16, s12, s4",
+            "vmla.f32 s16, s13, s5",
+            "vmla.f32 s16, s14, s6",
+            "vmla.f32 s16, s15, s7",
+            "vldmia {wb}!, {{s8-s15}}",
+            "vmla.f32 s17, s8, s0",
+            "vmla.f32 s17, s9, s1",
+            "vmla.f32 s17, s10, s2",
+            "vmla.f32 s17, s11, s3",
+            "vmla.f32 s17, s12, s4",
+            "vmla.f32 s17, s13, s5",
+            "vmla.f32 s17, s14, s6",
+            "vmla.f32 s17, s15, s7",
+            "vldmia {wc}!, {{s8-s15}}",
+            "vmla.f32 s18, s8, s0",
+            "vmla.f32 s18, s9, s1",
+            "vmla.f32 s18, s10, s2",
+            "vmla.f32 s18, s11, s3",
+            "vmla.f32 s18, s12, s4",
+            "vmla.f32 s18, s13, s5",
+            "vmla.f32 s18, s14, s6",
+            "vmla.f32 s18, s15, s7",
+            "vldmia {wd}!, {{s8-s15}}",
+            "vmla.f32 s19, s8, s0",
+            "vmla.f32 s19, s9, s1",
+            "vmla.f32 s19, s10, s2",
+            "vmla.f32 s19, s11, s3",
+            "vmla.f32 s19, s12, s4",
+            "vmla.f32 s19, s13, s5",
+            "vmla.f32 s19, s14, s6",
+            "vmla.f32 s19, s15, s7",
+            "subs {n}, {n}, #1",
+            "bne 2b",
+            "vmov {a}, {b}, s16, s17",
+            "vmov {c}, {d}, s18, s19",
+            "vpop {{s0-s19}}",
+            wa = inout(reg) w => _,
+            wb = out(reg) _,
+            wc = out(reg) _,
+            wd = out(reg) _,
+            stride = in(reg) stride,
+            x = inout(reg) x => _,
+            n = inout(reg) groups => _,
+            a = out(reg) a,
+            b = out(reg) b,
+            c = out(reg) c,
+            d = out(reg) d,
+            options(readonly),
+        )
+    };
+    [a, b, c, d].map(f32::from_bits)
+}
+
+/// The f32 matvec on hard-float Cortex-M: `out (rows) = w (rows, cols) · x (cols)`,
+/// `cols = x.len()`, `w` little-endian f32 bytes. Four rows at a time through
+/// [`dot4_f32`] for the whole groups of 8 columns, the last `cols % 8` columns
+/// continuing the same sums in Rust, the last `rows % 4` rows by `f32::dot`: every
+/// row the one left-to-right sum of `kernels::f32::matvec`. Returns `false`
+/// (doing nothing) for unaligned or short weights.
+#[inline]
+pub fn matvec_f32(w: &[u8], x: &[f32], out: &mut [f32]) -> bool {
+    let cols = x.len();
+    let (Ok(w), Some(need)) = (bytemuck::try_cast_slice::<u8, f32>(w), out.len().checked_mul(cols)) else {
+        return false;
+    };
+    let groups = cols / 8;
+    if groups == 0 || w.len() < need {
+        return false;
+    }
+    let (main, done) = (groups * 8, out.len() / 4 * 4);
+    let mut quads = out.chunks_exact_mut(4);
+    for (o, rows) in (&mut quads).zip(w.chunks_exact(4 * cols)) {
+        // SAFETY: `rows` holds 4 whole rows of `cols` ≥ 8 · groups floats (aligned: a &[f32]),
+        // and `x` holds `cols` floats.
+        let mut acc = unsafe { dot4_f32(rows.as_ptr(), cols * 4, x.as_ptr(), groups) };
+        for (a, row) in acc.iter_mut().zip(rows.chunks_exact(cols)) {
+            for (&wv, &xv) in row[main..].iter().zip(&x[main..]) {
+                *a += wv * xv;
+            }
+        }
+        o.copy_from_slice(&acc);
+    }
+    for (o, row) in quads.into_remainder().iter_mut().zip(w[done * cols..].chunks_exact(cols)) {
+        *o = super::f32::dot(row, x);
+    }
+    true
+}
+
+/// `(max over i of x[i].to_bits() << 1, as u32)`: twice the bits of max |x| (the
+/// sign shifted out). A result above `0xFF00_0000` means a NaN is present, equal
+/// to it an infinity (and no NaN).
+#[cfg(microlm_dsp)]
+#[inline(always)]
+fn max_abs_bits2(x: &[f32; 32]) -> u32 {
+    let m: u32;
+    macro_rules! step {
+        ($r:literal) => {
+            concat!("cmp {m}, ", $r, ", lsl #1\n", "it lo\n", "lsllo {m}, ", $r, ", #1\n")
+        };
+    }
+    macro_rules! four {
+        () => {
+            concat!("ldm {p}!, {{r2-r5}}\n", step!("r2"), step!("r3"), step!("r4"), step!("r5"))
+        };
+    }
+    // SAFETY: reads the 32 words of `x`; writes only the named registers and the flags.
+    unsafe {
+        core::arch::asm!(
+            "movs {m}, #0",
+            four!(), four!(), four!(), four!(), four!(), four!(), four!(), four!(),
+            p = inout(reg) x.as_ptr() => _,
+            m = out(reg) m,
+            out("r2") _,
+            out("r3") _,
+            out("r4") _,
+            out("r5") _,
+            options(pure, readonly, nostack),
+        )
+    };
+    m
+}
+
+/// Four quants of [`prepare_block`]'s loop, from s`$a`..s`$a+3`: convert (×2, toward zero),
+/// round half away, pack in pair order, add to the sum, store two words.
+#[cfg(microlm_dsp)]
+macro_rules! quant4 {
+    ($s0:literal, $s1:literal, $s2:literal, $s3:literal) => {
+        concat!(
+            "vmov r2, r3, ",
+            $s0,
+            ", ",
+            $s1,
+            "\n",
+            "vmov r4, r5, ",
+            $s2,
+            ", ",
+            $s3,
+            "\n",
+            "add r2, r2, r2, asr #31\n",
+            "add r3, r3, r3, asr #31\n",
+            "add r4, r4, r4, asr #31\n",
+            "add r5, r5, r5, asr #31\n",
+            "adds r2, r2, #1\n",
+            "adds r3, r3, #1\n",
+            "adds r4, r4, #1\n",
+            "adds r5, r5, #1\n",
+            "asrs r2, r2, #1\n",
+            "asrs r3, r3, #1\n",
+            "pkhbt r2, r2, r4, lsl #15\n",
+            "pkhbt r3, r3, r5, lsl #15\n",
+            "smlad {sum}, r2, {ones}, {sum}\n",
+            "smlad {sum}, r3, {ones}, {sum}\n",
+            "stmia {o}!, {{r2, r3}}\n",
+        )
+    };
+}
+
+/// `q8_act::prepare_block(quantize_block(x))` for 32 values on hard-float Cortex-M
+/// with DSP, when max |x| is finite and `d = max|x| / 127` is normal or zero
+/// (returns `false`, writing nothing, otherwise: the caller takes the portable
+/// path). Then `|x · id| ≤ 127.00003` (id = 1/d), so no clamp is needed, and
+/// `round_half_away(y) = (t + (t < 0 ? -1 : 0) + 1) >> 1` with `t = trunc(2y)`, which
+/// VCVT to fixed point with one fraction bit gives exactly. The scale goes
+/// through VCVTB to binary16 (nearest even, as `half`) and back (exact).
+/// `arm_dsp::prepare_block_emulated` is the same arithmetic in Rust.
+#[cfg(microlm_dsp)]
+#[inline]
+pub fn prepare_block(x: &[f32; 32], out: &mut [u32; super::q8_act::BLOCK_WORDS]) -> bool {
+    let Some((d, id)) = super::arm_dsp::fast_scale(max_abs_bits2(x)) else { return false };
+    let (sum, d16): (u32, u32);
+    // SAFETY: reads the 32 floats of `x`, writes the 16 pair words of `out` (from word 2);
+    // saves and restores s0-s8; clobbers the flags (declared).
+    unsafe {
+        core::arch::asm!(
+            "vpush {{s0-s8}}",
+            "vmov s8, {d}",
+            "vcvtb.f16.f32 s8, s8",
+            "vcvtb.f32.f16 s8, s8",
+            "vmov {d}, s8",
+            "vmov s8, {id}",
+            "movs {sum}, #0",
+            "2:",
+            "vldmia {p}!, {{s0-s7}}",
+            "vmul.f32 s0, s0, s8",
+            "vmul.f32 s1, s1, s8",
+            "vmul.f32 s2, s2, s8",
+            "vmul.f32 s3, s3, s8",
+            "vmul.f32 s4, s4, s8",
+            "vmul.f32 s5, s5, s8",
+            "vmul.f32 s6, s6, s8",
+            "vmul.f32 s7, s7, s8",
+            "vcvt.s32.f32 s0, s0, #1",
+            "vcvt.s32.f32 s1, s1, #1",
+            "vcvt.s32.f32 s2, s2, #1",
+            "vcvt.s32.f32 s3, s3, #1",
+            "vcvt.s32.f32 s4, s4, #1",
+            "vcvt.s32.f32 s5, s5, #1",
+            "vcvt.s32.f32 s6, s6, #1",
+            "vcvt.s32.f32 s7, s7, #1",
+            quant4!("s0", "s1", "s2", "s3"),
+            quant4!("s4", "s5", "s6", "s7"),
+            "subs {n}, {n}, #1",
+            "bne 2b",
+            "vpop {{s0-s8}}",
+            p = inout(reg) x.as_ptr() => _,
+            o = inout(reg) out[2..].as_mut_ptr() => _,
+            n = inout(reg) 4u32 => _,
+            d = inout(reg) d.to_bits() => d16,
+            id = in(reg) id.to_bits(),
+            ones = in(reg) 0x0001_0001u32,
+            sum = out(reg) sum,
+            out("r2") _,
+            out("r3") _,
+            out("r4") _,
+            out("r5") _,
+        )
+    };
+    out[0] = d16;
+    out[1] = sum;
+    true
 }

@@ -137,6 +137,9 @@ impl Isa {
 #[inline(always)]
 pub(crate) fn quantized_matvec_on(isa: Isa, dtype: DType, w: &[u8], row_bytes: usize, xq: &[u32], out: &mut [f32]) {
     match isa {
+        // Hard-float cores run q8_0 two rows at a time with the scales on the FPU.
+        #[cfg(all(microlm_dsp, microlm_fpu))]
+        Isa::ArmDsp if dtype == DType::Q8_0 => arm_dsp::matvec_q8(w, row_bytes, xq, out),
         #[cfg(microlm_dsp)]
         Isa::ArmDsp => quantized_matvec::<arm_dsp::Dsp>(dtype, w, row_bytes, xq, out),
         #[cfg(microlm_mve)]
@@ -319,23 +322,50 @@ impl Matrix<'_> {
     /// Quantized weights first quantize `x` to q8_0 blocks, prepared in `scratch`
     /// (words, so always aligned: at least `act_scratch_bytes(cols) / 4` of them; f32/f16 weights ignore it).
     pub fn matvec(&self, x: &[f32], out: &mut [f32], scratch: &mut [u32]) -> Result<(), SessionError> {
-        self.matvec_with(Isa::best(), x, out, scratch)
+        self.matvec_with(Isa::best(), x, out, scratch, &mut None)
+    }
+
+    /// `outᵢ (rowsᵢ) = mᵢ · x` for each `(mᵢ, outᵢ)` of `mats`, in order: the same bits as
+    /// one [`Matrix::matvec`] each, but consecutive quantized matrices with the same
+    /// `cols` share one quantization of `x` in `scratch` (as wq, wk and wv, or w1 and w3, do).
+    pub fn matvecs<const N: usize>(
+        mats: [(Matrix<'_>, &mut [f32]); N],
+        x: &[f32],
+        scratch: &mut [u32],
+    ) -> Result<(), SessionError> {
+        let mut prepared = None;
+        for (m, out) in mats {
+            m.matvec_with(Isa::best(), x, out, scratch, &mut prepared)?;
+        }
+        Ok(())
     }
 
     /// [`Matrix::matvec`] with the block sums of `isa` (the same bits for every `isa`;
     /// one the CPU lacks runs the portable sums).
     pub fn matvec_on(&self, isa: Isa, x: &[f32], out: &mut [f32], scratch: &mut [u32]) -> Result<(), SessionError> {
-        self.matvec_with(isa, x, out, scratch)
+        self.matvec_with(isa, x, out, scratch, &mut None)
     }
 
-    /// The body of [`Matrix::matvec`] and [`Matrix::matvec_on`], inlined into both so the
-    /// forward pass makes one call per matvec.
+    /// The body of [`Matrix::matvec`], [`Matrix::matvec_on`] and [`Matrix::matvecs`], inlined
+    /// so the forward pass makes one call per matvec. `prepared` is `Some(cols)` when
+    /// `scratch` already holds `x` quantized for `cols` columns (this call then skips
+    /// quantizing when its `cols` match) and is updated after quantizing.
     #[inline(always)]
-    fn matvec_with(&self, isa: Isa, x: &[f32], out: &mut [f32], scratch: &mut [u32]) -> Result<(), SessionError> {
+    fn matvec_with(
+        &self,
+        isa: Isa,
+        x: &[f32],
+        out: &mut [f32],
+        scratch: &mut [u32],
+        prepared: &mut Option<usize>,
+    ) -> Result<(), SessionError> {
         let x = &x[..self.cols.min(x.len())];
         let rows = self.rows.min(out.len());
         let out = &mut out[..rows];
         match self.dtype {
+            // Hard-float Cortex-M: four rows at a time with VLDM (the same sums).
+            #[cfg(microlm_fpu)]
+            DType::F32 if arm_fpu::matvec_f32(self.data, x, out) => {}
             DType::F32 => f32::matvec(self.data, x, out),
             DType::F16 => f16::matvec(self.data, x, out),
             DType::Q8_0 | DType::Q4_0 => {
@@ -343,9 +373,12 @@ impl Matrix<'_> {
                 let row_bytes = self.dtype.row_bytes(self.cols).ok_or(SessionError::Internal)?;
                 let too_small = SessionError::ScratchTooSmall { needed: words * 4, given: scratch.len() * 4 };
                 let xq = scratch.get_mut(..words).ok_or(too_small)?;
-                // A short `x` leaves its missing tail at zero, like the row padding.
-                xq.fill(0);
-                q8_act::prepare_row(x, xq);
+                if *prepared != Some(self.cols) {
+                    // A short `x` leaves its missing tail at zero, like the row padding.
+                    xq.fill(0);
+                    q8_act::prepare_row(x, xq);
+                    *prepared = Some(self.cols);
+                }
                 quantized_matvec_on(isa, self.dtype, self.data, row_bytes, xq, out);
             }
         }

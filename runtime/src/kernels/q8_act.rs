@@ -90,6 +90,24 @@ pub fn prepare_block(q8: &[u8], out: &mut [u32]) {
 pub fn prepare_row(x: &[f32], out: &mut [u32]) {
     let mut q8 = [0u8; q8_0::BLOCK_BYTES];
     for (chunk, block) in x.chunks(QK).zip(out.chunks_exact_mut(BLOCK_WORDS)) {
+        // Hard-float Cortex-M with DSP: the FPU quantizer where it applies (the same words).
+        #[cfg(all(microlm_dsp, microlm_fpu))]
+        {
+            let mut padded = [0.0f32; QK];
+            // A whole block is read in place; the last, partial one from a zero-padded copy.
+            let values: &[f32; QK] = match <&[f32; QK]>::try_from(chunk) {
+                Ok(whole) => whole,
+                Err(_) => {
+                    padded[..chunk.len()].copy_from_slice(chunk);
+                    &padded
+                }
+            };
+            if let Ok(block) = <&mut [u32; BLOCK_WORDS]>::try_from(&mut *block) {
+                if super::arm_fpu::prepare_block(values, block) {
+                    continue;
+                }
+            }
+        }
         q8_0::quantize_block(chunk, &mut q8);
         prepare_block(&q8, block);
     }

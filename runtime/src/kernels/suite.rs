@@ -8,6 +8,8 @@
 //!   (the DSP instruction emulation on hosts, the MVE asm `arm_mve::Mve` on Cortex-M55);
 //! - [`matvecs`]`(isa)`: q8_0 and q4_0 matvecs on odd shapes bit-identical to the
 //!   scalar references `q8_0::vec_dot_ref` / `q4_0::vec_dot_ref`;
+//! - [`f32_matvecs`]: f32 matvecs equal one sequential sum per row;
+//! - [`quantizer`]: activation quantization equals the portable quantizer;
 //! - [`attention`]: the attention and exp kernels this target selects,
 //!   bit-identical to the portable loops;
 //! - [`run_all`]: all of the above for every [`Isa`] this CPU runs.
@@ -150,17 +152,28 @@ pub fn block_sums(isa: Isa) -> Result<(), Failure> {
         super::quantized_matvec_on(isa, DType::Q4_0, &row4, row4.len(), &xq, &mut o4);
         let sum: i32 = x.iter().map(|&b| i32::from(b as i8)).sum();
         ensure(o8[0] == scalar_q8(&w, &x) as f32, "block_sums.q8", c, Some(isa))?;
+        // Two rows at once (the second reversed), as the paired q8_0 kernels run them.
+        let mut wr = w;
+        wr.reverse();
+        let mut rows8 = [0u8; 2 * q8_0::BLOCK_BYTES];
+        rows8[..q8_0::BLOCK_BYTES].copy_from_slice(&row8);
+        q8_0::BlockQ8_0 { d: half::f16::ONE.to_le_bytes(), qs: bytemuck::cast(wr) }
+            .write(&mut rows8[q8_0::BLOCK_BYTES..]);
+        let mut o2 = [f32::NAN; 2];
+        super::quantized_matvec_on(isa, DType::Q8_0, &rows8, row8.len(), &xq, &mut o2);
+        let want = [scalar_q8(&w, &x) as f32, scalar_q8(&wr, &x) as f32];
+        ensure(o2 == want, "block_sums.q8_rows2", c, Some(isa))?;
         ensure(o4[0] == (scalar_q4(&qs, &x) - 8 * sum) as f32, "block_sums.q4", c, Some(isa))?;
     }
     Ok(())
 }
 
 /// Largest matvec shape of [`matvecs`]: rows and columns.
-const MAX_ROWS: usize = 4;
+const MAX_ROWS: usize = 5;
 const MAX_COLS: usize = 300;
 const MAX_BLOCKS: usize = MAX_COLS.div_ceil(QK);
 
-/// q8_0 and q4_0 matvecs with the block sums of `isa` on odd shapes (1 and 4
+/// q8_0 and q4_0 matvecs with the block sums of `isa` on odd shapes (1 to 5
 /// rows; 1 to 300 columns) are bit-identical to the scalar references.
 pub fn matvecs(isa: Isa) -> Result<(), Failure> {
     const COLS: [usize; 9] = [1, 31, 32, 33, 64, 100, 172, 288, 300];
@@ -170,8 +183,8 @@ pub fn matvecs(isa: Isa) -> Result<(), Failure> {
     let mut xq = [0u32; MAX_BLOCKS * q8_act::BLOCK_WORDS];
     let mut data = [0u8; MAX_ROWS * MAX_BLOCKS * q8_0::BLOCK_BYTES];
     for (s, &cols) in COLS.iter().enumerate() {
-        for rows in [1, MAX_ROWS] {
-            let case = (s * 2 + rows) as u32;
+        for rows in [1, 2, 4, MAX_ROWS] {
+            let case = (s * 8 + rows) as u32;
             let x = &mut x[..cols];
             values(x, 1000 + u64::from(case));
             let nb = cols.div_ceil(QK);
@@ -255,6 +268,76 @@ pub fn attention() -> Result<(), Failure> {
     Ok(())
 }
 
+/// f32 matvecs as this target runs them (`Matrix::matvec`: four rows at a time
+/// on hard-float Cortex-M) equal one left-to-right sum per row (llama2.c
+/// `matmul`), on 1 to 9 rows and 1 to 300 columns.
+pub fn f32_matvecs() -> Result<(), Failure> {
+    const ROWS: usize = 9;
+    let mut w = [0.0f32; ROWS * MAX_COLS];
+    let mut x = [0.0f32; MAX_COLS];
+    for (s, &cols) in [1usize, 7, 8, 9, 64, 172, 300].iter().enumerate() {
+        for rows in [1, 3, 4, 5, 8, ROWS] {
+            let case = (s * 16 + rows) as u32;
+            let (w, x) = (&mut w[..rows * cols], &mut x[..cols]);
+            values(w, 7000 + u64::from(case));
+            values(x, 8000 + u64::from(case));
+            let m = Matrix { dtype: DType::F32, rows, cols, data: bytemuck::cast_slice(w) };
+            let mut out = [f32::NAN; ROWS];
+            ensure(m.matvec(x, &mut out[..rows], &mut []).is_ok(), "f32_matvecs", case, None)?;
+            for (o, row) in out.iter().zip(w.chunks_exact(cols)) {
+                let mut acc = 0.0f32;
+                for (&a, &b) in row.iter().zip(x.iter()) {
+                    acc += a * b;
+                }
+                ensure(o.to_bits() == acc.to_bits(), "f32_matvecs", case, None)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A block of 32 activations for the quantizer checks, by case: random, exact
+/// ties (d = 1), a tie at the maximum, subnormal and huge scales, zeros, one NaN
+/// or infinity, values near k + 0.5 steps.
+pub fn quant_block(case: u32) -> [f32; QK] {
+    let mut x = [0.0f32; QK];
+    values(&mut x, u64::from(case) + 77);
+    match case % 8 {
+        1 => {
+            for (i, v) in x.iter_mut().enumerate() {
+                *v = (i as f32 - 16.0) * 2.5 + 0.5;
+            }
+            x[31] = if case % 16 == 1 { 127.0 } else { -127.0 };
+        }
+        2 => x[3] = 127.0 * 0.0625 * if case % 16 == 2 { 1.0 } else { -1.0 },
+        3 => x.iter_mut().for_each(|v| *v *= 1e-37),
+        4 => x.iter_mut().for_each(|v| *v *= 3e36),
+        5 => x = [0.0; QK],
+        6 => x[(case / 8 % 32) as usize] = if case % 16 == 6 { f32::NAN } else { f32::INFINITY },
+        7 => x.iter_mut().for_each(|v| *v = libm::roundf(*v * 254.0) / 2.0),
+        _ => {}
+    }
+    x
+}
+
+/// Activation quantization as this target runs it (`q8_act::prepare_row`, the FPU
+/// quantizer on hard-float Cortex-M with DSP) equals `q8_0::quantize_block` then
+/// `q8_act::prepare_block`, word for word, on whole and partial blocks.
+pub fn quantizer() -> Result<(), Failure> {
+    for case in 0..2000u32 {
+        let x = quant_block(case);
+        let n = if case % 5 == 4 { 1 + case as usize % 31 } else { QK };
+        let mut q8 = [0u8; q8_0::BLOCK_BYTES];
+        q8_0::quantize_block(&x[..n], &mut q8);
+        let mut want = [0u32; q8_act::BLOCK_WORDS];
+        q8_act::prepare_block(&q8, &mut want);
+        let mut got = [0u32; q8_act::BLOCK_WORDS];
+        q8_act::prepare_row(&x[..n], &mut got);
+        ensure(got == want, "quantizer", case, None)?;
+    }
+    Ok(())
+}
+
 /// Every check, for every instruction set this CPU runs: what a device test
 /// firmware calls (`Ok(())` or the first [`Failure`]).
 pub fn run_all() -> Result<(), Failure> {
@@ -266,6 +349,8 @@ pub fn run_all() -> Result<(), Failure> {
         block_sums(isa)?;
         matvecs(isa)?;
     }
+    quantizer()?;
+    f32_matvecs()?;
     attention()
 }
 
@@ -319,6 +404,16 @@ mod tests {
     #[test]
     fn dsp_emulation_block_sums() {
         block_sums_with::<crate::kernels::arm_dsp::Emulated>().unwrap();
+    }
+
+    #[test]
+    fn f32_matvecs_equal_sequential_sums() {
+        f32_matvecs().unwrap();
+    }
+
+    #[test]
+    fn quantizer_equals_portable() {
+        quantizer().unwrap();
     }
 
     #[test]
