@@ -1,14 +1,16 @@
-//! microlm on the STM32F405RG (Netduino Plus 2: Cortex-M4F, 1 MiB flash,
-//! 128 KiB SRAM; QEMU's `netduinoplus2` machine). The model file is embedded
-//! in flash at build time (MICROLM_MODEL) and the arena is a static sized for
-//! it by build.rs. The story and the stats line go out on USART1 (PA9 TX,
-//! PA10 RX, 115200 8N1); log lines go through defmt. The run loop is
-//! `microlm_board::run`.
+//! microlm on the STM32F405RG (Cortex-M4F, 1 MiB flash, 128 KiB SRAM: ST's
+//! boards, the Netduino Plus 2; QEMU's `netduinoplus2` machine). The model
+//! file is embedded in flash at build time (MICROLM_MODEL) and the arena is a
+//! static sized for it by build.rs. The story and the stats line go out on
+//! USART1 (PA9 TX, PA10 RX, 115200 8N1); log lines go through defmt. The run
+//! loop is `microlm_board::line_session`.
 //!
-//! - On the board (default features: `probe`): 25 MHz HSE, 168 MHz PLL, defmt
-//!   over RTT (`cargo run --release` flashes it with probe-rs and shows the
-//!   log). Each line received on USART1 is a command line with the flags of
-//!   `microlm generate` (`-p "Once upon a time" -n 64 -t 0`); each runs one
+//! - On the board (default features: `probe`): an 8 MHz HSE crystal (as on
+//!   ST's Discovery and most F405 boards; the Netduino Plus 2's 25 MHz with
+//!   feature `hse-25mhz`), 168 MHz from the PLL, defmt over RTT (`cargo run
+//!   --release` flashes it with probe-rs and shows the log). Each line
+//!   received on USART1 is a command line with the flags of `microlm
+//!   generate` (`-p "Once upon a time" -n 64 -t 0`); each runs one
 //!   generation, and the next line is awaited. Without `-s`, the seed is the
 //!   cycle counter when the line ended.
 //! - Under QEMU (`--no-default-features --features qemu`): the HSI only (QEMU
@@ -45,9 +47,14 @@ include!(concat!(env!("OUT_DIR"), "/model.rs"));
 
 /// USART1's baud rate.
 const BAUD: u32 = 115_200;
-/// The Netduino Plus 2's crystal (HSE), in Hz.
-#[cfg(feature = "probe")]
+/// The board's crystal (HSE), in Hz: 8 MHz (ST's Discovery and most F405
+/// boards), or 25 MHz on the Netduino Plus 2 (feature `hse-25mhz`).
+#[cfg(all(feature = "probe", not(feature = "hse-25mhz")))]
+const HSE_HZ: u32 = 8_000_000;
+#[cfg(all(feature = "probe", feature = "hse-25mhz"))]
 const HSE_HZ: u32 = 25_000_000;
+/// The core clock from the PLL, in Hz (the F405's maximum).
+const SYSCLK_HZ: u32 = 168_000_000;
 
 /// Every large buffer of a run (the arena, ids for the built-in context), in .bss.
 type Buffers = microlm_board::LineBuffers<ARENA_WORDS, { microlm_board::ids_for(CTX) }>;
@@ -77,10 +84,15 @@ fn flush(tx: &mut Tx<USART1>) {
     let _ = nb::block!(embedded_hal_nb::serial::Write::flush(tx));
 }
 
-/// The board's clocks: 168 MHz from the 25 MHz crystal through the PLL.
+/// The board's clocks: 168 MHz from the crystal (`HSE_HZ`) through the PLL;
+/// stm32f4xx-hal picks the PLL's dividers and the flash wait states.
 #[cfg(feature = "probe")]
 fn clocks(rcc: pac::RCC) -> stm32f4xx_hal::rcc::Clocks {
-    rcc.constrain().cfgr.use_hse(HSE_HZ.Hz()).sysclk(168.MHz()).freeze()
+    let clocks = rcc.constrain().cfgr.use_hse(HSE_HZ.Hz()).sysclk(SYSCLK_HZ.Hz()).freeze();
+    if clocks.sysclk().raw() != SYSCLK_HZ {
+        defmt::panic!("the PLL gives {} Hz from the {} Hz crystal, not {}", clocks.sysclk().raw(), HSE_HZ, SYSCLK_HZ);
+    }
+    clocks
 }
 
 /// QEMU: the HSI as it is out of reset (QEMU models no RCC, so no PLL would
