@@ -17,7 +17,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[path = "../tests/support/firmware.rs"]
-#[allow(dead_code)]
 mod firmware;
 
 fn main() -> ExitCode {

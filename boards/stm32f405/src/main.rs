@@ -54,6 +54,7 @@ const HSE_HZ: u32 = 8_000_000;
 #[cfg(all(feature = "probe", feature = "hse-25mhz"))]
 const HSE_HZ: u32 = 25_000_000;
 /// The core clock from the PLL, in Hz (the F405's maximum).
+#[cfg(feature = "probe")]
 const SYSCLK_HZ: u32 = 168_000_000;
 
 /// Every large buffer of a run (the arena, ids for the built-in context), in .bss.
