@@ -47,6 +47,9 @@ step "clippy -D warnings (boards/stm32f405/, --features qemu)"
 step "clippy -D warnings (boards/stm32f405/, --features link; --features qemu,link)"
 (cd boards/stm32f405 && cargo clippy --release --locked --quiet --features link -- -D warnings)
 (cd boards/stm32f405 && cargo clippy --release --locked --quiet --no-default-features --features qemu,link -- -D warnings)
+# The Netduino Plus 2's 25 MHz crystal instead of the default 8 MHz.
+step "clippy -D warnings (boards/stm32f405/, --features hse-25mhz)"
+(cd boards/stm32f405 && cargo clippy --release --locked --quiet --features hse-25mhz -- -D warnings)
 # The mps2-an386 link firmware (boards/common's `link` feature: UART, heap arena).
 step "clippy -D warnings (boards/qemu-mps2-an386/, --features link)"
 (cd boards/qemu-mps2-an386 && cargo clippy --release --locked --quiet --features link --all-targets -- -D warnings)

@@ -14,10 +14,13 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
-use microlm_tests::{converted, root, run_cli};
-use serde_json::Value;
+use microlm_tests::converted;
+
+#[path = "support/firmware.rs"]
+mod firmware;
+
+use firmware::{plan, Footprint};
 
 /// A board crate and its chip's memories.
 struct Chip {
@@ -59,88 +62,12 @@ const NRF52840: Chip = Chip {
 /// Builds the board with `model` embedded and its arena sized for `ctx` positions
 /// of a `kv` cache: the ELF's path, or cargo's stderr.
 fn build(chip: &Chip, model: &Path, ctx: usize, kv: &str) -> Result<PathBuf, String> {
-    let out = Command::new(env!("CARGO"))
-        .current_dir(root().join("boards").join(chip.dir))
-        .args(["build", "--release", "--locked", "--message-format=json-render-diagnostics"])
-        .env("MICROLM_MODEL", model)
-        .env("MICROLM_CTX", ctx.to_string())
-        .env("MICROLM_KV", kv)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run cargo");
-    if !out.status.success() {
-        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
-    }
-    let elf = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .find_map(|m| m.get("executable").and_then(Value::as_str).map(PathBuf::from))
-        .expect("cargo named no firmware executable");
-    let tail = Path::new("target").join(chip.target).join("release").join(format!("microlm-{}", chip.dir));
-    assert!(elf.ends_with(&tail), "cargo built {}", elf.display());
-    Ok(elf)
-}
-
-/// What a firmware ELF occupies of its chip.
-#[derive(Debug)]
-struct Footprint {
-    /// Flash bytes from the flash base to the end of the last loaded byte.
-    flash: u64,
-    /// The SRAM sections' lowest address and end (.data, .bss with the arena, .uninit).
-    ram: (u64, u64),
-    /// Every loaded segment's bytes at its load (physical) address.
-    image: BTreeMap<u64, Vec<u8>>,
+    firmware::build(chip.dir, chip.target, model, ctx, kv, &[])
 }
 
 /// Reads the ELF's segments and sections, asserting that everything it loads is in the flash.
 fn footprint(chip: &Chip, elf: &Path) -> Footprint {
-    use object::read::elf::{ElfFile32, FileHeader as _, ProgramHeader as _};
-    use object::{Object as _, ObjectSection as _};
-    let data = std::fs::read(elf).unwrap();
-    let file = ElfFile32::<object::LittleEndian>::parse(&*data).unwrap();
-    let endian = file.endian();
-    let (base, len) = chip.flash;
-    let mut flash_end = base;
-    let mut image = BTreeMap::new();
-    for ph in file.elf_header().program_headers(endian, &*data).unwrap() {
-        let (lma, size) = (u64::from(ph.p_paddr(endian)), u64::from(ph.p_filesz(endian)));
-        if ph.p_type(endian) == object::elf::PT_LOAD && size > 0 {
-            assert!(
-                lma >= base && lma + size <= base + len,
-                "{}: a segment loads at {lma:#x}..{:#x}, outside the flash",
-                chip.dir,
-                lma + size
-            );
-            flash_end = flash_end.max(lma + size);
-            image.insert(lma, ph.data(endian, &*data).unwrap().to_vec());
-        }
-    }
-    let in_sram = |a: u64| (chip.ram.0..chip.ram.0 + chip.ram.1).contains(&a);
-    let (mut lo, mut hi) = (u64::MAX, 0);
-    for section in file.sections() {
-        if section.size() > 0 && in_sram(section.address()) {
-            lo = lo.min(section.address());
-            hi = hi.max(section.address() + section.size());
-        }
-    }
-    assert!(hi > lo, "{}: no sections in the SRAM", chip.dir);
-    Footprint { flash: flash_end - base, ram: (lo, hi), image }
-}
-
-/// `microlm inspect MODEL --ctx CTX --kv KV`: the arena in bytes.
-fn plan(model: &Path, ctx: usize, kv: &str) -> u64 {
-    let ctx = ctx.to_string();
-    let (code, out, err) = run_cli([
-        "inspect".as_ref(),
-        model.as_os_str(),
-        "--ctx".as_ref(),
-        ctx.as_ref(),
-        "--kv".as_ref(),
-        kv.as_ref(),
-        "--json".as_ref(),
-    ]);
-    assert_eq!(code, 0, "inspect: {err}");
-    serde_json::from_str::<Value>(&out).unwrap()["arena_bytes"].as_u64().unwrap()
+    firmware::footprint(chip.dir, chip.flash, chip.ram, elf)
 }
 
 /// Asserts the ELF built for `ctx` positions of a `kv` cache fits the chip:
@@ -189,16 +116,7 @@ fn fits_the_chip(chip: &Chip, check: fn(&Path, &Footprint)) {
     let (_, rest) = assert_fits(chip, &model, &elf, start, "f32");
     let fixed = fixed(rest, start);
     let fits = |ctx: usize| plan(&model, ctx, "f32") + 4 * (ctx as u64 + 1) + fixed + chip.stack <= chip.ram.1;
-    let (mut lo, mut hi) = (start, seq_len);
-    assert!(fits(lo));
-    while lo < hi {
-        let mid = (lo + hi).div_ceil(2);
-        if fits(mid) {
-            lo = mid;
-        } else {
-            hi = mid - 1;
-        }
-    }
+    let lo = firmware::largest(start, seq_len, fits);
     assert!(lo < seq_len, "{}: the whole f32 context fits; no SRAM limit to find", chip.dir);
     println!("{}: largest ctx with an f32 KV cache: {lo} (arena {} bytes)", chip.dir, plan(&model, lo, "f32"));
     let elf = build(chip, &model, lo, "f32").unwrap_or_else(|e| panic!("{}: f32 ctx {lo}: {e}", chip.dir));

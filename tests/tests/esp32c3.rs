@@ -2,82 +2,33 @@
 //! q8_0 embedded and an int8 KV cache for 256 positions, and fits the chip:
 //! its image within the 4 MiB flash (the IROM and DROM windows map it) and its
 //! RAM sections within the 313 KiB esp-hal's memory map gives the program
-//! (IRAM code and DRAM data share that SRAM). No board or emulator runs it here.
+//! (IRAM code and DRAM data share that SRAM). Its ESP-IDF app image, made
+//! offline as `espflash save-image --chip esp32c3` makes it (espflash's
+//! library), is checked field by field against ESP-IDF's `esp_image_header_t`
+//! and the ELF. No board or emulator runs it here.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
-use microlm_tests::{converted, root};
-use serde_json::Value;
+use microlm_tests::converted;
 
-/// The chip's memories as esp-hal 1.2's `ld/esp32c3/memory.x` has them.
-const FLASH_BYTES: u64 = 4 << 20;
-/// The flash windows: instructions (IROM) and data (DROM), each mapping the flash.
-const IROM: (u64, u64) = (0x4200_0000, 4 << 20);
-const DROM: (u64, u64) = (0x3C00_0000, 4 << 20);
-/// Internal SRAM for the program: DRAM at 0x3FC80000, the same memory as IRAM at 0x40380000.
-const DRAM: (u64, u64) = (0x3FC8_0000, 313 << 10);
-const IRAM: (u64, u64) = (0x4037_C000, 313 << 10);
+#[path = "support/firmware.rs"]
+mod firmware;
+
+use firmware::esp32c3::{DRAM, DROM, FLASH_BYTES, IRAM, IROM};
+use firmware::EspFootprint;
 
 /// Builds the firmware with `model` embedded and returns the ELF.
 fn build(model: &Path) -> PathBuf {
-    let out = Command::new(env!("CARGO"))
-        .current_dir(root().join("boards/esp32c3"))
-        .args(["build", "--release", "--locked", "--message-format=json-render-diagnostics"])
-        .env("MICROLM_MODEL", model)
-        .env("MICROLM_CTX", "256")
-        .env("MICROLM_KV", "i8")
-        .stderr(Stdio::inherit())
-        .output()
-        .expect("run cargo");
-    assert!(out.status.success(), "building the ESP32-C3 firmware failed");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .find_map(|m| m.get("executable").and_then(Value::as_str).map(PathBuf::from))
-        .expect("cargo named no firmware executable")
+    firmware::build("esp32c3", "riscv32imc-unknown-none-elf", model, 256, "i8", &[])
+        .unwrap_or_else(|e| panic!("building the ESP32-C3 firmware failed:\n{e}"))
 }
 
 #[test]
 fn esp32c3_firmware_fits_the_chip() {
-    use object::{Object as _, ObjectSection as _};
     let model = converted("q8_0");
     let model_len = std::fs::metadata(&model).unwrap().len();
     let elf = build(&model);
-    let data = std::fs::read(&elf).unwrap();
-    let file = object::File::parse(&*data).unwrap();
-    assert_eq!(file.architecture(), object::Architecture::Riscv32);
-    let within = |(base, len): (u64, u64), a: u64| (base..base + len).contains(&a);
-    // Flash: every section with file contents is stored in the image (mapped code and data, and
-    // the initializers of what the startup code copies to RAM). RAM: every allocated section there.
-    let (mut flash, mut ram_end, mut rodata, mut stack) = (0u64, DRAM.0, 0u64, 0u64);
-    for s in file.sections() {
-        let a = s.address();
-        // Debug info, symbols and esp-hal's metadata are not loaded: they sit at address 0.
-        if a == 0 || s.size() == 0 {
-            continue;
-        }
-        // esp-hal's .stack takes what the other RAM sections leave.
-        if s.name() == Ok(".stack") {
-            stack = s.size();
-            continue;
-        }
-        if s.kind() != object::SectionKind::UninitializedData {
-            flash += s.size();
-        }
-        if within(DROM, a) {
-            rodata += s.size();
-        }
-        if within(DRAM, a) {
-            ram_end = ram_end.max(a + s.size());
-        }
-        assert!(
-            within(IROM, a) || within(DROM, a) || within(DRAM, a) || within(IRAM, a) || a >= 0x5000_0000,
-            "section {} at {a:#x} is outside the ESP32-C3's memories",
-            s.name().unwrap_or("?")
-        );
-    }
-    let ram = ram_end - DRAM.0;
+    let EspFootprint { flash, rodata, ram, stack } = firmware::esp32c3_footprint(&elf);
     println!(
         "esp32c3 with stories260K q8_0 ({model_len} bytes), i8 KV, ctx 256: image {flash} bytes of 4 MiB flash \
          (DROM {rodata} bytes), DRAM sections end {ram} bytes into its 313 KiB, stack {stack} bytes"
@@ -87,4 +38,66 @@ fn esp32c3_firmware_fits_the_chip() {
     assert!(ram <= DRAM.1, "RAM sections end {ram} bytes into DRAM");
     // A whole generation peaks at about 3.5 KiB of stack on the other boards.
     assert!(stack >= 8 << 10, "only {stack} bytes left for the stack");
+}
+
+/// ESP-IDF's image format (`esp_app_format.h`, `esp_image_format.h`): a
+/// 24-byte header (magic 0xE9, segment count, SPI mode, SPI size and speed,
+/// entry point; then WP pin, drive settings, chip id, chip revisions and
+/// whether a SHA-256 digest follows), each segment as an 8-byte header (load
+/// address, length) and its bytes, padding to 16 bytes with a one-byte XOR
+/// checksum (seed 0xEF) last, then the SHA-256 of everything before it.
+const ESP_IMAGE_MAGIC: u8 = 0xE9;
+/// `esp_chip_id_t` ESP_CHIP_ID_ESP32C3.
+const ESP_CHIP_ID_ESP32C3: u16 = 0x0005;
+const CHECKSUM_SEED: u8 = 0xEF;
+
+#[test]
+fn esp32c3_app_image_is_an_esp_idf_image() {
+    use object::{Object as _, ObjectSegment as _};
+    use sha2::{Digest as _, Sha256};
+    let model = converted("q8_0");
+    let model_bytes = std::fs::read(&model).unwrap();
+    let elf = build(&model);
+    let elf_bytes = std::fs::read(&elf).unwrap();
+    let image = firmware::esp32c3_app_image(&elf_bytes).expect("espflash");
+    let out = elf.with_extension("bin");
+    std::fs::write(&out, &image).unwrap();
+
+    let u16_at = |i: usize| u16::from_le_bytes([image[i], image[i + 1]]);
+    let u32_at = |i: usize| u32::from_le_bytes(image[i..i + 4].try_into().unwrap());
+    assert_eq!(image[0], ESP_IMAGE_MAGIC, "magic");
+    let count = image[1] as usize;
+    let file = object::File::parse(&*elf_bytes).unwrap();
+    assert_eq!(u64::from(u32_at(4)), file.entry(), "entry point");
+    assert_eq!(u16_at(12), ESP_CHIP_ID_ESP32C3, "chip id");
+    assert_eq!(image[23], 1, "no SHA-256 digest appended");
+
+    // Walk the segments: each loads into one of the chip's memories; together they hold the ELF's loaded bytes.
+    let within = |(base, len): (u64, u64), a: u64| (base..base + len).contains(&a);
+    let (mut at, mut checksum, mut model_in_drom) = (24, CHECKSUM_SEED, false);
+    let mut loaded = 0u64;
+    for n in 0..count {
+        let (addr, len) = (u64::from(u32_at(at)), u32_at(at + 4) as usize);
+        let data = &image[at + 8..at + 8 + len];
+        // Address 0: zeros that align the next flash segment to its MMU page (the bootloader loads nothing).
+        let padding = addr == 0 && data.iter().all(|&b| b == 0);
+        assert!(
+            padding || within(IROM, addr) || within(DROM, addr) || within(DRAM, addr) || within(IRAM, addr),
+            "segment {n} loads at {addr:#x}, outside the ESP32-C3's memories"
+        );
+        model_in_drom |= within(DROM, addr) && data.windows(64).any(|w| w == &model_bytes[..64]);
+        checksum = data.iter().fold(checksum, |c, b| c ^ b);
+        loaded += len as u64;
+        at += 8 + len;
+    }
+    assert!(model_in_drom, "the model's first bytes are in no DROM segment");
+    let elf_loaded: u64 = file.segments().map(|s| s.file_range().1).sum();
+    assert!(loaded >= elf_loaded, "segments hold {loaded} bytes; the ELF loads {elf_loaded}");
+    // Padding to a 16-byte boundary, the checksum last; then the digest.
+    let checksum_at = (at / 16) * 16 + 15;
+    assert_eq!(image[checksum_at], checksum, "checksum");
+    let digest = &image[checksum_at + 1..];
+    assert_eq!(digest, Sha256::digest(&image[..=checksum_at]).as_slice(), "SHA-256 digest");
+    assert!((image.len() as u64) < FLASH_BYTES - 0x10000, "image {} bytes", image.len());
+    println!("esp32c3: {} ({} bytes, {count} segments, chip id {})", out.display(), image.len(), u16_at(12));
 }

@@ -25,6 +25,9 @@ use std::sync::{Mutex, OnceLock};
 use microlm_tests::{cli, converted, reference_cases, root, run_cli, run_convert, scratch_dir, shared, wait_bounded};
 use serde_json::Value;
 
+#[path = "support/firmware.rs"]
+mod firmware;
+
 /// Longest a single `microlm qemu` run may take (QEMU is killed after it).
 const TIMEOUT_S: &str = "120";
 
@@ -326,34 +329,8 @@ fn netduinoplus2_matches_host() {
 /// end of the SRAM sections, the SRAM sections' lowest address) for the
 /// sections the image loads or allocates.
 fn f405_footprint(elf: &Path) -> (u64, u64, u64) {
-    use object::read::elf::{ElfFile32, FileHeader as _, ProgramHeader as _};
-    use object::{Object as _, ObjectSection as _};
-    let data = std::fs::read(elf).unwrap();
-    let file = ElfFile32::<object::LittleEndian>::parse(&*data).unwrap();
-    let endian = file.endian();
-    // Flash: every loaded segment's bytes at its physical (load) address, .data's initializers included.
-    let mut flash_end = F405_FLASH.0;
-    for ph in file.elf_header().program_headers(endian, &*data).unwrap() {
-        let (lma, size) = (u64::from(ph.p_paddr(endian)), u64::from(ph.p_filesz(endian)));
-        if ph.p_type(endian) == object::elf::PT_LOAD && size > 0 {
-            assert!(
-                lma >= F405_FLASH.0 && lma + size <= F405_FLASH.0 + F405_FLASH.1,
-                "a segment loads at {lma:#x}..{:#x}, outside the flash",
-                lma + size
-            );
-            flash_end = flash_end.max(lma + size);
-        }
-    }
-    // SRAM: the allocated sections there (.data, .bss with the arena, .uninit).
-    let in_sram = |a: u64| (F405_SRAM.0..F405_SRAM.0 + F405_SRAM.1).contains(&a);
-    let (mut ram_lo, mut ram_hi) = (u64::MAX, 0);
-    for section in file.sections() {
-        if section.size() > 0 && in_sram(section.address()) {
-            ram_lo = ram_lo.min(section.address());
-            ram_hi = ram_hi.max(section.address() + section.size());
-        }
-    }
-    (flash_end - F405_FLASH.0, ram_hi, ram_lo)
+    let fp = firmware::footprint("netduinoplus2", F405_FLASH, F405_SRAM, elf);
+    (fp.flash, fp.ram.1, fp.ram.0)
 }
 
 /// The firmware with stories260K q8_0 and an int8 cache of F405_CTX positions
@@ -385,30 +362,10 @@ fn netduinoplus2_fits_the_chip() {
 
     // The largest ctx whose arena fits beside the same data and the kept stack.
     // The ids buffer grows 4 bytes per position with the ctx, so count it with the arena.
-    let plan = |ctx: usize| -> u64 {
-        let (_, inspect, _) = run_cli([
-            "inspect".as_ref(),
-            model.as_os_str(),
-            "--ctx".as_ref(),
-            ctx.to_string().as_ref(),
-            "--kv".as_ref(),
-            "i8".as_ref(),
-            "--json".as_ref(),
-        ]);
-        serde_json::from_str::<Value>(&inspect).unwrap()["arena_bytes"].as_u64().unwrap()
-    };
+    let plan = |ctx: usize| firmware::plan(&model, ctx, "i8");
     let fixed = ram_rest - 4 * (F405_CTX as u64 + 1);
     let fits = |ctx: usize| plan(ctx) + 4 * (ctx as u64 + 1) + fixed + F405_STACK <= F405_SRAM.1;
-    let (mut lo, mut hi) = (F405_CTX, 512);
-    assert!(fits(lo));
-    while lo < hi {
-        let mid = (lo + hi).div_ceil(2);
-        if fits(mid) {
-            lo = mid;
-        } else {
-            hi = mid - 1;
-        }
-    }
+    let lo = firmware::largest(F405_CTX, 512, fits);
     println!("netduinoplus2: largest ctx for stories260K q8_0 with an i8 KV cache: {lo} (arena {} bytes)", plan(lo));
     let out = qemu(&model, "netduinoplus2", &["-n", "0", "-t", "0", "--kv", "i8", "--ctx", &lo.to_string()]);
     assert!(out.status.success(), "ctx {lo}: {}", String::from_utf8_lossy(&out.stderr));

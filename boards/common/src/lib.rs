@@ -35,6 +35,7 @@ pub mod link;
 #[cfg(feature = "loaded-model")]
 mod loaded;
 pub mod measure;
+pub mod session;
 
 #[cfg(feature = "semihosting")]
 use core::cell::UnsafeCell;
@@ -51,6 +52,11 @@ use crate::args::ArgError;
 #[cfg(feature = "semihosting")]
 use crate::host::Out;
 pub use crate::measure::{TickRate, Timer};
+#[cfg(feature = "semihosting")]
+pub use crate::session::semihosting_line;
+#[cfg(target_arch = "arm")]
+pub use crate::session::{cycles, start_cycles};
+pub use crate::session::{fault_text, ids_for, line_session, Buffers, LineBuffers, LineEvent, SerialConsole, LINE_MAX};
 
 /// Where a board's text goes: the story as it streams, the stats line and the
 /// error lines. Writes may be buffered until [`Console::flush`].
@@ -127,45 +133,6 @@ pub fn embedded_model(bytes: &'static [u8]) -> Result<&'static [u8], ModelError>
         Err(ModelError::NotEmbedded)
     } else {
         Ok(bytes)
-    }
-}
-
-/// Every large buffer a semihosting run ([`start`]) needs; in a `static` it
-/// lands in .bss (zeroed by cortex-m-rt before `main`).
-#[cfg(feature = "semihosting")]
-#[derive(Debug)]
-pub struct Buffers<const ARENA_WORDS: usize, const CMDLINE: usize, const PROMPT: usize, const IDS: usize> {
-    /// Activations, KV cache, logits and sampler scratch (`Session::new`).
-    arena: [u32; ARENA_WORDS],
-    /// The semihosting command line.
-    cmdline: [u8; CMDLINE],
-    /// Prompt token ids; at most CMDLINE + 3 (a prompt is shorter than the
-    /// command line holding it, plus BOS and the tokenizer's slack).
-    prompt: [u32; PROMPT],
-    /// BOS then every next token, for the stats line.
-    ids: [u32; IDS],
-}
-
-#[cfg(feature = "semihosting")]
-impl<const ARENA_WORDS: usize, const CMDLINE: usize, const PROMPT: usize, const IDS: usize>
-    Buffers<ARENA_WORDS, CMDLINE, PROMPT, IDS>
-{
-    /// All zero.
-    pub const fn new() -> Self {
-        Buffers { arena: [0; ARENA_WORDS], cmdline: [0; CMDLINE], prompt: [0; PROMPT], ids: [0; IDS] }
-    }
-
-    fn parts(&mut self) -> (&mut [u8], Work<'_>) {
-        (&mut self.cmdline, Work { arena: &mut self.arena, prompt: &mut self.prompt, ids: &mut self.ids })
-    }
-}
-
-#[cfg(feature = "semihosting")]
-impl<const ARENA_WORDS: usize, const CMDLINE: usize, const PROMPT: usize, const IDS: usize> Default
-    for Buffers<ARENA_WORDS, CMDLINE, PROMPT, IDS>
-{
-    fn default() -> Self {
-        Self::new()
     }
 }
 
@@ -447,16 +414,7 @@ pub fn start<const ARENA_WORDS: usize, const CMDLINE: usize, const PROMPT: usize
     #[cfg(target_arch = "riscv32")]
     let timer = Some(Timer::MINSTRET);
     let ok = match (buffers.take(), timer) {
-        (Some(buffers), Some(mut timer)) => {
-            let (cmdline, work) = buffers.parts();
-            match host::cmdline(cmdline) {
-                Some(line) => run(board, &mut out, &mut timer, line, work, host::time),
-                None => {
-                    let _ = writeln!(out, "error: semihosting command line is longer than {CMDLINE} bytes");
-                    false
-                }
-            }
-        }
+        (Some(buffers), Some(mut timer)) => semihosting_line(board, &mut out, &mut timer, buffers),
         _ => false,
     };
     Console::flush(&mut out);

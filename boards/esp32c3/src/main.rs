@@ -19,7 +19,7 @@ use core::fmt;
 use esp_hal::uart::{self, Uart, UartTx};
 use esp_hal::Blocking;
 use esp_println as _;
-use microlm_board::{Board, Console, TickRate, Timer, Work};
+use microlm_board::{Board, SerialConsole, TickRate, Timer};
 use static_cell::ConstStaticCell;
 
 // The application descriptor the ESP-IDF second-stage bootloader checks.
@@ -28,45 +28,19 @@ esp_bootloader_esp_idf::esp_app_desc!();
 // MODEL, ARENA_WORDS and CTX, from build.rs (MICROLM_MODEL, MICROLM_CTX, MICROLM_KV).
 include!(concat!(env!("OUT_DIR"), "/model.rs"));
 
-/// Longest command line, in bytes (argv[0] included).
-const CMDLINE_MAX: usize = 512;
-/// Token ids one run records (BOS, then one per position of the context).
-const IDS_MAX: usize = match CTX {
-    Some(ctx) => ctx + 1,
-    None => 1,
-};
 /// CPU clock (esp-hal's default for the ESP32-C3), in MHz: cycles per microsecond.
 const CPU_MHZ: u64 = 160;
 
-/// Every large buffer of a run, in .bss.
-struct Buffers {
-    /// Activations, KV cache, logits and sampler scratch (`Session::new`).
-    arena: [u32; ARENA_WORDS],
-    /// Prompt token ids: a prompt is shorter than the line holding it, plus BOS and slack.
-    prompt: [u32; CMDLINE_MAX + 3],
-    /// BOS then every next token, for the stats line.
-    ids: [u32; IDS_MAX],
-    /// The command line.
-    line: heapless::Vec<u8, CMDLINE_MAX>,
-}
-
-static BUFFERS: ConstStaticCell<Buffers> = ConstStaticCell::new(Buffers {
-    arena: [0; ARENA_WORDS],
-    prompt: [0; CMDLINE_MAX + 3],
-    ids: [0; IDS_MAX],
-    line: heapless::Vec::new(),
-});
-
-/// The model embedded in flash.
-fn model() -> Result<&'static [u8], microlm_board::ModelError> {
-    microlm_board::embedded_model(&MODEL.0)
-}
+/// Every large buffer of a run (the arena, ids for the built-in context), in .bss.
+type Buffers = microlm_board::LineBuffers<ARENA_WORDS, { microlm_board::ids_for(CTX) }>;
+static BUFFERS: ConstStaticCell<Buffers> = ConstStaticCell::new(Buffers::new());
 
 static BOARD: Board = Board {
     // The counter is esp-hal's microsecond clock: 160 cycles per count.
     tick: TickRate::whole(CPU_MHZ),
     default_ctx: CTX,
-    model,
+    // The model embedded in flash.
+    model: || microlm_board::embedded_model(&MODEL.0),
 };
 
 /// Microseconds since boot (esp-hal's SYSTIMER-based clock).
@@ -76,41 +50,25 @@ fn micros() -> u64 {
 
 /// UART0 as the run loop's console: bytes go to the transmit FIFO as they are
 /// written, and `flush` waits until they have left.
-struct Serial {
-    tx: UartTx<'static, Blocking>,
-    /// The last byte written, to know whether a line is open.
-    last: u8,
+type Serial = SerialConsole<UartTx<'static, Blocking>>;
+
+/// Puts `s` into the transmit FIFO, as much at a time as it takes.
+fn write(tx: &mut UartTx<'static, Blocking>, s: &str) -> fmt::Result {
+    let mut bytes = s.as_bytes();
+    while !bytes.is_empty() {
+        let n = tx.write(bytes).map_err(|_| fmt::Error)?;
+        bytes = &bytes[n..];
+    }
+    Ok(())
 }
 
-impl fmt::Write for Serial {
-    fn write_str(&mut self, s: &str) -> fmt::Result {
-        let mut bytes = s.as_bytes();
-        while !bytes.is_empty() {
-            let n = self.tx.write(bytes).map_err(|_| fmt::Error)?;
-            bytes = &bytes[n..];
-        }
-        if let Some(&b) = s.as_bytes().last() {
-            self.last = b;
-        }
-        Ok(())
-    }
-}
-
-impl Console for Serial {
-    fn flush(&mut self) {
-        let _ = self.tx.flush();
-    }
-
-    fn end_line(&mut self) {
-        if self.last != b'\n' {
-            let _ = fmt::Write::write_str(self, "\n");
-        }
-    }
+/// Waits until the transmit FIFO has drained.
+fn flush(tx: &mut UartTx<'static, Blocking>) {
+    let _ = tx.flush();
 }
 
 #[esp_hal::main]
 fn main() -> ! {
-    use core::fmt::Write as _;
     microlm_board::measure::paint_stack();
     let peripherals = esp_hal::init(esp_hal::Config::default());
     let uart = match Uart::new(peripherals.UART0, uart::Config::default()) {
@@ -118,7 +76,7 @@ fn main() -> ! {
         Err(_) => defmt::panic!("UART0 cannot run at 115200 baud"),
     };
     let (mut rx, tx) = uart.split();
-    let mut out = Serial { tx, last: b'\n' };
+    let mut out = Serial::new(tx, write, flush);
     let b = BUFFERS.take();
     defmt::info!(
         "microlm on ESP32-C3: model {} bytes, arena {} bytes, ctx {}",
@@ -127,33 +85,12 @@ fn main() -> ! {
         CTX.unwrap_or(0)
     );
     let mut timer = Timer::new(micros);
-    loop {
-        let _ = out.write_str("> ");
-        out.flush();
-        b.line.clear();
-        // argv[0], which the parser skips.
-        let _ = b.line.extend_from_slice(b"microlm ");
-        let mut overflow = false;
-        loop {
-            let mut byte = [0u8; 1];
-            if !matches!(rx.read(&mut byte), Ok(1)) {
-                continue;
-            }
-            if byte[0] == b'\r' || byte[0] == b'\n' {
-                break;
-            }
-            overflow |= b.line.push(byte[0]).is_err();
-        }
-        let _ = out.write_str("\n");
-        if overflow {
-            let _ = writeln!(out, "error: the command line is longer than {CMDLINE_MAX} bytes");
-            continue;
-        }
-        defmt::info!("command line: {} bytes", b.line.len());
-        let work = Work { arena: &mut b.arena, prompt: &mut b.prompt, ids: &mut b.ids };
-        let ok = microlm_board::run(&BOARD, &mut out, &mut timer, &mut b.line, work, micros);
-        defmt::info!("run {}", if ok { "finished" } else { "failed" });
-    }
+    let read = |_: &mut Serial| {
+        let mut byte = [0u8; 1];
+        matches!(rx.read(&mut byte), Ok(1)).then_some(byte[0])
+    };
+    let log = |event| defmt::info!("{}", defmt::Display2Format(&event));
+    microlm_board::line_session(&BOARD, &mut out, &mut timer, b, micros, read, log)
 }
 
 /// A panic is a bug (bad input gets error values): log where, then halt.

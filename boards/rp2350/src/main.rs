@@ -14,14 +14,13 @@
 
 use core::fmt;
 
-use cortex_m_rt::{exception, ExceptionFrame};
 use defmt_rtt as _;
 use hal::clocks::Clock as _;
 use hal::fugit::RateExtU32 as _;
 use hal::gpio::{bank0, FunctionUart, Pin, PullDown};
 use hal::pac::{self, UART0};
 use hal::uart::{DataBits, Enabled, StopBits, UartConfig, UartPeripheral};
-use microlm_board::{Board, Console, TickRate, Work};
+use microlm_board::{Board, SerialConsole, TickRate};
 use panic_probe as _;
 use rp235x_hal as hal;
 use static_cell::ConstStaticCell;
@@ -35,41 +34,14 @@ include!(concat!(env!("OUT_DIR"), "/model.rs"));
 #[used]
 pub static IMAGE_DEF: hal::block::ImageDef = hal::block::ImageDef::secure_exe();
 
-/// Longest command line, in bytes (argv[0] included).
-const CMDLINE_MAX: usize = 512;
-/// Token ids one run records (BOS, then one per position of the context).
-const IDS_MAX: usize = match CTX {
-    Some(ctx) => ctx + 1,
-    None => 1,
-};
 /// UART0's baud rate.
 const BAUD: u32 = 115_200;
 /// The Pico 2's crystal (XOSC), in Hz.
 const XTAL_HZ: u32 = 12_000_000;
 
-/// Every large buffer of a run, in .bss.
-struct Buffers {
-    /// Activations, KV cache, logits and sampler scratch (`Session::new`).
-    arena: [u32; ARENA_WORDS],
-    /// Prompt token ids: a prompt is shorter than the line holding it, plus BOS and slack.
-    prompt: [u32; CMDLINE_MAX + 3],
-    /// BOS then every next token, for the stats line.
-    ids: [u32; IDS_MAX],
-    /// The command line.
-    line: heapless::Vec<u8, CMDLINE_MAX>,
-}
-
-static BUFFERS: ConstStaticCell<Buffers> = ConstStaticCell::new(Buffers {
-    arena: [0; ARENA_WORDS],
-    prompt: [0; CMDLINE_MAX + 3],
-    ids: [0; IDS_MAX],
-    line: heapless::Vec::new(),
-});
-
-/// The model embedded in flash.
-fn model() -> Result<&'static [u8], microlm_board::ModelError> {
-    microlm_board::embedded_model(&MODEL.0)
-}
+/// Every large buffer of a run (the arena, ids for the built-in context), in .bss.
+type Buffers = microlm_board::LineBuffers<ARENA_WORDS, { microlm_board::ids_for(CTX) }>;
+static BUFFERS: ConstStaticCell<Buffers> = ConstStaticCell::new(Buffers::new());
 
 static BOARD: Board = Board {
     // SysTick runs on the core clock, 150 MHz (the PLL as rp235x-hal sets it
@@ -77,7 +49,8 @@ static BOARD: Board = Board {
     // is exact only under QEMU's -icount; here it is core cycles x 20/3.
     tick: TickRate { num: 20, den: 3 },
     default_ctx: CTX,
-    model,
+    // The model embedded in flash.
+    model: || microlm_board::embedded_model(&MODEL.0),
 };
 
 /// UART0's pins: GPIO0 TX, GPIO1 RX.
@@ -86,33 +59,17 @@ type Uart = UartPeripheral<Enabled, UART0, Pins>;
 
 /// UART0 as the run loop's console: each byte goes into the 32-byte FIFO as it
 /// is written (blocking while it is full), so nothing is buffered here.
-struct Serial {
-    uart: Uart,
-    /// The last byte written, to know whether a line is open.
-    last: u8,
+type Serial = SerialConsole<Uart>;
+
+/// Puts `s` into UART0's 32-byte FIFO, blocking while it is full.
+fn write(port: &mut Uart, s: &str) -> fmt::Result {
+    port.write_full_blocking(s.as_bytes());
+    Ok(())
 }
 
-impl fmt::Write for Serial {
-    fn write_str(&mut self, s: &str) -> fmt::Result {
-        if let Some(&b) = s.as_bytes().last() {
-            self.last = b;
-        }
-        self.uart.write_full_blocking(s.as_bytes());
-        Ok(())
-    }
-}
-
-impl Console for Serial {
-    fn flush(&mut self) {
-        // Wait until the FIFO has drained and the last byte has been shifted out.
-        let _ = nb::block!(embedded_hal_nb::serial::Write::flush(&mut self.uart));
-    }
-
-    fn end_line(&mut self) {
-        if self.last != b'\n' {
-            let _ = fmt::Write::write_str(self, "\n");
-        }
-    }
+/// Waits until the FIFO has drained and the last byte has been shifted out.
+fn flush(port: &mut Uart) {
+    let _ = nb::block!(embedded_hal_nb::serial::Write::flush(port));
 }
 
 #[hal::entry]
@@ -142,7 +99,7 @@ fn main() -> ! {
         Ok(uart) => uart,
         Err(_) => defmt::panic!("UART0 cannot run at {} baud from {} Hz", BAUD, peripheral_hz.to_Hz()),
     };
-    let mut out = Serial { uart, last: b'\n' };
+    let mut out = Serial::new(uart, write, flush);
     let buffers = BUFFERS.take();
     defmt::info!(
         "microlm on RP2350: sysclk {} Hz, model {} bytes at {=usize:#010x}, arena {} bytes, ctx {}",
@@ -157,61 +114,19 @@ fn main() -> ! {
 
 /// Each line on UART0 is a command line: run it, then wait for the next.
 fn session(out: &mut Serial, cp: &mut cortex_m::Peripherals, b: &'static mut Buffers) -> ! {
-    use core::fmt::Write as _;
-    cp.DCB.enable_trace();
-    cp.DWT.enable_cycle_counter();
-    loop {
-        let _ = out.write_str("> ");
-        out.flush();
-        b.line.clear();
-        // argv[0], which the parser skips.
-        let _ = b.line.extend_from_slice(b"microlm ");
-        let mut overflow = false;
-        loop {
-            let Ok(byte) = nb::block!(embedded_hal_nb::serial::Read::read(&mut out.uart)) else { continue };
-            if byte == b'\r' || byte == b'\n' {
-                break;
-            }
-            overflow |= b.line.push(byte).is_err();
-        }
-        let _ = out.write_str("\n");
-        if overflow {
-            let _ = writeln!(out, "error: the command line is longer than {CMDLINE_MAX} bytes");
-            continue;
-        }
-        defmt::info!("command line: {} bytes", b.line.len());
-        let work = Work { arena: &mut b.arena, prompt: &mut b.prompt, ids: &mut b.ids };
-        let ok = microlm_board::run(&BOARD, out, &mut cp.SYST, &mut b.line, work, cycles);
-        defmt::info!("run {}", if ok { "finished" } else { "failed" });
-    }
+    microlm_board::start_cycles(&mut cp.DCB, &mut cp.DWT);
+    let read = |s: &mut Serial| nb::block!(embedded_hal_nb::serial::Read::read(&mut s.port)).ok();
+    let log = |event| defmt::info!("{}", defmt::Display2Format(&event));
+    microlm_board::line_session(&BOARD, out, &mut cp.SYST, b, microlm_board::cycles, read, log)
 }
 
-/// The cycle counter, as a seed: when a typed line ended varies run to run.
-fn cycles() -> u64 {
-    u64::from(cortex_m::peripheral::DWT::cycle_count())
-}
-
-/// A fault: one error line on UART0 and in the log, then halt for the debugger.
-#[exception]
-unsafe fn HardFault(frame: &ExceptionFrame) -> ! {
-    fault_line(format_args!("fault at pc {:#010x}", frame.pc()));
-    defmt::error!("HardFault at pc {=u32:#010x}", frame.pc());
-    stop()
-}
-
-/// Any unexpected interrupt or exception: report it as a fault does.
-#[exception]
-unsafe fn DefaultHandler(irqn: i16) {
-    defmt::error!("unexpected exception {}", irqn);
-    fault_line(format_args!("unexpected exception {irqn}"));
-    stop()
-}
+// A fault: one error line on UART0 and in the log, then stop().
+microlm_board::fault_handlers!(fault_line, stop);
 
 /// Writes `error: WHAT` on its own line on UART0 without the HAL (whose handle
 /// the interrupted code owns): the PL011's flag and data registers only.
 fn fault_line(what: fmt::Arguments<'_>) {
-    let mut line = heapless::String::<48>::new();
-    let _ = fmt::Write::write_fmt(&mut line, format_args!("\nerror: {what}\n"));
+    let line = microlm_board::fault_text(what);
     // SAFETY: the fault handler never returns, so the interrupted owner of
     // UART0 never writes again; only the flag and data registers are used.
     let uart = unsafe { &*UART0::ptr() };

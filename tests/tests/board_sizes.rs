@@ -1,0 +1,221 @@
+//! The README's table of the hardware boards' flash and RAM (between the
+//! `board-sizes` marker comments in "Flash a real board") is what the
+//! firmwares measure now: each board is built as the README's command builds
+//! it (stories260K q8_0 embedded, an int8 KV cache, the context the command
+//! sets), its ELF measured (`support/firmware.rs`, as the fit tests do), the
+//! largest context with an int8 cache worked out from the same build, and the
+//! instructions per token counted under QEMU `-icount` on the machine with the
+//! board's core. The table also gives an estimate of tokens/s on the board:
+//! its clock over the instructions per token at an assumed 1 instruction per
+//! cycle. A table that differs fails the test;
+//! `scripts/board-sizes.sh` (this test with MICROLM_WRITE_README=1) writes it.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use microlm_tests::{cli, converted, root};
+use serde_json::Value;
+
+#[path = "support/firmware.rs"]
+mod firmware;
+
+/// The README's markers around the table.
+const BEGIN: &str =
+    "<!-- board-sizes: begin (scripts/board-sizes.sh writes this table; tests/tests/board_sizes.rs checks it) -->";
+const END: &str = "<!-- board-sizes: end -->";
+
+/// The model's whole context (stories260K's seq_len).
+const SEQ_LEN: usize = 512;
+/// Stack every board's memory map keeps below (or beside) its data.
+const STACK: u64 = 8 << 10;
+/// The run whose instructions per token the estimate uses: greedy, from this prompt.
+const PROMPT: &str = "Once upon a time";
+const STEPS: usize = 64;
+/// The instructions per cycle the estimate assumes.
+const IPC: f64 = 1.0;
+
+/// A hardware board and how the README builds it.
+struct Board {
+    dir: &'static str,
+    chip: &'static str,
+    target: &'static str,
+    /// Core clock the firmware sets, in Hz.
+    clock_hz: u64,
+    /// The README's MICROLM_CTX (the model's seq_len where the command sets none).
+    ctx: usize,
+    /// Flash and SRAM, (base, bytes); the ESP32-C3's are measured its own way.
+    flash: (u64, u64),
+    ram: (u64, u64),
+    /// The QEMU machine with the same core, and the context to run it at.
+    qemu: (&'static str, usize),
+}
+
+const BOARDS: [Board; 4] = [
+    Board {
+        dir: "stm32f405",
+        chip: "STM32F405RG (Cortex-M4F)",
+        target: "thumbv7em-none-eabihf",
+        clock_hz: 168_000_000,
+        ctx: 256,
+        flash: (0x0800_0000, 1 << 20),
+        ram: (0x2000_0000, 128 << 10),
+        qemu: ("netduinoplus2", 256),
+    },
+    Board {
+        dir: "rp2350",
+        chip: "RP2350 (Cortex-M33)",
+        target: "thumbv8m.main-none-eabihf",
+        clock_hz: 150_000_000,
+        ctx: SEQ_LEN,
+        flash: (0x1000_0000, 4 << 20),
+        ram: (0x2000_0000, 520 << 10),
+        qemu: ("mps2-an505", SEQ_LEN),
+    },
+    Board {
+        dir: "nrf52840",
+        chip: "nRF52840 (Cortex-M4F)",
+        target: "thumbv7em-none-eabihf",
+        clock_hz: 64_000_000,
+        ctx: SEQ_LEN,
+        flash: (0, 1 << 20),
+        ram: (0x2000_0000, 256 << 10),
+        qemu: ("netduinoplus2", 256),
+    },
+    Board {
+        dir: "esp32c3",
+        chip: "ESP32-C3 (RV32IMC)",
+        target: "riscv32imc-unknown-none-elf",
+        clock_hz: 160_000_000,
+        ctx: 256,
+        flash: (0, firmware::esp32c3::FLASH_BYTES),
+        ram: firmware::esp32c3::DRAM,
+        qemu: ("riscv32-virt", 256),
+    },
+];
+
+/// One table row's measurements.
+struct Row {
+    flash: u64,
+    ram: u64,
+    largest: usize,
+    per_token: u64,
+}
+
+/// Builds and measures `board` with `model`; `per_token` counts its core's instructions per token.
+fn measure(board: &Board, model: &Path, per_token: &mut BTreeMap<(&'static str, usize), u64>) -> Row {
+    let elf = firmware::build(board.dir, board.target, model, board.ctx, "i8", &[])
+        .unwrap_or_else(|e| panic!("{}: build failed:\n{e}", board.dir));
+    // RAM: .data and .bss (the arena) from their start; the stack gets the rest.
+    let (flash, ram) = if board.dir == "esp32c3" {
+        // Flash: the app image espflash writes (`espflash save-image`), MMU-page padding included.
+        let image = firmware::esp32c3_app_image(&std::fs::read(&elf).unwrap()).expect("espflash");
+        (image.len() as u64, firmware::esp32c3_footprint(&elf).ram)
+    } else {
+        let fp = firmware::footprint(board.dir, board.flash, board.ram, &elf);
+        (fp.flash, fp.ram.1 - fp.ram.0)
+    };
+    // Beside the arena, the ids buffer grows 4 bytes per position; the rest is fixed.
+    let with_ctx = |ctx: usize| firmware::plan(model, ctx, "i8") + 4 * (ctx as u64 + 1);
+    let fixed = ram - with_ctx(board.ctx);
+    let largest = firmware::largest(board.ctx.min(64), SEQ_LEN, |ctx| with_ctx(ctx) + fixed + STACK <= board.ram.1);
+    let per_token = *per_token.entry(board.qemu).or_insert_with(|| instructions_per_token(board, model));
+    Row { flash, ram, largest, per_token }
+}
+
+/// `microlm qemu MODEL --machine M -p PROMPT -n STEPS -t 0 --kv i8 --ctx C`: instructions per token.
+fn instructions_per_token(board: &Board, model: &Path) -> u64 {
+    let (machine, ctx) = board.qemu;
+    let out = Command::new(cli())
+        .arg("qemu")
+        .arg(model)
+        .args(["--machine", machine, "--json", "--timeout", "300", "-p", PROMPT, "-n"])
+        .arg(STEPS.to_string())
+        .args(["-t", "0", "--kv", "i8", "--ctx"])
+        .arg(ctx.to_string())
+        .stdin(Stdio::null())
+        .output()
+        .expect("run microlm qemu");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{machine}: {stderr}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stats: Value = serde_json::from_str(stdout.trim_end().rsplit('\n').next().unwrap()).expect("a JSON line");
+    assert_eq!(stats["tokens"], STEPS, "{machine}: {stdout}");
+    stats["instructions_per_token"].as_u64().unwrap()
+}
+
+/// 1234567 as `1,234,567`.
+fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// The table and its notes, as the README holds them between the markers.
+fn table(rows: &[(&Board, Row)]) -> String {
+    let mut t = String::from(
+        "| board | chip, clock | flash used / size (bytes) | RAM used / size (bytes) | model | ctx | KV cache | \
+         largest ctx that fits (i8 KV) | instructions per token (QEMU machine) | tokens/s at the clock (estimate) |\n\
+         | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n",
+    );
+    for (board, row) in rows {
+        let largest = if row.largest == SEQ_LEN { format!("{SEQ_LEN} (the model's)") } else { row.largest.to_string() };
+        let per_s = board.clock_hz as f64 * IPC / row.per_token as f64;
+        t.push_str(&format!(
+            "| `boards/{}` | {}, {} MHz | {} / {} | {} / {} | stories260K q8_0 | {} | i8 | {} | {} ({}) | ~{:.0} |\n",
+            board.dir,
+            board.chip,
+            board.clock_hz / 1_000_000,
+            thousands(row.flash),
+            thousands(board.flash.1),
+            thousands(row.ram),
+            thousands(board.ram.1),
+            board.ctx,
+            largest,
+            thousands(row.per_token),
+            board.qemu.0,
+            per_s,
+        ));
+    }
+    t.push_str(&format!(
+        "\nFlash: the image from the flash base to its last byte (the ESP32-C3: its ESP-IDF app image, as `espflash save-image` writes it). \
+         RAM: .data and .bss with the arena; the stack gets the rest, at least {} KiB. Largest ctx: the most \
+         positions whose arena and ids fit beside the same data and that stack. Instructions per token: \
+         {STEPS} greedy tokens from \"{PROMPT}\" on the QEMU machine with the board's core \
+         (the nRF52840's Cortex-M4F: netduinoplus2's), at ctx 512 on mps2-an505 and 256 on the others, counted \
+         under `-icount`. Tokens/s is an estimate, not a measurement: the clock \
+         over the instructions per token at an assumed {IPC:.1} instruction per cycle; flash wait states, \
+         cache misses and the ESP32-C3's multi-cycle loads make the real figure lower.\n",
+        STACK >> 10
+    ));
+    t
+}
+
+#[test]
+fn readme_board_table_is_what_the_firmwares_measure() {
+    let model = converted("q8_0");
+    let mut per_token = BTreeMap::new();
+    let rows: Vec<(&Board, Row)> = BOARDS.iter().map(|b| (b, measure(b, &model, &mut per_token))).collect();
+    let table = table(&rows);
+    print!("{table}");
+    let path = root().join("README.md");
+    let readme = std::fs::read_to_string(&path).unwrap();
+    let (Some(begin), Some(end)) = (readme.find(BEGIN), readme.find(END)) else {
+        panic!("README.md has no `{BEGIN}` ... `{END}` markers");
+    };
+    let start = begin + BEGIN.len() + 1;
+    let current = &readme[start..end];
+    if std::env::var_os("MICROLM_WRITE_README").is_some() {
+        let updated = format!("{}{table}{}", &readme[..start], &readme[end..]);
+        std::fs::write(&path, updated).unwrap();
+        println!("README.md: board table written");
+        return;
+    }
+    assert_eq!(current, table, "README.md's board table is out of date: run scripts/board-sizes.sh");
+}
