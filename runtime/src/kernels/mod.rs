@@ -119,6 +119,22 @@ impl Isa {
     }
 }
 
+/// `out (rows) = w (rows, cols) · x (cols)` for f32 rows: several rows at once
+/// with AVX2 (`x86`) or NEON (`neon`), else [`f32::matvec`]; the same bits either way.
+#[inline(always)]
+fn f32_matvec_on(isa: Isa, w: &[u8], x: &[f32], out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx2 && x86::matvec_f32(w, x, out) {
+        return;
+    }
+    #[cfg(target_arch = "aarch64")]
+    if isa == Isa::Neon && neon::matvec_f32(w, x, out) {
+        return;
+    }
+    let _ = isa;
+    f32::matvec(w, x, out)
+}
+
 /// `out (rows) = w (rows, cols) · x` for q8_0 or q4_0 rows of `row_bytes` bytes,
 /// with `xq` the prepared activations and the block sums of `isa` (one the CPU
 /// lacks runs the portable ones).
@@ -128,7 +144,7 @@ pub(crate) fn quantized_matvec_on(isa: Isa, dtype: DType, w: &[u8], row_bytes: u
         #[cfg(microlm_dsp)]
         Isa::ArmDsp => quantized_matvec::<arm_dsp::Dsp>(dtype, w, row_bytes, xq, out),
         #[cfg(target_arch = "aarch64")]
-        Isa::Neon => quantized_matvec::<neon::Neon>(dtype, w, row_bytes, xq, out),
+        Isa::Neon => neon::matvec(dtype, w, row_bytes, xq, out),
         #[cfg(target_arch = "x86_64")]
         Isa::Sse41 | Isa::Avx2 => x86::matvec(isa, dtype, w, row_bytes, xq, out),
         Isa::Portable => quantized_matvec::<Portable>(dtype, w, row_bytes, xq, out),
@@ -322,7 +338,7 @@ impl Matrix<'_> {
         let rows = self.rows.min(out.len());
         let out = &mut out[..rows];
         match self.dtype {
-            DType::F32 => f32::matvec(self.data, x, out),
+            DType::F32 => f32_matvec_on(isa, self.data, x, out),
             DType::F16 => f16::matvec(self.data, x, out),
             DType::Q8_0 | DType::Q4_0 => {
                 let words = q8_act::words(self.cols).ok_or(SessionError::Internal)?;
