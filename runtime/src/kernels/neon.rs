@@ -7,8 +7,8 @@
 //! sums are exact, so they equal [`Portable`](super::Portable)'s; the f32 part
 //! is the shared row loop of `q8_0` / `q4_0`.
 //!
-//! Row blocking: the f32 matvec ([`matvec_f32`]) runs sixteen rows at once and
-//! the q8_0 matvec ([`matvec_q8_0`]) eight, one row per f32 lane, so the
+//! Row blocking: the f32 matvec (`matvec_f32`) runs sixteen rows at once and
+//! the q8_0 matvec (`matvec_q8_0_neon`) eight, one row per f32 lane, so the
 //! per-row sequential sums are independent dependency chains instead of one
 //! latency-bound chain per row. Each lane still adds its row's terms one at a
 //! time in the portable order, with separate multiplies and adds (FMUL, FADD;

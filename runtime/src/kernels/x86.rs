@@ -8,8 +8,8 @@
 //! scalar contract of `q8_0` / `q4_0`: per row, blocks in index order,
 //! `acc += sumi as f32 * (dw * xd)` (separate multiply and add, no FMA).
 //!
-//! Row blocking (AVX2): the f32 matvec ([`matvec_f32`]) and the q8_0 matvec
-//! ([`matvec_q8_0_rows8`]) run eight rows at once, one row per f32 lane, so the
+//! Row blocking (AVX2): the f32 matvec (`matvec_f32`) and the q8_0 matvec
+//! (`matvec_q8_0_avx2`) run eight rows at once, one row per f32 lane, so the
 //! eight sequential per-row sums are eight independent dependency chains in one
 //! register instead of one latency-bound chain per row. Each lane still adds
 //! its row's terms one at a time, left to right, with the same rounding (a
@@ -332,18 +332,15 @@ fn rows_f32<const G: usize>(w: &[f32], x: &[f32], out: &mut [f32]) {
     }
 }
 
-/// `out (rows) = w (rows, cols) · x (cols)` for f32 weights with AVX2, sixteen
-/// then eight rows at a time ([`super::f32::matvec`]'s order: per row one
+/// `out (rows) = w (rows, cols) · x (cols)` for f32 weights with AVX2, eight
+/// rows at a time (sixteen, `rows_f32::<2>`, measured slower: more concurrent
+/// streams for the prefetchers) ([`super::f32::matvec`]'s order: per row one
 /// sequential sum from 0.0, left to right); the last `rows % 8` rows take the portable dot.
 #[target_feature(enable = "avx2")]
 fn matvec_f32_avx2(w: &[f32], x: &[f32], out: &mut [f32]) {
     let cols = x.len();
     let mut done = 0;
-    while done + 16 <= out.len() {
-        rows_f32::<2>(&w[done * cols..], x, &mut out[done..]);
-        done += 16;
-    }
-    if done + 8 <= out.len() {
+    while done + 8 <= out.len() {
         rows_f32::<1>(&w[done * cols..], x, &mut out[done..]);
         done += 8;
     }
