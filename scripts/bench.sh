@@ -1,14 +1,26 @@
 #!/usr/bin/env bash
-# Prints the performance table of docs/PERFORMANCE.md: for stories260K in
+# Measures the README performance table and writes it between its marker
+# comments (<!-- bench:begin --> and <!-- bench:end -->): for stories260K in
 # f32, q8_0 and q4_0 with an f32 and an i8 KV cache, the mps2-an386 firmware's
-# instructions per token (256 greedy tokens, exact under -icount), the added
-# instructions per cache position (from the 128- and 256-token runs), and the
-# host's tokens/s (`microlm bench`, median of RUNS runs, one thread; timed, so
-# noisy). Then the firmware's .text. Usage: scripts/bench.sh [RUNS]
+# instructions per token (256 greedy tokens from BOS; exact under QEMU -icount,
+# one QEMU run per figure) and the host's tokens/s (`microlm bench`, median of
+# RUNS runs, one thread; timed, so machine-dependent and noisy).
+#
+# Usage: scripts/bench.sh [RUNS]     measure everything and rewrite the table
+#        scripts/bench.sh --check    measure the instruction counts only and fail
+#                                    (exit 1, naming each) where the README differs
+# tests/tests/readme_figures.rs does what --check does, so a kernel change that
+# moves a count fails the tests until this script is rerun.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh
+check=0
+if [ "${1:-}" = "--check" ]; then
+    check=1
+    shift
+fi
 runs=${1:-7}
+case "$runs" in '' | *[!0-9]*) echo "usage: scripts/bench.sh [--check] [RUNS]" >&2; exit 2 ;; esac
+scripts/setup.sh
 cargo build --release --locked -q -p microlm-cli
 microlm=target/release/microlm
 models=../shared/models
@@ -17,28 +29,66 @@ mkdir -p "$dir"
 
 # The `instructions_per_token` field of the firmware's JSON line.
 ipt() {
-    "$microlm" qemu "$1" -t 0 -n "$2" --kv "$3" --json 2>/dev/null | tail -1 |
-        sed -n 's/.*"instructions_per_token":\([0-9]*\).*/\1/p'
+    local n
+    n=$("$microlm" qemu "$1" -t 0 -n 256 --kv "$2" --json | tail -1 |
+        sed -n 's/.*"instructions_per_token":\([0-9]*\).*/\1/p')
+    [ -n "$n" ] || { echo "error: no instructions_per_token from microlm qemu $1 --kv $2" >&2; exit 1; }
+    echo "$n"
 }
 
-printf '| weights | KV cache | instructions per token | per position | host tok/s |\n'
-printf '| --- | --- | ---: | ---: | ---: |\n'
+rows=()
 for dtype in f32 q8_0 q4_0; do
     model="$dir/stories260K-$dtype.mlm"
-    "$microlm" convert "$models/stories260K.bin" --tokenizer "$models/tok512.bin" --dtype "$dtype" -o "$model" >/dev/null 2>&1
+    "$microlm" convert "$models/stories260K.bin" --tokenizer "$models/tok512.bin" --dtype "$dtype" -o "$model" >/dev/null 2>"$dir/convert.log" ||
+        { cat "$dir/convert.log" >&2; exit 1; }
     for kv in f32 i8; do
-        full=$(ipt "$model" 256 "$kv")
-        half=$(ipt "$model" 128 "$kv")
-        # Token p costs base + slope · p, so the averages over 256 and 128 tokens differ by slope · 64.
-        slope=$(((full - half) / 64))
-        tps=$("$microlm" bench "$model" --runs "$runs" --kv "$kv" --json | tail -1 |
-            sed -n 's/.*"tokens_per_s_median":\([0-9]*\).*/\1/p')
-        printf '| %s | %s | %s | %s | %s |\n' "$dtype" "$kv" "$full" "$slope" "$tps"
+        count=$(ipt "$model" "$kv")
+        tps=-
+        if [ "$check" = 0 ]; then
+            tps=$("$microlm" bench "$model" --runs "$runs" --kv "$kv" --json | tail -1 |
+                sed -n 's/.*"tokens_per_s_median":\([0-9]*\).*/\1/p')
+        fi
+        rows+=("$dtype $kv $count $tps")
+        echo "$dtype weights, $kv cache: $count instructions per token, host $tps tok/s" >&2
     done
 done
 
-firmware=$(find boards/qemu-mps2-an386/target -path '*release/microlm-qemu-mps2-an386' -type f | head -1)
-if command -v llvm-size >/dev/null && [ -n "$firmware" ]; then
-    echo
-    llvm-size "$firmware"
-fi
+BENCH_ROWS=$(printf '%s\n' "${rows[@]}") python3 - "$check" "$runs" README.md <<'PY'
+import os, re, sys
+check, runs, path = sys.argv[1] == "1", sys.argv[2], sys.argv[3]
+rows = [line.split() for line in os.environ["BENCH_ROWS"].splitlines() if line.strip()]
+text = open(path).read()
+begin, end = "<!-- bench:begin -->", "<!-- bench:end -->"
+if text.count(begin) != 1 or text.count(end) != 1:
+    sys.exit(f"error: {path} needs one {begin} and one {end} line")
+head, rest = text.split(begin)
+table, tail = rest.split(end)
+if check:
+    want = {}
+    for line in table.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) >= 3 and re.fullmatch(r"[0-9,]+", cells[2]):
+            want[(cells[0], cells[1])] = int(cells[2].replace(",", ""))
+    bad = 0
+    for dtype, kv, count, _ in rows:
+        if want.get((dtype, kv)) != int(count):
+            print(f"{path}: {dtype} weights, {kv} cache: the table says {want.get((dtype, kv))}, "
+                  f"measured {count} instructions per token", file=sys.stderr)
+            bad = 1
+    if bad:
+        sys.exit("the README's instruction counts are stale: run scripts/bench.sh")
+    print(f"{path}: the {len(rows)} instruction counts match", file=sys.stderr)
+    sys.exit(0)
+lines = [
+    "",
+    "| weights | KV cache | instructions per token (mps2-an386, exact) | host tok/s (machine-dependent) |",
+    "| --- | --- | ---: | ---: |",
+]
+for dtype, kv, count, tps in rows:
+    lines.append(f"| {dtype} | {kv} | {int(count):,} | {int(tps):,} |")
+lines.append("")
+lines.append(f"stories260K, 256 greedy tokens from BOS. Host: `microlm bench`, median of {runs} runs, one thread.")
+lines.append("")
+open(path, "w").write(head + begin + "\n".join(lines) + "\n" + end + tail)
+print(f"wrote the table of {path}", file=sys.stderr)
+PY

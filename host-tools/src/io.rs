@@ -52,27 +52,57 @@ impl Limit {
     }
 }
 
-/// Reads the whole of `path`, a regular file of at most `limit.max` bytes.
-pub fn read(path: &Path, limit: Limit) -> Result<Vec<u8>> {
+/// Opens `path` for reading after checking that it is a regular file of at most
+/// `limit.max` bytes; returns the file and its length in bytes at opening.
+///
+/// The path is checked before it is opened (opening a FIFO would block) and the
+/// opened file again (the path may have been replaced in between).
+pub fn open(path: &Path, limit: Limit) -> Result<(File, u64)> {
     let what = limit.what;
     let meta = fs::metadata(path).with_context(|| format!("cannot read {what} {}", path.display()))?;
     if !meta.is_file() {
         bail!("{} is not a regular file (the {what} must be one)", path.display());
     }
-    let too_big = || {
-        anyhow::anyhow!("{} is larger than the {what} limit of {} ({} bytes)", path.display(), limit.size(), limit.max)
-    };
     if meta.len() > limit.max {
-        return Err(too_big());
+        return Err(too_big(path, limit));
     }
     let file = File::open(path).with_context(|| format!("cannot read {what} {}", path.display()))?;
+    let meta = file.metadata().with_context(|| format!("cannot read {what} {}", path.display()))?;
+    if !meta.is_file() {
+        bail!("{} is not a regular file (the {what} must be one)", path.display());
+    }
+    if meta.len() > limit.max {
+        return Err(too_big(path, limit));
+    }
+    Ok((file, meta.len()))
+}
+
+/// The error for a file over its kind's limit.
+pub(crate) fn too_big(path: &Path, limit: Limit) -> anyhow::Error {
+    anyhow::anyhow!(
+        "{} is larger than the {} limit of {} ({} bytes)",
+        path.display(),
+        limit.what,
+        limit.size(),
+        limit.max
+    )
+}
+
+/// Reads the whole of `path`, a regular file of at most `limit.max` bytes.
+pub fn read(path: &Path, limit: Limit) -> Result<Vec<u8>> {
+    let (file, len) = open(path, limit)?;
+    read_open(path, file, len, limit)
+}
+
+/// Reads an already [`open`]ed file to its end (at most `limit.max` bytes).
+pub(crate) fn read_open(path: &Path, file: File, len: u64, limit: Limit) -> Result<Vec<u8>> {
     // The size may change while reading: never take more than the limit and one byte.
-    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    let mut bytes = Vec::with_capacity(len as usize);
     file.take(limit.max + 1)
         .read_to_end(&mut bytes)
-        .with_context(|| format!("cannot read {what} {}", path.display()))?;
+        .with_context(|| format!("cannot read {} {}", limit.what, path.display()))?;
     if bytes.len() as u64 > limit.max {
-        return Err(too_big());
+        return Err(too_big(path, limit));
     }
     Ok(bytes)
 }

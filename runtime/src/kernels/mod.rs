@@ -131,6 +131,28 @@ impl Isa {
     }
 }
 
+/// `out (rows) = w (rows, cols) · x (cols)` for f32 rows: several rows at once
+/// with AVX2 (`x86`), NEON (`neon`) or the hard-float Cortex-M FPU (`arm_fpu`,
+/// four rows per VLDM loop, whatever `isa`), else [`f32::matvec`]; the same bits
+/// every way.
+#[inline(always)]
+fn f32_matvec_on(isa: Isa, w: &[u8], x: &[f32], out: &mut [f32]) {
+    #[cfg(microlm_fpu)]
+    if arm_fpu::matvec_f32(w, x, out) {
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx2 && x86::matvec_f32(w, x, out) {
+        return;
+    }
+    #[cfg(target_arch = "aarch64")]
+    if isa == Isa::Neon && neon::matvec_f32(w, x, out) {
+        return;
+    }
+    let _ = isa;
+    f32::matvec(w, x, out)
+}
+
 /// `out (rows) = w (rows, cols) · x` for q8_0 or q4_0 rows of `row_bytes` bytes,
 /// with `xq` the prepared activations and the block sums of `isa` (one the CPU
 /// lacks runs the portable ones).
@@ -145,7 +167,7 @@ pub(crate) fn quantized_matvec_on(isa: Isa, dtype: DType, w: &[u8], row_bytes: u
         #[cfg(microlm_mve)]
         Isa::Mve => arm_mve::matvec(dtype, w, row_bytes, xq, out),
         #[cfg(target_arch = "aarch64")]
-        Isa::Neon => quantized_matvec::<neon::Neon>(dtype, w, row_bytes, xq, out),
+        Isa::Neon => neon::matvec(dtype, w, row_bytes, xq, out),
         #[cfg(target_arch = "x86_64")]
         Isa::Sse41 | Isa::Avx2 => x86::matvec(isa, dtype, w, row_bytes, xq, out),
         Isa::Portable => quantized_matvec::<Portable>(dtype, w, row_bytes, xq, out),
@@ -363,10 +385,7 @@ impl Matrix<'_> {
         let rows = self.rows.min(out.len());
         let out = &mut out[..rows];
         match self.dtype {
-            // Hard-float Cortex-M: four rows at a time with VLDM (the same sums).
-            #[cfg(microlm_fpu)]
-            DType::F32 if arm_fpu::matvec_f32(self.data, x, out) => {}
-            DType::F32 => f32::matvec(self.data, x, out),
+            DType::F32 => f32_matvec_on(isa, self.data, x, out),
             DType::F16 => f16::matvec(self.data, x, out),
             DType::Q8_0 | DType::Q4_0 => {
                 let words = q8_act::words(self.cols).ok_or(SessionError::Internal)?;

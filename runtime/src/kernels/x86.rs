@@ -8,19 +8,30 @@
 //! scalar contract of `q8_0` / `q4_0`: per row, blocks in index order,
 //! `acc += sumi as f32 * (dw * xd)` (separate multiply and add, no FMA).
 //!
+//! Row blocking (AVX2): the f32 matvec (`matvec_f32`) and the q8_0 matvec
+//! (`matvec_q8_0_avx2`) run eight rows at once, one row per f32 lane, so the
+//! eight sequential per-row sums are eight independent dependency chains in one
+//! register instead of one latency-bound chain per row. Each lane still adds
+//! its row's terms one at a time, left to right, with the same rounding (a
+//! separate multiply and add, no FMA), so the results equal the portable
+//! kernels bit for bit (tested against them below).
+//!
 //! The instruction set is chosen once per process: under the `std` feature (and in
 //! tests) by runtime detection (`Isa::best`, AVX2 → SSE4.1 → portable),
 //! without it from the compile-time target features.
 #![allow(unsafe_code)]
 
 use core::arch::x86_64::{
-    __m128i, __m256i, _mm256_add_epi32, _mm256_castsi256_si128, _mm256_cvtepi8_epi16, _mm256_cvtepu8_epi16,
-    _mm256_extracti128_si256, _mm256_loadu_si256, _mm256_madd_epi16, _mm256_set_epi8, _mm256_shuffle_epi8,
-    _mm_add_epi32, _mm_and_si128, _mm_cvtepi8_epi16, _mm_cvtepu8_epi16, _mm_cvtsi128_si32, _mm_loadu_si128,
-    _mm_madd_epi16, _mm_set1_epi8, _mm_set_epi8, _mm_shuffle_epi32, _mm_shuffle_epi8, _mm_srli_epi16, _mm_srli_si128,
+    __m128i, __m256, __m256i, _mm256_add_epi32, _mm256_add_ps, _mm256_castsi256_si128, _mm256_cvtepi32_ps,
+    _mm256_cvtepi8_epi16, _mm256_cvtepu8_epi16, _mm256_extracti128_si256, _mm256_hadd_epi32, _mm256_loadu_ps,
+    _mm256_loadu_si256, _mm256_madd_epi16, _mm256_mul_ps, _mm256_permute2f128_ps, _mm256_permute2x128_si256,
+    _mm256_set1_ps, _mm256_set_epi8, _mm256_setzero_ps, _mm256_setzero_si256, _mm256_shuffle_epi8, _mm256_shuffle_ps,
+    _mm256_storeu_ps, _mm256_unpackhi_ps, _mm256_unpacklo_ps, _mm_add_epi32, _mm_and_si128, _mm_cvtepi8_epi16,
+    _mm_cvtepu8_epi16, _mm_cvtsi128_si32, _mm_loadu_si128, _mm_madd_epi16, _mm_prefetch, _mm_set1_epi8, _mm_set_epi8,
+    _mm_shuffle_epi32, _mm_shuffle_epi8, _mm_srli_epi16, _mm_srli_si128, _MM_HINT_T0,
 };
 
-use super::{quantized_matvec, BlockSums, Isa, Portable};
+use super::{f16_to_f32, q8_0, q8_act, quantized_matvec, BlockSums, Isa, Portable};
 use crate::dtype::DType;
 
 #[cfg(any(test, feature = "std"))]
@@ -225,10 +236,302 @@ fn matvec_avx2(dtype: DType, w: &[u8], row_bytes: usize, xq: &[u32], out: &mut [
 /// sums of `isa`; one the CPU lacks falls back to the portable sums.
 pub(crate) fn matvec(isa: Isa, dtype: DType, w: &[u8], row_bytes: usize, xq: &[u32], out: &mut [f32]) {
     match isa {
+        // SAFETY: the CPU supports AVX2 (checked just before).
+        Isa::Avx2 if dtype == DType::Q8_0 && has_avx2() => unsafe { matvec_q8_0_avx2(w, row_bytes, xq, out) },
         // SAFETY: the CPU supports SSSE3 and SSE4.1 (checked just before).
         Isa::Sse41 if has_sse41() => unsafe { matvec_sse41(dtype, w, row_bytes, xq, out) },
         // SAFETY: the CPU supports AVX2 (checked just before).
         Isa::Avx2 if has_avx2() => unsafe { matvec_avx2(dtype, w, row_bytes, xq, out) },
         _ => quantized_matvec::<Portable>(dtype, w, row_bytes, xq, out),
+    }
+}
+
+/// The 8 × 8 transpose of `r` (row i of the result holds element i of every input).
+#[target_feature(enable = "avx2")]
+#[inline]
+fn transpose8(r: [__m256; 8]) -> [__m256; 8] {
+    // Per 128-bit lane: pairs of rows interleaved, then groups of four rows.
+    let t0 = _mm256_unpacklo_ps(r[0], r[1]);
+    let t1 = _mm256_unpackhi_ps(r[0], r[1]);
+    let t2 = _mm256_unpacklo_ps(r[2], r[3]);
+    let t3 = _mm256_unpackhi_ps(r[2], r[3]);
+    let t4 = _mm256_unpacklo_ps(r[4], r[5]);
+    let t5 = _mm256_unpackhi_ps(r[4], r[5]);
+    let t6 = _mm256_unpacklo_ps(r[6], r[7]);
+    let t7 = _mm256_unpackhi_ps(r[6], r[7]);
+    // Columns c (low lane) and c + 4 (high lane) of rows 0..4, then of rows 4..8.
+    let c04 = _mm256_shuffle_ps::<0x44>(t0, t2);
+    let c15 = _mm256_shuffle_ps::<0xEE>(t0, t2);
+    let c26 = _mm256_shuffle_ps::<0x44>(t1, t3);
+    let c37 = _mm256_shuffle_ps::<0xEE>(t1, t3);
+    let d04 = _mm256_shuffle_ps::<0x44>(t4, t6);
+    let d15 = _mm256_shuffle_ps::<0xEE>(t4, t6);
+    let d26 = _mm256_shuffle_ps::<0x44>(t5, t7);
+    let d37 = _mm256_shuffle_ps::<0xEE>(t5, t7);
+    [
+        _mm256_permute2f128_ps::<0x20>(c04, d04),
+        _mm256_permute2f128_ps::<0x20>(c15, d15),
+        _mm256_permute2f128_ps::<0x20>(c26, d26),
+        _mm256_permute2f128_ps::<0x20>(c37, d37),
+        _mm256_permute2f128_ps::<0x31>(c04, d04),
+        _mm256_permute2f128_ps::<0x31>(c15, d15),
+        _mm256_permute2f128_ps::<0x31>(c26, d26),
+        _mm256_permute2f128_ps::<0x31>(c37, d37),
+    ]
+}
+
+/// `out (8·G rows) = w (8·G rows, cols) · x (cols)` for f32 rows, `G` groups of
+/// eight rows at once (each group one register of eight per-row sums, so `8·G`
+/// independent dependency chains), per row one sequential sum from 0.0, left to right.
+#[target_feature(enable = "avx2")]
+#[inline]
+fn rows_f32<const G: usize>(w: &[f32], x: &[f32], out: &mut [f32]) {
+    let cols = x.len();
+    let body = cols / 8 * 8;
+    if w.len() < 8 * G * cols || out.len() < 8 * G {
+        return;
+    }
+    let (wp, xp) = (w.as_ptr(), x.as_ptr());
+    let mut acc = [_mm256_setzero_ps(); G];
+    let mut j = 0;
+    while j < body {
+        // SAFETY: j + 8 <= body <= cols = x.len().
+        let xv = unsafe { _mm256_loadu_ps(xp.add(j)) };
+        // Stream in the next rows' bytes as far ahead as this pass reads them:
+        // 64·G floats (4·G cache lines) of the next 8·G rows per step of eight columns.
+        let ahead = wp.wrapping_add(8 * G * cols + 8 * G * j);
+        for line in 0..4 * G {
+            _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(16 * line).cast());
+        }
+        for (g, acc) in acc.iter_mut().enumerate() {
+            // Products w[r][j..j + 8] · x[j..j + 8] of each row (rounded as the scalar
+            // multiply), turned so vector k holds column j + k of the eight rows.
+            let mut p = [_mm256_setzero_ps(); 8];
+            for (r, p) in p.iter_mut().enumerate() {
+                // SAFETY: row 8g + r < 8G and j + 8 <= cols, so the 8 values lie inside w (checked above).
+                *p = _mm256_mul_ps(unsafe { _mm256_loadu_ps(wp.add((8 * g + r) * cols + j)) }, xv);
+            }
+            let p = transpose8(p);
+            for pk in p {
+                *acc = _mm256_add_ps(*acc, pk);
+            }
+        }
+        j += 8;
+    }
+    for (g, acc) in acc.iter().enumerate() {
+        let mut lanes = [0.0f32; 8];
+        // SAFETY: writes the 8 values of the local array; storeu has no alignment requirement.
+        unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), *acc) };
+        for (r, mut a) in lanes.into_iter().enumerate() {
+            let row = &w[(8 * g + r) * cols..][..cols];
+            for (&wv, &xv) in row[body..].iter().zip(&x[body..]) {
+                a += wv * xv;
+            }
+            out[8 * g + r] = a;
+        }
+    }
+}
+
+/// `out (rows) = w (rows, cols) · x (cols)` for f32 weights with AVX2, eight
+/// rows at a time (sixteen, `rows_f32::<2>`, measured slower: more concurrent
+/// streams for the prefetchers) ([`super::f32::matvec`]'s order: per row one
+/// sequential sum from 0.0, left to right); the last `rows % 8` rows take the portable dot.
+#[target_feature(enable = "avx2")]
+fn matvec_f32_avx2(w: &[f32], x: &[f32], out: &mut [f32]) {
+    let cols = x.len();
+    let mut done = 0;
+    while done + 8 <= out.len() {
+        rows_f32::<1>(&w[done * cols..], x, &mut out[done..]);
+        done += 8;
+    }
+    for (o, row) in out[done..].iter_mut().zip(w[done * cols..].chunks_exact(cols)) {
+        *o = super::f32::dot(row, x);
+    }
+}
+
+/// [`super::f32::matvec`] with AVX2 when the CPU has it and `w` is f32-aligned
+/// (always for a parsed model): returns whether it ran. Bit-identical to the portable loop.
+pub(crate) fn matvec_f32(w: &[u8], x: &[f32], out: &mut [f32]) -> bool {
+    let Ok(w) = bytemuck::try_cast_slice::<u8, f32>(w) else { return false };
+    if x.is_empty() || !has_avx2() {
+        return false;
+    }
+    let rows = out.len().min(w.len() / x.len());
+    // SAFETY: the CPU supports AVX2 (checked just before).
+    unsafe { matvec_f32_avx2(w, x, &mut out[..rows]) };
+    true
+}
+
+/// One row's q8_0 block `qs` (32 quant bytes at `qs`) times the prepared
+/// activations `x0`, `x1`: eight i32 lanes of partial sums.
+///
+/// # Safety
+/// `qs` must point to 32 readable bytes.
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn q8_partials(qs: *const u8, x0: __m256i, x1: __m256i) -> __m256i {
+    // SAFETY: the caller guarantees 32 readable bytes; loadu has no alignment requirement.
+    let w = unsafe { _mm256_loadu_si256(qs.cast()) };
+    let shuf = _mm256_set_epi8(
+        15, 13, 14, 12, 11, 9, 10, 8, 7, 5, 6, 4, 3, 1, 2, 0, 15, 13, 14, 12, 11, 9, 10, 8, 7, 5, 6, 4, 3, 1, 2, 0,
+    );
+    let w = _mm256_shuffle_epi8(w, shuf);
+    let p0 = _mm256_madd_epi16(_mm256_cvtepi8_epi16(_mm256_castsi256_si128(w)), x0);
+    let p1 = _mm256_madd_epi16(_mm256_cvtepi8_epi16(_mm256_extracti128_si256::<1>(w)), x1);
+    _mm256_add_epi32(p0, p1)
+}
+
+/// Lane r = the sum of the eight lanes of `s[r]`.
+#[target_feature(enable = "avx2")]
+#[inline]
+fn hsum8x8(s: [__m256i; 8]) -> __m256i {
+    let h01 = _mm256_hadd_epi32(s[0], s[1]);
+    let h23 = _mm256_hadd_epi32(s[2], s[3]);
+    let h45 = _mm256_hadd_epi32(s[4], s[5]);
+    let h67 = _mm256_hadd_epi32(s[6], s[7]);
+    // Per 128-bit lane: rows 0..4 (resp. 4..8), each the sum of its half of the lanes.
+    let h0123 = _mm256_hadd_epi32(h01, h23);
+    let h4567 = _mm256_hadd_epi32(h45, h67);
+    _mm256_add_epi32(_mm256_permute2x128_si256::<0x20>(h0123, h4567), _mm256_permute2x128_si256::<0x31>(h0123, h4567))
+}
+
+/// The q8_0 matvec with AVX2, eight rows at a time: per block the eight rows'
+/// exact integer sums, then per row `acc += sumi as f32 · (f32(w.d) · x.d)` in
+/// block order (the `q8_0` contract) in eight f32 lanes; the last `rows % 8`
+/// rows take the one-row loop.
+#[target_feature(enable = "avx2")]
+fn matvec_q8_0_avx2(w: &[u8], row_bytes: usize, xq: &[u32], out: &mut [f32]) {
+    if row_bytes == 0 {
+        return out.fill(0.0);
+    }
+    let nblocks = (row_bytes / q8_0::BLOCK_BYTES).min(xq.len() / q8_act::BLOCK_WORDS);
+    let mut groups = out.chunks_exact_mut(8).zip(w.chunks_exact(8 * row_bytes));
+    for (out8, w8) in &mut groups {
+        let wp = w8.as_ptr();
+        let mut acc = _mm256_setzero_ps();
+        for (b, xw) in xq.chunks_exact(q8_act::BLOCK_WORDS).take(nblocks).enumerate() {
+            let xb = q8_act::Block::view(xw.try_into().unwrap_or(&[0; q8_act::BLOCK_WORDS]));
+            let (x0, x1) = (load_x256(xb.pairs, 0), load_x256(xb.pairs, 1));
+            let at = b * q8_0::BLOCK_BYTES;
+            // The next eight rows' bytes, as far ahead as this pass reads these.
+            let ahead = wp.wrapping_add(8 * row_bytes + 8 * at);
+            for line in 0..5 {
+                _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64 * line).cast());
+            }
+            let mut s = [_mm256_setzero_si256(); 8];
+            let mut d = [0.0f32; 8];
+            for r in 0..8 {
+                let block = r * row_bytes + at;
+                // SAFETY: block b < nblocks of row r < 8 lies inside the 8 rows of `w8`
+                // (34 bytes: the f16 scale, then the 32 quants).
+                unsafe {
+                    s[r] = q8_partials(wp.add(block + 2), x0, x1);
+                    d[r] = f16_to_f32([*wp.add(block), *wp.add(block + 1)]);
+                }
+            }
+            let sums = hsum8x8(s);
+            // SAFETY: reads the 8 values of the local array; loadu has no alignment requirement.
+            let scale = _mm256_mul_ps(unsafe { _mm256_loadu_ps(d.as_ptr()) }, _mm256_set1_ps(xb.d));
+            // |sumi| < 2^24, so the conversion is exact, as `sumi as f32`.
+            acc = _mm256_add_ps(acc, _mm256_mul_ps(_mm256_cvtepi32_ps(sums), scale));
+        }
+        // SAFETY: writes the 8 values of `out8`, an 8-element chunk; storeu has no alignment requirement.
+        unsafe { _mm256_storeu_ps(out8.as_mut_ptr(), acc) };
+    }
+    let done = out.len() / 8 * 8;
+    let tail = w.get(done * row_bytes..).unwrap_or(&[]);
+    quantized_matvec::<Avx2>(DType::Q8_0, tail, row_bytes, xq, &mut out[done..]);
+}
+
+#[cfg(test)]
+mod tests {
+    use std::vec;
+    use std::vec::Vec;
+
+    use super::*;
+    use crate::kernels::test_data::values;
+
+    const ROWS: [usize; 9] = [1, 7, 8, 9, 15, 16, 17, 24, 31];
+    const COLS: [usize; 9] = [1, 7, 8, 9, 31, 32, 64, 100, 288];
+
+    /// Values with a few signed zeros, subnormals and huge products mixed in.
+    fn awkward(n: usize, seed: u64) -> Vec<f32> {
+        let mut v = values(n, seed);
+        for (i, x) in v.iter_mut().enumerate() {
+            match (i as u64 + seed) % 23 {
+                3 => *x = -0.0,
+                7 => *x = f32::from_bits(0x0000_0123),
+                11 => *x *= 1e30,
+                _ => {}
+            }
+        }
+        v
+    }
+
+    #[test]
+    fn f32_rows8_equal_the_portable_loop_bit_for_bit() {
+        if !has_avx2() {
+            return;
+        }
+        for &rows in &ROWS {
+            for &cols in &COLS {
+                let w = awkward(rows * cols, (rows * 1000 + cols) as u64);
+                let x = awkward(cols, cols as u64 + 7);
+                let (mut fast, mut slow) = (vec![f32::NAN; rows], vec![f32::NAN; rows]);
+                assert!(matvec_f32(bytemuck::cast_slice(&w), &x, &mut fast));
+                crate::kernels::f32::matvec(bytemuck::cast_slice(&w), &x, &mut slow);
+                let (a, b): (Vec<u32>, Vec<u32>) =
+                    (fast.iter().map(|v| v.to_bits()).collect(), slow.iter().map(|v| v.to_bits()).collect());
+                assert_eq!(a, b, "rows {rows} cols {cols}");
+            }
+        }
+    }
+
+    #[test]
+    fn f32_rows8_leaves_extra_outputs_and_refuses_unaligned_bytes() {
+        if !has_avx2() {
+            return;
+        }
+        let w = values(8 * 16, 3);
+        let x = values(16, 4);
+        // Ten outputs for eight rows: the last two are not rows and stay untouched.
+        let mut out = [f32::NAN; 10];
+        assert!(matvec_f32(bytemuck::cast_slice(&w), &x, &mut out));
+        assert!(out[..8].iter().all(|v| v.is_finite()) && out[8].is_nan() && out[9].is_nan());
+        let mut shifted = vec![0u8; w.len() * 4 + 1];
+        shifted[1..].copy_from_slice(bytemuck::cast_slice(&w));
+        assert!(!matvec_f32(&shifted[1..], &x, &mut out[..8]));
+    }
+
+    #[test]
+    fn q8_0_rows8_equal_the_portable_loop_bit_for_bit() {
+        if !has_avx2() {
+            return;
+        }
+        for &rows in &ROWS {
+            for &cols in &COLS {
+                let nb = cols.div_ceil(crate::kernels::QK);
+                let row_bytes = nb * q8_0::BLOCK_BYTES;
+                let mut data = vec![0u8; rows * row_bytes];
+                for (r, row) in data.chunks_exact_mut(row_bytes).enumerate() {
+                    q8_0::quantize_row(&values(cols, (r * 31 + cols) as u64), row);
+                }
+                let mut x8 = vec![0u8; row_bytes];
+                q8_0::quantize_row(&values(cols, cols as u64 + 99), &mut x8);
+                let mut xq = vec![0u32; nb * q8_act::BLOCK_WORDS];
+                for (b, words) in x8.chunks_exact(q8_0::BLOCK_BYTES).zip(xq.chunks_exact_mut(q8_act::BLOCK_WORDS)) {
+                    q8_act::prepare_block(b, words);
+                }
+                let (mut fast, mut slow) = (vec![f32::NAN; rows], vec![f32::NAN; rows]);
+                matvec(Isa::Avx2, DType::Q8_0, &data, row_bytes, &xq, &mut fast);
+                quantized_matvec::<Portable>(DType::Q8_0, &data, row_bytes, &xq, &mut slow);
+                let (a, b): (Vec<u32>, Vec<u32>) =
+                    (fast.iter().map(|v| v.to_bits()).collect(), slow.iter().map(|v| v.to_bits()).collect());
+                assert_eq!(a, b, "rows {rows} cols {cols}");
+                for (o, row) in fast.iter().zip(data.chunks_exact(row_bytes)) {
+                    assert_eq!(o.to_bits(), q8_0::vec_dot_ref(row, &x8).to_bits(), "rows {rows} cols {cols}");
+                }
+            }
+        }
     }
 }

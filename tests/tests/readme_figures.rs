@@ -1,0 +1,71 @@
+//! The README's performance table (written by `scripts/bench.sh` between
+//! `<!-- bench:begin -->` and `<!-- bench:end -->`) states the measured
+//! instruction counts: each row's instructions per token is re-measured on
+//! mps2-an386 (one QEMU run, exact under -icount) and must equal the table.
+//! Timings in the table are machine-dependent and not checked.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+
+use microlm_tests::{cargo, cli, converted, root};
+use serde_json::Value;
+
+/// (weights, KV cache, instructions per token) of each row of the README table.
+fn table() -> Vec<(String, String, u64)> {
+    let readme = std::fs::read_to_string(root().join("README.md")).expect("read README.md");
+    let (_, rest) = readme.split_once("<!-- bench:begin -->").expect("README.md has <!-- bench:begin -->");
+    let (table, _) = rest.split_once("<!-- bench:end -->").expect("README.md has <!-- bench:end -->");
+    table
+        .lines()
+        .filter_map(|line| {
+            let cells: Vec<&str> = line.trim().trim_matches('|').split('|').map(str::trim).collect();
+            let count = cells.get(2)?.replace(',', "").parse().ok()?;
+            Some((cells[0].to_string(), cells[1].to_string(), count))
+        })
+        .collect()
+}
+
+/// The mps2-an386 firmware, built once.
+fn firmware() -> &'static Path {
+    static ELF: OnceLock<PathBuf> = OnceLock::new();
+    ELF.get_or_init(|| {
+        let out = cargo()
+            .current_dir(root().join("boards/qemu-mps2-an386"))
+            .args(["build", "--release", "--locked", "--message-format=json-render-diagnostics"])
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("run cargo");
+        assert!(out.status.success(), "building the firmware failed");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find_map(|m| m.get("executable").and_then(Value::as_str).map(PathBuf::from))
+            .expect("cargo named no firmware executable")
+    })
+}
+
+#[test]
+fn readme_instruction_counts_are_the_measured_ones() {
+    let rows = table();
+    assert_eq!(rows.len(), 6, "the README table has one row per weights (f32, q8_0, q4_0) and cache (f32, i8)");
+    let mut stale = Vec::new();
+    for (dtype, kv, stated) in rows {
+        let out = Command::new(cli())
+            .arg("qemu")
+            .arg(converted(&dtype))
+            .args(["-t", "0", "-n", "256", "--kv", &kv, "--json", "--timeout", "300", "--firmware"])
+            .arg(firmware())
+            .output()
+            .expect("run microlm qemu");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let json: Value = serde_json::from_str(stdout.lines().last().unwrap_or("")).expect("a JSON last line");
+        let measured = json["instructions_per_token"].as_u64().expect("instructions_per_token");
+        println!("{dtype} weights, {kv} cache: README {stated}, measured {measured}");
+        if measured != stated {
+            stale.push(format!("{dtype}/{kv}: README {stated}, measured {measured}"));
+        }
+    }
+    assert!(stale.is_empty(), "README performance table is stale ({}): run scripts/bench.sh", stale.join("; "));
+}
