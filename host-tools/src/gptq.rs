@@ -281,7 +281,10 @@ mod tests {
                     assert_eq!(bytes.len(), rows * dtype.row_bytes(cols).unwrap());
                     let g = decode_tensor(dtype, rows, cols, &bytes);
                     let g_err = output_error(rows, cols, &w, &g, &h);
-                    assert!(g_err < 0.7 * rtn_err, "{dtype:?} {rows}x{cols} search {scale_search}: {g_err} vs {rtn_err}");
+                    assert!(
+                        g_err < 0.7 * rtn_err,
+                        "{dtype:?} {rows}x{cols} search {scale_search}: {g_err} vs {rtn_err}"
+                    );
                 }
             }
         }
@@ -310,8 +313,14 @@ mod tests {
     #[test]
     fn bad_inputs_get_errors() {
         let h = Hessian::new(8);
-        assert_eq!(quantize(DType::F16, 1, 8, &[0.0; 8], &h, Settings::default()), Err(GptqError::NotBlockType(DType::F16)));
-        assert_eq!(quantize(DType::Q4_0, 1, 4, &[0.0; 4], &h, Settings::default()), Err(GptqError::Shape { cols: 4, n: 8 }));
+        assert_eq!(
+            quantize(DType::F16, 1, 8, &[0.0; 8], &h, Settings::default()),
+            Err(GptqError::NotBlockType(DType::F16))
+        );
+        assert_eq!(
+            quantize(DType::Q4_0, 1, 4, &[0.0; 4], &h, Settings::default()),
+            Err(GptqError::Shape { cols: 4, n: 8 })
+        );
         let mut nan = Hessian::new(2);
         nan.add(&[f32::NAN, 1.0]);
         assert_eq!(
