@@ -93,7 +93,7 @@ impl Reference {
 fn choosable(shared_classifier: bool) -> Vec<TensorKind> {
     TensorKind::ALL
         .into_iter()
-        .filter(|k| !k.is_norm() && !(shared_classifier && *k == TensorKind::Classifier))
+        .filter(|k| !(k.is_norm() || shared_classifier && *k == TensorKind::Classifier))
         .collect()
 }
 
