@@ -132,6 +132,15 @@ pub enum Limit {
     File(u64),
 }
 
+impl std::fmt::Display for Limit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Limit::Weights(b) => write!(f, "the budget of {b} weight bytes"),
+            Limit::File(b) => write!(f, "the {b} file bytes the board's flash leaves beside the firmware"),
+        }
+    }
+}
+
 impl Limit {
     fn fits(self, file: usize, weights: u64) -> bool {
         match self {
@@ -163,7 +172,7 @@ pub fn choose(
     let (base_bytes, base_weights, base_report) = build(source, base, imp, args)?;
     if !limit.fits(base_bytes.len(), base_weights) {
         bail!(
-            "the cheapest mix (every weight q4_0) is {base_weights} weight bytes in a {} byte file: it does not fit {limit:?}",
+            "the cheapest mix (every weight q4_0) is {base_weights} weight bytes in a {} byte file: it does not fit {limit}",
             base_bytes.len()
         );
     }
