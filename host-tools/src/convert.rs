@@ -116,8 +116,15 @@ fn quantize_and_commit(
     passthrough: &quantize::Passthrough<'_>,
 ) -> Result<usize> {
     let importance = quantize::importance_for(source, &args.quant, &dtypes)?;
-    let (out, report) =
-        quantize::requantize(source, name, dtypes, importance.as_ref(), passthrough, args.quant.saturate)?;
+    let (out, report) = quantize::requantize(
+        source,
+        name,
+        dtypes,
+        importance.as_ref(),
+        args.quant.gptq_settings(),
+        passthrough,
+        args.quant.saturate,
+    )?;
     output.commit(&out)?;
     if !args.quiet {
         quantize::print_report(&args.output, out.len(), &report, args.quant.json)?;

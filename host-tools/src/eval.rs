@@ -28,11 +28,15 @@ use microlm_cli::load::{self, ModelFile};
 /// Arguments of `microlm eval`.
 #[derive(Debug, Args)]
 pub struct EvalArgs {
-    /// Model file (.mlm) to evaluate.
-    pub model: PathBuf,
+    /// Model files (.mlm) to evaluate, one after the other on the same tokens.
+    #[arg(required = true, num_args = 1..)]
+    pub models: Vec<PathBuf>,
     /// Text file of stories.
     #[arg(long)]
     pub text: PathBuf,
+    /// Which part of the text to score: all, first (half) or second (half); see `quantize --calibrate-half`.
+    #[arg(long, default_value = "all", value_parser = crate::values::half())]
+    pub half: Half,
     /// Reference model (e.g. the f32 file): adds KL divergence, top-1 agreement and greedy agreement.
     #[arg(long)]
     pub reference: Option<PathBuf>,
@@ -48,9 +52,12 @@ pub struct EvalArgs {
     /// KV cache dtype of the reference (e.g. `--kv i8 --reference SAME.mlm` measures what the i8 cache costs).
     #[arg(long, default_value = "f32", value_parser = crate::values::kv())]
     pub reference_kv: KvDtype,
-    /// Print one JSON object with the results as the last stdout line.
+    /// Print one JSON object with the results as the last stdout line (one line per model).
     #[arg(long)]
     pub json: bool,
+    /// Draw ΔPPL against weight bytes for the evaluated files as an SVG (needs --reference).
+    #[arg(long, value_name = "SVG", requires = "reference")]
+    pub plot: Option<PathBuf>,
 }
 
 /// Results of `microlm eval`.
@@ -64,6 +71,8 @@ pub struct EvalOutput {
     pub nll: f64,
     /// Scored tokens.
     pub tokens: usize,
+    /// Stored bytes of all tensors (weights and norms).
+    pub weight_bytes: u64,
     /// Stories (fully or partly) scored.
     pub stories: usize,
     /// Window length.
@@ -85,6 +94,50 @@ pub struct EvalOutput {
     pub greedy_common_prefix: Option<usize>,
     /// Forward passes per second (both models counted once).
     pub tokens_per_s: f64,
+}
+
+/// A part of a text: all of it, or the half before or after its middle.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Half {
+    /// The whole text.
+    #[default]
+    All,
+    /// From the start up to the first story start at or after the middle byte.
+    First,
+    /// From that story start to the end.
+    Second,
+}
+
+impl Half {
+    /// Every value, in `--help` order.
+    pub const ALL: [Half; 3] = [Half::All, Half::First, Half::Second];
+
+    /// The command-line name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Half::All => "all",
+            Half::First => "first",
+            Half::Second => "second",
+        }
+    }
+}
+
+/// The part `half` of `text`: the cut is the first paragraph opening with "Once
+/// upon a time" that starts at or after byte `len / 2` (the end of the text if none),
+/// so that calibration on the first half and evaluation on the second never share a story.
+pub fn half_of(text: &str, half: Half) -> &str {
+    const OPENING: &str = "\n\nOnce upon a time";
+    let mid = text.len() / 2;
+    let mut from = mid;
+    while !text.is_char_boundary(from) {
+        from += 1;
+    }
+    let cut = text[from..].find(OPENING).map_or(text.len(), |i| from + i + 2);
+    match half {
+        Half::All => text,
+        Half::First => &text[..cut],
+        Half::Second => &text[cut..],
+    }
 }
 
 /// Cuts `text` into stories (see the module docs).
@@ -184,7 +237,28 @@ fn greedy_common_prefix(a: &mut Runner<'_>, b: &mut Runner<'_>, bos: u32, steps:
 }
 
 pub fn run(args: &EvalArgs) -> Result<()> {
-    let file = ModelFile::read(&args.model)?;
+    let mut points = Vec::new();
+    for path in &args.models {
+        let out = run_one(args, path)?;
+        if let Some(rp) = out.reference_perplexity {
+            let label = path.file_name().map_or(out.model.clone(), |n| n.to_string_lossy().into_owned());
+            points.push(crate::plot::QualityPoint {
+                label,
+                weight_bytes: out.weight_bytes,
+                delta_ppl: 100.0 * (out.perplexity / rp - 1.0),
+            });
+        }
+    }
+    if let Some(plot) = &args.plot {
+        crate::plot::quality(plot, &points)?;
+        eprintln!("wrote {}", plot.display());
+    }
+    Ok(())
+}
+
+/// Evaluates one model file.
+fn run_one(args: &EvalArgs, path: &std::path::Path) -> Result<EvalOutput> {
+    let file = ModelFile::read(path)?;
     let model = file.parse(false)?;
     let ref_file = args.reference.as_ref().map(|p| ModelFile::read(p)).transpose()?;
     let ref_model = ref_file.as_ref().map(|f| f.parse(false)).transpose()?;
@@ -202,7 +276,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     let ctx = args.ctx.unwrap_or(model.config().seq_len);
     ensure!(ctx >= 2, "--ctx must be at least 2 to score a token");
     let text = microlm_cli::io::read_text(&args.text, microlm_cli::io::TEXT)?;
-    let stories = tokenize_stories(&model, &text)?;
+    let stories = tokenize_stories(&model, half_of(&text, args.half))?;
     let scorable: usize = stories.iter().map(|s| s.len().saturating_sub(1)).sum();
     ensure!(scorable > 0, "{} holds no text to score", args.text.display());
     let budget = if args.max_tokens == 0 { scorable } else { scorable.min(args.max_tokens) };
@@ -265,7 +339,8 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     };
     let n = scored as f64;
     let out = EvalOutput {
-        model: args.model.display().to_string(),
+        model: path.display().to_string(),
+        weight_bytes: model.tensors().map(|t| t.length).sum(),
         perplexity: (nll / n).exp(),
         nll: nll / n,
         tokens: scored,
@@ -296,7 +371,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     if args.json {
         println!("{}", serde_json::to_string(&out)?);
     }
-    Ok(())
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -336,6 +411,17 @@ mod tests {
         for odd in ["", "a", "é€😀 \n\n x", "Once  upon   a time\u{7f}\u{0}"] {
             assert_eq!(encode_story(tok, odd).unwrap(), encode(tok, odd, true).unwrap(), "{odd:?}");
         }
+    }
+
+    #[test]
+    fn halves_cut_at_a_story_start_after_the_middle() {
+        let text = "Once upon a time, a.\n\nThe end.\n\nOnce upon a time, b.\n\nOnce upon a time, c.\n";
+        let (first, second) = (half_of(text, Half::First), half_of(text, Half::Second));
+        assert_eq!(format!("{first}{second}"), text);
+        assert!(second.starts_with("Once upon a time, c."), "{second:?}");
+        assert!(first.len() >= text.len() / 2);
+        assert_eq!(half_of(text, Half::All), text);
+        assert_eq!(half_of("no stories", Half::Second), "");
     }
 
     #[test]

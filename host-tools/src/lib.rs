@@ -1,7 +1,8 @@
 //! Host-side building blocks of the `microlm` CLI, shared with the tests:
-//! checkpoint importers and aligned model loading.
+//! checkpoint importers, aligned model loading and GPTQ.
 
 pub mod gguf;
+pub mod gptq;
 pub mod hf;
 pub mod io;
 pub mod llama2c;

@@ -3,6 +3,7 @@
 #![allow(rustdoc::bare_urls)]
 
 mod bench;
+mod budget;
 mod calibrate;
 mod convert;
 mod device;
@@ -10,6 +11,7 @@ mod eval;
 mod generate;
 mod inspect;
 mod models;
+mod plot;
 mod qemu;
 mod quantize;
 mod values;

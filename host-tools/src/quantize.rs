@@ -18,6 +18,7 @@ use microlm::Model;
 use serde::Serialize;
 
 use crate::calibrate::{self, Importance};
+use microlm_cli::gptq;
 use microlm_cli::io;
 use microlm_cli::load::ModelFile;
 
@@ -37,6 +38,21 @@ pub struct QuantArgs {
     /// Tokens of calibration text to run (0 = all of it).
     #[arg(long, default_value_t = 16384)]
     pub calibrate_tokens: usize,
+    /// Which part of the calibration text to use: all, first (half) or second (half),
+    /// cut at the first story start after the middle (see `eval --half`).
+    #[arg(long, default_value = "all", value_parser = crate::values::half())]
+    pub calibrate_half: crate::eval::Half,
+    /// GPTQ (needs --calibrate): quantize q4_0/q8_0 tensors column by column with
+    /// error feedback through the inverse input Hessian of each matmul.
+    #[arg(long, requires = "calibrate")]
+    pub gptq: bool,
+    /// GPTQ dampening: fraction of the Hessian's mean diagonal added to it.
+    #[arg(long, default_value_t = 0.01, requires = "gptq", value_parser = crate::values::non_negative_f64)]
+    pub damp: f64,
+    /// GPTQ block scales by the round-to-nearest rule on the updated weights instead
+    /// of the Hessian-diagonal-weighted search.
+    #[arg(long, requires = "gptq")]
+    pub gptq_rtn_scales: bool,
     /// Print the per-tensor report as one JSON object on stdout.
     #[arg(long)]
     pub json: bool,
@@ -56,6 +72,32 @@ pub struct QuantizeArgs {
     /// Output .mlm file.
     #[arg(short = 'o', long = "output")]
     pub output: PathBuf,
+    /// Weight byte budget (170000, 170K = 170,000, 166KiB): choose q4_0 or q8_0 per kind
+    /// by measured sensitivity on the calibration text so the weights fit (needs --calibrate).
+    #[arg(long, value_parser = crate::values::bytes, requires = "calibrate", conflicts_with = "board")]
+    pub budget: Option<u64>,
+    /// Choose the mix so the file fits this board's flash beside the firmware (see `inspect`'s board table).
+    #[arg(long, value_parser = crate::values::board(), requires = "calibrate")]
+    pub board: Option<String>,
+    /// With --board: context length whose arena must fit the board's RAM (default the model's seq_len).
+    #[arg(long, requires = "board", value_parser = crate::values::count)]
+    pub ctx: Option<usize>,
+    /// With --board: KV cache dtype of that arena.
+    #[arg(long, default_value = "f32", requires = "board", value_parser = crate::values::kv())]
+    pub kv: microlm::KvDtype,
+    /// Calibration tokens scored per candidate mix of --budget / --board.
+    #[arg(long, default_value_t = 4096, value_parser = crate::values::count)]
+    pub budget_tokens: usize,
+    /// Draw each tensor's relative RMSE (rmse / source rms) as an SVG bar chart.
+    #[arg(long, value_name = "SVG")]
+    pub plot: Option<PathBuf>,
+}
+
+impl QuantArgs {
+    /// The GPTQ settings when `--gptq` is given.
+    pub fn gptq_settings(&self) -> Option<gptq::Settings> {
+        self.gptq.then_some(gptq::Settings { damp: self.damp, scale_search: !self.gptq_rtn_scales })
+    }
 }
 
 /// Parses a dtype name for clap.
@@ -90,6 +132,17 @@ pub fn kind_dtypes(base: DType, args: &QuantArgs, shared_classifier: bool) -> Re
     Ok(dtypes)
 }
 
+/// Draws the per-tensor relative error of `report` to `path`.
+pub fn plot_report(path: &std::path::Path, report: &[TensorReport]) -> Result<()> {
+    let bars: Vec<(String, f64)> = report
+        .iter()
+        .map(|r| (format!("{} {}", r.name, r.dtype), r.rmse / r.source_rms.max(f64::MIN_POSITIVE)))
+        .collect();
+    crate::plot::bars(path, "per-tensor quantization error", "rmse / rms of the source", &bars)?;
+    eprintln!("wrote {}", path.display());
+    Ok(())
+}
+
 /// One line of the conversion report.
 #[derive(Debug, Serialize)]
 pub struct TensorReport {
@@ -105,6 +158,8 @@ pub struct TensorReport {
     pub max_abs_error: f64,
     /// Cosine similarity with the source.
     pub cosine: f64,
+    /// Root mean square of the source values.
+    pub source_rms: f64,
 }
 
 /// The name `inspect` uses for a tensor.
@@ -145,6 +200,7 @@ pub fn requantize(
     name: &str,
     dtypes: KindDtypes,
     importance: Option<&Importance>,
+    gptq: Option<gptq::Settings>,
     passthrough: &Passthrough<'_>,
     saturate: bool,
 ) -> Result<(Vec<u8>, Vec<TensorReport>)> {
@@ -198,6 +254,13 @@ pub fn requantize(
             passthrough(entry, &values).filter(|b| all_finite(&decode_tensor(entry.dtype, rows, cols, b)))
         {
             bytes
+        } else if let (Some(settings), Some(h), true) =
+            (gptq, importance.and_then(|i| i.hessian(kind, layer)), entry.dtype.is_quantized())
+        {
+            match gptq::quantize(entry.dtype, rows, cols, &checked, h, settings) {
+                Ok(bytes) => bytes,
+                Err(e) => return Err(fail(anyhow::anyhow!("GPTQ failed on {name}: {e}"), &mut failure)),
+            }
         } else {
             let imp = importance.and_then(|i| i.get(kind, layer));
             encode_rows(entry.dtype, cols, &checked, imp)
@@ -220,6 +283,8 @@ pub fn requantize(
             rmse: stats.rmse,
             max_abs_error: stats.max_abs,
             cosine: stats.cosine,
+            source_rms: (values.iter().map(|&v| f64::from(v) * f64::from(v)).sum::<f64>() / values.len().max(1) as f64)
+                .sqrt(),
         });
         Ok(bytes)
     });
@@ -249,9 +314,10 @@ pub fn importance_for(model: &Model<'_>, args: &QuantArgs, dtypes: &KindDtypes) 
         eprintln!("warning: --calibrate only affects q8_0/q4_0 tensors; none are requested");
     }
     let text = io::read_text(path, io::TEXT).context("cannot read the calibration text")?;
-    let imp = calibrate::collect(model, &text, args.calibrate_tokens)
+    let text = crate::eval::half_of(&text, args.calibrate_half);
+    let imp = calibrate::collect(model, text, args.calibrate_tokens, args.gptq)
         .with_context(|| format!("calibration on {} failed", path.display()))?;
-    eprintln!("calibrated on {} tokens of {}", imp.tokens, path.display());
+    eprintln!("calibrated on {} tokens of {} ({} part)", imp.tokens, path.display(), args.calibrate_half.name());
     Ok(Some(imp))
 }
 
@@ -283,19 +349,74 @@ pub fn inputs<'a>(files: &[&'a std::path::Path], args: &'a QuantArgs) -> Vec<&'a
     files.iter().copied().chain(args.calibrate.as_deref()).collect()
 }
 
-pub fn run(args: &QuantizeArgs) -> Result<()> {
-    let Some(base) = args.quant.dtype else {
-        bail!("--dtype is required (f32, f16, q8_0 or q4_0)");
+/// `--budget` / `--board`: the mix chosen by [`crate::budget::choose`].
+fn run_budget(args: &QuantizeArgs, model: &Model<'_>) -> Result<(Vec<u8>, Vec<TensorReport>)> {
+    use crate::budget::Limit;
+    ensure!(
+        args.quant.dtype.is_none() && args.quant.tensor_dtype.is_empty(),
+        "--budget and --board choose every dtype: leave out --dtype and --tensor-dtype"
+    );
+    let board = match &args.board {
+        Some(name) => Some(
+            crate::inspect::BOARDS
+                .iter()
+                .find(|b| b.name == name)
+                .with_context(|| format!("unknown board '{name}'"))?,
+        ),
+        None => None,
     };
+    let limit = match (args.budget, board) {
+        (Some(b), _) => Limit::Weights(b),
+        (None, Some(b)) => Limit::File(b.flash.saturating_sub(crate::inspect::FIRMWARE_FLASH_BYTES)),
+        (None, None) => bail!("internal: no budget"),
+    };
+    let Some(path) = &args.quant.calibrate else { bail!("--budget and --board need --calibrate TEXT") };
+    let all = [DType::Q4_0; 12];
+    let imp = importance_for(model, &args.quant, &all)?.context("--budget needs --calibrate")?;
+    let text = io::read_text(path, io::TEXT).context("cannot read the calibration text")?;
+    let text = crate::eval::half_of(&text, args.quant.calibrate_half);
+    let (out, report) = crate::budget::choose(model, &args.quant, &imp, text, limit, args.budget_tokens.max(1))?;
+    if let Some(b) = board {
+        let file = ModelFile::from_bytes(&out);
+        let m = file.parse(false)?;
+        let ctx = args.ctx.unwrap_or(m.config().seq_len);
+        let fit = crate::inspect::fit(&m, ctx, args.kv, b)?;
+        ensure!(
+            fit.fits,
+            "the chosen file fits {}'s flash but its arena at ctx {ctx} with a {} cache needs {} of {} RAM bytes: try a smaller --ctx or --kv i8",
+            b.name,
+            args.kv.name(),
+            fit.ram_needed,
+            b.ram
+        );
+        eprintln!(
+            "board {}: flash {} of {} bytes, RAM {} of {} bytes at ctx {ctx}",
+            b.name, fit.flash_needed, b.flash, fit.ram_needed, b.ram
+        );
+    }
+    Ok((out, report))
+}
+
+pub fn run(args: &QuantizeArgs) -> Result<()> {
     let output = io::Output::create(&args.output, &inputs(&[&args.input], &args.quant))?;
     let file = ModelFile::read(&args.input)?;
     let model = file.parse(false)?;
-    let dtypes = kind_dtypes(base, &args.quant, model.config().shared_classifier)?;
-    let importance = importance_for(&model, &args.quant, &dtypes)?;
-    let (out, report) =
-        requantize(&model, model.name(), dtypes, importance.as_ref(), &|_, _| None, args.quant.saturate)?;
+    let (out, report) = if args.budget.is_some() || args.board.is_some() {
+        run_budget(args, &model)?
+    } else {
+        let Some(base) = args.quant.dtype else {
+            bail!("--dtype is required (f32, f16, q8_0 or q4_0), or --budget / --board to choose the mix");
+        };
+        let dtypes = kind_dtypes(base, &args.quant, model.config().shared_classifier)?;
+        let importance = importance_for(&model, &args.quant, &dtypes)?;
+        let gptq = args.quant.gptq_settings();
+        requantize(&model, model.name(), dtypes, importance.as_ref(), gptq, &|_, _| None, args.quant.saturate)?
+    };
     output.commit(&out)?;
     print_report(&args.output, out.len(), &report, args.quant.json)?;
+    if let Some(path) = &args.plot {
+        plot_report(path, &report)?;
+    }
     eprintln!("wrote {} ({} bytes)", args.output.display(), out.len());
     Ok(())
 }

@@ -76,3 +76,32 @@ pub fn count(s: &str) -> Result<usize, String> {
 pub fn real(s: &str) -> Result<f32, String> {
     number(s, "must be a number")
 }
+
+/// `--calibrate-half`, `eval --half`: all, first or second.
+pub fn half() -> Choice<crate::eval::Half> {
+    Choice { values: &crate::eval::Half::ALL, name: crate::eval::Half::name }
+}
+
+/// `--damp`: a finite number ≥ 0.
+pub fn non_negative_f64(s: &str) -> Result<f64, String> {
+    let v: f64 = number(s, "must be a number >= 0")?;
+    if v.is_finite() && v >= 0.0 {
+        Ok(v)
+    } else {
+        Err("must be a finite number >= 0".into())
+    }
+}
+
+/// `--budget`: bytes, with an optional K (1000) or KiB (1024) suffix: 170000, 170K, 166KiB.
+pub fn bytes(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (num, mult) = if let Some(n) = t.strip_suffix("KiB").or_else(|| t.strip_suffix("kib")) {
+        (n, 1024)
+    } else if let Some(n) = t.strip_suffix('K').or_else(|| t.strip_suffix('k')) {
+        (n, 1000)
+    } else {
+        (t, 1)
+    };
+    let v: u64 = number(num.trim(), "must be a byte count like 170000, 170K (×1000) or 166KiB (×1024)")?;
+    v.checked_mul(mult).filter(|&b| b > 0).ok_or_else(|| "must be a byte count > 0".to_string())
+}

@@ -252,6 +252,79 @@ fn quantize_block_weighted(dtype: DType, x: &[f32], importance: &[f32], row: &[f
     }
 }
 
+/// Integer level range of a block type: q8_0 −127..=127, q4_0 −8..=7 (`None` otherwise).
+pub fn block_levels(dtype: DType) -> Option<(i32, i32)> {
+    match dtype {
+        DType::Q8_0 => Some((-127, 127)),
+        DType::Q4_0 => Some((-8, 7)),
+        DType::F32 | DType::F16 => None,
+    }
+}
+
+/// The stored (f16-rounded, as f32) scale of one block of `x` (≤ 32 values) as
+/// `dtype`: round-to-nearest's (`max / −8` for q4_0, `max|x| / 127` for q8_0) without
+/// `weights`, else the weighted search that minimizes `Σ_j w_j (x_j − d·q_j)²`.
+/// Used by error-feedback quantizers (GPTQ) that pick each block's scale from the
+/// updated weights, then round column by column with [`block_level`].
+pub fn block_scale(dtype: DType, x: &[f32], weights: Option<&[f32]>) -> f32 {
+    let Some((lo, hi)) = block_levels(dtype) else { return 0.0 };
+    let x = &x[..x.len().min(QK)];
+    match weights {
+        Some(w) => {
+            let mut wb = [0.0f32; QK];
+            for (d, &v) in wb.iter_mut().zip(w) {
+                *d = if v.is_finite() && v >= 0.0 { v } else { 0.0 };
+            }
+            search_scale(x, &wb, lo, hi).0
+        }
+        None => {
+            let (mut amax, mut max) = (0.0f32, 0.0f32);
+            for &v in x {
+                if amax < libm::fabsf(v) {
+                    amax = libm::fabsf(v);
+                    max = v;
+                }
+            }
+            let d = if lo == -8 { max / -8.0 } else { amax / 127.0 };
+            f16::from_f32(d).to_f32()
+        }
+    }
+}
+
+/// The level of `v` at stored scale `d`: `round_half_away(v / d)` clamped to the
+/// dtype's range (0 when `d` is 0).
+pub fn block_level(dtype: DType, v: f32, d: f32) -> i32 {
+    let Some((lo, hi)) = block_levels(dtype) else { return 0 };
+    if d == 0.0 {
+        return 0;
+    }
+    crate::scalar::round_half_away(v / d).clamp(lo, hi)
+}
+
+/// Writes one block of `dtype` with stored scale `d` and `levels` (≤ 32; missing
+/// ones are 0) in the exact layout the kernels read: q8_0 = f16 scale + 32 i8,
+/// q4_0 = f16 scale + 16 bytes of nibbles `level + 8` (element j low, j + 16 high).
+pub fn write_block(dtype: DType, d: f32, levels: &[i32], out: &mut [u8]) {
+    let Some((lo, hi)) = block_levels(dtype) else { return };
+    let mut l = [0i32; QK];
+    for (dst, &v) in l.iter_mut().zip(levels) {
+        *dst = v.clamp(lo, hi);
+    }
+    if dtype == DType::Q8_0 {
+        let mut block = q8_0::BlockQ8_0 { d: f16::from_f32(d).to_le_bytes(), qs: [0; QK] };
+        for (q, &v) in block.qs.iter_mut().zip(&l) {
+            *q = v as i8;
+        }
+        block.write(out);
+    } else {
+        let mut nibbles = [8u8; QK];
+        for (n, &v) in nibbles.iter_mut().zip(&l) {
+            *n = (v + 8) as u8;
+        }
+        q4_0::pack(d, &nibbles, out);
+    }
+}
+
 /// How far a stored tensor is from its f32 source.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct ErrorStats {
@@ -351,6 +424,32 @@ mod tests {
             let bytes = encode_rows_checked(dtype, 32, &x, None, false).unwrap();
             assert!(decode_tensor(dtype, 1, 32, &bytes).iter().all(|v| v.is_finite()), "{dtype:?}");
         }
+    }
+
+    #[test]
+    fn block_scale_and_levels_rebuild_round_to_nearest_q8_0() {
+        // q8_0 round-to-nearest uses the f32 scale for the quants; with the f16
+        // scale the levels may differ by one, never more, and decode within a step.
+        let x = wave(32);
+        for dtype in [DType::Q8_0, DType::Q4_0] {
+            let d = block_scale(dtype, &x, None);
+            let levels: Vec<i32> = x.iter().map(|&v| block_level(dtype, v, d)).collect();
+            let mut ours = vec![0u8; dtype.row_bytes(32).unwrap()];
+            write_block(dtype, d, &levels, &mut ours);
+            let rtn = encode_rows(dtype, 32, &x, None);
+            assert_eq!(ours[..2], rtn[..2], "{dtype:?}: same stored scale");
+            let (a, b) = (decode_tensor(dtype, 1, 32, &ours), decode_tensor(dtype, 1, 32, &rtn));
+            for (p, q) in a.iter().zip(&b) {
+                assert!((p - q).abs() <= d * 1.001, "{dtype:?}: {p} vs {q}");
+            }
+            for (v, y) in x.iter().zip(&a) {
+                assert!((v - y).abs() <= d * 0.5001 + 1e-6 || dtype == DType::Q4_0, "{dtype:?}: {v} vs {y}");
+            }
+        }
+        assert_eq!(block_level(DType::Q4_0, 100.0, 1.0), 7);
+        assert_eq!(block_level(DType::Q4_0, -2.5, 1.0), -3);
+        assert_eq!(block_level(DType::Q8_0, 2.5, 1.0), 3);
+        assert_eq!(block_level(DType::Q8_0, 2.5, 0.0), 0);
     }
 
     #[test]
