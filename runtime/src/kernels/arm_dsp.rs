@@ -220,7 +220,7 @@ impl super::BlockSums for Dsp {
     }
 }
 
-/// One group of four weights of both rows in [`matvec_q8`]'s loop: activation words
+/// One group of four weights of both rows in `matvec_q8`'s loop: activation words
 /// `$x0`, `$x1` (explicit registers), one weight word of each row (post-indexed,
 /// unaligned loads). `first` starts the two sums with SMUAD, `next` adds with SMLAD.
 #[cfg(all(microlm_dsp, microlm_fpu))]
@@ -358,7 +358,7 @@ unsafe fn matvec_q8_pairs(w: *const u8, row_bytes: usize, x: *const u32, blocks:
 }
 
 /// The q8_0 matvec on Cortex-M4F/M7/M33 with DSP and FPU: `out (rows) = w (rows,
-/// row_bytes) · x`, two rows at a time through [`matvec_q8_pairs`], an odd last row
+/// row_bytes) · x`, two rows at a time through `matvec_q8_pairs`, an odd last row
 /// through the [`Dsp`] block sums. Bit-identical to `quantized_matvec::<Portable>`
 /// (the suite checks it on the device). `xq` holds at least the row's blocks.
 #[cfg(all(microlm_dsp, microlm_fpu))]
@@ -385,7 +385,7 @@ pub fn matvec_q8(w: &[u8], row_bytes: usize, xq: &[u32], out: &mut [f32]) {
     }
 }
 
-/// [`matvec_q8`]'s loop written in Rust with the emulated instructions: two rows
+/// `matvec_q8`'s loop written in Rust with the emulated instructions: two rows
 /// at a time, per block both integer sums from the same activation words, the
 /// scales widened by `f16_to_f32`, then `acc += sumi as f32 · (d_w · d_x)` per row.
 /// The host tests prove it equal to `q8_0::vec_dot_ref`.

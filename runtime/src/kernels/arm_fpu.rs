@@ -358,7 +358,7 @@ unsafe fn dot4_f32(w: *const f32, stride: usize, x: *const f32, groups: usize) -
 
 /// The f32 matvec on hard-float Cortex-M: `out (rows) = w (rows, cols) · x (cols)`,
 /// `cols = x.len()`, `w` little-endian f32 bytes. Four rows at a time through
-/// [`dot4_f32`] for the whole groups of 8 columns, the last `cols % 8` columns
+/// `dot4_f32` for the whole groups of 8 columns, the last `cols % 8` columns
 /// continuing the same sums in Rust, the last `rows % 4` rows by `f32::dot`: every
 /// row the one left-to-right sum of `kernels::f32::matvec`. Returns `false`
 /// (doing nothing) for unaligned or short weights.
