@@ -19,7 +19,7 @@ target/release/microlm convert ../shared/models/stories260K.bin --tokenizer ../s
 (cd fuzz && cargo +nightly run -q --release --bin make_seeds -- corpus-seeds ../target/fuzz-stories260K.mlm)
 
 for t in $targets; do
-    mkdir -p "fuzz/corpus/$t" "fuzz/regressions/$t"
+    mkdir -p "fuzz/corpus/$t" "fuzz/corpus-seeds/$t" "fuzz/regressions/$t"
     log="target/fuzz-$t.log"
     echo "== $t: ${secs}s" >&2
     # Inputs are capped so mutation stays fast; encode is quadratic in the text (as llama2.c's is).
