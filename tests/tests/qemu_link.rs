@@ -5,68 +5,12 @@
 //! middle of an upload followed by a reset leave the last committed model
 //! serving. `microlm qemu --link` drives the same path in one command.
 
-use std::io::{Read, Write};
-use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::time::Duration;
 
-use microlm_link::frame::{self, Feed, Frames};
-use microlm_link::{file_crc, ErrorKind, Request, Response, MAX_CHUNK, MAX_FRAME};
-use microlm_tests::{cargo, converted, reference_cases, root, run_cli, scratch_dir, ModelFile};
-
-fn link_firmware() -> PathBuf {
-    let out = cargo()
-        .current_dir(root().join("boards/qemu-mps2-an386"))
-        .args(["build", "--release", "--locked", "--features", "link", "--bin", "microlm-qemu-mps2-an386-link"])
-        .args(["--message-format=json-render-diagnostics"])
-        .stderr(Stdio::inherit())
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "building the link firmware failed");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    stdout
-        .lines()
-        .rev()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .find_map(|m| m.get("executable").and_then(|e| e.as_str()).map(PathBuf::from))
-        .expect("cargo named no executable")
-}
-
-/// QEMU running the link firmware, killed on drop.
-struct Board {
-    qemu: Child,
-    socket: PathBuf,
-}
-
-impl Drop for Board {
-    fn drop(&mut self) {
-        let _ = self.qemu.kill();
-        let _ = self.qemu.wait();
-    }
-}
-
-fn boot(elf: &Path) -> Board {
-    let socket = scratch_dir("qemu-link").join("an386.sock");
-    let _ = std::fs::remove_file(&socket);
-    let qemu = Command::new("qemu-system-arm")
-        .args(["-M", "mps2-an386", "-nographic", "-monitor", "none"])
-        .arg("-chardev")
-        .arg(format!("socket,id=link,path={},server=on,wait=on", socket.display()))
-        .args(["-serial", "chardev:link", "-semihosting-config", "enable=on,target=native", "-icount", "shift=0"])
-        .arg("-kernel")
-        .arg(elf)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("qemu-system-arm");
-    let start = Instant::now();
-    while !socket.exists() {
-        assert!(start.elapsed() < Duration::from_secs(30), "QEMU made no socket");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    Board { qemu, socket }
-}
+use microlm_link::{file_crc, ErrorKind, Request, MAX_CHUNK};
+use microlm_tests::link_qemu::{an386_firmware, Board, Raw, Reply};
+use microlm_tests::{converted, reference_cases, run_cli, ModelFile};
 
 fn device(board: &Board, args: &[&str]) -> serde_json::Value {
     let mut all: Vec<&std::ffi::OsStr> =
@@ -77,34 +21,11 @@ fn device(board: &Board, args: &[&str]) -> serde_json::Value {
     serde_json::from_str(out.trim().lines().last().unwrap()).unwrap()
 }
 
-/// The link spoken directly, for what the CLI never does (cut uploads, bad CRCs).
-struct Raw {
-    s: UnixStream,
-    frames: Frames<MAX_FRAME>,
-}
-
-impl Raw {
-    fn connect(board: &Board) -> Raw {
-        let s = UnixStream::connect(&board.socket).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-        Raw { s, frames: Frames::new() }
-    }
-    fn send(&mut self, req: &Request<'_>) {
-        let mut buf = [0u8; MAX_FRAME];
-        self.s.write_all(frame::encode(req, &mut buf).unwrap()).unwrap();
-    }
-    /// The next reply as (is an error, error kind).
-    fn recv(&mut self) -> Option<ErrorKind> {
-        let mut b = [0u8; 1];
-        loop {
-            self.s.read_exact(&mut b).expect("no reply from the board");
-            if let Feed::Frame(f) = self.frames.push(b[0]) {
-                return match frame::decode::<Response<'_>>(f).unwrap() {
-                    Response::Error { kind, .. } => Some(kind),
-                    _ => None,
-                };
-            }
-        }
+/// The error kind of a reply, `None` for any other reply.
+fn error_kind(reply: Reply) -> Option<ErrorKind> {
+    match reply {
+        Reply::Error { kind, .. } => Some(kind),
+        _ => None,
     }
 }
 
@@ -122,7 +43,7 @@ fn ids(v: &serde_json::Value) -> Vec<u64> {
 
 #[test]
 fn upload_over_the_link_then_the_reference_cases_equal_the_host() {
-    let elf = link_firmware();
+    let elf = an386_firmware();
     let (q8, q4) = (converted("q8_0"), converted("q4_0"));
 
     // One command: boot, upload, generate.
@@ -135,7 +56,7 @@ fn upload_over_the_link_then_the_reference_cases_equal_the_host() {
     let got: serde_json::Value = serde_json::from_str(out.trim().lines().last().unwrap()).unwrap();
     assert_eq!(ids(&got), ids(&host_ids(&q4, &flags))[1..], "qemu --link ids");
 
-    let board = boot(&elf);
+    let board = Board::boot("mps2-an386", &elf, "an386");
     assert!(device(&board, &["info"])["model"].is_null(), "a fresh board has no model");
     let up = device(&board, &["upload", q8.to_str().unwrap()]);
     let crc8 = up["info"]["model"]["crc"].as_str().unwrap().to_string();
@@ -177,10 +98,10 @@ fn upload_over_the_link_then_the_reference_cases_equal_the_host() {
     let second = std::fs::read(&q4).unwrap();
     let mut raw = Raw::connect(&board);
     raw.send(&Request::UploadBegin { len: second.len() as u32, crc: file_crc(&second) });
-    assert_eq!(raw.recv(), None);
+    assert_eq!(error_kind(raw.recv()), None);
     for (i, piece) in second.chunks(MAX_CHUNK).take(64).enumerate() {
         raw.send(&Request::UploadChunk { offset: (i * MAX_CHUNK) as u32, bytes: piece });
-        assert_eq!(raw.recv(), None);
+        assert_eq!(error_kind(raw.recv()), None);
     }
     raw.send(&Request::Reset);
     drop(raw);
@@ -201,13 +122,13 @@ fn upload_over_the_link_then_the_reference_cases_equal_the_host() {
     let mut raw = Raw::connect(&board);
     let junk = vec![0xA5u8; 4096];
     raw.send(&Request::UploadBegin { len: junk.len() as u32, crc: file_crc(&junk) ^ 1 });
-    assert_eq!(raw.recv(), None);
+    assert_eq!(error_kind(raw.recv()), None);
     for (i, piece) in junk.chunks(MAX_CHUNK).enumerate() {
         raw.send(&Request::UploadChunk { offset: (i * MAX_CHUNK) as u32, bytes: piece });
-        assert_eq!(raw.recv(), None);
+        assert_eq!(error_kind(raw.recv()), None);
     }
     raw.send(&Request::UploadCommit);
-    assert_eq!(raw.recv(), Some(ErrorKind::UploadCrc));
+    assert_eq!(error_kind(raw.recv()), Some(ErrorKind::UploadCrc));
     drop(raw);
     assert_eq!(device(&board, &["info"])["model"]["slot"], "B");
 }
