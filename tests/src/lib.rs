@@ -297,3 +297,30 @@ pub fn smollm2_gguf() -> PathBuf {
     }
     path
 }
+
+/// Builds a board firmware in `boards/<board>` (release, `--locked`; only
+/// binary `bin` when given, else the package's default binaries) with `args`
+/// such as `--features link` and the environment `envs` such as
+/// `MICROLM_MODEL`, and returns the ELF cargo names. Each board crate has its
+/// own target, runner and lock file, so this runs cargo in the board's folder.
+pub fn build_firmware(board: &str, bin: Option<&str>, args: &[&str], envs: &[(&str, &Path)]) -> PathBuf {
+    let mut cmd = cargo();
+    cmd.current_dir(root().join("boards").join(board)).args(["build", "--release", "--locked"]);
+    if let Some(bin) = bin {
+        cmd.args(["--bin", bin]);
+    }
+    let out = cmd
+        .args(args)
+        .envs(envs.iter().copied())
+        .args(["--message-format=json-render-diagnostics"])
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .expect("run cargo build");
+    assert!(out.status.success(), "building the {board} firmware {} failed", bin.unwrap_or(""));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .rev()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find_map(|m| m.get("executable").and_then(|e| e.as_str()).map(PathBuf::from))
+        .expect("cargo named no firmware executable")
+}

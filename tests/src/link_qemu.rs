@@ -12,41 +12,18 @@ use std::time::{Duration, Instant};
 use microlm_link::frame::{self, Feed, Frames};
 use microlm_link::{file_crc, ErrorKind, Request, Response, StopReason, CRC, MAX_CHUNK, MAX_FRAME};
 
-use crate::{cargo, root, scratch_dir};
-
-/// Builds `bin` of the board crate in `boards/<board>` (release, `--locked`,
-/// with `args` such as `--features link` and the environment `envs`, such as
-/// `MICROLM_MODEL`) and returns the ELF cargo names.
-pub fn build_firmware(board: &str, bin: &str, args: &[&str], envs: &[(&str, &Path)]) -> PathBuf {
-    let out = cargo()
-        .current_dir(root().join("boards").join(board))
-        .args(["build", "--release", "--locked", "--bin", bin])
-        .args(args)
-        .envs(envs.iter().copied())
-        .args(["--message-format=json-render-diagnostics"])
-        .stderr(Stdio::inherit())
-        .output()
-        .expect("run cargo build");
-    assert!(out.status.success(), "building {bin} failed");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    stdout
-        .lines()
-        .rev()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .find_map(|m| m.get("executable").and_then(|e| e.as_str()).map(PathBuf::from))
-        .expect("cargo named no executable")
-}
+use crate::{build_firmware, scratch_dir};
 
 /// The mps2-an386 link firmware (`--features link`).
 pub fn an386_firmware() -> PathBuf {
-    build_firmware("qemu-mps2-an386", "microlm-qemu-mps2-an386-link", &["--features", "link"], &[])
+    build_firmware("qemu-mps2-an386", Some("microlm-qemu-mps2-an386-link"), &["--features", "link"], &[])
 }
 
 /// The STM32F405 link firmware for QEMU netduinoplus2 (`--no-default-features
 /// --features qemu,link`) with `model` embedded.
 pub fn f405_qemu_firmware(model: &Path) -> PathBuf {
     let args = ["--no-default-features", "--features", "qemu,link"];
-    build_firmware("stm32f405", "microlm-stm32f405-link", &args, &[("MICROLM_MODEL", model)])
+    build_firmware("stm32f405", Some("microlm-stm32f405-link"), &args, &[("MICROLM_MODEL", model)])
 }
 
 /// QEMU running a link firmware, killed on drop.

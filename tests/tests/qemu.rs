@@ -20,10 +20,6 @@ fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-fn cargo() -> String {
-    std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())
-}
-
 /// The `microlm` CLI, built in release mode beside this test binary.
 fn microlm() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
@@ -46,21 +42,7 @@ fn microlm() -> &'static Path {
 /// The board firmware ELF, built with cargo in its own directory (own target and runner).
 fn firmware() -> &'static Path {
     static ELF: OnceLock<PathBuf> = OnceLock::new();
-    ELF.get_or_init(|| {
-        let out = Command::new(cargo())
-            .current_dir(root().join("boards/qemu-mps2-an386"))
-            .args(["build", "--release", "--locked", "--message-format=json-render-diagnostics"])
-            .stderr(Stdio::inherit())
-            .output()
-            .expect("run cargo");
-        assert!(out.status.success(), "building the firmware failed");
-        let exe = String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .find_map(|m| m.get("executable").and_then(Value::as_str).map(PathBuf::from))
-            .expect("cargo named no firmware executable");
-        exe
-    })
+    ELF.get_or_init(|| microlm_tests::build_firmware("qemu-mps2-an386", None, &[], &[]))
 }
 
 /// stories260K converted to f32 `.mlm`, once per test run.

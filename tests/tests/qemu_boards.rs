@@ -76,20 +76,7 @@ fn assert_error(out: &Output, expect: &str) {
 /// The mps2-an505 firmware, built once (with cargo, in its own directory).
 fn an505_firmware() -> &'static Path {
     static ELF: OnceLock<PathBuf> = OnceLock::new();
-    ELF.get_or_init(|| {
-        let out = Command::new(env!("CARGO"))
-            .current_dir(root().join("boards/qemu-mps2-an505"))
-            .args(["build", "--release", "--locked", "--message-format=json-render-diagnostics"])
-            .stderr(Stdio::inherit())
-            .output()
-            .expect("run cargo");
-        assert!(out.status.success(), "building the mps2-an505 firmware failed");
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .find_map(|m| m.get("executable").and_then(Value::as_str).map(PathBuf::from))
-            .expect("cargo named no firmware executable")
-    })
+    ELF.get_or_init(|| microlm_tests::build_firmware("qemu-mps2-an505", None, &[], &[]))
 }
 
 /// All five llama2.c reference generations on the Cortex-M33, token for token;
@@ -477,18 +464,7 @@ const AN547_GREEDY_BUDGET: u64 = 629_000;
 fn an547_build(bin: &str) -> PathBuf {
     static BUILD: Mutex<()> = Mutex::new(());
     let _turn = BUILD.lock().unwrap_or_else(|e| e.into_inner());
-    let out = Command::new(env!("CARGO"))
-        .current_dir(root().join("boards/qemu-mps3-an547"))
-        .args(["build", "--release", "--locked", "--bin", bin, "--message-format=json-render-diagnostics"])
-        .stderr(Stdio::inherit())
-        .output()
-        .expect("run cargo");
-    assert!(out.status.success(), "building {bin} failed");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .find_map(|m| m.get("executable").and_then(Value::as_str).map(PathBuf::from))
-        .expect("cargo named no firmware executable")
+    microlm_tests::build_firmware("qemu-mps3-an547", Some(bin), &[], &[])
 }
 
 /// The five llama2.c reference settings on the Cortex-M55 with stories260K

@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 
-use microlm_tests::{cli, converted, root};
+use microlm_tests::{cli, converted};
 use serde_json::Value;
 
 /// Longest a single `microlm qemu` run may take (QEMU is killed after it).
@@ -29,18 +29,7 @@ fn firmware(board: &str) -> PathBuf {
     if let Some((_, elf)) = elfs.iter().find(|(b, _)| b == board) {
         return elf.clone();
     }
-    let out = Command::new(env!("CARGO"))
-        .current_dir(root().join("boards").join(board))
-        .args(["build", "--release", "--locked", "--message-format=json-render-diagnostics"])
-        .stderr(Stdio::inherit())
-        .output()
-        .expect("run cargo");
-    assert!(out.status.success(), "building the {board} firmware failed");
-    let elf = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .find_map(|m| m.get("executable").and_then(Value::as_str).map(PathBuf::from))
-        .expect("cargo named no firmware executable");
+    let elf = microlm_tests::build_firmware(board, None, &[], &[]);
     elfs.push((board.to_string(), elf.clone()));
     elf
 }

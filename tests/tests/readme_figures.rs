@@ -5,10 +5,10 @@
 //! Timings in the table are machine-dependent and not checked.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::OnceLock;
 
-use microlm_tests::{cargo, cli, converted, root};
+use microlm_tests::{cli, converted, root};
 use serde_json::Value;
 
 /// (weights, KV cache, instructions per token) of each row of the README table.
@@ -29,20 +29,7 @@ fn table() -> Vec<(String, String, u64)> {
 /// The mps2-an386 firmware, built once.
 fn firmware() -> &'static Path {
     static ELF: OnceLock<PathBuf> = OnceLock::new();
-    ELF.get_or_init(|| {
-        let out = cargo()
-            .current_dir(root().join("boards/qemu-mps2-an386"))
-            .args(["build", "--release", "--locked", "--message-format=json-render-diagnostics"])
-            .stderr(Stdio::inherit())
-            .output()
-            .expect("run cargo");
-        assert!(out.status.success(), "building the firmware failed");
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .find_map(|m| m.get("executable").and_then(Value::as_str).map(PathBuf::from))
-            .expect("cargo named no firmware executable")
-    })
+    ELF.get_or_init(|| microlm_tests::build_firmware("qemu-mps2-an386", None, &[], &[]))
 }
 
 #[test]
