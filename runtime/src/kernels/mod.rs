@@ -557,7 +557,47 @@ pub(crate) use quant_tests;
 /// Deterministic test inputs shared by the kernel tests.
 #[cfg(test)]
 pub(crate) mod test_data {
+    use std::vec;
     use std::vec::Vec;
+
+    use super::{q8_0, q8_act, QK};
+
+    /// [`values`] with a few signed zeros, subnormals and huge products mixed in.
+    pub fn awkward(n: usize, seed: u64) -> Vec<f32> {
+        let mut v = values(n, seed);
+        for (i, x) in v.iter_mut().enumerate() {
+            match (i as u64 + seed) % 23 {
+                3 => *x = -0.0,
+                7 => *x = f32::from_bits(0x0000_0123),
+                11 => *x *= 1e30,
+                _ => {}
+            }
+        }
+        v
+    }
+
+    /// The bit patterns of `v`, to compare results bit for bit.
+    pub fn bits(v: &[f32]) -> Vec<u32> {
+        v.iter().map(|x| x.to_bits()).collect()
+    }
+
+    /// A q8_0 matrix (rows, cols) of [`values`], its row length in bytes, one
+    /// q8_0 activation row x8 (cols) and x8's prepared words for the matvec.
+    pub fn q8_0_case(rows: usize, cols: usize) -> (Vec<u8>, usize, Vec<u8>, Vec<u32>) {
+        let nb = cols.div_ceil(QK);
+        let row_bytes = nb * q8_0::BLOCK_BYTES;
+        let mut data = vec![0u8; rows * row_bytes];
+        for (r, row) in data.chunks_exact_mut(row_bytes).enumerate() {
+            q8_0::quantize_row(&values(cols, (r * 31 + cols) as u64), row);
+        }
+        let mut x8 = vec![0u8; row_bytes];
+        q8_0::quantize_row(&values(cols, cols as u64 + 99), &mut x8);
+        let mut xq = vec![0u32; nb * q8_act::BLOCK_WORDS];
+        for (b, words) in x8.chunks_exact(q8_0::BLOCK_BYTES).zip(xq.chunks_exact_mut(q8_act::BLOCK_WORDS)) {
+            q8_act::prepare_block(b, words);
+        }
+        (data, row_bytes, x8, xq)
+    }
 
     /// Values in [-1, 1) with an outlier (×6) every 37th (xorshift64*).
     pub fn values(n: usize, seed: u64) -> Vec<f32> {

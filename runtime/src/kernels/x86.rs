@@ -446,27 +446,12 @@ fn matvec_q8_0_avx2(w: &[u8], row_bytes: usize, xq: &[u32], out: &mut [f32]) {
 #[cfg(test)]
 mod tests {
     use std::vec;
-    use std::vec::Vec;
 
     use super::*;
-    use crate::kernels::test_data::values;
+    use crate::kernels::test_data::{awkward, bits, q8_0_case, values};
 
     const ROWS: [usize; 9] = [1, 7, 8, 9, 15, 16, 17, 24, 31];
     const COLS: [usize; 9] = [1, 7, 8, 9, 31, 32, 64, 100, 288];
-
-    /// Values with a few signed zeros, subnormals and huge products mixed in.
-    fn awkward(n: usize, seed: u64) -> Vec<f32> {
-        let mut v = values(n, seed);
-        for (i, x) in v.iter_mut().enumerate() {
-            match (i as u64 + seed) % 23 {
-                3 => *x = -0.0,
-                7 => *x = f32::from_bits(0x0000_0123),
-                11 => *x *= 1e30,
-                _ => {}
-            }
-        }
-        v
-    }
 
     #[test]
     fn f32_rows8_equal_the_portable_loop_bit_for_bit() {
@@ -480,9 +465,7 @@ mod tests {
                 let (mut fast, mut slow) = (vec![f32::NAN; rows], vec![f32::NAN; rows]);
                 assert!(matvec_f32(bytemuck::cast_slice(&w), &x, &mut fast));
                 crate::kernels::f32::matvec(bytemuck::cast_slice(&w), &x, &mut slow);
-                let (a, b): (Vec<u32>, Vec<u32>) =
-                    (fast.iter().map(|v| v.to_bits()).collect(), slow.iter().map(|v| v.to_bits()).collect());
-                assert_eq!(a, b, "rows {rows} cols {cols}");
+                assert_eq!(bits(&fast), bits(&slow), "rows {rows} cols {cols}");
             }
         }
     }
@@ -510,24 +493,11 @@ mod tests {
         }
         for &rows in &ROWS {
             for &cols in &COLS {
-                let nb = cols.div_ceil(crate::kernels::QK);
-                let row_bytes = nb * q8_0::BLOCK_BYTES;
-                let mut data = vec![0u8; rows * row_bytes];
-                for (r, row) in data.chunks_exact_mut(row_bytes).enumerate() {
-                    q8_0::quantize_row(&values(cols, (r * 31 + cols) as u64), row);
-                }
-                let mut x8 = vec![0u8; row_bytes];
-                q8_0::quantize_row(&values(cols, cols as u64 + 99), &mut x8);
-                let mut xq = vec![0u32; nb * q8_act::BLOCK_WORDS];
-                for (b, words) in x8.chunks_exact(q8_0::BLOCK_BYTES).zip(xq.chunks_exact_mut(q8_act::BLOCK_WORDS)) {
-                    q8_act::prepare_block(b, words);
-                }
+                let (data, row_bytes, x8, xq) = q8_0_case(rows, cols);
                 let (mut fast, mut slow) = (vec![f32::NAN; rows], vec![f32::NAN; rows]);
                 matvec(Isa::Avx2, DType::Q8_0, &data, row_bytes, &xq, &mut fast);
                 quantized_matvec::<Portable>(DType::Q8_0, &data, row_bytes, &xq, &mut slow);
-                let (a, b): (Vec<u32>, Vec<u32>) =
-                    (fast.iter().map(|v| v.to_bits()).collect(), slow.iter().map(|v| v.to_bits()).collect());
-                assert_eq!(a, b, "rows {rows} cols {cols}");
+                assert_eq!(bits(&fast), bits(&slow), "rows {rows} cols {cols}");
                 for (o, row) in fast.iter().zip(data.chunks_exact(row_bytes)) {
                     assert_eq!(o.to_bits(), q8_0::vec_dot_ref(row, &x8).to_bits(), "rows {rows} cols {cols}");
                 }
