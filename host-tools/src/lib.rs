@@ -7,3 +7,4 @@ pub mod hf;
 pub mod io;
 pub mod llama2c;
 pub mod load;
+pub mod reproducible;

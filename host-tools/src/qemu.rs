@@ -237,6 +237,7 @@ pub fn build_link_firmware(machine: &Machine) -> Result<PathBuf> {
         .current_dir(&dir)
         .args(["build", "--release", "--locked", "--message-format=json-render-diagnostics", "--features", features])
         .args(["--bin", bin])
+        .args(microlm_cli::reproducible::cargo_args(&checkout()))
         .stderr(Stdio::inherit())
         .output()
         .with_context(|| format!("cannot run cargo to build {}", dir.display()))?;
@@ -344,6 +345,7 @@ pub fn build_firmware(machine: &Machine, env: &[(&str, std::ffi::OsString)]) -> 
     // The board has its own target and runner in its .cargo/config.toml, read from its directory.
     let mut cmd = Command::new(cargo);
     cmd.current_dir(&dir).args(["build", "--release", "--locked", "--message-format=json-render-diagnostics"]);
+    cmd.args(microlm_cli::reproducible::cargo_args(&checkout()));
     cmd.args(machine.build_args);
     cmd.envs(env.iter().map(|(k, v)| (k, v)));
     // A board with the model in flash can fail to link for the model's sake:

@@ -306,6 +306,7 @@ pub fn smollm2_gguf() -> PathBuf {
 pub fn build_firmware(board: &str, bin: Option<&str>, args: &[&str], envs: &[(&str, &Path)]) -> PathBuf {
     let mut cmd = cargo();
     cmd.current_dir(root().join("boards").join(board)).args(["build", "--release", "--locked"]);
+    cmd.args(microlm_cli::reproducible::cargo_args(&root()));
     if let Some(bin) = bin {
         cmd.args(["--bin", bin]);
     }

@@ -16,8 +16,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use microlm::{KvDtype, Model, Session};
-use microlm_tests::{root, run_convert, scratch_dir, shared, synthetic_checkpoint, wait_bounded};
-use serde_json::Value;
+use microlm_tests::{run_convert, scratch_dir, shared, synthetic_checkpoint, wait_bounded};
 
 /// Longest the run may take before it counts as a hang (it takes well under a second).
 const BOUND: Duration = Duration::from_secs(60);
@@ -65,22 +64,11 @@ fn device_kernels_match_portable_on_mps2_an386() {
     assert_eq!(code, 0, "convert failed: {err}");
     let model = std::fs::read(&mlm).unwrap();
 
-    let out = Command::new(env!("CARGO"))
-        .current_dir(root().join("boards/kernel-tests"))
-        .args(["build", "--release", "--locked", "--message-format=json-render-diagnostics"])
-        .stderr(Stdio::inherit())
-        .output()
-        .expect("run cargo");
-    assert!(out.status.success(), "building boards/kernel-tests failed");
-    let elf = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .find_map(|m| m.get("executable").and_then(Value::as_str).map(String::from))
-        .expect("cargo named no executable");
+    let elf = microlm_tests::build_firmware("kernel-tests", None, &[], &[]);
 
     let child = Command::new("qemu-system-arm")
         .args(["-M", "mps2-an386", "-nographic", "-serial", "null", "-monitor", "none"])
-        .args(["-semihosting-config", "enable=on,target=native", "-kernel", &elf])
+        .args(["-semihosting-config", "enable=on,target=native", "-kernel", elf.to_str().unwrap()])
         // Where the mps2-an386 memory.x puts the model (the firmware links with it).
         .arg("-device")
         .arg(format!("loader,addr=0x21000000,data={},data-len=4", model.len()))

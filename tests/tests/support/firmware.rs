@@ -20,6 +20,7 @@ pub fn build(dir: &str, target: &str, model: &Path, ctx: usize, kv: &str, extra:
     let out = Command::new(env!("CARGO"))
         .current_dir(root().join("boards").join(dir))
         .args(["build", "--release", "--locked", "--message-format=json-render-diagnostics"])
+        .args(microlm_cli::reproducible::cargo_args(&root()))
         .args(extra)
         .env("MICROLM_MODEL", model)
         .env("MICROLM_CTX", ctx.to_string())
