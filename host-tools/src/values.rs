@@ -73,8 +73,14 @@ pub fn count(s: &str) -> Result<usize, String> {
 }
 
 /// `-t`, `--top-p`, `--min-p`: any f32 (the sampler checks the range and says which).
+/// A finite number too large for an f32 (1e308) is refused here: as an f32 it
+/// would be infinite, and "must be finite" would puzzle whoever typed it.
 pub fn real(s: &str) -> Result<f32, String> {
-    number(s, "must be a number")
+    let v: f32 = number(s, "must be a number")?;
+    if v.is_infinite() && number::<f64>(s, "").is_ok_and(f64::is_finite) {
+        return Err(format!("{} is too large (at most {:e} in magnitude)", s.trim(), f32::MAX));
+    }
+    Ok(v)
 }
 
 /// `--calibrate-half`, `eval --half`: all, first or second.
@@ -104,4 +110,15 @@ pub fn bytes(s: &str) -> Result<u64, String> {
     };
     let v: u64 = number(num.trim(), "must be a byte count like 170000, 170K (×1000) or 166KiB (×1024)")?;
     v.checked_mul(mult).filter(|&b| b > 0).ok_or_else(|| "must be a byte count > 0".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_finite_number_past_f32_is_too_large_not_infinite() {
+        assert_eq!(super::real("0.9"), Ok(0.9f32));
+        assert_eq!(super::real("inf"), Ok(f32::INFINITY), "the sampler names infinity");
+        assert!(super::real("1e308").unwrap_err().contains("too large"));
+        assert!(super::real("x").is_err());
+    }
 }
