@@ -23,7 +23,15 @@ if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
         echo "installing ${missing[*]} with apt-get" >&2
         apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+        # An image may carry a newer qemu-utils (a backport) whose Breaks keep
+        # Debian's QEMU 7.2 system emulators out: take qemu-utils to the same
+        # version as the emulators then.
+        want=$(apt-cache policy qemu-system-arm | sed -n 's/^ *Candidate: //p')
+        have=$(dpkg-query -W -f='${Version}' qemu-utils 2>/dev/null || true)
+        if [ -n "$have" ] && [ -n "$want" ] && [ "$have" != "$want" ]; then
+            missing+=("qemu-utils=$want")
+        fi
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --allow-downgrades "${missing[@]}" >/dev/null
     else
         echo "missing: install them with 'sudo apt-get install ${missing[*]}'" >&2
         exit 1
