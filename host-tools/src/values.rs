@@ -72,13 +72,20 @@ pub fn count(s: &str) -> Result<usize, String> {
     number(s, "must be a whole number >= 0")
 }
 
-/// `-t`, `--top-p`, `--min-p`: any f32 (the sampler checks the range and says which).
-/// A finite number too large for an f32 (1e308) is refused here: as an f32 it
-/// would be infinite, and "must be finite" would puzzle whoever typed it.
+/// `-t`, `--top-p`, `--min-p`: any f32 (the sampler checks the range and says which),
+/// read by [`microlm::scalar::parse_f32`] as the board firmware reads it, so a
+/// flag means the same value on the host and on a board. A finite number too
+/// large for an f32 (1e308) is refused here: as an f32 it would be infinite, and
+/// "must be finite" would puzzle whoever typed it.
 pub fn real(s: &str) -> Result<f32, String> {
-    let v: f32 = number(s, "must be a number")?;
+    use microlm::scalar::{parse_f32, ParseFloatError, MAX_SIGNIFICANT_DIGITS};
+    let s = s.trim();
+    let v = parse_f32(s.as_bytes()).map_err(|e| match e {
+        ParseFloatError::Invalid => "must be a number".to_string(),
+        ParseFloatError::TooManyDigits => format!("{s} has more than {MAX_SIGNIFICANT_DIGITS} significant digits"),
+    })?;
     if v.is_infinite() && number::<f64>(s, "").is_ok_and(f64::is_finite) {
-        return Err(format!("{} is too large (at most {:e} in magnitude)", s.trim(), f32::MAX));
+        return Err(format!("{s} is too large (at most {:e} in magnitude)", f32::MAX));
     }
     Ok(v)
 }
@@ -120,5 +127,7 @@ mod tests {
         assert_eq!(super::real("inf"), Ok(f32::INFINITY), "the sampler names infinity");
         assert!(super::real("1e308").unwrap_err().contains("too large"));
         assert!(super::real("x").is_err());
+        assert!(super::real("0.12345678901234567891").unwrap_err().contains("more than 19 significant digits"));
+        assert_eq!(super::real(" 0.80000000000000000000 "), Ok(0.8f32), "trailing zeros are not significant");
     }
 }

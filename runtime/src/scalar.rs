@@ -154,6 +154,220 @@ pub fn exp_outside_fast_range(x: f32) -> f32 {
     p * pow2(n - k) * pow2(k)
 }
 
+/// Why [`parse_f32`] refused a string.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum ParseFloatError {
+    /// Not a decimal number (`[+-]digits[.digits][e[+-]digits]`, `inf`, `infinity`, `nan`).
+    Invalid,
+    /// More than [`MAX_SIGNIFICANT_DIGITS`] significant digits (leading and trailing zeros do not count).
+    TooManyDigits,
+}
+
+/// Longest significant part [`parse_f32`] reads exactly: 19 digits (below 2^64).
+pub const MAX_SIGNIFICANT_DIGITS: usize = 19;
+
+/// Parses a decimal number as `str::parse::<f32>` does (the same value for every
+/// string both accept: round to nearest, ties to even, subnormals, ±infinity past
+/// the range, `inf`/`infinity`/`nan` in any case), without core's 10 KB table of
+/// powers of five, so board firmware and the host parse flags alike.
+///
+/// The significant digits (at most [`MAX_SIGNIFICANT_DIGITS`]) form an integer
+/// `m` and the rest a power of ten, value = `m·10^e`. For `e ≥ 0` the product is
+/// an exact u128 converted with one rounding; for `e < 0` it is `m / 5^k · 2^−k`
+/// (k = −e) by restoring binary long division on a 192-bit remainder, rounded
+/// once from 26+ quotient bits and a sticky bit.
+pub fn parse_f32(s: &[u8]) -> Result<f32, ParseFloatError> {
+    let (negative, body) = match s.first() {
+        Some(b'-') => (true, &s[1..]),
+        Some(b'+') => (false, &s[1..]),
+        _ => (false, s),
+    };
+    let sign = |v: f32| if negative { -v } else { v };
+    let lower =
+        |word: &[u8]| body.len() == word.len() && body.iter().zip(word).all(|(a, b)| a.to_ascii_lowercase() == *b);
+    if lower(b"inf") || lower(b"infinity") {
+        return Ok(sign(f32::INFINITY));
+    }
+    if lower(b"nan") {
+        return Ok(f32::NAN);
+    }
+    let (mut m, mut digits, mut exp10) = (0u64, 0usize, 0i64);
+    let (mut any, mut point, mut i) = (false, false, 0);
+    while i < body.len() {
+        match body[i] {
+            b'.' if !point => point = true,
+            c @ b'0'..=b'9' => {
+                any = true;
+                let d = u64::from(c - b'0');
+                if digits < MAX_SIGNIFICANT_DIGITS && (d != 0 || digits > 0) {
+                    m = m * 10 + d;
+                    digits += 1;
+                    exp10 -= i64::from(point);
+                } else if digits >= MAX_SIGNIFICANT_DIGITS {
+                    if d != 0 {
+                        return Err(ParseFloatError::TooManyDigits);
+                    }
+                    // A zero past the significant digits: ×10 before the point, nothing after it.
+                    exp10 += i64::from(!point);
+                } else if point {
+                    // A leading zero after the point.
+                    exp10 -= 1;
+                }
+            }
+            _ => break,
+        }
+        i += 1;
+    }
+    if !any {
+        return Err(ParseFloatError::Invalid);
+    }
+    if i < body.len() {
+        if !matches!(body[i], b'e' | b'E') {
+            return Err(ParseFloatError::Invalid);
+        }
+        let rest = &body[i + 1..];
+        let (negative_exp, rest) = match rest.first() {
+            Some(b'-') => (true, &rest[1..]),
+            Some(b'+') => (false, &rest[1..]),
+            _ => (false, rest),
+        };
+        if rest.is_empty() || !rest.iter().all(u8::is_ascii_digit) {
+            return Err(ParseFloatError::Invalid);
+        }
+        // Saturate: past ±10^6 every value is 0 or infinite either way.
+        let e = rest.iter().fold(0i64, |e, &c| (e * 10 + i64::from(c - b'0')).min(1_000_000));
+        exp10 += if negative_exp { -e } else { e };
+    }
+    if m == 0 {
+        return Ok(sign(0.0));
+    }
+    if exp10 >= 0 {
+        let exact =
+            u32::try_from(exp10).ok().and_then(|e| 10u128.checked_pow(e)).and_then(|p| p.checked_mul(u128::from(m)));
+        // u128 → f32 rounds to nearest, ties to even; past u128, past f32::MAX too.
+        return Ok(sign(exact.map_or(f32::INFINITY, |v| v as f32)));
+    }
+    let k = exp10.unsigned_abs();
+    // m < 10^19 < 2^64: below 2^64 · 10^−66 < 2^−150 every value rounds to 0.
+    if k > 65 {
+        return Ok(sign(0.0));
+    }
+    Ok(sign(divide_by_power_of_ten(m, k as u32)))
+}
+
+/// A 192-bit unsigned integer (three u64 words, least significant first): the
+/// divisor 5^k (k ≤ 65, below 2^152) and the remainder of [`divide_by_power_of_ten`].
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Wide([u64; 3]);
+
+impl Wide {
+    fn times_small(self, f: u64) -> Wide {
+        let mut out = [0u64; 3];
+        let mut carry = 0u128;
+        for (o, &w) in out.iter_mut().zip(&self.0) {
+            let v = u128::from(w) * u128::from(f) + carry;
+            *o = v as u64;
+            carry = v >> 64;
+        }
+        Wide(out)
+    }
+
+    fn shl1_or(self, bit: u64) -> Wide {
+        let w = self.0;
+        Wide([w[0] << 1 | bit, w[1] << 1 | w[0] >> 63, w[2] << 1 | w[1] >> 63])
+    }
+
+    fn at_least(self, other: Wide) -> bool {
+        for i in (0..3).rev() {
+            if self.0[i] != other.0[i] {
+                return self.0[i] > other.0[i];
+            }
+        }
+        true
+    }
+
+    fn minus(self, other: Wide) -> Wide {
+        let mut out = [0u64; 3];
+        let mut borrow = 0u64;
+        for ((o, &a), &b) in out.iter_mut().zip(&self.0).zip(&other.0) {
+            let (a, b1) = a.overflowing_sub(b);
+            let (a, b2) = a.overflowing_sub(borrow);
+            *o = a;
+            borrow = u64::from(b1 || b2);
+        }
+        Wide(out)
+    }
+}
+
+/// `m / 10^k` (1 ≤ k ≤ 65) rounded to the nearest f32, ties to even.
+fn divide_by_power_of_ten(m: u64, k: u32) -> f32 {
+    let mut d = Wide([1, 0, 0]);
+    for _ in 0..k {
+        d = d.times_small(5);
+    }
+    // The integer part of m / 5^k, one bit of m at a time, then fraction bits
+    // until the quotient has 26 significant bits or lies wholly below f32's
+    // subnormals (its binary exponent −(fraction bits + k) under −152).
+    let (mut q, mut rem, mut frac) = (0u64, Wide([0, 0, 0]), 0i32);
+    for i in (0..64).rev() {
+        rem = rem.shl1_or(m >> i & 1);
+        q <<= 1;
+        if rem.at_least(d) {
+            rem = rem.minus(d);
+            q |= 1;
+        }
+    }
+    while q < 1 << 26 && frac + (k as i32) < 152 {
+        rem = rem.shl1_or(0);
+        q <<= 1;
+        if rem.at_least(d) {
+            rem = rem.minus(d);
+            q |= 1;
+        }
+        frac += 1;
+    }
+    let sticky = rem != Wide([0, 0, 0]);
+    round_to_f32(q, -(frac + k as i32), sticky)
+}
+
+/// `(q + s) · 2^e2` with `0 ≤ s < 1` (s > 0 when `sticky`) rounded to the nearest
+/// f32, ties to even, for `q < 2^64` and a result below 2^128.
+fn round_to_f32(q: u64, e2: i32, sticky: bool) -> f32 {
+    if q == 0 {
+        return 0.0;
+    }
+    let bits = 64 - q.leading_zeros() as i32;
+    // Normal results keep 24 bits; subnormal ones the bits of weight ≥ 2^−149.
+    let shift = if e2 + bits > -126 { bits - 24 } else { -149 - e2 };
+    let (mut kept, mut e) = if shift <= 0 {
+        (q << -shift, e2 + shift)
+    } else if shift > 64 {
+        (0, e2 + shift)
+    } else {
+        let kept = if shift == 64 { 0 } else { q >> shift };
+        let rest = if shift == 64 { q } else { q & ((1u64 << shift) - 1) };
+        let half = 1u64 << (shift - 1);
+        let up = rest > half || rest == half && (sticky || kept & 1 == 1);
+        (kept + u64::from(up), e2 + shift)
+    };
+    if kept == 1 << 24 {
+        kept >>= 1;
+        e += 1;
+    }
+    if kept >= 1 << 23 {
+        // Normal: kept in [2^23, 2^24), value kept · 2^e.
+        let biased = e + 23 + 127;
+        if biased >= 255 {
+            return f32::INFINITY;
+        }
+        f32::from_bits((biased as u32) << 23 | (kept as u32 & 0x7f_ffff))
+    } else {
+        // Subnormal (e = −149): the bits are the quants (2^23 would be the least normal).
+        f32::from_bits(kept as u32)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -256,5 +470,151 @@ mod tests {
             libm_err = libm_err.max((f64::from(libm::expf(x)) - exact).abs() / exact);
         }
         assert!(ours <= 2.0 * libm_err.max(6e-8), "ours {ours:e}, libm {libm_err:e}");
+    }
+
+    /// `parse_f32` against `str::parse::<f32>` (bit for bit, NaN as NaN), or
+    /// `TooManyDigits` where the significant digits pass 19; returns whether it parsed.
+    fn same_as_core(s: &str) -> bool {
+        let core = s.parse::<f32>();
+        match parse_f32(s.as_bytes()) {
+            Ok(v) => {
+                let c = core.unwrap_or_else(|_| panic!("{s:?}: parsed as {v}, core refuses it"));
+                assert!(v.to_bits() == c.to_bits() || v.is_nan() && c.is_nan(), "{s:?}: {v:e} vs core {c:e}");
+                true
+            }
+            Err(ParseFloatError::Invalid) => {
+                assert!(core.is_err(), "{s:?}: refused, core reads {core:?}");
+                false
+            }
+            Err(ParseFloatError::TooManyDigits) => {
+                let mantissa = s.split(['e', 'E']).next().unwrap_or("");
+                let digits: std::string::String = mantissa.chars().filter(char::is_ascii_digit).collect();
+                assert!(digits.trim_matches('0').len() > MAX_SIGNIFICANT_DIGITS, "{s:?}: too many digits?");
+                false
+            }
+        }
+    }
+
+    #[test]
+    fn parse_f32_equals_core_on_edges() {
+        for s in [
+            "0",
+            "-0",
+            "+0.0",
+            "0e999999999",
+            "1",
+            "0.8",
+            "0.9",
+            "0.95",
+            "1e-3",
+            ".5",
+            "5.",
+            "-2.5E+2",
+            "00001.2500",
+            "16777216",
+            "16777217",
+            "16777218",
+            "16777219",
+            "33554433",
+            "3.4028235e38",
+            "3.4028236e38",
+            "3.40282357e38",
+            "1e38",
+            "1e39",
+            "1e-38",
+            "1.1754942e-38",
+            "1.17549435e-38",
+            "1e-45",
+            "7e-46",
+            "7.1e-46",
+            "1.4e-45",
+            "2.1e-45",
+            "1e-46",
+            "1e-65",
+            "9999999999999999999e-84",
+            "9999999999999999999e19",
+            "0.000000000000000000000000000000000000000000001",
+            "1234567890123456789",
+            "12345678901234567890",
+            "1234567890123456789000000",
+            "0.1234567890123456789",
+            "inf",
+            "-Infinity",
+            "NaN",
+            "nan",
+            "infinity",
+            "",
+            "-",
+            ".",
+            "e5",
+            "1e",
+            "1e+",
+            "1.2.3",
+            "1x",
+            "--1",
+            " 1",
+            "1 ",
+            "+-1",
+            "0x10",
+            "1_0",
+        ] {
+            same_as_core(s);
+        }
+        assert_eq!(parse_f32(b"12345678901234567891"), Err(ParseFloatError::TooManyDigits));
+        assert_eq!(parse_f32(b"1.5x"), Err(ParseFloatError::Invalid));
+    }
+
+    #[test]
+    fn parse_f32_equals_core_on_random_and_halfway_strings() {
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let n = if cfg!(miri) { 200 } else { 300_000 };
+        let mut parsed = 0;
+        for i in 0..n {
+            let r = next();
+            let s = match i % 3 {
+                // Random digits, point and exponent.
+                0 => {
+                    let digits = 1 + (r % 19) as usize;
+                    let mut s = std::string::String::new();
+                    let mut x = next();
+                    for d in 0..digits {
+                        if d == (r >> 8) as usize % (digits + 1) {
+                            s.push('.');
+                        }
+                        s.push(char::from(b'0' + (x % 10) as u8));
+                        x /= 10;
+                        if x == 0 {
+                            x = next();
+                        }
+                    }
+                    let e = (r >> 16) as i64 % 120 - 75;
+                    std::format!("{s}e{e}")
+                }
+                // Exactly halfway between two f32 (a tie): the exact decimal of the f64 midpoint.
+                1 => {
+                    let bits = (r as u32) & 0x7f7f_ffff;
+                    let (a, b) = (f32::from_bits(bits), f32::from_bits(bits + 1));
+                    let mid = (f64::from(a) + f64::from(b)) / 2.0;
+                    let s = std::format!("{mid:.60}");
+                    std::string::String::from(s.trim_end_matches('0').trim_end_matches('.'))
+                }
+                // Ties with few digits: binary fractions near 1 and integers up to 2^44.
+                _ => {
+                    let e = (r % 40) as i32 - 20;
+                    let a = f32::from_bits(((e + 127) as u32) << 23 | (r >> 32) as u32 & 0x7f_ffff);
+                    let mid = (f64::from(a) + f64::from(f32::from_bits(a.to_bits() + 1))) / 2.0;
+                    let s = std::format!("{mid:.45}");
+                    std::string::String::from(s.trim_end_matches('0').trim_end_matches('.'))
+                }
+            };
+            parsed += usize::from(same_as_core(&s));
+        }
+        assert!(parsed > n / 3, "only {parsed} of {n} strings had at most 19 significant digits");
     }
 }

@@ -140,6 +140,21 @@ fn value<'a, T: core::str::FromStr>(
     core::str::from_utf8(value).ok().and_then(|s| s.parse().ok()).ok_or(ArgError::BadValue { flag, value, expected })
 }
 
+/// Parses `value` as an f32 with [`microlm::scalar::parse_f32`] (the value
+/// `str::parse` gives, without core's table of powers of five: 10 KB of flash),
+/// naming the flag on failure.
+fn real<'a>(flag: &'static str, value: Option<&'a [u8]>) -> Result<f32, ArgError<'a>> {
+    let value = value.ok_or(ArgError::MissingValue(flag))?;
+    microlm::scalar::parse_f32(value).map_err(|e| ArgError::BadValue {
+        flag,
+        value,
+        expected: match e {
+            microlm::scalar::ParseFloatError::Invalid => "a number",
+            microlm::scalar::ParseFloatError::TooManyDigits => "a number of at most 19 significant digits",
+        },
+    })
+}
+
 /// The default of `--kv`: the dtype the firmware was built for (`MICROLM_KV`
 /// when cargo built it, as build.rs sized the arena), else f32.
 fn built_kv() -> KvDtype {
@@ -177,10 +192,10 @@ pub fn parse(line: &mut [u8]) -> Result<Args<'_>, ArgError<'_>> {
         match name {
             b"-p" | b"--prompt" => args.prompt = next().ok_or(ArgError::MissingValue("-p"))?,
             b"-n" | b"--steps" => args.steps = value("-n", next(), "a whole number")?,
-            b"-t" | b"--temperature" => args.temperature = value("-t", next(), "a number")?,
-            b"--top-p" => args.top_p = value("--top-p", next(), "a number")?,
+            b"-t" | b"--temperature" => args.temperature = real("-t", next())?,
+            b"--top-p" => args.top_p = real("--top-p", next())?,
             b"--top-k" => args.top_k = value("--top-k", next(), "a whole number")?,
-            b"--min-p" => args.min_p = value("--min-p", next(), "a number")?,
+            b"--min-p" => args.min_p = real("--min-p", next())?,
             b"-s" | b"--seed" => args.seed = Some(value("-s", next(), "a whole number")?),
             b"--ctx" => args.ctx = Some(value("--ctx", next(), "a whole number")?),
             b"--kv" => args.kv = value("--kv", next(), "f32, f16 or i8")?,
