@@ -25,8 +25,9 @@ use crate::error::FormatError;
 /// First four bytes of every `.mlm` file.
 pub const MAGIC: [u8; 4] = *b"MLM\x1a";
 /// The format version this build writes. Version 2 starts the tokenizer section
-/// with a kind word (SentencePiece or byte-level BPE).
-pub const VERSION: u32 = 2;
+/// with a kind word (SentencePiece or byte-level BPE); version 3 adds the q4_16
+/// dtype (a version 1 or 2 file that names it is refused).
+pub const VERSION: u32 = 3;
 /// Longest source-format name (the string after the tensor table in version 2).
 pub const MAX_SOURCE_LEN: usize = 64;
 /// The oldest version this build reads: version 1 files hold a SentencePiece

@@ -111,7 +111,7 @@ impl<'a> Model<'a> {
         )?;
 
         // Per-kind dtypes come from the first entry of each kind; the table must then equal the canonical one.
-        let dtypes = Self::kind_dtypes(table, expected)?;
+        let dtypes = Self::kind_dtypes(table, expected, version)?;
         let layout = Layout::new(&config, &dtypes, tok_end).ok_or(FormatError::Overflow)?;
         let mut rest = table;
         for (index, canonical) in canonical_tensors(&config, &dtypes, &layout).enumerate() {
@@ -156,8 +156,9 @@ impl<'a> Model<'a> {
         })
     }
 
-    /// Reads the dtype of each kind from its first table entry; norms must be f32.
-    fn kind_dtypes(table: &[u8], count: usize) -> Result<KindDtypes, FormatError> {
+    /// Reads the dtype of each kind from its first table entry; norms must be f32,
+    /// and q4_16 needs format version 3.
+    fn kind_dtypes(table: &[u8], count: usize, version: u32) -> Result<KindDtypes, FormatError> {
         let mut dtypes = [DType::F32; 12];
         let mut seen = [false; 12];
         let mut rest = table;
@@ -166,7 +167,7 @@ impl<'a> Model<'a> {
                 postcard::take_from_bytes(rest).map_err(|_| FormatError::HeaderDecode)?;
             rest = tail;
             let k = entry.kind.index();
-            if entry.kind.is_norm() && entry.dtype != DType::F32 {
+            if entry.kind.is_norm() && entry.dtype != DType::F32 || version < 3 && entry.dtype == DType::Q4_16 {
                 return Err(FormatError::TensorDtype { index: index as u32 });
             }
             if !seen[k] {
@@ -309,6 +310,6 @@ fn header_parts(bytes: &[u8]) -> Result<(Config, KindDtypes), FormatError> {
     let (header, table): (Header<'_>, &[u8]) =
         postcard::take_from_bytes(header).map_err(|_| FormatError::HeaderDecode)?;
     let config = Config::from_header(&header)?;
-    let dtypes = Model::kind_dtypes(table, config.tensor_count())?;
+    let dtypes = Model::kind_dtypes(table, config.tensor_count(), version)?;
     Ok((config, dtypes))
 }

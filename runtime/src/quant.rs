@@ -5,7 +5,7 @@
 //! Round-to-nearest (`encode_rows` without importance) is bit-compatible with
 //! ggml's reference quantizers. With an importance vector (llama.cpp
 //! imatrix-style: the mean square of each input column over calibration text),
-//! every q4_0 / q8_0 block searches its scale to minimize the weighted error
+//! every q4_0 / q4_16 / q8_0 scale group searches its scale to minimize the weighted error
 //! `Σ_j w_j (x_j − d·q_j)²`, which approximates the expected squared error of the
 //! matmul output that the block feeds.
 
@@ -15,7 +15,7 @@ use alloc::{vec, vec::Vec};
 use half::f16;
 
 use crate::format::DType;
-use crate::kernels::{q4_0, q8_0, QK};
+use crate::kernels::{q4_0, q4_16, q8_0, QK};
 
 /// Encodes a (rows, cols) row-major tensor as `dtype`: `rows × dtype.row_bytes(cols)`
 /// bytes, block rows zero-padded. `importance` (cols values, ≥ 0), when given,
@@ -36,11 +36,12 @@ pub fn encode_rows(dtype: DType, cols: usize, values: &[f32], importance: Option
                     d.copy_from_slice(&f16::from_f32(v).to_le_bytes());
                 }
             }
-            DType::Q8_0 | DType::Q4_0 => {
-                let block_bytes = if dtype == DType::Q8_0 { q8_0::BLOCK_BYTES } else { q4_0::BLOCK_BYTES };
+            DType::Q8_0 | DType::Q4_0 | DType::Q4_16 => {
+                let block_bytes = dtype.block_bytes().unwrap_or(QK);
                 for (b, (chunk, block)) in row.chunks(QK).zip(dst.chunks_exact_mut(block_bytes)).enumerate() {
                     match importance {
                         None if dtype == DType::Q8_0 => q8_0::quantize_block(chunk, block),
+                        None if dtype == DType::Q4_16 => q4_16::quantize_block(chunk, block),
                         None => q4_0::quantize_block(chunk, block),
                         Some(imp) => {
                             let imp = imp.get(b * QK..).unwrap_or(&[]);
@@ -100,7 +101,7 @@ pub fn largest_finite(dtype: DType) -> f32 {
         DType::F32 => f32::MAX,
         DType::F16 => f16_max,
         DType::Q8_0 => f16_max * 127.0,
-        DType::Q4_0 => f16_max * 8.0,
+        DType::Q4_0 | DType::Q4_16 => f16_max * 8.0,
     }
 }
 
@@ -112,7 +113,7 @@ fn fits(dtype: DType, v: f32) -> bool {
         DType::F32 => true,
         DType::F16 => f16::from_f32(a).is_finite(),
         DType::Q8_0 => f16::from_f32(a / 127.0).is_finite(),
-        DType::Q4_0 => f16::from_f32(a / 8.0).is_finite(),
+        DType::Q4_0 | DType::Q4_16 => f16::from_f32(a / 8.0).is_finite(),
     }
 }
 
@@ -231,10 +232,22 @@ fn search_scale(x: &[f32], w: &[f32; QK], lo: i32, hi: i32) -> (f32, [i32; QK]) 
 }
 
 /// Weighted quantization of one block into `out` (q8_0 levels −127..=127,
-/// q4_0 levels −8..=7 stored as nibble = level + 8).
+/// q4_0 and q4_16 levels −8..=7 stored as nibble = level + 8; q4_16 searches each
+/// 16-value half's scale on its own).
 fn quantize_block_weighted(dtype: DType, x: &[f32], importance: &[f32], row: &[f32], out: &mut [u8]) {
     let x = &x[..x.len().min(QK)];
     let w = block_weights(x, importance, row);
+    if dtype == DType::Q4_16 {
+        let (mut d, mut levels) = ([0.0f32; 2], [0i32; QK]);
+        for (h, half) in x.chunks(crate::dtype::QK4_16).enumerate() {
+            let mut wh = [0.0f32; QK];
+            wh[..half.len()].copy_from_slice(&w[h * crate::dtype::QK4_16..][..half.len()]);
+            let (dh, l) = search_scale(half, &wh, -8, 7);
+            d[h] = dh;
+            levels[h * crate::dtype::QK4_16..][..half.len()].copy_from_slice(&l[..half.len()]);
+        }
+        return write_groups(dtype, &d, &levels, out);
+    }
     if dtype == DType::Q8_0 {
         let (d, l) = search_scale(x, &w, -127, 127);
         let mut block = q8_0::BlockQ8_0 { d: f16::from_f32(d).to_le_bytes(), qs: [0; QK] };
@@ -252,17 +265,17 @@ fn quantize_block_weighted(dtype: DType, x: &[f32], importance: &[f32], row: &[f
     }
 }
 
-/// Integer level range of a block type: q8_0 −127..=127, q4_0 −8..=7 (`None` otherwise).
+/// Integer level range of a block type: q8_0 −127..=127, q4_0 and q4_16 −8..=7 (`None` otherwise).
 pub fn block_levels(dtype: DType) -> Option<(i32, i32)> {
     match dtype {
         DType::Q8_0 => Some((-127, 127)),
-        DType::Q4_0 => Some((-8, 7)),
+        DType::Q4_0 | DType::Q4_16 => Some((-8, 7)),
         DType::F32 | DType::F16 => None,
     }
 }
 
-/// The stored (f16-rounded, as f32) scale of one block of `x` (≤ 32 values) as
-/// `dtype`: round-to-nearest's (`max / −8` for q4_0, `max|x| / 127` for q8_0) without
+/// The stored (f16-rounded, as f32) scale of one scale group of `x` (≤ 32 values,
+/// at most [`DType::group_size`]: 16 for q4_16) as `dtype`: round-to-nearest's (`max / −8` for q4_0, `max|x| / 127` for q8_0) without
 /// `weights`, else the weighted search that minimizes `Σ_j w_j (x_j − d·q_j)²`.
 /// Used by error-feedback quantizers (GPTQ) that pick each block's scale from the
 /// updated weights, then round column by column with [`block_level`].
@@ -303,9 +316,18 @@ pub fn block_level(dtype: DType, v: f32, d: f32) -> i32 {
 
 /// Writes one block of `dtype` with stored scale `d` and `levels` (≤ 32; missing
 /// ones are 0) in the exact layout the kernels read: q8_0 = f16 scale + 32 i8,
-/// q4_0 = f16 scale + 16 bytes of nibbles `level + 8` (element j low, j + 16 high).
+/// q4_0 = f16 scale + 16 bytes of nibbles `level + 8` (element j low, j + 16 high);
+/// q4_16 gets `d` for both halves (see [`write_groups`]).
 pub fn write_block(dtype: DType, d: f32, levels: &[i32], out: &mut [u8]) {
+    write_groups(dtype, &[d, d], levels, out)
+}
+
+/// Writes one block of `dtype` with one stored scale per scale group (`scales[g]`
+/// for elements `g·group_size..`: one for q8_0 and q4_0, two for q4_16) and `levels`
+/// (≤ 32; missing ones are 0) in the exact layout the kernels read.
+pub fn write_groups(dtype: DType, scales: &[f32], levels: &[i32], out: &mut [u8]) {
     let Some((lo, hi)) = block_levels(dtype) else { return };
+    let d = scales.first().copied().unwrap_or(0.0);
     let mut l = [0i32; QK];
     for (dst, &v) in l.iter_mut().zip(levels) {
         *dst = v.clamp(lo, hi);
@@ -321,7 +343,11 @@ pub fn write_block(dtype: DType, d: f32, levels: &[i32], out: &mut [u8]) {
         for (n, &v) in nibbles.iter_mut().zip(&l) {
             *n = (v + 8) as u8;
         }
-        q4_0::pack(d, &nibbles, out);
+        if dtype == DType::Q4_16 {
+            q4_16::pack([d, scales.get(1).copied().unwrap_or(d)], &nibbles, out);
+        } else {
+            q4_0::pack(d, &nibbles, out);
+        }
     }
 }
 

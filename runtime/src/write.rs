@@ -387,7 +387,7 @@ pub fn encode_tensor(dtype: DType, values: &[f32]) -> Vec<u8> {
     match dtype {
         DType::F32 => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
         DType::F16 => values.iter().flat_map(|&v| f16::from_f32(v).to_le_bytes()).collect(),
-        DType::Q8_0 | DType::Q4_0 => crate::quant::encode_rows(dtype, values.len(), values, None),
+        DType::Q8_0 | DType::Q4_0 | DType::Q4_16 => crate::quant::encode_rows(dtype, values.len(), values, None),
     }
 }
 

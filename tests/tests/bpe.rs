@@ -410,11 +410,11 @@ fn version_1_files_still_read_as_sentencepiece() {
         Some(FormatError::TokenizerKind { kind: 512 })
     );
     // A later version is refused.
-    let mut v3 = v2.clone();
-    v3[4..8].copy_from_slice(&3u32.to_le_bytes());
-    let w = aligned(&v3);
+    let mut v4 = v2.clone();
+    v4[4..8].copy_from_slice(&4u32.to_le_bytes());
+    let w = aligned(&v4);
     assert_eq!(
-        microlm::Model::parse(&bytemuck::cast_slice::<u32, u8>(&w)[..v3.len()]).err(),
-        Some(FormatError::UnsupportedVersion { found: 3, supported: 2 })
+        microlm::Model::parse(&bytemuck::cast_slice::<u32, u8>(&w)[..v4.len()]).err(),
+        Some(FormatError::UnsupportedVersion { found: 4, supported: 3 })
     );
 }

@@ -27,7 +27,7 @@ use core::fmt::Write as _;
 use cortex_m_rt::entry;
 use cortex_m_semihosting::{debug, hio};
 use microlm::format::DType;
-use microlm::kernels::{self, arm_dsp, arm_fpu, q4_0, q8_0, q8_act, BlockSums, Matrix, Portable, QK};
+use microlm::kernels::{self, arm_dsp, arm_fpu, q4_0, q4_16, q8_0, q8_act, BlockSums, Matrix, Portable, QK};
 use microlm::math;
 
 /// Semihosting stdout.
@@ -210,13 +210,17 @@ fn dot_i16_i8(r: &mut Report) {
     r.check("dsp dot_i16_i8 = scalar (lengths 1, 8, 31, 33, 172; extremes)", compare(results.iter().copied()));
 }
 
-/// Portable q8_0/q4_0 row bytes for `rows` × `cols`, random blocks with edge patterns.
+/// Portable q8_0/q4_0/q4_16 row bytes for `rows` × `cols`, random blocks with edge patterns.
 fn quantized_rows(rng: &mut Rng, dtype: DType, rows: usize, cols: usize, out: &mut [u8]) -> usize {
     let row_bytes = dtype.row_bytes(cols).unwrap_or(0);
-    let block = if dtype == DType::Q4_0 { q4_0::BLOCK_BYTES } else { q8_0::BLOCK_BYTES };
+    let block = dtype.block_bytes().unwrap_or(q8_0::BLOCK_BYTES);
+    // q4_16 blocks start with two scales, the others with one.
+    let scales = if dtype == DType::Q4_16 { 4 } else { 2 };
     for (b, chunk) in out[..rows * row_bytes].chunks_exact_mut(block).enumerate() {
-        chunk[..2].copy_from_slice(&rng.scale());
-        for (i, q) in chunk[2..].iter_mut().enumerate() {
+        for d in chunk[..scales].chunks_exact_mut(2) {
+            d.copy_from_slice(&rng.scale());
+        }
+        for (i, q) in chunk[scales..].iter_mut().enumerate() {
             *q = pattern_byte(rng, b % PATTERNS, i);
         }
     }
@@ -229,7 +233,7 @@ fn matvec(r: &mut Report) {
     let mut w = [0u8; 6 * 6 * q8_0::BLOCK_BYTES];
     let mut x = [0f32; 172];
     let mut scratch = [0u32; 6 * q8_act::BLOCK_WORDS];
-    for dtype in [DType::Q8_0, DType::Q4_0] {
+    for dtype in [DType::Q8_0, DType::Q4_0, DType::Q4_16] {
         let mut results = [(0u32, 0u32); 4 * 5 * 6];
         let mut n = 0;
         for &cols in &[1usize, 31, 33, 172] {
@@ -256,17 +260,21 @@ fn matvec(r: &mut Report) {
                 q8_act::prepare_row(&x[..cols], xq);
                 for (row, &o) in out[..rows].iter().enumerate() {
                     let bytes = &w[row * row_bytes..][..row_bytes];
-                    let portable = if dtype == DType::Q4_0 {
-                        q4_0::vec_dot_with::<Portable>(bytes, xq)
-                    } else {
-                        q8_0::vec_dot_with::<Portable>(bytes, xq)
+                    let portable = match dtype {
+                        DType::Q4_0 => q4_0::vec_dot_with::<Portable>(bytes, xq),
+                        DType::Q4_16 => q4_16::vec_dot_with::<Portable>(bytes, xq),
+                        _ => q8_0::vec_dot_with::<Portable>(bytes, xq),
                     };
                     results[n] = (o.to_bits(), portable.to_bits());
                     n += 1;
                 }
             }
         }
-        let name = if dtype == DType::Q4_0 { "q4_0 matvec = portable" } else { "q8_0 matvec = portable" };
+        let name = match dtype {
+            DType::Q4_0 => "q4_0 matvec = portable",
+            DType::Q4_16 => "q4_16 matvec = portable",
+            _ => "q8_0 matvec = portable",
+        };
         r.check(name, compare(results[..n].iter().copied()));
     }
 }

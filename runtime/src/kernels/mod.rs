@@ -10,7 +10,7 @@
 //!   arm_mve.rs  Cortex-M55 MVE (Helium) asm: VMLADAV block sums over whole rows
 //!   x86.rs      x86-64 SSE4.1 / AVX2 block sums
 //!   neon.rs     aarch64 NEON block sums
-//!   f32.rs, f16.rs, q8_0.rs, q4_0.rs   the row formats: matvec rows, (de)quantization
+//!   f32.rs, f16.rs, q8_0.rs, q4_0.rs, q4_16.rs   the row formats: matvec rows, (de)quantization
 //!   q8_act.rs   activations quantized to q8_0 blocks and widened for the block sums
 //!   suite.rs    the checks every implementation must pass (tests and device harnesses)
 //! ```
@@ -19,7 +19,7 @@
 //! (docs/ARCHITECTURE.md, numerics contract), so every ISA variant reproduces the portable one bit for bit:
 //!
 //! - `f32`, `f16` matvecs: one sequential f32 sum per row, left to right (llama2.c `matmul`).
-//! - `q8_0`, `q4_0` matvecs: the input is quantized once per matvec to q8_0 blocks; per
+//! - `q8_0`, `q4_0`, `q4_16` matvecs: the input is quantized once per matvec to q8_0 blocks; per
 //!   block an exact i32 dot of the quants, then blocks summed in f32 in index
 //!   order (see each module's header). The exact block sums come from one
 //!   [`BlockSums`] per instruction set, chosen by [`Isa::best`].
@@ -38,6 +38,7 @@ pub mod generic;
 #[cfg(target_arch = "aarch64")]
 pub mod neon;
 pub mod q4_0;
+pub mod q4_16;
 pub mod q8_0;
 pub mod q8_act;
 #[doc(hidden)]
@@ -165,6 +166,8 @@ pub(crate) fn quantized_matvec_on(isa: Isa, dtype: DType, w: &[u8], row_bytes: u
         #[cfg(microlm_dsp)]
         Isa::ArmDsp => quantized_matvec::<arm_dsp::Dsp>(dtype, w, row_bytes, xq, out),
         #[cfg(microlm_mve)]
+        Isa::Mve if dtype == DType::Q4_16 => quantized_matvec::<arm_mve::Mve>(dtype, w, row_bytes, xq, out),
+        #[cfg(microlm_mve)]
         Isa::Mve => arm_mve::matvec(dtype, w, row_bytes, xq, out),
         #[cfg(target_arch = "aarch64")]
         Isa::Neon => neon::matvec(dtype, w, row_bytes, xq, out),
@@ -184,6 +187,8 @@ pub(crate) fn quantized_matvec<B: BlockSums>(dtype: DType, w: &[u8], row_bytes: 
     let rows = out.iter_mut().zip(w.chunks_exact(row_bytes));
     if dtype == DType::Q4_0 {
         rows.for_each(|(o, row)| *o = q4_0::vec_dot_with::<B>(row, xq));
+    } else if dtype == DType::Q4_16 {
+        rows.for_each(|(o, row)| *o = q4_16::vec_dot_with::<B>(row, xq));
     } else {
         rows.for_each(|(o, row)| *o = q8_0::vec_dot_with::<B>(row, xq));
     }
@@ -387,7 +392,7 @@ impl Matrix<'_> {
         match self.dtype {
             DType::F32 => f32_matvec_on(isa, self.data, x, out),
             DType::F16 => f16::matvec(self.data, x, out),
-            DType::Q8_0 | DType::Q4_0 => {
+            DType::Q8_0 | DType::Q4_0 | DType::Q4_16 => {
                 let words = q8_act::words(self.cols).ok_or(SessionError::Internal)?;
                 let row_bytes = self.dtype.row_bytes(self.cols).ok_or(SessionError::Internal)?;
                 let too_small = SessionError::ScratchTooSmall { needed: words * 4, given: scratch.len() * 4 };
@@ -420,6 +425,7 @@ impl Matrix<'_> {
             DType::F16 => f16::to_f32(bytes, out),
             DType::Q8_0 => q8_0::dequantize_row(bytes, out),
             DType::Q4_0 => q4_0::dequantize_row(bytes, out),
+            DType::Q4_16 => q4_16::dequantize_row(bytes, out),
         }
     }
 }

@@ -7,7 +7,7 @@
 //! - [`block_sums_with`]`::<B>()`: the same for a [`BlockSums`] type directly
 //!   (the DSP instruction emulation on hosts, the MVE asm `arm_mve::Mve` on Cortex-M55);
 //! - [`matvecs`]`(isa)`: q8_0 and q4_0 matvecs on odd shapes bit-identical to the
-//!   scalar references `q8_0::vec_dot_ref` / `q4_0::vec_dot_ref`;
+//!   scalar references `q8_0::vec_dot_ref` / `q4_0::vec_dot_ref` / `q4_16::vec_dot_ref`;
 //! - [`f32_matvecs`]: f32 matvecs equal one sequential sum per row;
 //! - [`quantizer`]: activation quantization equals the portable quantizer;
 //! - [`attention`]: the attention and exp kernels this target selects,
@@ -18,7 +18,7 @@
 //! macro; a firmware calls [`run_all`] and reports the [`Failure`].
 
 use super::generic;
-use super::{q4_0, q8_0, q8_act, BlockSums, Isa, Matrix, QK};
+use super::{q4_0, q4_16, q8_0, q8_act, BlockSums, Isa, Matrix, QK};
 use crate::dtype::DType;
 
 /// The first check that failed: its name and the case number within it.
@@ -173,7 +173,7 @@ const MAX_ROWS: usize = 5;
 const MAX_COLS: usize = 300;
 const MAX_BLOCKS: usize = MAX_COLS.div_ceil(QK);
 
-/// q8_0 and q4_0 matvecs with the block sums of `isa` on odd shapes (1 to 5
+/// q8_0, q4_0 and q4_16 matvecs with the block sums of `isa` on odd shapes (1 to 5
 /// rows; 1 to 300 columns) are bit-identical to the scalar references.
 pub fn matvecs(isa: Isa) -> Result<(), Failure> {
     const COLS: [usize; 9] = [1, 31, 32, 33, 64, 100, 172, 288, 300];
@@ -189,27 +189,34 @@ pub fn matvecs(isa: Isa) -> Result<(), Failure> {
             values(x, 1000 + u64::from(case));
             let nb = cols.div_ceil(QK);
             q8_0::quantize_row(x, &mut x8[..nb * q8_0::BLOCK_BYTES]);
-            for (dtype, bb) in [(DType::Q8_0, q8_0::BLOCK_BYTES), (DType::Q4_0, q4_0::BLOCK_BYTES)] {
+            for (dtype, bb) in
+                [(DType::Q8_0, q8_0::BLOCK_BYTES), (DType::Q4_0, q4_0::BLOCK_BYTES), (DType::Q4_16, q4_16::BLOCK_BYTES)]
+            {
                 let row_bytes = nb * bb;
                 let data = &mut data[..rows * row_bytes];
                 for (r, out) in data.chunks_exact_mut(row_bytes).enumerate() {
                     let w = &mut w[..cols];
                     values(w, 2000 + u64::from(case) * 8 + r as u64);
-                    if dtype == DType::Q8_0 {
-                        q8_0::quantize_row(w, out);
-                    } else {
-                        q4_0::quantize_row(w, out);
+                    match dtype {
+                        DType::Q8_0 => q8_0::quantize_row(w, out),
+                        DType::Q4_16 => q4_16::quantize_row(w, out),
+                        _ => q4_0::quantize_row(w, out),
                     }
                 }
                 let m = Matrix { dtype, rows, cols, data };
                 let mut out = [f32::NAN; MAX_ROWS];
-                let name = if dtype == DType::Q8_0 { "matvecs.q8_0" } else { "matvecs.q4_0" };
+                let name = match dtype {
+                    DType::Q8_0 => "matvecs.q8_0",
+                    DType::Q4_16 => "matvecs.q4_16",
+                    _ => "matvecs.q4_0",
+                };
                 ensure(m.matvec_on(isa, x, &mut out[..rows], &mut xq).is_ok(), name, case, Some(isa))?;
                 for (o, row) in out.iter().zip(data.chunks_exact(row_bytes)) {
-                    let want = if dtype == DType::Q8_0 {
-                        q8_0::vec_dot_ref(row, &x8[..nb * q8_0::BLOCK_BYTES])
-                    } else {
-                        q4_0::vec_dot_ref(row, &x8[..nb * q8_0::BLOCK_BYTES])
+                    let x8 = &x8[..nb * q8_0::BLOCK_BYTES];
+                    let want = match dtype {
+                        DType::Q8_0 => q8_0::vec_dot_ref(row, x8),
+                        DType::Q4_16 => q4_16::vec_dot_ref(row, x8),
+                        _ => q4_0::vec_dot_ref(row, x8),
                     };
                     ensure(o.to_bits() == want.to_bits(), name, case, Some(isa))?;
                 }

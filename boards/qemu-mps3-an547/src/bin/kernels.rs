@@ -15,7 +15,7 @@ use core::fmt::Write as _;
 
 use cortex_m_rt::entry;
 use microlm::format::DType;
-use microlm::kernels::{self, arm_mve, q4_0, q8_0, q8_act, Isa, Matrix, QK};
+use microlm::kernels::{self, arm_mve, q4_0, q4_16, q8_0, q8_act, Isa, Matrix, QK};
 use microlm_board::host::{exit, Out};
 use microlm_board::Console as _;
 
@@ -55,7 +55,7 @@ fn mve_matvec_equals_portable(out: &mut Out) -> bool {
     };
     let mut row = [0f32; COLS];
     let mut case = 0u32;
-    for dtype in [DType::Q8_0, DType::Q4_0] {
+    for dtype in [DType::Q8_0, DType::Q4_0, DType::Q4_16] {
         for cols in [1, 33, arm_mve::CHUNK_BLOCKS * QK, arm_mve::CHUNK_BLOCKS * QK + 1, COLS - 7, COLS] {
             // 7 rows: the q8_0 kernel's group of four, then a pair and a single row.
             for rows in [1, 2, 5, ROWS] {
@@ -66,10 +66,10 @@ fn mve_matvec_equals_portable(out: &mut Out) -> bool {
                     let scale = f32::from_bits((107 + 6 * r as u32) << 23);
                     row[..cols].iter_mut().for_each(|v| *v *= scale);
                     let dst = &mut w[r * row_bytes..(r + 1) * row_bytes];
-                    if dtype == DType::Q8_0 {
-                        q8_0::quantize_row(&row[..cols], dst);
-                    } else {
-                        q4_0::quantize_row(&row[..cols], dst);
+                    match dtype {
+                        DType::Q8_0 => q8_0::quantize_row(&row[..cols], dst),
+                        DType::Q4_16 => q4_16::quantize_row(&row[..cols], dst),
+                        _ => q4_0::quantize_row(&row[..cols], dst),
                     }
                 }
                 fill(&mut x[..cols], case * 16 + 15);
@@ -89,7 +89,7 @@ fn mve_matvec_equals_portable(out: &mut Out) -> bool {
             }
         }
     }
-    let _ = writeln!(out, "ok mve matvec = portable ({case} shapes, up to {ROWS}x{COLS}, q8_0 and q4_0)");
+    let _ = writeln!(out, "ok mve matvec = portable ({case} shapes, up to {ROWS}x{COLS}, q8_0, q4_0 and q4_16)");
     true
 }
 
