@@ -1,13 +1,17 @@
 //! `microlm quantize --budget BYTES` / `--board NAME`: the per-kind dtype mix
-//! (q4_0 or q8_0 for each weight kind) that fits a byte budget at the best measured quality.
+//! (q4_0, q4_16 or q8_0 for each weight kind) that fits a byte budget at the best
+//! measured quality.
 //!
 //! Sensitivity: on the first `--budget-tokens` positions of the calibration text,
 //! the mean KL(source ‖ mix) of the logits is measured for the cheapest mix (every
-//! kind q4_0) and for that mix with one kind upgraded to q8_0. Each upgrade's gain
-//! (the KL it removes) per extra byte ranks it; upgrades are taken greedily in that
-//! order while the mix fits. The predicted KL assumes the gains add up; the chosen
-//! mix is then built and measured on the same tokens. The file format stores one
-//! dtype per kind, so the choice is per kind (all layers together).
+//! kind q4_0) and for that mix with one kind upgraded to q4_16 or to q8_0. Each
+//! upgrade's gain (the KL it removes) per extra byte ranks it; the greedy choice
+//! (a multiple-choice knapsack) repeatedly takes the step with the best gain per
+//! byte, from a kind's present dtype to a larger one, while the mix fits. The
+//! predicted KL assumes the gains add up; the chosen mix is then built and measured
+//! on the same tokens. The file format stores one dtype per kind, so the choice is
+//! per kind (all layers together). Each tensor is quantized once per dtype and
+//! reused by every mix.
 
 use anyhow::{bail, ensure, Context, Result};
 use microlm::format::{DType, KindDtypes, TensorKind};
@@ -97,22 +101,41 @@ fn choosable(shared_classifier: bool) -> Vec<TensorKind> {
         .collect()
 }
 
+/// Encoded tensors by (kind index, layer, dtype), so each is quantized once.
+type Cache = std::cell::RefCell<std::collections::HashMap<(usize, u32, usize), Vec<u8>>>;
+
 /// A mix built in memory: its bytes, weight bytes and report.
 fn build(
     source: &Model<'_>,
     dtypes: KindDtypes,
     imp: &Importance,
     args: &QuantArgs,
+    cache: &Cache,
 ) -> Result<(Vec<u8>, u64, Vec<TensorReport>)> {
-    let (bytes, report) = quantize::requantize(
-        source,
-        source.name(),
-        dtypes,
-        Some(imp),
-        args.gptq_settings(),
-        &|_, _| None,
-        args.saturate,
-    )?;
+    let gptq = args.gptq_settings();
+    // A tensor already in the cache is copied; a new one is quantized as
+    // `requantize` would (GPTQ or the calibrated search) and remembered.
+    let cached = |entry: &microlm::format::TensorEntry, values: &[f32]| -> Option<Vec<u8>> {
+        if !entry.dtype.is_quantized() {
+            return None;
+        }
+        let key = (entry.kind.index(), entry.layer, entry.dtype as usize);
+        if let Some(bytes) = cache.borrow().get(&key) {
+            return Some(bytes.clone());
+        }
+        let (kind, layer) = (entry.kind, entry.layer as usize);
+        let (rows, cols) = (entry.rows as usize, entry.cols as usize);
+        let checked = microlm::quant::check_values(entry.dtype, values, args.saturate).ok()?;
+        let bytes = match (gptq, imp.hessian(kind, layer)) {
+            (Some(settings), Some(h)) => {
+                microlm_cli::gptq::quantize(entry.dtype, rows, cols, &checked, h, settings).ok()?
+            }
+            _ => microlm::quant::encode_rows(entry.dtype, cols, &checked, imp.get(kind, layer)),
+        };
+        cache.borrow_mut().insert(key, bytes.clone());
+        Some(bytes)
+    };
+    let (bytes, report) = quantize::requantize(source, source.name(), dtypes, Some(imp), gptq, &cached, args.saturate)?;
     let weights = report.iter().map(|r| r.bytes).sum();
     Ok((bytes, weights, report))
 }
@@ -122,6 +145,13 @@ fn measure(reference: &Reference, bytes: &[u8]) -> Result<(f64, f64)> {
     let model = file.parse(false)?;
     reference.score(&model)
 }
+
+/// One dtype a kind may take: the dtype, its extra weight bytes and the KL it
+/// removes, both against every kind q4_0.
+type KindOption = (DType, u64, f64);
+
+/// The dtypes a kind may be raised to from q4_0, cheapest first.
+const UPGRADES: [DType; 2] = [DType::Q4_16, DType::Q8_0];
 
 /// What the budget counts.
 #[derive(Debug, Clone, Copy)]
@@ -168,8 +198,9 @@ pub fn choose(
         }
         d
     };
+    let cache = Cache::default();
     let base = quantize::kind_dtypes(DType::Q4_0, &QuantArgs::default(), shared)?;
-    let (base_bytes, base_weights, base_report) = build(source, base, imp, args)?;
+    let (base_bytes, base_weights, base_report) = build(source, base, imp, args, &cache)?;
     if !limit.fits(base_bytes.len(), base_weights) {
         bail!(
             "the cheapest mix (every weight q4_0) is {base_weights} weight bytes in a {} byte file: it does not fit {limit}",
@@ -182,36 +213,58 @@ pub fn choose(
         "budget: scoring on {} calibration tokens; every weight q4_0: {base_weights} weight bytes, KL {base_kl:.5}, ΔPPL {base_dppl:+.2}%",
         reference.steps.len()
     );
-    // Each single upgrade's gain per byte.
-    let mut upgrades = Vec::new();
+    // Per kind, the options from cheapest: (dtype, extra bytes, KL removed) against every kind q4_0.
+    let mut options: Vec<(TensorKind, Vec<KindOption>)> = Vec::new();
     for &kind in &kinds {
-        let (bytes, weights, _) = build(source, set(base, kind, DType::Q8_0), imp, args)?;
-        let (kl, _) = measure(&reference, &bytes)?;
-        let cost = weights.saturating_sub(base_weights).max(1);
-        eprintln!(
-            "  {:<10} q8_0: +{cost:>6} bytes, KL {kl:.5} (gain {:.5}, {:.3e}/byte)",
-            kind.name(),
-            base_kl - kl,
-            (base_kl - kl) / cost as f64
-        );
-        upgrades.push((kind, cost, base_kl - kl));
+        let mut opts = vec![(DType::Q4_0, 0u64, 0.0f64)];
+        for dtype in UPGRADES {
+            let (bytes, weights, _) = build(source, set(base, kind, dtype), imp, args, &cache)?;
+            let (kl, _) = measure(&reference, &bytes)?;
+            let cost = weights.saturating_sub(base_weights).max(1);
+            eprintln!(
+                "  {:<10} {:<5}: +{cost:>6} bytes, KL {kl:.5} (gain {:.5}, {:.3e}/byte)",
+                kind.name(),
+                dtype.name(),
+                base_kl - kl,
+                (base_kl - kl) / cost as f64
+            );
+            opts.push((dtype, cost, base_kl - kl));
+        }
+        options.push((kind, opts));
     }
-    upgrades.sort_by(|a, b| (b.2 / b.1 as f64).total_cmp(&(a.2 / a.1 as f64)));
+    // Greedy multiple-choice knapsack: the step (a kind from its present option to a
+    // larger one) with the best gain per byte that fits, until none is left.
+    let mut at = vec![0usize; options.len()];
     let (mut dtypes, mut predicted) = (base, base_kl);
     let (mut file_len, mut weights) = (base_bytes.len(), base_weights);
-    let mut chosen = Vec::new();
-    for &(kind, cost, gain) in &upgrades {
-        if gain <= 0.0 || !limit.fits(file_len + cost as usize, weights + cost) {
-            continue;
+    loop {
+        let mut best: Option<(usize, usize, f64)> = None;
+        for (k, (_, opts)) in options.iter().enumerate() {
+            let (_, cost0, gain0) = opts[at[k]];
+            for (o, &(_, cost, gain)) in opts.iter().enumerate().skip(at[k] + 1) {
+                let (dc, dg) = (cost - cost0, gain - gain0);
+                if dg <= 0.0 || !limit.fits(file_len + dc as usize, weights + dc) {
+                    continue;
+                }
+                let ratio = dg / dc.max(1) as f64;
+                if best.is_none_or(|(_, _, r)| ratio > r) {
+                    best = Some((k, o, ratio));
+                }
+            }
         }
-        dtypes = set(dtypes, kind, DType::Q8_0);
-        (file_len, weights, predicted) = (file_len + cost as usize, weights + cost, predicted - gain);
-        chosen.push(kind.name());
+        let Some((k, o, _)) = best else { break };
+        let (kind, opts) = &options[k];
+        let ((_, cost0, gain0), (dtype, cost, gain)) = (opts[at[k]], opts[o]);
+        dtypes = set(dtypes, *kind, dtype);
+        file_len += (cost - cost0) as usize;
+        weights += cost - cost0;
+        predicted -= gain - gain0;
+        at[k] = o;
     }
-    let (bytes, report) = if chosen.is_empty() {
+    let (bytes, report) = if at.iter().all(|&o| o == 0) {
         (base_bytes, base_report)
     } else {
-        let (bytes, _, report) = build(source, dtypes, imp, args)?;
+        let (bytes, _, report) = build(source, dtypes, imp, args, &cache)?;
         (bytes, report)
     };
     let weights: u64 = report.iter().map(|r| r.bytes).sum();

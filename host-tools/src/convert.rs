@@ -194,7 +194,7 @@ fn gguf_dtypes(g: &gguf::Gguf<'_>, config: &microlm::format::Config, quant: &Qua
         return quantize::kind_dtypes(base, quant, config.shared_classifier);
     }
     // Most precise first.
-    let rank = |d: DType| [DType::F32, DType::F16, DType::Q8_0, DType::Q4_0].iter().position(|&x| x == d);
+    let rank = |d: DType| [DType::F32, DType::F16, DType::Q8_0, DType::Q4_16, DType::Q4_0].iter().position(|&x| x == d);
     let mut per_kind = Vec::new();
     for kind in TensorKind::ALL.into_iter().filter(|k| !k.is_norm()) {
         if kind == TensorKind::Classifier && config.shared_classifier {

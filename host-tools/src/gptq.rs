@@ -1,4 +1,4 @@
-//! Hessian-aware block quantization (GPTQ) for the runtime's q4_0 and q8_0 formats.
+//! Hessian-aware block quantization (GPTQ) for the runtime's q4_0, q4_16 and q8_0 formats.
 //!
 //! Algorithm: Frantar et al., "GPTQ: Accurate Post-Training Quantization for
 //! Generative Pre-trained Transformers" (ICLR 2023), Algorithm 1, and its
@@ -13,15 +13,15 @@
 //! 2. `U` = upper Cholesky factor of `H⁻¹` (`H⁻¹ = UᵀU`), via nalgebra;
 //! 3. for column i: `q = quant(w_i)`, `e = (w_i − q) / U_ii`, `w_j −= e·U_ij` for j > i.
 //!
-//! The block formats store one f16 scale per 32 consecutive values of a row, so a
-//! block's scale is chosen when its first column is reached, from the weights as
+//! The block formats store one f16 scale per 32 (q4_16: 16) consecutive values of
+//! a row, so a group's scale is chosen when its first column is reached, from the weights as
 //! updated so far ("grouped" GPTQ), with the runtime's own scale rule or a search
 //! weighted by `diag H`. Levels are `round_half_away(w / d)` at the stored f16
 //! scale, and blocks are written in the exact layout the kernels read.
 
 use microlm::format::DType;
 use microlm::kernels::QK;
-use microlm::quant::{block_level, block_levels, block_scale, write_block};
+use microlm::quant::{block_level, block_levels, block_scale, write_groups};
 use nalgebra::DMatrix;
 
 /// The running second moment `Σ x xᵀ` of a matmul's inputs.
@@ -107,7 +107,7 @@ pub enum GptqError {
 impl std::fmt::Display for GptqError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            GptqError::NotBlockType(d) => write!(f, "GPTQ targets q8_0 and q4_0, not {}", d.name()),
+            GptqError::NotBlockType(d) => write!(f, "GPTQ targets q8_0, q4_0 and q4_16, not {}", d.name()),
             GptqError::Shape { cols, n } => write!(f, "the Hessian is {n}×{n} but the tensor has {cols} columns"),
             GptqError::NotPositiveDefinite => {
                 write!(f, "the input Hessian is not positive definite even after dampening (non-finite activations?)")
@@ -169,31 +169,33 @@ pub fn quantize(
     }
     let u = inverse_cholesky_upper(h, settings.damp)?;
     let diag = h.diagonal();
-    let blocks = cols.div_ceil(QK);
+    // Values per scale (32, or 16 for q4_16) and per stored block (32).
+    let gs = dtype.group_size().unwrap_or(QK);
+    let (groups, blocks) = (cols.div_ceil(gs), cols.div_ceil(QK));
     let row_bytes = dtype.row_bytes(cols).unwrap_or(0);
-    let block_bytes = row_bytes / blocks.max(1);
+    let block_bytes = dtype.block_bytes().unwrap_or(0);
     // Working copy, updated in place by the error feedback: rows × cols.
     let mut work: Vec<f64> = w.iter().map(|&v| f64::from(v)).collect();
-    // Per row: the block's scale and its levels so far.
+    // Per row: each group's scale, and the levels so far (rows × blocks × 32).
     let mut levels = vec![0i32; rows * blocks * QK];
-    let mut scales = vec![0.0f32; rows * blocks];
+    let mut scales = vec![0.0f32; rows * groups];
     let mut group = [0.0f32; QK];
-    for b in 0..blocks {
-        let (start, end) = (b * QK, ((b + 1) * QK).min(cols));
+    for g in 0..groups {
+        let (start, end) = (g * gs, ((g + 1) * gs).min(cols));
         for r in 0..rows {
-            for (g, &v) in group.iter_mut().zip(&work[r * cols + start..r * cols + end]) {
-                *g = v as f32;
+            for (v, &x) in group.iter_mut().zip(&work[r * cols + start..r * cols + end]) {
+                *v = x as f32;
             }
             let weights = settings.scale_search.then(|| &diag[start..end]);
-            scales[r * blocks + b] = block_scale(dtype, &group[..end - start], weights);
+            scales[r * groups + g] = block_scale(dtype, &group[..end - start], weights);
         }
         for i in start..end {
             let uii = u[(i, i)];
             for r in 0..rows {
-                let d = scales[r * blocks + b];
+                let d = scales[r * groups + g];
                 let row = &mut work[r * cols..(r + 1) * cols];
                 let q = block_level(dtype, row[i] as f32, d);
-                levels[(r * blocks + b) * QK + (i - start)] = q;
+                levels[r * blocks * QK + i] = q;
                 let err = (row[i] - f64::from(d) * f64::from(q)) / uii;
                 for j in i + 1..cols {
                     row[j] -= err * u[(i, j)];
@@ -201,11 +203,14 @@ pub fn quantize(
             }
         }
     }
+    let per_block = QK / gs;
     let mut out = vec![0u8; rows * row_bytes];
     for (r, dst) in out.chunks_exact_mut(row_bytes.max(1)).enumerate().take(rows) {
         for (b, block) in dst.chunks_exact_mut(block_bytes.max(1)).enumerate().take(blocks) {
             let at = (r * blocks + b) * QK;
-            write_block(dtype, scales[r * blocks + b], &levels[at..at + QK], block);
+            let first = r * groups + b * per_block;
+            let last = (first + per_block).min((r + 1) * groups);
+            write_groups(dtype, &scales[first..last], &levels[at..at + QK], block);
         }
     }
     Ok(out)
@@ -272,7 +277,7 @@ mod tests {
             let (_, h) = inputs(cols, 400);
             let mut r = rng(11);
             let w: Vec<f32> = (0..rows * cols).map(|_| r() * 0.5).collect();
-            for dtype in [DType::Q4_0, DType::Q8_0] {
+            for dtype in [DType::Q4_0, DType::Q4_16, DType::Q8_0] {
                 let rtn = decode_tensor(dtype, rows, cols, &encode_rows(dtype, cols, &w, None));
                 let rtn_err = output_error(rows, cols, &w, &rtn, &h);
                 for scale_search in [false, true] {

@@ -102,7 +102,7 @@ impl QuantArgs {
 
 /// Parses a dtype name for clap.
 pub fn parse_dtype(s: &str) -> Result<DType, String> {
-    DType::from_name(s).ok_or_else(|| format!("unknown dtype '{s}' (expected f32, f16, q8_0 or q4_0)"))
+    DType::from_name(s).ok_or_else(|| format!("unknown dtype '{s}' (expected f32, f16, q8_0, q4_0 or q4_16)"))
 }
 
 /// Parses `KIND=DTYPE` for clap.
@@ -367,7 +367,7 @@ fn run_budget(args: &QuantizeArgs, model: &Model<'_>) -> Result<(Vec<u8>, Vec<Te
     };
     let limit = match (args.budget, board) {
         (Some(b), _) => Limit::Weights(b),
-        (None, Some(b)) => Limit::File(b.flash.saturating_sub(crate::inspect::FIRMWARE_FLASH_BYTES)),
+        (None, Some(b)) => Limit::File(b.flash.saturating_sub(b.firmware)),
         (None, None) => bail!("internal: no budget"),
     };
     let Some(path) = &args.quant.calibrate else { bail!("--budget and --board need --calibrate TEXT") };
