@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Measures the README performance table and writes it between its marker
 # comments (<!-- bench:begin --> and <!-- bench:end -->): for stories260K in
-# f32, q8_0 and q4_0 with an f32 and an i8 KV cache, the mps2-an386 firmware's
+# f32, q8_0, q4_0 and q4_16 with an f32 and an i8 KV cache, the mps2-an386 firmware's
 # instructions per token (256 greedy tokens from BOS; exact under QEMU -icount,
 # one QEMU run per figure) and the host's tokens/s (`microlm bench`, median of
 # RUNS runs, one thread; timed, so machine-dependent and noisy).
@@ -37,7 +37,7 @@ ipt() {
 }
 
 rows=()
-for dtype in f32 q8_0 q4_0; do
+for dtype in f32 q8_0 q4_0 q4_16; do
     model="$dir/stories260K-$dtype.mlm"
     "$microlm" convert "$models/stories260K.bin" --tokenizer "$models/tok512.bin" --dtype "$dtype" -o "$model" >/dev/null 2>"$dir/convert.log" ||
         { cat "$dir/convert.log" >&2; exit 1; }

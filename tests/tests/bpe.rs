@@ -365,8 +365,13 @@ fn a_model_with_a_byte_level_bpe_tokenizer_parses_and_generates() {
 #[test]
 fn version_1_files_still_read_as_sentencepiece() {
     use microlm::format::{Header, TensorEntry, PREAMBLE_LEN};
-    let v2 = std::fs::read(microlm_tests::converted("f32")).unwrap();
-    assert_eq!(u32::from_le_bytes(v2[4..8].try_into().unwrap()), 2);
+    // Version 3 only adds the q4_16 dtype: an f32 file with its version word set to 2 is a version 2 file.
+    let mut v2 = std::fs::read(microlm_tests::converted("f32")).unwrap();
+    assert_eq!(u32::from_le_bytes(v2[4..8].try_into().unwrap()), 3);
+    v2[4..8].copy_from_slice(&2u32.to_le_bytes());
+    let body = v2.len() - 4;
+    let crc = crc32fast::hash(&v2[..body]);
+    v2[body..].copy_from_slice(&crc.to_le_bytes());
     // Version 1 has no kind word: move the section start past it and re-encode the header.
     let header_len = u32::from_le_bytes(v2[8..12].try_into().unwrap()) as usize;
     let (mut header, mut rest): (Header<'_>, &[u8]) =
@@ -416,5 +421,16 @@ fn version_1_files_still_read_as_sentencepiece() {
     assert_eq!(
         microlm::Model::parse(&bytemuck::cast_slice::<u32, u8>(&w)[..v4.len()]).err(),
         Some(FormatError::UnsupportedVersion { found: 4, supported: 3 })
+    );
+    // q4_16 arrived with version 3: a version 2 file that names it is refused.
+    let mut q = std::fs::read(microlm_tests::converted("q4_16")).unwrap();
+    q[4..8].copy_from_slice(&2u32.to_le_bytes());
+    let body = q.len() - 4;
+    let crc = crc32fast::hash(&q[..body]);
+    q[body..].copy_from_slice(&crc.to_le_bytes());
+    let w = aligned(&q);
+    assert_eq!(
+        microlm::Model::parse(&bytemuck::cast_slice::<u32, u8>(&w)[..q.len()]).err(),
+        Some(FormatError::TensorDtype { index: 0 })
     );
 }

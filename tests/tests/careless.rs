@@ -183,10 +183,12 @@ fn f16_conversion_refuses_a_weight_beyond_the_f16_range() {
 fn saturate_clamps_to_the_largest_finite_value() {
     let dir = fresh("saturate");
     let mut s = Synthetic::new();
-    // Beyond every dtype: f16 (65504), q8_0 blocks (65504 × 127) and q4_0 blocks (65504 × 8).
+    // Beyond every dtype: f16 (65504), q8_0 blocks (65504 × 127), q4_0 and q4_16 blocks (65504 × 8).
     s.w1[5] = 1e9;
     s.w2[7] = -1e9;
-    for (dtype, top) in [("f16", 65504.0f32), ("q8_0", 65504.0 * 127.0), ("q4_0", 65504.0 * 8.0)] {
+    for (dtype, top) in
+        [("f16", 65504.0f32), ("q8_0", 65504.0 * 127.0), ("q4_0", 65504.0 * 8.0), ("q4_16", 65504.0 * 8.0)]
+    {
         let (code, err, out) = convert_synthetic(&s, &dir, &["--dtype", dtype, "--saturate"]);
         assert_eq!(code, 0, "{dtype}: {err}");
         let file = microlm_tests::ModelFile::read(&out).unwrap();
@@ -206,9 +208,9 @@ fn saturate_clamps_to_the_largest_finite_value() {
 fn block_scales_that_overflow_f16_are_refused_for_q8_0_and_q4_0() {
     let dir = fresh("block-scales");
     let mut s = Synthetic::new();
-    // q8_0: 1e7 / 127 = 78,740 > 65504; q4_0: 1e7 / 8 = 1.25e6.
+    // q8_0: 1e7 / 127 = 78,740 > 65504; q4_0 and q4_16: 1e7 / 8 = 1.25e6.
     s.w1[40] = 1e7;
-    for dtype in ["q8_0", "q4_0"] {
+    for dtype in ["q8_0", "q4_0", "q4_16"] {
         let (code, err, out) = convert_synthetic(&s, &dir, &["--dtype", dtype]);
         assert_one_line_error(code, &err, &["layers.0.w1", "index 40", "1e7", dtype]);
         assert!(!out.exists());
@@ -216,7 +218,7 @@ fn block_scales_that_overflow_f16_are_refused_for_q8_0_and_q4_0() {
     // quantize from an f32 file refuses the same way.
     let (code, err, f32_out) = convert_synthetic(&s, &dir, &[]);
     assert_eq!(code, 0, "{err}");
-    for dtype in ["f16", "q8_0", "q4_0"] {
+    for dtype in ["f16", "q8_0", "q4_0", "q4_16"] {
         let q = dir.join(format!("q-{dtype}.mlm"));
         let (code, _, err) = run_cli([
             "quantize".as_ref(),
@@ -237,7 +239,7 @@ fn nan_and_infinite_weights_are_refused_for_every_dtype() {
     for (bad, shown) in [(f32::NAN, "NaN"), (f32::INFINITY, "inf"), (f32::NEG_INFINITY, "-inf")] {
         let mut s = Synthetic::new();
         s.wv[9] = bad;
-        for dtype in ["f32", "f16", "q8_0", "q4_0"] {
+        for dtype in ["f32", "f16", "q8_0", "q4_0", "q4_16"] {
             let (code, err, out) = convert_synthetic(&s, &dir, &["--dtype", dtype]);
             assert_one_line_error(code, &err, &["layers.0.wv", "index 9", shown, "not finite"]);
             assert!(!out.exists());

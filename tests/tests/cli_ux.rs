@@ -61,7 +61,7 @@ fn help_lists_the_allowed_values_of_enumerated_options() {
         ("generate", &["[possible values: f32, f16, i8]"]),
         ("bench", &["[possible values: f32, f16, i8]"]),
         ("eval", &["[possible values: f32, f16, i8]"]),
-        ("convert", &["[possible values: f32, f16, q8_0, q4_0]"]),
+        ("convert", &["[possible values: f32, f16, q8_0, q4_0, q4_16]"]),
         (
             "qemu",
             &[
@@ -85,7 +85,10 @@ fn help_lists_the_allowed_values_of_enumerated_options() {
 #[test]
 fn bad_enumerated_values_are_rejected_with_the_list() {
     let cases: [(&[&str], &str); 4] = [
-        (&["convert", "a.bin", "--tokenizer", "t.bin", "-o", "x.mlm", "--dtype", "q5_1"], "f32, f16, q8_0, q4_0"),
+        (
+            &["convert", "a.bin", "--tokenizer", "t.bin", "-o", "x.mlm", "--dtype", "q5_1"],
+            "f32, f16, q8_0, q4_0, q4_16",
+        ),
         (&["qemu", "x.mlm", "--machine", "pdp11"], "mps2-an386, mps2-an505, mps3-an547, lm3s6965evb"),
         (&["bench", "x.mlm", "--kv", "f8"], "f32, f16, i8"),
         (&["inspect", "x.mlm", "--board", "nope"], "rp2350"),

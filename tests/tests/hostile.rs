@@ -47,9 +47,9 @@ fn original() -> Vec<u8> {
     std::fs::read(converted("f32")).unwrap()
 }
 
-/// The real stories260K files the suites run over: f32, q8_0 and q4_0 weights.
+/// The real stories260K files the suites run over: f32, q8_0, q4_0 and q4_16 weights.
 fn originals() -> Vec<(&'static str, Vec<u8>)> {
-    ["f32", "q8_0", "q4_0"].into_iter().map(|d| (d, std::fs::read(converted(d)).unwrap())).collect()
+    ["f32", "q8_0", "q4_0", "q4_16"].into_iter().map(|d| (d, std::fs::read(converted(d)).unwrap())).collect()
 }
 
 /// End of the header region: preamble + header length.

@@ -185,6 +185,69 @@ fn lm3s6965evb_matches_host() {
     }
 }
 
+/// `microlm quantize --board lm3s6965evb --kv i8 --ctx 129` fits the 256 KiB
+/// flash beside the firmware (chosen per kind among q4_0, q4_16 and q8_0 with
+/// GPTQ on the first half of the dev text): the firmware with that file inside
+/// runs 128 tokens at ctx 129 with the host's tokens, and the firmware takes no
+/// more flash than the board figure `quantize --board` and `inspect` count.
+#[test]
+fn lm3s6965evb_runs_the_file_quantize_board_fits_to_it() {
+    let dir = scratch_dir("qemu-boards");
+    let model = dir.join("lm3s-board-fit.mlm");
+    let text = microlm_tests::shared_file("data/tinystories_dev.txt");
+    let (code, _, err) = run_cli([
+        "quantize".as_ref(),
+        converted("f32").as_os_str(),
+        "--board".as_ref(),
+        "lm3s6965evb".as_ref(),
+        "--kv".as_ref(),
+        "i8".as_ref(),
+        "--ctx".as_ref(),
+        "129".as_ref(),
+        "--gptq".as_ref(),
+        "--calibrate".as_ref(),
+        text.as_os_str(),
+        "--calibrate-half".as_ref(),
+        "first".as_ref(),
+        "--budget-tokens".as_ref(),
+        "2048".as_ref(),
+        "-o".as_ref(),
+        model.as_os_str(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("board lm3s6965evb: flash"), "{err}");
+    let steps = LM3S_STEPS.to_string();
+    let flags = ["-p", "Once upon a time", "-n", &steps, "--ctx", "129", "-t", "0.8", "-s", "5", "--kv", "i8"];
+    let out = lm3s(&model, &flags);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let board = last_json(&out);
+    let host = generate(&model, &flags);
+    assert_eq!(board["ids"], host["ids"], "lm3s6965evb ids differ from the host's");
+    assert_eq!(board["tokens"], LM3S_STEPS);
+    // The firmware's flash besides the model, against the figure the fit counts.
+    let _turn = LM3S.lock().unwrap_or_else(|e| e.into_inner());
+    let elf = firmware::build("qemu-lm3s6965evb", "thumbv7m-none-eabi", &model, 129, "i8", &[]).unwrap();
+    let fp = firmware::footprint("lm3s6965evb", (0, 256 << 10), (0x2000_0000, 64 << 10), &elf);
+    let firmware_bytes = fp.flash - std::fs::metadata(&model).unwrap().len();
+    let (_, inspect, _) = run_cli([
+        "inspect".as_ref(),
+        model.as_os_str(),
+        "--board".as_ref(),
+        "lm3s6965evb".as_ref(),
+        "--ctx".as_ref(),
+        "129".as_ref(),
+        "--kv".as_ref(),
+        "i8".as_ref(),
+        "--json".as_ref(),
+    ]);
+    let fit: Value = serde_json::from_str(&inspect).unwrap();
+    let counted = fit["boards"][0]["firmware_flash"].as_u64().unwrap();
+    println!("lm3s6965evb firmware: {firmware_bytes} bytes of flash besides the model (counted {counted})");
+    assert!(firmware_bytes <= counted, "the firmware takes {firmware_bytes} bytes, the board fit counts {counted}");
+    assert_eq!(fit["boards"][0]["fits"], true, "{inspect}");
+    assert!(fit["boards"][0]["max_ctx"].as_u64().unwrap() >= 129, "{inspect}");
+}
+
 /// A firmware built for an i8 cache (`MICROLM_KV=i8` at build time) runs with one
 /// when the command line names no `--kv`, instead of planning an f32 cache that
 /// its arena cannot hold.
@@ -494,6 +557,26 @@ fn an547_matches_host() {
             assert_eq!(case.steps, 256, "the budget is for 256 greedy tokens");
             assert!(per_token <= AN547_GREEDY_BUDGET, "greedy: {per_token} instructions per token");
         }
+    }
+}
+
+/// A q4_16 file (the MVE block sums under the 16-value scale groups) gives the
+/// host's tokens on the Cortex-M55.
+#[test]
+fn an547_q4_16_matches_host() {
+    let model = converted("q4_16");
+    let elf = an547_build("microlm-qemu-mps3-an547");
+    for flags in [
+        ["-p", "Once upon a time", "-n", "96", "-t", "0", "-s", "1"],
+        ["-p", "Lily", "-n", "96", "-t", "0.9", "-s", "8"],
+    ] {
+        let mut args = flags.to_vec();
+        args.extend(["--firmware", elf.to_str().unwrap()]);
+        let out = qemu(&model, "mps3-an547", &args);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let (board, host) = (last_json(&out), generate(&model, &flags));
+        assert_eq!(board["ids"], host["ids"], "mps3-an547 q4_16 ids differ from the host's for {flags:?}");
+        assert_eq!(board["text"], host["text"]);
     }
 }
 

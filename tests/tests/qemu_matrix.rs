@@ -131,6 +131,8 @@ fn an386_matrix_matches_host() {
             case("q4_0", "-t 1.0 --top-k 1 -s 2 -n 64"),
             case("q4_0", "-t 0.9 --top-p 0.95 --top-k 40 --min-p 0.02 -s 123456789 -n 96 --kv i8"),
             case("q4_0", "-p Tim_and_Sue -t 0 -n 64 --kv f32"),
+            case("q4_16", "-t 0 --window 4 --ctx 40 -n 150 --kv i8"),
+            case("q4_16", "-p Lily -t 0.9 --top-p 0.9 -s 17 -n 96 --kv f16"),
         ],
     );
 }
@@ -147,6 +149,7 @@ fn an505_matrix_matches_host() {
             case("q8_0", "-t 0 --window 1 --ctx 32 -n 120 --kv i8"),
             case("q4_0", "-t 1.0 --top-p 0.9 -s 7 --window 0 --ctx 48 -n 150 --kv f16"),
             case("q8_0", "-t 0.7 --top-k 10 --min-p 0.05 -s 9 -n 64"),
+            case("q4_16", "-t 0.8 --top-k 20 -s 4 -n 80 --kv i8"),
         ],
     );
 }

@@ -35,7 +35,7 @@ fn firmware() -> &'static Path {
 #[test]
 fn readme_instruction_counts_are_the_measured_ones() {
     let rows = table();
-    assert_eq!(rows.len(), 6, "the README table has one row per weights (f32, q8_0, q4_0) and cache (f32, i8)");
+    assert_eq!(rows.len(), 8, "the README table has one row per weights (f32, q8_0, q4_0, q4_16) and cache (f32, i8)");
     let mut stale = Vec::new();
     for (dtype, kv, stated) in rows {
         let out = Command::new(cli())
@@ -55,4 +55,19 @@ fn readme_instruction_counts_are_the_measured_ones() {
         }
     }
     assert!(stale.is_empty(), "README performance table is stale ({}): run scripts/bench.sh", stale.join("; "));
+}
+
+/// The README's quantization quality table (written by `scripts/quality.sh`
+/// between `<!-- quality:begin -->` and `<!-- quality:end -->`) is re-measured:
+/// every file quantized with its row's flags and scored on the same tokens
+/// (deterministic), and the table must equal what the script would write.
+#[test]
+fn readme_quality_table_is_the_measured_one() {
+    let out = Command::new("bash")
+        .arg(root().join("scripts/quality.sh"))
+        .arg("--check")
+        .current_dir(root())
+        .output()
+        .expect("run scripts/quality.sh --check");
+    assert!(out.status.success(), "scripts/quality.sh --check failed:\n{}", String::from_utf8_lossy(&out.stderr));
 }
