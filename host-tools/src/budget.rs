@@ -188,6 +188,7 @@ pub fn choose(
     text: &str,
     limit: Limit,
     tokens: usize,
+    folded: bool,
 ) -> Result<(Vec<u8>, Vec<TensorReport>)> {
     let shared = source.config().shared_classifier;
     let kinds = choosable(shared);
@@ -199,11 +200,17 @@ pub fn choose(
         d
     };
     let cache = Cache::default();
-    let base = quantize::kind_dtypes(DType::Q4_0, &QuantArgs::default(), shared)?;
+    let mut base = quantize::kind_dtypes(DType::Q4_0, &QuantArgs::default(), shared)?;
+    if folded {
+        base = quantize::with_folded_norms(base);
+    }
     let (base_bytes, base_weights, base_report) = build(source, base, imp, args, &cache)?;
     if !limit.fits(base_bytes.len(), base_weights) {
+        let cfg = source.config();
+        let norms = 2 * cfg.n_layers * cfg.dim * 4;
+        let hint = if folded { String::new() } else { format!(" (--fold-norms stores {norms} bytes less)") };
         bail!(
-            "the cheapest mix (every weight q4_0) is {base_weights} weight bytes in a {} byte file: it does not fit {limit}",
+            "the cheapest mix (every weight q4_0) is {base_weights} weight bytes in a {} byte file: it does not fit {limit}{hint}",
             base_bytes.len()
         );
     }

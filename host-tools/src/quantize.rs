@@ -72,7 +72,7 @@ pub struct QuantizeArgs {
     /// Output .mlm file.
     #[arg(short = 'o', long = "output")]
     pub output: PathBuf,
-    /// Weight byte budget (170000, 170K = 170,000, 166KiB): choose q4_0 or q8_0 per kind
+    /// Weight byte budget (170000, 170K = 170,000, 166KiB): choose q4_0, q4_16 or q8_0 per kind
     /// by measured sensitivity on the calibration text so the weights fit (needs --calibrate).
     #[arg(long, value_parser = crate::values::bytes, requires = "calibrate", conflicts_with = "board")]
     pub budget: Option<u64>,
@@ -91,6 +91,11 @@ pub struct QuantizeArgs {
     /// Draw each tensor's relative RMSE (rmse / source rms) as an SVG bar chart.
     #[arg(long, value_name = "SVG")]
     pub plot: Option<PathBuf>,
+    /// Fold each attention and FFN RMSNorm weight into the matrices it feeds (wq, wk, wv;
+    /// w1, w3: column c times weight c) and store those norms as `ones`, no bytes
+    /// (2 · layers · dim · 4 bytes less); the function is the same up to f32 rounding.
+    #[arg(long)]
+    pub fold_norms: bool,
 }
 
 impl QuantArgs {
@@ -344,6 +349,53 @@ pub fn print_report(output: &std::path::Path, file_bytes: usize, report: &[Tenso
     Ok(())
 }
 
+/// `--fold-norms`: `source` as an f32 file whose attention and FFN RMSNorm weights
+/// are 1 and folded into the matrices they feed: `W[r][c] · g[c]` for wq, wk, wv
+/// (g the layer's attention norm) and w1, w3 (its FFN norm). RMSNorm multiplies
+/// its output by g element-wise before those matmuls, so `W (g ⊙ x̂) = (W diag g) x̂`.
+pub fn fold_norms(source: &Model<'_>) -> Result<Vec<u8>> {
+    ensure!(
+        source.dtype(TensorKind::AttnNorm) == DType::F32,
+        "--fold-norms: the norms of this file are already folded"
+    );
+    for kind in [TensorKind::Wq, TensorKind::Wk, TensorKind::Wv, TensorKind::W1, TensorKind::W3] {
+        ensure!(
+            !source.dtype(kind).is_quantized(),
+            "--fold-norms needs f32 or f16 wq, wk, wv, w1 and w3: {} is {} (quantize the original file)",
+            kind.name(),
+            source.dtype(kind).name()
+        );
+    }
+    let norm_of = |kind: TensorKind| match kind {
+        TensorKind::Wq | TensorKind::Wk | TensorKind::Wv => Some(TensorKind::AttnNorm),
+        TensorKind::W1 | TensorKind::W3 => Some(TensorKind::FfnNorm),
+        _ => None,
+    };
+    let folded = |entry: &TensorEntry, values: &[f32]| -> Option<Vec<u8>> {
+        let layer = entry.layer as usize;
+        let cols = entry.cols as usize;
+        let scaled: Vec<f32> = if matches!(entry.kind, TensorKind::AttnNorm | TensorKind::FfnNorm) {
+            vec![1.0; values.len()]
+        } else {
+            let g = source.norm(norm_of(entry.kind)?, layer).ok()?;
+            values.iter().enumerate().map(|(i, &w)| w * g[i % cols]).collect()
+        };
+        Some(scaled.iter().flat_map(|v| v.to_le_bytes()).collect())
+    };
+    let shared = source.config().shared_classifier;
+    let dtypes = kind_dtypes(DType::F32, &QuantArgs::default(), shared)?;
+    let (bytes, _) =
+        requantize(source, source.name(), dtypes, None, None, &folded, false).context("cannot fold the norms")?;
+    Ok(bytes)
+}
+
+/// The dtypes with the attention and FFN norms stored as `ones` (after [`fold_norms`]).
+pub fn with_folded_norms(mut dtypes: KindDtypes) -> KindDtypes {
+    dtypes[TensorKind::AttnNorm.index()] = DType::Ones;
+    dtypes[TensorKind::FfnNorm.index()] = DType::Ones;
+    dtypes
+}
+
 /// The files a `convert` or `quantize` run reads, which its output must not be.
 pub fn inputs<'a>(files: &[&'a std::path::Path], args: &'a QuantArgs) -> Vec<&'a std::path::Path> {
     files.iter().copied().chain(args.calibrate.as_deref()).collect()
@@ -375,7 +427,8 @@ fn run_budget(args: &QuantizeArgs, model: &Model<'_>) -> Result<(Vec<u8>, Vec<Te
     let imp = importance_for(model, &args.quant, &all)?.context("--budget needs --calibrate")?;
     let text = io::read_text(path, io::TEXT).context("cannot read the calibration text")?;
     let text = crate::eval::half_of(&text, args.quant.calibrate_half);
-    let (out, report) = crate::budget::choose(model, &args.quant, &imp, text, limit, args.budget_tokens.max(1))?;
+    let (out, report) =
+        crate::budget::choose(model, &args.quant, &imp, text, limit, args.budget_tokens.max(1), args.fold_norms)?;
     if let Some(b) = board {
         let file = ModelFile::from_bytes(&out);
         let m = file.parse(false)?;
@@ -401,13 +454,24 @@ pub fn run(args: &QuantizeArgs) -> Result<()> {
     let output = io::Output::create(&args.output, &inputs(&[&args.input], &args.quant))?;
     let file = ModelFile::read(&args.input)?;
     let model = file.parse(false)?;
+    // With --fold-norms every later step (calibration, GPTQ, the budget) works on the folded model.
+    let folded_file;
+    let model = if args.fold_norms {
+        folded_file = ModelFile::from_bytes(&fold_norms(&model)?);
+        folded_file.parse(false)?
+    } else {
+        model
+    };
     let (out, report) = if args.budget.is_some() || args.board.is_some() {
         run_budget(args, &model)?
     } else {
         let Some(base) = args.quant.dtype else {
             bail!("--dtype is required (f32, f16, q8_0 or q4_0), or --budget / --board to choose the mix");
         };
-        let dtypes = kind_dtypes(base, &args.quant, model.config().shared_classifier)?;
+        let mut dtypes = kind_dtypes(base, &args.quant, model.config().shared_classifier)?;
+        if args.fold_norms {
+            dtypes = with_folded_norms(dtypes);
+        }
         let importance = importance_for(&model, &args.quant, &dtypes)?;
         let gptq = args.quant.gptq_settings();
         requantize(&model, model.name(), dtypes, importance.as_ref(), gptq, &|_, _| None, args.quant.saturate)?

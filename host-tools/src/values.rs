@@ -43,7 +43,7 @@ pub fn kv() -> Choice<KvDtype> {
 
 /// `--dtype`: f32, f16, q8_0 or q4_0.
 pub fn dtype() -> Choice<DType> {
-    Choice { values: &DType::ALL, name: DType::name }
+    Choice { values: &DType::WEIGHTS, name: DType::name }
 }
 
 /// `--machine` and `demo --board`: the QEMU machines with a board crate.

@@ -192,11 +192,16 @@ pub enum DType {
     /// Blocks of 32 values: two f16 scales (one per 16 values) + 16 bytes of nibbles
     /// (20 bytes, 5 bits per value); [`BlockQ4_16`]. Not a ggml type; file format version 3.
     Q4_16,
+    /// Every value 1.0, no bytes stored: an attention or FFN RMSNorm weight folded
+    /// into the matrices after it (`quantize --fold-norms`). Norms only; format version 3.
+    Ones,
 }
 
 impl DType {
     /// Every dtype, in declaration order.
-    pub const ALL: [DType; 5] = [DType::F32, DType::F16, DType::Q8_0, DType::Q4_0, DType::Q4_16];
+    pub const ALL: [DType; 6] = [DType::F32, DType::F16, DType::Q8_0, DType::Q4_0, DType::Q4_16, DType::Ones];
+    /// The dtypes a weight matrix may have (all but [`DType::Ones`]).
+    pub const WEIGHTS: [DType; 5] = [DType::F32, DType::F16, DType::Q8_0, DType::Q4_0, DType::Q4_16];
 
     /// Bytes used by one row of `cols` values. Block types pad each row with
     /// zeros to a whole number of 32-value blocks: `ceil(cols / 32) × block bytes`.
@@ -207,6 +212,7 @@ impl DType {
             DType::Q8_0 => cols.div_ceil(QK).checked_mul(Q8_0_BLOCK_BYTES),
             DType::Q4_0 => cols.div_ceil(QK).checked_mul(Q4_0_BLOCK_BYTES),
             DType::Q4_16 => cols.div_ceil(QK).checked_mul(Q4_16_BLOCK_BYTES),
+            DType::Ones => Some(0),
         }
     }
 
@@ -220,7 +226,7 @@ impl DType {
         match self {
             DType::Q8_0 | DType::Q4_0 => Some(QK),
             DType::Q4_16 => Some(QK4_16),
-            DType::F32 | DType::F16 => None,
+            DType::F32 | DType::F16 | DType::Ones => None,
         }
     }
 
@@ -230,11 +236,11 @@ impl DType {
             DType::Q8_0 => Some(Q8_0_BLOCK_BYTES),
             DType::Q4_0 => Some(Q4_0_BLOCK_BYTES),
             DType::Q4_16 => Some(Q4_16_BLOCK_BYTES),
-            DType::F32 | DType::F16 => None,
+            DType::F32 | DType::F16 | DType::Ones => None,
         }
     }
 
-    /// Lower-case name as used on the command line (`f32`, `f16`, `q8_0`, `q4_0`, `q4_16`).
+    /// Lower-case name as used on the command line (`f32`, `f16`, `q8_0`, `q4_0`, `q4_16`; `ones` in reports).
     pub fn name(self) -> &'static str {
         match self {
             DType::F32 => "f32",
@@ -242,6 +248,7 @@ impl DType {
             DType::Q8_0 => "q8_0",
             DType::Q4_0 => "q4_0",
             DType::Q4_16 => "q4_16",
+            DType::Ones => "ones",
         }
     }
 

@@ -5,7 +5,8 @@
 pub use crate::kernels::exp_shifted;
 pub use crate::scalar::{exp, exp_at_most_zero, exp_branch_free, max_abs, round_half_away, EXP_MAX_REL_ERROR};
 
-/// `out (n) = weight (n) * x (n) / sqrt(mean(x²) + eps)`.
+/// `out (n) = weight (n) * x (n) / sqrt(mean(x²) + eps)`; an empty `weight` is all
+/// ones (a norm folded into the next matmuls, [`DType::Ones`](crate::format::DType::Ones)).
 pub fn rmsnorm(out: &mut [f32], x: &[f32], weight: &[f32], eps: f32) {
     let mut ss = 0.0f32;
     for &v in x {
@@ -14,6 +15,13 @@ pub fn rmsnorm(out: &mut [f32], x: &[f32], weight: &[f32], eps: f32) {
     ss /= x.len() as f32;
     ss += eps;
     let scale = 1.0 / libm::sqrtf(ss);
+    if weight.is_empty() {
+        // A folded norm (dtype ones): 1 · (scale · v), the same bits as a stored 1.0.
+        for (o, &v) in out.iter_mut().zip(x) {
+            *o = scale * v;
+        }
+        return;
+    }
     for ((o, &w), &v) in out.iter_mut().zip(weight).zip(x) {
         *o = w * (scale * v);
     }

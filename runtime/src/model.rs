@@ -156,8 +156,8 @@ impl<'a> Model<'a> {
         })
     }
 
-    /// Reads the dtype of each kind from its first table entry; norms must be f32,
-    /// and q4_16 needs format version 3.
+    /// Reads the dtype of each kind from its first table entry; norms must be f32
+    /// (attention and FFN norms may be ones), and q4_16 and ones need format version 3.
     fn kind_dtypes(table: &[u8], count: usize, version: u32) -> Result<KindDtypes, FormatError> {
         let mut dtypes = [DType::F32; 12];
         let mut seen = [false; 12];
@@ -167,7 +167,13 @@ impl<'a> Model<'a> {
                 postcard::take_from_bytes(rest).map_err(|_| FormatError::HeaderDecode)?;
             rest = tail;
             let k = entry.kind.index();
-            if entry.kind.is_norm() && entry.dtype != DType::F32 || version < 3 && entry.dtype == DType::Q4_16 {
+            // Norms are f32, or (attention and FFN norms, version 3) ones; weights are not ones.
+            let allowed = match entry.kind {
+                TensorKind::AttnNorm | TensorKind::FfnNorm => matches!(entry.dtype, DType::F32 | DType::Ones),
+                TensorKind::FinalNorm => entry.dtype == DType::F32,
+                _ => entry.dtype != DType::Ones,
+            };
+            if !allowed || version < 3 && matches!(entry.dtype, DType::Q4_16 | DType::Ones) {
                 return Err(FormatError::TensorDtype { index: index as u32 });
             }
             if !seen[k] {

@@ -26,6 +26,8 @@ pub fn encode_rows(dtype: DType, cols: usize, values: &[f32], importance: Option
     let mut out = vec![0u8; values.len() / cols * row_bytes];
     for (row, dst) in values.chunks_exact(cols).zip(out.chunks_exact_mut(row_bytes.max(1))) {
         match dtype {
+            // Nothing stored: every value is 1 (`check_values` refuses others).
+            DType::Ones => {}
             DType::F32 => {
                 for (d, v) in dst.chunks_exact_mut(4).zip(row) {
                     d.copy_from_slice(&v.to_le_bytes());
@@ -102,6 +104,7 @@ pub fn largest_finite(dtype: DType) -> f32 {
         DType::F16 => f16_max,
         DType::Q8_0 => f16_max * 127.0,
         DType::Q4_0 | DType::Q4_16 => f16_max * 8.0,
+        DType::Ones => 1.0,
     }
 }
 
@@ -114,6 +117,7 @@ fn fits(dtype: DType, v: f32) -> bool {
         DType::F16 => f16::from_f32(a).is_finite(),
         DType::Q8_0 => f16::from_f32(a / 127.0).is_finite(),
         DType::Q4_0 | DType::Q4_16 => f16::from_f32(a / 8.0).is_finite(),
+        DType::Ones => v == 1.0,
     }
 }
 
@@ -270,7 +274,7 @@ pub fn block_levels(dtype: DType) -> Option<(i32, i32)> {
     match dtype {
         DType::Q8_0 => Some((-127, 127)),
         DType::Q4_0 | DType::Q4_16 => Some((-8, 7)),
-        DType::F32 | DType::F16 => None,
+        DType::F32 | DType::F16 | DType::Ones => None,
     }
 }
 

@@ -388,6 +388,7 @@ pub fn encode_tensor(dtype: DType, values: &[f32]) -> Vec<u8> {
         DType::F32 => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
         DType::F16 => values.iter().flat_map(|&v| f16::from_f32(v).to_le_bytes()).collect(),
         DType::Q8_0 | DType::Q4_0 | DType::Q4_16 => crate::quant::encode_rows(dtype, values.len(), values, None),
+        DType::Ones => Vec::new(),
     }
 }
 

@@ -433,4 +433,29 @@ fn version_1_files_still_read_as_sentencepiece() {
         microlm::Model::parse(&bytemuck::cast_slice::<u32, u8>(&w)[..q.len()]).err(),
         Some(FormatError::TensorDtype { index: 0 })
     );
+    // Only the attention and FFN norms may be `ones`: the same file with wq as ones is refused.
+    let mut q = std::fs::read(microlm_tests::converted("q4_16")).unwrap();
+    let header_len = u32::from_le_bytes(q[8..12].try_into().unwrap()) as usize;
+    let (header, mut rest): (Header<'_>, &[u8]) =
+        postcard::take_from_bytes(&q[PREAMBLE_LEN..PREAMBLE_LEN + header_len]).unwrap();
+    let mut encoded = postcard::to_allocvec(&header).unwrap();
+    for index in 0..header.tensor_count {
+        let (mut e, tail): (TensorEntry, &[u8]) = postcard::take_from_bytes(rest).unwrap();
+        if index == 2 {
+            assert_eq!(e.kind, microlm::format::TensorKind::Wq);
+            e.dtype = microlm::format::DType::Ones;
+        }
+        encoded.extend(postcard::to_allocvec(&e).unwrap());
+        rest = tail;
+    }
+    encoded.extend_from_slice(rest);
+    q[PREAMBLE_LEN..PREAMBLE_LEN + header_len].copy_from_slice(&encoded[..header_len]);
+    let body = q.len() - 4;
+    let crc = crc32fast::hash(&q[..body]);
+    q[body..].copy_from_slice(&crc.to_le_bytes());
+    let w = aligned(&q);
+    assert_eq!(
+        microlm::Model::parse(&bytemuck::cast_slice::<u32, u8>(&w)[..q.len()]).err(),
+        Some(FormatError::TensorDtype { index: 2 })
+    );
 }

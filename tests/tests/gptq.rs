@@ -141,6 +141,49 @@ fn gptq_q4_0_file_loads_runs_and_beats_the_calibrated_search() {
     assert!(out.split_whitespace().count() > 5, "{out:?}");
 }
 
+/// `--budget 150K --fold-norms`: with the attention and FFN norms folded into
+/// the matrices after them every weight fits in q4_0 (149,728 bytes), within
+/// +9 % perplexity of f32; folding alone computes what the unfolded file does
+/// (the same logits up to rounding), and a folded file cannot be folded again.
+#[test]
+fn a_150k_budget_fits_with_folded_norms() {
+    let dir = scratch_dir("gptq");
+    let out = dir.join("budget-150K.mlm");
+    let err = quantize(&["--budget", "150K", "--fold-norms", "--gptq", "--calibrate-tokens", "0"], &out);
+    assert!(err.contains("layers.0.attn_norm   ones"), "{err}");
+    let (dppl, kl, bytes) = eval(&out);
+    assert!(bytes <= 150_000, "{bytes} weight bytes");
+    assert!(dppl < 9.0, "{dppl:+.2}% KL {kl:.4}");
+    // Folding alone (f32 in, f32 out) changes the logits by rounding only.
+    let folded = dir.join("f32-folded.mlm");
+    let f32_file = converted("f32");
+    let (code, _, err) = run_cli([
+        "quantize".as_ref(),
+        f32_file.as_os_str(),
+        "--dtype".as_ref(),
+        "f32".as_ref(),
+        "--fold-norms".as_ref(),
+        "-o".as_ref(),
+        folded.as_os_str(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let (dppl, kl, bytes) = eval(&folded);
+    assert_eq!(bytes, 1_040_128 - 2 * 5 * 64 * 4);
+    assert!(dppl.abs() < 0.001 && kl < 1e-6, "folding alone: {dppl:+.4}% KL {kl:e}");
+    // Quantizing a folded file again is refused: its norms are gone.
+    let (code, _, err) = run_cli([
+        "quantize".as_ref(),
+        folded.as_os_str(),
+        "--dtype".as_ref(),
+        "q4_0".as_ref(),
+        "--fold-norms".as_ref(),
+        "-o".as_ref(),
+        dir.join("twice.mlm").as_os_str(),
+    ]);
+    assert_eq!(code, 1);
+    assert!(err.contains("already folded"), "{err}");
+}
+
 /// q4_16 (a scale per 16 values) costs 5 bits per weight, q4_0 with a q8_0
 /// embedding about the same bytes: GPTQ q4_16 throughout is the better file.
 #[test]
@@ -204,6 +247,7 @@ fn a_170k_budget_fits_and_holds_its_quality() {
     ]);
     assert_ne!(code, 0);
     assert!(err.contains("the cheapest mix") && err.contains("does not fit"), "{err}");
+    assert!(err.contains("(--fold-norms stores 2560 bytes less)"), "{err}");
 }
 
 #[test]

@@ -560,6 +560,32 @@ fn an547_matches_host() {
     }
 }
 
+/// A file with folded norms (`quantize --fold-norms`: the attention and FFN
+/// norms stored as ones, no bytes) gives the host's tokens on the Cortex-M4F.
+#[test]
+fn an386_runs_a_file_with_folded_norms_like_the_host() {
+    let model = scratch_dir("qemu-boards").join("q4_0-folded.mlm");
+    let (code, _, err) = run_cli([
+        "quantize".as_ref(),
+        converted("f32").as_os_str(),
+        "--dtype".as_ref(),
+        "q4_0".as_ref(),
+        "--fold-norms".as_ref(),
+        "-o".as_ref(),
+        model.as_os_str(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    for flags in [
+        ["-p", "Once upon a time", "-n", "96", "-t", "0", "--kv", "i8"],
+        ["-p", "Tim", "-n", "96", "-t", "1.0", "--kv", "f32"],
+    ] {
+        let out = qemu(&model, "mps2-an386", &flags);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let (board, host) = (last_json(&out), generate(&model, &flags));
+        assert_eq!(board["ids"], host["ids"], "mps2-an386 ids differ from the host's for {flags:?}");
+    }
+}
+
 /// A q4_16 file (the MVE block sums under the 16-value scale groups) gives the
 /// host's tokens on the Cortex-M55.
 #[test]

@@ -392,6 +392,8 @@ impl Matrix<'_> {
         match self.dtype {
             DType::F32 => f32_matvec_on(isa, self.data, x, out),
             DType::F16 => f16::matvec(self.data, x, out),
+            // All ones: each row is the sum of x, left to right.
+            DType::Ones => out.fill(x.iter().fold(0.0f32, |s, &v| s + v)),
             DType::Q8_0 | DType::Q4_0 | DType::Q4_16 => {
                 let words = q8_act::words(self.cols).ok_or(SessionError::Internal)?;
                 let row_bytes = self.dtype.row_bytes(self.cols).ok_or(SessionError::Internal)?;
@@ -426,6 +428,7 @@ impl Matrix<'_> {
             DType::Q8_0 => q8_0::dequantize_row(bytes, out),
             DType::Q4_0 => q4_0::dequantize_row(bytes, out),
             DType::Q4_16 => q4_16::dequantize_row(bytes, out),
+            DType::Ones => out.fill(1.0),
         }
     }
 }
