@@ -111,10 +111,12 @@ pub fn vec_dot(w: &[u8], x: &[u32]) -> f32 {
 pub fn vec_dot_with<B: super::BlockSums>(w: &[u8], x: &[u32]) -> f32 {
     let mut acc = 0.0f32;
     for (wb, xb) in BlockQ4_16::slice(w).iter().zip(super::q8_act::blocks(x)) {
+        // Four nibble bytes at a time: low nibbles with 8 above, high nibbles with 8 below.
         let (mut lo, mut hi) = ([0u8; QK / 2], [0u8; QK / 2]);
-        for ((l, h), &q) in lo.iter_mut().zip(hi.iter_mut()).zip(&wb.qs) {
-            *l = (q & 0x0f) | 0x80;
-            *h = (q & 0xf0) | 0x08;
+        for ((l, h), q) in lo.chunks_exact_mut(4).zip(hi.chunks_exact_mut(4)).zip(wb.qs.chunks_exact(4)) {
+            let w = u32::from_le_bytes([q[0], q[1], q[2], q[3]]);
+            l.copy_from_slice(&((w & 0x0f0f_0f0f) | 0x8080_8080).to_le_bytes());
+            h.copy_from_slice(&((w & 0xf0f0_f0f0) | 0x0808_0808).to_le_bytes());
         }
         let lo = B::q4(&lo, xb.pairs) - 8 * xb.sum;
         let hi = B::q4(&hi, xb.pairs) - 8 * xb.sum;
