@@ -277,6 +277,8 @@ pub fn choose(
     let weights: u64 = report.iter().map(|r| r.bytes).sum();
     ensure!(limit.fits(bytes.len(), weights), "internal: the chosen mix does not fit ({weights} weight bytes)");
     let (kl, dppl) = measure(&reference, &bytes)?;
+    // The gains of several steps overlap, so their sum can pass the KL there is to remove.
+    let predicted = predicted.max(0.0);
     let mix: Vec<String> = kinds.iter().map(|k| format!("{}={}", k.name(), dtypes[k.index()].name())).collect();
     eprintln!("budget: chose {}", mix.join(" "));
     eprintln!(

@@ -250,7 +250,12 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         }
     }
     if let Some(plot) = &args.plot {
-        crate::plot::quality(plot, &points)?;
+        let svg = crate::plot::quality(plot, &points)?;
+        // Never over a model, the reference or the text.
+        let mut inputs: Vec<&std::path::Path> = args.models.iter().map(PathBuf::as_path).collect();
+        inputs.push(&args.text);
+        inputs.extend(args.reference.as_deref());
+        microlm_cli::io::write(plot, svg.as_bytes(), &inputs)?;
         eprintln!("wrote {}", plot.display());
     }
     Ok(())

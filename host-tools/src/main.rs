@@ -34,7 +34,7 @@ enum Command {
     /// Convert a llama2.c checkpoint and tokenizer into one .mlm file.
     #[command(after_help = "Example:\n  microlm convert stories260K.bin --tokenizer tok512.bin -o stories260K.mlm")]
     Convert(convert::ConvertArgs),
-    /// Re-encode an f32/f16 model file with quantized weights (q8_0, q4_0), optionally calibrated.
+    /// Re-encode an f32/f16 model file with quantized weights (q8_0, q4_0, q4_16), optionally calibrated.
     #[command(
         after_help = "Example:\n  microlm quantize stories260K.mlm --dtype q4_0 --tensor-dtype embedding=q8_0 -o s-q4.mlm"
     )]

@@ -17,8 +17,8 @@ pub struct QualityPoint {
     pub delta_ppl: f64,
 }
 
-fn err<E: std::fmt::Debug>(path: &Path) -> impl Fn(E) -> anyhow::Error + '_ {
-    move |e| anyhow!("cannot draw {}: {e:?}", path.display())
+fn err<E: std::fmt::Display>(path: &Path) -> impl Fn(E) -> anyhow::Error + '_ {
+    move |e| anyhow!("cannot draw {}: {e}", path.display())
 }
 
 /// Pads a (lo, hi) range by 10 % (and to a nonzero width).
@@ -27,15 +27,17 @@ fn padded(lo: f64, hi: f64) -> (f64, f64) {
     (lo - 0.1 * w, hi + 0.1 * w)
 }
 
-/// Draws ΔPPL (%) against weight bytes, one labelled point per file, to `path` (800×500 SVG).
-pub fn quality(path: &Path, points: &[QualityPoint]) -> Result<()> {
+/// Draws ΔPPL (%) against weight bytes, one labelled point per file: an 800×500
+/// SVG document (`path` names it in messages; write it with `io::write`).
+pub fn quality(path: &Path, points: &[QualityPoint]) -> Result<String> {
     ensure!(!points.is_empty(), "nothing to plot: no file was evaluated against a reference");
     let e = err(path);
+    let mut svg = String::new();
     let xs = points.iter().map(|p| p.weight_bytes as f64);
     let ys = points.iter().map(|p| p.delta_ppl);
     let (x0, x1) = padded(xs.clone().fold(f64::INFINITY, f64::min), xs.fold(f64::NEG_INFINITY, f64::max));
     let (y0, y1) = padded(ys.clone().fold(0.0, f64::min), ys.fold(0.0, f64::max));
-    let root = SVGBackend::new(path, (800, 500)).into_drawing_area();
+    let root = SVGBackend::with_string(&mut svg, (800, 500)).into_drawing_area();
     root.fill(&WHITE).map_err(&e)?;
     let mut chart = ChartBuilder::on(&root)
         .caption("perplexity change vs weight bytes", ("sans-serif", 20))
@@ -55,16 +57,20 @@ pub fn quality(path: &Path, points: &[QualityPoint]) -> Result<()> {
         }))
         .map_err(&e)?;
     root.present().map_err(&e)?;
-    Ok(())
+    drop(chart);
+    drop(root);
+    Ok(svg)
 }
 
-/// Draws one bar per tensor (`(name, value)`, e.g. relative RMSE) to `path` (SVG).
-pub fn bars(path: &Path, title: &str, y_desc: &str, bars: &[(String, f64)]) -> Result<()> {
+/// Draws one bar per tensor (`(name, value)`, e.g. relative RMSE): an SVG
+/// document (`path` names it in messages).
+pub fn bars(path: &Path, title: &str, y_desc: &str, bars: &[(String, f64)]) -> Result<String> {
     ensure!(!bars.is_empty(), "nothing to plot");
     let e = err(path);
+    let mut svg = String::new();
     let top = bars.iter().map(|b| b.1).fold(0.0, f64::max).max(1e-12) * 1.1;
     let n = bars.len();
-    let root = SVGBackend::new(path, (((40 + 22 * n) as u32).max(600), 500)).into_drawing_area();
+    let root = SVGBackend::with_string(&mut svg, (((40 + 22 * n) as u32).max(600), 500)).into_drawing_area();
     root.fill(&WHITE).map_err(&e)?;
     let mut chart = ChartBuilder::on(&root)
         .caption(title, ("sans-serif", 20))
@@ -93,5 +99,7 @@ pub fn bars(path: &Path, title: &str, y_desc: &str, bars: &[(String, f64)]) -> R
         )
         .map_err(&e)?;
     root.present().map_err(&e)?;
-    Ok(())
+    drop(chart);
+    drop(root);
+    Ok(svg)
 }

@@ -4,7 +4,7 @@
 //!
 //! `microlm quantize` re-encodes an existing file. Tensors that are already
 //! block-quantized are copied unchanged when their target dtype is the same,
-//! and refused otherwise: re-quantizing q8_0/q4_0 values would compound two
+//! and refused otherwise: re-quantizing q8_0/q4_0/q4_16 values would compound two
 //! rounding errors, so the command asks for the original f32/f16 file instead.
 
 use std::path::PathBuf;
@@ -25,13 +25,13 @@ use microlm_cli::load::ModelFile;
 /// Dtype and calibration flags shared by `convert` and `quantize`.
 #[derive(Debug, Args, Clone, Default)]
 pub struct QuantArgs {
-    /// Storage type of the weight matrices: f32, f16, q8_0 or q4_0 (norms stay f32).
+    /// Storage type of the weight matrices: f32, f16, q8_0, q4_0 or q4_16 (norms stay f32).
     #[arg(long, value_parser = crate::values::dtype())]
     pub dtype: Option<DType>,
     /// Per-kind override KIND=DTYPE, repeatable (kinds: embedding wq wk wv wo w1 w2 w3 classifier).
     #[arg(long = "tensor-dtype", value_name = "KIND=DTYPE", value_parser = parse_kind_dtype)]
     pub tensor_dtype: Vec<(TensorKind, DType)>,
-    /// Calibration text: run the model on it and quantize q4_0/q8_0 blocks with an
+    /// Calibration text: run the model on it and quantize q4_0/q4_16/q8_0 blocks with an
     /// importance-weighted scale search (imatrix-style) instead of round-to-nearest.
     #[arg(long, value_name = "FILE")]
     pub calibrate: Option<PathBuf>,
@@ -42,7 +42,7 @@ pub struct QuantArgs {
     /// cut at the first story start after the middle (see `eval --half`).
     #[arg(long, default_value = "all", value_parser = crate::values::half())]
     pub calibrate_half: crate::eval::Half,
-    /// GPTQ (needs --calibrate): quantize q4_0/q8_0 tensors column by column with
+    /// GPTQ (needs --calibrate): quantize q4_0/q4_16/q8_0 tensors column by column with
     /// error feedback through the inverse input Hessian of each matmul.
     #[arg(long, requires = "calibrate")]
     pub gptq: bool,
@@ -56,7 +56,7 @@ pub struct QuantArgs {
     /// Print the per-tensor report as one JSON object on stdout.
     #[arg(long)]
     pub json: bool,
-    /// Clamp values beyond a dtype's range (f16: 65504; q8_0/q4_0: a block scale of 65504)
+    /// Clamp values beyond a dtype's range (f16: 65504; q8_0/q4_0/q4_16: a block scale of 65504)
     /// to its largest finite value instead of refusing them. NaN and infinities are always refused.
     #[arg(long)]
     pub saturate: bool,
@@ -107,7 +107,10 @@ impl QuantArgs {
 
 /// Parses a dtype name for clap.
 pub fn parse_dtype(s: &str) -> Result<DType, String> {
-    DType::from_name(s).ok_or_else(|| format!("unknown dtype '{s}' (expected f32, f16, q8_0, q4_0 or q4_16)"))
+    DType::WEIGHTS
+        .into_iter()
+        .find(|d| d.name() == s)
+        .ok_or_else(|| format!("unknown dtype '{s}' (expected f32, f16, q8_0, q4_0 or q4_16)"))
 }
 
 /// Parses `KIND=DTYPE` for clap.
@@ -124,7 +127,11 @@ pub fn parse_kind_dtype(s: &str) -> Result<(TensorKind, DType), String> {
 pub fn kind_dtypes(base: DType, args: &QuantArgs, shared_classifier: bool) -> Result<KindDtypes> {
     let mut dtypes: KindDtypes = [base; 12];
     for &(kind, dtype) in &args.tensor_dtype {
-        ensure!(!kind.is_norm() || dtype == DType::F32, "{} is a norm and always stored as f32", kind.name());
+        ensure!(
+            !kind.is_norm() || dtype == DType::F32,
+            "{} is a norm and stored as f32 (--fold-norms folds the attention and FFN norms away)",
+            kind.name()
+        );
         ensure!(
             kind != TensorKind::Classifier || !shared_classifier,
             "this model's classifier is shared with the embedding: set embedding=DTYPE instead"
@@ -137,15 +144,13 @@ pub fn kind_dtypes(base: DType, args: &QuantArgs, shared_classifier: bool) -> Re
     Ok(dtypes)
 }
 
-/// Draws the per-tensor relative error of `report` to `path`.
-pub fn plot_report(path: &std::path::Path, report: &[TensorReport]) -> Result<()> {
+/// The per-tensor relative error of `report` as an SVG document (`path` names it in messages).
+pub fn plot_report(path: &std::path::Path, report: &[TensorReport]) -> Result<String> {
     let bars: Vec<(String, f64)> = report
         .iter()
         .map(|r| (format!("{} {}", r.name, r.dtype), r.rmse / r.source_rms.max(f64::MIN_POSITIVE)))
         .collect();
-    crate::plot::bars(path, "per-tensor quantization error", "rmse / rms of the source", &bars)?;
-    eprintln!("wrote {}", path.display());
-    Ok(())
+    crate::plot::bars(path, "per-tensor quantization error", "rmse / rms of the source", &bars)
 }
 
 /// One line of the conversion report.
@@ -316,7 +321,7 @@ fn hint(e: &EncodeError) -> &'static str {
 pub fn importance_for(model: &Model<'_>, args: &QuantArgs, dtypes: &KindDtypes) -> Result<Option<Importance>> {
     let Some(path) = &args.calibrate else { return Ok(None) };
     if !dtypes.iter().any(|d| d.is_quantized()) {
-        eprintln!("warning: --calibrate only affects q8_0/q4_0 tensors; none are requested");
+        eprintln!("warning: --calibrate only affects q8_0/q4_0/q4_16 tensors; none are requested");
     }
     let text = io::read_text(path, io::TEXT).context("cannot read the calibration text")?;
     let text = crate::eval::half_of(&text, args.calibrate_half);
@@ -404,6 +409,7 @@ pub fn inputs<'a>(files: &[&'a std::path::Path], args: &'a QuantArgs) -> Vec<&'a
 /// `--budget` / `--board`: the mix chosen by [`crate::budget::choose`].
 fn run_budget(args: &QuantizeArgs, model: &Model<'_>) -> Result<(Vec<u8>, Vec<TensorReport>)> {
     use crate::budget::Limit;
+    let folded = args.fold_norms || model.dtype(TensorKind::AttnNorm) == DType::Ones;
     ensure!(
         args.quant.dtype.is_none() && args.quant.tensor_dtype.is_empty(),
         "--budget and --board choose every dtype: leave out --dtype and --tensor-dtype"
@@ -428,7 +434,7 @@ fn run_budget(args: &QuantizeArgs, model: &Model<'_>) -> Result<(Vec<u8>, Vec<Te
     let text = io::read_text(path, io::TEXT).context("cannot read the calibration text")?;
     let text = crate::eval::half_of(&text, args.quant.calibrate_half);
     let (out, report) =
-        crate::budget::choose(model, &args.quant, &imp, text, limit, args.budget_tokens.max(1), args.fold_norms)?;
+        crate::budget::choose(model, &args.quant, &imp, text, limit, args.budget_tokens.max(1), folded)?;
     if let Some(b) = board {
         let file = ModelFile::from_bytes(&out);
         let m = file.parse(false)?;
@@ -436,11 +442,12 @@ fn run_budget(args: &QuantizeArgs, model: &Model<'_>) -> Result<(Vec<u8>, Vec<Te
         let fit = crate::inspect::fit(&m, ctx, args.kv, b)?;
         ensure!(
             fit.fits,
-            "the chosen file fits {}'s flash but its arena at ctx {ctx} with a {} cache needs {} of {} RAM bytes: try a smaller --ctx or --kv i8",
+            "the chosen file fits {}'s flash but its arena at ctx {ctx} with a {} cache needs {} of {} RAM bytes: try a smaller --ctx{}",
             b.name,
             args.kv.name(),
             fit.ram_needed,
-            b.ram
+            b.ram,
+            if args.kv == microlm::KvDtype::I8 { "" } else { " or --kv i8" }
         );
         eprintln!(
             "board {}: flash {} of {} bytes, RAM {} of {} bytes at ctx {ctx}",
@@ -466,21 +473,43 @@ pub fn run(args: &QuantizeArgs) -> Result<()> {
         run_budget(args, &model)?
     } else {
         let Some(base) = args.quant.dtype else {
-            bail!("--dtype is required (f32, f16, q8_0 or q4_0), or --budget / --board to choose the mix");
+            bail!("--dtype is required (f32, f16, q8_0, q4_0 or q4_16), or --budget / --board to choose the mix");
         };
         let mut dtypes = kind_dtypes(base, &args.quant, model.config().shared_classifier)?;
-        if args.fold_norms {
+        // A file whose norms are folded keeps them folded.
+        if args.fold_norms || model.dtype(TensorKind::AttnNorm) == DType::Ones {
             dtypes = with_folded_norms(dtypes);
         }
         let importance = importance_for(&model, &args.quant, &dtypes)?;
         let gptq = args.quant.gptq_settings();
         requantize(&model, model.name(), dtypes, importance.as_ref(), gptq, &|_, _| None, args.quant.saturate)?
     };
+    // The plot is drawn and its file opened before the model is written, so a
+    // plot that cannot be written leaves no model behind; it may not be an input
+    // or the model's output.
+    let plot = match &args.plot {
+        Some(path) => {
+            let same = |a: &std::path::Path, b: &std::path::Path| {
+                std::path::absolute(a).ok().zip(std::path::absolute(b).ok()).is_some_and(|(a, b)| a == b)
+            };
+            ensure!(
+                !same(path, &args.output),
+                "--plot {} is the model's output too: choose another file for the plot",
+                path.display()
+            );
+            let mut taken = inputs(&[&args.input], &args.quant);
+            taken.push(&args.output);
+            Some((io::Output::create(path, &taken)?, plot_report(path, &report)?, path))
+        }
+        None => None,
+    };
     output.commit(&out)?;
     print_report(&args.output, out.len(), &report, args.quant.json)?;
-    if let Some(path) = &args.plot {
-        plot_report(path, &report)?;
+    if let Some((file, svg, path)) = plot {
+        file.commit(svg.as_bytes())?;
+        eprintln!("wrote {}", path.display());
     }
+
     eprintln!("wrote {} ({} bytes)", args.output.display(), out.len());
     Ok(())
 }

@@ -41,7 +41,7 @@ pub fn kv() -> Choice<KvDtype> {
     Choice { values: &KvDtype::ALL, name: KvDtype::name }
 }
 
-/// `--dtype`: f32, f16, q8_0 or q4_0.
+/// `--dtype`: f32, f16, q8_0, q4_0 or q4_16.
 pub fn dtype() -> Choice<DType> {
     Choice { values: &DType::WEIGHTS, name: DType::name }
 }
@@ -84,7 +84,8 @@ pub fn real(s: &str) -> Result<f32, String> {
         ParseFloatError::Invalid => "must be a number".to_string(),
         ParseFloatError::TooManyDigits => format!("{s} has more than {MAX_SIGNIFICANT_DIGITS} significant digits"),
     })?;
-    if v.is_infinite() && number::<f64>(s, "").is_ok_and(f64::is_finite) {
+    // Infinite from a finite number (1e39, 1e400), not from "inf" or "infinity".
+    if v.is_infinite() && !s.trim_start_matches(['+', '-']).to_ascii_lowercase().starts_with("inf") {
         return Err(format!("{s} is too large (at most {:e} in magnitude)", f32::MAX));
     }
     Ok(v)
@@ -126,6 +127,8 @@ mod tests {
         assert_eq!(super::real("0.9"), Ok(0.9f32));
         assert_eq!(super::real("inf"), Ok(f32::INFINITY), "the sampler names infinity");
         assert!(super::real("1e308").unwrap_err().contains("too large"));
+        assert!(super::real("1e400").unwrap_err().contains("too large"));
+        assert_eq!(super::real("-Infinity"), Ok(f32::NEG_INFINITY));
         assert!(super::real("x").is_err());
         assert!(super::real("0.12345678901234567891").unwrap_err().contains("more than 19 significant digits"));
         assert_eq!(super::real(" 0.80000000000000000000 "), Ok(0.8f32), "trailing zeros are not significant");

@@ -667,3 +667,56 @@ fn two_runs_writing_one_output_each_write_a_whole_file() {
         assert_eq!(listing(&dir), ["out.mlm"], "round {round}");
     }
 }
+
+/// `--plot` is an output like `-o`: never over an input or the model it writes,
+/// and a plot that cannot be written leaves no model behind.
+#[test]
+fn plots_never_overwrite_inputs_or_the_model() {
+    let dir = fresh("plot-outputs");
+    let input = dir.join("model.mlm");
+    std::fs::copy(converted("f32"), &input).unwrap();
+    let before = bytes(&input);
+    let out = dir.join("out.mlm");
+    let quantize = |plot: &Path| {
+        run_cli([
+            "quantize".as_ref(),
+            input.as_os_str(),
+            "--dtype".as_ref(),
+            "q4_16".as_ref(),
+            "--plot".as_ref(),
+            plot.as_os_str(),
+            "-o".as_ref(),
+            out.as_os_str(),
+        ])
+    };
+    let (code, _, err) = quantize(&input);
+    assert_one_line_error(code, &err, &["is the input"]);
+    let (code, _, err) = quantize(&out);
+    assert_one_line_error(code, &err, &["--plot", "the model's output too"]);
+    let (code, _, err) = quantize(&dir.join("no-such-dir").join("x.svg"));
+    assert_eq!(code, 1, "{err}");
+    assert!(!out.exists(), "a failed plot left the model behind");
+    assert_eq!(bytes(&input), before);
+    let (code, _, err) = quantize(&dir.join("tensors.svg"));
+    assert_eq!(code, 0, "{err}");
+    assert!(out.exists() && std::fs::read_to_string(dir.join("tensors.svg")).unwrap().starts_with("<svg"));
+    // eval: not over a model, the reference or the text.
+    let text = dir.join("text.txt");
+    std::fs::write(&text, "Once upon a time, there was a cat. The cat sat on a mat.\n").unwrap();
+    for plot in [&out, &input, &text] {
+        let (code, _, err) = run_cli([
+            "eval".as_ref(),
+            out.as_os_str(),
+            "--text".as_ref(),
+            text.as_os_str(),
+            "--reference".as_ref(),
+            input.as_os_str(),
+            "--plot".as_ref(),
+            plot.as_os_str(),
+        ]);
+        assert_eq!(code, 1, "{err}");
+        assert!(err.lines().last().unwrap().contains("is the input"), "{err}");
+    }
+    assert_eq!(bytes(&input), before);
+    assert!(std::fs::read_to_string(&text).unwrap().starts_with("Once upon a time"));
+}

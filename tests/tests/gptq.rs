@@ -227,11 +227,22 @@ fn a_170k_budget_fits_and_holds_its_quality() {
     assert!(chose.contains("=q4_16"), "{chose}");
     let (dppl, kl, bytes) = eval(&out);
     assert!(bytes <= 170_000, "{bytes} weight bytes");
-    // The target for stories260K within 170,000 weight bytes: ΔPPL ≤ +5 %, KLD ≤ 0.05.
+    // The quality target for stories260K within 170,000 weight bytes: ΔPPL ≤ +5 %, KLD ≤ 0.05.
     assert!(dppl < 5.0 && kl < 0.05, "{dppl:+.2}% KL {kl:.4}");
     let text = std::fs::read_to_string(&svg).unwrap();
     assert_well_formed_svg(&text);
     assert!(text.contains("layers.4.w2"), "the per-tensor plot names the tensors");
+    // The mix (q4_0, q4_16 and q8_0 kinds in one file) runs on the Cortex-M4F with the host's tokens.
+    let flags = ["-p", "Once upon a time", "-n", "64", "-t", "0.8", "-s", "3", "--json"];
+    let ids = |command: &str| {
+        let mut words: Vec<std::ffi::OsString> = vec![command.into(), out.clone().into()];
+        words.extend(flags.iter().map(Into::into));
+        let (code, stdout, err) = run_cli(words);
+        assert_eq!(code, 0, "{command}: {err}");
+        let j: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+        j["ids"].clone()
+    };
+    assert_eq!(ids("qemu"), ids("generate"), "mps2-an386 ids differ from the host's");
     // A budget below the cheapest mix is refused with the reason.
     let (code, _, err) = run_cli([
         "quantize".as_ref(),
