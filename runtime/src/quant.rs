@@ -397,13 +397,21 @@ mod tests {
     fn rtn_matches_the_kernels_and_pads_rows() {
         let (rows, cols) = (3, 33);
         let x = wave(rows * cols);
-        for dtype in DType::ALL {
+        for dtype in DType::WEIGHTS {
             let bytes = encode_rows(dtype, cols, &x, None);
             assert_eq!(bytes.len(), rows * dtype.row_bytes(cols).unwrap());
             let y = decode_tensor(dtype, rows, cols, &bytes);
             let s = ErrorStats::between(&x, &y);
             assert!(s.cosine > 0.99, "{dtype:?} {s:?}");
         }
+        // `ones` stores nothing and reads back every value as 1; only 1 fits it.
+        let ones = [1.0f32; 33];
+        assert!(encode_rows_checked(DType::Ones, 33, &ones, None, false).unwrap().is_empty());
+        assert!(decode_tensor(DType::Ones, 1, 33, &[]).iter().all(|&v| v == 1.0));
+        assert!(matches!(
+            encode_rows_checked(DType::Ones, 33, &x[..33], None, false),
+            Err(EncodeError::OutOfRange { dtype: DType::Ones, .. })
+        ));
     }
 
     #[test]
