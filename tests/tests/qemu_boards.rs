@@ -244,6 +244,11 @@ fn lm3s6965evb_runs_the_file_quantize_board_fits_to_it() {
     let counted = fit["boards"][0]["firmware_flash"].as_u64().unwrap();
     println!("lm3s6965evb firmware: {firmware_bytes} bytes of flash besides the model (counted {counted})");
     assert!(firmware_bytes <= counted, "the firmware takes {firmware_bytes} bytes, the board fit counts {counted}");
+    // Its RAM besides the arena: the statics in the SRAM sections and memory.x's 6 KiB stack reserve.
+    let statics = fp.ram.1 - fp.ram.0 - fit["arena_bytes"].as_u64().unwrap();
+    let reserved = fit["boards"][0]["ram_reserved"].as_u64().unwrap();
+    println!("lm3s6965evb firmware: {statics} bytes of statics besides the arena (counted {reserved} with the stack)");
+    assert!(statics + 6 * 1024 <= reserved, "statics {statics} + 6 KiB stack, the board fit counts {reserved}");
     assert_eq!(fit["boards"][0]["fits"], true, "{inspect}");
     assert!(fit["boards"][0]["max_ctx"].as_u64().unwrap() >= 129, "{inspect}");
 }
