@@ -22,7 +22,7 @@ use microlm_tests::{run_convert, scratch_dir, shared, synthetic_checkpoint, wait
 const BOUND: Duration = Duration::from_secs(60);
 
 /// Checks the harness makes; fewer passes means some were dropped.
-const CHECKS: u32 = 11;
+const CHECKS: u32 = 12;
 
 /// Session runs of the firmware (`sessions` in boards/kernel-tests): positions, context, sinks.
 const POSITIONS: usize = 150;
