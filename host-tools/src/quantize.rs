@@ -127,11 +127,8 @@ pub fn parse_kind_dtype(s: &str) -> Result<(TensorKind, DType), String> {
 pub fn kind_dtypes(base: DType, args: &QuantArgs, shared_classifier: bool) -> Result<KindDtypes> {
     let mut dtypes: KindDtypes = [base; 12];
     for &(kind, dtype) in &args.tensor_dtype {
-        ensure!(
-            !kind.is_norm() || dtype == DType::F32,
-            "{} is a norm and stored as f32 (--fold-norms folds the attention and FFN norms away)",
-            kind.name()
-        );
+        let hint = if kind == TensorKind::FinalNorm { "" } else { " (--fold-norms folds it away)" };
+        ensure!(!kind.is_norm() || dtype == DType::F32, "{} is a norm and always stored as f32{hint}", kind.name());
         ensure!(
             kind != TensorKind::Classifier || !shared_classifier,
             "this model's classifier is shared with the embedding: set embedding=DTYPE instead"
