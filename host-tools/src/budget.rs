@@ -114,7 +114,7 @@ fn build(
 ) -> Result<(Vec<u8>, u64, Vec<TensorReport>)> {
     let gptq = args.gptq_settings();
     // A tensor already in the cache is copied; a new one is quantized as
-    // `requantize` would (GPTQ or the calibrated search) and remembered.
+    // `requantize` quantizes it (`quantize::encode_weights`) and remembered.
     let cached = |entry: &microlm::format::TensorEntry, values: &[f32]| -> Option<Vec<u8>> {
         if !entry.dtype.is_quantized() {
             return None;
@@ -123,15 +123,8 @@ fn build(
         if let Some(bytes) = cache.borrow().get(&key) {
             return Some(bytes.clone());
         }
-        let (kind, layer) = (entry.kind, entry.layer as usize);
-        let (rows, cols) = (entry.rows as usize, entry.cols as usize);
         let checked = microlm::quant::check_values(entry.dtype, values, args.saturate).ok()?;
-        let bytes = match (gptq, imp.hessian(kind, layer)) {
-            (Some(settings), Some(h)) => {
-                microlm_cli::gptq::quantize(entry.dtype, rows, cols, &checked, h, settings).ok()?
-            }
-            _ => microlm::quant::encode_rows(entry.dtype, cols, &checked, imp.get(kind, layer)),
-        };
+        let bytes = quantize::encode_weights(entry, &checked, Some(imp), gptq).ok()?;
         cache.borrow_mut().insert(key, bytes.clone());
         Some(bytes)
     };

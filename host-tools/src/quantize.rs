@@ -261,16 +261,11 @@ pub fn requantize(
             passthrough(entry, &values).filter(|b| all_finite(&decode_tensor(entry.dtype, rows, cols, b)))
         {
             bytes
-        } else if let (Some(settings), Some(h), true) =
-            (gptq, importance.and_then(|i| i.hessian(kind, layer)), entry.dtype.is_quantized())
-        {
-            match gptq::quantize(entry.dtype, rows, cols, &checked, h, settings) {
+        } else {
+            match encode_weights(entry, &checked, importance, gptq) {
                 Ok(bytes) => bytes,
                 Err(e) => return Err(fail(anyhow::anyhow!("GPTQ failed on {name}: {e}"), &mut failure)),
             }
-        } else {
-            let imp = importance.and_then(|i| i.get(kind, layer));
-            encode_rows(entry.dtype, cols, &checked, imp)
         };
         let decoded = decode_tensor(entry.dtype, rows, cols, &bytes);
         if let Some(index) = decoded.iter().position(|v| !v.is_finite()) {
@@ -299,6 +294,25 @@ pub fn requantize(
         (_, Some(e)) => Err(e),
         (Ok(out), None) => Ok((out, report)),
         (Err(e), None) => Err(e).context("cannot build the model file"),
+    }
+}
+
+/// Encodes one tensor's checked values as its entry's dtype: GPTQ when `gptq` is
+/// given and the calibration has the tensor's input Hessian, else round-to-nearest
+/// or (with `importance`) the calibrated scale search.
+pub fn encode_weights(
+    entry: &TensorEntry,
+    checked: &[f32],
+    importance: Option<&Importance>,
+    gptq: Option<gptq::Settings>,
+) -> Result<Vec<u8>, gptq::GptqError> {
+    let (kind, layer) = (entry.kind, entry.layer as usize);
+    let (rows, cols) = (entry.rows as usize, entry.cols as usize);
+    match (gptq, importance.and_then(|i| i.hessian(kind, layer))) {
+        (Some(settings), Some(h)) if entry.dtype.is_quantized() => {
+            gptq::quantize(entry.dtype, rows, cols, checked, h, settings)
+        }
+        _ => Ok(encode_rows(entry.dtype, cols, checked, importance.and_then(|i| i.get(kind, layer)))),
     }
 }
 

@@ -61,68 +61,52 @@ const _: () = assert!(core::mem::size_of::<BlockQ4_16>() == 20);
 const _: () = assert!(core::mem::align_of::<BlockQ8_0>() == 1 && core::mem::align_of::<BlockQ4_0>() == 1);
 const _: () = assert!(core::mem::align_of::<BlockQ4_16>() == 1);
 
-impl BlockQ8_0 {
-    /// The whole blocks at the start of `bytes` (a trailing partial block is left out).
-    #[inline(always)]
-    pub fn slice(bytes: &[u8]) -> &[BlockQ8_0] {
-        let whole = bytes.len() - bytes.len() % Q8_0_BLOCK_BYTES;
-        // Alignment 1 and a whole number of blocks: the cast cannot fail.
-        bytemuck::try_cast_slice(&bytes[..whole]).unwrap_or(&[])
-    }
+/// The byte-slice views every block type has: `slice`, `slice_mut`, `read`, `write`.
+macro_rules! block_io {
+    ($block:ident, $bytes:ident, $n:literal) => {
+        impl $block {
+            /// The whole blocks at the start of `bytes` (a trailing partial block is left out).
+            #[inline(always)]
+            pub fn slice(bytes: &[u8]) -> &[$block] {
+                let whole = bytes.len() - bytes.len() % $bytes;
+                // Alignment 1 and a whole number of blocks: the cast cannot fail.
+                bytemuck::try_cast_slice(&bytes[..whole]).unwrap_or(&[])
+            }
 
-    /// The whole blocks at the start of `bytes`, writable.
-    #[inline(always)]
-    pub fn slice_mut(bytes: &mut [u8]) -> &mut [BlockQ8_0] {
-        let whole = bytes.len() - bytes.len() % Q8_0_BLOCK_BYTES;
-        bytemuck::try_cast_slice_mut(&mut bytes[..whole]).unwrap_or(&mut [])
-    }
+            /// The whole blocks at the start of `bytes`, writable.
+            #[inline(always)]
+            pub fn slice_mut(bytes: &mut [u8]) -> &mut [$block] {
+                let whole = bytes.len() - bytes.len() % $bytes;
+                bytemuck::try_cast_slice_mut(&mut bytes[..whole]).unwrap_or(&mut [])
+            }
 
-    /// Reads a block from the first 34 bytes of `b` (`None` when shorter).
-    pub fn read(b: &[u8]) -> Option<BlockQ8_0> {
-        BlockQ8_0::slice(b).first().copied()
-    }
+            #[doc = concat!("Reads a block from the first ", $n, " bytes of `b` (`None` when shorter).")]
+            pub fn read(b: &[u8]) -> Option<$block> {
+                $block::slice(b).first().copied()
+            }
 
-    /// Writes the block into the first 34 bytes of `out` (nothing when shorter).
-    pub fn write(&self, out: &mut [u8]) {
-        if let Some(b) = BlockQ8_0::slice_mut(out).first_mut() {
-            *b = *self;
+            #[doc = concat!("Writes the block into the first ", $n, " bytes of `out` (nothing when shorter).")]
+            pub fn write(&self, out: &mut [u8]) {
+                if let Some(b) = $block::slice_mut(out).first_mut() {
+                    *b = *self;
+                }
+            }
         }
-    }
+    };
+}
 
+block_io!(BlockQ8_0, Q8_0_BLOCK_BYTES, 34);
+
+impl BlockQ8_0 {
     /// The scale as f32.
     pub fn scale(&self) -> f32 {
         half::f16::from_le_bytes(self.d).to_f32()
     }
 }
 
+block_io!(BlockQ4_0, Q4_0_BLOCK_BYTES, 18);
+
 impl BlockQ4_0 {
-    /// The whole blocks at the start of `bytes` (a trailing partial block is left out).
-    #[inline(always)]
-    pub fn slice(bytes: &[u8]) -> &[BlockQ4_0] {
-        let whole = bytes.len() - bytes.len() % Q4_0_BLOCK_BYTES;
-        // Alignment 1 and a whole number of blocks: the cast cannot fail.
-        bytemuck::try_cast_slice(&bytes[..whole]).unwrap_or(&[])
-    }
-
-    /// The whole blocks at the start of `bytes`, writable.
-    #[inline(always)]
-    pub fn slice_mut(bytes: &mut [u8]) -> &mut [BlockQ4_0] {
-        let whole = bytes.len() - bytes.len() % Q4_0_BLOCK_BYTES;
-        bytemuck::try_cast_slice_mut(&mut bytes[..whole]).unwrap_or(&mut [])
-    }
-
-    /// Reads a block from the first 18 bytes of `b` (`None` when shorter).
-    pub fn read(b: &[u8]) -> Option<BlockQ4_0> {
-        BlockQ4_0::slice(b).first().copied()
-    }
-
-    /// Writes the block into the first 18 bytes of `out` (nothing when shorter).
-    pub fn write(&self, out: &mut [u8]) {
-        if let Some(b) = BlockQ4_0::slice_mut(out).first_mut() {
-            *b = *self;
-        }
-    }
-
     /// The scale as f32.
     pub fn scale(&self) -> f32 {
         half::f16::from_le_bytes(self.d).to_f32()
@@ -136,34 +120,9 @@ impl BlockQ4_0 {
     }
 }
 
+block_io!(BlockQ4_16, Q4_16_BLOCK_BYTES, 20);
+
 impl BlockQ4_16 {
-    /// The whole blocks at the start of `bytes` (a trailing partial block is left out).
-    #[inline(always)]
-    pub fn slice(bytes: &[u8]) -> &[BlockQ4_16] {
-        let whole = bytes.len() - bytes.len() % Q4_16_BLOCK_BYTES;
-        // Alignment 1 and a whole number of blocks: the cast cannot fail.
-        bytemuck::try_cast_slice(&bytes[..whole]).unwrap_or(&[])
-    }
-
-    /// The whole blocks at the start of `bytes`, writable.
-    #[inline(always)]
-    pub fn slice_mut(bytes: &mut [u8]) -> &mut [BlockQ4_16] {
-        let whole = bytes.len() - bytes.len() % Q4_16_BLOCK_BYTES;
-        bytemuck::try_cast_slice_mut(&mut bytes[..whole]).unwrap_or(&mut [])
-    }
-
-    /// Reads a block from the first 20 bytes of `b` (`None` when shorter).
-    pub fn read(b: &[u8]) -> Option<BlockQ4_16> {
-        BlockQ4_16::slice(b).first().copied()
-    }
-
-    /// Writes the block into the first 20 bytes of `out` (nothing when shorter).
-    pub fn write(&self, out: &mut [u8]) {
-        if let Some(b) = BlockQ4_16::slice_mut(out).first_mut() {
-            *b = *self;
-        }
-    }
-
     /// The scale of element `i` (0..32) as f32.
     pub fn scale(&self, i: usize) -> f32 {
         half::f16::from_le_bytes(self.d[(i / QK4_16) & 1]).to_f32()

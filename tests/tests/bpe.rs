@@ -362,6 +362,19 @@ fn a_model_with_a_byte_level_bpe_tokenizer_parses_and_generates() {
     assert_eq!(bpe_tokenizer_section(&again).unwrap(), bpe_tokenizer_section(&vocab).unwrap());
 }
 
+/// Recomputes a model file's CRC32 trailer after an edit.
+fn reseal(file: &mut [u8]) {
+    let body = file.len() - 4;
+    let crc = crc32fast::hash(&file[..body]);
+    file[body..].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// What `Model::parse` says of `file` (copied to an aligned buffer).
+fn parse_error(file: &[u8]) -> Option<FormatError> {
+    let w = aligned(file);
+    microlm::Model::parse(&bytemuck::cast_slice::<u32, u8>(&w)[..file.len()]).err()
+}
+
 #[test]
 fn version_1_files_still_read_as_sentencepiece() {
     use microlm::format::{Header, TensorEntry, PREAMBLE_LEN};
@@ -369,9 +382,7 @@ fn version_1_files_still_read_as_sentencepiece() {
     let mut v2 = std::fs::read(microlm_tests::converted("f32")).unwrap();
     assert_eq!(u32::from_le_bytes(v2[4..8].try_into().unwrap()), 3);
     v2[4..8].copy_from_slice(&2u32.to_le_bytes());
-    let body = v2.len() - 4;
-    let crc = crc32fast::hash(&v2[..body]);
-    v2[body..].copy_from_slice(&crc.to_le_bytes());
+    reseal(&mut v2);
     // Version 1 has no kind word: move the section start past it and re-encode the header.
     let header_len = u32::from_le_bytes(v2[8..12].try_into().unwrap()) as usize;
     let (mut header, mut rest): (Header<'_>, &[u8]) =
@@ -417,22 +428,12 @@ fn version_1_files_still_read_as_sentencepiece() {
     // A later version is refused.
     let mut v4 = v2.clone();
     v4[4..8].copy_from_slice(&4u32.to_le_bytes());
-    let w = aligned(&v4);
-    assert_eq!(
-        microlm::Model::parse(&bytemuck::cast_slice::<u32, u8>(&w)[..v4.len()]).err(),
-        Some(FormatError::UnsupportedVersion { found: 4, supported: 3 })
-    );
+    assert_eq!(parse_error(&v4), Some(FormatError::UnsupportedVersion { found: 4, supported: 3 }));
     // q4_16 arrived with version 3: a version 2 file that names it is refused.
     let mut q = std::fs::read(microlm_tests::converted("q4_16")).unwrap();
     q[4..8].copy_from_slice(&2u32.to_le_bytes());
-    let body = q.len() - 4;
-    let crc = crc32fast::hash(&q[..body]);
-    q[body..].copy_from_slice(&crc.to_le_bytes());
-    let w = aligned(&q);
-    assert_eq!(
-        microlm::Model::parse(&bytemuck::cast_slice::<u32, u8>(&w)[..q.len()]).err(),
-        Some(FormatError::TensorDtype { index: 0 })
-    );
+    reseal(&mut q);
+    assert_eq!(parse_error(&q), Some(FormatError::TensorDtype { index: 0 }));
     // Only the attention and FFN norms may be `ones`: the same file with wq as ones is refused.
     let mut q = std::fs::read(microlm_tests::converted("q4_16")).unwrap();
     let header_len = u32::from_le_bytes(q[8..12].try_into().unwrap()) as usize;
@@ -450,12 +451,6 @@ fn version_1_files_still_read_as_sentencepiece() {
     }
     encoded.extend_from_slice(rest);
     q[PREAMBLE_LEN..PREAMBLE_LEN + header_len].copy_from_slice(&encoded[..header_len]);
-    let body = q.len() - 4;
-    let crc = crc32fast::hash(&q[..body]);
-    q[body..].copy_from_slice(&crc.to_le_bytes());
-    let w = aligned(&q);
-    assert_eq!(
-        microlm::Model::parse(&bytemuck::cast_slice::<u32, u8>(&w)[..q.len()]).err(),
-        Some(FormatError::TensorDtype { index: 2 })
-    );
+    reseal(&mut q);
+    assert_eq!(parse_error(&q), Some(FormatError::TensorDtype { index: 2 }));
 }
