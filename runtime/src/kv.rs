@@ -1,11 +1,16 @@
 //! The key/value cache: storage in three dtypes, and the attention reads over it.
 //!
-//! Layout, for each of K and V: `(n_layers, ctx_len, kv_dim)` values, row
-//! `(layer, slot)` holding the `n_kv_heads` head rows of `head_size` values.
+//! Layout, for each of K and V:
 //!
-//! - `F32`: the values as computed (llama2.c's cache; bit-identical to it).
-//! - `F16`: each value rounded to IEEE binary16, little-endian bytes.
-//! - `I8`: symmetric int8, one f32 scale per (layer, slot) row — all KV heads
+//! - `F32`: the values as computed (llama2.c's cache; bit-identical to it),
+//!   head-major `(n_layers, n_kv_heads, ctx_len, head_size)`: one KV head's
+//!   keys (or values) over all positions are contiguous, so an attention pass
+//!   walks one array (two 8-wide cache rows per load on hard-float Cortex-M).
+//! - `F16`: each value rounded to IEEE binary16, little-endian bytes, in
+//!   `(n_layers, ctx_len, kv_dim)` rows (row `(layer, slot)` holding the
+//!   `n_kv_heads` head rows of `head_size` values).
+//! - `I8`: symmetric int8 in `(n_layers, ctx_len, kv_dim)` rows as `F16`, one
+//!   f32 scale per (layer, slot) row — all KV heads
 //!   of a position share it — for K and one for V: `scale = max|x| / 127`,
 //!   `q = round(x / scale)` in -127..=127, `x ≈ q · scale` (a zero row gets
 //!   scale 0). A scale per head would cost 4 bytes per head_size values (50 %
@@ -30,6 +35,8 @@
 //! For f32 the scores are exactly llama2.c's; its value sum divides each
 //! weight by `sum` first, this one divides the head's output once (the same
 //! up to rounding in the last bits, one division instead of one per slot).
+
+use core::ops::Range;
 
 use half::f16;
 
@@ -153,7 +160,7 @@ macro_rules! with_head_size {
 /// Cache storage for K or V, carved from the arena by `Session::new`.
 #[derive(Debug)]
 pub(crate) enum Store<'a> {
-    /// (n_layers, ctx_len, kv_dim) f32.
+    /// (n_layers, n_kv_heads, ctx_len, head_size) f32.
     F32(&'a mut [f32]),
     /// (n_layers, ctx_len, kv_dim) binary16, 2 little-endian bytes each.
     F16(&'a mut [u8]),
@@ -172,10 +179,39 @@ pub(crate) struct Dims {
 }
 
 impl Dims {
-    /// Index of row `(layer, slot)`'s first value.
+    /// Index of row `(layer, slot)`'s first value (the `(n_layers, ctx_len, kv_dim)` layouts).
     fn row(&self, layer: usize, slot: usize) -> usize {
         (layer * self.ctx_len + slot) * self.kv_dim
     }
+
+    /// Index of head `kv_head`'s first value at `slot` in the head-major f32 layout
+    /// `(n_layers, n_kv_heads, ctx_len, head_size)`.
+    fn head_row(&self, layer: usize, kv_head: usize, slot: usize) -> usize {
+        let n_kv_heads = self.kv_dim / self.head_size.max(1);
+        ((layer * n_kv_heads + kv_head) * self.ctx_len + slot) * self.head_size
+    }
+
+    /// Where head `kv_head`'s rows for slots `slots` lie in a cache of this shape:
+    /// (first index, last index + 1, stride between slots, the head's offset in a
+    /// slot's row), in values.
+    fn head_span(&self, head_major: bool, layer: usize, kv_head: usize, slots: Range<usize>) -> Span {
+        if head_major {
+            let (start, end) = (self.head_row(layer, kv_head, slots.start), self.head_row(layer, kv_head, slots.end));
+            Span { start, end, stride: self.head_size, offset: 0 }
+        } else {
+            let (start, end) = (self.row(layer, slots.start), self.row(layer, slots.end));
+            Span { start, end, stride: self.kv_dim, offset: kv_head * self.head_size }
+        }
+    }
+}
+
+/// One KV head's rows over a run of slots, in values (see [`Dims::head_span`]).
+#[derive(Clone, Copy, Debug)]
+struct Span {
+    start: usize,
+    end: usize,
+    stride: usize,
+    offset: usize,
 }
 
 impl Store<'_> {
@@ -184,7 +220,13 @@ impl Store<'_> {
         let at = d.row(layer, slot);
         let n = d.kv_dim;
         match self {
-            Store::F32(c) => c.get_mut(at..at + n).ok_or(SessionError::Internal)?.copy_from_slice(&x[..n]),
+            Store::F32(c) => {
+                // Head h's values go to its own contiguous run of rows.
+                for (h, head) in x[..n].chunks_exact(d.head_size.max(1)).enumerate() {
+                    let at = d.head_row(layer, h, slot);
+                    c.get_mut(at..at + head.len()).ok_or(SessionError::Internal)?.copy_from_slice(head);
+                }
+            }
             Store::F16(c) => {
                 let row = c.get_mut(at * 2..(at + n) * 2).ok_or(SessionError::Internal)?; // (kv_dim × 2 bytes)
                 for (b, &v) in row.chunks_exact_mut(2).zip(x) {
@@ -214,48 +256,49 @@ impl Store<'_> {
         scores: &mut [f32],
     ) -> f32 {
         let mut max = f32::NEG_INFINITY;
-        // The layer's rows (slots first.., kv_dim values each), walked without per-slot index arithmetic.
-        let (start, end) = (d.row(layer, first), d.row(layer, first + scores.len()));
+        if scores.is_empty() {
+            return max;
+        }
+        // The head's rows (slots first.., `stride` values apart), walked without per-slot index arithmetic.
+        let span = d.head_span(self.head_major(), layer, kv_head, first..first + scores.len());
+        let (start, end, stride, offset) = (span.start, span.end, span.stride, span.offset);
         // One loop per dtype, so the per-slot work has no dispatch; f32 and i8 unroll per head size.
         match self {
             Store::F32(c) => with_head_size!(d.head_size, hs => {
-                max = kernels::scores_f32(&q[..hs], &c[start..end], d.kv_dim, kv_head * hs, sqrt_head, max, scores);
+                max = kernels::scores_f32(&q[..hs], &c[start..end], stride, offset, sqrt_head, max, scores);
             }),
             Store::F16(c) => {
                 let hs = d.head_size;
-                max = kernels::scores_f16(
-                    &q[..hs],
-                    &c[start * 2..end * 2],
-                    d.kv_dim,
-                    kv_head * hs,
-                    sqrt_head,
-                    max,
-                    scores,
-                );
+                max = kernels::scores_f16(&q[..hs], &c[start * 2..end * 2], stride, offset, sqrt_head, max, scores);
             }
             Store::I8 { values, scales, query } => {
                 let q_scale = quantize_query(&q[..d.head_size], query);
                 with_head_size!(d.head_size, hs => {
-                    let row_scales = &scales[start / d.kv_dim..end / d.kv_dim];
+                    let row_scales = &scales[start / stride..end / stride];
                     let (query, rows) = (&query[..hs.div_ceil(2)], &values[start..end]);
-                    max = kernels::scores_i8(query, q_scale, rows, row_scales, d.kv_dim, kv_head * hs, hs, sqrt_head, max, scores);
+                    max = kernels::scores_i8(query, q_scale, rows, row_scales, stride, offset, hs, sqrt_head, max, scores);
                 })
             }
         }
         max
     }
 
+    /// Whether this store keeps the head-major layout (f32) rather than whole rows.
+    fn head_major(&self) -> bool {
+        matches!(self, Store::F32(_))
+    }
+
     /// The attention output of one head: with e(slot) = exp(scores\[slot\] − max),
     /// out (head_size) = (Σ_slot e(slot) · V\[layer, slot, kv_head\]) / Σ_slot e(slot),
     /// both sums over slots in index order. `scores` may be overwritten with the e(slot).
     pub(crate) fn mix(&self, d: Dims, layer: usize, kv_head: usize, scores: &mut [f32], max: f32, out: &mut [f32]) {
-        let (start, end) = (d.row(layer, 0), d.row(layer, scores.len()));
+        let span = d.head_span(self.head_major(), layer, kv_head, 0..scores.len());
         let hs = d.head_size;
         let out = &mut out[..hs];
         // f32 cache, 8-wide heads: the fused kernel where the target has one (hard-float Cortex-M).
         if let (Store::F32(c), Ok(out)) = (self, <&mut [f32; 8]>::try_from(&mut *out)) {
-            if let Some(values) = c.get(start + kv_head * 8..end) {
-                if kernels::mix_f32_head8(scores, max, values, d.kv_dim, out).is_some() {
+            if let Some(values) = c.get(span.start..span.end) {
+                if kernels::mix_f32_head8(scores, max, values, out).is_some() {
                     return;
                 }
             }
@@ -269,21 +312,21 @@ impl Store<'_> {
         let split = hs - hs % 8;
         let (wide, narrow) = out.split_at_mut(split);
         for (i, out) in wide.chunks_exact_mut(8).enumerate() {
-            let col = kv_head * hs + 8 * i;
+            let col = span.offset + 8 * i;
             if exps_pending {
-                sum = self.mix_columns::<8, true>(d, start..end, col, scores, max, out);
+                sum = self.mix_columns::<8, true>(span, col, scores, max, out);
                 exps_pending = false;
             } else {
-                self.mix_columns::<8, false>(d, start..end, col, scores, max, out);
+                self.mix_columns::<8, false>(span, col, scores, max, out);
             }
         }
         for (i, out) in narrow.chunks_exact_mut(1).enumerate() {
-            let col = kv_head * hs + split + i;
+            let col = span.offset + split + i;
             if exps_pending {
-                sum = self.mix_columns::<1, true>(d, start..end, col, scores, max, out);
+                sum = self.mix_columns::<1, true>(span, col, scores, max, out);
                 exps_pending = false;
             } else {
-                self.mix_columns::<1, false>(d, start..end, col, scores, max, out);
+                self.mix_columns::<1, false>(span, col, scores, max, out);
             }
         }
         for o in out.iter_mut() {
@@ -291,27 +334,26 @@ impl Store<'_> {
         }
     }
 
-    /// out (W) = Σ_slot e(slot) · `V[slot][col..col + W]` over the cache values
-    /// `values` (whole rows): the dtype's value-mix kernel (`kernels::mix_f32`,
-    /// `mix_f16`, `mix_i8`; with `EXP` they compute and sum the e(slot)).
+    /// out (W) = Σ_slot e(slot) · `V[slot][col..col + W]` over the head's rows
+    /// `span` (`col` counted from the start of each `span.stride`-value row): the
+    /// dtype's value-mix kernel (`kernels::mix_f32`, `mix_f16`, `mix_i8`; with
+    /// `EXP` they compute and sum the e(slot)).
     #[inline(always)]
     fn mix_columns<const W: usize, const EXP: bool>(
         &self,
-        d: Dims,
-        values: core::ops::Range<usize>,
+        span: Span,
         col: usize,
         scores: &mut [f32],
         max: f32,
         out: &mut [f32],
     ) -> f32 {
+        let (start, end, stride) = (span.start, span.end, span.stride);
         match self {
-            Store::F32(c) => kernels::mix_f32::<W, EXP>(&c[values], d.kv_dim, col, scores, max, out),
-            Store::F16(c) => {
-                kernels::mix_f16::<W, EXP>(&c[values.start * 2..values.end * 2], d.kv_dim, col, scores, max, out)
-            }
+            Store::F32(c) => kernels::mix_f32::<W, EXP>(&c[start..end], stride, col, scores, max, out),
+            Store::F16(c) => kernels::mix_f16::<W, EXP>(&c[start * 2..end * 2], stride, col, scores, max, out),
             Store::I8 { values: v8, scales, .. } => {
-                let row_scales = &scales[values.start / d.kv_dim..values.end / d.kv_dim];
-                kernels::mix_i8::<W, EXP>(&v8[values], row_scales, d.kv_dim, col, scores, max, out)
+                let row_scales = &scales[start / stride..end / stride];
+                kernels::mix_i8::<W, EXP>(&v8[start..end], row_scales, stride, col, scores, max, out)
             }
         }
     }

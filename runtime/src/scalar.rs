@@ -52,6 +52,9 @@ pub fn max_abs(x: &[f32]) -> f32 {
 pub const EXP_FAST_MIN: f32 = -87.33;
 const EXP_FAST_MAX: f32 = 88.37;
 
+/// Below this [`exp`] is exactly 0 (e^x is under half the smallest subnormal).
+pub const EXP_ZERO_BELOW: f32 = -103.98;
+
 /// Largest maximum relative error of [`exp`] against the exact e^x for every
 /// input whose result is a normal f32, checked by `exp_error_is_within_bound`
 /// (every 61st input: 8.05e-8 at x = -28.07; libm's `expf` reaches about 1e-7).
@@ -93,7 +96,7 @@ pub fn exp_branch_free(x: f32) -> f32 {
     let pow2 = |e: i32| f32::from_bits(((e + 127) as u32) << 23);
     let e = p * pow2(half) * pow2(n - half);
     let e = if x > 88.722_83 { f32::INFINITY } else { e };
-    if x < -103.98 {
+    if x < EXP_ZERO_BELOW {
         0.0
     } else {
         e
@@ -144,7 +147,7 @@ pub fn exp_outside_fast_range(x: f32) -> f32 {
     if x > 88.722_83 {
         return f32::INFINITY;
     }
-    if x < -103.98 {
+    if x < EXP_ZERO_BELOW {
         return 0.0;
     }
     let (p, n) = exp_reduced(x);

@@ -327,7 +327,7 @@ fn attention(
 ) {
     let hs = dims.head_size;
     let kv_mul = cfg.n_heads / cfg.n_kv_heads;
-    let sqrt_head = libm::sqrtf(hs as f32);
+    let sqrt_head = crate::kernels::sqrt(hs as f32);
     // Slots 0..sinks are read with the sink query, the rest with the true one.
     let sinks = queries.sinks.min(att.len());
     for h in 0..cfg.n_heads {

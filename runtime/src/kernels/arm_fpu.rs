@@ -11,60 +11,153 @@
 //! against the host.
 #![allow(unsafe_code)]
 
-/// `out[i] = (Σ_j q[j] · keys[i·stride + j], j = 0..8, left to right from 0.0) / sqrt_head`
-/// for `i < out.len()`; returns `max(max_in, out[..])` as `if v > max { max = v }`
-/// does. Returns `None` (doing nothing) when `keys` is too short for the rows.
+/// `out[i] = (Σ_j q[j] · keys[8·i + j], j = 0..8, left to right) / sqrt_head` for
+/// `i < out.len()` over contiguous 8-value rows (the f32 cache's head-major
+/// layout); returns `max(max_in, out[..])` as `if v > max { max = v }` does.
+/// Four rows a step, two per VLDM (then a pair and a single row for the rest).
+/// Each sum starts from the first product
+/// (VMUL) where the portable loop adds it to 0.0: the same value, except that
+/// a sum of zero products may be −0.0 for +0.0, which compares equal and gives
+/// the same exp(score − max). Returns `None` (doing nothing) when `keys` is
+/// shorter than `out.len()` rows.
 #[inline]
-pub fn scores8(q: &[f32; 8], keys: &[f32], stride: usize, sqrt_head: f32, max_in: f32, out: &mut [f32]) -> Option<f32> {
+pub fn scores8(q: &[f32; 8], keys: &[f32], sqrt_head: f32, max_in: f32, out: &mut [f32]) -> Option<f32> {
     let n = out.len();
     if n == 0 {
         return Some(max_in);
     }
-    // The last row read is keys[(n - 1) · stride..][..8].
-    if (n - 1).checked_mul(stride)?.checked_add(8)? > keys.len() {
+    if n.checked_mul(8)? > keys.len() {
         return None;
     }
-    let stride_bytes = stride.checked_mul(4)?;
     let max_bits: u32;
-    // SAFETY: reads q (8 floats), n rows of 8 floats at `keys` + i·stride (checked in bounds
-    // above), writes n floats at `out` (its length); saves and restores s0-s31 on the stack,
-    // so no FPU register the compiler uses is changed; the flags are clobbered (declared).
+    // SAFETY: reads q (8 floats) and n rows of 8 floats from `keys` (checked above), writes
+    // n floats at `out` (its length): n / 4 four-row steps, then two rows when n % 4 ≥ 2 and
+    // one when n is odd. Saves and restores s0-s31 on the stack, so no FPU register the
+    // compiler uses is changed; the flags are clobbered (declared).
     unsafe {
         core::arch::asm!(
             "vpush {{s0-s31}}",
             "vldmia {q}, {{s16-s23}}",
             "vmov s24, {sqrt}",
             "vmov s25, {max}",
-            "vmov s26, {zero}",
+            "cmp {quads}, #0",
+            "beq 4f",
             "2:",
-            "vldmia {k}, {{s0-s7}}",
-            "add {k}, {k}, {stride}",
-            "vmov.f32 s8, s26",
-            "vmla.f32 s8, s16, s0",
-            "vmla.f32 s8, s17, s1",
-            "vmla.f32 s8, s18, s2",
-            "vmla.f32 s8, s19, s3",
-            "vmla.f32 s8, s20, s4",
-            "vmla.f32 s8, s21, s5",
-            "vmla.f32 s8, s22, s6",
-            "vmla.f32 s8, s23, s7",
-            "vdiv.f32 s8, s8, s24",
-            "vstmia {o}!, {{s8}}",
-            "vcmp.f32 s8, s25",
+            "vldmia {k}!, {{s0-s15}}",
+            "vmul.f32 s26, s16, s0",
+            "vmla.f32 s26, s17, s1",
+            "vmla.f32 s26, s18, s2",
+            "vmla.f32 s26, s19, s3",
+            "vmla.f32 s26, s20, s4",
+            "vmla.f32 s26, s21, s5",
+            "vmla.f32 s26, s22, s6",
+            "vmla.f32 s26, s23, s7",
+            "vmul.f32 s27, s16, s8",
+            "vmla.f32 s27, s17, s9",
+            "vmla.f32 s27, s18, s10",
+            "vmla.f32 s27, s19, s11",
+            "vmla.f32 s27, s20, s12",
+            "vmla.f32 s27, s21, s13",
+            "vmla.f32 s27, s22, s14",
+            "vmla.f32 s27, s23, s15",
+            "vldmia {k}!, {{s0-s15}}",
+            "vmul.f32 s28, s16, s0",
+            "vmla.f32 s28, s17, s1",
+            "vmla.f32 s28, s18, s2",
+            "vmla.f32 s28, s19, s3",
+            "vmla.f32 s28, s20, s4",
+            "vmla.f32 s28, s21, s5",
+            "vmla.f32 s28, s22, s6",
+            "vmla.f32 s28, s23, s7",
+            "vmul.f32 s29, s16, s8",
+            "vmla.f32 s29, s17, s9",
+            "vmla.f32 s29, s18, s10",
+            "vmla.f32 s29, s19, s11",
+            "vmla.f32 s29, s20, s12",
+            "vmla.f32 s29, s21, s13",
+            "vmla.f32 s29, s22, s14",
+            "vmla.f32 s29, s23, s15",
+            "vdiv.f32 s26, s26, s24",
+            "vdiv.f32 s27, s27, s24",
+            "vdiv.f32 s28, s28, s24",
+            "vdiv.f32 s29, s29, s24",
+            "vstmia {o}!, {{s26-s29}}",
+            "vcmp.f32 s26, s25",
             "vmrs APSR_nzcv, fpscr",
             "it gt",
-            "vmovgt.f32 s25, s8",
-            "subs {n}, {n}, #1",
+            "vmovgt.f32 s25, s26",
+            "vcmp.f32 s27, s25",
+            "vmrs APSR_nzcv, fpscr",
+            "it gt",
+            "vmovgt.f32 s25, s27",
+            "vcmp.f32 s28, s25",
+            "vmrs APSR_nzcv, fpscr",
+            "it gt",
+            "vmovgt.f32 s25, s28",
+            "vcmp.f32 s29, s25",
+            "vmrs APSR_nzcv, fpscr",
+            "it gt",
+            "vmovgt.f32 s25, s29",
+            "subs {quads}, {quads}, #1",
             "bne 2b",
+            "4:",
+            "tst {rest}, #2",
+            "beq 5f",
+            "vldmia {k}!, {{s0-s15}}",
+            "vmul.f32 s26, s16, s0",
+            "vmla.f32 s26, s17, s1",
+            "vmla.f32 s26, s18, s2",
+            "vmla.f32 s26, s19, s3",
+            "vmla.f32 s26, s20, s4",
+            "vmla.f32 s26, s21, s5",
+            "vmla.f32 s26, s22, s6",
+            "vmla.f32 s26, s23, s7",
+            "vmul.f32 s27, s16, s8",
+            "vmla.f32 s27, s17, s9",
+            "vmla.f32 s27, s18, s10",
+            "vmla.f32 s27, s19, s11",
+            "vmla.f32 s27, s20, s12",
+            "vmla.f32 s27, s21, s13",
+            "vmla.f32 s27, s22, s14",
+            "vmla.f32 s27, s23, s15",
+            "vdiv.f32 s26, s26, s24",
+            "vdiv.f32 s27, s27, s24",
+            "vstmia {o}!, {{s26-s27}}",
+            "vcmp.f32 s26, s25",
+            "vmrs APSR_nzcv, fpscr",
+            "it gt",
+            "vmovgt.f32 s25, s26",
+            "vcmp.f32 s27, s25",
+            "vmrs APSR_nzcv, fpscr",
+            "it gt",
+            "vmovgt.f32 s25, s27",
+            "5:",
+            "tst {rest}, #1",
+            "beq 6f",
+            "vldmia {k}, {{s0-s7}}",
+            "vmul.f32 s26, s16, s0",
+            "vmla.f32 s26, s17, s1",
+            "vmla.f32 s26, s18, s2",
+            "vmla.f32 s26, s19, s3",
+            "vmla.f32 s26, s20, s4",
+            "vmla.f32 s26, s21, s5",
+            "vmla.f32 s26, s22, s6",
+            "vmla.f32 s26, s23, s7",
+            "vdiv.f32 s26, s26, s24",
+            "vstr s26, [{o}]",
+            "vcmp.f32 s26, s25",
+            "vmrs APSR_nzcv, fpscr",
+            "it gt",
+            "vmovgt.f32 s25, s26",
+            "6:",
             "vmov {max}, s25",
             "vpop {{s0-s31}}",
             q = in(reg) q.as_ptr(),
             k = inout(reg) keys.as_ptr() => _,
             o = inout(reg) out.as_mut_ptr() => _,
-            n = inout(reg) n => _,
-            stride = in(reg) stride_bytes,
+            quads = inout(reg) n / 4 => _,
+            rest = in(reg) n % 4,
             sqrt = in(reg) sqrt_head.to_bits(),
-            zero = in(reg) 0u32,
             max = inout(reg) max_in.to_bits() => max_bits,
         )
     };
@@ -102,6 +195,90 @@ macro_rules! exp_fast_s0 {
         )
     };
 }
+
+/// [`exp_fast_s0!`] for x = s0 ≤ 0 or NaN that branches to `$below` when
+/// round(x · log2 e) = n < −126, i.e. when `{t}` (the bits of x · log2 e + 1.5·2^23,
+/// which are the shift's bits + n while n ≥ −2^22) is below `{lim}` = the shift's
+/// bits − 126 as a signed compare (−∞ and negative NaNs leave too; a positive NaN
+/// stays and comes out NaN). This takes the fast path for every x ≥ `EXP_FAST_MIN`
+/// (n ≥ −126 there) and also for x in [−87.68, −87.33), where n = −126 and r > 0:
+/// there p · 2^−126 rounds once, as `scalar::exp_outside_fast_range`'s
+/// p · 2^−62 · 2^−64 does (its first product is exact), so the result is the
+/// same bits. One integer compare instead of a VCMP and a VMRS; x is still in
+/// s0 at `$below`.
+macro_rules! exp_fast_s0_or_leave {
+    ($below:literal) => {
+        concat!(
+            "vmov.f32 s1, s16\n",
+            "vmla.f32 s1, s0, s17\n",
+            "vmov {t}, s1\n",
+            "cmp {t}, {lim}\n",
+            "blt ",
+            $below,
+            "\n",
+            "vsub.f32 s2, s1, s16\n",
+            "vmls.f32 s0, s2, s18\n",
+            "vmls.f32 s0, s2, s19\n",
+            "vmul.f32 s3, s0, s0\n",
+            "vmov.f32 s4, s24\n",
+            "vmla.f32 s4, s25, s0\n",
+            "vmov.f32 s5, s23\n",
+            "vmla.f32 s5, s4, s0\n",
+            "vmov.f32 s4, s22\n",
+            "vmla.f32 s4, s5, s0\n",
+            "vmov.f32 s5, s21\n",
+            "vmla.f32 s5, s4, s0\n",
+            "vmov.f32 s4, s20\n",
+            "vmla.f32 s4, s5, s0\n",
+            "vmla.f32 s0, s4, s3\n",
+            "vadd.f32 s0, s0, s26\n",
+            "add {t}, {bias}, {t}, lsl #23\n",
+            "vmov s1, {t}\n",
+        )
+    };
+}
+
+/// [`exp_fast_s0_or_leave!`] with the constants of [`EXP_QUAD_CONSTANTS`] in s16-s25
+/// (c1 = 0.5 comes from a VMOV immediate), for [`exp_mix8_quads`].
+macro_rules! exp_fast_s0_or_leave_quad {
+    ($below:literal) => {
+        concat!(
+            "vmov.f32 s1, s16\n",
+            "vmla.f32 s1, s0, s17\n",
+            "vmov {t}, s1\n",
+            "cmp {t}, {lim}\n",
+            "blt ",
+            $below,
+            "\n",
+            "vsub.f32 s2, s1, s16\n",
+            "vmls.f32 s0, s2, s18\n",
+            "vmls.f32 s0, s2, s19\n",
+            "vmul.f32 s3, s0, s0\n",
+            "vmov.f32 s4, s23\n",
+            "vmla.f32 s4, s24, s0\n",
+            "vmov.f32 s5, s22\n",
+            "vmla.f32 s5, s4, s0\n",
+            "vmov.f32 s4, s21\n",
+            "vmla.f32 s4, s5, s0\n",
+            "vmov.f32 s5, s20\n",
+            "vmla.f32 s5, s4, s0\n",
+            "vmov.f32 s4, #0.5\n",
+            "vmla.f32 s4, s5, s0\n",
+            "vmla.f32 s0, s4, s3\n",
+            "vadd.f32 s0, s0, s25\n",
+            "add {t}, {bias}, {t}, lsl #23\n",
+            "vmov s1, {t}\n",
+        )
+    };
+}
+
+/// `scalar::EXP_CONSTANTS` as [`exp_mix8_quads`] loads them into s16-s25: the shift,
+/// log2 e, ln2_hi, ln2_lo, c2..c6 and 1 (c1 = 0.5 is an immediate; checked below).
+static EXP_QUAD_CONSTANTS: [f32; 10] = {
+    let c = crate::scalar::EXP_CONSTANTS;
+    [c[0], c[1], c[2], c[3], c[5], c[6], c[7], c[8], c[9], c[10]]
+};
+const _: () = assert!(crate::scalar::EXP_CONSTANTS[4].to_bits() == 0x3F00_0000, "c1 must be 0.5");
 
 /// `x[i] = exp(x[i] − max)` by the fast path of `scalar::exp` and `sum += x[i]`,
 /// for i from 0 while `x[i] − max ≥ EXP_FAST_MIN` (stopping at the first that
@@ -153,53 +330,54 @@ pub fn exp_shifted_run(x: &mut [f32], max: f32, sum: &mut f32) -> usize {
     n - left
 }
 
-/// The softmax-weighted value sum of one head fused into one pass:
-/// for slot i from 0, while `scores[i] − max ≥ EXP_FAST_MIN`, e = exp(scores\[i\] − max)
-/// by the fast path of `scalar::exp` (as [`exp_shifted_run`]), `sum += e`, then
-/// `acc[j] += e · values[i·stride + j]` for j < 8. Returns how many slots it did;
-/// the caller takes a slot outside the fast range itself and calls again after it.
-/// Returns `None` (doing nothing) when `values` is too short for the rows.
+/// The softmax-weighted value sum of one head fused into one pass over
+/// contiguous 8-value rows, two slots a step: for slots i, i + 1 from 0,
+/// e = exp(scores\[i\] − max) as `scalar::exp_at_most_zero` gives it (the
+/// fast path, [`exp_fast_s0_or_leave!`], or exactly 0 below
+/// `scalar::EXP_ZERO_BELOW`), `sum += e`, then `acc[j] += e · values[8·i + j]`
+/// for j < 8, slot i before slot i + 1. It stops at a pair with an exponent in
+/// neither case (a subnormal result, or NaN) and returns how many slots it did
+/// (even); the caller takes the next slot itself (that one, or the odd last
+/// one) and calls again after it. Returns `None` (doing nothing) when `values`
+/// is shorter than the scores' rows.
 #[inline]
-pub fn exp_mix8_run(
-    scores: &[f32],
-    max: f32,
-    values: &[f32],
-    stride: usize,
-    sum: &mut f32,
-    acc: &mut [f32; 8],
-) -> Option<usize> {
-    let n = scores.len();
-    if n == 0 {
+pub fn exp_mix8_pairs(scores: &[f32], max: f32, values: &[f32], sum: &mut f32, acc: &mut [f32; 8]) -> Option<usize> {
+    let pairs = scores.len() / 2;
+    if pairs == 0 {
         return Some(0);
     }
-    if (n - 1).checked_mul(stride)?.checked_add(8)? > values.len() {
+    if scores.len().checked_mul(8)? > values.len() {
         return None;
     }
-    let stride_bytes = stride.checked_mul(4)?;
     let constants = &crate::scalar::EXP_CONSTANTS;
     let bias = 127u32.wrapping_sub(constants[0].to_bits()) << 23;
+    let lim = constants[0].to_bits() - 126;
     let (left, sum_bits): (usize, u32);
-    // SAFETY: reads the 12 constants, up to n scores and n rows of 8 floats at `values` +
-    // i·stride (checked in bounds above), reads and writes the 8 floats of `acc`; saves
-    // and restores s0-s31; clobbers the flags (declared).
+    // SAFETY: reads the 12 constants, up to 2 · pairs scores and as many rows of 8 floats
+    // from `values` (checked above), reads and writes the 8 floats of `acc`; saves and
+    // restores s0-s31; clobbers the flags (declared). Labels 6 and 7 (after the loop) set
+    // e = +0 for x < EXP_ZERO_BELOW (x ordered: MI after VCMP) and rejoin at 8 and 9.
     unsafe {
         core::arch::asm!(
             "vpush {{s0-s31}}",
             "vldmia {c}, {{s16-s27}}",
+            "vmov s27, {below}",
             "vmov s28, {max}",
             "vmov s29, {sum}",
             "vldmia {acc}, {{s8-s15}}",
             "2:",
-            "vldmia {s}!, {{s0}}",
-            "vsub.f32 s0, s0, s28",
-            "vcmp.f32 s0, s27",
-            "vmrs APSR_nzcv, fpscr",
-            "blt 3f",
-            exp_fast_s0!(),
+            "vldmia {s}!, {{s30-s31}}",
+            "vsub.f32 s0, s30, s28",
+            exp_fast_s0_or_leave!("6f"),
             "vmul.f32 s30, s0, s1",
+            "8:",
+            "vsub.f32 s0, s31, s28",
+            exp_fast_s0_or_leave!("7f"),
+            "vmul.f32 s31, s0, s1",
+            "9:",
             "vadd.f32 s29, s29, s30",
-            "vldmia {v}, {{s0-s7}}",
-            "add {v}, {v}, {stride}",
+            "vadd.f32 s29, s29, s31",
+            "vldmia {v}!, {{s0-s7}}",
             "vmla.f32 s8, s30, s0",
             "vmla.f32 s9, s30, s1",
             "vmla.f32 s10, s30, s2",
@@ -208,8 +386,30 @@ pub fn exp_mix8_run(
             "vmla.f32 s13, s30, s5",
             "vmla.f32 s14, s30, s6",
             "vmla.f32 s15, s30, s7",
+            "vldmia {v}!, {{s0-s7}}",
+            "vmla.f32 s8, s31, s0",
+            "vmla.f32 s9, s31, s1",
+            "vmla.f32 s10, s31, s2",
+            "vmla.f32 s11, s31, s3",
+            "vmla.f32 s12, s31, s4",
+            "vmla.f32 s13, s31, s5",
+            "vmla.f32 s14, s31, s6",
+            "vmla.f32 s15, s31, s7",
             "subs {n}, {n}, #1",
             "bne 2b",
+            "b 3f",
+            "6:",
+            "vcmp.f32 s0, s27",
+            "vmrs APSR_nzcv, fpscr",
+            "bpl 3f",
+            "vsub.f32 s30, s26, s26",
+            "b 8b",
+            "7:",
+            "vcmp.f32 s0, s27",
+            "vmrs APSR_nzcv, fpscr",
+            "bpl 3f",
+            "vsub.f32 s31, s26, s26",
+            "b 9b",
             "3:",
             "vstmia {acc}, {{s8-s15}}",
             "vmov {sum}, s29",
@@ -218,21 +418,158 @@ pub fn exp_mix8_run(
             s = inout(reg) scores.as_ptr() => _,
             v = inout(reg) values.as_ptr() => _,
             acc = in(reg) acc.as_mut_ptr(),
-            n = inout(reg) n => left,
+            n = inout(reg) pairs => left,
             max = in(reg) max.to_bits(),
             sum = inout(reg) sum.to_bits() => sum_bits,
-            stride = in(reg) stride_bytes,
             bias = in(reg) bias,
+            lim = in(reg) lim,
+            below = in(reg) crate::scalar::EXP_ZERO_BELOW.to_bits(),
             t = out(reg) _,
         )
     };
     *sum = f32::from_bits(sum_bits);
-    Some(n - left)
+    Some(2 * (pairs - left))
 }
 
-/// [`super::exp_shifted`] on hard-float Cortex-M: the fast path as an FPU loop
-/// ([`exp_shifted_run`]), stopping at each input outside it, which the cold path
-/// here takes (same values, same order as the portable pass).
+/// [`exp_mix8_pairs`] four slots a step (the scores with one VLDM, each slot's
+/// exponential, the four `sum +=`, then the four value rows), for runs of at
+/// least four; returns how many slots it did (a multiple of 4), stopping as
+/// [`exp_mix8_pairs`] does or with fewer than four left.
+#[inline]
+pub fn exp_mix8_quads(scores: &[f32], max: f32, values: &[f32], sum: &mut f32, acc: &mut [f32; 8]) -> Option<usize> {
+    let quads = scores.len() / 4;
+    if quads == 0 {
+        return Some(0);
+    }
+    if scores.len().checked_mul(8)? > values.len() {
+        return None;
+    }
+    let shift = crate::scalar::EXP_CONSTANTS[0].to_bits();
+    let bias = 127u32.wrapping_sub(shift) << 23;
+    let (left, sum_bits): (usize, u32);
+    // SAFETY: reads the 10 constants, up to 4 · quads scores and as many rows of 8 floats
+    // from `values` (checked above), reads and writes the 8 floats of `acc`; saves and
+    // restores s0-s31; clobbers the flags (declared). Labels 11-14 (after the loop) set
+    // e = +0 for x < EXP_ZERO_BELOW (x ordered: MI after VCMP) and rejoin at 21-24.
+    unsafe {
+        core::arch::asm!(
+            "vpush {{s0-s31}}",
+            "vldmia {c}, {{s16-s25}}",
+            "vmov s26, {max}",
+            "vmov s27, {sum}",
+            "vldmia {acc}, {{s8-s15}}",
+            "2:",
+            "vldmia {s}!, {{s28-s31}}",
+            "vsub.f32 s0, s28, s26",
+            exp_fast_s0_or_leave_quad!("11f"),
+            "vmul.f32 s28, s0, s1",
+            "21:",
+            "vsub.f32 s0, s29, s26",
+            exp_fast_s0_or_leave_quad!("12f"),
+            "vmul.f32 s29, s0, s1",
+            "22:",
+            "vsub.f32 s0, s30, s26",
+            exp_fast_s0_or_leave_quad!("13f"),
+            "vmul.f32 s30, s0, s1",
+            "23:",
+            "vsub.f32 s0, s31, s26",
+            exp_fast_s0_or_leave_quad!("14f"),
+            "vmul.f32 s31, s0, s1",
+            "24:",
+            "vadd.f32 s27, s27, s28",
+            "vadd.f32 s27, s27, s29",
+            "vadd.f32 s27, s27, s30",
+            "vadd.f32 s27, s27, s31",
+            "vldmia {v}!, {{s0-s7}}",
+            "vmla.f32 s8, s28, s0",
+            "vmla.f32 s9, s28, s1",
+            "vmla.f32 s10, s28, s2",
+            "vmla.f32 s11, s28, s3",
+            "vmla.f32 s12, s28, s4",
+            "vmla.f32 s13, s28, s5",
+            "vmla.f32 s14, s28, s6",
+            "vmla.f32 s15, s28, s7",
+            "vldmia {v}!, {{s0-s7}}",
+            "vmla.f32 s8, s29, s0",
+            "vmla.f32 s9, s29, s1",
+            "vmla.f32 s10, s29, s2",
+            "vmla.f32 s11, s29, s3",
+            "vmla.f32 s12, s29, s4",
+            "vmla.f32 s13, s29, s5",
+            "vmla.f32 s14, s29, s6",
+            "vmla.f32 s15, s29, s7",
+            "vldmia {v}!, {{s0-s7}}",
+            "vmla.f32 s8, s30, s0",
+            "vmla.f32 s9, s30, s1",
+            "vmla.f32 s10, s30, s2",
+            "vmla.f32 s11, s30, s3",
+            "vmla.f32 s12, s30, s4",
+            "vmla.f32 s13, s30, s5",
+            "vmla.f32 s14, s30, s6",
+            "vmla.f32 s15, s30, s7",
+            "vldmia {v}!, {{s0-s7}}",
+            "vmla.f32 s8, s31, s0",
+            "vmla.f32 s9, s31, s1",
+            "vmla.f32 s10, s31, s2",
+            "vmla.f32 s11, s31, s3",
+            "vmla.f32 s12, s31, s4",
+            "vmla.f32 s13, s31, s5",
+            "vmla.f32 s14, s31, s6",
+            "vmla.f32 s15, s31, s7",
+            "subs {n}, {n}, #1",
+            "bne 2b",
+            "b 3f",
+            "11:",
+            "vmov s1, {below}",
+            "vcmp.f32 s0, s1",
+            "vmrs APSR_nzcv, fpscr",
+            "bpl 3f",
+            "vsub.f32 s28, s25, s25",
+            "b 21b",
+            "12:",
+            "vmov s1, {below}",
+            "vcmp.f32 s0, s1",
+            "vmrs APSR_nzcv, fpscr",
+            "bpl 3f",
+            "vsub.f32 s29, s25, s25",
+            "b 22b",
+            "13:",
+            "vmov s1, {below}",
+            "vcmp.f32 s0, s1",
+            "vmrs APSR_nzcv, fpscr",
+            "bpl 3f",
+            "vsub.f32 s30, s25, s25",
+            "b 23b",
+            "14:",
+            "vmov s1, {below}",
+            "vcmp.f32 s0, s1",
+            "vmrs APSR_nzcv, fpscr",
+            "bpl 3f",
+            "vsub.f32 s31, s25, s25",
+            "b 24b",
+            "3:",
+            "vstmia {acc}, {{s8-s15}}",
+            "vmov {sum}, s27",
+            "vpop {{s0-s31}}",
+            c = in(reg) EXP_QUAD_CONSTANTS.as_ptr(),
+            s = inout(reg) scores.as_ptr() => _,
+            v = inout(reg) values.as_ptr() => _,
+            acc = in(reg) acc.as_mut_ptr(),
+            n = inout(reg) quads => left,
+            max = in(reg) max.to_bits(),
+            sum = inout(reg) sum.to_bits() => sum_bits,
+            bias = in(reg) bias,
+            lim = in(reg) shift - 126,
+            below = in(reg) crate::scalar::EXP_ZERO_BELOW.to_bits(),
+            t = out(reg) _,
+        )
+    };
+    *sum = f32::from_bits(sum_bits);
+    Some(4 * (quads - left))
+}
+
+/// [`exp_shifted_run`]'s loop over all of `x` with the cold path here for each
+/// input outside the fast range (same values, same order as the portable pass).
 #[inline]
 pub fn exp_shifted(x: &mut [f32], max: f32) -> f32 {
     let mut sum = 0.0f32;
@@ -248,18 +585,21 @@ pub fn exp_shifted(x: &mut [f32], max: f32) -> f32 {
     sum
 }
 
-/// [`super::mix_f32_head8`]: `values` starts at the head's first value, rows
-/// `stride` apart. One FPU loop ([`exp_mix8_run`]) takes each slot's
-/// exponential and its value row; slots outside exp's fast range are taken
-/// here. The same values in the same order as the portable path.
-pub fn mix8(scores: &[f32], max: f32, values: &[f32], stride: usize, out: &mut [f32; 8]) {
+/// [`super::mix_f32_head8`]: `values` holds the head's contiguous 8-value rows.
+/// FPU loops take the slots four at a time ([`exp_mix8_quads`]), then a last
+/// pair ([`exp_mix8_pairs`]); a slot they leave (outside exp's fast range, or
+/// the odd last one) is taken here. The same values in the same order as the
+/// portable path.
+pub fn mix8(scores: &[f32], max: f32, values: &[f32], out: &mut [f32; 8]) {
     let (mut sum, mut acc, mut at) = (0.0f32, [0.0f32; 8], 0);
     while at < scores.len() {
-        // The last head's rows end 8 values into the last row, so past the last slot there
-        // is no row at `at · stride`: every slice here is taken with `get`.
-        let rows = values.get(at * stride..).unwrap_or(&[]);
-        at += exp_mix8_run(&scores[at..], max, rows, stride, &mut sum, &mut acc).unwrap_or(0);
-        let (Some(&score), Some(row)) = (scores.get(at), values.get(at * stride..).and_then(|r| r.get(..8))) else {
+        let rows = values.get(at * 8..).unwrap_or(&[]);
+        at += exp_mix8_quads(&scores[at..], max, rows, &mut sum, &mut acc).unwrap_or(0);
+        if scores.len() - at < 4 {
+            let rows = values.get(at * 8..).unwrap_or(&[]);
+            at += exp_mix8_pairs(&scores[at..], max, rows, &mut sum, &mut acc).unwrap_or(0);
+        }
+        let (Some(&score), Some(row)) = (scores.get(at), values.get(at * 8..at * 8 + 8)) else {
             break;
         };
         let e = crate::scalar::exp_at_most_zero(score - max);
@@ -272,6 +612,25 @@ pub fn mix8(scores: &[f32], max: f32, values: &[f32], stride: usize, out: &mut [
     for (o, &a) in out.iter_mut().zip(&acc) {
         *o = a / sum;
     }
+}
+
+/// √x by VSQRT.F32: IEEE 754 square root, correctly rounded, as `libm::sqrtf`
+/// computes it in software (the same bits).
+#[inline(always)]
+pub fn sqrt(x: f32) -> f32 {
+    let bits: u32;
+    // SAFETY: only s0 is used, saved and restored around the instruction.
+    unsafe {
+        core::arch::asm!(
+            "vpush {{s0}}",
+            "vmov s0, {x}",
+            "vsqrt.f32 s0, s0",
+            "vmov {x}, s0",
+            "vpop {{s0}}",
+            x = inout(reg) x.to_bits() => bits,
+        )
+    };
+    f32::from_bits(bits)
 }
 
 /// Four rows of an f32 matvec over `groups` × 8 columns: for each row r,

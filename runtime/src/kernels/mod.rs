@@ -224,9 +224,12 @@ pub trait BlockSums {
 /// Attention scores over an f32 cache: for each slot `i < out.len()`,
 /// `out[i] = (Σ_j q[j] · rows[i·stride + offset + j], j left to right from 0.0) / sqrt_head`,
 /// and returns `max(max_in, out[..])` (as `if v > max { max = v }`, so NaNs are skipped).
-/// `rows` holds the slots' whole rows (`out.len()` × `stride` values); the head
+/// `rows` holds the slots' rows (`out.len()` × `stride` values); the head
 /// is `q.len()` values at `offset` in each. Hard-float Cortex-M runs 8-wide
-/// heads in `arm_fpu::scores8`.
+/// heads in contiguous rows (`stride` 8, the f32 cache's head-major layout) in
+/// `arm_fpu::scores8`, where a score whose products are all zero may come out
+/// as −0.0 rather than +0.0 (the same in every comparison, and exp(score − max)
+/// is the same either way).
 #[inline(always)]
 pub fn scores_f32(
     q: &[f32],
@@ -238,8 +241,8 @@ pub fn scores_f32(
     out: &mut [f32],
 ) -> f32 {
     #[cfg(microlm_fpu)]
-    if let (Ok(q8), Some(keys)) = (<&[f32; 8]>::try_from(q), rows.get(offset..)) {
-        if let Some(max) = arm_fpu::scores8(q8, keys, stride, sqrt_head, max_in, out) {
+    if let (Ok(q8), 8, 0) = (<&[f32; 8]>::try_from(q), stride, offset) {
+        if let Some(max) = arm_fpu::scores8(q8, rows, sqrt_head, max_in, out) {
             return max;
         }
     }
@@ -287,21 +290,22 @@ pub fn scores_i8(
 }
 
 /// The fused softmax-weighted value sum of one 8-wide head of an f32 cache:
-/// `out[j] = (Σ_i e_i · values[i·stride + j]) / Σ_i e_i` with
+/// `out[j] = (Σ_i e_i · values[8·i + j]) / Σ_i e_i` with
 /// `e_i = exp(scores[i] − max)`, both sums over slots in index order, `values`
-/// starting at the head's first value. `Some(())` when this target has such a
-/// kernel (hard-float Cortex-M, `arm_fpu`); `None` (doing nothing) sends the
-/// caller to the portable column loops of `kv.rs`, which give the same bits.
+/// the head's contiguous rows (the head-major layout). `Some(())` when this
+/// target has such a kernel (hard-float Cortex-M, `arm_fpu`); `None` (doing
+/// nothing) sends the caller to the portable column loops of `kv.rs`, which
+/// give the same bits.
 #[inline(always)]
-pub fn mix_f32_head8(scores: &[f32], max: f32, values: &[f32], stride: usize, out: &mut [f32; 8]) -> Option<()> {
+pub fn mix_f32_head8(scores: &[f32], max: f32, values: &[f32], out: &mut [f32; 8]) -> Option<()> {
     #[cfg(microlm_fpu)]
     {
-        arm_fpu::mix8(scores, max, values, stride, out);
+        arm_fpu::mix8(scores, max, values, out);
         Some(())
     }
     #[cfg(not(microlm_fpu))]
     {
-        let _ = (scores, max, values, stride, out);
+        let _ = (scores, max, values, out);
         None
     }
 }
@@ -310,6 +314,16 @@ pub fn mix_f32_head8(scores: &[f32], max: f32, values: &[f32], stride: usize, ou
 /// each cache dtype (the fused 8-wide f32 kernel where a target has one is
 /// [`mix_f32_head8`]); see [`generic`] for their orders.
 pub use generic::{mix_f16, mix_f32, mix_i8, scores_f16};
+
+/// √x, correctly rounded (IEEE 754): VSQRT on hard-float Cortex-M, `libm::sqrtf`
+/// elsewhere (the same bits; the kernel suite checks them on the device).
+#[inline(always)]
+pub fn sqrt(x: f32) -> f32 {
+    #[cfg(microlm_fpu)]
+    return arm_fpu::sqrt(x);
+    #[cfg(not(microlm_fpu))]
+    return libm::sqrtf(x);
+}
 
 /// Whether [`exp_shifted`] runs as a separate vectorizable pass here (SIMD hosts),
 /// so the value mix should not compute the exponentials itself.

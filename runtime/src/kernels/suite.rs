@@ -227,50 +227,83 @@ pub fn matvecs(isa: Isa) -> Result<(), Failure> {
 }
 
 /// The attention and exp kernels this target selects ([`super::scores_f32`],
-/// [`super::exp_shifted`], [`super::mix_f32_head8`]) equal the portable loops bit
-/// for bit, on 8-wide and other heads, with scores that leave exp's fast range.
+/// [`super::exp_shifted`], [`super::mix_f32_head8`], [`super::sqrt`]) equal the portable loops bit
+/// for bit, on 8-wide heads in contiguous rows (the f32 cache's head-major
+/// layout) and in wider rows, on other head sizes, with scores that leave
+/// exp's fast range (scores compare as values: a sum of zero products may be
+/// −0.0 on one side, see [`super::scores_f32`]).
 pub fn attention() -> Result<(), Failure> {
     const SLOTS: usize = 40;
     const STRIDE: usize = 24;
     let mut rows = [0.0f32; SLOTS * STRIDE];
     let mut q = [0.0f32; 16];
-    for case in 0..6u32 {
+    let same = |x: f32, y: f32| x == y || (x.is_nan() && y.is_nan());
+    for case in 0..7u32 {
         values(&mut rows, 3000 + u64::from(case));
         values(&mut q, 4000 + u64::from(case));
-        let n = [1, 2, 7, 8, 33, SLOTS][case as usize];
-        let rows = &rows[..n * STRIDE];
-        for (hs, offset) in [(8usize, 0usize), (8, 16), (16, 8), (5, 3)] {
-            let (mut a, mut b) = ([0.0f32; SLOTS], [0.0f32; SLOTS]);
-            let ma = super::scores_f32(&q[..hs], rows, STRIDE, offset, 2.5, f32::NEG_INFINITY, &mut a[..n]);
-            let mb = generic::scores_f32(&q[..hs], rows, STRIDE, offset, 2.5, f32::NEG_INFINITY, &mut b[..n]);
-            ensure(ma.to_bits() == mb.to_bits(), "attention.scores_max", case, None)?;
-            ensure(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()), "attention.scores", case, None)?;
+        let n = [1, 2, 7, 8, 33, SLOTS, 3][case as usize];
+        if case == 6 {
+            // A zero query head and an all-zero row: every sum is a zero.
+            q[..8].fill(0.0);
+            rows[8..16].fill(0.0);
         }
-        // Scores with some far below the maximum (outside exp's fast range) and a NaN-free max.
+        for (stride, hs, offset) in
+            [(8usize, 8usize, 0usize), (STRIDE, 8, 0), (STRIDE, 8, 16), (STRIDE, 16, 8), (STRIDE, 5, 3)]
+        {
+            let rows = &rows[..n * stride];
+            let (mut a, mut b) = ([0.0f32; SLOTS], [0.0f32; SLOTS]);
+            let ma = super::scores_f32(&q[..hs], rows, stride, offset, 2.5, f32::NEG_INFINITY, &mut a[..n]);
+            let mb = generic::scores_f32(&q[..hs], rows, stride, offset, 2.5, f32::NEG_INFINITY, &mut b[..n]);
+            ensure(same(ma, mb), "attention.scores_max", case, None)?;
+            ensure(a.iter().zip(&b).all(|(&x, &y)| same(x, y)), "attention.scores", case, None)?;
+        }
+        // Scores with some far below the maximum (outside exp's fast range, some just
+        // below its lower end) and a NaN-free max.
         let mut s = [0.0f32; SLOTS];
         values(&mut s[..n], 5000 + u64::from(case));
         for (i, v) in s[..n].iter_mut().enumerate() {
-            *v *= if i % 5 == 3 { 40.0 } else { 3.0 };
+            *v *= match i % 5 {
+                3 => 40.0,
+                _ => 3.0,
+            };
+        }
+        let top = s[..n].iter().fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m });
+        if n > 4 {
+            // Around exp's fast-range edge (-87.33) and the n = -126 edge below it (-87.68).
+            s[1] = top - 87.5;
+            s[2] = top - 87.7;
+            s[4] = top - 87.329;
         }
         let max = s[..n].iter().fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m });
         let (mut e1, mut e2) = (s, s);
         let (s1, s2) = (super::exp_shifted(&mut e1[..n], max), generic::exp_shifted(&mut e2[..n], max));
         ensure(s1.to_bits() == s2.to_bits(), "attention.exp_sum", case, None)?;
         ensure(e1.iter().zip(&e2).all(|(x, y)| x.to_bits() == y.to_bits()), "attention.exp", case, None)?;
-        // The fused value mix against the portable formula: weights, sum and columns in slot order.
+        // The fused value mix over contiguous 8-value rows against the portable formula:
+        // weights, sum and columns in slot order.
         let mut out = [0.0f32; 8];
-        let values = &rows[STRIDE - 8..];
-        if super::mix_f32_head8(&s[..n], max, values, STRIDE, &mut out).is_some() {
+        let values = &rows[..n * 8];
+        if super::mix_f32_head8(&s[..n], max, values, &mut out).is_some() {
             let (mut acc, mut sum) = ([0.0f32; 8], 0.0f32);
             for (i, &e) in e2[..n].iter().enumerate() {
                 sum += e;
-                for (a, &v) in acc.iter_mut().zip(&values[i * STRIDE..i * STRIDE + 8]) {
+                for (a, &v) in acc.iter_mut().zip(&values[i * 8..i * 8 + 8]) {
                     *a += e * v;
                 }
             }
             let ok = out.iter().zip(&acc).all(|(o, a)| o.to_bits() == (a / sum).to_bits());
             ensure(ok, "attention.mix8", case, None)?;
         }
+    }
+    // The square root (RMSNorm, 1/√head_size) against libm, on every exponent.
+    let mut x = 1.0e-45f32;
+    let mut step = 0u32;
+    while x.is_finite() {
+        for v in [x, x * 1.37, x * 1.999_999, 0.0, -0.0, f32::INFINITY] {
+            ensure(super::sqrt(v).to_bits() == libm::sqrtf(v).to_bits(), "attention.sqrt", step, None)?;
+        }
+        x *= 2.0;
+        step += 1;
     }
     Ok(())
 }
