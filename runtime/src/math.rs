@@ -8,36 +8,81 @@ pub use crate::scalar::{exp, exp_at_most_zero, exp_branch_free, max_abs, round_h
 /// `out (n) = weight (n) * x (n) / sqrt(mean(x²) + eps)`; an empty `weight` is all
 /// ones (a norm folded into the next matmuls, [`DType::Ones`](crate::format::DType::Ones)).
 pub fn rmsnorm(out: &mut [f32], x: &[f32], weight: &[f32], eps: f32) {
-    let mut ss = 0.0f32;
-    for &v in x {
-        ss += v * v;
-    }
-    ss /= x.len() as f32;
-    ss += eps;
-    let scale = 1.0 / crate::kernels::sqrt(ss);
+    let scale = rms_scale(x, eps);
     if weight.is_empty() {
         // A folded norm (dtype ones): 1 · (scale · v), the same bits as a stored 1.0.
-        for (o, &v) in out.iter_mut().zip(x) {
-            *o = scale * v;
-        }
+        for_each8(out, x, x, |_, v| scale * v);
         return;
     }
-    for ((o, &w), &v) in out.iter_mut().zip(weight).zip(x) {
-        *o = w * (scale * v);
-    }
+    for_each8(out, weight, x, |w, v| w * (scale * v));
 }
 
 /// In-place RMSNorm (`x` is both input and output).
 pub fn rmsnorm_in_place(x: &mut [f32], weight: &[f32], eps: f32) {
+    let scale = rms_scale(x, eps);
+    for (v, &w) in x.iter_mut().zip(weight) {
+        *v = w * (scale * *v);
+    }
+}
+
+/// `1 / sqrt(mean(x²) + eps)`, the squares summed left to right (eight values a
+/// step, so each group comes in with one multi-register load).
+#[inline(always)]
+fn rms_scale(x: &[f32], eps: f32) -> f32 {
     let mut ss = 0.0f32;
-    for &v in x.iter() {
+    let groups = x.chunks_exact(8);
+    let rest = groups.remainder();
+    for g in groups {
+        let g: &[f32; 8] = g.try_into().unwrap_or(&[0.0; 8]);
+        for &v in g {
+            ss += v * v;
+        }
+    }
+    for &v in rest {
         ss += v * v;
     }
     ss /= x.len() as f32;
     ss += eps;
-    let scale = 1.0 / crate::kernels::sqrt(ss);
-    for (v, &w) in x.iter_mut().zip(weight) {
-        *v = w * (scale * *v);
+    1.0 / crate::kernels::sqrt(ss)
+}
+
+/// `out[i] = f(a[i], b[i])` for `i < out.len()` (all three as long), eight at a time.
+#[inline(always)]
+fn for_each8(out: &mut [f32], a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) {
+    let n = out.len().min(a.len()).min(b.len());
+    let (out, a, b) = (&mut out[..n], &a[..n], &b[..n]);
+    let split = n / 8 * 8;
+    let (out8, out_rest) = out.split_at_mut(split);
+    for ((o, a), b) in out8.chunks_exact_mut(8).zip(a.chunks_exact(8)).zip(b.chunks_exact(8)) {
+        let (o, a, b): (&mut [f32; 8], &[f32; 8], &[f32; 8]) = match (o.try_into(), a.try_into(), b.try_into()) {
+            (Ok(o), Ok(a), Ok(b)) => (o, a, b),
+            _ => return,
+        };
+        for i in 0..8 {
+            o[i] = f(a[i], b[i]);
+        }
+    }
+    for ((o, &a), &b) in out_rest.iter_mut().zip(&a[split..]).zip(&b[split..]) {
+        *o = f(a, b);
+    }
+}
+
+/// `x[i] += d[i]` (the residual connection), eight at a time.
+pub fn add_in_place(x: &mut [f32], d: &[f32]) {
+    let n = x.len().min(d.len());
+    let split = n / 8 * 8;
+    let (x8, x_rest) = x[..n].split_at_mut(split);
+    for (x, d) in x8.chunks_exact_mut(8).zip(d.chunks_exact(8)) {
+        let (x, d): (&mut [f32; 8], &[f32; 8]) = match (x.try_into(), d.try_into()) {
+            (Ok(x), Ok(d)) => (x, d),
+            _ => return,
+        };
+        for i in 0..8 {
+            x[i] += d[i];
+        }
+    }
+    for (x, &d) in x_rest.iter_mut().zip(&d[split..n]) {
+        *x += d;
     }
 }
 
@@ -83,9 +128,16 @@ pub fn rope_rotation(head_dim: usize, pos: usize, head_size: usize, theta: f32) 
 
 /// SwiGLU: `gate[i] = silu(gate[i]) * up[i]`.
 pub fn swiglu(gate: &mut [f32], up: &[f32]) {
-    for (g, &u) in gate.iter_mut().zip(up) {
+    let n = gate.len().min(up.len());
+    let (gate, up) = (&mut gate[..n], &up[..n]);
+    let mut at = 0;
+    while at < n {
+        // Hard-float Cortex-M: runs of four in an FPU loop (the same bits); the rest here.
+        at += crate::kernels::swiglu4(&mut gate[at..], &up[at..]);
+        let (Some(g), Some(&u)) = (gate.get_mut(at), up.get(at)) else { break };
         let v = *g;
         *g = v * (1.0 / (1.0 + exp(-v))) * u;
+        at += 1;
     }
 }
 

@@ -101,7 +101,12 @@ fn argmax_finite(x: &[f32]) -> Result<u32, usize> {
     let (mut best, mut best_v) = (0usize, first);
     // Exponent bits all ones is infinity or NaN.
     let mut non_finite = (first.to_bits() & 0x7f80_0000) == 0x7f80_0000;
-    for (i, &v) in x.iter().enumerate().skip(1) {
+    let mut from = 1;
+    // Hard-float Cortex-M: whole groups of eight in an FPU loop (the same choice), the rest here.
+    if let Some((i, v, finite)) = crate::kernels::argmax8(x) {
+        (best, best_v, non_finite, from) = (i, v, !finite, x.len() / 8 * 8);
+    }
+    for (i, &v) in x.iter().enumerate().skip(from) {
         non_finite |= (v.to_bits() & 0x7f80_0000) == 0x7f80_0000;
         if v > best_v {
             best = i;

@@ -277,9 +277,7 @@ impl<'a> Session<'a> {
             );
             observe(TensorKind::Wo, layer, self.xb);
             m.matrix(TensorKind::Wo, layer)?.matvec(self.xb, self.xb2, self.xq)?;
-            for (x, &d) in self.x.iter_mut().zip(self.xb2.iter()) {
-                *x += d;
-            }
+            math::add_in_place(self.x, self.xb2);
 
             // FFN block: x += w2 · (silu(w1 · xb) * (w3 · xb)), xb = rmsnorm(x).
             math::rmsnorm(self.xb, self.x, m.norm(TensorKind::FfnNorm, layer)?, cfg.norm_eps);
@@ -289,9 +287,7 @@ impl<'a> Session<'a> {
             math::swiglu(self.hb, self.hb2);
             observe(TensorKind::W2, layer, self.hb);
             m.matrix(TensorKind::W2, layer)?.matvec(self.hb, self.xb, self.xq)?;
-            for (x, &d) in self.x.iter_mut().zip(self.xb.iter()) {
-                *x += d;
-            }
+            math::add_in_place(self.x, self.xb);
         }
 
         math::rmsnorm_in_place(self.x, m.norm(TensorKind::FinalNorm, 0)?, cfg.norm_eps);

@@ -166,7 +166,7 @@ pub fn scores8(q: &[f32; 8], keys: &[f32], sqrt_head: f32, max_in: f32, out: &mu
 
 /// The fast path of `scalar::exp` on s0 (in the fast range), leaving e^r in s0 and
 /// 2^n in s1: `scalar::exp_reduced` and `exp_fast` operation for operation, with
-/// `scalar::EXP_CONSTANTS` in s16-s27 and `{bias}` = (127 − shift bits) << 23
+/// `scalar::EXP_CONSTANTS` in s16-s26 and `{bias}` = (127 − shift bits) << 23
 /// (VMLS subtracts the rounded product, as `a - b * c` does). Uses s0-s5 and `{t}`.
 macro_rules! exp_fast_s0 {
     () => {
@@ -178,18 +178,16 @@ macro_rules! exp_fast_s0 {
             "vmls.f32 s0, s2, s18\n",
             "vmls.f32 s0, s2, s19\n",
             "vmul.f32 s3, s0, s0\n",
-            "vmov.f32 s4, s24\n",
-            "vmla.f32 s4, s25, s0\n",
-            "vmov.f32 s5, s23\n",
+            "vmov.f32 s4, s23\n",
+            "vmla.f32 s4, s24, s0\n",
+            "vmov.f32 s5, s22\n",
             "vmla.f32 s5, s4, s0\n",
-            "vmov.f32 s4, s22\n",
+            "vmov.f32 s4, s21\n",
             "vmla.f32 s4, s5, s0\n",
-            "vmov.f32 s5, s21\n",
+            "vmov.f32 s5, s20\n",
             "vmla.f32 s5, s4, s0\n",
-            "vmov.f32 s4, s20\n",
-            "vmla.f32 s4, s5, s0\n",
-            "vmla.f32 s0, s4, s3\n",
-            "vadd.f32 s0, s0, s26\n",
+            "vmla.f32 s0, s5, s3\n",
+            "vadd.f32 s0, s0, s25\n",
             "add {t}, {bias}, {t}, lsl #23\n",
             "vmov s1, {t}\n",
         )
@@ -220,25 +218,23 @@ macro_rules! exp_fast_s0_or_leave {
             "vmls.f32 s0, s2, s18\n",
             "vmls.f32 s0, s2, s19\n",
             "vmul.f32 s3, s0, s0\n",
-            "vmov.f32 s4, s24\n",
-            "vmla.f32 s4, s25, s0\n",
-            "vmov.f32 s5, s23\n",
+            "vmov.f32 s4, s23\n",
+            "vmla.f32 s4, s24, s0\n",
+            "vmov.f32 s5, s22\n",
             "vmla.f32 s5, s4, s0\n",
-            "vmov.f32 s4, s22\n",
+            "vmov.f32 s4, s21\n",
             "vmla.f32 s4, s5, s0\n",
-            "vmov.f32 s5, s21\n",
+            "vmov.f32 s5, s20\n",
             "vmla.f32 s5, s4, s0\n",
-            "vmov.f32 s4, s20\n",
-            "vmla.f32 s4, s5, s0\n",
-            "vmla.f32 s0, s4, s3\n",
-            "vadd.f32 s0, s0, s26\n",
+            "vmla.f32 s0, s5, s3\n",
+            "vadd.f32 s0, s0, s25\n",
             "add {t}, {bias}, {t}, lsl #23\n",
             "vmov s1, {t}\n",
         )
     };
 }
 
-/// [`exp_fast_s0_or_leave!`] with the constants of [`EXP_QUAD_CONSTANTS`] in s16-s25
+/// [`exp_fast_s0_or_leave!`] with the constants of [`EXP_QUAD_CONSTANTS`] in s16-s24
 /// (c1 = 0.5 comes from a VMOV immediate), for [`exp_mix8_quads`].
 macro_rules! exp_fast_s0_or_leave_quad {
     ($below:literal) => {
@@ -254,29 +250,27 @@ macro_rules! exp_fast_s0_or_leave_quad {
             "vmls.f32 s0, s2, s18\n",
             "vmls.f32 s0, s2, s19\n",
             "vmul.f32 s3, s0, s0\n",
-            "vmov.f32 s4, s23\n",
-            "vmla.f32 s4, s24, s0\n",
-            "vmov.f32 s5, s22\n",
+            "vmov.f32 s4, s22\n",
+            "vmla.f32 s4, s23, s0\n",
+            "vmov.f32 s5, s21\n",
             "vmla.f32 s5, s4, s0\n",
-            "vmov.f32 s4, s21\n",
+            "vmov.f32 s4, s20\n",
             "vmla.f32 s4, s5, s0\n",
-            "vmov.f32 s5, s20\n",
+            "vmov.f32 s5, #0.5\n",
             "vmla.f32 s5, s4, s0\n",
-            "vmov.f32 s4, #0.5\n",
-            "vmla.f32 s4, s5, s0\n",
-            "vmla.f32 s0, s4, s3\n",
-            "vadd.f32 s0, s0, s25\n",
+            "vmla.f32 s0, s5, s3\n",
+            "vadd.f32 s0, s0, s24\n",
             "add {t}, {bias}, {t}, lsl #23\n",
             "vmov s1, {t}\n",
         )
     };
 }
 
-/// `scalar::EXP_CONSTANTS` as [`exp_mix8_quads`] loads them into s16-s25: the shift,
-/// log2 e, ln2_hi, ln2_lo, c2..c6 and 1 (c1 = 0.5 is an immediate; checked below).
-static EXP_QUAD_CONSTANTS: [f32; 10] = {
+/// `scalar::EXP_CONSTANTS` as [`exp_mix8_quads`] loads them into s16-s24: the shift,
+/// log2 e, ln2_hi, ln2_lo, c2..c5 and 1 (c1 = 0.5 is an immediate; checked below).
+static EXP_QUAD_CONSTANTS: [f32; 9] = {
     let c = crate::scalar::EXP_CONSTANTS;
-    [c[0], c[1], c[2], c[3], c[5], c[6], c[7], c[8], c[9], c[10]]
+    [c[0], c[1], c[2], c[3], c[5], c[6], c[7], c[8], c[9]]
 };
 const _: () = assert!(crate::scalar::EXP_CONSTANTS[4].to_bits() == 0x3F00_0000, "c1 must be 0.5");
 
@@ -299,13 +293,13 @@ pub fn exp_shifted_run(x: &mut [f32], max: f32, sum: &mut f32) -> usize {
     unsafe {
         core::arch::asm!(
             "vpush {{s0-s31}}",
-            "vldmia {c}, {{s16-s27}}",
+            "vldmia {c}, {{s16-s26}}",
             "vmov s28, {max}",
             "vmov s29, {sum}",
             "2:",
             "vldr s0, [{x}]",
             "vsub.f32 s0, s0, s28",
-            "vcmp.f32 s0, s27",
+            "vcmp.f32 s0, s26",
             "vmrs APSR_nzcv, fpscr",
             "blt 3f",
             exp_fast_s0!(),
@@ -360,7 +354,7 @@ pub fn exp_mix8_pairs(scores: &[f32], max: f32, values: &[f32], sum: &mut f32, a
     unsafe {
         core::arch::asm!(
             "vpush {{s0-s31}}",
-            "vldmia {c}, {{s16-s27}}",
+            "vldmia {c}, {{s16-s26}}",
             "vmov s27, {below}",
             "vmov s28, {max}",
             "vmov s29, {sum}",
@@ -402,13 +396,13 @@ pub fn exp_mix8_pairs(scores: &[f32], max: f32, values: &[f32], sum: &mut f32, a
             "vcmp.f32 s0, s27",
             "vmrs APSR_nzcv, fpscr",
             "bpl 3f",
-            "vsub.f32 s30, s26, s26",
+            "vsub.f32 s30, s25, s25",
             "b 8b",
             "7:",
             "vcmp.f32 s0, s27",
             "vmrs APSR_nzcv, fpscr",
             "bpl 3f",
-            "vsub.f32 s31, s26, s26",
+            "vsub.f32 s31, s25, s25",
             "b 9b",
             "3:",
             "vstmia {acc}, {{s8-s15}}",
@@ -447,14 +441,14 @@ pub fn exp_mix8_quads(scores: &[f32], max: f32, values: &[f32], sum: &mut f32, a
     let shift = crate::scalar::EXP_CONSTANTS[0].to_bits();
     let bias = 127u32.wrapping_sub(shift) << 23;
     let (left, sum_bits): (usize, u32);
-    // SAFETY: reads the 10 constants, up to 4 · quads scores and as many rows of 8 floats
+    // SAFETY: reads the 9 constants, up to 4 · quads scores and as many rows of 8 floats
     // from `values` (checked above), reads and writes the 8 floats of `acc`; saves and
     // restores s0-s31; clobbers the flags (declared). Labels 11-14 (after the loop) set
     // e = +0 for x < EXP_ZERO_BELOW (x ordered: MI after VCMP) and rejoin at 21-24.
     unsafe {
         core::arch::asm!(
             "vpush {{s0-s31}}",
-            "vldmia {c}, {{s16-s25}}",
+            "vldmia {c}, {{s16-s24}}",
             "vmov s26, {max}",
             "vmov s27, {sum}",
             "vldmia {acc}, {{s8-s15}}",
@@ -524,28 +518,28 @@ pub fn exp_mix8_quads(scores: &[f32], max: f32, values: &[f32], sum: &mut f32, a
             "vcmp.f32 s0, s1",
             "vmrs APSR_nzcv, fpscr",
             "bpl 3f",
-            "vsub.f32 s28, s25, s25",
+            "vsub.f32 s28, s24, s24",
             "b 21b",
             "12:",
             "vmov s1, {below}",
             "vcmp.f32 s0, s1",
             "vmrs APSR_nzcv, fpscr",
             "bpl 3f",
-            "vsub.f32 s29, s25, s25",
+            "vsub.f32 s29, s24, s24",
             "b 22b",
             "13:",
             "vmov s1, {below}",
             "vcmp.f32 s0, s1",
             "vmrs APSR_nzcv, fpscr",
             "bpl 3f",
-            "vsub.f32 s30, s25, s25",
+            "vsub.f32 s30, s24, s24",
             "b 23b",
             "14:",
             "vmov s1, {below}",
             "vcmp.f32 s0, s1",
             "vmrs APSR_nzcv, fpscr",
             "bpl 3f",
-            "vsub.f32 s31, s25, s25",
+            "vsub.f32 s31, s24, s24",
             "b 24b",
             "3:",
             "vstmia {acc}, {{s8-s15}}",
@@ -612,6 +606,254 @@ pub fn mix8(scores: &[f32], max: f32, values: &[f32], out: &mut [f32; 8]) {
     for (o, &a) in out.iter_mut().zip(&acc) {
         *o = a / sum;
     }
+}
+
+/// The first largest of `x[..8 · (x.len() / 8)]` as `if v > best { best = v }` finds it
+/// from `x[0]` (NaNs never win), and whether those values are all finite: (index,
+/// value, finite). Eight values per VLDM; the finiteness test is one VMLA per
+/// value (Σ v · 0 is NaN exactly when some v is infinite or NaN). `None` for fewer
+/// than eight values.
+#[inline]
+pub fn argmax8(x: &[f32]) -> Option<(usize, f32, bool)> {
+    let blocks = x.len() / 8;
+    if blocks == 0 {
+        return None;
+    }
+    let base = x.as_ptr();
+    let (best, best_bits, check): (*const f32, u32, u32);
+    // SAFETY: reads 8 · blocks floats from `x` (in bounds); saves and restores s0-s31;
+    // clobbers the flags (declared). `best` ends as the address of the chosen value.
+    unsafe {
+        core::arch::asm!(
+            "vpush {{s0-s31}}",
+            "vmov s16, {v}",
+            "vmov s17, {zero}",
+            "vmov s18, {zero}",
+            "2:",
+            "vldmia {p}!, {{s0-s7}}",
+            "vcmp.f32 s0, s16",
+            "vmrs APSR_nzcv, fpscr",
+            "itt gt",
+            "vmovgt.f32 s16, s0",
+            "subgt {best}, {p}, #32",
+            "vmla.f32 s18, s0, s17",
+            "vcmp.f32 s1, s16",
+            "vmrs APSR_nzcv, fpscr",
+            "itt gt",
+            "vmovgt.f32 s16, s1",
+            "subgt {best}, {p}, #28",
+            "vmla.f32 s18, s1, s17",
+            "vcmp.f32 s2, s16",
+            "vmrs APSR_nzcv, fpscr",
+            "itt gt",
+            "vmovgt.f32 s16, s2",
+            "subgt {best}, {p}, #24",
+            "vmla.f32 s18, s2, s17",
+            "vcmp.f32 s3, s16",
+            "vmrs APSR_nzcv, fpscr",
+            "itt gt",
+            "vmovgt.f32 s16, s3",
+            "subgt {best}, {p}, #20",
+            "vmla.f32 s18, s3, s17",
+            "vcmp.f32 s4, s16",
+            "vmrs APSR_nzcv, fpscr",
+            "itt gt",
+            "vmovgt.f32 s16, s4",
+            "subgt {best}, {p}, #16",
+            "vmla.f32 s18, s4, s17",
+            "vcmp.f32 s5, s16",
+            "vmrs APSR_nzcv, fpscr",
+            "itt gt",
+            "vmovgt.f32 s16, s5",
+            "subgt {best}, {p}, #12",
+            "vmla.f32 s18, s5, s17",
+            "vcmp.f32 s6, s16",
+            "vmrs APSR_nzcv, fpscr",
+            "itt gt",
+            "vmovgt.f32 s16, s6",
+            "subgt {best}, {p}, #8",
+            "vmla.f32 s18, s6, s17",
+            "vcmp.f32 s7, s16",
+            "vmrs APSR_nzcv, fpscr",
+            "itt gt",
+            "vmovgt.f32 s16, s7",
+            "subgt {best}, {p}, #4",
+            "vmla.f32 s18, s7, s17",
+            "subs {n}, {n}, #1",
+            "bne 2b",
+            "vmov {v}, s16",
+            "vmov {zero}, s18",
+            "vpop {{s0-s31}}",
+            p = inout(reg) base => _,
+            n = inout(reg) blocks => _,
+            best = inout(reg) base => best,
+            v = inout(reg) x[0].to_bits() => best_bits,
+            zero = inout(reg) 0u32 => check,
+        )
+    };
+    let index = (best as usize - base as usize) / 4;
+    Some((index, f32::from_bits(best_bits), !f32::from_bits(check).is_nan()))
+}
+
+/// SwiGLU four values a step: `gate[i] = v · (1 / (1 + exp(−v))) · up[i]` with v =
+/// `gate[i]`, the products in that order and exp by `scalar::exp`'s fast path, for
+/// i from 0 while every exponent n = round(−v · log2 e) of the step lies in
+/// −126..=127 (one unsigned compare of `{t}` − (shift bits − 126) against 253; NaN
+/// and ±∞ fall outside). That covers `scalar::exp`'s fast range and, beyond its
+/// ends (n = −126 below −87.33, n = 127 above 88.37), `exp_outside_fast_range`
+/// scales p by 2^n in two steps whose first is exact, so the bits are the same.
+/// Returns how many values it did (a multiple of 4); the caller takes the next one
+/// itself and calls again after it. Nothing of a step is stored before all four
+/// are done. `None` (doing nothing) when `up` is shorter than `gate`.
+#[inline]
+pub fn swiglu4(gate: &mut [f32], up: &[f32]) -> Option<usize> {
+    let quads = gate.len() / 4;
+    if quads == 0 {
+        return Some(0);
+    }
+    if up.len() < gate.len() {
+        return None;
+    }
+    let constants = &crate::scalar::EXP_CONSTANTS;
+    let shift = constants[0].to_bits();
+    let left: usize;
+    // SAFETY: reads and writes 4 · quads floats of `gate` and reads as many of `up` (both
+    // in bounds); saves and restores s0-s31; clobbers the flags (declared).
+    unsafe {
+        core::arch::asm!(
+            "vpush {{s0-s31}}",
+            "vldmia {c}, {{s16-s26}}",
+            "2:",
+            "vldmia {g}, {{s28-s31}}",
+            "vldmia {u}!, {{s8-s11}}",
+            "vneg.f32 s0, s28",
+            "vmov.f32 s1, s16",
+            "vmla.f32 s1, s0, s17",
+            "vmov {t}, s1",
+            "sub {w}, {t}, {lim}",
+            "cmp {w}, #253",
+            "bhi 3f",
+            "vsub.f32 s2, s1, s16",
+            "vmls.f32 s0, s2, s18",
+            "vmls.f32 s0, s2, s19",
+            "vmul.f32 s3, s0, s0",
+            "vmov.f32 s4, s23",
+            "vmla.f32 s4, s24, s0",
+            "vmov.f32 s5, s22",
+            "vmla.f32 s5, s4, s0",
+            "vmov.f32 s4, s21",
+            "vmla.f32 s4, s5, s0",
+            "vmov.f32 s5, s20",
+            "vmla.f32 s5, s4, s0",
+            "vmla.f32 s0, s5, s3",
+            "vadd.f32 s0, s0, s25",
+            "add {t}, {bias}, {t}, lsl #23",
+            "vmov s1, {t}",
+            "vmul.f32 s0, s0, s1",
+            "vadd.f32 s0, s0, s25",
+            "vdiv.f32 s0, s25, s0",
+            "vmul.f32 s28, s28, s0",
+            "vmul.f32 s28, s28, s8",
+            "vneg.f32 s0, s29",
+            "vmov.f32 s1, s16",
+            "vmla.f32 s1, s0, s17",
+            "vmov {t}, s1",
+            "sub {w}, {t}, {lim}",
+            "cmp {w}, #253",
+            "bhi 3f",
+            "vsub.f32 s2, s1, s16",
+            "vmls.f32 s0, s2, s18",
+            "vmls.f32 s0, s2, s19",
+            "vmul.f32 s3, s0, s0",
+            "vmov.f32 s4, s23",
+            "vmla.f32 s4, s24, s0",
+            "vmov.f32 s5, s22",
+            "vmla.f32 s5, s4, s0",
+            "vmov.f32 s4, s21",
+            "vmla.f32 s4, s5, s0",
+            "vmov.f32 s5, s20",
+            "vmla.f32 s5, s4, s0",
+            "vmla.f32 s0, s5, s3",
+            "vadd.f32 s0, s0, s25",
+            "add {t}, {bias}, {t}, lsl #23",
+            "vmov s1, {t}",
+            "vmul.f32 s0, s0, s1",
+            "vadd.f32 s0, s0, s25",
+            "vdiv.f32 s0, s25, s0",
+            "vmul.f32 s29, s29, s0",
+            "vmul.f32 s29, s29, s9",
+            "vneg.f32 s0, s30",
+            "vmov.f32 s1, s16",
+            "vmla.f32 s1, s0, s17",
+            "vmov {t}, s1",
+            "sub {w}, {t}, {lim}",
+            "cmp {w}, #253",
+            "bhi 3f",
+            "vsub.f32 s2, s1, s16",
+            "vmls.f32 s0, s2, s18",
+            "vmls.f32 s0, s2, s19",
+            "vmul.f32 s3, s0, s0",
+            "vmov.f32 s4, s23",
+            "vmla.f32 s4, s24, s0",
+            "vmov.f32 s5, s22",
+            "vmla.f32 s5, s4, s0",
+            "vmov.f32 s4, s21",
+            "vmla.f32 s4, s5, s0",
+            "vmov.f32 s5, s20",
+            "vmla.f32 s5, s4, s0",
+            "vmla.f32 s0, s5, s3",
+            "vadd.f32 s0, s0, s25",
+            "add {t}, {bias}, {t}, lsl #23",
+            "vmov s1, {t}",
+            "vmul.f32 s0, s0, s1",
+            "vadd.f32 s0, s0, s25",
+            "vdiv.f32 s0, s25, s0",
+            "vmul.f32 s30, s30, s0",
+            "vmul.f32 s30, s30, s10",
+            "vneg.f32 s0, s31",
+            "vmov.f32 s1, s16",
+            "vmla.f32 s1, s0, s17",
+            "vmov {t}, s1",
+            "sub {w}, {t}, {lim}",
+            "cmp {w}, #253",
+            "bhi 3f",
+            "vsub.f32 s2, s1, s16",
+            "vmls.f32 s0, s2, s18",
+            "vmls.f32 s0, s2, s19",
+            "vmul.f32 s3, s0, s0",
+            "vmov.f32 s4, s23",
+            "vmla.f32 s4, s24, s0",
+            "vmov.f32 s5, s22",
+            "vmla.f32 s5, s4, s0",
+            "vmov.f32 s4, s21",
+            "vmla.f32 s4, s5, s0",
+            "vmov.f32 s5, s20",
+            "vmla.f32 s5, s4, s0",
+            "vmla.f32 s0, s5, s3",
+            "vadd.f32 s0, s0, s25",
+            "add {t}, {bias}, {t}, lsl #23",
+            "vmov s1, {t}",
+            "vmul.f32 s0, s0, s1",
+            "vadd.f32 s0, s0, s25",
+            "vdiv.f32 s0, s25, s0",
+            "vmul.f32 s31, s31, s0",
+            "vmul.f32 s31, s31, s11",
+            "vstmia {g}!, {{s28-s31}}",
+            "subs {n}, {n}, #1",
+            "bne 2b",
+            "3:",
+            "vpop {{s0-s31}}",
+            c = in(reg) constants.as_ptr(),
+            g = inout(reg) gate.as_mut_ptr() => _,
+            u = inout(reg) up.as_ptr() => _,
+            n = inout(reg) quads => left,
+            bias = in(reg) 127u32.wrapping_sub(shift) << 23,
+            lim = in(reg) shift - 126,
+            t = out(reg) _,
+            w = out(reg) _,
+        )
+    };
+    Some(4 * (quads - left))
 }
 
 /// √x by VSQRT.F32: IEEE 754 square root, correctly rounded, as `libm::sqrtf`

@@ -315,6 +315,36 @@ pub fn mix_f32_head8(scores: &[f32], max: f32, values: &[f32], out: &mut [f32; 8
 /// [`mix_f32_head8`]); see [`generic`] for their orders.
 pub use generic::{mix_f16, mix_f32, mix_i8, scores_f16};
 
+/// The first largest of `x[..8 · (x.len() / 8)]` (as `if v > best { best = v }` from
+/// `x[0]`, NaNs never chosen) and whether those values are all finite, as (index,
+/// value, finite), where this target has a loop for it (hard-float Cortex-M); `None`
+/// sends the caller to its own loop.
+#[inline(always)]
+pub fn argmax8(x: &[f32]) -> Option<(usize, f32, bool)> {
+    #[cfg(microlm_fpu)]
+    return arm_fpu::argmax8(x);
+    #[cfg(not(microlm_fpu))]
+    {
+        let _ = x;
+        None
+    }
+}
+
+/// SwiGLU (`gate[i] = silu(gate[i]) · up[i]`, `math::swiglu`'s expression) over
+/// the first values of `gate`, four at a time, where this target has a loop for it
+/// (hard-float Cortex-M; the same bits): returns how many it did (0 elsewhere),
+/// stopping before a step with a value outside exp's fast path.
+#[inline(always)]
+pub fn swiglu4(gate: &mut [f32], up: &[f32]) -> usize {
+    #[cfg(microlm_fpu)]
+    return arm_fpu::swiglu4(gate, up).unwrap_or(0);
+    #[cfg(not(microlm_fpu))]
+    {
+        let _ = (gate, up);
+        0
+    }
+}
+
 /// √x, correctly rounded (IEEE 754): VSQRT on hard-float Cortex-M, `libm::sqrtf`
 /// elsewhere (the same bits; the kernel suite checks them on the device).
 #[inline(always)]

@@ -308,6 +308,70 @@ pub fn attention() -> Result<(), Failure> {
     Ok(())
 }
 
+/// The sampler's argmax loop this target selects ([`super::argmax8`]) equals the
+/// portable `if v > best` scan from `x[0]`: the first of equal maxima, NaNs never
+/// chosen (one first stays), −0.0 against +0.0, and the finiteness of what it covers.
+pub fn argmax() -> Result<(), Failure> {
+    let mut x = [0.0f32; 77];
+    for case in 0..9u32 {
+        values(&mut x, 9000 + u64::from(case));
+        let n = [8, 16, 77, 64, 24, 40, 9, 72, 16][case as usize];
+        match case {
+            3 => (x[5], x[40]) = (9.0, 9.0),
+            4 => x[3] = f32::NAN,
+            5 => x[17] = f32::INFINITY,
+            6 => x[..9].copy_from_slice(&[-0.0, 0.0, -0.0, 0.0, -1.0, -0.0, 0.0, -2.0, 0.0]),
+            7 => x[0] = f32::NAN,
+            8 => x[9] = f32::NEG_INFINITY,
+            _ => {}
+        }
+        let Some((i, v, finite)) = super::argmax8(&x[..n]) else { continue };
+        let m = n / 8 * 8;
+        let (mut best, mut best_v) = (0, x[0]);
+        for (j, &w) in x[..m].iter().enumerate() {
+            if w > best_v {
+                (best, best_v) = (j, w);
+            }
+        }
+        let all_finite = x[..m].iter().all(|w| w.is_finite());
+        ensure(i == best && v.to_bits() == best_v.to_bits() && finite == all_finite, "argmax", case, None)?;
+    }
+    Ok(())
+}
+
+/// SwiGLU as this target runs it (`math::swiglu`: four values a step in an FPU
+/// loop on hard-float Cortex-M) equals `v · (1 / (1 + exp(−v))) · u` per value,
+/// with values at and beyond both ends of exp's fast range, NaN and ±∞.
+pub fn swiglu() -> Result<(), Failure> {
+    let (mut gate, mut up) = ([0.0f32; 45], [0.0f32; 45]);
+    for case in 0..6u32 {
+        values(&mut gate, 9500 + u64::from(case));
+        values(&mut up, 9600 + u64::from(case));
+        let n = [45, 8, 3, 44, 40, 17][case as usize];
+        for (i, g) in gate.iter_mut().enumerate() {
+            *g *= 4.0;
+            if (i + case as usize) % 9 == 4 {
+                // exp(−v) near its fast range's ends: −v from -87.9 to -87.1 and 88.2 to 88.8.
+                let k = (i % 5) as f32 / 5.0;
+                *g = if i % 2 == 0 { 87.1 + 0.8 * k } else { -88.2 - 0.6 * k };
+            }
+        }
+        if case == 4 {
+            (gate[5], gate[6], gate[7], gate[30]) = (f32::NAN, f32::INFINITY, f32::NEG_INFINITY, -200.0);
+        }
+        let mut expected = gate;
+        for (g, &u) in expected[..n].iter_mut().zip(&up) {
+            let v = *g;
+            *g = v * (1.0 / (1.0 + crate::math::exp(-v))) * u;
+        }
+        let mut got = gate;
+        crate::math::swiglu(&mut got[..n], &up[..n]);
+        let same = got.iter().zip(&expected).all(|(a, b)| a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan()));
+        ensure(same, "swiglu", case, None)?;
+    }
+    Ok(())
+}
+
 /// f32 matvecs as this target runs them (`Matrix::matvec`: four rows at a time
 /// on hard-float Cortex-M) equal one left-to-right sum per row (llama2.c
 /// `matmul`), on 1 to 9 rows and 1 to 300 columns.
@@ -391,6 +455,8 @@ pub fn run_all() -> Result<(), Failure> {
     }
     quantizer()?;
     f32_matvecs()?;
+    argmax()?;
+    swiglu()?;
     attention()
 }
 
@@ -454,6 +520,16 @@ mod tests {
     #[test]
     fn quantizer_equals_portable() {
         quantizer().unwrap();
+    }
+
+    #[test]
+    fn argmax_kernel() {
+        super::argmax().unwrap();
+    }
+
+    #[test]
+    fn swiglu_kernel() {
+        super::swiglu().unwrap();
     }
 
     #[test]
