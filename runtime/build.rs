@@ -13,7 +13,9 @@ fn main() {
     // Armv8-M Mainline (Cortex-M33/M35P/M55) the DSP extension is optional, so a board
     // enables it in its rustflags (`-C target-cpu=cortex-m33` or `-C target-feature=+dsp`).
     let flags = std::env::var("CARGO_ENCODED_RUSTFLAGS").unwrap_or_default();
-    if target.starts_with("thumbv7em") || (target.starts_with("thumbv8m.main") && enables_dsp(&flags)) {
+    // MVE requires the DSP extension (Armv8.1-M), so a Cortex-M55 has it too.
+    let v8m_dsp = target.starts_with("thumbv8m.main") && (enables_dsp(&flags) || enables_mve(&flags));
+    if target.starts_with("thumbv7em") || v8m_dsp {
         println!("cargo::rustc-cfg=microlm_dsp");
     }
     // Cortex-M55 (Armv8.1-M with MVE): the board sets `-C target-cpu=cortex-m55` (or

@@ -345,22 +345,23 @@ fn qemu_instruction_count_is_deterministic() {
 
 /// Instructions per token are deterministic, so their budget is a test: 256 greedy
 /// tokens of stories260K (docs/PERFORMANCE.md). A regression in the kernels,
-/// the attention loops or the exp fails here; the bounds sit about 3 % above
-/// the measured counts. Token p costs base + slope · p, so the averages over 256
-/// and 128 tokens differ by 64 · slope: the attention cost of one more cache
-/// position, held to 2,500 instructions.
+/// the attention loops or the exp fails here. q8_0 (788,418 measured) is held
+/// to the 800,000 target and f32 (686,765) to about 3 % above its count. Token
+/// p costs base + slope · p, so the averages over 256 and 128 tokens differ by
+/// 64 · slope: the attention cost of one more cache position (1,993 for q8_0,
+/// 2,008 for f32: 40 heads of 8 over an f32 cache), held to 2,100 instructions.
 #[test]
 fn qemu_instructions_per_token_within_budget() {
     let count = |model: &Path, steps: u32| {
         let out = run_cli_qemu(model, &["-t".into(), "0".into(), "-n".into(), steps.to_string()]);
         last_json(&out)["instructions_per_token"].as_u64().unwrap()
     };
-    for (model, budget) in [(q8_model(), 897_000u64), (model(), 778_000)] {
+    for (model, budget) in [(q8_model(), 800_000u64), (model(), 707_000)] {
         let (full, half) = (count(model, 256), count(model, 128));
         let per_position = (full - half) / 64;
         println!("{}: {full} instructions per token, {per_position} per position", model.display());
         assert!(full <= budget, "{}: {full} instructions per token, budget {budget}", model.display());
-        assert!(per_position <= 2_500, "{}: {per_position} instructions per position", model.display());
+        assert!(per_position <= 2_100, "{}: {per_position} instructions per position", model.display());
     }
 }
 

@@ -357,6 +357,106 @@ unsafe fn matvec_q8_pairs(w: *const u8, row_bytes: usize, x: *const u32, blocks:
     };
 }
 
+/// [`matvec_q8_pairs`] for rows of exactly two blocks (64 columns, the most common
+/// shape of small models): both blocks written out, so no block counter, and the
+/// loop state between pairs fits in core registers but for the output pointer and
+/// the row stride (s10, s11). The same operations in the same order.
+///
+/// # Safety
+/// As [`matvec_q8_pairs`] with `blocks` = 2.
+#[cfg(all(microlm_dsp, microlm_fpu))]
+#[inline(always)]
+unsafe fn matvec_q8_pairs_2(w: *const u8, row_bytes: usize, x: *const u32, out: *mut f32, pairs: usize) {
+    // SAFETY: as `matvec_q8_pairs` (unaligned LDR/LDRH for weights, LDM for the word-aligned
+    // activations, word stores for the outputs); s0-s12 are saved and restored; the flags
+    // are clobbered (declared by not preserving them).
+    unsafe {
+        core::arch::asm!(
+            "vpush {{s0-s12}}",
+            "vmov s10, s11, {t}, {w}",
+            "add {wb}, {wa}, {w}",
+            "3:",
+            "movs {t}, #0",
+            "vmov s6, s7, {t}, {t}",
+            "ldm {x}!, {{r2-r5}}",
+            "ldrh {w}, [{wa}], #2",
+            "ldrh {t}, [{wb}], #2",
+            "vmov s0, s1, {w}, {t}",
+            "vmov s2, r2",
+            "vcvtb.f32.f16 s0, s0",
+            "vcvtb.f32.f16 s1, s1",
+            "vmul.f32 s0, s0, s2",
+            "vmul.f32 s1, s1, s2",
+            q8_pair_group!(first, "r4", "r5"),
+            "ldm {x}!, {{r2-r5}}",
+            q8_pair_group!(next, "r2", "r3"),
+            q8_pair_group!(next, "r4", "r5"),
+            "ldm {x}!, {{r2-r5}}",
+            q8_pair_group!(next, "r2", "r3"),
+            q8_pair_group!(next, "r4", "r5"),
+            "ldm {x}!, {{r2-r5}}",
+            q8_pair_group!(next, "r2", "r3"),
+            q8_pair_group!(next, "r4", "r5"),
+            "ldm {x}!, {{r2, r3}}",
+            q8_pair_group!(next, "r2", "r3"),
+            "vmov s2, s3, {acca}, {accb}",
+            "vcvt.f32.s32 s2, s2",
+            "vcvt.f32.s32 s3, s3",
+            "vmla.f32 s6, s2, s0",
+            "vmla.f32 s7, s3, s1",
+            "ldm {x}!, {{r2-r5}}",
+            "ldrh {w}, [{wa}], #2",
+            "ldrh {t}, [{wb}], #2",
+            "vmov s0, s1, {w}, {t}",
+            "vmov s2, r2",
+            "vcvtb.f32.f16 s0, s0",
+            "vcvtb.f32.f16 s1, s1",
+            "vmul.f32 s0, s0, s2",
+            "vmul.f32 s1, s1, s2",
+            q8_pair_group!(first, "r4", "r5"),
+            "ldm {x}!, {{r2-r5}}",
+            q8_pair_group!(next, "r2", "r3"),
+            q8_pair_group!(next, "r4", "r5"),
+            "ldm {x}!, {{r2-r5}}",
+            q8_pair_group!(next, "r2", "r3"),
+            q8_pair_group!(next, "r4", "r5"),
+            "ldm {x}!, {{r2-r5}}",
+            q8_pair_group!(next, "r2", "r3"),
+            q8_pair_group!(next, "r4", "r5"),
+            "ldm {x}!, {{r2, r3}}",
+            q8_pair_group!(next, "r2", "r3"),
+            "vmov s2, s3, {acca}, {accb}",
+            "vcvt.f32.s32 s2, s2",
+            "vcvt.f32.s32 s3, s3",
+            "vmla.f32 s6, s2, s0",
+            "vmla.f32 s7, s3, s1",
+            // Both sums out; the activations rewind two blocks (2 · 72 bytes); the next
+            // pair starts one row past where these rows ended.
+            "sub {x}, {x}, #144",
+            "vmov {t}, {w}, s10, s11",
+            "vstmia {t}!, {{s6-s7}}",
+            "vmov s10, {t}",
+            "add {wa}, {wa}, {w}",
+            "add {wb}, {wb}, {w}",
+            "subs {n}, {n}, #1",
+            "bne 3b",
+            "vpop {{s0-s12}}",
+            wa = inout(reg) w => _,
+            wb = out(reg) _,
+            x = inout(reg) x => _,
+            n = inout(reg) pairs => _,
+            acca = out(reg) _,
+            accb = out(reg) _,
+            w = inout(reg) row_bytes => _,
+            t = inout(reg) out => _,
+            out("r2") _,
+            out("r3") _,
+            out("r4") _,
+            out("r5") _,
+        )
+    };
+}
+
 /// The q8_0 matvec on Cortex-M4F/M7/M33 with DSP and FPU: `out (rows) = w (rows,
 /// row_bytes) · x`, two rows at a time through `matvec_q8_pairs`, an odd last row
 /// through the [`Dsp`] block sums. Bit-identical to `quantized_matvec::<Portable>`
@@ -377,7 +477,13 @@ pub fn matvec_q8(w: &[u8], row_bytes: usize, xq: &[u32], out: &mut [f32]) {
         // SAFETY: `w` holds 2 · pairs whole rows of `blocks` blocks and `xq` `blocks` prepared
         // blocks (checked above); `xq` and `out` are word-aligned (&[u32], &mut [f32]) and
         // `out` holds 2 · pairs floats.
-        unsafe { matvec_q8_pairs(w.as_ptr(), row_bytes, xq.as_ptr(), blocks, out.as_mut_ptr(), pairs) };
+        unsafe {
+            if blocks == 2 {
+                matvec_q8_pairs_2(w.as_ptr(), row_bytes, xq.as_ptr(), out.as_mut_ptr(), pairs)
+            } else {
+                matvec_q8_pairs(w.as_ptr(), row_bytes, xq.as_ptr(), blocks, out.as_mut_ptr(), pairs)
+            }
+        };
     }
     let rest = &mut out[pairs * 2..];
     if let ([o], Some(row)) = (rest, w.get(last..)) {

@@ -129,9 +129,9 @@ impl BlockSums for Mve {
 
 /// Narrows `blocks` prepared activation blocks (`xq`, [`q8_act::BLOCK_WORDS`] words each)
 /// into `out`: per block its f32 scale, then its 32 quants as i8 in element order.
-fn narrow(xq: &[u32], out: &mut [u32; CHUNK_BLOCKS * NARROW_BYTES / 4], blocks: usize) {
-    let out: &mut [u8] = bytemuck::cast_slice_mut(&mut out[..]);
-    let blocks = blocks.min(CHUNK_BLOCKS).min(xq.len() / q8_act::BLOCK_WORDS);
+fn narrow(xq: &[u32], out: &mut [u32], blocks: usize) {
+    let out: &mut [u8] = bytemuck::cast_slice_mut(out);
+    let blocks = blocks.min(out.len() / NARROW_BYTES).min(xq.len() / q8_act::BLOCK_WORDS);
     for (src, dst) in xq.chunks_exact(q8_act::BLOCK_WORDS).zip(out.chunks_exact_mut(NARROW_BYTES)).take(blocks) {
         dst[..4].copy_from_slice(&src[0].to_le_bytes());
         // SAFETY: reads the 16 pair words of `src` (64 bytes: words 2..18 of the block) and
@@ -495,12 +495,36 @@ pub(crate) fn matvec(dtype: DType, w: &[u8], row_bytes: usize, xq: &[u32], out: 
     out.fill(0.0);
     // Blocks per row: the whole blocks of a row that have activations.
     let blocks = (row_bytes / block_bytes).min(xq.len() / q8_act::BLOCK_WORDS);
+    // Short rows narrow into a smaller buffer: it is zeroed on every call.
+    if blocks <= SHORT_CHUNK_BLOCKS {
+        matvec_chunks::<{ SHORT_CHUNK_BLOCKS * NARROW_BYTES / 4 }>(dtype, w, row_bytes, xq, out, blocks);
+    } else {
+        matvec_chunks::<{ CHUNK_BLOCKS * NARROW_BYTES / 4 }>(dtype, w, row_bytes, xq, out, blocks);
+    }
+}
+
+/// Blocks of the smaller narrowing buffer (288 bytes), for rows of up to 256 values.
+const SHORT_CHUNK_BLOCKS: usize = 8;
+
+/// [`matvec`]'s rows over chunks of `WORDS` / 9 narrowed blocks (`out` zeroed).
+#[inline(always)]
+fn matvec_chunks<const WORDS: usize>(
+    dtype: DType,
+    w: &[u8],
+    row_bytes: usize,
+    xq: &[u32],
+    out: &mut [f32],
+    blocks: usize,
+) {
+    let block_bytes = if dtype == DType::Q4_0 { q4_0::BLOCK_BYTES } else { q8_0::BLOCK_BYTES };
+    let rows = out.len();
+    let chunk = WORDS * 4 / NARROW_BYTES;
     // Words, so each block's f32 scale is aligned for VLDR.
-    let mut narrowed = [0u32; CHUNK_BLOCKS * NARROW_BYTES / 4];
+    let mut narrowed = [0u32; WORDS];
     let x = narrowed.as_ptr().cast::<u8>();
     let mut first = 0;
     while first < blocks {
-        let n = (blocks - first).min(CHUNK_BLOCKS);
+        let n = (blocks - first).min(chunk);
         narrow(&xq[first * q8_act::BLOCK_WORDS..], &mut narrowed, n);
         // The chunk's blocks of row r: bytes r·row_bytes + first·block_bytes, n·block_bytes of
         // them, inside `w` (rows·row_bytes ≤ w.len(), (first + n)·block_bytes ≤ row_bytes).
@@ -510,7 +534,7 @@ pub(crate) fn matvec(dtype: DType, w: &[u8], row_bytes: usize, xq: &[u32], out: 
             for (q, quad) in out.chunks_exact_mut(4).enumerate() {
                 let Ok(quad) = <&mut [f32; 4]>::try_from(quad) else { continue };
                 // SAFETY: rows 4q..4q + 4 exist, so their n blocks are inside `w` (above);
-                // `narrowed` holds n ≤ CHUNK_BLOCKS blocks; n ≥ 1 inside this loop.
+                // `narrowed` holds n ≤ chunk blocks; n ≥ 1 inside this loop.
                 unsafe { rows4_q8(start.add(4 * q * row_bytes), row_bytes, x, n, quad) };
                 done += 4;
             }
@@ -518,7 +542,7 @@ pub(crate) fn matvec(dtype: DType, w: &[u8], row_bytes: usize, xq: &[u32], out: 
         let mut pairs = out[done..].chunks_exact_mut(2);
         for (p, pair) in (&mut pairs).enumerate() {
             // SAFETY: rows done + 2p and done + 2p + 1 exist, so both pointers and the
-            // n blocks after them are inside `w` (above); `narrowed` holds n ≤ CHUNK_BLOCKS
+            // n blocks after them are inside `w` (above); `narrowed` holds n ≤ chunk
             // blocks; n ≥ 1 inside this loop.
             let (a, b) = unsafe {
                 let wa = start.add((done + 2 * p) * row_bytes);
