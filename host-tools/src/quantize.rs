@@ -47,7 +47,7 @@ pub struct QuantArgs {
     #[arg(long, requires = "calibrate")]
     pub gptq: bool,
     /// GPTQ dampening: fraction of the Hessian's mean diagonal added to it.
-    #[arg(long, default_value_t = 0.01, requires = "gptq", value_parser = crate::values::non_negative_f64)]
+    #[arg(long, default_value_t = 0.01, requires = "gptq", allow_hyphen_values = true, value_parser = crate::values::non_negative_f64)]
     pub damp: f64,
     /// GPTQ block scales by the round-to-nearest rule on the updated weights instead
     /// of the Hessian-diagonal-weighted search.
@@ -440,6 +440,22 @@ fn run_budget(args: &QuantizeArgs, model: &Model<'_>) -> Result<(Vec<u8>, Vec<Te
         (None, None) => bail!("internal: no budget"),
     };
     let Some(path) = &args.quant.calibrate else { bail!("--budget and --board need --calibrate TEXT") };
+    if let Some(b) = board {
+        // The arena does not depend on the weight dtypes: --ctx and the RAM are checked
+        // before the calibration runs.
+        let ctx = args.ctx.unwrap_or(model.config().seq_len);
+        let fit = crate::inspect::fit(model, ctx, args.kv, b)?;
+        ensure!(
+            fit.ram_needed <= b.ram,
+            "{}'s RAM holds {} bytes, and the arena at ctx {ctx} with the {} KV cache needs {}: use --ctx {} or less{}",
+            b.name,
+            b.ram,
+            args.kv.name(),
+            fit.ram_needed,
+            fit.max_ctx_ram,
+            if args.kv == microlm::KvDtype::I8 { "" } else { ", or --kv i8" }
+        );
+    }
     let all = [DType::Q4_0; 12];
     let imp = importance_for(model, &args.quant, &all)?.context("--budget needs --calibrate")?;
     let text = io::read_text(path, io::TEXT).context("cannot read the calibration text")?;
@@ -453,7 +469,7 @@ fn run_budget(args: &QuantizeArgs, model: &Model<'_>) -> Result<(Vec<u8>, Vec<Te
         let fit = crate::inspect::fit(&m, ctx, args.kv, b)?;
         ensure!(
             fit.fits,
-            "the chosen file fits {}'s flash but its arena at ctx {ctx} with a {} cache needs {} of {} RAM bytes: try a smaller --ctx{}",
+            "the chosen file fits {}'s flash but its arena at ctx {ctx} with the {} KV cache needs {} of {} RAM bytes: try a smaller --ctx{}",
             b.name,
             args.kv.name(),
             fit.ram_needed,

@@ -118,6 +118,25 @@ fn negative_numbers_reach_the_range_checks() {
         let line = one_error_line(code, &err);
         assert!(line.contains(message), "{flags:?}: {line}");
     }
+    // quantize's GPTQ dampening too (before any calibration starts).
+    let text = shared_file("data/tinystories_dev.txt");
+    let out = std::env::temp_dir().join(format!("microlm-damp-{}.mlm", std::process::id()));
+    let (code, _, err) = run_cli(&[
+        "quantize",
+        m,
+        "--dtype",
+        "q8_0",
+        "--calibrate",
+        text.to_str().unwrap(),
+        "--gptq",
+        "--damp",
+        "-1",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    let line = one_error_line(code, &err);
+    assert!(line.contains("must be a finite number >= 0"), "--damp -1: {line}");
+    assert!(!out.exists(), "--damp -1 wrote {}", out.display());
 }
 
 /// A directory on PATH with no qemu-system-arm (and nothing else).
