@@ -4,6 +4,7 @@
 fn main() {
     println!("cargo::rustc-check-cfg=cfg(microlm_dsp)");
     println!("cargo::rustc-check-cfg=cfg(microlm_fpu)");
+    println!("cargo::rustc-check-cfg=cfg(microlm_fpv5)");
     println!("cargo::rustc-check-cfg=cfg(microlm_mve)");
     println!("cargo::rerun-if-env-changed=CARGO_ENCODED_RUSTFLAGS");
     println!("cargo::rerun-if-changed=build.rs");
@@ -26,6 +27,10 @@ fn main() {
     // Hard-float Cortex-M4F/M7/M33 (FPv4/FPv5): the VLDM attention loops of kernels/vfp.rs.
     if (target.starts_with("thumbv7em") || target.starts_with("thumbv8m.main")) && target.ends_with("eabihf") {
         println!("cargo::rustc-cfg=microlm_fpu");
+    }
+    // Armv8-M's FPU (FPv5: Cortex-M33/M55) adds VMAXNM, which the score loop's running maximum uses.
+    if target.starts_with("thumbv8m.main") && target.ends_with("eabihf") {
+        println!("cargo::rustc-cfg=microlm_fpv5");
     }
 }
 

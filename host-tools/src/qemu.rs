@@ -343,8 +343,12 @@ pub fn build_firmware(machine: &Machine, env: &[(&str, std::ffi::OsString)]) -> 
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let embedded = matches!(machine.model, Placement::Embedded { .. });
     // The board has its own target and runner in its .cargo/config.toml, read from its directory.
+    // The board's own firmware binary, `microlm-` + the crate directory's name: a board
+    // crate may hold more binaries (mps3-an547's kernel tests), and cargo names each.
+    let bin = format!("microlm-{}", Path::new(machine.board_dir).file_name().and_then(|n| n.to_str()).unwrap_or(""));
     let mut cmd = Command::new(cargo);
     cmd.current_dir(&dir).args(["build", "--release", "--locked", "--message-format=json-render-diagnostics"]);
+    cmd.args(["--bin", &bin]);
     cmd.args(microlm_cli::reproducible::cargo_args(&checkout()));
     cmd.args(machine.build_args);
     cmd.envs(env.iter().map(|(k, v)| (k, v)));

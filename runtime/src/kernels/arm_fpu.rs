@@ -11,9 +11,26 @@
 //! against the host.
 #![allow(unsafe_code)]
 
+/// `s25 = max(s25, $r)` as `if v > max { max = v }` takes it for a non-NaN s25: on
+/// FPv4 a compare and a conditional move; on FPv5 (Armv8-M: Cortex-M33/M55) one
+/// VMAXNM, which also skips a NaN `$r` and differs only in taking +0.0 over an
+/// equal −0.0 (the exp(score − max) of every score is the same either way).
+#[cfg(not(microlm_fpv5))]
+macro_rules! max_s25 {
+    ($r:literal) => {
+        concat!("vcmp.f32 ", $r, ", s25\n", "vmrs APSR_nzcv, fpscr\n", "it gt\n", "vmovgt.f32 s25, ", $r, "\n")
+    };
+}
+#[cfg(microlm_fpv5)]
+macro_rules! max_s25 {
+    ($r:literal) => {
+        concat!("vmaxnm.f32 s25, s25, ", $r, "\n")
+    };
+}
+
 /// `out[i] = (Σ_j q[j] · keys[8·i + j], j = 0..8, left to right) / sqrt_head` for
 /// `i < out.len()` over contiguous 8-value rows (the f32 cache's head-major
-/// layout); returns `max(max_in, out[..])` as `if v > max { max = v }` does.
+/// layout); returns `max(max_in, out[..])` as `if v > max { max = v }` does ([`max_s25!`]).
 /// Four rows a step, two per VLDM (then a pair and a single row for the rest).
 /// Each sum starts from the first product
 /// (VMUL) where the portable loop adds it to 0.0: the same value, except that
@@ -82,22 +99,10 @@ pub fn scores8(q: &[f32; 8], keys: &[f32], sqrt_head: f32, max_in: f32, out: &mu
             "vdiv.f32 s28, s28, s24",
             "vdiv.f32 s29, s29, s24",
             "vstmia {o}!, {{s26-s29}}",
-            "vcmp.f32 s26, s25",
-            "vmrs APSR_nzcv, fpscr",
-            "it gt",
-            "vmovgt.f32 s25, s26",
-            "vcmp.f32 s27, s25",
-            "vmrs APSR_nzcv, fpscr",
-            "it gt",
-            "vmovgt.f32 s25, s27",
-            "vcmp.f32 s28, s25",
-            "vmrs APSR_nzcv, fpscr",
-            "it gt",
-            "vmovgt.f32 s25, s28",
-            "vcmp.f32 s29, s25",
-            "vmrs APSR_nzcv, fpscr",
-            "it gt",
-            "vmovgt.f32 s25, s29",
+            max_s25!("s26"),
+            max_s25!("s27"),
+            max_s25!("s28"),
+            max_s25!("s29"),
             "subs {quads}, {quads}, #1",
             "bne 2b",
             "4:",
@@ -123,14 +128,8 @@ pub fn scores8(q: &[f32; 8], keys: &[f32], sqrt_head: f32, max_in: f32, out: &mu
             "vdiv.f32 s26, s26, s24",
             "vdiv.f32 s27, s27, s24",
             "vstmia {o}!, {{s26-s27}}",
-            "vcmp.f32 s26, s25",
-            "vmrs APSR_nzcv, fpscr",
-            "it gt",
-            "vmovgt.f32 s25, s26",
-            "vcmp.f32 s27, s25",
-            "vmrs APSR_nzcv, fpscr",
-            "it gt",
-            "vmovgt.f32 s25, s27",
+            max_s25!("s26"),
+            max_s25!("s27"),
             "5:",
             "tst {rest}, #1",
             "beq 6f",
@@ -145,10 +144,7 @@ pub fn scores8(q: &[f32; 8], keys: &[f32], sqrt_head: f32, max_in: f32, out: &mu
             "vmla.f32 s26, s23, s7",
             "vdiv.f32 s26, s26, s24",
             "vstr s26, [{o}]",
-            "vcmp.f32 s26, s25",
-            "vmrs APSR_nzcv, fpscr",
-            "it gt",
-            "vmovgt.f32 s25, s26",
+            max_s25!("s26"),
             "6:",
             "vmov {max}, s25",
             "vpop {{s0-s31}}",
