@@ -33,6 +33,15 @@ pub fn smlad(a: u32, b: u32, acc: i32) -> i32 {
     acc.wrapping_add(lo).wrapping_add(hi)
 }
 
+/// SSUB8: byte-wise `a − b` (each byte wrapping, as the instruction; it also sets
+/// the GE flags, which nothing here reads).
+#[inline(always)]
+pub fn ssub8(a: u32, b: u32) -> u32 {
+    let [a0, a1, a2, a3] = a.to_le_bytes();
+    let [b0, b1, b2, b3] = b.to_le_bytes();
+    u32::from_le_bytes([a0.wrapping_sub(b0), a1.wrapping_sub(b1), a2.wrapping_sub(b2), a3.wrapping_sub(b3)])
+}
+
 /// The three instructions as they run on this target: the DSP instructions on
 /// Cortex-M4/M7, the emulations above elsewhere (same results).
 pub mod insn {
@@ -155,6 +164,40 @@ macro_rules! q4_group {
     };
 }
 
+/// One nibble word of [`dot_q4_halves`] as asm: the low nibbles (SSUB8 − 8) against
+/// the activation pairs at `$x`, the high ones against `$xh`; `$lo_op`/`$hi_op`
+/// start (SMUAD) or continue (SMLAD) each half's sum.
+#[cfg(microlm_dsp)]
+macro_rules! q4_halves_group {
+    ($lo_op:literal, $hi_op:literal, $w:literal, $x:literal, $xh:literal) => {
+        concat!(
+            "ldr {a}, [{w}, #",
+            $w,
+            "]\n",
+            "and {b}, {mask}, {a}, lsr #4\n",
+            "and {a}, {a}, {mask}\n",
+            "ssub8 {a}, {a}, {eights}\n",
+            "ssub8 {b}, {b}, {eights}\n",
+            "ldrd {x0}, {x1}, [{x}, #",
+            $x,
+            "]\n",
+            "sxtb16 {t}, {a}\n",
+            $lo_op,
+            "\n",
+            "sxtb16 {t}, {a}, ror #8\n",
+            "smlad {lo}, {t}, {x1}, {lo}\n",
+            "ldrd {x0}, {x1}, [{x}, #",
+            $xh,
+            "]\n",
+            "sxtb16 {t}, {b}\n",
+            $hi_op,
+            "\n",
+            "sxtb16 {t}, {b}, ror #8\n",
+            "smlad {hi}, {t}, {x1}, {hi}\n",
+        )
+    };
+}
+
 /// [`dot_q8`] and [`dot_q4`] as single asm blocks, so every activation pair
 /// comes in with one LDRD and nothing spills: the same instructions in the
 /// same order (SMUAD starts the sum at zero).
@@ -217,6 +260,35 @@ impl super::BlockSums for Dsp {
             )
         };
         acc
+    }
+
+    #[inline(always)]
+    fn q4_halves(nibbles: &[u8; 16], x: &[u32; 16], _x_sum: i32) -> (i32, i32) {
+        let (lo, hi): (i32, i32);
+        // SAFETY: reads 16 bytes at `nibbles` (unaligned word loads) and 64 bytes at `x`
+        // (word-aligned), inside the borrowed arrays; writes only the named registers
+        // (SSUB8 sets the GE flags, SMLAD may set Q: nothing reads them).
+        unsafe {
+            core::arch::asm!(
+                q4_halves_group!("smuad {lo}, {t}, {x0}", "smuad {hi}, {t}, {x0}", "0", "0", "32"),
+                q4_halves_group!("smlad {lo}, {t}, {x0}, {lo}", "smlad {hi}, {t}, {x0}, {hi}", "4", "8", "40"),
+                q4_halves_group!("smlad {lo}, {t}, {x0}, {lo}", "smlad {hi}, {t}, {x0}, {hi}", "8", "16", "48"),
+                q4_halves_group!("smlad {lo}, {t}, {x0}, {lo}", "smlad {hi}, {t}, {x0}, {hi}", "12", "24", "56"),
+                w = in(reg) nibbles.as_ptr(),
+                x = in(reg) x.as_ptr(),
+                mask = in(reg) 0x0F0F_0F0Fu32,
+                eights = in(reg) 0x0808_0808u32,
+                lo = out(reg) lo,
+                hi = out(reg) hi,
+                a = out(reg) _,
+                b = out(reg) _,
+                t = out(reg) _,
+                x0 = out(reg) _,
+                x1 = out(reg) _,
+                options(pure, readonly, nostack),
+            )
+        };
+        (lo, hi)
     }
 }
 
@@ -540,6 +612,11 @@ impl super::BlockSums for Emulated {
     fn q4(nibbles: &[u8; 16], x: &[u32; 16]) -> i32 {
         dot_q4(nibbles, x)
     }
+
+    #[inline(always)]
+    fn q4_halves(nibbles: &[u8; 16], x: &[u32; 16], _x_sum: i32) -> (i32, i32) {
+        dot_q4_halves(nibbles, x)
+    }
 }
 
 /// Little-endian word `i` of `b` (4 bytes); an unaligned load on Cortex-M.
@@ -581,6 +658,22 @@ pub fn dot_q4(nibbles: &[u8; 16], x: &[u32; 16]) -> i32 {
         acc = smlad(sxtb16_ror8(hi), x[9 + 2 * g], acc);
     }
     acc
+}
+
+/// (Σ_{j<16} (lo_j − 8)·x\[j\], Σ_{j<16} (hi_j − 8)·x\[16 + j\]) for a q4_16 block's
+/// 16 nibble bytes: per nibble word, the low and high nibbles masked out, SSUB8
+/// takes 8 from each byte (signed −8..=7), then SXTB16/SMLAD as for q8_0 into one
+/// sum per half.
+#[inline(always)]
+pub fn dot_q4_halves(nibbles: &[u8; 16], x: &[u32; 16]) -> (i32, i32) {
+    let (mut lo_acc, mut hi_acc) = (0i32, 0i32);
+    for g in 0..4 {
+        let q = word(nibbles, g);
+        let (lo, hi) = (ssub8(q & 0x0F0F_0F0F, 0x0808_0808), ssub8((q >> 4) & 0x0F0F_0F0F, 0x0808_0808));
+        lo_acc = smlad(sxtb16_ror8(lo), x[2 * g + 1], smlad(sxtb16(lo), x[2 * g], lo_acc));
+        hi_acc = smlad(sxtb16_ror8(hi), x[9 + 2 * g], smlad(sxtb16(hi), x[8 + 2 * g], hi_acc));
+    }
+    (lo_acc, hi_acc)
 }
 
 /// `(d, 1/d)` of a block from `arm_fpu::max_abs_bits2`'s result (twice the bits of max |x|), when the fast

@@ -37,6 +37,18 @@ impl BlockSums for Portable {
         }
         acc
     }
+
+    #[inline(always)]
+    fn q4_halves(nibbles: &[u8; 16], x: &[u32; 16], _x_sum: i32) -> (i32, i32) {
+        let (x_lo, x_hi) = x.split_at(8);
+        let (mut lo_acc, mut hi_acc) = (0i32, 0i32);
+        for ((quad, lo), hi) in nibbles.chunks_exact(4).zip(x_lo.chunks_exact(2)).zip(x_hi.chunks_exact(2)) {
+            let n = |i: usize, shift: u32| i32::from((quad[i] >> shift) & 15) - 8;
+            lo_acc += n(0, 0) * low(lo[0]) + n(2, 0) * high(lo[0]) + n(1, 0) * low(lo[1]) + n(3, 0) * high(lo[1]);
+            hi_acc += n(0, 4) * low(hi[0]) + n(2, 4) * high(hi[0]) + n(1, 4) * low(hi[1]) + n(3, 4) * high(hi[1]);
+        }
+        (lo_acc, hi_acc)
+    }
 }
 
 /// The low i16 half of a pair word, widened.

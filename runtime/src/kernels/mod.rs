@@ -219,6 +219,22 @@ pub trait BlockSums {
     /// Σ_{i<32} nibble_i·x\[i\] for a q4_0 block's 16 nibble bytes (element i in
     /// the low nibble of byte i, 16+i in the high one); the −8 offset is the caller's.
     fn q4(nibbles: &[u8; 16], x: &[u32; 16]) -> i32;
+
+    /// (Σ_{j<16} (lo_j − 8)·x\[j\], Σ_{j<16} (hi_j − 8)·x\[16 + j\]) for 16 nibble bytes
+    /// in q4_0's order: the two half sums of a q4_16 block, offset included. By
+    /// default two [`q4`](Self::q4) sums, each with the other half's nibbles set to 8
+    /// (zero weight after the offset), less 8·Σx; an instruction set may take both
+    /// halves in one pass.
+    #[inline(always)]
+    fn q4_halves(nibbles: &[u8; 16], x: &[u32; 16], x_sum: i32) -> (i32, i32) {
+        let (mut lo, mut hi) = ([0u8; 16], [0u8; 16]);
+        for ((l, h), q) in lo.chunks_exact_mut(4).zip(hi.chunks_exact_mut(4)).zip(nibbles.chunks_exact(4)) {
+            let w = u32::from_le_bytes([q[0], q[1], q[2], q[3]]);
+            l.copy_from_slice(&((w & 0x0f0f_0f0f) | 0x8080_8080).to_le_bytes());
+            h.copy_from_slice(&((w & 0xf0f0_f0f0) | 0x0808_0808).to_le_bytes());
+        }
+        (Self::q4(&lo, x) - 8 * x_sum, Self::q4(&hi, x) - 8 * x_sum)
+    }
 }
 
 /// Attention scores over an f32 cache: for each slot `i < out.len()`,

@@ -102,24 +102,13 @@ pub fn vec_dot(w: &[u8], x: &[u32]) -> f32 {
     out[0]
 }
 
-/// [`vec_dot`] with the integer block sums of `B` (every `B` gives the same bits).
-/// Each half is one q4_0 block sum with the other half's nibbles set to 8 (zero
-/// weight after the offset): for the low half, Σ_j lo_j·x_j + 8·Σ_{j≥16} x_j, so
-/// subtracting 8·Σ x over the whole block leaves Σ_j (lo_j − 8)·x_j; the high half
-/// likewise.
+/// [`vec_dot`] with the integer block sums of `B` (every `B` gives the same bits):
+/// each block's two half sums from [`BlockSums::q4_halves`](super::BlockSums::q4_halves).
 #[inline(always)]
 pub fn vec_dot_with<B: super::BlockSums>(w: &[u8], x: &[u32]) -> f32 {
     let mut acc = 0.0f32;
     for (wb, xb) in BlockQ4_16::slice(w).iter().zip(super::q8_act::blocks(x)) {
-        // Four nibble bytes at a time: low nibbles with 8 above, high nibbles with 8 below.
-        let (mut lo, mut hi) = ([0u8; QK / 2], [0u8; QK / 2]);
-        for ((l, h), q) in lo.chunks_exact_mut(4).zip(hi.chunks_exact_mut(4)).zip(wb.qs.chunks_exact(4)) {
-            let w = u32::from_le_bytes([q[0], q[1], q[2], q[3]]);
-            l.copy_from_slice(&((w & 0x0f0f_0f0f) | 0x8080_8080).to_le_bytes());
-            h.copy_from_slice(&((w & 0xf0f0_f0f0) | 0x0808_0808).to_le_bytes());
-        }
-        let lo = B::q4(&lo, xb.pairs) - 8 * xb.sum;
-        let hi = B::q4(&hi, xb.pairs) - 8 * xb.sum;
+        let (lo, hi) = B::q4_halves(&wb.qs, xb.pairs, xb.sum);
         acc += lo as f32 * (super::f16_to_f32(wb.d[0]) * xb.d);
         acc += hi as f32 * (super::f16_to_f32(wb.d[1]) * xb.d);
     }

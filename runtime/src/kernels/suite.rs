@@ -101,6 +101,14 @@ fn scalar_q4(q: &[u8], x: &[u8; QK]) -> i32 {
     (0..QK).map(|i| i32::from(if i < 16 { q[i] & 15 } else { q[i - 16] >> 4 }) * i32::from(x[i] as i8)).sum()
 }
 
+/// The q4_16 half sums, offset included: (Σ_{j<16} (lo_j − 8)·x_j, Σ_{j<16} (hi_j − 8)·x_{16+j}).
+fn scalar_q4_halves(q: &[u8], x: &[u8; QK]) -> (i32, i32) {
+    let half = |h: usize| -> i32 {
+        (0..16).map(|j| (i32::from((q[j] >> (4 * h)) & 15) - 8) * i32::from(x[16 * h + j] as i8)).sum()
+    };
+    (half(0), half(1))
+}
+
 /// Seeds per block-sum check (fewer under Miri, which interprets every step).
 const SEEDS: u32 = if cfg!(miri) { 40 } else { 600 };
 
@@ -131,6 +139,8 @@ pub fn block_sums_with<B: BlockSums>() -> Result<(), Failure> {
         let nibbles: &[u8; QK / 2] = w[..QK / 2].try_into().unwrap_or(&[0; QK / 2]);
         ensure(B::q8(&w, pairs) == scalar_q8(&w, &x), "block_sums.q8", c, None)?;
         ensure(B::q4(nibbles, pairs) == scalar_q4(nibbles, &x), "block_sums.q4", c, None)?;
+        let sum: i32 = x.iter().map(|&b| i32::from(b as i8)).sum();
+        ensure(B::q4_halves(nibbles, pairs, sum) == scalar_q4_halves(nibbles, &x), "block_sums.q4_halves", c, None)?;
     }
     Ok(())
 }
