@@ -158,15 +158,15 @@ impl<'p> Generation<'p> {
         if self.pos >= self.steps {
             return Ok(self.finish(Stop::Steps));
         }
-        match self.window {
-            Some(sinks) => {
-                session.forward_window(self.token, self.pos, sinks)?;
-            }
+        // Without a window, a position below the context runs exactly as
+        // `forward` (the window's slots are the linear ones there): one copy
+        // of the forward pass serves both modes.
+        let sinks = match self.window {
+            Some(sinks) => sinks,
             None if self.pos >= session.ctx_len() => return Ok(self.finish(Stop::ContextFull)),
-            None => {
-                session.forward(self.token, self.pos)?;
-            }
-        }
+            None => 0,
+        };
+        session.forward_window(self.token, self.pos, sinks)?;
         let forced = self.pos + 1 < self.prompt.len();
         let next = match self.prompt.get(self.pos + 1) {
             Some(&t) => t,

@@ -1,8 +1,6 @@
 //! Token sampling with llama2.c's exact semantics (xorshift64* RNG, temperature,
 //! multinomial and top-p), plus top-k and min-p filters.
 
-use core::cmp::Ordering;
-
 use crate::error::SamplerError;
 use crate::math;
 
@@ -76,9 +74,14 @@ pub struct Sampler {
     rng: Rng,
 }
 
-/// Orders candidates by descending probability, then ascending id (a stable sort's order).
-fn by_prob_desc(a: &Candidate, b: &Candidate) -> Ordering {
-    b.prob.total_cmp(&a.prob).then(a.index.cmp(&b.index))
+/// The sampler's order of candidates as one integer: a larger key comes
+/// first. Descending probability (as `f32::total_cmp` orders it), then
+/// ascending id (a stable sort's order); ids are distinct, so it is a total order.
+fn key(c: &Candidate) -> u64 {
+    // total_cmp's key: flip the magnitude bits of negative values, then compare signed.
+    let bits = c.prob.to_bits() as i32;
+    let ordered = (bits ^ (((bits >> 31) as u32) >> 1) as i32) as u32 ^ 0x8000_0000;
+    (u64::from(ordered) << 32) | u64::from(!c.index)
 }
 
 /// Index of the largest value; the first one wins ties (llama2.c `sample_argmax`).
@@ -224,8 +227,113 @@ fn sample_top_p(probs: &[f32], top_p: f32, scratch: &mut [Candidate], coin: f32)
     if kept.is_empty() {
         return argmax(probs);
     }
-    kept.sort_unstable_by(by_prob_desc);
-    draw_from_prefix(kept, top_p, coin)
+    // Only the nucleus needs its order: take candidates most likely first until
+    // their mass exceeds top_p (draw_from_prefix stops at the same one).
+    let mut heap = Heap::new(kept);
+    let mut cumulative = 0.0f32;
+    while let Some(c) = heap.pop() {
+        cumulative += c.prob;
+        if cumulative > top_p {
+            break;
+        }
+    }
+    draw_from_prefix(heap.taken(), top_p, coin)
+}
+
+/// A binary heap over a candidate slice with the candidate that comes first
+/// (the largest [`key`]) at the root. [`Heap::pop`] moves each candidate it
+/// returns to the slice's end, so the candidates taken so far lie sorted (last
+/// to first) behind the heap; [`Heap::taken`] gives them first to last. The
+/// work is a linear heapify plus a sift per candidate taken, not a full sort.
+struct Heap<'a> {
+    v: &'a mut [Candidate],
+    len: usize,
+}
+
+impl<'a> Heap<'a> {
+    fn new(v: &'a mut [Candidate]) -> Self {
+        heapify::<true>(v);
+        let len = v.len();
+        Heap { v, len }
+    }
+
+    /// The candidate that comes first among those left, or `None` when all have been taken.
+    fn pop(&mut self) -> Option<Candidate> {
+        if self.len == 0 {
+            return None;
+        }
+        self.len -= 1;
+        self.v.swap(0, self.len);
+        sift_down::<true>(&mut self.v[..self.len], 0);
+        Some(self.v[self.len])
+    }
+
+    /// The candidates taken, first to last.
+    fn taken(self) -> &'a mut [Candidate] {
+        let taken = &mut self.v[self.len..];
+        taken.reverse();
+        taken
+    }
+}
+
+/// Makes `v` a heap: with the candidate that comes first at the root when
+/// `FIRST`, else with the one that comes last.
+fn heapify<const FIRST: bool>(v: &mut [Candidate]) {
+    for i in (0..v.len() / 2).rev() {
+        sift_down::<FIRST>(v, i);
+    }
+}
+
+/// Whether `a` belongs above `b` in a heap of [`heapify`]'s orientation.
+fn above<const FIRST: bool>(a: &Candidate, b: &Candidate) -> bool {
+    if FIRST {
+        key(a) > key(b)
+    } else {
+        key(a) < key(b)
+    }
+}
+
+/// Restores the heap order below `i` in `heap`.
+fn sift_down<const FIRST: bool>(heap: &mut [Candidate], mut i: usize) {
+    loop {
+        let left = 2 * i + 1;
+        let Some(l) = heap.get(left) else { return };
+        let child = match heap.get(left + 1) {
+            Some(r) if above::<FIRST>(r, l) => left + 1,
+            _ => left,
+        };
+        if !above::<FIRST>(&heap[child], &heap[i]) {
+            return;
+        }
+        heap.swap(i, child);
+        i = child;
+    }
+}
+
+/// Sorts `v` first to last (heapsort: the last one left to the end each time).
+fn sort(v: &mut [Candidate]) {
+    heapify::<false>(v);
+    for end in (1..v.len()).rev() {
+        v.swap(0, end);
+        sift_down::<false>(&mut v[..end], 0);
+    }
+}
+
+/// Moves the `k` candidates of `v` that come first to `v[..k]`, in no particular order.
+fn select_first(v: &mut [Candidate], k: usize) {
+    if k == 0 || k >= v.len() {
+        return;
+    }
+    let (top, rest) = v.split_at_mut(k);
+    // `top` is a heap with the last of the k at its root: a candidate that comes
+    // before it replaces it.
+    heapify::<false>(top);
+    for c in rest.iter_mut() {
+        if key(c) > key(&top[0]) {
+            core::mem::swap(c, &mut top[0]);
+            sift_down::<false>(top, 0);
+        }
+    }
 }
 
 /// Writes candidates with probability >= `cutoff` in id order; returns them.
@@ -248,12 +356,10 @@ fn sample_filtered(probs: &[f32], c: &SamplerConfig, scratch: &mut [Candidate], 
         return argmax(probs);
     }
     let k = if c.top_k == 0 { kept.len() } else { c.top_k.min(kept.len()) };
-    if k < kept.len() {
-        // Partition so the k most likely come first, then sort only those.
-        kept.select_nth_unstable_by(k - 1, by_prob_desc);
-    }
+    // The k most likely first, then sort only those.
+    select_first(kept, k);
     let kept = &mut kept[..k];
-    kept.sort_unstable_by(by_prob_desc);
+    sort(kept);
     let total: f32 = kept.iter().map(|c| c.prob).sum();
     let mass = if c.top_p >= 1.0 { f32::INFINITY } else { c.top_p * total };
     draw_from_prefix(kept, mass, coin)
@@ -262,6 +368,12 @@ fn sample_filtered(probs: &[f32], c: &SamplerConfig, scratch: &mut [Candidate], 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use core::cmp::Ordering;
+
+    /// The comparator the sampler sorted with before: descending probability, then ascending id.
+    fn by_prob_desc(a: &Candidate, b: &Candidate) -> Ordering {
+        b.prob.total_cmp(&a.prob).then(a.index.cmp(&b.index))
+    }
 
     #[test]
     fn argmax_finite_equals_argmax_and_finds_the_first_non_finite() {
@@ -280,6 +392,88 @@ mod tests {
                     y[96] = f32::NAN;
                 }
                 assert_eq!(argmax_finite(&y), Err(at), "{bad} at {at}");
+            }
+        }
+    }
+
+    /// The sort-based top-p and filtered draws the heap replaced: same tokens.
+    fn top_p_by_sort(probs: &[f32], top_p: f32, coin: f32) -> u32 {
+        let cutoff = (1.0 - top_p) / (probs.len() - 1) as f32;
+        let mut scratch = std::vec![Candidate::default(); probs.len()];
+        let kept = collect(probs, cutoff, &mut scratch);
+        if kept.is_empty() {
+            return argmax(probs);
+        }
+        kept.sort_unstable_by(by_prob_desc);
+        draw_from_prefix(kept, top_p, coin)
+    }
+
+    fn filtered_by_sort(probs: &[f32], c: &SamplerConfig, coin: f32) -> u32 {
+        let max = probs.iter().copied().fold(0.0f32, f32::max);
+        let mut scratch = std::vec![Candidate::default(); probs.len()];
+        let kept = collect(probs, c.min_p * max, &mut scratch);
+        if kept.is_empty() {
+            return argmax(probs);
+        }
+        let k = if c.top_k == 0 { kept.len() } else { c.top_k.min(kept.len()) };
+        kept.sort_unstable_by(by_prob_desc);
+        let kept = &kept[..k];
+        let total: f32 = kept.iter().map(|c| c.prob).sum();
+        let mass = if c.top_p >= 1.0 { f32::INFINITY } else { c.top_p * total };
+        draw_from_prefix(kept, mass, coin)
+    }
+
+    #[test]
+    fn the_heap_draws_what_a_full_sort_draws() {
+        let mut rng = Rng::new(12345).unwrap();
+        for round in 0..300 {
+            let n = 2 + (rng.next_u32() % 300) as usize;
+            // Coarse values so that ties (broken by id) are common.
+            let mut probs: std::vec::Vec<f32> = (0..n).map(|_| (rng.next_u32() % 17) as f32).collect();
+            if round % 3 == 0 {
+                for p in probs.iter_mut() {
+                    *p = libm::expf(*p * 0.7);
+                }
+            }
+            math::softmax(&mut probs);
+            let coin = rng.next_f32();
+            let mut scratch = std::vec![Candidate::default(); n];
+            for top_p in [0.1, 0.5, 0.9, 0.99, 1.0] {
+                if top_p < 1.0 {
+                    let got = sample_top_p(&probs, top_p, &mut scratch, coin);
+                    assert_eq!(got, top_p_by_sort(&probs, top_p, coin), "round {round}, top_p {top_p}");
+                }
+                for (top_k, min_p) in [(0, 0.05), (1, 0.0), (5, 0.0), (40, 0.01), (n, 0.0)] {
+                    let c = SamplerConfig { top_p, top_k, min_p, ..Default::default() };
+                    let got = sample_filtered(&probs, &c, &mut scratch, coin);
+                    assert_eq!(got, filtered_by_sort(&probs, &c, coin), "round {round}, {c:?}");
+                }
+            }
+            // The heap pops in sorted order.
+            let kept = collect(&probs, 0.0, &mut scratch);
+            let mut sorted = kept.to_vec();
+            sorted.sort_unstable_by(by_prob_desc);
+            let mut heap = Heap::new(kept);
+            for want in &sorted {
+                assert_eq!(heap.pop().as_ref(), Some(want));
+            }
+            assert_eq!(heap.pop(), None);
+            assert_eq!(heap.taken(), &sorted[..]);
+            let mut all = collect(&probs, 0.0, &mut scratch).to_vec();
+            sort(&mut all);
+            assert_eq!(all, sorted);
+        }
+    }
+
+    #[test]
+    fn the_key_orders_as_total_cmp_then_id() {
+        let values = [f32::NEG_INFINITY, -2.0, -0.0, 0.0, f32::MIN_POSITIVE, 1e-30, 0.25, 1.0, f32::INFINITY];
+        for a in values {
+            for b in values {
+                for (i, j) in [(0, 1), (1, 0), (3, 3)] {
+                    let (x, y) = (Candidate { prob: a, index: i }, Candidate { prob: b, index: j });
+                    assert_eq!(key(&y).cmp(&key(&x)), by_prob_desc(&x, &y), "{a} {b} {i} {j}");
+                }
             }
         }
     }

@@ -9,6 +9,12 @@
 //! its clock over the instructions per token at an assumed 1 instruction per
 //! cycle. A table that differs fails the test;
 //! `scripts/board-sizes.sh` (this test with MICROLM_WRITE_README=1) writes it.
+//!
+//! The same README section states the code size of the default firmware,
+//! `boards/qemu-mps2-an386` (runtime and board, no model: `.text + .rodata`,
+//! as `llvm-size -A` gives them) between its own `an386-code-size` markers;
+//! [`readme_an386_code_size_is_what_the_firmware_measures`] holds it to the
+//! byte, and the same script writes it.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -220,6 +226,63 @@ fn readme_board_table_is_what_the_firmwares_measure() {
     if let Err(diff) = same_table(current, &table) {
         panic!("README.md's board table is out of date ({diff}): run scripts/board-sizes.sh\nREADME:\n{current}\nmeasured:\n{table}");
     }
+}
+
+/// The README's markers around the mps2-an386 code size line.
+const CODE_BEGIN: &str =
+    "<!-- an386-code-size: begin (scripts/board-sizes.sh writes this line; tests/tests/board_sizes.rs checks it) -->";
+const CODE_END: &str = "<!-- an386-code-size: end -->";
+
+/// The flash budget of the mps2-an386 firmware's code and constants.
+const AN386_CODE_BUDGET: u64 = 96 << 10;
+
+/// `.text` and `.rodata` bytes of a firmware ELF (the section sizes `llvm-size -A` prints).
+fn text_and_rodata(elf: &Path) -> (u64, u64) {
+    use object::{Object as _, ObjectSection as _};
+    let data = std::fs::read(elf).unwrap();
+    let file = object::File::parse(&*data).unwrap();
+    let size = |name: &str| file.section_by_name(name).map_or(0, |s| s.size());
+    (size(".text"), size(".rodata"))
+}
+
+/// The README line for the mps2-an386 firmware's `.text` and `.rodata`.
+fn code_size_line(text: u64, rodata: u64) -> String {
+    let total = text + rodata;
+    let fits = if total <= AN386_CODE_BUDGET { "within" } else { "over" };
+    format!(
+        "The default firmware, `boards/qemu-mps2-an386` (Cortex-M4F: the runtime and the board code, no model), \
+         takes {} bytes of code and constants: `.text` {} + `.rodata` {} (`llvm-size -A` on its ELF, built as \
+         `microlm qemu` builds it), {fits} its budget of {} bytes (96 KiB).\n",
+        thousands(total),
+        thousands(text),
+        thousands(rodata),
+        thousands(AN386_CODE_BUDGET),
+    )
+}
+
+#[test]
+fn readme_an386_code_size_is_what_the_firmware_measures() {
+    let elf = microlm_tests::build_firmware("qemu-mps2-an386", None, &[], &[]);
+    let (text, rodata) = text_and_rodata(&elf);
+    let line = code_size_line(text, rodata);
+    print!("{line}");
+    let path = root().join("README.md");
+    let readme = std::fs::read_to_string(&path).unwrap();
+    let (Some(begin), Some(end)) = (readme.find(CODE_BEGIN), readme.find(CODE_END)) else {
+        panic!("README.md has no `{CODE_BEGIN}` ... `{CODE_END}` markers");
+    };
+    let start = begin + CODE_BEGIN.len() + 1;
+    if std::env::var_os("MICROLM_WRITE_README").is_some() {
+        let updated = format!("{}{line}{}", &readme[..start], &readme[end..]);
+        std::fs::write(&path, updated).unwrap();
+        println!("README.md: mps2-an386 code size written");
+        return;
+    }
+    assert_eq!(
+        &readme[start..end],
+        line,
+        "README.md's mps2-an386 code size is out of date: run scripts/board-sizes.sh"
+    );
 }
 
 /// Instructions per token may differ by this fraction between the README and a

@@ -84,7 +84,10 @@ impl TickRate {
     /// Instructions in `ticks` ticks, rounded to the nearest.
     pub fn instructions(self, ticks: u64) -> u64 {
         let den = self.den.max(1);
-        ((u128::from(ticks) * u128::from(self.num) + u128::from(den / 2)) / u128::from(den)) as u64
+        // ticks = q·den + r, so (ticks·num + den/2) / den = q·num + (r·num + den/2) / den
+        // exactly, in u64 arithmetic (no 128-bit multiply and divide in the firmware).
+        let (q, r) = (ticks / den, ticks % den);
+        q.wrapping_mul(self.num).wrapping_add((r * self.num + den / 2) / den)
     }
 }
 

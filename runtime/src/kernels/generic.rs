@@ -12,28 +12,38 @@ use super::BlockSums;
 pub struct Portable;
 
 impl BlockSums for Portable {
+    // Index loops over the fixed-size arrays (no bounds checks remain): a
+    // size-optimized build keeps no iterator adapters to call per block.
     #[inline(always)]
     fn q8(w: &[u8; 32], x: &[u32; 16]) -> i32 {
         let mut acc = 0i32;
-        for (quad, pair) in w.chunks_exact(4).zip(x.chunks_exact(2)) {
+        for i in 0..8 {
+            let (quad, pair) = (4 * i, 2 * i);
             // Pair order: word 0 holds elements 0 and 2, word 1 holds 1 and 3.
-            acc += i32::from(quad[0] as i8) * low(pair[0])
-                + i32::from(quad[2] as i8) * high(pair[0])
-                + i32::from(quad[1] as i8) * low(pair[1])
-                + i32::from(quad[3] as i8) * high(pair[1]);
+            acc += i32::from(w[quad] as i8) * low(x[pair])
+                + i32::from(w[quad + 2] as i8) * high(x[pair])
+                + i32::from(w[quad + 1] as i8) * low(x[pair + 1])
+                + i32::from(w[quad + 3] as i8) * high(x[pair + 1]);
         }
         acc
     }
 
     #[inline(always)]
     fn q4(nibbles: &[u8; 16], x: &[u32; 16]) -> i32 {
-        let (x_lo, x_hi) = x.split_at(8);
         let mut acc = 0i32;
-        for ((quad, lo), hi) in nibbles.chunks_exact(4).zip(x_lo.chunks_exact(2)).zip(x_hi.chunks_exact(2)) {
+        for i in 0..4 {
+            let (quad, lo, hi) = (4 * i, 2 * i, 8 + 2 * i);
             // Low nibbles are elements 0..16, high nibbles 16..32, each group in pair order.
-            let (a, b, c, d) = (i32::from(quad[0]), i32::from(quad[1]), i32::from(quad[2]), i32::from(quad[3]));
-            acc += (a & 15) * low(lo[0]) + (c & 15) * high(lo[0]) + (b & 15) * low(lo[1]) + (d & 15) * high(lo[1]);
-            acc += (a >> 4) * low(hi[0]) + (c >> 4) * high(hi[0]) + (b >> 4) * low(hi[1]) + (d >> 4) * high(hi[1]);
+            let (a, b, c, d) = (
+                i32::from(nibbles[quad]),
+                i32::from(nibbles[quad + 1]),
+                i32::from(nibbles[quad + 2]),
+                i32::from(nibbles[quad + 3]),
+            );
+            acc +=
+                (a & 15) * low(x[lo]) + (c & 15) * high(x[lo]) + (b & 15) * low(x[lo + 1]) + (d & 15) * high(x[lo + 1]);
+            acc +=
+                (a >> 4) * low(x[hi]) + (c >> 4) * high(x[hi]) + (b >> 4) * low(x[hi + 1]) + (d >> 4) * high(x[hi + 1]);
         }
         acc
     }
