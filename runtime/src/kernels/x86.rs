@@ -22,7 +22,8 @@
 #![allow(unsafe_code)]
 
 use core::arch::x86_64::{
-    __m128i, __m256, __m256i, _mm256_add_epi32, _mm256_add_ps, _mm256_castsi256_si128, _mm256_cvtepi32_ps,
+    __m128i, __m256, __m256i, _mm256_abs_epi8, _mm256_cvtph_ps, _mm256_maddubs_epi16, _mm256_packs_epi16,
+    _mm256_permute4x64_epi64, _mm256_set1_epi16, _mm256_sign_epi8, _mm256_add_epi32, _mm256_add_ps, _mm256_castsi256_si128, _mm256_cvtepi32_ps,
     _mm256_cvtepi8_epi16, _mm256_cvtepu8_epi16, _mm256_extracti128_si256, _mm256_hadd_epi32, _mm256_loadu_ps,
     _mm256_loadu_si256, _mm256_madd_epi16, _mm256_mul_ps, _mm256_permute2f128_ps, _mm256_permute2x128_si256,
     _mm256_set1_ps, _mm256_set_epi8, _mm256_setzero_ps, _mm256_setzero_si256, _mm256_shuffle_epi8, _mm256_shuffle_ps,
@@ -42,6 +43,10 @@ pub(crate) fn has_sse41() -> bool {
 pub(crate) fn has_avx2() -> bool {
     std::is_x86_feature_detected!("avx2")
 }
+#[cfg(any(test, feature = "std"))]
+pub(crate) fn has_f16c() -> bool {
+    std::is_x86_feature_detected!("f16c")
+}
 #[cfg(not(any(test, feature = "std")))]
 pub(crate) fn has_sse41() -> bool {
     cfg!(all(target_feature = "ssse3", target_feature = "sse4.1"))
@@ -49,6 +54,10 @@ pub(crate) fn has_sse41() -> bool {
 #[cfg(not(any(test, feature = "std")))]
 pub(crate) fn has_avx2() -> bool {
     cfg!(target_feature = "avx2")
+}
+#[cfg(not(any(test, feature = "std")))]
+pub(crate) fn has_f16c() -> bool {
+    cfg!(target_feature = "f16c")
 }
 
 /// The fastest available instruction set (AVX2 → SSE4.1 → portable), detected once and cached.
@@ -236,6 +245,10 @@ fn matvec_avx2(dtype: DType, w: &[u8], row_bytes: usize, xq: &[u32], out: &mut [
 /// sums of `isa`; one the CPU lacks falls back to the portable sums.
 pub(crate) fn matvec(isa: Isa, dtype: DType, w: &[u8], row_bytes: usize, xq: &[u32], out: &mut [f32]) {
     match isa {
+        // SAFETY: the CPU supports AVX2 and F16C (checked just before).
+        Isa::Avx2 if dtype == DType::Q8_0 && has_avx2() && has_f16c() => unsafe {
+            matvec_q8_0_avx2_f16c(w, row_bytes, xq, out)
+        },
         // SAFETY: the CPU supports AVX2 (checked just before).
         Isa::Avx2 if dtype == DType::Q8_0 && has_avx2() => unsafe { matvec_q8_0_avx2(w, row_bytes, xq, out) },
         // SAFETY: the CPU supports SSSE3 and SSE4.1 (checked just before).
@@ -443,6 +456,111 @@ fn matvec_q8_0_avx2(w: &[u8], row_bytes: usize, xq: &[u32], out: &mut [f32]) {
     quantized_matvec::<Avx2>(DType::Q8_0, tail, row_bytes, xq, &mut out[done..]);
 }
 
+/// A prepared activation block's 32 quants as i8 in element order: the 16 pair
+/// words narrowed (PACKSSWB: |q| ≤ 127 already), the lanes put back in order,
+/// then each group of four from pair order (0, 2, 1, 3) to element order.
+#[target_feature(enable = "avx2")]
+#[inline]
+fn x_i8(x: &[u32; 16]) -> __m256i {
+    let packed = _mm256_packs_epi16(load_x256(x, 0), load_x256(x, 1));
+    let ordered = _mm256_permute4x64_epi64::<0b11_01_10_00>(packed);
+    _mm256_shuffle_epi8(ordered, pair_order!(set_epi8_both_lanes))
+}
+
+/// `_mm256_set_epi8` with the same 16 bytes in both lanes.
+#[target_feature(enable = "avx2")]
+#[inline]
+#[allow(clippy::too_many_arguments)]
+fn set_epi8_both_lanes(
+    b15: i8,
+    b14: i8,
+    b13: i8,
+    b12: i8,
+    b11: i8,
+    b10: i8,
+    b9: i8,
+    b8: i8,
+    b7: i8,
+    b6: i8,
+    b5: i8,
+    b4: i8,
+    b3: i8,
+    b2: i8,
+    b1: i8,
+    b0: i8,
+) -> __m256i {
+    _mm256_set_epi8(
+        b15, b14, b13, b12, b11, b10, b9, b8, b7, b6, b5, b4, b3, b2, b1, b0, b15, b14, b13, b12, b11, b10, b9, b8, b7, b6,
+        b5, b4, b3, b2, b1, b0,
+    )
+}
+
+/// One row's q8_0 quants (32 bytes at `qs`, element order) times the activations
+/// `x` (i8, element order): eight i32 lanes of partial sums. PMADDUBSW multiplies
+/// |w| (unsigned) by x with w's sign (PSIGNB) and adds pairs into i16 without
+/// saturating (|2 · 128 · 127| < 2^15), PMADDWD by ones widens to i32: exact.
+///
+/// # Safety
+/// `qs` must point to 32 readable bytes.
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn q8_partials_i8(qs: *const u8, x: __m256i) -> __m256i {
+    // SAFETY: the caller guarantees 32 readable bytes; loadu has no alignment requirement.
+    let w = unsafe { _mm256_loadu_si256(qs.cast()) };
+    let products = _mm256_maddubs_epi16(_mm256_abs_epi8(w), _mm256_sign_epi8(x, w));
+    _mm256_madd_epi16(products, _mm256_set1_epi16(1))
+}
+
+/// [`matvec_q8_0_avx2`] with i8 activations and F16C: per block the activations are
+/// narrowed to i8 once for all rows ([`x_i8`]), each row's integer sum takes
+/// PMADDUBSW ([`q8_partials_i8`]), and the eight rows' f16 scales widen with one
+/// VCVTPH2PS (exact, as `f16_to_f32`). The same integer sums and the same f32
+/// operations per row, in block order, so the same bits.
+#[target_feature(enable = "avx2,f16c")]
+fn matvec_q8_0_avx2_f16c(w: &[u8], row_bytes: usize, xq: &[u32], out: &mut [f32]) {
+    if row_bytes == 0 {
+        return out.fill(0.0);
+    }
+    let nblocks = (row_bytes / q8_0::BLOCK_BYTES).min(xq.len() / q8_act::BLOCK_WORDS);
+    let mut groups = out.chunks_exact_mut(8).zip(w.chunks_exact(8 * row_bytes));
+    for (out8, w8) in &mut groups {
+        let wp = w8.as_ptr();
+        let mut acc = _mm256_setzero_ps();
+        for (b, xw) in xq.chunks_exact(q8_act::BLOCK_WORDS).take(nblocks).enumerate() {
+            let xb = q8_act::Block::view(xw.try_into().unwrap_or(&[0; q8_act::BLOCK_WORDS]));
+            let x = x_i8(xb.pairs);
+            let at = b * q8_0::BLOCK_BYTES;
+            // The next eight rows' bytes, as far ahead as this pass reads these.
+            let ahead = wp.wrapping_add(8 * row_bytes + 8 * at);
+            for line in 0..5 {
+                _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64 * line).cast());
+            }
+            let mut s = [_mm256_setzero_si256(); 8];
+            let mut d = [0u16; 8];
+            for r in 0..8 {
+                let block = r * row_bytes + at;
+                // SAFETY: block b < nblocks of row r < 8 lies inside the 8 rows of `w8`
+                // (34 bytes: the f16 scale, then the 32 quants).
+                unsafe {
+                    s[r] = q8_partials_i8(wp.add(block + 2), x);
+                    d[r] = u16::from_le_bytes([*wp.add(block), *wp.add(block + 1)]);
+                }
+            }
+            let sums = hsum8x8(s);
+            // SAFETY: reads the 16 bytes of the local array; loadu has no alignment requirement.
+            let dw = _mm256_cvtph_ps(unsafe { _mm_loadu_si128(d.as_ptr().cast()) });
+            let scale = _mm256_mul_ps(dw, _mm256_set1_ps(xb.d));
+            // |sumi| < 2^24, so the conversion is exact, as `sumi as f32`.
+            acc = _mm256_add_ps(acc, _mm256_mul_ps(_mm256_cvtepi32_ps(sums), scale));
+        }
+        // SAFETY: writes the 8 values of `out8`, an 8-element chunk; storeu has no alignment requirement.
+        unsafe { _mm256_storeu_ps(out8.as_mut_ptr(), acc) };
+    }
+    let done = out.len() / 8 * 8;
+    let tail = w.get(done * row_bytes..).unwrap_or(&[]);
+    quantized_matvec::<Avx2>(DType::Q8_0, tail, row_bytes, xq, &mut out[done..]);
+}
+
 #[cfg(test)]
 mod tests {
     use std::vec;
@@ -498,9 +616,72 @@ mod tests {
                 matvec(Isa::Avx2, DType::Q8_0, &data, row_bytes, &xq, &mut fast);
                 quantized_matvec::<Portable>(DType::Q8_0, &data, row_bytes, &xq, &mut slow);
                 assert_eq!(bits(&fast), bits(&slow), "rows {rows} cols {cols}");
+                // Both AVX2 kernels, whichever `matvec` picked: i16 activations, and i8 with F16C.
+                let mut other = vec![f32::NAN; rows];
+                // SAFETY: the CPU supports AVX2 (checked above).
+                unsafe { matvec_q8_0_avx2(&data, row_bytes, &xq, &mut other) };
+                assert_eq!(bits(&other), bits(&slow), "i16 kernel, rows {rows} cols {cols}");
+                if has_f16c() {
+                    // SAFETY: the CPU supports AVX2 and F16C (checked).
+                    unsafe { matvec_q8_0_avx2_f16c(&data, row_bytes, &xq, &mut other) };
+                    assert_eq!(bits(&other), bits(&slow), "i8 kernel, rows {rows} cols {cols}");
+                }
                 for (o, row) in fast.iter().zip(data.chunks_exact(row_bytes)) {
                     assert_eq!(o.to_bits(), q8_0::vec_dot_ref(row, &x8).to_bits(), "rows {rows} cols {cols}");
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn q8_0_rows8_take_extreme_quants_exactly() {
+        if !has_avx2() {
+            return;
+        }
+        // Quants −128 and 127 against activations ±127 (the widest i16 pair products),
+        // and random bytes, over 9 rows of 3 blocks with finite random scales.
+        let (rows, blocks) = (9, 3);
+        let row_bytes = blocks * q8_0::BLOCK_BYTES;
+        let mut seed = 0x1234_5678_9abc_def0u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for case in 0..4 {
+            let mut data = vec![0u8; rows * row_bytes];
+            for (i, block) in data.chunks_exact_mut(q8_0::BLOCK_BYTES).enumerate() {
+                let d = half::f16::from_f32(((next() % 2000) as f32 - 1000.0) / 997.0);
+                block[..2].copy_from_slice(&d.to_le_bytes());
+                for (j, q) in block[2..].iter_mut().enumerate() {
+                    *q = match case {
+                        0 => 0x80,
+                        1 => if (i + j) % 2 == 0 { 0x80 } else { 0x7f },
+                        _ => next() as u8,
+                    };
+                }
+            }
+            let mut x8 = vec![0u8; row_bytes];
+            for (b, block) in x8.chunks_exact_mut(q8_0::BLOCK_BYTES).enumerate() {
+                block[..2].copy_from_slice(&half::f16::from_f32(0.5 + b as f32).to_le_bytes());
+                for (j, q) in block[2..].iter_mut().enumerate() {
+                    *q = if case < 3 { [0x81u8, 0x7f][(j + case) % 2] } else { next() as u8 | 0x01 };
+                }
+            }
+            let mut xq = vec![0u32; blocks * q8_act::BLOCK_WORDS];
+            for (b, words) in x8.chunks_exact(q8_0::BLOCK_BYTES).zip(xq.chunks_exact_mut(q8_act::BLOCK_WORDS)) {
+                q8_act::prepare_block(b, words);
+            }
+            let (mut fast, mut slow) = (vec![f32::NAN; rows], vec![f32::NAN; rows]);
+            quantized_matvec::<Portable>(DType::Q8_0, &data, row_bytes, &xq, &mut slow);
+            // SAFETY: the CPU supports AVX2 (checked above).
+            unsafe { matvec_q8_0_avx2(&data, row_bytes, &xq, &mut fast) };
+            assert_eq!(bits(&fast), bits(&slow), "i16 kernel, case {case}");
+            if has_f16c() {
+                // SAFETY: the CPU supports AVX2 and F16C (checked).
+                unsafe { matvec_q8_0_avx2_f16c(&data, row_bytes, &xq, &mut fast) };
+                assert_eq!(bits(&fast), bits(&slow), "i8 kernel, case {case}");
             }
         }
     }
