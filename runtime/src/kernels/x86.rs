@@ -22,14 +22,14 @@
 #![allow(unsafe_code)]
 
 use core::arch::x86_64::{
-    __m128i, __m256, __m256i, _mm256_abs_epi8, _mm256_cvtph_ps, _mm256_maddubs_epi16, _mm256_packs_epi16,
-    _mm256_permute4x64_epi64, _mm256_set1_epi16, _mm256_sign_epi8, _mm256_add_epi32, _mm256_add_ps, _mm256_castsi256_si128, _mm256_cvtepi32_ps,
-    _mm256_cvtepi8_epi16, _mm256_cvtepu8_epi16, _mm256_extracti128_si256, _mm256_hadd_epi32, _mm256_loadu_ps,
-    _mm256_loadu_si256, _mm256_madd_epi16, _mm256_mul_ps, _mm256_permute2f128_ps, _mm256_permute2x128_si256,
+    __m128i, __m256, __m256i, _mm256_abs_epi8, _mm256_add_epi32, _mm256_add_ps, _mm256_castsi256_si128,
+    _mm256_cvtepi32_ps, _mm256_cvtepi8_epi16, _mm256_cvtepu8_epi16, _mm256_cvtph_ps, _mm256_extracti128_si256,
+    _mm256_hadd_epi32, _mm256_loadu_ps, _mm256_loadu_si256, _mm256_madd_epi16, _mm256_maddubs_epi16, _mm256_mul_ps,
+    _mm256_packs_epi16, _mm256_permute2f128_ps, _mm256_permute2x128_si256, _mm256_permute4x64_epi64, _mm256_set1_epi16,
     _mm256_set1_ps, _mm256_set_epi8, _mm256_setzero_ps, _mm256_setzero_si256, _mm256_shuffle_epi8, _mm256_shuffle_ps,
-    _mm256_storeu_ps, _mm256_unpackhi_ps, _mm256_unpacklo_ps, _mm_add_epi32, _mm_and_si128, _mm_cvtepi8_epi16,
-    _mm_cvtepu8_epi16, _mm_cvtsi128_si32, _mm_loadu_si128, _mm_madd_epi16, _mm_prefetch, _mm_set1_epi8, _mm_set_epi8,
-    _mm_shuffle_epi32, _mm_shuffle_epi8, _mm_srli_epi16, _mm_srli_si128, _MM_HINT_T0,
+    _mm256_sign_epi8, _mm256_storeu_ps, _mm256_unpackhi_ps, _mm256_unpacklo_ps, _mm_add_epi32, _mm_and_si128,
+    _mm_cvtepi8_epi16, _mm_cvtepu8_epi16, _mm_cvtsi128_si32, _mm_loadu_si128, _mm_madd_epi16, _mm_prefetch,
+    _mm_set1_epi8, _mm_set_epi8, _mm_shuffle_epi32, _mm_shuffle_epi8, _mm_srli_epi16, _mm_srli_si128, _MM_HINT_T0,
 };
 
 use super::{f16_to_f32, q8_0, q8_act, quantized_matvec, BlockSums, Isa, Portable};
@@ -490,8 +490,8 @@ fn set_epi8_both_lanes(
     b0: i8,
 ) -> __m256i {
     _mm256_set_epi8(
-        b15, b14, b13, b12, b11, b10, b9, b8, b7, b6, b5, b4, b3, b2, b1, b0, b15, b14, b13, b12, b11, b10, b9, b8, b7, b6,
-        b5, b4, b3, b2, b1, b0,
+        b15, b14, b13, b12, b11, b10, b9, b8, b7, b6, b5, b4, b3, b2, b1, b0, b15, b14, b13, b12, b11, b10, b9, b8, b7,
+        b6, b5, b4, b3, b2, b1, b0,
     )
 }
 
@@ -657,7 +657,13 @@ mod tests {
                 for (j, q) in block[2..].iter_mut().enumerate() {
                     *q = match case {
                         0 => 0x80,
-                        1 => if (i + j) % 2 == 0 { 0x80 } else { 0x7f },
+                        1 => {
+                            if (i + j) % 2 == 0 {
+                                0x80
+                            } else {
+                                0x7f
+                            }
+                        }
                         _ => next() as u8,
                     };
                 }
