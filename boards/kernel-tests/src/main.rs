@@ -398,7 +398,10 @@ fn scores(r: &mut Report) {
             n += 1;
         }
     }
-    r.check("vfp scores8 = portable (every KV head, a zero query, 1/17/40 slots)", compare(results[..n].iter().copied()));
+    r.check(
+        "vfp scores8 = portable (every KV head, a zero query, 1/17/40 slots)",
+        compare(results[..n].iter().copied()),
+    );
 }
 
 /// The fused exp · value pass (`arm_fpu::exp_mix8_pairs`, with the cold path between
