@@ -121,7 +121,7 @@ fn negative_numbers_reach_the_range_checks() {
     // quantize's GPTQ dampening too (before any calibration starts).
     let text = shared_file("data/tinystories_dev.txt");
     let out = std::env::temp_dir().join(format!("microlm-damp-{}.mlm", std::process::id()));
-    let (code, _, err) = run_cli(&[
+    let (code, _, err) = run_cli([
         "quantize",
         m,
         "--dtype",
