@@ -30,7 +30,7 @@ macro_rules! max_s25 {
 
 /// `out[i] = (Σ_j q[j] · keys[8·i + j], j = 0..8, left to right) / sqrt_head` for
 /// `i < out.len()` over contiguous 8-value rows (the f32 cache's head-major
-/// layout); returns `max(max_in, out[..])` as `if v > max { max = v }` does ([`max_s25!`]).
+/// layout); returns `max(max_in, out[..])` as `if v > max { max = v }` does (`max_s25!`).
 /// Four rows a step, two per VLDM (then a pair and a single row for the rest).
 /// Each sum starts from the first product
 /// (VMUL) where the portable loop adds it to 0.0: the same value, except that
@@ -323,7 +323,7 @@ pub fn exp_shifted_run(x: &mut [f32], max: f32, sum: &mut f32) -> usize {
 /// The softmax-weighted value sum of one head fused into one pass over
 /// contiguous 8-value rows, two slots a step: for slots i, i + 1 from 0,
 /// e = exp(scores\[i\] − max) as `scalar::exp_at_most_zero` gives it (the
-/// fast path, [`exp_fast_s0_or_leave!`], or exactly 0 below
+/// fast path, `exp_fast_s0_or_leave!`, or exactly 0 below
 /// `scalar::EXP_ZERO_BELOW`), `sum += e`, then `acc[j] += e · values[8·i + j]`
 /// for j < 8, slot i before slot i + 1. It stops at a pair with an exponent in
 /// neither case (a subnormal result, or NaN) and returns how many slots it did
