@@ -13,8 +13,9 @@
 //! The same README section states the code size of the default firmware,
 //! `boards/qemu-mps2-an386` (runtime and board, no model: `.text + .rodata`,
 //! as `llvm-size -A` gives them) between its own `an386-code-size` markers;
-//! [`readme_an386_code_size_is_what_the_firmware_measures`] holds it to the
-//! byte, and the same script writes it.
+//! [`readme_an386_code_size_is_what_the_firmware_measures`] holds each figure
+//! to within 64 bytes ([`CODE_SIZE_DRIFT`]) and the verdict against the budget
+//! exactly, and the same script writes it.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -278,11 +279,56 @@ fn readme_an386_code_size_is_what_the_firmware_measures() {
         println!("README.md: mps2-an386 code size written");
         return;
     }
-    assert_eq!(
-        &readme[start..end],
-        line,
-        "README.md's mps2-an386 code size is out of date: run scripts/board-sizes.sh"
+    let stated = &readme[start..end];
+    assert!(
+        code_size_matches(stated, &line),
+        "README.md's mps2-an386 code size is out of date: run scripts/board-sizes.sh\nREADME:   {stated}measured: {line}"
     );
+}
+
+/// Bytes by which a stated section size may differ from a measurement: a checkout
+/// at another path hashes the runtime's path dependency differently, which can
+/// move the code's alignment padding by a few bytes (8 seen).
+const CODE_SIZE_DRIFT: u64 = 64;
+
+/// Whether a stated code size line equals the measured one but for each figure
+/// being within [`CODE_SIZE_DRIFT`] bytes (the words, and so the verdict against
+/// the budget, must be the same).
+fn code_size_matches(stated: &str, measured: &str) -> bool {
+    let split = |line: &str| -> (Vec<u64>, String) {
+        let mut numbers = Vec::new();
+        let mut words = String::new();
+        let mut digits = String::new();
+        for c in line.chars().chain([' ']) {
+            if c.is_ascii_digit() || (c == ',' && !digits.is_empty()) {
+                digits.push(c);
+                continue;
+            }
+            if !digits.is_empty() {
+                numbers.push(digits.trim_end_matches(',').replace(',', "").parse().unwrap_or(u64::MAX));
+                words.push('#');
+                if digits.ends_with(',') {
+                    words.push(',');
+                }
+                digits.clear();
+            }
+            words.push(c);
+        }
+        (numbers, words)
+    };
+    let ((a, wa), (b, wb)) = (split(stated), split(measured));
+    wa == wb && a.len() == b.len() && a.iter().zip(&b).all(|(x, y)| x.abs_diff(*y) <= CODE_SIZE_DRIFT)
+}
+
+#[test]
+fn the_code_size_comparison_allows_only_the_stated_drift() {
+    let line = code_size_line(84_932, 12_176);
+    assert!(code_size_matches(&line, &code_size_line(84_940, 12_176)));
+    assert!(!code_size_matches(&line, &code_size_line(85_100, 12_176)));
+    assert!(!code_size_matches(&line, &code_size_line(84_932, 12_300)));
+    // Over the budget is a different line, whatever the bytes.
+    assert!(!code_size_matches(&code_size_line(86_100, 12_176), &code_size_line(86_150, 12_176)));
+    assert!(!code_size_matches(&line, &line.replace("within", "inside")));
 }
 
 /// Instructions per token may differ by this fraction between the README and a
