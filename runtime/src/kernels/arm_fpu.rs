@@ -28,6 +28,105 @@ macro_rules! max_s25 {
     };
 }
 
+/// `$acc = q · row` for the query in s16-s23 and an 8-value row in s0-s7, left to
+/// right from the first product (VMUL, then VMLA: each product rounded, then the sum).
+macro_rules! dot8_s0 {
+    ($acc:literal) => {
+        concat!(
+            "vmul.f32 ",
+            $acc,
+            ", s16, s0\n",
+            "vmla.f32 ",
+            $acc,
+            ", s17, s1\n",
+            "vmla.f32 ",
+            $acc,
+            ", s18, s2\n",
+            "vmla.f32 ",
+            $acc,
+            ", s19, s3\n",
+            "vmla.f32 ",
+            $acc,
+            ", s20, s4\n",
+            "vmla.f32 ",
+            $acc,
+            ", s21, s5\n",
+            "vmla.f32 ",
+            $acc,
+            ", s22, s6\n",
+            "vmla.f32 ",
+            $acc,
+            ", s23, s7\n",
+        )
+    };
+}
+
+/// [`dot8_s0!`] for the row in s8-s15 (the second row of a two-row VLDM).
+macro_rules! dot8_s8 {
+    ($acc:literal) => {
+        concat!(
+            "vmul.f32 ",
+            $acc,
+            ", s16, s8\n",
+            "vmla.f32 ",
+            $acc,
+            ", s17, s9\n",
+            "vmla.f32 ",
+            $acc,
+            ", s18, s10\n",
+            "vmla.f32 ",
+            $acc,
+            ", s19, s11\n",
+            "vmla.f32 ",
+            $acc,
+            ", s20, s12\n",
+            "vmla.f32 ",
+            $acc,
+            ", s21, s13\n",
+            "vmla.f32 ",
+            $acc,
+            ", s22, s14\n",
+            "vmla.f32 ",
+            $acc,
+            ", s23, s15\n",
+        )
+    };
+}
+
+/// The next value row (`{v}`, post-incremented) weighted by `$e` into the eight
+/// sums in s8-s15: `acc[j] += e · v[j]` (VMLA: the product rounded, then the sum).
+macro_rules! value_row8 {
+    ($e:literal) => {
+        concat!(
+            "vldmia {v}!, {{s0-s7}}\n",
+            "vmla.f32 s8, ",
+            $e,
+            ", s0\n",
+            "vmla.f32 s9, ",
+            $e,
+            ", s1\n",
+            "vmla.f32 s10, ",
+            $e,
+            ", s2\n",
+            "vmla.f32 s11, ",
+            $e,
+            ", s3\n",
+            "vmla.f32 s12, ",
+            $e,
+            ", s4\n",
+            "vmla.f32 s13, ",
+            $e,
+            ", s5\n",
+            "vmla.f32 s14, ",
+            $e,
+            ", s6\n",
+            "vmla.f32 s15, ",
+            $e,
+            ", s7\n",
+        )
+    };
+}
+
 /// `out[i] = (Σ_j q[j] · keys[8·i + j], j = 0..8, left to right) / sqrt_head` for
 /// `i < out.len()` over contiguous 8-value rows (the f32 cache's head-major
 /// layout); returns `max(max_in, out[..])` as `if v > max { max = v }` does (`max_s25!`).
@@ -61,39 +160,11 @@ pub fn scores8(q: &[f32; 8], keys: &[f32], sqrt_head: f32, max_in: f32, out: &mu
             "beq 4f",
             "2:",
             "vldmia {k}!, {{s0-s15}}",
-            "vmul.f32 s26, s16, s0",
-            "vmla.f32 s26, s17, s1",
-            "vmla.f32 s26, s18, s2",
-            "vmla.f32 s26, s19, s3",
-            "vmla.f32 s26, s20, s4",
-            "vmla.f32 s26, s21, s5",
-            "vmla.f32 s26, s22, s6",
-            "vmla.f32 s26, s23, s7",
-            "vmul.f32 s27, s16, s8",
-            "vmla.f32 s27, s17, s9",
-            "vmla.f32 s27, s18, s10",
-            "vmla.f32 s27, s19, s11",
-            "vmla.f32 s27, s20, s12",
-            "vmla.f32 s27, s21, s13",
-            "vmla.f32 s27, s22, s14",
-            "vmla.f32 s27, s23, s15",
+            dot8_s0!("s26"),
+            dot8_s8!("s27"),
             "vldmia {k}!, {{s0-s15}}",
-            "vmul.f32 s28, s16, s0",
-            "vmla.f32 s28, s17, s1",
-            "vmla.f32 s28, s18, s2",
-            "vmla.f32 s28, s19, s3",
-            "vmla.f32 s28, s20, s4",
-            "vmla.f32 s28, s21, s5",
-            "vmla.f32 s28, s22, s6",
-            "vmla.f32 s28, s23, s7",
-            "vmul.f32 s29, s16, s8",
-            "vmla.f32 s29, s17, s9",
-            "vmla.f32 s29, s18, s10",
-            "vmla.f32 s29, s19, s11",
-            "vmla.f32 s29, s20, s12",
-            "vmla.f32 s29, s21, s13",
-            "vmla.f32 s29, s22, s14",
-            "vmla.f32 s29, s23, s15",
+            dot8_s0!("s28"),
+            dot8_s8!("s29"),
             "vdiv.f32 s26, s26, s24",
             "vdiv.f32 s27, s27, s24",
             "vdiv.f32 s28, s28, s24",
@@ -109,22 +180,8 @@ pub fn scores8(q: &[f32; 8], keys: &[f32], sqrt_head: f32, max_in: f32, out: &mu
             "tst {rest}, #2",
             "beq 5f",
             "vldmia {k}!, {{s0-s15}}",
-            "vmul.f32 s26, s16, s0",
-            "vmla.f32 s26, s17, s1",
-            "vmla.f32 s26, s18, s2",
-            "vmla.f32 s26, s19, s3",
-            "vmla.f32 s26, s20, s4",
-            "vmla.f32 s26, s21, s5",
-            "vmla.f32 s26, s22, s6",
-            "vmla.f32 s26, s23, s7",
-            "vmul.f32 s27, s16, s8",
-            "vmla.f32 s27, s17, s9",
-            "vmla.f32 s27, s18, s10",
-            "vmla.f32 s27, s19, s11",
-            "vmla.f32 s27, s20, s12",
-            "vmla.f32 s27, s21, s13",
-            "vmla.f32 s27, s22, s14",
-            "vmla.f32 s27, s23, s15",
+            dot8_s0!("s26"),
+            dot8_s8!("s27"),
             "vdiv.f32 s26, s26, s24",
             "vdiv.f32 s27, s27, s24",
             "vstmia {o}!, {{s26-s27}}",
@@ -134,14 +191,7 @@ pub fn scores8(q: &[f32; 8], keys: &[f32], sqrt_head: f32, max_in: f32, out: &mu
             "tst {rest}, #1",
             "beq 6f",
             "vldmia {k}, {{s0-s7}}",
-            "vmul.f32 s26, s16, s0",
-            "vmla.f32 s26, s17, s1",
-            "vmla.f32 s26, s18, s2",
-            "vmla.f32 s26, s19, s3",
-            "vmla.f32 s26, s20, s4",
-            "vmla.f32 s26, s21, s5",
-            "vmla.f32 s26, s22, s6",
-            "vmla.f32 s26, s23, s7",
+            dot8_s0!("s26"),
             "vdiv.f32 s26, s26, s24",
             "vstr s26, [{o}]",
             max_s25!("s26"),
@@ -160,33 +210,68 @@ pub fn scores8(q: &[f32; 8], keys: &[f32], sqrt_head: f32, max_in: f32, out: &mu
     Some(f32::from_bits(max_bits))
 }
 
-/// The fast path of `scalar::exp` on s0 (in the fast range), leaving e^r in s0 and
-/// 2^n in s1: `scalar::exp_reduced` and `exp_fast` operation for operation, with
-/// `scalar::EXP_CONSTANTS` in s16-s26 and `{bias}` = (127 − shift bits) << 23
-/// (VMLS subtracts the rounded product, as `a - b * c` does). Uses s0-s5 and `{t}`.
-macro_rules! exp_fast_s0 {
+/// The first steps of `scalar::exp`'s fast path on x = s0: s1 = t = x · log2 e +
+/// shift (s16 = the 1.5·2^23 shift, s17 = log2 e) and `{t}` = its bits, which are the
+/// shift's bits + n for n = round(x · log2 e).
+macro_rules! exp_head_s0 {
     () => {
+        concat!("vmov.f32 s1, s16\n", "vmla.f32 s1, s0, s17\n", "vmov {t}, s1\n")
+    };
+}
+
+/// The rest of `scalar::exp`'s fast path after [`exp_head_s0!`], operation for
+/// operation as `scalar::exp_reduced` and `exp_fast` (VMLS subtracts the rounded
+/// product, as `a - b * c` does): leaves e^r in s0 and 2^n in s1, with
+/// `{bias}` = (127 − shift bits) << 23; uses s2-s5. s18/s19 hold ln2_hi/ln2_lo;
+/// the polynomial's constants are where the caller loaded them: `s20_c1` for
+/// `scalar::EXP_CONSTANTS` in s16-s26 (c1 in s20, 1 in s25), `imm_c1` for
+/// [`EXP_QUAD_CONSTANTS`] in s16-s24 (c1 = 0.5 as an immediate, 1 in s24).
+macro_rules! exp_poly_s0 {
+    (s20_c1) => {
+        exp_poly_s0!("s21", "s22", "s23", "s24", "s20", "s25")
+    };
+    (imm_c1) => {
+        exp_poly_s0!("s20", "s21", "s22", "s23", "#0.5", "s24")
+    };
+    ($c2:literal, $c3:literal, $c4:literal, $c5:literal, $c1:literal, $one:literal) => {
         concat!(
-            "vmov.f32 s1, s16\n",
-            "vmla.f32 s1, s0, s17\n",
-            "vmov {t}, s1\n",
             "vsub.f32 s2, s1, s16\n",
             "vmls.f32 s0, s2, s18\n",
             "vmls.f32 s0, s2, s19\n",
             "vmul.f32 s3, s0, s0\n",
-            "vmov.f32 s4, s23\n",
-            "vmla.f32 s4, s24, s0\n",
-            "vmov.f32 s5, s22\n",
+            "vmov.f32 s4, ",
+            $c4,
+            "\n",
+            "vmla.f32 s4, ",
+            $c5,
+            ", s0\n",
+            "vmov.f32 s5, ",
+            $c3,
+            "\n",
             "vmla.f32 s5, s4, s0\n",
-            "vmov.f32 s4, s21\n",
+            "vmov.f32 s4, ",
+            $c2,
+            "\n",
             "vmla.f32 s4, s5, s0\n",
-            "vmov.f32 s5, s20\n",
+            "vmov.f32 s5, ",
+            $c1,
+            "\n",
             "vmla.f32 s5, s4, s0\n",
             "vmla.f32 s0, s5, s3\n",
-            "vadd.f32 s0, s0, s25\n",
+            "vadd.f32 s0, s0, ",
+            $one,
+            "\n",
             "add {t}, {bias}, {t}, lsl #23\n",
             "vmov s1, {t}\n",
         )
+    };
+}
+
+/// The fast path of `scalar::exp` on s0 (in the fast range), leaving e^r in s0 and
+/// 2^n in s1, with `scalar::EXP_CONSTANTS` in s16-s26. Uses s0-s5 and `{t}`.
+macro_rules! exp_fast_s0 {
+    () => {
+        concat!(exp_head_s0!(), exp_poly_s0!(s20_c1))
     };
 }
 
@@ -199,66 +284,11 @@ macro_rules! exp_fast_s0 {
 /// there p · 2^−126 rounds once, as `scalar::exp_outside_fast_range`'s
 /// p · 2^−62 · 2^−64 does (its first product is exact), so the result is the
 /// same bits. One integer compare instead of a VCMP and a VMRS; x is still in
-/// s0 at `$below`.
+/// s0 at `$below`. `$layout` names where the polynomial's constants are
+/// ([`exp_poly_s0!`]).
 macro_rules! exp_fast_s0_or_leave {
-    ($below:literal) => {
-        concat!(
-            "vmov.f32 s1, s16\n",
-            "vmla.f32 s1, s0, s17\n",
-            "vmov {t}, s1\n",
-            "cmp {t}, {lim}\n",
-            "blt ",
-            $below,
-            "\n",
-            "vsub.f32 s2, s1, s16\n",
-            "vmls.f32 s0, s2, s18\n",
-            "vmls.f32 s0, s2, s19\n",
-            "vmul.f32 s3, s0, s0\n",
-            "vmov.f32 s4, s23\n",
-            "vmla.f32 s4, s24, s0\n",
-            "vmov.f32 s5, s22\n",
-            "vmla.f32 s5, s4, s0\n",
-            "vmov.f32 s4, s21\n",
-            "vmla.f32 s4, s5, s0\n",
-            "vmov.f32 s5, s20\n",
-            "vmla.f32 s5, s4, s0\n",
-            "vmla.f32 s0, s5, s3\n",
-            "vadd.f32 s0, s0, s25\n",
-            "add {t}, {bias}, {t}, lsl #23\n",
-            "vmov s1, {t}\n",
-        )
-    };
-}
-
-/// [`exp_fast_s0_or_leave!`] with the constants of [`EXP_QUAD_CONSTANTS`] in s16-s24
-/// (c1 = 0.5 comes from a VMOV immediate), for [`exp_mix8_quads`].
-macro_rules! exp_fast_s0_or_leave_quad {
-    ($below:literal) => {
-        concat!(
-            "vmov.f32 s1, s16\n",
-            "vmla.f32 s1, s0, s17\n",
-            "vmov {t}, s1\n",
-            "cmp {t}, {lim}\n",
-            "blt ",
-            $below,
-            "\n",
-            "vsub.f32 s2, s1, s16\n",
-            "vmls.f32 s0, s2, s18\n",
-            "vmls.f32 s0, s2, s19\n",
-            "vmul.f32 s3, s0, s0\n",
-            "vmov.f32 s4, s22\n",
-            "vmla.f32 s4, s23, s0\n",
-            "vmov.f32 s5, s21\n",
-            "vmla.f32 s5, s4, s0\n",
-            "vmov.f32 s4, s20\n",
-            "vmla.f32 s4, s5, s0\n",
-            "vmov.f32 s5, #0.5\n",
-            "vmla.f32 s5, s4, s0\n",
-            "vmla.f32 s0, s5, s3\n",
-            "vadd.f32 s0, s0, s24\n",
-            "add {t}, {bias}, {t}, lsl #23\n",
-            "vmov s1, {t}\n",
-        )
+    ($below:literal, $layout:ident) => {
+        concat!(exp_head_s0!(), "cmp {t}, {lim}\n", "blt ", $below, "\n", exp_poly_s0!($layout))
     };
 }
 
@@ -269,6 +299,83 @@ static EXP_QUAD_CONSTANTS: [f32; 9] = {
     [c[0], c[1], c[2], c[3], c[5], c[6], c[7], c[8], c[9]]
 };
 const _: () = assert!(crate::scalar::EXP_CONSTANTS[4].to_bits() == 0x3F00_0000, "c1 must be 0.5");
+
+/// One slot of the fused value pass: `$e` (holding the score) becomes
+/// e = exp($e − $max) by the fast path ([`exp_fast_s0_or_leave!`] with the
+/// [`EXP_QUAD_CONSTANTS`] layout), leaving for `$below` when n < −126; label
+/// `$rejoin` follows, for [`exp_zero_below!`] to come back to.
+macro_rules! exp_weight {
+    ($e:literal, $max:literal, $below:literal, $rejoin:literal) => {
+        concat!(
+            "vsub.f32 s0, ",
+            $e,
+            ", ",
+            $max,
+            "\n",
+            exp_fast_s0_or_leave!($below, imm_c1),
+            "vmul.f32 ",
+            $e,
+            ", s0, s1\n",
+            $rejoin,
+            ":\n",
+        )
+    };
+}
+
+/// The cold side of [`exp_weight!`] at label `$label`: e = +0 (1 − 1, with 1 in
+/// s24) when x = s0 < `{below}` (`scalar::EXP_ZERO_BELOW`, x ordered: MI after
+/// VCMP) and back to `$rejoin`; otherwise out of the loop to label 3.
+macro_rules! exp_zero_below {
+    ($label:literal, $e:literal, $rejoin:literal) => {
+        concat!(
+            $label,
+            ":\n",
+            "vmov s1, {below}\n",
+            "vcmp.f32 s0, s1\n",
+            "vmrs APSR_nzcv, fpscr\n",
+            "bpl 3f\n",
+            "vsub.f32 ",
+            $e,
+            ", s24, s24\n",
+            "b ",
+            $rejoin,
+            "\n",
+        )
+    };
+}
+
+/// One SwiGLU value in the FPU loop: `$g = v · (1 / (1 + exp(−v))) · $u` for v = `$g`,
+/// exp's fast path with `scalar::EXP_CONSTANTS` in s16-s26, leaving for label 3
+/// unless −126 ≤ n ≤ 127 (`{t}` − `{lim}` as unsigned ≤ 253; see [`swiglu4`]).
+macro_rules! swiglu_s0 {
+    ($g:literal, $u:literal) => {
+        concat!(
+            "vneg.f32 s0, ",
+            $g,
+            "\n",
+            exp_head_s0!(),
+            "sub {w}, {t}, {lim}\n",
+            "cmp {w}, #253\n",
+            "bhi 3f\n",
+            exp_poly_s0!(s20_c1),
+            "vmul.f32 s0, s0, s1\n",
+            "vadd.f32 s0, s0, s25\n",
+            "vdiv.f32 s0, s25, s0\n",
+            "vmul.f32 ",
+            $g,
+            ", ",
+            $g,
+            ", s0\n",
+            "vmul.f32 ",
+            $g,
+            ", ",
+            $g,
+            ", ",
+            $u,
+            "\n",
+        )
+    };
+}
 
 /// `x[i] = exp(x[i] − max)` by the fast path of `scalar::exp` and `sum += x[i]`,
 /// for i from 0 while `x[i] − max ≥ EXP_FAST_MIN` (stopping at the first that
@@ -358,33 +465,17 @@ pub fn exp_mix8_pairs(scores: &[f32], max: f32, values: &[f32], sum: &mut f32, a
             "2:",
             "vldmia {s}!, {{s30-s31}}",
             "vsub.f32 s0, s30, s28",
-            exp_fast_s0_or_leave!("6f"),
+            exp_fast_s0_or_leave!("6f", s20_c1),
             "vmul.f32 s30, s0, s1",
             "8:",
             "vsub.f32 s0, s31, s28",
-            exp_fast_s0_or_leave!("7f"),
+            exp_fast_s0_or_leave!("7f", s20_c1),
             "vmul.f32 s31, s0, s1",
             "9:",
             "vadd.f32 s29, s29, s30",
             "vadd.f32 s29, s29, s31",
-            "vldmia {v}!, {{s0-s7}}",
-            "vmla.f32 s8, s30, s0",
-            "vmla.f32 s9, s30, s1",
-            "vmla.f32 s10, s30, s2",
-            "vmla.f32 s11, s30, s3",
-            "vmla.f32 s12, s30, s4",
-            "vmla.f32 s13, s30, s5",
-            "vmla.f32 s14, s30, s6",
-            "vmla.f32 s15, s30, s7",
-            "vldmia {v}!, {{s0-s7}}",
-            "vmla.f32 s8, s31, s0",
-            "vmla.f32 s9, s31, s1",
-            "vmla.f32 s10, s31, s2",
-            "vmla.f32 s11, s31, s3",
-            "vmla.f32 s12, s31, s4",
-            "vmla.f32 s13, s31, s5",
-            "vmla.f32 s14, s31, s6",
-            "vmla.f32 s15, s31, s7",
+            value_row8!("s30"),
+            value_row8!("s31"),
             "subs {n}, {n}, #1",
             "bne 2b",
             "b 3f",
@@ -450,93 +541,25 @@ pub fn exp_mix8_quads(scores: &[f32], max: f32, values: &[f32], sum: &mut f32, a
             "vldmia {acc}, {{s8-s15}}",
             "2:",
             "vldmia {s}!, {{s28-s31}}",
-            "vsub.f32 s0, s28, s26",
-            exp_fast_s0_or_leave_quad!("11f"),
-            "vmul.f32 s28, s0, s1",
-            "21:",
-            "vsub.f32 s0, s29, s26",
-            exp_fast_s0_or_leave_quad!("12f"),
-            "vmul.f32 s29, s0, s1",
-            "22:",
-            "vsub.f32 s0, s30, s26",
-            exp_fast_s0_or_leave_quad!("13f"),
-            "vmul.f32 s30, s0, s1",
-            "23:",
-            "vsub.f32 s0, s31, s26",
-            exp_fast_s0_or_leave_quad!("14f"),
-            "vmul.f32 s31, s0, s1",
-            "24:",
+            exp_weight!("s28", "s26", "11f", "21"),
+            exp_weight!("s29", "s26", "12f", "22"),
+            exp_weight!("s30", "s26", "13f", "23"),
+            exp_weight!("s31", "s26", "14f", "24"),
             "vadd.f32 s27, s27, s28",
             "vadd.f32 s27, s27, s29",
             "vadd.f32 s27, s27, s30",
             "vadd.f32 s27, s27, s31",
-            "vldmia {v}!, {{s0-s7}}",
-            "vmla.f32 s8, s28, s0",
-            "vmla.f32 s9, s28, s1",
-            "vmla.f32 s10, s28, s2",
-            "vmla.f32 s11, s28, s3",
-            "vmla.f32 s12, s28, s4",
-            "vmla.f32 s13, s28, s5",
-            "vmla.f32 s14, s28, s6",
-            "vmla.f32 s15, s28, s7",
-            "vldmia {v}!, {{s0-s7}}",
-            "vmla.f32 s8, s29, s0",
-            "vmla.f32 s9, s29, s1",
-            "vmla.f32 s10, s29, s2",
-            "vmla.f32 s11, s29, s3",
-            "vmla.f32 s12, s29, s4",
-            "vmla.f32 s13, s29, s5",
-            "vmla.f32 s14, s29, s6",
-            "vmla.f32 s15, s29, s7",
-            "vldmia {v}!, {{s0-s7}}",
-            "vmla.f32 s8, s30, s0",
-            "vmla.f32 s9, s30, s1",
-            "vmla.f32 s10, s30, s2",
-            "vmla.f32 s11, s30, s3",
-            "vmla.f32 s12, s30, s4",
-            "vmla.f32 s13, s30, s5",
-            "vmla.f32 s14, s30, s6",
-            "vmla.f32 s15, s30, s7",
-            "vldmia {v}!, {{s0-s7}}",
-            "vmla.f32 s8, s31, s0",
-            "vmla.f32 s9, s31, s1",
-            "vmla.f32 s10, s31, s2",
-            "vmla.f32 s11, s31, s3",
-            "vmla.f32 s12, s31, s4",
-            "vmla.f32 s13, s31, s5",
-            "vmla.f32 s14, s31, s6",
-            "vmla.f32 s15, s31, s7",
+            value_row8!("s28"),
+            value_row8!("s29"),
+            value_row8!("s30"),
+            value_row8!("s31"),
             "subs {n}, {n}, #1",
             "bne 2b",
             "b 3f",
-            "11:",
-            "vmov s1, {below}",
-            "vcmp.f32 s0, s1",
-            "vmrs APSR_nzcv, fpscr",
-            "bpl 3f",
-            "vsub.f32 s28, s24, s24",
-            "b 21b",
-            "12:",
-            "vmov s1, {below}",
-            "vcmp.f32 s0, s1",
-            "vmrs APSR_nzcv, fpscr",
-            "bpl 3f",
-            "vsub.f32 s29, s24, s24",
-            "b 22b",
-            "13:",
-            "vmov s1, {below}",
-            "vcmp.f32 s0, s1",
-            "vmrs APSR_nzcv, fpscr",
-            "bpl 3f",
-            "vsub.f32 s30, s24, s24",
-            "b 23b",
-            "14:",
-            "vmov s1, {below}",
-            "vcmp.f32 s0, s1",
-            "vmrs APSR_nzcv, fpscr",
-            "bpl 3f",
-            "vsub.f32 s31, s24, s24",
-            "b 24b",
+            exp_zero_below!("11", "s28", "21b"),
+            exp_zero_below!("12", "s29", "22b"),
+            exp_zero_below!("13", "s30", "23b"),
+            exp_zero_below!("14", "s31", "24b"),
             "3:",
             "vstmia {acc}, {{s8-s15}}",
             "vmov {sum}, s27",
@@ -722,118 +745,10 @@ pub fn swiglu4(gate: &mut [f32], up: &[f32]) -> Option<usize> {
             "2:",
             "vldmia {g}, {{s28-s31}}",
             "vldmia {u}!, {{s8-s11}}",
-            "vneg.f32 s0, s28",
-            "vmov.f32 s1, s16",
-            "vmla.f32 s1, s0, s17",
-            "vmov {t}, s1",
-            "sub {w}, {t}, {lim}",
-            "cmp {w}, #253",
-            "bhi 3f",
-            "vsub.f32 s2, s1, s16",
-            "vmls.f32 s0, s2, s18",
-            "vmls.f32 s0, s2, s19",
-            "vmul.f32 s3, s0, s0",
-            "vmov.f32 s4, s23",
-            "vmla.f32 s4, s24, s0",
-            "vmov.f32 s5, s22",
-            "vmla.f32 s5, s4, s0",
-            "vmov.f32 s4, s21",
-            "vmla.f32 s4, s5, s0",
-            "vmov.f32 s5, s20",
-            "vmla.f32 s5, s4, s0",
-            "vmla.f32 s0, s5, s3",
-            "vadd.f32 s0, s0, s25",
-            "add {t}, {bias}, {t}, lsl #23",
-            "vmov s1, {t}",
-            "vmul.f32 s0, s0, s1",
-            "vadd.f32 s0, s0, s25",
-            "vdiv.f32 s0, s25, s0",
-            "vmul.f32 s28, s28, s0",
-            "vmul.f32 s28, s28, s8",
-            "vneg.f32 s0, s29",
-            "vmov.f32 s1, s16",
-            "vmla.f32 s1, s0, s17",
-            "vmov {t}, s1",
-            "sub {w}, {t}, {lim}",
-            "cmp {w}, #253",
-            "bhi 3f",
-            "vsub.f32 s2, s1, s16",
-            "vmls.f32 s0, s2, s18",
-            "vmls.f32 s0, s2, s19",
-            "vmul.f32 s3, s0, s0",
-            "vmov.f32 s4, s23",
-            "vmla.f32 s4, s24, s0",
-            "vmov.f32 s5, s22",
-            "vmla.f32 s5, s4, s0",
-            "vmov.f32 s4, s21",
-            "vmla.f32 s4, s5, s0",
-            "vmov.f32 s5, s20",
-            "vmla.f32 s5, s4, s0",
-            "vmla.f32 s0, s5, s3",
-            "vadd.f32 s0, s0, s25",
-            "add {t}, {bias}, {t}, lsl #23",
-            "vmov s1, {t}",
-            "vmul.f32 s0, s0, s1",
-            "vadd.f32 s0, s0, s25",
-            "vdiv.f32 s0, s25, s0",
-            "vmul.f32 s29, s29, s0",
-            "vmul.f32 s29, s29, s9",
-            "vneg.f32 s0, s30",
-            "vmov.f32 s1, s16",
-            "vmla.f32 s1, s0, s17",
-            "vmov {t}, s1",
-            "sub {w}, {t}, {lim}",
-            "cmp {w}, #253",
-            "bhi 3f",
-            "vsub.f32 s2, s1, s16",
-            "vmls.f32 s0, s2, s18",
-            "vmls.f32 s0, s2, s19",
-            "vmul.f32 s3, s0, s0",
-            "vmov.f32 s4, s23",
-            "vmla.f32 s4, s24, s0",
-            "vmov.f32 s5, s22",
-            "vmla.f32 s5, s4, s0",
-            "vmov.f32 s4, s21",
-            "vmla.f32 s4, s5, s0",
-            "vmov.f32 s5, s20",
-            "vmla.f32 s5, s4, s0",
-            "vmla.f32 s0, s5, s3",
-            "vadd.f32 s0, s0, s25",
-            "add {t}, {bias}, {t}, lsl #23",
-            "vmov s1, {t}",
-            "vmul.f32 s0, s0, s1",
-            "vadd.f32 s0, s0, s25",
-            "vdiv.f32 s0, s25, s0",
-            "vmul.f32 s30, s30, s0",
-            "vmul.f32 s30, s30, s10",
-            "vneg.f32 s0, s31",
-            "vmov.f32 s1, s16",
-            "vmla.f32 s1, s0, s17",
-            "vmov {t}, s1",
-            "sub {w}, {t}, {lim}",
-            "cmp {w}, #253",
-            "bhi 3f",
-            "vsub.f32 s2, s1, s16",
-            "vmls.f32 s0, s2, s18",
-            "vmls.f32 s0, s2, s19",
-            "vmul.f32 s3, s0, s0",
-            "vmov.f32 s4, s23",
-            "vmla.f32 s4, s24, s0",
-            "vmov.f32 s5, s22",
-            "vmla.f32 s5, s4, s0",
-            "vmov.f32 s4, s21",
-            "vmla.f32 s4, s5, s0",
-            "vmov.f32 s5, s20",
-            "vmla.f32 s5, s4, s0",
-            "vmla.f32 s0, s5, s3",
-            "vadd.f32 s0, s0, s25",
-            "add {t}, {bias}, {t}, lsl #23",
-            "vmov s1, {t}",
-            "vmul.f32 s0, s0, s1",
-            "vadd.f32 s0, s0, s25",
-            "vdiv.f32 s0, s25, s0",
-            "vmul.f32 s31, s31, s0",
-            "vmul.f32 s31, s31, s11",
+            swiglu_s0!("s28", "s8"),
+            swiglu_s0!("s29", "s9"),
+            swiglu_s0!("s30", "s10"),
+            swiglu_s0!("s31", "s11"),
             "vstmia {g}!, {{s28-s31}}",
             "subs {n}, {n}, #1",
             "bne 2b",
