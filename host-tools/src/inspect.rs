@@ -4,8 +4,8 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::Args;
-use microlm::format::TensorEntry;
-use microlm::{KvDtype, Model};
+use microlm::format::{Config, DType, KindDtypes, TensorEntry, TensorKind};
+use microlm::{KvDtype, Model, Plan};
 use std::io::Write;
 
 use serde_json::json;
@@ -171,18 +171,7 @@ pub struct Fit {
 /// The fit of `model` at `ctx` positions with a `kv` cache on `board`.
 pub fn fit(model: &Model<'_>, ctx: usize, kv: KvDtype, board: &Board) -> Result<Fit> {
     let flash_needed = model.file_len() as u64 + board.firmware;
-    let ram_needed = model.plan(ctx, kv)?.total as u64 + board.ram_reserved;
-    let ram_fits = |c: usize| model.plan(c, kv).is_ok_and(|p| p.total as u64 + board.ram_reserved <= board.ram);
-    // The arena grows with ctx, so binary search the largest ctx that fits.
-    let (mut lo, mut hi) = (0usize, model.config().seq_len);
-    while lo < hi {
-        let mid = lo + (hi - lo).div_ceil(2);
-        if ram_fits(mid) {
-            lo = mid;
-        } else {
-            hi = mid - 1;
-        }
-    }
+    let (ram_needed, lo) = ram_fit(model.config(), &kind_dtypes(model), ctx, kv, board)?;
     let flash_fits = flash_needed <= board.flash;
     let max_ctx = if flash_fits { lo } else { 0 };
     Ok(Fit {
@@ -198,6 +187,33 @@ pub fn fit(model: &Model<'_>, ctx: usize, kv: KvDtype, board: &Board) -> Result<
         max_ctx_ram: lo,
         note: board.note,
     })
+}
+
+/// The RAM side of [`fit`] for a model of `config` with weight `dtypes`: the bytes
+/// needed at `ctx` (arena + the board's reserve) and the largest ctx whose arena
+/// fits the board's RAM (the arena grows with ctx: a binary search).
+pub fn ram_fit(config: &Config, dtypes: &KindDtypes, ctx: usize, kv: KvDtype, board: &Board) -> Result<(u64, usize)> {
+    let needed = |c: usize| Plan::with_dtypes(config, dtypes, c, kv).map(|p| p.total as u64 + board.ram_reserved);
+    let ram_needed = needed(ctx)?;
+    let (mut lo, mut hi) = (0usize, config.seq_len);
+    while lo < hi {
+        let mid = lo + (hi - lo).div_ceil(2);
+        if needed(mid).is_ok_and(|n| n <= board.ram) {
+            lo = mid;
+        } else {
+            hi = mid - 1;
+        }
+    }
+    Ok((ram_needed, lo))
+}
+
+/// The weight dtype of each tensor kind of `model`.
+pub fn kind_dtypes(model: &Model<'_>) -> KindDtypes {
+    let mut dtypes = [DType::F32; TensorKind::ALL.len()];
+    for k in TensorKind::ALL {
+        dtypes[k.index()] = model.dtype(k);
+    }
+    dtypes
 }
 
 /// The boards selected by `--board` (all without it).

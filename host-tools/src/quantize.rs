@@ -441,18 +441,20 @@ fn run_budget(args: &QuantizeArgs, model: &Model<'_>) -> Result<(Vec<u8>, Vec<Te
     };
     let Some(path) = &args.quant.calibrate else { bail!("--budget and --board need --calibrate TEXT") };
     if let Some(b) = board {
-        // The arena does not depend on the weight dtypes: --ctx and the RAM are checked
-        // before the calibration runs.
+        // --ctx and the RAM are checked before the calibration runs, for the file it will
+        // write: every matrix quantized (so with the activation-quantization scratch).
         let ctx = args.ctx.unwrap_or(model.config().seq_len);
-        let fit = crate::inspect::fit(model, ctx, args.kv, b)?;
+        let mut dtypes = crate::inspect::kind_dtypes(model);
+        for k in TensorKind::ALL.into_iter().filter(|k| !k.is_norm()) {
+            dtypes[k.index()] = DType::Q8_0;
+        }
+        let (ram_needed, max_ctx) = crate::inspect::ram_fit(model.config(), &dtypes, ctx, args.kv, b)?;
         ensure!(
-            fit.ram_needed <= b.ram,
-            "{}'s RAM holds {} bytes, and the arena at ctx {ctx} with the {} KV cache needs {}: use --ctx {} or less{}",
+            ram_needed <= b.ram,
+            "{}'s RAM holds {} bytes, and the arena at ctx {ctx} with the {} KV cache (with the firmware's stack and statics) needs {ram_needed}: use --ctx {max_ctx} or less{}",
             b.name,
             b.ram,
             args.kv.name(),
-            fit.ram_needed,
-            fit.max_ctx_ram,
             if args.kv == microlm::KvDtype::I8 { "" } else { ", or --kv i8" }
         );
     }

@@ -524,3 +524,38 @@ fn demo_script_checks_the_board_before_installing_or_building() {
     assert!(line.contains("MICROLM_DEMO_BOARD=nosuch is not a board"), "{line}");
     assert!(!marker.exists(), "setup.sh ran before the check");
 }
+
+/// `quantize --board` checks --ctx against the board's RAM before calibrating, for
+/// the quantized file it will write (with the activation scratch), so the largest
+/// ctx it suggests is one the finished file runs at.
+#[test]
+fn quantize_board_checks_the_ram_first_with_the_output_dtypes() {
+    let model = converted("f32");
+    let text = shared_file("data/tinystories_dev.txt");
+    let out = std::env::temp_dir().join(format!("microlm-board-ctx-{}.mlm", std::process::id()));
+    let run = |ctx: &str| {
+        let started = Instant::now();
+        let (code, _, err) = run_cli([
+            "quantize",
+            model.to_str().unwrap(),
+            "--board",
+            "lm3s6965evb",
+            "--kv",
+            "i8",
+            "--ctx",
+            ctx,
+            "--calibrate",
+            text.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+        ]);
+        (one_error_line(code, &err), started.elapsed())
+    };
+    // 129 is the lm3s6965evb's largest ctx for a quantized stories260K with an i8 cache.
+    for ctx in ["400", "130"] {
+        let (line, took) = run(ctx);
+        assert!(line.contains("use --ctx 129 or less"), "--ctx {ctx}: {line}");
+        assert!(took < Duration::from_secs(5), "--ctx {ctx}: the check came after {took:?}");
+        assert!(!out.exists(), "--ctx {ctx} wrote {}", out.display());
+    }
+}
