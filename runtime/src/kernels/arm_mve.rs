@@ -1,13 +1,17 @@
 //! Cortex-M55 MVE (Helium, Armv8.1-M) asm for the quantized matvecs
 //! (`cfg(microlm_mve)`: built with `-C target-cpu=cortex-m55`; see build.rs).
 //!
-//! Only integer instructions are vectorized (VMLADAV's destination is an even
-//! register: r0 and r2 here): `VMLADAV.S8` multiplies 16 byte
+//! The integer sums are vectorized (VMLADAV's destination is an even
+//! register): `VMLADAV.S8` multiplies 16 byte
 //! lanes and sums them into a general register, exactly (|sum| < 2^31), so a
 //! block's integer sum equals [`Portable`](super::Portable)'s in any lane order.
-//! The f32 part is scalar FPv5 (`VCVTB.F32.F16`, `VMUL.F32`, `VADD.F32` under
-//! the default FPSCR, as the compiled portable code): MVE's own float
-//! instructions flush subnormals and are not used, so nothing depends on them.
+//! MVE's float instructions run under the standard FPSCR value (subnormal inputs
+//! and results flushed to zero, default NaN). The four-row q8_0 loop
+//! ([`rows4_q8`]) still does its f32 part in MVE lanes, one row per lane, because
+//! no subnormal can occur there (its doc gives the argument; the f16 scales widen
+//! through the scalar `VCVTB`, which keeps f16 subnormals); the pair and single-row
+//! loops keep it scalar FPv5 (`VCVTB.F32.F16`, `VMUL.F32`, `VADD.F32` under the
+//! default FPSCR, as the compiled portable code).
 //!
 //! [`matvec`] (what [`Isa::Mve`](super::Isa::Mve) runs) first narrows the
 //! prepared activations ([`q8_act`](super::q8_act): i16 in pair order) back to
@@ -322,94 +326,94 @@ unsafe fn rows2_q8(wa: *const u8, wb: *const u8, x: *const u8, blocks: usize, ac
 }
 
 /// [`row_q8`] for four rows at once (`w`, `row_bytes` apart), sharing the activation
-/// loads: each row its own sequential sum in block order.
+/// loads, with the f32 part in one MVE lane per row: each row its own sequential sum
+/// in block order.
+///
+/// The MVE float instructions (`VMUL.F32`, `VCVT.F32.S32`, `VADD.F32`) run under the
+/// standard FPSCR value, which flushes subnormal inputs and results to zero; here
+/// none can occur, so the lanes give the scalar FPU's bits. Both scales are f16
+/// values (the weight's read as binary16 and widened by the scalar `VCVTB`, which
+/// keeps f16 subnormals; the activation's rounded to binary16 by the quantizer), so
+/// each is 0 or a multiple of 2^-24 of magnitude ≥ 2^-24, and their product is
+/// exact (11 + 11 significant bits), 0 or ≥ 2^-48 and a multiple of 2^-48. The
+/// block sum is an integer below 2^20, converted exactly. The term
+/// `(sumi as f32) · (w.d · x.d)` and every partial sum of the row are then 0 or
+/// multiples of 2^-48 (rounding to a coarser ulp keeps that), never subnormal.
+/// Infinities and NaN propagate as on the scalar FPU (a NaN's payload may differ;
+/// a NaN logit is an error either way).
 ///
 /// # Safety
 /// `w + k·row_bytes` (k < 4) must be readable for `blocks × 34` bytes, `x` (4-byte
 /// aligned) for `blocks × 36`, `blocks ≥ 1`.
 #[inline(always)]
 unsafe fn rows4_q8(w: *const u8, row_bytes: usize, x: *const u8, blocks: usize, acc: &mut [f32; 4]) {
-    let [mut a, mut b, mut c, mut d] = *acc;
-    // SAFETY: the caller's contract; only the named registers, lr, q0-q3 (d0-d7) and
-    // s16-s18 change.
+    // SAFETY: the caller's contract; reads and writes the 16 bytes of `acc`; only the
+    // named registers, lr and q0-q6 (d0-d13) change.
     unsafe {
-        let (wb, wc, wd) = (w.add(row_bytes), w.add(2 * row_bytes), w.add(3 * row_bytes));
+        // Each row's pointer starts at its first block's quants (the f16 scale is at −2).
+        let wa = w.add(2);
+        let (wb, wc, wd) = (wa.add(row_bytes), wa.add(2 * row_bytes), wa.add(3 * row_bytes));
         asm!(
+            "vldrw.u32 q6, [{acc}]",
             "dls lr, lr",
             "2:",
-            "vldr s16, [{x}]",
+            "ldr {xd}, [{x}]",
             "vldrb.u8 q1, [{x}, #4]",
             "vldrb.u8 q3, [{x}, #20]",
             "adds {x}, #36",
-            // Per row: the exact block sum, f32(w.d) · x.d, (sumi as f32) · that, the running sum.
-            "vldrb.u8 q0, [{wa}, #2]",
+            // Per row: its f16 scale into lane k of q4, the exact block sum into a register.
+            "vldr.16 s16, [{wa}, #-2]",
+            "vldrb.u8 q0, [{wa}], #16",
             "vmladav.s8 r0, q0, q1",
-            "vldrb.u8 q2, [{wa}, #18]",
+            "vldrb.u8 q2, [{wa}], #18",
             "vmladava.s8 r0, q2, q3",
-            "ldrh {h}, [{wa}], #34",
-            "vmov s17, {h}",
+            "vldr.16 s17, [{wb}, #-2]",
+            "vldrb.u8 q0, [{wb}], #16",
+            "vmladav.s8 r2, q0, q1",
+            "vldrb.u8 q2, [{wb}], #18",
+            "vmladava.s8 r2, q2, q3",
+            "vldr.16 s18, [{wc}, #-2]",
+            "vldrb.u8 q0, [{wc}], #16",
+            "vmladav.s8 r4, q0, q1",
+            "vldrb.u8 q2, [{wc}], #18",
+            "vmladava.s8 r4, q2, q3",
+            "vldr.16 s19, [{wd}, #-2]",
+            "vldrb.u8 q0, [{wd}], #16",
+            "vmladav.s8 r8, q0, q1",
+            "vldrb.u8 q2, [{wd}], #18",
+            "vmladava.s8 r8, q2, q3",
+            // f32(w.d) (scalar VCVTB: f16 subnormals exact), · x.d, (sumi as f32) · that,
+            // the running sums: lane k is row k.
+            "vcvtb.f32.f16 s16, s16",
             "vcvtb.f32.f16 s17, s17",
-            "vmul.f32 s17, s17, s16",
-            "vmov s18, r0",
-            "vcvt.f32.s32 s18, s18",
-            "vmul.f32 s18, s18, s17",
-            "vadd.f32 {a}, {a}, s18",
-            "vldrb.u8 q0, [{wb}, #2]",
-            "vmladav.s8 r0, q0, q1",
-            "vldrb.u8 q2, [{wb}, #18]",
-            "vmladava.s8 r0, q2, q3",
-            "ldrh {h}, [{wb}], #34",
-            "vmov s17, {h}",
-            "vcvtb.f32.f16 s17, s17",
-            "vmul.f32 s17, s17, s16",
-            "vmov s18, r0",
-            "vcvt.f32.s32 s18, s18",
-            "vmul.f32 s18, s18, s17",
-            "vadd.f32 {b}, {b}, s18",
-            "vldrb.u8 q0, [{wc}, #2]",
-            "vmladav.s8 r0, q0, q1",
-            "vldrb.u8 q2, [{wc}, #18]",
-            "vmladava.s8 r0, q2, q3",
-            "ldrh {h}, [{wc}], #34",
-            "vmov s17, {h}",
-            "vcvtb.f32.f16 s17, s17",
-            "vmul.f32 s17, s17, s16",
-            "vmov s18, r0",
-            "vcvt.f32.s32 s18, s18",
-            "vmul.f32 s18, s18, s17",
-            "vadd.f32 {c}, {c}, s18",
-            "vldrb.u8 q0, [{wd}, #2]",
-            "vmladav.s8 r0, q0, q1",
-            "vldrb.u8 q2, [{wd}, #18]",
-            "vmladava.s8 r0, q2, q3",
-            "ldrh {h}, [{wd}], #34",
-            "vmov s17, {h}",
-            "vcvtb.f32.f16 s17, s17",
-            "vmul.f32 s17, s17, s16",
-            "vmov s18, r0",
-            "vcvt.f32.s32 s18, s18",
-            "vmul.f32 s18, s18, s17",
-            "vadd.f32 {d}, {d}, s18",
+            "vcvtb.f32.f16 s18, s18",
+            "vcvtb.f32.f16 s19, s19",
+            "vmul.f32 q4, q4, {xd}",
+            // One scalar VMOV per lane (the two-lane form's operand order is not relied on).
+            "vmov s20, r0",
+            "vmov s21, r2",
+            "vmov s22, r4",
+            "vmov s23, r8",
+            "vcvt.f32.s32 q5, q5",
+            "vmul.f32 q5, q5, q4",
+            "vadd.f32 q6, q6, q5",
             "le lr, 2b",
-            wa = inout(reg) w => _,
+            "vstrw.32 q6, [{acc}]",
+            acc = in(reg) acc.as_mut_ptr(),
+            wa = inout(reg) wa => _,
             wb = inout(reg) wb => _,
             wc = inout(reg) wc => _,
             wd = inout(reg) wd => _,
             x = inout(reg) x => _,
-            h = out(reg) _,
-            a = inout(sreg) a,
-            b = inout(sreg) b,
-            c = inout(sreg) c,
-            d = inout(sreg) d,
+            xd = out(reg) _,
             inout("lr") blocks => _,
-            out("r0") _,
+            out("r0") _, out("r2") _, out("r4") _, out("r8") _,
             out("d0") _, out("d1") _, out("d2") _, out("d3") _,
             out("d4") _, out("d5") _, out("d6") _, out("d7") _,
-            out("s16") _, out("s17") _, out("s18") _,
-            options(readonly, nostack),
+            out("d8") _, out("d9") _, out("d10") _, out("d11") _, out("d12") _, out("d13") _,
+            options(nostack),
         );
     }
-    *acc = [a, b, c, d];
 }
 
 /// [`rows2_q8`] for q4_0 blocks (18 bytes): sumi is Σ (nibble − 8) · x per row.

@@ -47,7 +47,8 @@ fn fill(out: &mut [f32], seed: u32) {
 
 /// `Matrix::matvec_on(Isa::Mve)` equals `matvec_on(Isa::Portable)` bit for bit for
 /// every dtype, row count and column count in the lists, with weight rows scaled by
-/// powers of two from 2^-20 (f16 subnormal block scales) to 2^4.
+/// powers of two from 2^-20 (f16 subnormal block scales) to 2^16, and the activations
+/// of every other case by 2^-18 (f16 subnormal activation scales).
 fn mve_matvec_equals_portable(out: &mut Out) -> bool {
     // SAFETY: `main` calls this once; nothing else refers to the statics.
     let (w, x, scratch) = unsafe {
@@ -73,6 +74,11 @@ fn mve_matvec_equals_portable(out: &mut Out) -> bool {
                     }
                 }
                 fill(&mut x[..cols], case * 16 + 15);
+                // Every other case, activations scaled by 2^-18: f16 subnormal activation
+                // scales, so the f32 part's products reach its smallest values (2^-48).
+                if case % 2 == 0 {
+                    x[..cols].iter_mut().for_each(|v| *v *= f32::from_bits((127 - 18) << 23));
+                }
                 let m = Matrix { dtype, rows, cols, data: &w[..rows * row_bytes] };
                 let (mut a, mut b) = ([f32::NAN; ROWS], [f32::NAN; ROWS]);
                 let ok = m.matvec_on(Isa::Mve, &x[..cols], &mut a[..rows], scratch).is_ok()
