@@ -23,6 +23,14 @@ fn main() {
     // `+mve` in `-C target-feature`), which only the rustflags show on stable Rust.
     if target.starts_with("thumbv8m.main") && enables_mve(&flags) {
         println!("cargo::rustc-cfg=microlm_mve");
+        // MVE float instructions flush subnormals; compiled loops must not use them.
+        let split: Vec<&str> = flags.split('\x1f').collect();
+        let has = |opt: &str| split.iter().any(|a| *a == opt || a.strip_prefix("-C") == Some(opt));
+        if !(has("no-vectorize-loops") && has("no-vectorize-slp")) {
+            println!(
+                "cargo::warning=microlm on MVE: build with `-C no-vectorize-loops -C no-vectorize-slp`, else LLVM may vectorize f32 loops into MVE float instructions, which flush subnormals (results could then differ from other targets')"
+            );
+        }
     }
     // Hard-float Cortex-M4F/M7/M33 (FPv4/FPv5): the VLDM attention loops of kernels/vfp.rs.
     if (target.starts_with("thumbv7em") || target.starts_with("thumbv8m.main")) && target.ends_with("eabihf") {

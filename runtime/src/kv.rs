@@ -165,8 +165,10 @@ macro_rules! with_head_size {
 /// Cache storage for K or V, carved from the arena by `Session::new`.
 #[derive(Debug)]
 pub(crate) enum Store<'a> {
-    /// (n_layers, n_kv_heads, ctx_len, head_size) f32.
-    F32(&'a mut [f32]),
+    /// (n_layers, n_kv_heads, ctx_len, head_size) f32, and whether every value written
+    /// so far is moderate ([`kernels::moderate`]); tracked only where a kernel uses it
+    /// (MVE's vector scores), false elsewhere.
+    F32 { rows: &'a mut [f32], moderate: bool },
     /// (n_layers, ctx_len, kv_dim) binary16, 2 little-endian bytes each.
     F16(&'a mut [u8]),
     /// Values (n_layers, ctx_len, kv_dim) i8 as bytes, scales (n_layers, ctx_len) f32,
@@ -225,7 +227,13 @@ impl Store<'_> {
         let at = d.row(layer, slot);
         let n = d.kv_dim;
         match self {
-            Store::F32(c) => {
+            Store::F32 { rows: c, moderate } => {
+                #[cfg(microlm_mve)]
+                {
+                    *moderate = *moderate && kernels::moderate(&x[..n]);
+                }
+                #[cfg(not(microlm_mve))]
+                let _ = moderate;
                 // Head h's values go to its own contiguous run of rows.
                 for (h, head) in x[..n].chunks_exact(d.head_size.max(1)).enumerate() {
                     let at = d.head_row(layer, h, slot);
@@ -269,8 +277,8 @@ impl Store<'_> {
         let (start, end, stride, offset) = (span.start, span.end, span.stride, span.offset);
         // One loop per dtype, so the per-slot work has no dispatch; f32 and i8 unroll per head size.
         match self {
-            Store::F32(c) => with_head_size!(d.head_size, hs => {
-                max = kernels::scores_f32(&q[..hs], &c[start..end], stride, offset, sqrt_head, max, scores);
+            Store::F32 { rows: c, moderate } => with_head_size!(d.head_size, hs => {
+                max = kernels::scores_f32(&q[..hs], &c[start..end], stride, offset, sqrt_head, max, scores, *moderate);
             }),
             Store::F16(c) => {
                 let hs = d.head_size;
@@ -290,7 +298,7 @@ impl Store<'_> {
 
     /// Whether this store keeps the head-major layout (f32) rather than whole rows.
     fn head_major(&self) -> bool {
-        matches!(self, Store::F32(_))
+        matches!(self, Store::F32 { .. })
     }
 
     /// The attention output of one head: with e(slot) = exp(scores\[slot\] − max),
@@ -301,7 +309,7 @@ impl Store<'_> {
         let hs = d.head_size;
         let out = &mut out[..hs];
         // f32 cache, 8-wide heads: the fused kernel where the target has one (hard-float Cortex-M).
-        if let (Store::F32(c), Ok(out)) = (self, <&mut [f32; 8]>::try_from(&mut *out)) {
+        if let (Store::F32 { rows: c, .. }, Ok(out)) = (self, <&mut [f32; 8]>::try_from(&mut *out)) {
             if let Some(values) = c.get(span.start..span.end) {
                 if kernels::mix_f32_head8(scores, max, values, out).is_some() {
                     return;
@@ -354,7 +362,7 @@ impl Store<'_> {
     ) -> f32 {
         let (start, end, stride) = (span.start, span.end, span.stride);
         match self {
-            Store::F32(c) => kernels::mix_f32::<W, EXP>(&c[start..end], stride, col, scores, max, out),
+            Store::F32 { rows: c, .. } => kernels::mix_f32::<W, EXP>(&c[start..end], stride, col, scores, max, out),
             Store::F16(c) => kernels::mix_f16::<W, EXP>(&c[start * 2..end * 2], stride, col, scores, max, out),
             Store::I8 { values: v8, scales, .. } => {
                 let row_scales = &scales[start / stride..end / stride];

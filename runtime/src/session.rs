@@ -100,7 +100,7 @@ fn take_store<'a>(
 ) -> Result<Store<'a>, SessionError> {
     let n = rows.checked_mul(cfg.kv_dim()).ok_or(SessionError::Internal)?;
     Ok(match kv {
-        KvDtype::F32 => Store::F32(take(rest, n)?),
+        KvDtype::F32 => Store::F32 { rows: take(rest, n)?, moderate: cfg!(microlm_mve) },
         KvDtype::F16 => Store::F16(take(rest, n.checked_mul(2).ok_or(SessionError::Internal)?)?),
         KvDtype::I8 => {
             let scales = take(rest, rows)?; // (n_layers, ctx_len)

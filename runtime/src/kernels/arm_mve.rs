@@ -574,3 +574,273 @@ fn matvec_chunks<const WORDS: usize>(
         first += n;
     }
 }
+
+/// [`super::scores_f32`] for 8-wide heads in contiguous rows (`keys`, head-major
+/// f32 cache), four slots per step in MVE lanes: gather loads (`VLDRW.U32` with a
+/// vector of the four rows' addresses) take element j of four keys, `VMUL.F32` by
+/// q\[j\] and `VADD.F32` sum each lane in the portable order (the first product
+/// taken as the sum: 0 + p and p differ only in the sign of a zero, which no
+/// later step can see), four scalar `VDIV.F32` on the lanes divide by `sqrt_head`,
+/// and `VMAXNM.F32` keeps a running maximum per lane. The last `n % 4` slots take
+/// [`arm_fpu::scores8`](super::arm_fpu::scores8). `None` unless `q` is
+/// [`moderate`](super::moderate); the caller must know the keys are (the cache tracks it), which
+/// makes every lane's sum the scalar one (see [`moderate`](super::moderate)). Scores of moderate
+/// values are finite, so the maximum (NaNs never present) equals the portable one
+/// up to the sign of a zero, which the exponentials do not see.
+pub fn scores8(q: &[f32; 8], keys: &[f32], sqrt_head: f32, max_in: f32, out: &mut [f32]) -> Option<f32> {
+    let n = out.len();
+    if n.checked_mul(8)? > keys.len() || !super::moderate(q) {
+        return None;
+    }
+    let quads = n / 4;
+    let mut max = max_in;
+    if quads > 0 {
+        // Row addresses of the slot before the first quad: the first gather of each step
+        // adds 128 bytes (four rows) with writeback.
+        // Row addresses of the slot before the first quad (the first gather of each step
+        // adds 128 bytes, four rows, with writeback), then max_in in four lanes, then sqrt_head.
+        let base = keys.as_ptr() as u32;
+        let mut setup = [0u32; 9];
+        for (i, a) in setup[..4].iter_mut().enumerate() {
+            *a = base.wrapping_add(32 * i as u32).wrapping_sub(128);
+        }
+        setup[4..8].fill(max_in.to_bits());
+        setup[8] = sqrt_head.to_bits();
+        let [q0, q1, q2, q3, q4, q5, q6, q7] = q.map(f32::to_bits);
+        let max_bits: u32;
+        // SAFETY: reads 4 · quads rows of 8 floats from `keys` (n ≤ keys.len() / 8, checked),
+        // the 36 bytes of `setup`, and writes 4 · quads ≤ n floats at `out`. Only the named
+        // registers, lr and q0-q7 (d0-d15) change.
+        unsafe {
+            asm!(
+                "vldrw.u32 q7, [{a}]",
+                "vldrw.u32 q6, [{a}, #16]",
+                "vldr s12, [{a}, #32]",
+                "dls lr, lr",
+                "2:",
+                "vldrw.u32 q1, [q7, #128]!",
+                "vmul.f32 q0, q1, {q0}",
+                "vldrw.u32 q1, [q7, #4]",
+                "vmul.f32 q2, q1, {q1}",
+                "vadd.f32 q0, q0, q2",
+                "vldrw.u32 q1, [q7, #8]",
+                "vmul.f32 q2, q1, {q2}",
+                "vadd.f32 q0, q0, q2",
+                "vldrw.u32 q1, [q7, #12]",
+                "vmul.f32 q2, q1, {q3}",
+                "vadd.f32 q0, q0, q2",
+                "vldrw.u32 q1, [q7, #16]",
+                "vmul.f32 q2, q1, {q4}",
+                "vadd.f32 q0, q0, q2",
+                "vldrw.u32 q1, [q7, #20]",
+                "vmul.f32 q2, q1, {q5}",
+                "vadd.f32 q0, q0, q2",
+                "vldrw.u32 q1, [q7, #24]",
+                "vmul.f32 q2, q1, {q6}",
+                "vadd.f32 q0, q0, q2",
+                "vldrw.u32 q1, [q7, #28]",
+                "vmul.f32 q2, q1, {q7}",
+                "vadd.f32 q0, q0, q2",
+                // The division on the scalar FPU (IEEE, no flush), lane by lane.
+                "vdiv.f32 s0, s0, s12",
+                "vdiv.f32 s1, s1, s12",
+                "vdiv.f32 s2, s2, s12",
+                "vdiv.f32 s3, s3, s12",
+                "vstrw.32 q0, [{out}], #16",
+                "vmaxnm.f32 q6, q6, q0",
+                "le lr, 2b",
+                // The lanes' maximum (each lane started at max_in).
+                "vmov {a}, s24",
+                "vmaxnmv.f32 {a}, q6",
+                a = inout(reg) setup.as_ptr() => max_bits,
+                out = inout(reg) out.as_mut_ptr() => _,
+                q0 = in(reg) q0, q1 = in(reg) q1, q2 = in(reg) q2, q3 = in(reg) q3,
+                q4 = in(reg) q4, q5 = in(reg) q5, q6 = in(reg) q6, q7 = in(reg) q7,
+                inout("lr") quads => _,
+                out("d0") _, out("d1") _, out("d2") _, out("d3") _,
+                out("d4") _, out("d5") _, out("d6") _, out("d7") _,
+                out("d8") _, out("d9") _, out("d10") _, out("d11") _,
+                out("d12") _, out("d13") _, out("d14") _, out("d15") _,
+                options(nostack),
+            );
+        }
+        max = f32::from_bits(max_bits);
+    }
+    let done = 4 * quads;
+    if done < n {
+        let (rows, rest) = (&keys[done * 8..], &mut out[done..]);
+        max = super::arm_fpu::scores8(q, rows, sqrt_head, max, rest)
+            .unwrap_or_else(|| super::generic::scores_f32(q, rows, 8, 0, sqrt_head, max, rest));
+    }
+    Some(max)
+}
+
+/// `x[i] = exp(x[i] − max)` ([`scalar::exp_at_most_zero`](crate::scalar::exp_at_most_zero))
+/// for the whole quads of `x` in MVE lanes, stopping before a quad with a lane
+/// outside exp's fast range (x − max < −87.33, or NaN); returns how many values it
+/// did (a multiple of 4).
+///
+/// The lanes run `scalar::exp`'s fast path step for step (the same operations
+/// and roundings, 2^n added to the exponent bits) under MVE's flush-to-zero,
+/// which changes no result: in the fast range every product and sum that could
+/// be subnormal is added to a term at least 2^24 times larger before it counts
+/// (r·r and the Horner products for |r| < 2^-63 meet r or a coefficient), e^x
+/// of a subnormal x is 1 either way, and the results are normal. A difference
+/// x − max that the scalar FPU would round from a subnormal operand (a score
+/// or maximum below 2^-126) equals the flushed one or is so small that both
+/// exponentials are 1.
+fn exp_shifted_quads(x: &mut [f32], max: f32) -> usize {
+    let quads = x.len() / 4;
+    if quads == 0 {
+        return 0;
+    }
+    let [shift, log2e, ln2_hi, ln2_lo, c1, c2, c3, c4, c5, one, fast_min] = crate::scalar::EXP_CONSTANTS;
+    // Four lanes each of shift, c1, 1 and c2 (for q4-q7), then c3.
+    let mut consts = [0u32; 17];
+    for (i, c) in [shift, c1, one, c2].into_iter().enumerate() {
+        consts[4 * i..4 * i + 4].fill(c.to_bits());
+    }
+    consts[16] = c3.to_bits();
+    let start = x.as_mut_ptr();
+    let end: *mut f32;
+    // SAFETY: reads and writes 4 · quads ≤ x.len() floats from `x`, reads `consts`; only the
+    // named registers, lr, r0 and q0-q7 (d0-d15) change; the flags are clobbered.
+    unsafe {
+        asm!(
+            "vldrw.u32 q4, [{k}]",
+            "vldrw.u32 q5, [{k}, #16]",
+            "vldrw.u32 q6, [{k}, #32]",
+            "vldrw.u32 q7, [{k}, #48]",
+            "ldr {k}, [{k}, #64]",
+            "dls lr, lr",
+            "2:",
+            "vldrw.u32 q0, [{p}]",
+            "vsub.f32 q0, q0, {max}",
+            // Every lane in the fast range (x ≥ −87.33, not NaN), or leave.
+            "vcmp.f32 ge, q0, {fast_min}",
+            "vmrs r0, p0",
+            "mvns r0, r0",
+            "lsls r0, r0, #16",
+            "bne 9f",
+            "vmul.f32 q1, q0, {log2e}",
+            "vadd.f32 q1, q1, q4",
+            "vsub.f32 q2, q1, q4",
+            "vmul.f32 q3, q2, {ln2_hi}",
+            "vsub.f32 q3, q0, q3",
+            "vmul.f32 q2, q2, {ln2_lo}",
+            "vsub.f32 q3, q3, q2",
+            "vmul.f32 q2, q3, {c5}",
+            "vadd.f32 q2, q2, {c4}",
+            "vmul.f32 q2, q2, q3",
+            "vadd.f32 q2, q2, {k}",
+            "vmul.f32 q2, q2, q3",
+            "vadd.f32 q2, q2, q7",
+            "vmul.f32 q2, q2, q3",
+            "vadd.f32 q2, q2, q5",
+            "vmul.f32 q0, q3, q3",
+            "vmul.f32 q2, q2, q0",
+            "vadd.f32 q2, q2, q3",
+            "vadd.f32 q2, q2, q6",
+            // n = t's bits − shift's bits; shift's low 9 bits are 0, so t << 23 is n << 23.
+            "vshl.i32 q1, q1, #23",
+            "vadd.i32 q2, q2, q1",
+            "vstrw.32 q2, [{p}], #16",
+            "le lr, 2b",
+            "9:",
+            k = inout(reg) consts.as_ptr() => _,
+            p = inout(reg) start => end,
+            max = in(reg) max.to_bits(),
+            fast_min = in(reg) fast_min.to_bits(),
+            log2e = in(reg) log2e.to_bits(),
+            ln2_hi = in(reg) ln2_hi.to_bits(),
+            ln2_lo = in(reg) ln2_lo.to_bits(),
+            c5 = in(reg) c5.to_bits(),
+            c4 = in(reg) c4.to_bits(),
+            inout("lr") quads => _,
+            out("r0") _,
+            out("d0") _, out("d1") _, out("d2") _, out("d3") _,
+            out("d4") _, out("d5") _, out("d6") _, out("d7") _,
+            out("d8") _, out("d9") _, out("d10") _, out("d11") _,
+            out("d12") _, out("d13") _, out("d14") _, out("d15") _,
+            options(nostack),
+        );
+    }
+    (end as usize - start as usize) / 4
+}
+
+/// [`super::mix_f32_head8`] on MVE: the exponentials in MVE lanes
+/// ([`exp_shifted_quads`]; a quad with a value outside the fast range, and the
+/// last `n % 4`, through the scalar `exp_at_most_zero`), written over `scores`,
+/// then the value pass on the scalar FPU ([`mix_exps8`]): Σ e and Σ e·v in slot
+/// order with separate multiply and add, as the portable path, so the same bits.
+/// (MVE lanes are not used for e·v: a product of two small values could be
+/// subnormal and would be flushed.)
+pub fn mix8(scores: &mut [f32], max: f32, values: &[f32], out: &mut [f32; 8]) {
+    let n = scores.len().min(values.len() / 8);
+    let scores = &mut scores[..n];
+    let mut at = 0;
+    while at < n {
+        at += exp_shifted_quads(&mut scores[at..], max);
+        // The quad it stopped before (or the last n % 4 values) on the scalar path.
+        for v in scores[at..].iter_mut().take(4) {
+            *v = crate::scalar::exp_at_most_zero(*v - max);
+        }
+        at = (at + 4).min(n);
+    }
+    let (mut sum, mut acc) = (0.0f32, [0.0f32; 8]);
+    let quads = n / 4;
+    if quads > 0 {
+        mix_exps8(&scores[..4 * quads], &values[..32 * quads], &mut sum, &mut acc);
+    }
+    for (&e, row) in scores[4 * quads..].iter().zip(values[32 * quads..].chunks_exact(8)) {
+        sum += e;
+        for (a, &v) in acc.iter_mut().zip(row) {
+            *a += e * v;
+        }
+    }
+    for (o, &a) in out.iter_mut().zip(&acc) {
+        *o = a / sum;
+    }
+}
+
+/// `sum += e[i]` and `acc[j] += e[i] · values[8i + j]` for the slots of `e` (a
+/// multiple of 4, at least 4; `values` holds as many 8-value rows), in slot order,
+/// on the scalar FPU: per four slots one VLDM of the e, and per slot one VLDM of
+/// the row, one VADD and eight VMLA (multiply, then add: no fusing).
+fn mix_exps8(e: &[f32], values: &[f32], sum: &mut f32, acc: &mut [f32; 8]) {
+    let quads = (e.len() / 4).min(values.len() / 32);
+    if quads == 0 {
+        return;
+    }
+    let mut s = *sum;
+    // SAFETY: reads 4 · quads floats of `e` and 32 · quads of `values` (in bounds), reads
+    // and writes the 8 floats of `acc`; only the named registers, lr, s0-s19 (d0-d9)
+    // change.
+    unsafe {
+        asm!(
+            "vldmia {acc}, {{s8-s15}}",
+            "dls lr, lr",
+            "2:",
+            "vldmia {e}!, {{s16-s19}}",
+            "vadd.f32 {s}, {s}, s16",
+            value_row8!("s16"),
+            "vadd.f32 {s}, {s}, s17",
+            value_row8!("s17"),
+            "vadd.f32 {s}, {s}, s18",
+            value_row8!("s18"),
+            "vadd.f32 {s}, {s}, s19",
+            value_row8!("s19"),
+            "le lr, 2b",
+            "vstmia {acc}, {{s8-s15}}",
+            acc = in(reg) acc.as_mut_ptr(),
+            e = inout(reg) e.as_ptr() => _,
+            v = inout(reg) values.as_ptr() => _,
+            s = inout(sreg) s,
+            inout("lr") quads => _,
+            out("d0") _, out("d1") _, out("d2") _, out("d3") _, out("d4") _,
+            out("d5") _, out("d6") _, out("d7") _, out("d8") _, out("d9") _,
+            options(nostack),
+        );
+    }
+    *sum = s;
+}

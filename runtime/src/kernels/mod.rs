@@ -29,6 +29,7 @@
 
 pub mod arm_dsp;
 #[cfg(microlm_fpu)]
+#[macro_use]
 pub mod arm_fpu;
 #[cfg(microlm_mve)]
 pub mod arm_mve;
@@ -245,7 +246,10 @@ pub trait BlockSums {
 /// heads in contiguous rows (`stride` 8, the f32 cache's head-major layout) in
 /// `arm_fpu::scores8`, where a score whose products are all zero may come out
 /// as −0.0 rather than +0.0 (the same in every comparison, and exp(score − max)
-/// is the same either way).
+/// is the same either way). On MVE (Cortex-M55), when `moderate_rows` says every
+/// value of `rows` is [`moderate`] and `q` is too, 8-wide heads in contiguous rows
+/// run four slots per step in vector lanes (`arm_mve::scores8`, the same bits).
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
 pub fn scores_f32(
     q: &[f32],
@@ -255,7 +259,16 @@ pub fn scores_f32(
     sqrt_head: f32,
     max_in: f32,
     out: &mut [f32],
+    moderate_rows: bool,
 ) -> f32 {
+    #[cfg(microlm_mve)]
+    if let (Ok(q8), 8, 0, true) = (<&[f32; 8]>::try_from(q), stride, offset, moderate_rows) {
+        if let Some(max) = arm_mve::scores8(q8, rows, sqrt_head, max_in, out) {
+            return max;
+        }
+    }
+    #[cfg(not(microlm_mve))]
+    let _ = moderate_rows;
     #[cfg(microlm_fpu)]
     if let (Ok(q8), 8, 0) = (<&[f32; 8]>::try_from(q), stride, offset) {
         if let Some(max) = arm_fpu::scores8(q8, rows, sqrt_head, max_in, out) {
@@ -263,6 +276,17 @@ pub fn scores_f32(
         }
     }
     generic::scores_f32(q, rows, stride, offset, sqrt_head, max_in, out)
+}
+
+/// Whether every value of `x` is 0 or finite with 2^-50 ≤ |v| ≤ 2^50 (NaN is not):
+/// dot products of such values meet no subnormal (each nonzero product lies in
+/// [2^-100, 2^100], so it and every partial sum are 0 or multiples of 2^-123 below
+/// 2^103), so vector float units that flush subnormals (MVE) give the scalar bits.
+#[inline]
+pub fn moderate(x: &[f32]) -> bool {
+    const MIN: f32 = f32::from_bits((127 - 50) << 23); // 2^-50
+    const MAX: f32 = f32::from_bits((127 + 50) << 23); // 2^50
+    x.iter().all(|&v| v == 0.0 || (MIN..=MAX).contains(&v.abs()))
 }
 
 /// Σ_i q\[i\]·k\[i\] for i16 values `q` (as words: [`q8_act`] pair order for each
@@ -309,12 +333,18 @@ pub fn scores_i8(
 /// `out[j] = (Σ_i e_i · values[8·i + j]) / Σ_i e_i` with
 /// `e_i = exp(scores[i] − max)`, both sums over slots in index order, `values`
 /// the head's contiguous rows (the head-major layout). `Some(())` when this
-/// target has such a kernel (hard-float Cortex-M, `arm_fpu`); `None` (doing
-/// nothing) sends the caller to the portable column loops of `kv.rs`, which
-/// give the same bits.
+/// target has such a kernel (hard-float Cortex-M, `arm_fpu`; on MVE the
+/// exponentials in vector lanes, `arm_mve::mix8`, which leaves the e_i in
+/// `scores`); `None` (doing nothing) sends the caller to the portable column loops
+/// of `kv.rs`, which give the same bits.
 #[inline(always)]
-pub fn mix_f32_head8(scores: &[f32], max: f32, values: &[f32], out: &mut [f32; 8]) -> Option<()> {
-    #[cfg(microlm_fpu)]
+pub fn mix_f32_head8(scores: &mut [f32], max: f32, values: &[f32], out: &mut [f32; 8]) -> Option<()> {
+    #[cfg(microlm_mve)]
+    {
+        arm_mve::mix8(scores, max, values, out);
+        Some(())
+    }
+    #[cfg(all(microlm_fpu, not(microlm_mve)))]
     {
         arm_fpu::mix8(scores, max, values, out);
         Some(())

@@ -248,21 +248,42 @@ pub fn attention() -> Result<(), Failure> {
     let mut rows = [0.0f32; SLOTS * STRIDE];
     let mut q = [0.0f32; 16];
     let same = |x: f32, y: f32| x == y || (x.is_nan() && y.is_nan());
-    for case in 0..7u32 {
+    for case in 0..10u32 {
         values(&mut rows, 3000 + u64::from(case));
         values(&mut q, 4000 + u64::from(case));
-        let n = [1, 2, 7, 8, 33, SLOTS, 3][case as usize];
-        if case == 6 {
+        let n = [1, 2, 7, 8, 33, SLOTS, 3, SLOTS, 37, 12][case as usize];
+        let tiny = f32::from_bits((127 - 50) << 23); // 2^-50, the least moderate magnitude
+        match case {
             // A zero query head and an all-zero row: every sum is a zero.
-            q[..8].fill(0.0);
-            rows[8..16].fill(0.0);
+            6 => {
+                q[..8].fill(0.0);
+                rows[8..16].fill(0.0);
+            }
+            // Moderate values at the bottom of the range (products near 2^-100, sums
+            // that cancel), and values near the top (products near 2^100).
+            7 => {
+                q.iter_mut().for_each(|v| *v = if *v < 0.0 { -tiny } else { tiny * 1.5 });
+                rows.iter_mut().enumerate().for_each(|(i, v)| *v = if i % 3 == 0 { -tiny } else { tiny });
+            }
+            8 => {
+                q.iter_mut().for_each(|v| *v *= 1.0e14);
+                rows.iter_mut().for_each(|v| *v *= 1.0e14);
+            }
+            // Not moderate: subnormal keys, whose products with a large query are normal
+            // (vector lanes would flush the keys to zero).
+            9 => {
+                q.iter_mut().for_each(|v| *v *= 1.0e14);
+                rows[16..64].iter_mut().for_each(|v| *v *= 1.0e-40);
+            }
+            _ => {}
         }
         for (stride, hs, offset) in
             [(8usize, 8usize, 0usize), (STRIDE, 8, 0), (STRIDE, 8, 16), (STRIDE, 16, 8), (STRIDE, 5, 3)]
         {
             let rows = &rows[..n * stride];
             let (mut a, mut b) = ([0.0f32; SLOTS], [0.0f32; SLOTS]);
-            let ma = super::scores_f32(&q[..hs], rows, stride, offset, 2.5, f32::NEG_INFINITY, &mut a[..n]);
+            let moderate = super::moderate(rows);
+            let ma = super::scores_f32(&q[..hs], rows, stride, offset, 2.5, f32::NEG_INFINITY, &mut a[..n], moderate);
             let mb = generic::scores_f32(&q[..hs], rows, stride, offset, 2.5, f32::NEG_INFINITY, &mut b[..n]);
             ensure(same(ma, mb), "attention.scores_max", case, None)?;
             ensure(a.iter().zip(&b).all(|(&x, &y)| same(x, y)), "attention.scores", case, None)?;
@@ -276,6 +297,10 @@ pub fn attention() -> Result<(), Failure> {
                 3 => 40.0,
                 _ => 3.0,
             };
+        }
+        if case == 7 {
+            // Scores around the smallest normals: differences and exponents of subnormals.
+            s[..n].iter_mut().for_each(|v| *v *= 1.0e-38);
         }
         let top = s[..n].iter().fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m });
         if n > 4 {
@@ -293,7 +318,8 @@ pub fn attention() -> Result<(), Failure> {
         // weights, sum and columns in slot order.
         let mut out = [0.0f32; 8];
         let values = &rows[..n * 8];
-        if super::mix_f32_head8(&s[..n], max, values, &mut out).is_some() {
+        let mut e3 = s;
+        if super::mix_f32_head8(&mut e3[..n], max, values, &mut out).is_some() {
             let (mut acc, mut sum) = ([0.0f32; 8], 0.0f32);
             for (i, &e) in e2[..n].iter().enumerate() {
                 sum += e;
