@@ -325,9 +325,11 @@ unsafe fn rows2_q8(wa: *const u8, wb: *const u8, x: *const u8, blocks: usize, ac
     (a, b)
 }
 
-/// [`row_q8`] for four rows at once (`w`, `row_bytes` apart), sharing the activation
-/// loads, with the f32 part in one MVE lane per row: each row its own sequential sum
-/// in block order.
+/// [`row_q8`] for `quads` groups of four rows at once (group g's rows start at
+/// `w + (4g + k)·row_bytes`, k < 4), sharing the activation loads, with the f32
+/// part in one MVE lane per row: each row its own sequential sum in block order,
+/// carried in `acc` (4 · quads floats, row order). The loop over the groups is in
+/// the asm too (the rows of small models are a few blocks long, so per-group glue counts).
 ///
 /// The MVE float instructions (`VMUL.F32`, `VCVT.F32.S32`, `VADD.F32`) run under the
 /// standard FPSCR value, which flushes subnormal inputs and results to zero; here
@@ -343,25 +345,38 @@ unsafe fn rows2_q8(wa: *const u8, wb: *const u8, x: *const u8, blocks: usize, ac
 /// a NaN logit is an error either way).
 ///
 /// # Safety
-/// `w + k·row_bytes` (k < 4) must be readable for `blocks × 34` bytes, `x` (4-byte
-/// aligned) for `blocks × 36`, `blocks ≥ 1`.
+/// `w + r·row_bytes` (r < 4 · quads) must be readable for `blocks × 34` bytes, `x`
+/// (4-byte aligned) for `blocks × 36`, `acc` writable for 4 · quads floats (4-byte
+/// aligned), `blocks ≥ 1`, `quads ≥ 1`.
 #[inline(always)]
-unsafe fn rows4_q8(w: *const u8, row_bytes: usize, x: *const u8, blocks: usize, acc: &mut [f32; 4]) {
-    // SAFETY: the caller's contract; reads and writes the 16 bytes of `acc`; only the
-    // named registers, lr and q0-q6 (d0-d13) change.
+unsafe fn rows4_q8(w: *const u8, row_bytes: usize, x: *const u8, blocks: usize, acc: *mut f32, quads: usize) {
+    // The next group's rows start 4·row_bytes after this group's; the pointers have
+    // moved blocks·34 bytes along their rows by then.
+    let params: [u32; 4] = [
+        x as u32,
+        blocks as u32,
+        (4 * row_bytes).wrapping_sub(blocks * q8_0::BLOCK_BYTES) as u32,
+        // SAFETY: one past the end of `acc` (the caller's contract).
+        unsafe { acc.add(4 * quads) } as u32,
+    ];
+    // SAFETY: the caller's contract; reads `params`, reads and writes the 4 · quads floats at
+    // `acc`; only the named registers, lr and q0-q6 (d0-d13) change; the flags are clobbered.
     unsafe {
         // Each row's pointer starts at its first block's quants (the f16 scale is at −2).
         let wa = w.add(2);
         let (wb, wc, wd) = (wa.add(row_bytes), wa.add(2 * row_bytes), wa.add(3 * row_bytes));
         asm!(
+            "3:",
             "vldrw.u32 q6, [{acc}]",
+            "ldr lr, [{p}, #4]",
             "dls lr, lr",
             "2:",
             "ldr {xd}, [{x}]",
             "vldrb.u8 q1, [{x}, #4]",
             "vldrb.u8 q3, [{x}, #20]",
             "adds {x}, #36",
-            // Per row: its f16 scale into lane k of q4, the exact block sum into a register.
+            // Per row: its f16 scale into lane k of q4, the exact block sum into a
+            // register, then into lane k of q5 (one scalar VMOV per lane).
             "vldr.16 s16, [{wa}, #-2]",
             "vldrb.u8 q0, [{wa}], #16",
             "vmladav.s8 r0, q0, q1",
@@ -372,16 +387,20 @@ unsafe fn rows4_q8(w: *const u8, row_bytes: usize, x: *const u8, blocks: usize, 
             "vmladav.s8 r2, q0, q1",
             "vldrb.u8 q2, [{wb}], #18",
             "vmladava.s8 r2, q2, q3",
+            "vmov s20, r0",
+            "vmov s21, r2",
             "vldr.16 s18, [{wc}, #-2]",
             "vldrb.u8 q0, [{wc}], #16",
-            "vmladav.s8 r4, q0, q1",
+            "vmladav.s8 r0, q0, q1",
             "vldrb.u8 q2, [{wc}], #18",
-            "vmladava.s8 r4, q2, q3",
+            "vmladava.s8 r0, q2, q3",
             "vldr.16 s19, [{wd}, #-2]",
             "vldrb.u8 q0, [{wd}], #16",
-            "vmladav.s8 r8, q0, q1",
+            "vmladav.s8 r2, q0, q1",
             "vldrb.u8 q2, [{wd}], #18",
-            "vmladava.s8 r8, q2, q3",
+            "vmladava.s8 r2, q2, q3",
+            "vmov s22, r0",
+            "vmov s23, r2",
             // f32(w.d) (scalar VCVTB: f16 subnormals exact), · x.d, (sumi as f32) · that,
             // the running sums: lane k is row k.
             "vcvtb.f32.f16 s16, s16",
@@ -389,25 +408,31 @@ unsafe fn rows4_q8(w: *const u8, row_bytes: usize, x: *const u8, blocks: usize, 
             "vcvtb.f32.f16 s18, s18",
             "vcvtb.f32.f16 s19, s19",
             "vmul.f32 q4, q4, {xd}",
-            // One scalar VMOV per lane (the two-lane form's operand order is not relied on).
-            "vmov s20, r0",
-            "vmov s21, r2",
-            "vmov s22, r4",
-            "vmov s23, r8",
             "vcvt.f32.s32 q5, q5",
             "vmul.f32 q5, q5, q4",
             "vadd.f32 q6, q6, q5",
             "le lr, 2b",
-            "vstrw.32 q6, [{acc}]",
-            acc = in(reg) acc.as_mut_ptr(),
+            "vstrw.32 q6, [{acc}], #16",
+            // The next group of four rows, if any: its pointers, the activations again.
+            "ldr {xd}, [{p}, #8]",
+            "add {wa}, {xd}",
+            "add {wb}, {xd}",
+            "add {wc}, {xd}",
+            "add {wd}, {xd}",
+            "ldr {x}, [{p}]",
+            "ldr {xd}, [{p}, #12]",
+            "cmp {acc}, {xd}",
+            "bne 3b",
+            p = in(reg) params.as_ptr(),
+            acc = inout(reg) acc => _,
             wa = inout(reg) wa => _,
             wb = inout(reg) wb => _,
             wc = inout(reg) wc => _,
             wd = inout(reg) wd => _,
             x = inout(reg) x => _,
             xd = out(reg) _,
-            inout("lr") blocks => _,
-            out("r0") _, out("r2") _, out("r4") _, out("r8") _,
+            out("lr") _,
+            out("r0") _, out("r2") _,
             out("d0") _, out("d1") _, out("d2") _, out("d3") _,
             out("d4") _, out("d5") _, out("d6") _, out("d7") _,
             out("d8") _, out("d9") _, out("d10") _, out("d11") _, out("d12") _, out("d13") _,
@@ -534,14 +559,12 @@ fn matvec_chunks<const WORDS: usize>(
         // them, inside `w` (rows·row_bytes ≤ w.len(), (first + n)·block_bytes ≤ row_bytes).
         let start = w[first * block_bytes..].as_ptr();
         let mut done = 0;
-        if dtype == DType::Q8_0 {
-            for (q, quad) in out.chunks_exact_mut(4).enumerate() {
-                let Ok(quad) = <&mut [f32; 4]>::try_from(quad) else { continue };
-                // SAFETY: rows 4q..4q + 4 exist, so their n blocks are inside `w` (above);
-                // `narrowed` holds n ≤ chunk blocks; n ≥ 1 inside this loop.
-                unsafe { rows4_q8(start.add(4 * q * row_bytes), row_bytes, x, n, quad) };
-                done += 4;
-            }
+        let quads = rows / 4;
+        if dtype == DType::Q8_0 && quads > 0 {
+            // SAFETY: rows 0..4·quads exist, so their n blocks are inside `w` (above); `out`
+            // holds rows ≥ 4·quads floats; `narrowed` holds n ≤ chunk blocks; n ≥ 1 here.
+            unsafe { rows4_q8(start, row_bytes, x, n, out.as_mut_ptr(), quads) };
+            done = 4 * quads;
         }
         let mut pairs = out[done..].chunks_exact_mut(2);
         for (p, pair) in (&mut pairs).enumerate() {

@@ -284,9 +284,13 @@ pub fn scores_f32(
 /// 2^103), so vector float units that flush subnormals (MVE) give the scalar bits.
 #[inline]
 pub fn moderate(x: &[f32]) -> bool {
-    const MIN: f32 = f32::from_bits((127 - 50) << 23); // 2^-50
-    const MAX: f32 = f32::from_bits((127 + 50) << 23); // 2^50
-    x.iter().all(|&v| v == 0.0 || (MIN..=MAX).contains(&v.abs()))
+    // |v| as bits orders like |v| (NaN above infinity): 0, or 2^-50 ..= 2^50.
+    const MIN: u32 = (127 - 50) << 23;
+    const MAX: u32 = (127 + 50) << 23;
+    x.iter().fold(true, |ok, &v| {
+        let b = v.to_bits() & 0x7fff_ffff;
+        ok & (b == 0 || b.wrapping_sub(MIN) <= MAX - MIN)
+    })
 }
 
 /// Σ_i q\[i\]·k\[i\] for i16 values `q` (as words: [`q8_act`] pair order for each
