@@ -8,8 +8,7 @@
 //! MVE's float instructions run under the standard FPSCR value (subnormal inputs
 //! and results flushed to zero, default NaN). The four-row q8_0 loop
 //! ([`rows4_q8`]) still does its f32 part in MVE lanes, one row per lane, because
-//! no subnormal can occur there (its doc gives the argument; the f16 scales widen
-//! through the scalar `VCVTB`, which keeps f16 subnormals); the pair and single-row
+//! no subnormal can occur there (its doc gives the argument); the pair and single-row
 //! loops keep it scalar FPv5 (`VCVTB.F32.F16`, `VMUL.F32`, `VADD.F32` under the
 //! default FPSCR, as the compiled portable code).
 //!
@@ -334,8 +333,10 @@ unsafe fn rows2_q8(wa: *const u8, wb: *const u8, x: *const u8, blocks: usize, ac
 /// The MVE float instructions (`VMUL.F32`, `VCVT.F32.S32`, `VADD.F32`) run under the
 /// standard FPSCR value, which flushes subnormal inputs and results to zero; here
 /// none can occur, so the lanes give the scalar FPU's bits. Both scales are f16
-/// values (the weight's read as binary16 and widened by the scalar `VCVTB`, which
-/// keeps f16 subnormals; the activation's rounded to binary16 by the quantizer), so
+/// values (the weights' four gathered as binary16 and widened by `VCVTB.F32.F16`,
+/// whose f16 inputs follow FPSCR.FZ16, which the standard value keeps at 0, so f16
+/// subnormals widen exactly: the kernel checks use such scales; the activation's
+/// rounded to binary16 by the quantizer), so
 /// each is 0 or a multiple of 2^-24 of magnitude ≥ 2^-24, and their product is
 /// exact (11 + 11 significant bits), 0 or ≥ 2^-48 and a multiple of 2^-48. The
 /// block sum is an integer below 2^20, converted exactly. The term
@@ -365,7 +366,11 @@ unsafe fn rows4_q8(w: *const u8, row_bytes: usize, x: *const u8, blocks: usize, 
         // Each row's pointer starts at its first block's quants (the f16 scale is at −2).
         let wa = w.add(2);
         let (wb, wc, wd) = (wa.add(row_bytes), wa.add(2 * row_bytes), wa.add(3 * row_bytes));
+        // Where the four rows' scales are from row a's pointer (its block's quants): −2,
+        // row_bytes − 2, ... (wrapping: the gather adds the offsets modulo 2^32).
+        let scales: [u32; 4] = core::array::from_fn(|k| ((k * row_bytes) as u32).wrapping_sub(2));
         asm!(
+            "vldrw.u32 q7, [{sc}]",
             "3:",
             "vldrw.u32 q6, [{acc}]",
             "ldr lr, [{p}, #4]",
@@ -375,38 +380,33 @@ unsafe fn rows4_q8(w: *const u8, row_bytes: usize, x: *const u8, blocks: usize, 
             "vldrb.u8 q1, [{x}, #4]",
             "vldrb.u8 q3, [{x}, #20]",
             "adds {x}, #36",
-            // Per row: its f16 scale into lane k of q4, the exact block sum into a
-            // register, then into lane k of q5 (one scalar VMOV per lane).
-            "vldr.16 s16, [{wa}, #-2]",
+            // The four f16 scales (a gather from row a's pointer) into the lanes of q4.
+            "vldrh.u32 q4, [{wa}, q7]",
+            // Per row: the exact block sum into a register, then into lane k of q5
+            // (one scalar VMOV per lane).
             "vldrb.u8 q0, [{wa}], #16",
             "vmladav.s8 r0, q0, q1",
             "vldrb.u8 q2, [{wa}], #18",
             "vmladava.s8 r0, q2, q3",
-            "vldr.16 s17, [{wb}, #-2]",
             "vldrb.u8 q0, [{wb}], #16",
             "vmladav.s8 r2, q0, q1",
             "vldrb.u8 q2, [{wb}], #18",
             "vmladava.s8 r2, q2, q3",
             "vmov s20, r0",
             "vmov s21, r2",
-            "vldr.16 s18, [{wc}, #-2]",
             "vldrb.u8 q0, [{wc}], #16",
             "vmladav.s8 r0, q0, q1",
             "vldrb.u8 q2, [{wc}], #18",
             "vmladava.s8 r0, q2, q3",
-            "vldr.16 s19, [{wd}, #-2]",
             "vldrb.u8 q0, [{wd}], #16",
             "vmladav.s8 r2, q0, q1",
             "vldrb.u8 q2, [{wd}], #18",
             "vmladava.s8 r2, q2, q3",
             "vmov s22, r0",
             "vmov s23, r2",
-            // f32(w.d) (scalar VCVTB: f16 subnormals exact), · x.d, (sumi as f32) · that,
+            // f32(w.d) (f16 subnormals exact), · x.d, (sumi as f32) · that,
             // the running sums: lane k is row k.
-            "vcvtb.f32.f16 s16, s16",
-            "vcvtb.f32.f16 s17, s17",
-            "vcvtb.f32.f16 s18, s18",
-            "vcvtb.f32.f16 s19, s19",
+            "vcvtb.f32.f16 q4, q4",
             "vmul.f32 q4, q4, {xd}",
             "vcvt.f32.s32 q5, q5",
             "vmul.f32 q5, q5, q4",
@@ -424,6 +424,7 @@ unsafe fn rows4_q8(w: *const u8, row_bytes: usize, x: *const u8, blocks: usize, 
             "cmp {acc}, {xd}",
             "bne 3b",
             p = in(reg) params.as_ptr(),
+            sc = in(reg) scales.as_ptr(),
             acc = inout(reg) acc => _,
             wa = inout(reg) wa => _,
             wb = inout(reg) wb => _,
@@ -436,6 +437,7 @@ unsafe fn rows4_q8(w: *const u8, row_bytes: usize, x: *const u8, blocks: usize, 
             out("d0") _, out("d1") _, out("d2") _, out("d3") _,
             out("d4") _, out("d5") _, out("d6") _, out("d7") _,
             out("d8") _, out("d9") _, out("d10") _, out("d11") _, out("d12") _, out("d13") _,
+            out("d14") _, out("d15") _,
             options(nostack),
         );
     }
