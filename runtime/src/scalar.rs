@@ -50,7 +50,8 @@ pub fn max_abs(x: &[f32]) -> f32 {
 /// Inputs in `EXP_FAST_MIN..=EXP_FAST_MAX` take the fast path: `n` lies in -126..=127,
 /// so `2^n` is a normal f32 built from its exponent bits alone.
 pub const EXP_FAST_MIN: f32 = -87.33;
-const EXP_FAST_MAX: f32 = 88.37;
+/// Upper end of the fast range (see [`EXP_FAST_MIN`]).
+pub const EXP_FAST_MAX: f32 = 88.37;
 
 /// Below this [`exp`] is exactly 0 (e^x is under half the smallest subnormal).
 pub const EXP_ZERO_BELOW: f32 = -103.98;

@@ -869,3 +869,110 @@ fn mix_exps8(e: &[f32], values: &[f32], sum: &mut f32, acc: &mut [f32; 8]) {
     }
     *sum = s;
 }
+
+/// SwiGLU four values a step in MVE lanes: `gate[i] = v · (1 / (1 + exp(−v))) · up[i]`
+/// with v = `gate[i]`, as `math::swiglu` computes it, for i from 0 while every −v of
+/// the step lies in exp's fast range (−87.33 ..= 88.37; NaN does not); returns how
+/// many values it did (a multiple of 4). exp(−v) runs in the lanes as in
+/// [`exp_shifted_quads`] (`VNEG` only flips the sign bit; a subnormal −v, flushed,
+/// gives e = 1 as the scalar path does), 1 + e too (e is normal, so it is ≥ 1);
+/// the division and both products are scalar FPU instructions on the lanes, since
+/// v and the products may be subnormal.
+pub fn swiglu4(gate: &mut [f32], up: &[f32]) -> usize {
+    let quads = gate.len().min(up.len()) / 4;
+    if quads == 0 {
+        return 0;
+    }
+    let [shift, log2e, ln2_hi, ln2_lo, c1, c2, c3, c4, c5, one, fast_min] = crate::scalar::EXP_CONSTANTS;
+    let fast_max = crate::scalar::EXP_FAST_MAX;
+    // Four lanes each of shift, c1, 1 and c2 (for q4-q7), then c3.
+    let mut consts = [0u32; 17];
+    for (i, c) in [shift, c1, one, c2].into_iter().enumerate() {
+        consts[4 * i..4 * i + 4].fill(c.to_bits());
+    }
+    consts[16] = c3.to_bits();
+    let start = gate.as_mut_ptr();
+    let end: *mut f32;
+    // SAFETY: reads and writes 4 · quads floats of `gate`, reads as many of `up` (both in
+    // bounds) and `consts`; only the named registers, lr, r0 and q0-q7 (d0-d15) change;
+    // the flags are clobbered.
+    unsafe {
+        asm!(
+            "vldrw.u32 q4, [{k}]",
+            "vldrw.u32 q5, [{k}, #16]",
+            "vldrw.u32 q6, [{k}, #32]",
+            "vldrw.u32 q7, [{k}, #48]",
+            "ldr {k}, [{k}, #64]",
+            "dls lr, lr",
+            "2:",
+            "vldrw.u32 q0, [{g}]",
+            "vneg.f32 q0, q0",
+            // Every lane in the fast range (−87.33 ≤ x ≤ 88.37, not NaN), or leave.
+            "vcmp.f32 ge, q0, {fast_min}",
+            "vpst",
+            "vcmpt.f32 le, q0, {fast_max}",
+            "vmrs r0, p0",
+            "mvns r0, r0",
+            "lsls r0, r0, #16",
+            "bne 9f",
+            "vmul.f32 q1, q0, {log2e}",
+            "vadd.f32 q1, q1, q4",
+            "vsub.f32 q2, q1, q4",
+            "vmul.f32 q3, q2, {ln2_hi}",
+            "vsub.f32 q3, q0, q3",
+            "vmul.f32 q2, q2, {ln2_lo}",
+            "vsub.f32 q3, q3, q2",
+            "vmul.f32 q2, q3, {c5}",
+            "vadd.f32 q2, q2, {c4}",
+            "vmul.f32 q2, q2, q3",
+            "vadd.f32 q2, q2, {k}",
+            "vmul.f32 q2, q2, q3",
+            "vadd.f32 q2, q2, q7",
+            "vmul.f32 q2, q2, q3",
+            "vadd.f32 q2, q2, q5",
+            "vmul.f32 q0, q3, q3",
+            "vmul.f32 q2, q2, q0",
+            "vadd.f32 q2, q2, q3",
+            "vadd.f32 q2, q2, q6",
+            "vshl.i32 q1, q1, #23",
+            "vadd.i32 q2, q2, q1",
+            // 1 + e, then lane by lane on the scalar FPU: 1 / that, · v, · up.
+            "vadd.f32 q2, q2, q6",
+            "vdiv.f32 s8, s24, s8",
+            "vdiv.f32 s9, s24, s9",
+            "vdiv.f32 s10, s24, s10",
+            "vdiv.f32 s11, s24, s11",
+            "vldrw.u32 q0, [{g}]",
+            "vldrw.u32 q1, [{u}], #16",
+            "vmul.f32 s0, s0, s8",
+            "vmul.f32 s1, s1, s9",
+            "vmul.f32 s2, s2, s10",
+            "vmul.f32 s3, s3, s11",
+            "vmul.f32 s0, s0, s4",
+            "vmul.f32 s1, s1, s5",
+            "vmul.f32 s2, s2, s6",
+            "vmul.f32 s3, s3, s7",
+            "vstrw.32 q0, [{g}], #16",
+            "le lr, 2b",
+            "9:",
+            k = inout(reg) consts.as_ptr() => _,
+            g = inout(reg) start => end,
+            u = inout(reg) up.as_ptr() => _,
+            fast_min = in(reg) fast_min.to_bits(),
+            fast_max = in(reg) fast_max.to_bits(),
+            log2e = in(reg) log2e.to_bits(),
+            ln2_hi = in(reg) ln2_hi.to_bits(),
+            ln2_lo = in(reg) ln2_lo.to_bits(),
+            c5 = in(reg) c5.to_bits(),
+            c4 = in(reg) c4.to_bits(),
+            inout("lr") quads => _,
+            out("r0") _,
+            out("d0") _, out("d1") _, out("d2") _, out("d3") _,
+            out("d4") _, out("d5") _, out("d6") _, out("d7") _,
+            out("d8") _, out("d9") _, out("d10") _, out("d11") _,
+            out("d12") _, out("d13") _, out("d14") _, out("d15") _,
+            options(nostack),
+        );
+    }
+    (end as usize - start as usize) / 4
+}

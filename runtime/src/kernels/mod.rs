@@ -382,10 +382,18 @@ pub fn argmax8(x: &[f32]) -> Option<(usize, f32, bool)> {
 
 /// SwiGLU (`gate[i] = silu(gate[i]) · up[i]`, `math::swiglu`'s expression) over
 /// the first values of `gate`, four at a time, where this target has a loop for it
-/// (hard-float Cortex-M; the same bits): returns how many it did (0 elsewhere),
-/// stopping before a step with a value outside exp's fast path.
+/// (hard-float Cortex-M; on MVE in vector lanes, falling back to the FPU loop for a
+/// step outside exp's fast range; the same bits): returns how many it did (0
+/// elsewhere), stopping before a step with a value outside exp's fast path.
 #[inline(always)]
 pub fn swiglu4(gate: &mut [f32], up: &[f32]) -> usize {
+    #[cfg(microlm_mve)]
+    {
+        let done = arm_mve::swiglu4(gate, up);
+        if done > 0 {
+            return done;
+        }
+    }
     #[cfg(microlm_fpu)]
     return arm_fpu::swiglu4(gate, up).unwrap_or(0);
     #[cfg(not(microlm_fpu))]

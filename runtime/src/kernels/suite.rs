@@ -380,10 +380,10 @@ pub fn argmax() -> Result<(), Failure> {
 /// with values at and beyond both ends of exp's fast range, NaN and ±∞.
 pub fn swiglu() -> Result<(), Failure> {
     let (mut gate, mut up) = ([0.0f32; 45], [0.0f32; 45]);
-    for case in 0..6u32 {
+    for case in 0..8u32 {
         values(&mut gate, 9500 + u64::from(case));
         values(&mut up, 9600 + u64::from(case));
-        let n = [45, 8, 3, 44, 40, 17][case as usize];
+        let n = [45, 8, 3, 44, 40, 17, 44, 45][case as usize];
         for (i, g) in gate.iter_mut().enumerate() {
             *g *= 4.0;
             if (i + case as usize) % 9 == 4 {
@@ -394,6 +394,16 @@ pub fn swiglu() -> Result<(), Failure> {
         }
         if case == 4 {
             (gate[5], gate[6], gate[7], gate[30]) = (f32::NAN, f32::INFINITY, f32::NEG_INFINITY, -200.0);
+        }
+        if case == 6 {
+            // Subnormal gates (e = 1, v / 2 subnormal), and products that underflow.
+            gate.iter_mut().step_by(2).for_each(|g| *g *= 1.0e-39);
+            up.iter_mut().skip(1).step_by(3).for_each(|u| *u *= 1.0e-30);
+        }
+        if case == 7 {
+            // Small gates times small ups: subnormal results.
+            gate.iter_mut().for_each(|g| *g *= 1.0e-20);
+            up.iter_mut().for_each(|u| *u *= 1.0e-19);
         }
         let mut expected = gate;
         for (g, &u) in expected[..n].iter_mut().zip(&up) {
