@@ -106,6 +106,11 @@ pub fn prepare_row(x: &[f32], out: &mut [u32]) {
                 }
             };
             if let Ok(block) = <&mut [u32; BLOCK_WORDS]>::try_from(&mut *block) {
+                // MVE (Cortex-M55): vector lanes where its flush to zero cannot matter.
+                #[cfg(microlm_mve)]
+                if super::arm_mve::prepare_block(values, block) {
+                    continue;
+                }
                 if super::arm_fpu::prepare_block(values, block) {
                     continue;
                 }

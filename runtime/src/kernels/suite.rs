@@ -460,7 +460,13 @@ pub fn quant_block(case: u32) -> [f32; QK] {
             x[31] = if case % 16 == 1 { 127.0 } else { -127.0 };
         }
         2 => x[3] = 127.0 * 0.0625 * if case % 16 == 2 { 1.0 } else { -1.0 },
-        3 => x.iter_mut().for_each(|v| *v *= 1e-37),
+        3 if case % 16 == 3 => x.iter_mut().for_each(|v| *v *= 1e-37),
+        // d at 2^-125 (MVE's vector quantizer's lower end) or just below, with the other
+        // values subnormal or tiny: a flushed subnormal must round to 0 there too.
+        3 => {
+            x.iter_mut().for_each(|v| *v *= f32::from_bits(1 << 23)); // 2^-126
+            x[case as usize / 16 % 32] = 127.0 * f32::from_bits(2 << 23) * if case % 32 == 11 { 1.0 } else { 0.999 };
+        }
         4 => x.iter_mut().for_each(|v| *v *= 3e36),
         5 => x = [0.0; QK],
         6 => x[(case / 8 % 32) as usize] = if case % 16 == 6 { f32::NAN } else { f32::INFINITY },
