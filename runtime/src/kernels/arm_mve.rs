@@ -624,13 +624,9 @@ pub fn scores8(q: &[f32; 8], keys: &[f32], sqrt_head: f32, max_in: f32, out: &mu
         // adds 128 bytes (four rows) with writeback.
         // Row addresses of the slot before the first quad (the first gather of each step
         // adds 128 bytes, four rows, with writeback), then max_in in four lanes, then sqrt_head.
-        let base = keys.as_ptr() as u32;
-        let mut setup = [0u32; 9];
-        for (i, a) in setup[..4].iter_mut().enumerate() {
-            *a = base.wrapping_add(32 * i as u32).wrapping_sub(128);
-        }
-        setup[4..8].fill(max_in.to_bits());
-        setup[8] = sqrt_head.to_bits();
+        let base = (keys.as_ptr() as u32).wrapping_sub(128);
+        let m = max_in.to_bits();
+        let setup = [base, base + 32, base + 64, base + 96, m, m, m, m, sqrt_head.to_bits()];
         let [q0, q1, q2, q3, q4, q5, q6, q7] = q.map(f32::to_bits);
         let max_bits: u32;
         // SAFETY: reads 4 · quads rows of 8 floats from `keys` (n ≤ keys.len() / 8, checked),
@@ -700,6 +696,21 @@ pub fn scores8(q: &[f32; 8], keys: &[f32], sqrt_head: f32, max_in: f32, out: &mu
     Some(max)
 }
 
+/// The exp loops' vector constants: four lanes each of the shift, c1, 1 and c2
+/// (loaded into q4-q7), then c3 (`scalar::EXP_CONSTANTS`).
+static EXP_LANES: [u32; 17] = {
+    let [shift, _, _, _, c1, c2, c3, _, _, one, _] = crate::scalar::EXP_CONSTANTS;
+    let lanes = [shift.to_bits(), c1.to_bits(), one.to_bits(), c2.to_bits()];
+    let mut out = [0u32; 17];
+    let mut i = 0;
+    while i < 16 {
+        out[i] = lanes[i / 4];
+        i += 1;
+    }
+    out[16] = c3.to_bits();
+    out
+};
+
 /// `x[i] = exp(x[i] − max)` ([`scalar::exp_at_most_zero`](crate::scalar::exp_at_most_zero))
 /// for the whole quads of `x` in MVE lanes, stopping before a quad with a lane
 /// outside exp's fast range (x − max < −87.33, or NaN); returns how many values it
@@ -719,13 +730,8 @@ fn exp_shifted_quads(x: &mut [f32], max: f32) -> usize {
     if quads == 0 {
         return 0;
     }
-    let [shift, log2e, ln2_hi, ln2_lo, c1, c2, c3, c4, c5, one, fast_min] = crate::scalar::EXP_CONSTANTS;
-    // Four lanes each of shift, c1, 1 and c2 (for q4-q7), then c3.
-    let mut consts = [0u32; 17];
-    for (i, c) in [shift, c1, one, c2].into_iter().enumerate() {
-        consts[4 * i..4 * i + 4].fill(c.to_bits());
-    }
-    consts[16] = c3.to_bits();
+    let [_, log2e, ln2_hi, ln2_lo, _, _, _, c4, c5, _, fast_min] = crate::scalar::EXP_CONSTANTS;
+    let consts = &EXP_LANES;
     let start = x.as_mut_ptr();
     let end: *mut f32;
     // SAFETY: reads and writes 4 · quads ≤ x.len() floats from `x`, reads `consts`; only the
@@ -883,14 +889,9 @@ pub fn swiglu4(gate: &mut [f32], up: &[f32]) -> usize {
     if quads == 0 {
         return 0;
     }
-    let [shift, log2e, ln2_hi, ln2_lo, c1, c2, c3, c4, c5, one, fast_min] = crate::scalar::EXP_CONSTANTS;
+    let [_, log2e, ln2_hi, ln2_lo, _, _, _, c4, c5, _, fast_min] = crate::scalar::EXP_CONSTANTS;
     let fast_max = crate::scalar::EXP_FAST_MAX;
-    // Four lanes each of shift, c1, 1 and c2 (for q4-q7), then c3.
-    let mut consts = [0u32; 17];
-    for (i, c) in [shift, c1, one, c2].into_iter().enumerate() {
-        consts[4 * i..4 * i + 4].fill(c.to_bits());
-    }
-    consts[16] = c3.to_bits();
+    let consts = &EXP_LANES;
     let start = gate.as_mut_ptr();
     let end: *mut f32;
     // SAFETY: reads and writes 4 · quads floats of `gate`, reads as many of `up` (both in
