@@ -1,6 +1,8 @@
 //! Device kernel tests for the Cortex-M55: the runtime's kernel suite
 //! (`kernels::suite::run_all`, which here covers the MVE block sums
-//! `arm_mve::Mve` and the MVE matvec of `Isa::Mve`), then the MVE matvec
+//! `arm_mve::Mve`, the MVE matvec of `Isa::Mve`, and through `kernels::scores_f32`,
+//! `mix_f32_head8`, `math::swiglu` and `q8_act::prepare_row` the MVE attention,
+//! SwiGLU and quantizer, with subnormal inputs), then the MVE matvec
 //! against the portable one, bit for bit, on shapes that span several of its
 //! activation chunks (`arm_mve::CHUNK_BLOCKS` blocks), in QEMU mps3-an547.
 //!
