@@ -269,6 +269,12 @@ pub fn scores_f32(
     }
     #[cfg(not(microlm_mve))]
     let _ = moderate_rows;
+    #[cfg(target_arch = "x86_64")]
+    if let (Ok(q8), 8, 0) = (<&[f32; 8]>::try_from(q), stride, offset) {
+        if let Some(max) = x86::scores8(q8, rows, sqrt_head, max_in, out) {
+            return max;
+        }
+    }
     #[cfg(microlm_fpu)]
     if let (Ok(q8), 8, 0) = (<&[f32; 8]>::try_from(q), stride, offset) {
         if let Some(max) = arm_fpu::scores8(q8, rows, sqrt_head, max_in, out) {
@@ -337,7 +343,7 @@ pub fn scores_i8(
 /// `out[j] = (Σ_i e_i · values[8·i + j]) / Σ_i e_i` with
 /// `e_i = exp(scores[i] − max)`, both sums over slots in index order, `values`
 /// the head's contiguous rows (the head-major layout). `Some(())` when this
-/// target has such a kernel (hard-float Cortex-M, `arm_fpu`; on MVE the
+/// target has such a kernel (x86-64 with AVX2, `x86::mix8`; hard-float Cortex-M, `arm_fpu`; on MVE the
 /// exponentials in vector lanes, `arm_mve::mix8`, which leaves the e_i in
 /// `scores`); `None` (doing nothing) sends the caller to the portable column loops
 /// of `kv.rs`, which give the same bits.
@@ -353,7 +359,11 @@ pub fn mix_f32_head8(scores: &mut [f32], max: f32, values: &[f32], out: &mut [f3
         arm_fpu::mix8(scores, max, values, out);
         Some(())
     }
-    #[cfg(not(microlm_fpu))]
+    #[cfg(target_arch = "x86_64")]
+    {
+        x86::mix8(scores, max, values, out).then_some(())
+    }
+    #[cfg(not(any(microlm_fpu, target_arch = "x86_64")))]
     {
         let _ = (scores, max, values, out);
         None
