@@ -8,9 +8,10 @@
 //! inode, whatever the names), goes to a temporary file unique to this process
 //! in the target's directory, and is renamed over the target only once complete,
 //! so a reader or a concurrent run never sees a partial file and a failed or
-//! interrupted run (Ctrl-C, SIGTERM) leaves nothing behind. Writing through a
-//! symlink replaces its target and keeps the symlink; devices and pipes (e.g.
-//! `-o /dev/null`) are written in place.
+//! interrupted run (Ctrl-C, SIGTERM) leaves nothing behind and exits with 128 +
+//! the signal's number (130, 143). Writing through a symlink replaces its target
+//! and keeps the symlink; devices and pipes (e.g. `-o /dev/null`) are written in
+//! place.
 
 use std::fs::{self, File};
 use std::io::{Read, Write};
@@ -123,22 +124,41 @@ pub fn read_text(path: &Path, limit: Limit) -> Result<String> {
 static PENDING: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
 static HANDLER: Once = Once::new();
 
-/// Installs (once) the SIGINT/SIGTERM/SIGHUP handler that removes pending temporary files and exits.
+/// The exit code of a process ended by signal `signal`, as a shell reports it: 128 + its number.
+pub fn signal_exit_code(signal: i32) -> i32 {
+    128 + signal
+}
+
+/// Installs (once) the SIGINT/SIGTERM/SIGHUP handler that removes pending
+/// temporary files and exits with 128 + the signal's number (130, 143, 129).
 fn install_interrupt_handler() {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
     HANDLER.call_once(|| {
-        let installed = ctrlc::set_handler(|| {
-            let pending = PENDING.lock().unwrap_or_else(|e| e.into_inner());
-            for path in pending.iter() {
-                let _ = fs::remove_file(path);
+        let mut signals = match signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]) {
+            Ok(signals) => signals,
+            Err(e) => {
+                eprintln!(
+                    "warning: cannot install the interrupt handler ({e}); an interrupted write may leave a temporary file"
+                );
+                return;
             }
-            eprintln!("error: interrupted; nothing was written");
-            std::process::exit(130);
+        };
+        // The handler only records the signal; this thread does the rest outside the signal context.
+        std::thread::spawn(move || {
+            if let Some(signal) = signals.forever().next() {
+                let pending = PENDING.lock().unwrap_or_else(|e| e.into_inner());
+                for path in pending.iter() {
+                    let _ = fs::remove_file(path);
+                }
+                let name = match signal {
+                    SIGINT => "SIGINT",
+                    SIGTERM => "SIGTERM",
+                    _ => "SIGHUP",
+                };
+                eprintln!("error: interrupted by {name}; nothing was written");
+                std::process::exit(signal_exit_code(signal));
+            }
         });
-        if let Err(e) = installed {
-            eprintln!(
-                "warning: cannot install the interrupt handler ({e}); an interrupted write may leave a temporary file"
-            );
-        }
     });
 }
 
