@@ -166,6 +166,69 @@ fn qemu_checks_the_model_file_before_anything_else() {
     }
 }
 
+/// A model file written to stdout: `-o -` and `-o /dev/stdout` both mean the
+/// command's standard output, whether a pipe or a regular file (`> FILE`,
+/// `>> FILE`); no file named '-' appears, and `--json` (whose report goes to
+/// stdout too) is refused with it.
+#[test]
+fn model_output_goes_to_stdout_for_dash_and_dev_stdout() {
+    let model = converted("f32");
+    let dir = fresh_dir("cli-ux-stdout");
+    let reference = dir.join("reference.mlm");
+    let (code, _, err) = run_cli([
+        "quantize".as_ref(),
+        model.as_os_str(),
+        "--dtype".as_ref(),
+        "q8_0".as_ref(),
+        "-o".as_ref(),
+        reference.as_os_str(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let want = std::fs::read(&reference).unwrap();
+    let quantize = |output: &str| {
+        let mut cmd = Command::new(cli());
+        cmd.current_dir(&dir).arg("quantize").arg(&model).args(["--dtype", "q8_0", "-o", output]);
+        cmd
+    };
+    for output in ["-", "/dev/stdout"] {
+        // A pipe.
+        let out = quantize(output).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "-o {output}: {err}");
+        assert!(
+            out.stdout == want,
+            "-o {output}: {} bytes on stdout, not the {} of the file",
+            out.stdout.len(),
+            want.len()
+        );
+        assert!(
+            err.contains(&format!("wrote {} ({} bytes)", if output == "-" { "stdout" } else { output }, want.len())),
+            "{err}"
+        );
+        // A regular file, opened for appending: the model follows what is there.
+        let file = dir.join("appended.mlm");
+        std::fs::write(&file, b"head").unwrap();
+        let append = std::fs::OpenOptions::new().append(true).open(&file).unwrap();
+        let status = quantize(output).stdout(append).stderr(Stdio::null()).status().unwrap();
+        assert!(status.success(), "-o {output} >> file");
+        let got = std::fs::read(&file).unwrap();
+        assert!(got.starts_with(b"head") && got[4..] == want[..], "-o {output} >> file: {} bytes", got.len());
+        std::fs::remove_file(&file).unwrap();
+        // --json prints the report on stdout: not with the model there.
+        let out = quantize(output).arg("--json").output().unwrap();
+        let line = one_error_line(out.status.code().unwrap_or(-1), &String::from_utf8_lossy(&out.stderr));
+        assert!(
+            line.contains(&format!("-o {output} writes the model on stdout, where --json prints the report")),
+            "{line}"
+        );
+        assert!(out.stdout.is_empty());
+    }
+    // Nothing but the reference in the directory: no file named '-', no temporary file.
+    let names: Vec<String> =
+        std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    assert_eq!(names, ["reference.mlm"]);
+}
+
 #[test]
 fn demo_rejects_a_bad_board_before_looking_for_models() {
     let empty = scratch_dir("cli-ux-no-models");
