@@ -24,15 +24,32 @@ fn one_error_line(code: i32, err: &str) -> String {
     lines[0].to_string()
 }
 
+/// A usage error: its `error: ` line (checked to be the first, with the help
+/// hint) and clap's tips, each on a line of its own after it.
+fn usage_error_and_tips(code: i32, err: &str) -> (String, Vec<String>) {
+    assert_eq!(code, 1, "expected exit code 1: {err}");
+    let mut lines = err.trim_end().lines();
+    let first = lines.next().unwrap_or_default().to_string();
+    assert!(first.starts_with("error: ") && first.contains("--help'"), "{err}");
+    assert!(!first.contains("tip:"), "a tip joined onto the error line: {err}");
+    let tips: Vec<String> = lines.map(String::from).collect();
+    assert!(tips.iter().all(|t| t.starts_with("tip: ")), "only tips may follow the error line: {err}");
+    (first, tips)
+}
+
 #[test]
 fn usage_errors_are_one_line_with_exit_code_1_and_a_help_hint() {
-    let cases: [&[&str]; 4] =
-        [&["generate", "x.mlm", "--temprature", "1"], &["generate", "x.mlm", "--kv", "q9"], &["inspect"], &["bogus"]];
+    let cases: [&[&str]; 3] = [&["generate", "x.mlm", "--kv", "q9"], &["inspect"], &["bogus"]];
     for args in cases {
         let (code, _, err) = run_cli(args);
         let line = one_error_line(code, &err);
         assert!(line.contains("--help'"), "{args:?}: {line}");
     }
+    // clap's suggestion for a mistyped flag is a line of its own after the error line.
+    let (code, _, err) = run_cli(["generate", "x.mlm", "--temprature", "1"]);
+    let (line, tips) = usage_error_and_tips(code, &err);
+    assert_eq!(line, "error: unexpected argument '--temprature' found; see 'microlm generate --help'");
+    assert_eq!(tips, ["tip: a similar argument exists: '--temperature'"]);
     let (code, _, err) = run_cli(["generate", "x.mlm", "--kv", "q9"]);
     let line = one_error_line(code, &err);
     assert!(
@@ -95,9 +112,13 @@ fn bad_enumerated_values_are_rejected_with_the_list() {
     ];
     for (args, list) in cases {
         let (code, _, err) = run_cli(args);
-        let line = one_error_line(code, &err);
+        let (line, _) = usage_error_and_tips(code, &err);
         assert!(line.contains("invalid value") && line.contains(list), "{args:?}: {line}");
     }
+    // A near miss gets clap's suggestion, on its own line.
+    let (code, _, err) = run_cli(["convert", "a.bin", "-o", "x.mlm", "--dtype", "q5_1"]);
+    let (_, tips) = usage_error_and_tips(code, &err);
+    assert_eq!(tips, ["tip: a similar value exists: 'q4_16'"]);
 }
 
 #[test]
