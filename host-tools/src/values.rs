@@ -72,6 +72,16 @@ pub fn count(s: &str) -> Result<usize, String> {
     number(s, "must be a whole number >= 0")
 }
 
+/// `bench --runs`: a whole number ≥ 1.
+pub fn positive(s: &str) -> Result<usize, String> {
+    let v: usize = number(s, "must be a whole number >= 1")?;
+    if v > 0 {
+        Ok(v)
+    } else {
+        Err("must be a whole number >= 1".into())
+    }
+}
+
 /// `-t`, `--top-p`, `--min-p`: any f32 (the sampler checks the range and says which),
 /// read by [`microlm::scalar::parse_f32`] as the board firmware reads it, so a
 /// flag means the same value on the host and on a board. A finite number too

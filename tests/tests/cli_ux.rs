@@ -139,6 +139,19 @@ fn negative_numbers_reach_the_range_checks() {
         let line = one_error_line(code, &err);
         assert!(line.contains(message), "{flags:?}: {line}");
     }
+    // bench's numbers too, as docs/CLI.md says.
+    let cases: [(&[&str], &str); 3] = [
+        (&["-n", "-3"], "'-3' for '--steps <STEPS>': must be a whole number >= 0"),
+        (&["--runs", "-1"], "'-1' for '--runs <RUNS>': must be a whole number >= 1"),
+        (&["--ctx", "-5"], "'-5' for '--ctx <CTX>': must be a whole number >= 0"),
+    ];
+    for (flags, message) in cases {
+        let mut args = vec!["bench", m];
+        args.extend_from_slice(flags);
+        let (code, _, err) = run_cli(&args);
+        let line = one_error_line(code, &err);
+        assert!(line.contains(message), "bench {flags:?}: {line}");
+    }
     // quantize's GPTQ dampening too (before any calibration starts).
     let text = shared_file("data/tinystories_dev.txt");
     let out = std::env::temp_dir().join(format!("microlm-damp-{}.mlm", std::process::id()));
