@@ -208,8 +208,8 @@ pub struct QemuArgs {
     /// Firmware ELF to run (default: build the machine's board crate with cargo).
     #[arg(long)]
     pub firmware: Option<PathBuf>,
-    /// Kill QEMU after this many seconds.
-    #[arg(long, default_value_t = 600)]
+    /// Kill QEMU after this many seconds (1 to 4294967295).
+    #[arg(long, default_value_t = 600, allow_hyphen_values = true, value_parser = crate::values::timeout_secs)]
     pub timeout: u64,
     /// Run the machine's link firmware instead (no model built in): upload the model
     /// over its serial link, then generate through it, as `microlm device` does.

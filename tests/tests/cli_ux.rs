@@ -200,6 +200,42 @@ fn qemu_checks_the_model_file_before_anything_else() {
     }
 }
 
+/// `microlm qemu MODEL ARGS...` with no QEMU on PATH: (exit code, stderr).
+fn qemu_without_qemu(model: &Path, args: &[&str]) -> (i32, String) {
+    let out = Command::new(cli())
+        .arg("qemu")
+        .arg(model)
+        .args(args)
+        .env("PATH", path_without_qemu())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// `--timeout 0` would kill QEMU (or give up on a board) at once: refused, as
+/// are negative, endless and out-of-range timeouts, each in one line.
+#[test]
+fn a_timeout_must_be_more_than_zero() {
+    let model = converted("f32");
+    for timeout in ["0", "-1", "4294967296", "1.5"] {
+        let (code, err) = qemu_without_qemu(&model, &["--timeout", timeout]);
+        let line = one_error_line(code, &err);
+        let range = "must be a whole number of seconds from 1 to 4294967295";
+        let expect = format!("invalid value '{timeout}' for '--timeout <TIMEOUT>': {range}");
+        assert!(line.contains(&expect), "qemu --timeout {timeout}: {line}");
+    }
+    let socket = scratch_dir("cli-ux").join("no-board.sock");
+    for timeout in ["0", "-0.5", "nan", "inf", "1e30"] {
+        let (code, _, err) = run_cli(["device", "--socket", socket.to_str().unwrap(), "--timeout", timeout, "info"]);
+        let line = one_error_line(code, &err);
+        assert!(
+            line.contains("must be a number of seconds > 0 and at most 4294967295"),
+            "device --timeout {timeout}: {line}"
+        );
+    }
+}
+
 /// A model file written to stdout: `-o -` and `-o /dev/stdout` both mean the
 /// command's standard output, whether a pipe or a regular file (`> FILE`,
 /// `>> FILE`); no file named '-' appears, and `--json` (whose report goes to
