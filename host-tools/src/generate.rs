@@ -22,7 +22,7 @@ pub struct SamplingArgs {
     /// Prompt text (encoded with BOS when the model adds one, and for SentencePiece a dummy-prefix space).
     #[arg(short = 'p', long, default_value = "", allow_hyphen_values = true)]
     pub prompt: String,
-    /// Positions to run, prompt included (0 = the whole context).
+    /// Positions to run, prompt included (0 = until the context is full).
     #[arg(short = 'n', long = "steps", default_value_t = 256, allow_hyphen_values = true, value_parser = values::count)]
     pub steps: usize,
     /// Temperature; 0 = greedy.
@@ -113,9 +113,12 @@ pub fn encode_prompt(tok: &Tokenizer<'_>, prompt: &str) -> Result<Vec<u32>> {
     Ok(ids)
 }
 
-/// Why generation stopped, in words for stderr.
+/// Why generation stopped, in words for stderr: `pos` positions run with `-n
+/// steps` in a context of `ctx`.
 pub fn stop_reason(stop: Stop, pos: usize, steps: usize, ctx: usize) -> String {
     match stop {
+        // Only in window mode: without a window, -n 0 runs until the context is full.
+        Stop::Steps if steps == 0 => format!("steps reached (-n 0: the context's {ctx} positions)"),
         Stop::Steps => format!("steps reached (-n {steps})"),
         Stop::Bos => format!("the model produced BOS at position {pos}"),
         Stop::Eos => format!("the model produced EOS at position {pos}"),

@@ -338,6 +338,15 @@ fn generation_says_why_it_stopped() {
     assert!(err.contains("stopped: context full (16 positions"), "{err}");
     assert_eq!(j["stop"], "context_full");
 
+    // -n 0 runs until the context is full, and says so (not "steps reached").
+    let (err, j) = generate_json(&["-n", "0", "-t", "0", "--ctx", "64"]);
+    assert!(err.contains("stopped: context full (64 positions; --window keeps going)"), "{err}");
+    assert_eq!((j["stop"].as_str(), j["positions"].as_u64()), (Some("context_full"), Some(64)), "{j}");
+    // In window mode the context never fills: -n 0 runs as many positions as it holds.
+    let (err, j) = generate_json(&["-n", "0", "-t", "0", "--ctx", "32", "--window"]);
+    assert!(err.contains("stopped: steps reached (-n 0: the context's 32 positions)"), "{err}");
+    assert_eq!((j["stop"].as_str(), j["positions"].as_u64()), (Some("steps"), Some(32)), "{j}");
+
     // Window mode with an i8 cache: this seed's story ends with BOS long before -n.
     let (err, j) = generate_json(&["--kv", "i8", "--ctx", "128", "--window", "-n", "2000", "-s", "42"]);
     let pos = j["positions"].as_u64().unwrap();
