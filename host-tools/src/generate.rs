@@ -7,7 +7,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result};
 use clap::Args;
 use microlm::tokenizer::Tokenizer;
-use microlm::{Generation, KvDtype, Sampler, SamplerConfig, Session, Step, Stop, Utf8Stream};
+use microlm::{Generation, KvDtype, Model, Sampler, SamplerConfig, Session, SessionError, Step, Stop, Utf8Stream};
 
 use microlm_cli::load::{self, ModelFile};
 
@@ -126,26 +126,30 @@ pub fn stop_reason(stop: Stop, pos: usize, steps: usize, ctx: usize) -> String {
     }
 }
 
-pub fn run(args: &GenerateArgs) -> Result<()> {
-    let file = ModelFile::read(&args.model)?;
-    let model = file.parse(args.no_checksum)?;
-    let s = &args.sampling;
+/// A run's settings, checked as `generate` checks them before its first forward pass.
+#[derive(Debug)]
+pub struct Checked {
+    /// The sampler settings, the seed resolved (0 or none: from the clock).
+    pub sampler: SamplerConfig,
+    /// The arena plan at the context length and KV dtype of the run.
+    pub plan: microlm::Plan,
+    /// The prompt's token ids, BOS first when the model adds one.
+    pub prompt: Vec<u32>,
+}
+
+/// Checks the flags of a run of `model` with a context of `ctx` positions and a
+/// `kv` cache, in `generate`'s order and with its messages: the sampling
+/// settings, the context length, the prompt's length (refused before it is
+/// encoded when it cannot fit) and the window. `microlm qemu` checks a run with
+/// it on the host before it builds or boots a firmware.
+pub fn check(model: &Model<'_>, s: &SamplingArgs, ctx: usize, kv: KvDtype) -> Result<Checked> {
     let seed = match s.seed {
         Some(seed) if seed != 0 => seed,
         _ => SystemTime::now().duration_since(UNIX_EPOCH).map_or(1, |d| d.as_secs().max(1)),
     };
-    let vocab_size = model.config().vocab_size;
-    let mut sampler = Sampler::new(
-        SamplerConfig { temperature: s.temperature, top_p: s.top_p, top_k: s.top_k, min_p: s.min_p, seed },
-        vocab_size,
-    )
-    .context("invalid sampling settings")?;
-    let ctx = s.ctx.unwrap_or(model.config().seq_len);
-    let kv = s.kv_or_f32();
+    let sampler = SamplerConfig { temperature: s.temperature, top_p: s.top_p, top_k: s.top_k, min_p: s.min_p, seed };
+    Sampler::new(sampler, model.config().vocab_size).context("invalid sampling settings")?;
     let plan = model.plan(ctx, kv)?;
-    let mut arena = load::arena(plan.total);
-    let mut session = Session::new(&model, bytemuck::cast_slice_mut(&mut arena), ctx, kv)?;
-    // A prompt that cannot fit is refused before it is encoded.
     let at_least = model.tokenizer().min_tokens(s.prompt.as_bytes(), true);
     anyhow::ensure!(
         at_least <= ctx,
@@ -153,9 +157,27 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
         s.prompt.len()
     );
     let prompt = encode_prompt(model.tokenizer(), &s.prompt)?;
-    let mut generation = Generation::new(&session, &prompt, s.steps)?;
+    if prompt.len() > ctx {
+        return Err(SessionError::PromptTooLong { tokens: prompt.len(), ctx_len: ctx }.into());
+    }
     if let Some(sinks) = s.window {
         anyhow::ensure!(sinks < ctx, "--window {sinks}: the context ({ctx}) must be longer than the sinks");
+    }
+    Ok(Checked { sampler, plan, prompt })
+}
+
+pub fn run(args: &GenerateArgs) -> Result<()> {
+    let file = ModelFile::read(&args.model)?;
+    let model = file.parse(args.no_checksum)?;
+    let s = &args.sampling;
+    let ctx = s.ctx.unwrap_or(model.config().seq_len);
+    let kv = s.kv_or_f32();
+    let Checked { sampler, plan, prompt } = check(&model, s, ctx, kv)?;
+    let mut sampler = Sampler::new(sampler, model.config().vocab_size).context("invalid sampling settings")?;
+    let mut arena = load::arena(plan.total);
+    let mut session = Session::new(&model, bytemuck::cast_slice_mut(&mut arena), ctx, kv)?;
+    let mut generation = Generation::new(&session, &prompt, s.steps)?;
+    if let Some(sinks) = s.window {
         generation = generation.with_window(sinks);
     }
 

@@ -419,19 +419,13 @@ pub fn link_error(machine: &Machine, stderr: &str) -> Option<String> {
 }
 
 /// The context an embedded board's arena is built for: `--ctx`, else the
-/// positions the run needs (`-n`, at most the model's seq_len; 0 = seq_len).
-/// `None` when the file does not parse (the firmware then reports why).
-pub fn embedded_ctx(model: &Path, sampling: &SamplingArgs) -> Result<Option<usize>> {
-    if let Some(ctx) = sampling.ctx {
-        return Ok(Some(ctx));
+/// positions the run needs (`-n`, at most the model's `seq_len`; 0 = `seq_len`).
+pub fn embedded_ctx(seq_len: usize, sampling: &SamplingArgs) -> usize {
+    match (sampling.ctx, sampling.steps) {
+        (Some(ctx), _) => ctx,
+        (None, 0) => seq_len,
+        (None, steps) => steps.min(seq_len),
     }
-    let bytes = microlm_cli::io::read(model, microlm_cli::io::MODEL)?;
-    let mut words = vec![0u32; bytes.len().div_ceil(4)];
-    bytemuck::cast_slice_mut::<u32, u8>(&mut words)[..bytes.len()].copy_from_slice(&bytes);
-    let bytes = &bytemuck::cast_slice::<u32, u8>(&words)[..bytes.len()];
-    let Ok(parsed) = microlm::Model::parse_with(bytes, microlm::Checksum::Skip) else { return Ok(None) };
-    let seq_len = parsed.config().seq_len;
-    Ok(Some(if sampling.steps == 0 { seq_len } else { sampling.steps.min(seq_len) }))
 }
 
 /// Quotes a value for the firmware's command-line parser (double quotes, backslash escapes).
@@ -734,20 +728,36 @@ pub fn outcome(run: &Run) -> Result<Output> {
     parse_stats(stats, text)
 }
 
+/// The checks of a run before anything slow (a firmware build, QEMU): the
+/// model file parses (header, tables, CRC) and `generate` would take the
+/// settings for it ([`crate::generate::check`], with its messages) at the
+/// context the firmware runs at. Returns the file's length and its `seq_len`.
+fn check_run(args: &QemuArgs, machine: &Machine) -> Result<(u64, usize)> {
+    let file = microlm_cli::load::ModelFile::read(&args.model)?;
+    let model = file.parse(false)?;
+    let seq_len = model.config().seq_len;
+    let s = &args.sampling;
+    // An embedded board built here is built for the run's context; a prebuilt one
+    // has its own (its firmware checks it); the others default to the model's seq_len.
+    let ctx = match machine.model {
+        Placement::Embedded { .. } if args.firmware.is_none() && !args.link => embedded_ctx(seq_len, s),
+        _ => s.ctx.unwrap_or(seq_len),
+    };
+    // The KV dtype only sizes the plan here; the link firmware's default is i8.
+    let kv = s.kv.unwrap_or(if args.link { microlm::KvDtype::I8 } else { microlm::KvDtype::F32 });
+    ensure!(!(args.link && s.window.is_some()), "--window is not available over the link");
+    crate::generate::check(&model, s, ctx, kv)?;
+    Ok((file.bytes().len() as u64, seq_len))
+}
+
 pub fn run(args: &QemuArgs) -> Result<()> {
     let machine = machine(&args.machine)?;
+    // Cheap checks first: the model and the settings, before minutes go into building a firmware.
+    let (model_len, seq_len) = check_run(args, machine)?;
+    check_qemu(machine)?;
     if args.link {
-        check_qemu(machine)?;
         return run_link(args, machine);
     }
-    // Cheap checks first: the model file must parse (header, tables, CRC) before
-    // minutes go into building a firmware for it.
-    let model_len = {
-        let file = microlm_cli::load::ModelFile::read(&args.model)?;
-        file.parse(false)?;
-        file.bytes().len() as u64
-    };
-    check_qemu(machine)?;
     let mut words = firmware_args(&args.sampling);
     // A board that prints on its serial port: QEMU serves it on a socket in a fresh directory.
     let socket_dir = match machine.text {
@@ -785,7 +795,7 @@ pub fn run(args: &QemuArgs) -> Result<()> {
                     path.clone()
                 }
                 None => {
-                    let ctx = embedded_ctx(&args.model, &args.sampling)?;
+                    let ctx = embedded_ctx(seq_len, &args.sampling);
                     let path = std::path::absolute(&args.model)
                         .with_context(|| format!("cannot resolve {}", args.model.display()))?;
                     // The arena is sized for the KV dtype the run asks for (`--kv`, passed to the firmware
@@ -794,11 +804,9 @@ pub fn run(args: &QemuArgs) -> Result<()> {
                     if let Some(kv) = args.sampling.kv {
                         env.push(("MICROLM_KV", kv.name().into()));
                     }
-                    if let Some(ctx) = ctx {
-                        env.push(("MICROLM_CTX", ctx.to_string().into()));
-                        if args.sampling.ctx.is_none() {
-                            words.extend(["--ctx".into(), ctx.to_string()]);
-                        }
+                    env.push(("MICROLM_CTX", ctx.to_string().into()));
+                    if args.sampling.ctx.is_none() {
+                        words.extend(["--ctx".into(), ctx.to_string()]);
                     }
                     build_firmware(machine, &env)?
                 }

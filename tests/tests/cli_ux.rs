@@ -213,6 +213,47 @@ fn qemu_without_qemu(model: &Path, args: &[&str]) -> (i32, String) {
     (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
+/// Settings `generate` refuses are refused by `qemu` on the host, in the same
+/// words, before it looks for QEMU or builds a firmware (on a board that loads
+/// the model and on one that embeds it, with the context it would be built for).
+#[test]
+fn qemu_checks_the_settings_on_the_host_as_generate_does() {
+    let model = converted("f32");
+    let m = model.to_str().unwrap();
+    let long_prompt = "Once upon a time there was a dragon";
+    let cases: [&[&str]; 11] = [
+        &["-t", "-1"],
+        &["-t", "nan"],
+        &["--top-p", "0"],
+        &["--top-p", "1.5"],
+        &["--min-p", "2"],
+        &["--top-k", "513"],
+        &["-s", "-5"],
+        &["-n", "-3"],
+        &["--ctx", "0"],
+        &["--ctx", "4", "-p", long_prompt],
+        &["--ctx", "64", "--window", "64"],
+    ];
+    for flags in cases {
+        let mut args = vec!["generate", m];
+        args.extend_from_slice(flags);
+        let (code, _, err) = run_cli(&args);
+        let want = one_error_line(code, &err).replace("microlm generate --help", "microlm qemu --help");
+        for machine in ["mps2-an386", "lm3s6965evb"] {
+            let start = Instant::now();
+            let mut args = flags.to_vec();
+            args.extend(["--machine", machine]);
+            let (code, err) = qemu_without_qemu(&model, &args);
+            let line = one_error_line(code, &err);
+            assert_eq!(line, want, "{machine} {flags:?}");
+            assert!(start.elapsed() < Duration::from_secs(10), "{machine} {flags:?}: took {:?}", start.elapsed());
+        }
+    }
+    // An embedded board is built with a context of -n positions: a prompt longer than that is refused before.
+    let (code, err) = qemu_without_qemu(&model, &["--machine", "lm3s6965evb", "-n", "3", "-p", long_prompt]);
+    assert!(one_error_line(code, &err).contains("longer than the context of 3"), "{err}");
+}
+
 /// `--timeout 0` would kill QEMU (or give up on a board) at once: refused, as
 /// are negative, endless and out-of-range timeouts, each in one line.
 #[test]

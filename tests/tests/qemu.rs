@@ -253,11 +253,16 @@ fn qemu_corrupt_model_is_an_error_exit() {
 
 #[test]
 fn qemu_cli_reports_the_firmware_error() {
-    // A model file the host accepts, with a context the firmware refuses: its error line, relayed.
-    let out = run_cli_qemu(model(), &["-n".into(), "8".into(), "--ctx".into(), "100000".into()]);
+    // Settings the host accepts (it checks what `generate` checks) and the firmware refuses
+    // (more positions than its ids buffer records): its error line, relayed.
+    let flags: Vec<String> = ["-n", "9000", "--window", "--ctx", "64"].iter().map(|s| s.to_string()).collect();
+    let out = run_cli_qemu(model(), &flags);
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("error: the firmware reported: "), "{stderr}");
+    assert!(
+        stderr.contains("error: the firmware reported: 9000 positions requested; this firmware records"),
+        "{stderr}"
+    );
     assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
 }
 
