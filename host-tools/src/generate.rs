@@ -75,7 +75,9 @@ pub struct GenerateArgs {
     pub no_checksum: bool,
 }
 
-/// The result of a generation run.
+/// The result of a generation run: `generate --json`'s object. `microlm qemu
+/// --json` prints the same keys for the same things ([`crate::qemu::Output`]);
+/// docs/CLI.md lists them.
 #[derive(Debug, serde::Serialize)]
 pub struct Output {
     /// BOS followed by every next token, as llama2.c's reference lists them.
@@ -86,23 +88,31 @@ pub struct Output {
     pub prompt_tokens: usize,
     /// Tokens chosen by the sampler.
     pub generated_tokens: usize,
-    /// Forward passes per second.
-    pub tokens_per_s: f64,
+    /// Positions run (forward passes).
+    pub positions: usize,
     /// Why generation ended: `steps`, `bos`, `eos` or `context_full`.
     pub stop: &'static str,
     /// The same in words, with the position (as printed on stderr).
     pub stop_reason: String,
-    /// Positions run (forward passes).
-    pub positions: usize,
+    /// Arena bytes of the session (`Model::plan`).
+    pub arena_bytes: usize,
+    /// Forward passes per second.
+    pub tokens_per_s: f64,
 }
 
-fn stop_name(stop: Stop) -> &'static str {
+/// The `stop` name of a stop reason (also the firmware's `stop=` word).
+pub fn stop_name(stop: Stop) -> &'static str {
     match stop {
         Stop::Steps => "steps",
         Stop::Bos => "bos",
         Stop::Eos => "eos",
         Stop::ContextFull => "context_full",
     }
+}
+
+/// The stop reason named `name` (see [`stop_name`]).
+pub fn stop_named(name: &str) -> Option<Stop> {
+    [Stop::Steps, Stop::Bos, Stop::Eos, Stop::ContextFull].into_iter().find(|&s| stop_name(s) == name)
 }
 
 /// Encodes `prompt` with BOS as llama2.c does (with the workspace for O(n log n) merges).
@@ -223,10 +233,11 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
             text,
             prompt_tokens: prompt.len(),
             generated_tokens: generated,
-            tokens_per_s,
+            positions: generation.pos(),
             stop: stop_name(stop),
             stop_reason: stop_reason(stop, generation.pos(), s.steps, ctx),
-            positions: generation.pos(),
+            arena_bytes: plan.total,
+            tokens_per_s,
         };
         writeln!(out, "{}", serde_json::to_string(&o)?)?;
         out.flush()?;

@@ -298,7 +298,10 @@ fn run_link(args: &QemuArgs, machine: &Machine) -> Result<()> {
     result
 }
 
-/// What the firmware reported for a successful run.
+/// What the firmware reported for a successful run: `qemu --json`'s object,
+/// with `generate --json`'s keys for the same things ([`crate::generate::Output`];
+/// docs/CLI.md lists them) and the board's figures in place of the host's
+/// throughput.
 #[derive(Debug, serde::Serialize)]
 pub struct Output {
     /// BOS followed by every next token, as `microlm generate --json` lists them.
@@ -307,14 +310,18 @@ pub struct Output {
     pub text: String,
     /// Prompt tokens, BOS included.
     pub prompt_tokens: usize,
+    /// Tokens chosen by the sampler.
+    pub generated_tokens: usize,
     /// Positions run (forward passes).
-    pub tokens: usize,
-    /// Why generation ended.
+    pub positions: usize,
+    /// Why generation ended: `steps`, `bos`, `eos` or `context_full`.
     pub stop: String,
-    /// Guest instructions per position, counted with SysTick under `-icount shift=0`.
-    pub instructions_per_token: u64,
+    /// The same in words, as `generate` prints it (set by [`run`], which knows `-n`).
+    pub stop_reason: String,
     /// Arena bytes the session used (`Model::plan`).
     pub arena_bytes: usize,
+    /// Guest instructions per position, counted with SysTick under `-icount shift=0`.
+    pub instructions_per_token: u64,
     /// Peak stack bytes, from the painted stack.
     pub stack_peak_bytes: usize,
 }
@@ -563,17 +570,20 @@ fn parse_stats(line: &str, text: String) -> Result<Output> {
         ids: Vec::new(),
         text,
         prompt_tokens: 0,
-        tokens: 0,
+        generated_tokens: 0,
+        positions: 0,
         stop: String::new(),
-        instructions_per_token: 0,
+        stop_reason: String::new(),
         arena_bytes: 0,
+        instructions_per_token: 0,
         stack_peak_bytes: 0,
     };
     for field in line.split_whitespace() {
         let (key, value) = field.split_once('=').with_context(|| format!("bad stats field '{field}'"))?;
         let bad = || format!("bad stats value {key}={value}");
         match key {
-            "tokens" => out.tokens = value.parse().with_context(bad)?,
+            // The firmware's name for the positions run.
+            "tokens" => out.positions = value.parse().with_context(bad)?,
             "prompt_tokens" => out.prompt_tokens = value.parse().with_context(bad)?,
             "stop" => out.stop = value.to_string(),
             "instructions_per_token" => out.instructions_per_token = value.parse().with_context(bad)?,
@@ -587,6 +597,8 @@ fn parse_stats(line: &str, text: String) -> Result<Output> {
         }
     }
     ensure!(!out.ids.is_empty(), "the firmware's stats line has no ids");
+    // BOS (or the prompt's first token), then one token per position: those past the prompt were sampled.
+    out.generated_tokens = out.ids.len().saturating_sub(out.prompt_tokens);
     Ok(out)
 }
 
@@ -816,10 +828,16 @@ pub fn run(args: &QemuArgs) -> Result<()> {
     };
     let serial = socket.as_deref().map(|socket| SerialText { socket, firmware: &firmware });
     let run = run_qemu(cmd, Duration::from_secs(args.timeout), std::io::stdout(), serial)?;
-    let out = outcome(&run)?;
+    let mut out = outcome(&run)?;
+    // Stopped by the context (or -n 0 in window mode): as many positions ran as the context holds.
+    out.stop_reason = match crate::generate::stop_named(&out.stop) {
+        Some(stop) => crate::generate::stop_reason(stop, out.positions, args.sampling.steps, out.positions),
+        None => out.stop.clone(),
+    };
+    eprintln!("stopped: {}", out.stop_reason);
     eprintln!(
-        "{}: {} tokens, {} instructions per token, arena {} bytes, stack peak {} bytes",
-        machine.name, out.tokens, out.instructions_per_token, out.arena_bytes, out.stack_peak_bytes
+        "{}: {} positions, {} instructions per token, arena {} bytes, stack peak {} bytes",
+        machine.name, out.positions, out.instructions_per_token, out.arena_bytes, out.stack_peak_bytes
     );
     if args.json {
         println!("{}", serde_json::to_string(&out)?);
@@ -910,6 +928,8 @@ mod tests {
         assert_eq!(out.text, "Hi there");
         assert_eq!(out.ids, [1, 5, 6]);
         assert_eq!((out.instructions_per_token, out.arena_bytes, out.stack_peak_bytes), (9, 8, 7));
+        // The firmware's tokens= is `positions`; past the one-token prompt, both tokens were sampled.
+        assert_eq!((out.positions, out.generated_tokens, out.prompt_tokens), (2, 2, 1));
         let failed = Run { status: ExitStatus::from_raw(1 << 8), stdout: b"error: bad model\n".to_vec(), ..run };
         assert_eq!(outcome(&failed).unwrap_err().to_string(), "the firmware reported: bad model");
     }
