@@ -10,18 +10,21 @@ use microlm::{Generation, Sampler, SamplerConfig, Session, Step};
 use microlm_cli::load::{self, ModelFile};
 
 /// Arguments of `microlm bench`.
+///
+/// Its numbers take values that start with '-' (`-n -3`), as `generate`'s do,
+/// so that they reach the range checks and get a specific error.
 #[derive(Debug, Args)]
 pub struct BenchArgs {
     /// Model file (.mlm).
     pub model: PathBuf,
-    /// Positions per run (greedy, no prompt).
-    #[arg(short = 'n', long = "steps", default_value_t = 256)]
+    /// Positions per run (greedy, no prompt; 0 = until the context is full).
+    #[arg(short = 'n', long = "steps", default_value_t = 256, allow_hyphen_values = true, value_parser = crate::values::count)]
     pub steps: usize,
     /// Timed runs; the median is reported.
-    #[arg(long, default_value_t = 7)]
+    #[arg(long, default_value_t = 7, allow_hyphen_values = true, value_parser = crate::values::positive)]
     pub runs: usize,
     /// Context length (default: the model's seq_len).
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true, value_parser = crate::values::count)]
     pub ctx: Option<usize>,
     /// KV cache dtype: f32, f16 or i8.
     #[arg(long, default_value = "f32", value_parser = crate::values::kv())]

@@ -46,7 +46,7 @@ pub fn run(args: &ConvertArgs) -> Result<()> {
         return run_gguf(args);
     }
     let tokenizer = args.tokenizer.as_ref().context("--tokenizer is required for a llama2.c checkpoint")?;
-    let output = io::Output::create(&args.output, &quantize::inputs(&[&args.input, tokenizer], &args.quant))?;
+    let output = quantize::create_output(&args.output, &[&args.input, tokenizer], &args.quant)?;
     let bytes = io::read(&args.input, io::CHECKPOINT)?;
     let ckpt = llama2c::read_checkpoint(&bytes)
         .with_context(|| format!("{} is not a usable llama2.c checkpoint", args.input.display()))?;
@@ -81,7 +81,7 @@ pub fn run(args: &ConvertArgs) -> Result<()> {
     let len = quantize_and_commit(args, output, &source, &name, dtypes, &passthrough)?;
     eprintln!(
         "wrote {} ({} bytes, {} weights, {} tensors, vocab {}) from llama2.c version {} checkpoint",
-        args.output.display(),
+        io::display(&args.output),
         len,
         base.name(),
         ckpt.config.tensor_count(),
@@ -134,7 +134,7 @@ fn quantize_and_commit(
 
 /// `microlm convert DIR`: a Hugging Face Llama folder (see [`hf`]) → `.mlm`.
 fn run_hf(args: &ConvertArgs) -> Result<()> {
-    let output = io::Output::create(&args.output, &quantize::inputs(&[&args.input], &args.quant))?;
+    let output = quantize::create_output(&args.output, &[&args.input], &args.quant)?;
     let m = hf::read_dir(&args.input)
         .with_context(|| format!("{} is not a usable Hugging Face Llama folder", args.input.display()))?;
     let name = write::model_name(&args.input.to_string_lossy());
@@ -149,7 +149,7 @@ fn run_hf(args: &ConvertArgs) -> Result<()> {
     let len = quantize_and_commit(args, output, &source, &name, dtypes, &|_: &TensorEntry, _: &[f32]| None)?;
     eprintln!(
         "wrote {} ({} bytes, {} weights, {} tensors, vocab {}) from a Hugging Face Llama folder",
-        args.output.display(),
+        io::display(&args.output),
         len,
         base.name(),
         m.config.tensor_count(),
@@ -217,7 +217,7 @@ fn gguf_dtypes(g: &gguf::Gguf<'_>, config: &microlm::format::Config, quant: &Qua
 /// `microlm convert model.gguf`: a GGUF file of architecture `llama` (see [`gguf`]) → `.mlm`.
 fn run_gguf(args: &ConvertArgs) -> Result<()> {
     ensure!(args.tokenizer.is_none(), "a GGUF file carries its own tokenizer: leave out --tokenizer");
-    let output = io::Output::create(&args.output, &quantize::inputs(&[&args.input], &args.quant))?;
+    let output = quantize::create_output(&args.output, &[&args.input], &args.quant)?;
     let bytes = io::read(&args.input, io::CHECKPOINT)?;
     let what = || format!("{} is not a usable GGUF llama model", args.input.display());
     let g = gguf::parse(&bytes).with_context(what)?;
@@ -282,7 +282,7 @@ fn run_gguf(args: &ConvertArgs) -> Result<()> {
     let len = quantize_and_commit(args, output, &source, &name, dtypes, &passthrough)?;
     eprintln!(
         "wrote {} ({} bytes, {} weights, {} tensors, vocab {} {}) from a GGUF v{} file ({} weights)",
-        args.output.display(),
+        io::display(&args.output),
         len,
         base.name(),
         config.tensor_count(),

@@ -35,8 +35,8 @@ pub struct DeviceArgs {
     /// Unix socket carrying the board's serial line (QEMU `-chardev socket,path=...`).
     #[arg(long)]
     pub socket: Option<PathBuf>,
-    /// Seconds to wait for each reply (each token, during a generation).
-    #[arg(long, default_value_t = 30.0, value_parser = crate::values::real)]
+    /// Seconds to wait for each reply (each token, during a generation); more than 0.
+    #[arg(long, default_value_t = 30.0, allow_hyphen_values = true, value_parser = crate::values::timeout_real)]
     pub timeout: f32,
     /// Print one JSON object as the last line.
     #[arg(long, global = true)]

@@ -237,6 +237,13 @@ fn greedy_common_prefix(a: &mut Runner<'_>, b: &mut Runner<'_>, bos: u32, steps:
 }
 
 pub fn run(args: &EvalArgs) -> Result<()> {
+    if let Some(plot) = &args.plot {
+        anyhow::ensure!(
+            !microlm_cli::io::names_stdout(plot),
+            "--plot {} writes the chart on stdout, where eval prints its results: choose a file for the plot",
+            plot.display()
+        );
+    }
     let mut points = Vec::new();
     for path in &args.models {
         let out = run_one(args, path)?;

@@ -7,7 +7,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result};
 use clap::Args;
 use microlm::tokenizer::Tokenizer;
-use microlm::{Generation, KvDtype, Sampler, SamplerConfig, Session, Step, Stop, Utf8Stream};
+use microlm::{Generation, KvDtype, Model, Sampler, SamplerConfig, Session, SessionError, Step, Stop, Utf8Stream};
 
 use microlm_cli::load::{self, ModelFile};
 
@@ -22,7 +22,7 @@ pub struct SamplingArgs {
     /// Prompt text (encoded with BOS when the model adds one, and for SentencePiece a dummy-prefix space).
     #[arg(short = 'p', long, default_value = "", allow_hyphen_values = true)]
     pub prompt: String,
-    /// Positions to run, prompt included (0 = the whole context).
+    /// Positions to run, prompt included (0 = until the context is full).
     #[arg(short = 'n', long = "steps", default_value_t = 256, allow_hyphen_values = true, value_parser = values::count)]
     pub steps: usize,
     /// Temperature; 0 = greedy.
@@ -75,7 +75,9 @@ pub struct GenerateArgs {
     pub no_checksum: bool,
 }
 
-/// The result of a generation run.
+/// The result of a generation run: `generate --json`'s object. `microlm qemu
+/// --json` prints the same keys for the same things ([`crate::qemu::Output`]);
+/// docs/CLI.md lists them.
 #[derive(Debug, serde::Serialize)]
 pub struct Output {
     /// BOS followed by every next token, as llama2.c's reference lists them.
@@ -86,23 +88,31 @@ pub struct Output {
     pub prompt_tokens: usize,
     /// Tokens chosen by the sampler.
     pub generated_tokens: usize,
-    /// Forward passes per second.
-    pub tokens_per_s: f64,
+    /// Positions run (forward passes).
+    pub positions: usize,
     /// Why generation ended: `steps`, `bos`, `eos` or `context_full`.
     pub stop: &'static str,
     /// The same in words, with the position (as printed on stderr).
     pub stop_reason: String,
-    /// Positions run (forward passes).
-    pub positions: usize,
+    /// Arena bytes of the session (`Model::plan`).
+    pub arena_bytes: usize,
+    /// Forward passes per second.
+    pub tokens_per_s: f64,
 }
 
-fn stop_name(stop: Stop) -> &'static str {
+/// The `stop` name of a stop reason (also the firmware's `stop=` word).
+pub fn stop_name(stop: Stop) -> &'static str {
     match stop {
         Stop::Steps => "steps",
         Stop::Bos => "bos",
         Stop::Eos => "eos",
         Stop::ContextFull => "context_full",
     }
+}
+
+/// The stop reason named `name` (see [`stop_name`]).
+pub fn stop_named(name: &str) -> Option<Stop> {
+    [Stop::Steps, Stop::Bos, Stop::Eos, Stop::ContextFull].into_iter().find(|&s| stop_name(s) == name)
 }
 
 /// Encodes `prompt` with BOS as llama2.c does (with the workspace for O(n log n) merges).
@@ -113,9 +123,12 @@ pub fn encode_prompt(tok: &Tokenizer<'_>, prompt: &str) -> Result<Vec<u32>> {
     Ok(ids)
 }
 
-/// Why generation stopped, in words for stderr.
+/// Why generation stopped, in words for stderr: `pos` positions run with `-n
+/// steps` in a context of `ctx`.
 pub fn stop_reason(stop: Stop, pos: usize, steps: usize, ctx: usize) -> String {
     match stop {
+        // Only in window mode: without a window, -n 0 runs until the context is full.
+        Stop::Steps if steps == 0 => format!("steps reached (-n 0: the context's {ctx} positions)"),
         Stop::Steps => format!("steps reached (-n {steps})"),
         Stop::Bos => format!("the model produced BOS at position {pos}"),
         Stop::Eos => format!("the model produced EOS at position {pos}"),
@@ -123,26 +136,30 @@ pub fn stop_reason(stop: Stop, pos: usize, steps: usize, ctx: usize) -> String {
     }
 }
 
-pub fn run(args: &GenerateArgs) -> Result<()> {
-    let file = ModelFile::read(&args.model)?;
-    let model = file.parse(args.no_checksum)?;
-    let s = &args.sampling;
+/// A run's settings, checked as `generate` checks them before its first forward pass.
+#[derive(Debug)]
+pub struct Checked {
+    /// The sampler settings, the seed resolved (0 or none: from the clock).
+    pub sampler: SamplerConfig,
+    /// The arena plan at the context length and KV dtype of the run.
+    pub plan: microlm::Plan,
+    /// The prompt's token ids, BOS first when the model adds one.
+    pub prompt: Vec<u32>,
+}
+
+/// Checks the flags of a run of `model` with a context of `ctx` positions and a
+/// `kv` cache, in `generate`'s order and with its messages: the sampling
+/// settings, the context length, the prompt's length (refused before it is
+/// encoded when it cannot fit) and the window. `microlm qemu` checks a run with
+/// it on the host before it builds or boots a firmware.
+pub fn check(model: &Model<'_>, s: &SamplingArgs, ctx: usize, kv: KvDtype) -> Result<Checked> {
     let seed = match s.seed {
         Some(seed) if seed != 0 => seed,
         _ => SystemTime::now().duration_since(UNIX_EPOCH).map_or(1, |d| d.as_secs().max(1)),
     };
-    let vocab_size = model.config().vocab_size;
-    let mut sampler = Sampler::new(
-        SamplerConfig { temperature: s.temperature, top_p: s.top_p, top_k: s.top_k, min_p: s.min_p, seed },
-        vocab_size,
-    )
-    .context("invalid sampling settings")?;
-    let ctx = s.ctx.unwrap_or(model.config().seq_len);
-    let kv = s.kv_or_f32();
+    let sampler = SamplerConfig { temperature: s.temperature, top_p: s.top_p, top_k: s.top_k, min_p: s.min_p, seed };
+    Sampler::new(sampler, model.config().vocab_size).context("invalid sampling settings")?;
     let plan = model.plan(ctx, kv)?;
-    let mut arena = load::arena(plan.total);
-    let mut session = Session::new(&model, bytemuck::cast_slice_mut(&mut arena), ctx, kv)?;
-    // A prompt that cannot fit is refused before it is encoded.
     let at_least = model.tokenizer().min_tokens(s.prompt.as_bytes(), true);
     anyhow::ensure!(
         at_least <= ctx,
@@ -150,9 +167,27 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
         s.prompt.len()
     );
     let prompt = encode_prompt(model.tokenizer(), &s.prompt)?;
-    let mut generation = Generation::new(&session, &prompt, s.steps)?;
+    if prompt.len() > ctx {
+        return Err(SessionError::PromptTooLong { tokens: prompt.len(), ctx_len: ctx }.into());
+    }
     if let Some(sinks) = s.window {
         anyhow::ensure!(sinks < ctx, "--window {sinks}: the context ({ctx}) must be longer than the sinks");
+    }
+    Ok(Checked { sampler, plan, prompt })
+}
+
+pub fn run(args: &GenerateArgs) -> Result<()> {
+    let file = ModelFile::read(&args.model)?;
+    let model = file.parse(args.no_checksum)?;
+    let s = &args.sampling;
+    let ctx = s.ctx.unwrap_or(model.config().seq_len);
+    let kv = s.kv_or_f32();
+    let Checked { sampler, plan, prompt } = check(&model, s, ctx, kv)?;
+    let mut sampler = Sampler::new(sampler, model.config().vocab_size).context("invalid sampling settings")?;
+    let mut arena = load::arena(plan.total);
+    let mut session = Session::new(&model, bytemuck::cast_slice_mut(&mut arena), ctx, kv)?;
+    let mut generation = Generation::new(&session, &prompt, s.steps)?;
+    if let Some(sinks) = s.window {
         generation = generation.with_window(sinks);
     }
 
@@ -198,10 +233,11 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
             text,
             prompt_tokens: prompt.len(),
             generated_tokens: generated,
-            tokens_per_s,
+            positions: generation.pos(),
             stop: stop_name(stop),
             stop_reason: stop_reason(stop, generation.pos(), s.steps, ctx),
-            positions: generation.pos(),
+            arena_bytes: plan.total,
+            tokens_per_s,
         };
         writeln!(out, "{}", serde_json::to_string(&o)?)?;
         out.flush()?;

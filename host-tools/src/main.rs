@@ -140,8 +140,9 @@ fn subcommand_in_args() -> Option<String> {
     std::env::args().skip(1).find(|a| cmd.get_subcommands().any(|s| s.get_name() == a))
 }
 
-/// A clap error as one line: its message with the valid values or a tip, and where to look.
-/// `--help` and `--version` print normally and exit 0.
+/// A clap error as one line: its message with the valid values, and where to look;
+/// clap's tips (`tip: a similar argument exists: '--temperature'`) follow, each on
+/// a line of its own. `--help` and `--version` print normally and exit 0.
 fn usage_error(e: &clap::Error) -> ExitCode {
     use clap::error::ErrorKind;
     match e.kind() {
@@ -158,13 +159,13 @@ fn usage_error(e: &clap::Error) -> ExitCode {
         _ => {}
     }
     let rendered = e.render().to_string();
-    // clap's message, the list of possible values and any tip, up to the usage block.
-    let parts: Vec<&str> = rendered
+    // clap's message, the list of possible values and any tips, up to the usage block.
+    let (tips, parts): (Vec<&str>, Vec<&str>) = rendered
         .lines()
         .map(str::trim)
         .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
         .filter(|l| !l.is_empty())
-        .collect();
+        .partition(|l| l.starts_with("tip:"));
     let message = parts.join(" ");
     let message = message.strip_prefix("error: ").unwrap_or(&message);
     let help = match subcommand_in_args() {
@@ -172,6 +173,9 @@ fn usage_error(e: &clap::Error) -> ExitCode {
         None => "microlm --help".to_string(),
     };
     eprintln!("error: {message}; see '{help}'");
+    for tip in tips {
+        eprintln!("{tip}");
+    }
     ExitCode::FAILURE
 }
 

@@ -208,8 +208,8 @@ pub struct QemuArgs {
     /// Firmware ELF to run (default: build the machine's board crate with cargo).
     #[arg(long)]
     pub firmware: Option<PathBuf>,
-    /// Kill QEMU after this many seconds.
-    #[arg(long, default_value_t = 600)]
+    /// Kill QEMU after this many seconds (1 to 4294967295).
+    #[arg(long, default_value_t = 600, allow_hyphen_values = true, value_parser = crate::values::timeout_secs)]
     pub timeout: u64,
     /// Run the machine's link firmware instead (no model built in): upload the model
     /// over its serial link, then generate through it, as `microlm device` does.
@@ -298,7 +298,10 @@ fn run_link(args: &QemuArgs, machine: &Machine) -> Result<()> {
     result
 }
 
-/// What the firmware reported for a successful run.
+/// What the firmware reported for a successful run: `qemu --json`'s object,
+/// with `generate --json`'s keys for the same things ([`crate::generate::Output`];
+/// docs/CLI.md lists them) and the board's figures in place of the host's
+/// throughput.
 #[derive(Debug, serde::Serialize)]
 pub struct Output {
     /// BOS followed by every next token, as `microlm generate --json` lists them.
@@ -307,14 +310,18 @@ pub struct Output {
     pub text: String,
     /// Prompt tokens, BOS included.
     pub prompt_tokens: usize,
+    /// Tokens chosen by the sampler.
+    pub generated_tokens: usize,
     /// Positions run (forward passes).
-    pub tokens: usize,
-    /// Why generation ended.
+    pub positions: usize,
+    /// Why generation ended: `steps`, `bos`, `eos` or `context_full`.
     pub stop: String,
-    /// Guest instructions per position, counted with SysTick under `-icount shift=0`.
-    pub instructions_per_token: u64,
+    /// The same in words, as `generate` prints it (set by [`run`], which knows `-n`).
+    pub stop_reason: String,
     /// Arena bytes the session used (`Model::plan`).
     pub arena_bytes: usize,
+    /// Guest instructions per position, counted with SysTick under `-icount shift=0`.
+    pub instructions_per_token: u64,
     /// Peak stack bytes, from the painted stack.
     pub stack_peak_bytes: usize,
 }
@@ -419,19 +426,13 @@ pub fn link_error(machine: &Machine, stderr: &str) -> Option<String> {
 }
 
 /// The context an embedded board's arena is built for: `--ctx`, else the
-/// positions the run needs (`-n`, at most the model's seq_len; 0 = seq_len).
-/// `None` when the file does not parse (the firmware then reports why).
-pub fn embedded_ctx(model: &Path, sampling: &SamplingArgs) -> Result<Option<usize>> {
-    if let Some(ctx) = sampling.ctx {
-        return Ok(Some(ctx));
+/// positions the run needs (`-n`, at most the model's `seq_len`; 0 = `seq_len`).
+pub fn embedded_ctx(seq_len: usize, sampling: &SamplingArgs) -> usize {
+    match (sampling.ctx, sampling.steps) {
+        (Some(ctx), _) => ctx,
+        (None, 0) => seq_len,
+        (None, steps) => steps.min(seq_len),
     }
-    let bytes = microlm_cli::io::read(model, microlm_cli::io::MODEL)?;
-    let mut words = vec![0u32; bytes.len().div_ceil(4)];
-    bytemuck::cast_slice_mut::<u32, u8>(&mut words)[..bytes.len()].copy_from_slice(&bytes);
-    let bytes = &bytemuck::cast_slice::<u32, u8>(&words)[..bytes.len()];
-    let Ok(parsed) = microlm::Model::parse_with(bytes, microlm::Checksum::Skip) else { return Ok(None) };
-    let seq_len = parsed.config().seq_len;
-    Ok(Some(if sampling.steps == 0 { seq_len } else { sampling.steps.min(seq_len) }))
 }
 
 /// Quotes a value for the firmware's command-line parser (double quotes, backslash escapes).
@@ -569,17 +570,20 @@ fn parse_stats(line: &str, text: String) -> Result<Output> {
         ids: Vec::new(),
         text,
         prompt_tokens: 0,
-        tokens: 0,
+        generated_tokens: 0,
+        positions: 0,
         stop: String::new(),
-        instructions_per_token: 0,
+        stop_reason: String::new(),
         arena_bytes: 0,
+        instructions_per_token: 0,
         stack_peak_bytes: 0,
     };
     for field in line.split_whitespace() {
         let (key, value) = field.split_once('=').with_context(|| format!("bad stats field '{field}'"))?;
         let bad = || format!("bad stats value {key}={value}");
         match key {
-            "tokens" => out.tokens = value.parse().with_context(bad)?,
+            // The firmware's name for the positions run.
+            "tokens" => out.positions = value.parse().with_context(bad)?,
             "prompt_tokens" => out.prompt_tokens = value.parse().with_context(bad)?,
             "stop" => out.stop = value.to_string(),
             "instructions_per_token" => out.instructions_per_token = value.parse().with_context(bad)?,
@@ -593,6 +597,8 @@ fn parse_stats(line: &str, text: String) -> Result<Output> {
         }
     }
     ensure!(!out.ids.is_empty(), "the firmware's stats line has no ids");
+    // BOS (or the prompt's first token), then one token per position: those past the prompt were sampled.
+    out.generated_tokens = out.ids.len().saturating_sub(out.prompt_tokens);
     Ok(out)
 }
 
@@ -734,20 +740,36 @@ pub fn outcome(run: &Run) -> Result<Output> {
     parse_stats(stats, text)
 }
 
+/// The checks of a run before anything slow (a firmware build, QEMU): the
+/// model file parses (header, tables, CRC) and `generate` would take the
+/// settings for it ([`crate::generate::check`], with its messages) at the
+/// context the firmware runs at. Returns the file's length and its `seq_len`.
+fn check_run(args: &QemuArgs, machine: &Machine) -> Result<(u64, usize)> {
+    let file = microlm_cli::load::ModelFile::read(&args.model)?;
+    let model = file.parse(false)?;
+    let seq_len = model.config().seq_len;
+    let s = &args.sampling;
+    // An embedded board built here is built for the run's context; a prebuilt one
+    // has its own (its firmware checks it); the others default to the model's seq_len.
+    let ctx = match machine.model {
+        Placement::Embedded { .. } if args.firmware.is_none() && !args.link => embedded_ctx(seq_len, s),
+        _ => s.ctx.unwrap_or(seq_len),
+    };
+    // The KV dtype only sizes the plan here; the link firmware's default is i8.
+    let kv = s.kv.unwrap_or(if args.link { microlm::KvDtype::I8 } else { microlm::KvDtype::F32 });
+    ensure!(!(args.link && s.window.is_some()), "--window is not available over the link");
+    crate::generate::check(&model, s, ctx, kv)?;
+    Ok((file.bytes().len() as u64, seq_len))
+}
+
 pub fn run(args: &QemuArgs) -> Result<()> {
     let machine = machine(&args.machine)?;
+    // Cheap checks first: the model and the settings, before minutes go into building a firmware.
+    let (model_len, seq_len) = check_run(args, machine)?;
+    check_qemu(machine)?;
     if args.link {
-        check_qemu(machine)?;
         return run_link(args, machine);
     }
-    // Cheap checks first: the model file must parse (header, tables, CRC) before
-    // minutes go into building a firmware for it.
-    let model_len = {
-        let file = microlm_cli::load::ModelFile::read(&args.model)?;
-        file.parse(false)?;
-        file.bytes().len() as u64
-    };
-    check_qemu(machine)?;
     let mut words = firmware_args(&args.sampling);
     // A board that prints on its serial port: QEMU serves it on a socket in a fresh directory.
     let socket_dir = match machine.text {
@@ -785,7 +807,7 @@ pub fn run(args: &QemuArgs) -> Result<()> {
                     path.clone()
                 }
                 None => {
-                    let ctx = embedded_ctx(&args.model, &args.sampling)?;
+                    let ctx = embedded_ctx(seq_len, &args.sampling);
                     let path = std::path::absolute(&args.model)
                         .with_context(|| format!("cannot resolve {}", args.model.display()))?;
                     // The arena is sized for the KV dtype the run asks for (`--kv`, passed to the firmware
@@ -794,11 +816,9 @@ pub fn run(args: &QemuArgs) -> Result<()> {
                     if let Some(kv) = args.sampling.kv {
                         env.push(("MICROLM_KV", kv.name().into()));
                     }
-                    if let Some(ctx) = ctx {
-                        env.push(("MICROLM_CTX", ctx.to_string().into()));
-                        if args.sampling.ctx.is_none() {
-                            words.extend(["--ctx".into(), ctx.to_string()]);
-                        }
+                    env.push(("MICROLM_CTX", ctx.to_string().into()));
+                    if args.sampling.ctx.is_none() {
+                        words.extend(["--ctx".into(), ctx.to_string()]);
                     }
                     build_firmware(machine, &env)?
                 }
@@ -808,10 +828,16 @@ pub fn run(args: &QemuArgs) -> Result<()> {
     };
     let serial = socket.as_deref().map(|socket| SerialText { socket, firmware: &firmware });
     let run = run_qemu(cmd, Duration::from_secs(args.timeout), std::io::stdout(), serial)?;
-    let out = outcome(&run)?;
+    let mut out = outcome(&run)?;
+    // Stopped by the context (or -n 0 in window mode): as many positions ran as the context holds.
+    out.stop_reason = match crate::generate::stop_named(&out.stop) {
+        Some(stop) => crate::generate::stop_reason(stop, out.positions, args.sampling.steps, out.positions),
+        None => out.stop.clone(),
+    };
+    eprintln!("stopped: {}", out.stop_reason);
     eprintln!(
-        "{}: {} tokens, {} instructions per token, arena {} bytes, stack peak {} bytes",
-        machine.name, out.tokens, out.instructions_per_token, out.arena_bytes, out.stack_peak_bytes
+        "{}: {} positions, {} instructions per token, arena {} bytes, stack peak {} bytes",
+        machine.name, out.positions, out.instructions_per_token, out.arena_bytes, out.stack_peak_bytes
     );
     if args.json {
         println!("{}", serde_json::to_string(&out)?);
@@ -902,6 +928,8 @@ mod tests {
         assert_eq!(out.text, "Hi there");
         assert_eq!(out.ids, [1, 5, 6]);
         assert_eq!((out.instructions_per_token, out.arena_bytes, out.stack_peak_bytes), (9, 8, 7));
+        // The firmware's tokens= is `positions`; past the one-token prompt, both tokens were sampled.
+        assert_eq!((out.positions, out.generated_tokens, out.prompt_tokens), (2, 2, 1));
         let failed = Run { status: ExitStatus::from_raw(1 << 8), stdout: b"error: bad model\n".to_vec(), ..run };
         assert_eq!(outcome(&failed).unwrap_err().to_string(), "the firmware reported: bad model");
     }

@@ -417,6 +417,20 @@ pub fn inputs<'a>(files: &[&'a std::path::Path], args: &'a QuantArgs) -> Vec<&'a
     files.iter().copied().chain(args.calibrate.as_deref()).collect()
 }
 
+/// Opens the model output of a `convert` or `quantize` run reading `files`
+/// (see [`io::Output::create`]). The file is written front to back from memory,
+/// so stdout (`-o -`, `-o /dev/stdout`) takes it too, but not with `--json`,
+/// whose report would follow the model's bytes on stdout.
+pub fn create_output(output: &std::path::Path, files: &[&std::path::Path], args: &QuantArgs) -> Result<io::Output> {
+    let out = io::Output::create(output, &inputs(files, args))?;
+    ensure!(
+        !(out.is_stdout() && args.json),
+        "-o {} writes the model on stdout, where --json prints the report: write the model to a file with --json",
+        output.display()
+    );
+    Ok(out)
+}
+
 /// `--budget` / `--board`: the mix chosen by [`crate::budget::choose`].
 fn run_budget(args: &QuantizeArgs, model: &Model<'_>) -> Result<(Vec<u8>, Vec<TensorReport>)> {
     use crate::budget::Limit;
@@ -487,7 +501,16 @@ fn run_budget(args: &QuantizeArgs, model: &Model<'_>) -> Result<(Vec<u8>, Vec<Te
 }
 
 pub fn run(args: &QuantizeArgs) -> Result<()> {
-    let output = io::Output::create(&args.output, &inputs(&[&args.input], &args.quant))?;
+    let output = create_output(&args.output, &[&args.input], &args.quant)?;
+    // A chart on stdout is fine, unless the model or the JSON report goes there too.
+    if let Some(plot) = args.plot.as_deref().filter(|p| io::names_stdout(p)) {
+        ensure!(
+            !output.is_stdout() && !args.quant.json,
+            "--plot {} writes the chart on stdout, where {} too: choose a file for the plot",
+            plot.display(),
+            if output.is_stdout() { "the model goes" } else { "--json prints the report" }
+        );
+    }
     let file = ModelFile::read(&args.input)?;
     let model = file.parse(false)?;
     // With --fold-norms every later step (calibration, GPTQ, the budget) works on the folded model.
@@ -536,9 +559,9 @@ pub fn run(args: &QuantizeArgs) -> Result<()> {
     print_report(&args.output, out.len(), &report, args.quant.json)?;
     if let Some((file, svg, path)) = plot {
         file.commit(svg.as_bytes())?;
-        eprintln!("wrote {}", path.display());
+        eprintln!("wrote {}", io::display(path));
     }
 
-    eprintln!("wrote {} ({} bytes)", args.output.display(), out.len());
+    eprintln!("wrote {} ({} bytes)", io::display(&args.output), out.len());
     Ok(())
 }

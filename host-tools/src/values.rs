@@ -72,6 +72,41 @@ pub fn count(s: &str) -> Result<usize, String> {
     number(s, "must be a whole number >= 0")
 }
 
+/// `bench --runs`: a whole number ≥ 1.
+pub fn positive(s: &str) -> Result<usize, String> {
+    let v: usize = number(s, "must be a whole number >= 1")?;
+    if v > 0 {
+        Ok(v)
+    } else {
+        Err("must be a whole number >= 1".into())
+    }
+}
+
+/// The longest `--timeout`, in seconds (136 years: a deadline that far is still a time).
+const MAX_TIMEOUT: u64 = u32::MAX as u64;
+
+/// `qemu --timeout`: whole seconds from 1 to [`MAX_TIMEOUT`]; 0 would kill QEMU before it starts.
+pub fn timeout_secs(s: &str) -> Result<u64, String> {
+    let range = format!("must be a whole number of seconds from 1 to {MAX_TIMEOUT}");
+    let v: u64 = number(s, &range)?;
+    if (1..=MAX_TIMEOUT).contains(&v) {
+        Ok(v)
+    } else {
+        Err(range)
+    }
+}
+
+/// `device --timeout`: seconds, more than 0 and at most [`MAX_TIMEOUT`] (fractions allowed).
+pub fn timeout_real(s: &str) -> Result<f32, String> {
+    let range = format!("must be a number of seconds > 0 and at most {MAX_TIMEOUT}");
+    let v = real(s).map_err(|_| range.clone())?;
+    if v > 0.0 && v <= MAX_TIMEOUT as f32 {
+        Ok(v)
+    } else {
+        Err(range)
+    }
+}
+
 /// `-t`, `--top-p`, `--min-p`: any f32 (the sampler checks the range and says which),
 /// read by [`microlm::scalar::parse_f32`] as the board firmware reads it, so a
 /// flag means the same value on the host and on a board. A finite number too
@@ -132,5 +167,17 @@ mod tests {
         assert!(super::real("x").is_err());
         assert!(super::real("0.12345678901234567891").unwrap_err().contains("more than 19 significant digits"));
         assert_eq!(super::real(" 0.80000000000000000000 "), Ok(0.8f32), "trailing zeros are not significant");
+    }
+
+    #[test]
+    fn a_timeout_is_never_zero_negative_or_endless() {
+        assert_eq!(super::timeout_secs("600"), Ok(600));
+        for bad in ["0", "-1", "4294967296", "x"] {
+            assert!(super::timeout_secs(bad).unwrap_err().contains("from 1 to 4294967295"), "{bad}");
+        }
+        assert_eq!(super::timeout_real("0.5"), Ok(0.5));
+        for bad in ["0", "-0", "-2", "nan", "inf", "1e30"] {
+            assert!(super::timeout_real(bad).unwrap_err().contains("> 0 and at most"), "{bad}");
+        }
     }
 }

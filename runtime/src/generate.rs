@@ -10,6 +10,8 @@ use crate::session::Session;
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub enum Stop {
     /// The requested number of steps (positions, prompt included) was reached.
+    /// Steps of 0 (the whole context) end with [`Stop::ContextFull`] instead,
+    /// or in window mode with this after as many positions as the context holds.
     Steps,
     /// The model produced BOS (llama2.c's stop condition).
     Bos,
@@ -95,6 +97,8 @@ pub struct Generation<'p> {
     prompt: &'p [u32],
     /// Positions to run, prompt included (llama2.c `steps`).
     steps: usize,
+    /// `steps` was 0: run the whole context (it is then the context length).
+    whole_context: bool,
     /// Next position to run.
     pos: usize,
     /// Token to feed at `pos`.
@@ -107,8 +111,9 @@ pub struct Generation<'p> {
 }
 
 impl<'p> Generation<'p> {
-    /// Starts a generation of `steps` positions (0 means the whole context) from
-    /// `prompt` (BOS first) in `session`.
+    /// Starts a generation of `steps` positions (0 means the whole context: it
+    /// stops with [`Stop::ContextFull`], as asked) from `prompt` (BOS first) in
+    /// `session`.
     pub fn new(session: &Session<'_>, prompt: &'p [u32], steps: usize) -> Result<Generation<'p>, SessionError> {
         let ctx_len = session.ctx_len();
         let &first = prompt.first().ok_or(SessionError::EmptyPrompt)?;
@@ -120,10 +125,12 @@ impl<'p> Generation<'p> {
         if let Some(&bad) = prompt.iter().find(|&&t| t as usize >= vocab_size) {
             return Err(SessionError::TokenOutOfRange { token: bad, vocab_size });
         }
-        let steps = if steps == 0 { ctx_len } else { steps };
+        let whole_context = steps == 0;
+        let steps = if whole_context { ctx_len } else { steps };
         Ok(Generation {
             prompt,
             steps,
+            whole_context,
             pos: 0,
             token: first,
             bos: tok.bos_id(),
@@ -156,7 +163,9 @@ impl<'p> Generation<'p> {
             return Ok(Step::Done(stop));
         }
         if self.pos >= self.steps {
-            return Ok(self.finish(Stop::Steps));
+            // Steps of 0 asked for the whole context, and it is full: say that, not "steps reached".
+            let stop = if self.whole_context && self.window.is_none() { Stop::ContextFull } else { Stop::Steps };
+            return Ok(self.finish(stop));
         }
         // Without a window, a position below the context runs exactly as
         // `forward` (the window's slots are the linear ones there): one copy

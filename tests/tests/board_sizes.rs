@@ -147,7 +147,7 @@ fn instructions_per_token(board: &Board, model: &Path) -> u64 {
     assert!(out.status.success(), "{machine}: {stderr}");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stats: Value = serde_json::from_str(stdout.trim_end().rsplit('\n').next().unwrap()).expect("a JSON line");
-    assert_eq!(stats["tokens"], STEPS, "{machine}: {stdout}");
+    assert_eq!(stats["positions"], STEPS, "{machine}: {stdout}");
     stats["instructions_per_token"].as_u64().unwrap()
 }
 

@@ -448,28 +448,33 @@ fn writing_through_a_symlink_replaces_its_target_and_keeps_the_link() {
     assert_eq!(listing(&dir.join("real")), ["model.mlm"]);
 }
 
+/// A conversion or quantization interrupted by a signal removes its temporary
+/// output and exits as a shell reports that signal: 128 + its number (SIGINT
+/// 130, SIGTERM 143, SIGHUP 129), with one line saying which.
 #[test]
 fn an_interrupted_conversion_leaves_no_file_behind() {
     let dir = fresh("interrupt");
     let out = dir.join("out.mlm");
     let text = shared().join("data/tinystories_dev.txt");
-    for signal in ["INT", "TERM"] {
-        // Calibration on the whole text keeps the conversion busy long enough to interrupt it.
+    let f32_model = converted("f32");
+    // Calibration on the whole text keeps the run busy long enough to interrupt it.
+    let calibrated = ["--dtype", "q4_0", "--calibrate", text.to_str().unwrap(), "--calibrate-tokens", "0"];
+    let convert: Vec<std::ffi::OsString> =
+        vec!["convert".into(), checkpoint().into(), "--tokenizer".into(), tok512().into()];
+    let quantize: Vec<std::ffi::OsString> = vec!["quantize".into(), f32_model.into()];
+    for (command, signal, code) in [
+        (&convert, "INT", 130),
+        (&convert, "TERM", 143),
+        (&quantize, "INT", 130),
+        (&quantize, "TERM", 143),
+        (&quantize, "HUP", 129),
+    ] {
+        let what = format!("{} SIG{signal}", command[0].to_string_lossy());
         let mut child = Command::new(cli())
-            .args([
-                "convert".as_ref(),
-                checkpoint().as_os_str(),
-                "--tokenizer".as_ref(),
-                tok512().as_os_str(),
-                "--dtype".as_ref(),
-                "q4_0".as_ref(),
-                "--calibrate".as_ref(),
-                text.as_os_str(),
-                "--calibrate-tokens".as_ref(),
-                "0".as_ref(),
-                "-o".as_ref(),
-                out.as_os_str(),
-            ])
+            .args(command)
+            .args(calibrated)
+            .arg("-o")
+            .arg(&out)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -477,19 +482,21 @@ fn an_interrupted_conversion_leaves_no_file_behind() {
         // Wait until the temporary output exists, then interrupt.
         let start = Instant::now();
         while listing(&dir).is_empty() {
-            assert!(child.try_wait().unwrap().is_none(), "convert ended before its temporary output appeared");
+            assert!(child.try_wait().unwrap().is_none(), "{what}: ended before its temporary output appeared");
             if start.elapsed() > Duration::from_secs(10) {
                 let _ = child.kill();
                 let _ = child.wait();
-                panic!("no temporary output appeared");
+                panic!("{what}: no temporary output appeared");
             }
             std::thread::sleep(Duration::from_millis(5));
         }
         let killed = Command::new("kill").args([format!("-{signal}"), child.id().to_string()]).status().unwrap();
         assert!(killed.success());
-        let status = child.wait().unwrap();
-        assert!(!status.success(), "SIG{signal}: convert reported success");
-        assert_eq!(listing(&dir), Vec::<String>::new(), "SIG{signal} left files behind");
+        let output = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(code), "{what}: {err}");
+        assert!(err.contains(&format!("error: interrupted by SIG{signal}; nothing was written")), "{what}: {err}");
+        assert_eq!(listing(&dir), Vec::<String>::new(), "{what} left files behind");
     }
 }
 

@@ -24,15 +24,32 @@ fn one_error_line(code: i32, err: &str) -> String {
     lines[0].to_string()
 }
 
+/// A usage error: its `error: ` line (checked to be the first, with the help
+/// hint) and clap's tips, each on a line of its own after it.
+fn usage_error_and_tips(code: i32, err: &str) -> (String, Vec<String>) {
+    assert_eq!(code, 1, "expected exit code 1: {err}");
+    let mut lines = err.trim_end().lines();
+    let first = lines.next().unwrap_or_default().to_string();
+    assert!(first.starts_with("error: ") && first.contains("--help'"), "{err}");
+    assert!(!first.contains("tip:"), "a tip joined onto the error line: {err}");
+    let tips: Vec<String> = lines.map(String::from).collect();
+    assert!(tips.iter().all(|t| t.starts_with("tip: ")), "only tips may follow the error line: {err}");
+    (first, tips)
+}
+
 #[test]
 fn usage_errors_are_one_line_with_exit_code_1_and_a_help_hint() {
-    let cases: [&[&str]; 4] =
-        [&["generate", "x.mlm", "--temprature", "1"], &["generate", "x.mlm", "--kv", "q9"], &["inspect"], &["bogus"]];
+    let cases: [&[&str]; 3] = [&["generate", "x.mlm", "--kv", "q9"], &["inspect"], &["bogus"]];
     for args in cases {
         let (code, _, err) = run_cli(args);
         let line = one_error_line(code, &err);
         assert!(line.contains("--help'"), "{args:?}: {line}");
     }
+    // clap's suggestion for a mistyped flag is a line of its own after the error line.
+    let (code, _, err) = run_cli(["generate", "x.mlm", "--temprature", "1"]);
+    let (line, tips) = usage_error_and_tips(code, &err);
+    assert_eq!(line, "error: unexpected argument '--temprature' found; see 'microlm generate --help'");
+    assert_eq!(tips, ["tip: a similar argument exists: '--temperature'"]);
     let (code, _, err) = run_cli(["generate", "x.mlm", "--kv", "q9"]);
     let line = one_error_line(code, &err);
     assert!(
@@ -95,9 +112,13 @@ fn bad_enumerated_values_are_rejected_with_the_list() {
     ];
     for (args, list) in cases {
         let (code, _, err) = run_cli(args);
-        let line = one_error_line(code, &err);
+        let (line, _) = usage_error_and_tips(code, &err);
         assert!(line.contains("invalid value") && line.contains(list), "{args:?}: {line}");
     }
+    // A near miss gets clap's suggestion, on its own line.
+    let (code, _, err) = run_cli(["convert", "a.bin", "-o", "x.mlm", "--dtype", "q5_1"]);
+    let (_, tips) = usage_error_and_tips(code, &err);
+    assert_eq!(tips, ["tip: a similar value exists: 'q4_16'"]);
 }
 
 #[test]
@@ -117,6 +138,19 @@ fn negative_numbers_reach_the_range_checks() {
         let (code, _, err) = run_cli(&args);
         let line = one_error_line(code, &err);
         assert!(line.contains(message), "{flags:?}: {line}");
+    }
+    // bench's numbers too, as docs/CLI.md says.
+    let cases: [(&[&str], &str); 3] = [
+        (&["-n", "-3"], "'-3' for '--steps <STEPS>': must be a whole number >= 0"),
+        (&["--runs", "-1"], "'-1' for '--runs <RUNS>': must be a whole number >= 1"),
+        (&["--ctx", "-5"], "'-5' for '--ctx <CTX>': must be a whole number >= 0"),
+    ];
+    for (flags, message) in cases {
+        let mut args = vec!["bench", m];
+        args.extend_from_slice(flags);
+        let (code, _, err) = run_cli(&args);
+        let line = one_error_line(code, &err);
+        assert!(line.contains(message), "bench {flags:?}: {line}");
     }
     // quantize's GPTQ dampening too (before any calibration starts).
     let text = shared_file("data/tinystories_dev.txt");
@@ -166,6 +200,146 @@ fn qemu_checks_the_model_file_before_anything_else() {
     }
 }
 
+/// `microlm qemu MODEL ARGS...` with no QEMU on PATH: (exit code, stderr).
+fn qemu_without_qemu(model: &Path, args: &[&str]) -> (i32, String) {
+    let out = Command::new(cli())
+        .arg("qemu")
+        .arg(model)
+        .args(args)
+        .env("PATH", path_without_qemu())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// Settings `generate` refuses are refused by `qemu` on the host, in the same
+/// words, before it looks for QEMU or builds a firmware (on a board that loads
+/// the model and on one that embeds it, with the context it would be built for).
+#[test]
+fn qemu_checks_the_settings_on_the_host_as_generate_does() {
+    let model = converted("f32");
+    let m = model.to_str().unwrap();
+    let long_prompt = "Once upon a time there was a dragon";
+    let cases: [&[&str]; 11] = [
+        &["-t", "-1"],
+        &["-t", "nan"],
+        &["--top-p", "0"],
+        &["--top-p", "1.5"],
+        &["--min-p", "2"],
+        &["--top-k", "513"],
+        &["-s", "-5"],
+        &["-n", "-3"],
+        &["--ctx", "0"],
+        &["--ctx", "4", "-p", long_prompt],
+        &["--ctx", "64", "--window", "64"],
+    ];
+    for flags in cases {
+        let mut args = vec!["generate", m];
+        args.extend_from_slice(flags);
+        let (code, _, err) = run_cli(&args);
+        let want = one_error_line(code, &err).replace("microlm generate --help", "microlm qemu --help");
+        for machine in ["mps2-an386", "lm3s6965evb"] {
+            let start = Instant::now();
+            let mut args = flags.to_vec();
+            args.extend(["--machine", machine]);
+            let (code, err) = qemu_without_qemu(&model, &args);
+            let line = one_error_line(code, &err);
+            assert_eq!(line, want, "{machine} {flags:?}");
+            assert!(start.elapsed() < Duration::from_secs(10), "{machine} {flags:?}: took {:?}", start.elapsed());
+        }
+    }
+    // An embedded board is built with a context of -n positions: a prompt longer than that is refused before.
+    let (code, err) = qemu_without_qemu(&model, &["--machine", "lm3s6965evb", "-n", "3", "-p", long_prompt]);
+    assert!(one_error_line(code, &err).contains("longer than the context of 3"), "{err}");
+}
+
+/// `--timeout 0` would kill QEMU (or give up on a board) at once: refused, as
+/// are negative, endless and out-of-range timeouts, each in one line.
+#[test]
+fn a_timeout_must_be_more_than_zero() {
+    let model = converted("f32");
+    for timeout in ["0", "-1", "4294967296", "1.5"] {
+        let (code, err) = qemu_without_qemu(&model, &["--timeout", timeout]);
+        let line = one_error_line(code, &err);
+        let range = "must be a whole number of seconds from 1 to 4294967295";
+        let expect = format!("invalid value '{timeout}' for '--timeout <TIMEOUT>': {range}");
+        assert!(line.contains(&expect), "qemu --timeout {timeout}: {line}");
+    }
+    let socket = scratch_dir("cli-ux").join("no-board.sock");
+    for timeout in ["0", "-0.5", "nan", "inf", "1e30"] {
+        let (code, _, err) = run_cli(["device", "--socket", socket.to_str().unwrap(), "--timeout", timeout, "info"]);
+        let line = one_error_line(code, &err);
+        assert!(
+            line.contains("must be a number of seconds > 0 and at most 4294967295"),
+            "device --timeout {timeout}: {line}"
+        );
+    }
+}
+
+/// A model file written to stdout: `-o -` and `-o /dev/stdout` both mean the
+/// command's standard output, whether a pipe or a regular file (`> FILE`,
+/// `>> FILE`); no file named '-' appears, and `--json` (whose report goes to
+/// stdout too) is refused with it.
+#[test]
+fn model_output_goes_to_stdout_for_dash_and_dev_stdout() {
+    let model = converted("f32");
+    let dir = fresh_dir("cli-ux-stdout");
+    let reference = dir.join("reference.mlm");
+    let (code, _, err) = run_cli([
+        "quantize".as_ref(),
+        model.as_os_str(),
+        "--dtype".as_ref(),
+        "q8_0".as_ref(),
+        "-o".as_ref(),
+        reference.as_os_str(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let want = std::fs::read(&reference).unwrap();
+    let quantize = |output: &str| {
+        let mut cmd = Command::new(cli());
+        cmd.current_dir(&dir).arg("quantize").arg(&model).args(["--dtype", "q8_0", "-o", output]);
+        cmd
+    };
+    for output in ["-", "/dev/stdout"] {
+        // A pipe.
+        let out = quantize(output).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "-o {output}: {err}");
+        assert!(
+            out.stdout == want,
+            "-o {output}: {} bytes on stdout, not the {} of the file",
+            out.stdout.len(),
+            want.len()
+        );
+        assert!(
+            err.contains(&format!("wrote {} ({} bytes)", if output == "-" { "stdout" } else { output }, want.len())),
+            "{err}"
+        );
+        // A regular file, opened for appending: the model follows what is there.
+        let file = dir.join("appended.mlm");
+        std::fs::write(&file, b"head").unwrap();
+        let append = std::fs::OpenOptions::new().append(true).open(&file).unwrap();
+        let status = quantize(output).stdout(append).stderr(Stdio::null()).status().unwrap();
+        assert!(status.success(), "-o {output} >> file");
+        let got = std::fs::read(&file).unwrap();
+        assert!(got.starts_with(b"head") && got[4..] == want[..], "-o {output} >> file: {} bytes", got.len());
+        std::fs::remove_file(&file).unwrap();
+        // --json prints the report on stdout: not with the model there.
+        let out = quantize(output).arg("--json").output().unwrap();
+        let line = one_error_line(out.status.code().unwrap_or(-1), &String::from_utf8_lossy(&out.stderr));
+        assert!(
+            line.contains(&format!("-o {output} writes the model on stdout, where --json prints the report")),
+            "{line}"
+        );
+        assert!(out.stdout.is_empty());
+    }
+    // Nothing but the reference in the directory: no file named '-', no temporary file.
+    let names: Vec<String> =
+        std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    assert_eq!(names, ["reference.mlm"]);
+}
+
 #[test]
 fn demo_rejects_a_bad_board_before_looking_for_models() {
     let empty = scratch_dir("cli-ux-no-models");
@@ -204,6 +378,15 @@ fn generation_says_why_it_stopped() {
     let (err, j) = generate_json(&["-n", "100", "-t", "0", "--ctx", "16"]);
     assert!(err.contains("stopped: context full (16 positions"), "{err}");
     assert_eq!(j["stop"], "context_full");
+
+    // -n 0 runs until the context is full, and says so (not "steps reached").
+    let (err, j) = generate_json(&["-n", "0", "-t", "0", "--ctx", "64"]);
+    assert!(err.contains("stopped: context full (64 positions; --window keeps going)"), "{err}");
+    assert_eq!((j["stop"].as_str(), j["positions"].as_u64()), (Some("context_full"), Some(64)), "{j}");
+    // In window mode the context never fills: -n 0 runs as many positions as it holds.
+    let (err, j) = generate_json(&["-n", "0", "-t", "0", "--ctx", "32", "--window"]);
+    assert!(err.contains("stopped: steps reached (-n 0: the context's 32 positions)"), "{err}");
+    assert_eq!((j["stop"].as_str(), j["positions"].as_u64()), (Some("steps"), Some(32)), "{j}");
 
     // Window mode with an i8 cache: this seed's story ends with BOS long before -n.
     let (err, j) = generate_json(&["--kv", "i8", "--ctx", "128", "--window", "-n", "2000", "-s", "42"]);

@@ -185,6 +185,30 @@ fn qemu_prompt_quoting_matches_host() {
     assert_eq!(board["prompt_tokens"], host["prompt_tokens"]);
 }
 
+/// `qemu --json` has `generate --json`'s keys for the same things, with the
+/// same values (the host's throughput aside; the board adds its own figures),
+/// for a run that reaches -n and one that fills its context.
+#[test]
+fn qemu_json_has_the_keys_and_values_of_generate_json() {
+    for flags in [&["-p", "Once upon a time", "-n", "40", "-t", "0"][..], &["-n", "100", "-t", "0", "--ctx", "16"]] {
+        let flags: Vec<String> = flags.iter().map(|s| s.to_string()).collect();
+        let out = run_cli_qemu(model(), &flags);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let host = Command::new(microlm()).arg("generate").arg(model()).args(&flags).arg("--json").output().unwrap();
+        assert!(host.status.success());
+        let (board, host) = (last_json(&out), last_json(&host));
+        let keys = |j: &Value| j.as_object().unwrap().keys().cloned().collect::<std::collections::BTreeSet<_>>();
+        let (board_keys, host_keys) = (keys(&board), keys(&host));
+        let host_only: Vec<_> = host_keys.difference(&board_keys).collect();
+        let board_only: Vec<_> = board_keys.difference(&host_keys).collect();
+        assert_eq!(host_only, ["tokens_per_s"], "{flags:?}");
+        assert_eq!(board_only, ["instructions_per_token", "stack_peak_bytes"], "{flags:?}");
+        for key in host_keys.intersection(&board_keys) {
+            assert_eq!(board[key], host[key], "{flags:?}: {key}");
+        }
+    }
+}
+
 /// A finished direct QEMU run: exit code and the firmware's stdout.
 struct Direct {
     code: Option<i32>,
@@ -253,11 +277,16 @@ fn qemu_corrupt_model_is_an_error_exit() {
 
 #[test]
 fn qemu_cli_reports_the_firmware_error() {
-    // A model file the host accepts, with a context the firmware refuses: its error line, relayed.
-    let out = run_cli_qemu(model(), &["-n".into(), "8".into(), "--ctx".into(), "100000".into()]);
+    // Settings the host accepts (it checks what `generate` checks) and the firmware refuses
+    // (more positions than its ids buffer records): its error line, relayed.
+    let flags: Vec<String> = ["-n", "9000", "--window", "--ctx", "64"].iter().map(|s| s.to_string()).collect();
+    let out = run_cli_qemu(model(), &flags);
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("error: the firmware reported: "), "{stderr}");
+    assert!(
+        stderr.contains("error: the firmware reported: 9000 positions requested; this firmware records"),
+        "{stderr}"
+    );
     assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
 }
 

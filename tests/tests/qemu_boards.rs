@@ -167,7 +167,7 @@ fn lm3s6965evb_matches_host() {
         let host = generate(&model, &flags);
         assert_eq!(board["ids"], host["ids"], "lm3s6965evb ids differ from the host's for {flags:?}");
         assert_eq!(board["text"], host["text"]);
-        assert_eq!(board["tokens"], LM3S_STEPS);
+        assert_eq!(board["positions"], LM3S_STEPS);
         let stack = board["stack_peak_bytes"].as_u64().unwrap();
         assert!(stack > 0 && stack <= LM3S_STACK_BOUND, "peak stack {stack} bytes");
         // The arena is planned for the run's context and KV dtype, not the model's seq_len.
@@ -223,7 +223,7 @@ fn lm3s6965evb_runs_the_file_quantize_board_fits_to_it() {
     let board = last_json(&out);
     let host = generate(&model, &flags);
     assert_eq!(board["ids"], host["ids"], "lm3s6965evb ids differ from the host's");
-    assert_eq!(board["tokens"], LM3S_STEPS);
+    assert_eq!(board["positions"], LM3S_STEPS);
     // The firmware's flash besides the model, against the figure the fit counts.
     let _turn = LM3S.lock().unwrap_or_else(|e| e.into_inner());
     let elf = firmware::build("qemu-lm3s6965evb", "thumbv7m-none-eabi", &model, 129, "i8", &[]).unwrap();
@@ -363,7 +363,7 @@ fn netduinoplus2_matches_host() {
         let host = generate(&model, &flags);
         assert_eq!(board["ids"], host["ids"], "{}: netduinoplus2 ids differ from the host's", case.name);
         assert_eq!(board["text"], host["text"], "{}: text differs from the host's", case.name);
-        assert_eq!(board["tokens"], case.steps);
+        assert_eq!(board["positions"], case.steps);
         let stack = board["stack_peak_bytes"].as_u64().unwrap();
         assert!(stack > 0 && stack <= F405_STACK, "{}: peak stack {stack} bytes", case.name);
         assert!(board["instructions_per_token"].as_u64().unwrap() > 0);
@@ -424,7 +424,7 @@ fn netduinoplus2_fits_the_chip() {
     println!("netduinoplus2: largest ctx for stories260K q8_0 with an i8 KV cache: {lo} (arena {} bytes)", plan(lo));
     let out = qemu(&model, "netduinoplus2", &["-n", "0", "-t", "0", "--kv", "i8", "--ctx", &lo.to_string()]);
     assert!(out.status.success(), "ctx {lo}: {}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(last_json(&out)["tokens"], lo);
+    assert_eq!(last_json(&out)["positions"], lo);
     let out = qemu(&model, "netduinoplus2", &["-n", "8", "--kv", "i8", "--ctx", &(lo + 1).to_string()]);
     assert_error(
         &out,
@@ -476,7 +476,7 @@ fn riscv32_virt_matches_host() {
         let host = generate(&model, &flags);
         assert_eq!(board["ids"], host["ids"], "{}: riscv32-virt ids differ from the host's", case.name);
         assert_eq!(board["text"], host["text"], "{}: text differs from the host's", case.name);
-        assert_eq!(board["tokens"], case.steps);
+        assert_eq!(board["positions"], case.steps);
         let stack = board["stack_peak_bytes"].as_u64().unwrap();
         assert!(stack > 0 && stack <= RV32_STACK, "{}: peak stack {stack} bytes", case.name);
         let per_token = board["instructions_per_token"].as_u64().unwrap();
@@ -562,7 +562,7 @@ fn an547_matches_host() {
         let host = generate(&model, &flags);
         assert_eq!(board["ids"], host["ids"], "{}: mps3-an547 ids differ from the host's", case.name);
         assert_eq!(board["text"], host["text"], "{}: text differs from the host's", case.name);
-        assert_eq!(board["tokens"], host["positions"], "{}", case.name);
+        assert_eq!(board["positions"], host["positions"], "{}", case.name);
         assert!(board["stack_peak_bytes"].as_u64().unwrap() > 0);
         let per_token = board["instructions_per_token"].as_u64().unwrap();
         println!("mps3-an547 {}: {per_token} instructions per token", case.name);

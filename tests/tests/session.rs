@@ -138,5 +138,15 @@ fn zero_steps_means_the_whole_context() {
         tokens += 1;
     }
     assert_eq!(tokens, 5);
+    // Every position of the context ran: the context is full, whatever -n 0 is called.
+    assert_eq!(generation.step(&mut session, &mut sampler).unwrap(), Step::Done(Stop::ContextFull));
+
+    // In window mode the context is never full: 0 steps run as many positions as it holds.
+    let mut generation = Generation::new(&session, &[1], 0).unwrap().with_window(2);
+    let mut tokens = 0;
+    while let Step::Token { .. } = generation.step(&mut session, &mut sampler).unwrap() {
+        tokens += 1;
+    }
+    assert_eq!(tokens, 5);
     assert_eq!(generation.step(&mut session, &mut sampler).unwrap(), Step::Done(Stop::Steps));
 }
