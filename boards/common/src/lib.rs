@@ -80,6 +80,49 @@ pub struct Board {
     pub default_ctx: Option<usize>,
     /// Finds the model file; called after the command line is parsed.
     pub model: fn() -> Result<&'static [u8], ModelError>,
+    /// Encodes the prompt: [`encode_any`], or [`encode_sentencepiece`] for a
+    /// board whose build script embeds a model with a SentencePiece tokenizer
+    /// (the byte-level BPE encoder and its Unicode tables, about 4.5 KB of
+    /// flash, are then left out of the firmware).
+    pub encode: Encoder,
+}
+
+/// Encodes `text` with BOS (as `microlm generate` does) into `out`, which has
+/// [`Tokenizer::encode_capacity`] slots: the token count.
+pub type Encoder = fn(&Tokenizer<'_>, &[u8], &mut [u32]) -> Result<usize, EncodeError>;
+
+/// Why a prompt did not encode.
+#[derive(Clone, Copy, Debug)]
+pub enum EncodeError {
+    /// The tokenizer's own error.
+    Tokenizer(TokenizerError),
+    /// The model's tokenizer is byte-level BPE and the firmware has only the SentencePiece encoder.
+    BpeLeftOut,
+}
+
+impl fmt::Display for EncodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            EncodeError::Tokenizer(e) => e.fmt(f),
+            EncodeError::BpeLeftOut => f.write_str(
+                "the model's tokenizer is byte-level BPE; this firmware was built with the SentencePiece encoder only",
+            ),
+        }
+    }
+}
+
+/// An [`Encoder`] for both tokenizer kinds (`Tokenizer::encode`).
+pub fn encode_any(tokenizer: &Tokenizer<'_>, text: &[u8], out: &mut [u32]) -> Result<usize, EncodeError> {
+    tokenizer.encode(text, true, false, out).map_err(EncodeError::Tokenizer)
+}
+
+/// An [`Encoder`] with the SentencePiece encoder only (`SpmTokenizer::encode`, what
+/// `Tokenizer::encode` runs for that kind); a byte-level BPE tokenizer is [`EncodeError::BpeLeftOut`].
+pub fn encode_sentencepiece(tokenizer: &Tokenizer<'_>, text: &[u8], out: &mut [u32]) -> Result<usize, EncodeError> {
+    match tokenizer {
+        Tokenizer::SentencePiece(t) => t.encode(text, true, false, out).map_err(EncodeError::Tokenizer),
+        Tokenizer::Bpe(_) => Err(EncodeError::BpeLeftOut),
+    }
 }
 
 /// Why a board found no usable model file.
@@ -203,7 +246,7 @@ enum Error<'a> {
     },
     Sampler(SamplerError),
     Session(SessionError),
-    Tokenizer(TokenizerError),
+    Encode(EncodeError),
     Generate(GenerateError),
     /// `--arena` asked for more than the board has.
     ArenaLimit {
@@ -230,7 +273,7 @@ impl fmt::Display for Error<'_> {
             }
             Error::Sampler(e) => write!(f, "invalid sampling settings: {e}"),
             Error::Session(e) => e.fmt(f),
-            Error::Tokenizer(e) => e.fmt(f),
+            Error::Encode(e) => e.fmt(f),
             Error::Generate(e) => e.fmt(f),
             Error::ArenaLimit { requested, available } => {
                 write!(f, "--arena {requested} is larger than the board's arena ({available} bytes)")
@@ -297,7 +340,7 @@ fn generate<'a, C: Console>(
     let needed = Tokenizer::encode_capacity(args.prompt);
     let max = prompt.len();
     let prompt = prompt.get_mut(..needed).ok_or(Error::Prompt { needed, max })?;
-    let n = model.tokenizer().encode(args.prompt, true, false, prompt).map_err(Error::Tokenizer)?;
+    let n = (board.encode)(&model.tokenizer(), args.prompt, prompt).map_err(Error::Encode)?;
     let prompt = &prompt[..n];
     let mut generation = Generation::new(&session, prompt, args.steps)?;
     if let Some(sinks) = args.window {

@@ -41,6 +41,7 @@ static BOARD: Board = Board {
     default_ctx: CTX,
     // The model embedded in flash.
     model: || microlm_board::embedded_model(&MODEL.0),
+    encode: microlm_board::encode_any,
 };
 
 /// Microseconds since boot (esp-hal's SYSTIMER-based clock).

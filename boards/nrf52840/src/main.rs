@@ -43,6 +43,7 @@ static BOARD: Board = Board {
     default_ctx: CTX,
     // The model embedded in flash.
     model: || microlm_board::embedded_model(&MODEL.0),
+    encode: microlm_board::encode_any,
 };
 
 /// UARTE0 as the run loop's console. EasyDMA reads only RAM, so the HAL

@@ -36,6 +36,9 @@ static BOARD: Board = Board {
     tick: TickRate::whole(80),
     default_ctx: CTX,
     model,
+    // The encoder of the embedded model's tokenizer kind (build.rs sets
+    // `microlm_bpe` for byte-level BPE): the other is left out of the flash.
+    encode: if cfg!(microlm_bpe) { microlm_board::encode_any } else { microlm_board::encode_sentencepiece },
 };
 
 #[entry]

@@ -24,6 +24,7 @@ static BOARD: Board = Board {
     tick: TickRate::whole(50),
     default_ctx: None,
     model: microlm_board::loaded_model,
+    encode: microlm_board::encode_any,
 };
 
 #[entry]

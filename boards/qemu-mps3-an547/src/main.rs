@@ -27,6 +27,7 @@ static BOARD: Board = Board {
     tick: TickRate { num: 125, den: 4 },
     default_ctx: None,
     model: microlm_board::loaded_model,
+    encode: microlm_board::encode_any,
 };
 
 #[entry]

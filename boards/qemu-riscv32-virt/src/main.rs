@@ -35,6 +35,7 @@ static BOARD: Board = Board {
     tick: TickRate::whole(1),
     default_ctx: CTX,
     model,
+    encode: microlm_board::encode_any,
 };
 
 #[entry]

@@ -51,6 +51,7 @@ static BOARD: Board = Board {
     default_ctx: CTX,
     // The model embedded in flash.
     model: || microlm_board::embedded_model(&MODEL.0),
+    encode: microlm_board::encode_any,
 };
 
 /// UART0's pins: GPIO0 TX, GPIO1 RX.

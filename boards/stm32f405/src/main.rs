@@ -69,6 +69,7 @@ static BOARD: Board = Board {
     default_ctx: CTX,
     // The model embedded in flash.
     model: || microlm_board::embedded_model(&MODEL.0),
+    encode: microlm_board::encode_any,
 };
 
 /// USART1 as the run loop's console: each byte is sent as it is written
