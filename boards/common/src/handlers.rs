@@ -15,9 +15,7 @@ use crate::host::{self, Out};
 unsafe fn HardFault(frame: &ExceptionFrame) -> ! {
     let mut out = Out::stdout();
     // The fault may interrupt a line of text: start a new one.
-    let _ = out.write_str("\nerror: HardFault at pc ");
-    let _ = crate::num::write_hex32(&mut out, frame.pc());
-    let _ = out.write_str("\n");
+    let _ = writeln!(out, "\nerror: HardFault at pc {:#010x}", frame.pc());
     crate::Console::flush(&mut out);
     host::exit(false)
 }

@@ -341,7 +341,7 @@ fn generate<'a, C: Console>(
     let needed = Tokenizer::encode_capacity(args.prompt);
     let max = prompt.len();
     let prompt = prompt.get_mut(..needed).ok_or(Error::Prompt { needed, max })?;
-    let n = (board.encode)(&model.tokenizer(), args.prompt, prompt).map_err(Error::Encode)?;
+    let n = (board.encode)(model.tokenizer(), args.prompt, prompt).map_err(Error::Encode)?;
     let prompt = &prompt[..n];
     let mut generation = Generation::new(&session, prompt, args.steps)?;
     if let Some(sinks) = args.window {

@@ -1,8 +1,8 @@
-//! Whole numbers in decimal and hexadecimal, and 64-bit division, without
-//! core's formatting of integers or its u64 division: a Cortex-M3 has no
-//! 64-bit divide, and `u64 / u64` links compiler-builtins' routine (866
-//! bytes) and u64 `Display` 266 more. The stats line, the fault lines and the
-//! instruction count use these once per run, after the counted instructions.
+//! Whole numbers in decimal and 64-bit division without core's u64 division
+//! and formatting: a Cortex-M3 has no 64-bit divide, and `u64 / u64` links
+//! compiler-builtins' routine (866 bytes) and u64 `Display` 266 more. The
+//! stats line, the fault lines and the instruction count use these once per
+//! run, after the counted instructions.
 
 use core::fmt::{self, Write};
 
@@ -38,14 +38,4 @@ pub fn write_decimal(out: &mut impl Write, n: u64) -> fmt::Result {
         }
     }
     out.write_str(core::str::from_utf8(&digits[at..]).unwrap_or("?"))
-}
-
-/// Writes `n` as `0x` and eight hexadecimal digits (what `{:#010x}` writes for a u32).
-pub fn write_hex32(out: &mut impl Write, n: u32) -> fmt::Result {
-    let mut digits = *b"0x00000000";
-    for (i, d) in digits[2..].iter_mut().enumerate() {
-        let nibble = (n >> (28 - 4 * i) & 0xf) as u8;
-        *d = if nibble < 10 { b'0' + nibble } else { b'a' + nibble - 10 };
-    }
-    out.write_str(core::str::from_utf8(&digits).unwrap_or("?"))
 }
