@@ -7,6 +7,10 @@
 use core::fmt::{self, Write};
 
 /// `(n / d, n % d)` for `d` ≥ 1, by shift and subtract (64 steps).
+///
+/// Never inlined: its callers include generic code that the board crate
+/// compiles at its own opt-level (3 on most boards), which would unroll the loop.
+#[inline(never)]
 pub fn div_rem(n: u64, d: u64) -> (u64, u64) {
     let (mut q, mut r) = (0u64, 0u64);
     for bit in (0..64).rev() {
@@ -23,9 +27,9 @@ pub fn div_rem(n: u64, d: u64) -> (u64, u64) {
     (q, r)
 }
 
-/// Writes `n` in decimal.
-pub fn write_decimal(out: &mut impl Write, n: u64) -> fmt::Result {
-    let mut digits = [0u8; 20];
+/// The decimal digits of `n`, at the end of `digits`.
+#[inline(never)]
+fn decimal(n: u64, digits: &mut [u8; 20]) -> &str {
     let mut at = digits.len();
     let mut n = n;
     loop {
@@ -37,5 +41,10 @@ pub fn write_decimal(out: &mut impl Write, n: u64) -> fmt::Result {
             break;
         }
     }
-    out.write_str(core::str::from_utf8(&digits[at..]).unwrap_or("?"))
+    core::str::from_utf8(&digits[at..]).unwrap_or("?")
+}
+
+/// Writes `n` in decimal.
+pub fn write_decimal(out: &mut impl Write, n: u64) -> fmt::Result {
+    out.write_str(decimal(n, &mut [0; 20]))
 }
