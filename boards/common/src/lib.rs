@@ -81,16 +81,22 @@ pub struct Board {
     pub default_ctx: Option<usize>,
     /// Finds the model file; called after the command line is parsed.
     pub model: fn() -> Result<&'static [u8], ModelError>,
-    /// Encodes the prompt: [`encode_any`], or [`encode_sentencepiece`] for a
-    /// board whose build script embeds a model with a SentencePiece tokenizer
-    /// (the byte-level BPE encoder and its Unicode tables, about 4.5 KB of
-    /// flash, are then left out of the firmware).
-    pub encode: Encoder,
+    /// The prompt encoders the firmware links: [`Encoders::All`], or
+    /// [`Encoders::SentencePiece`] for a board whose build script embeds a model
+    /// with a SentencePiece tokenizer.
+    pub encoders: Encoders,
 }
 
-/// Encodes `text` with BOS (as `microlm generate` does) into `out`, which has
-/// [`Tokenizer::encode_capacity`] slots: the token count.
-pub type Encoder = fn(&Tokenizer<'_>, &[u8], &mut [u32]) -> Result<usize, EncodeError>;
+/// Which prompt encoders a firmware links.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Encoders {
+    /// Both tokenizer kinds (`Tokenizer::encode`).
+    All,
+    /// The SentencePiece encoder only (`SpmTokenizer::encode`, what `Tokenizer::encode`
+    /// runs for that kind): the byte-level BPE encoder and its Unicode tables, about
+    /// 4.3 KB of flash, are left out, and a BPE tokenizer is [`EncodeError::BpeLeftOut`].
+    SentencePiece,
+}
 
 /// Why a prompt did not encode.
 #[derive(Clone, Copy, Debug)]
@@ -109,20 +115,6 @@ impl fmt::Display for EncodeError {
                 "the model's tokenizer is byte-level BPE; this firmware was built with the SentencePiece encoder only",
             ),
         }
-    }
-}
-
-/// An [`Encoder`] for both tokenizer kinds (`Tokenizer::encode`).
-pub fn encode_any(tokenizer: &Tokenizer<'_>, text: &[u8], out: &mut [u32]) -> Result<usize, EncodeError> {
-    tokenizer.encode(text, true, false, out).map_err(EncodeError::Tokenizer)
-}
-
-/// An [`Encoder`] with the SentencePiece encoder only (`SpmTokenizer::encode`, what
-/// `Tokenizer::encode` runs for that kind); a byte-level BPE tokenizer is [`EncodeError::BpeLeftOut`].
-pub fn encode_sentencepiece(tokenizer: &Tokenizer<'_>, text: &[u8], out: &mut [u32]) -> Result<usize, EncodeError> {
-    match tokenizer {
-        Tokenizer::SentencePiece(t) => t.encode(text, true, false, out).map_err(EncodeError::Tokenizer),
-        Tokenizer::Bpe(_) => Err(EncodeError::BpeLeftOut),
     }
 }
 
@@ -341,7 +333,13 @@ fn generate<'a, C: Console>(
     let needed = Tokenizer::encode_capacity(args.prompt);
     let max = prompt.len();
     let prompt = prompt.get_mut(..needed).ok_or(Error::Prompt { needed, max })?;
-    let n = (board.encode)(model.tokenizer(), args.prompt, prompt).map_err(Error::Encode)?;
+    // A constant per board (`BOARD` is a static): the encoder not chosen is not linked.
+    let n = match (board.encoders, model.tokenizer()) {
+        (Encoders::All, tokenizer) => tokenizer.encode(args.prompt, true, false, prompt),
+        (Encoders::SentencePiece, Tokenizer::SentencePiece(t)) => t.encode(args.prompt, true, false, prompt),
+        (Encoders::SentencePiece, Tokenizer::Bpe(_)) => return Err(Error::Encode(EncodeError::BpeLeftOut)),
+    }
+    .map_err(|e| Error::Encode(EncodeError::Tokenizer(e)))?;
     let prompt = &prompt[..n];
     let mut generation = Generation::new(&session, prompt, args.steps)?;
     if let Some(sinks) = args.window {

@@ -9,7 +9,7 @@
 #![no_main]
 
 use cortex_m_rt::entry;
-use microlm_board::{Board, Buffers, Once, TickRate};
+use microlm_board::{Board, Buffers, Encoders, Once, TickRate};
 
 // MODEL, ARENA_WORDS and CTX, from build.rs (MICROLM_MODEL, MICROLM_CTX).
 include!(concat!(env!("OUT_DIR"), "/model.rs"));
@@ -37,8 +37,8 @@ static BOARD: Board = Board {
     default_ctx: CTX,
     model,
     // The encoder of the embedded model's tokenizer kind (build.rs sets
-    // `microlm_bpe` for byte-level BPE): the other is left out of the flash.
-    encode: if cfg!(microlm_bpe) { microlm_board::encode_any } else { microlm_board::encode_sentencepiece },
+    // `microlm_bpe` for byte-level BPE): the BPE one is otherwise left out of the flash.
+    encoders: if cfg!(microlm_bpe) { Encoders::All } else { Encoders::SentencePiece },
 };
 
 #[entry]
