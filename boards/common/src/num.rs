@@ -1,15 +1,15 @@
 //! Whole numbers in decimal and 64-bit division without core's u64 division
 //! and formatting: a Cortex-M3 has no 64-bit divide, and `u64 / u64` links
 //! compiler-builtins' routine (866 bytes) and u64 `Display` 266 more. The
-//! stats line, the fault lines and the instruction count use these once per
-//! run, after the counted instructions.
+//! stats line's instructions per token, the instruction count and the fault
+//! lines use these once per run, after the counted instructions.
 
 use core::fmt::{self, Write};
 
 /// `(n / d, n % d)` for `d` ≥ 1, by shift and subtract (64 steps).
 ///
-/// Never inlined: its callers include generic code that the board crate
-/// compiles at its own opt-level (3 on most boards), which would unroll the loop.
+/// Never inlined: its callers include generic code that a board crate
+/// compiles at its own opt-level (3 on most boards), which unrolls the loop.
 #[inline(never)]
 pub fn div_rem(n: u64, d: u64) -> (u64, u64) {
     let (mut q, mut r) = (0u64, 0u64);
@@ -47,4 +47,14 @@ fn decimal(n: u64, digits: &mut [u8; 20]) -> &str {
 /// Writes `n` in decimal.
 pub fn write_decimal(out: &mut impl Write, n: u64) -> fmt::Result {
     out.write_str(decimal(n, &mut [0; 20]))
+}
+
+/// A u64 that `write!` formats with [`write_decimal`] (core's u64 `Display` is not linked).
+#[derive(Clone, Copy, Debug)]
+pub struct Decimal(pub u64);
+
+impl fmt::Display for Decimal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write_decimal(f, self.0)
+    }
 }
