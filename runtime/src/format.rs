@@ -421,9 +421,10 @@ pub fn canonical_tensors<'c>(
 }
 
 /// The file checksum: CRC-32 (IEEE 802.3 / zlib, polynomial 0x04C11DB7 reflected).
-/// Bare-metal targets use a 1 KiB table to spare flash; hosts a 16 KiB one for speed.
-/// Both give the same value.
-#[cfg(target_os = "none")]
+/// Bare-metal targets use a 1 KiB table to spare flash (with the feature
+/// `compact`, a 64-byte one: [`crc32_nibbles`]); hosts a 16 KiB one for speed.
+/// All give the same value.
+#[cfg(all(target_os = "none", not(feature = "compact")))]
 const CRC32: crc::Crc<u32, crc::Table<1>> = crc::Crc::<u32, crc::Table<1>>::new(&crc::CRC_32_ISO_HDLC);
 /// The file checksum (see the bare-metal definition).
 #[cfg(not(target_os = "none"))]
@@ -431,7 +432,39 @@ const CRC32: crc::Crc<u32, crc::Table<16>> = crc::Crc::<u32, crc::Table<16>>::ne
 
 /// CRC-32 of `bytes`, as stored in a model file's trailer.
 pub fn crc32(bytes: &[u8]) -> u32 {
-    CRC32.checksum(bytes)
+    #[cfg(all(target_os = "none", feature = "compact"))]
+    return crc32_nibbles(bytes);
+    #[cfg(not(all(target_os = "none", feature = "compact")))]
+    return CRC32.checksum(bytes);
+}
+
+/// [`crc32`] four bits at a time from a 16-entry table (64 bytes of flash
+/// against 1 KiB; two table steps per byte): the bare-metal checksum with the feature `compact`.
+#[cfg(any(all(target_os = "none", feature = "compact"), test))]
+fn crc32_nibbles(bytes: &[u8]) -> u32 {
+    // Entry i: the reflected CRC register after shifting the four bits of i out.
+    const TABLE: [u32; 16] = {
+        let mut table = [0u32; 16];
+        let mut i = 0;
+        while i < 16 {
+            let mut c = i as u32;
+            let mut bit = 0;
+            while bit < 4 {
+                c = if c & 1 != 0 { 0xEDB8_8320 ^ (c >> 1) } else { c >> 1 };
+                bit += 1;
+            }
+            table[i] = c;
+            i += 1;
+        }
+        table
+    };
+    let mut crc = !0u32;
+    for &b in bytes {
+        crc ^= u32::from(b);
+        crc = TABLE[(crc & 15) as usize] ^ (crc >> 4);
+        crc = TABLE[(crc & 15) as usize] ^ (crc >> 4);
+    }
+    !crc
 }
 
 /// Reads a little-endian u32 at `at`, or `None` past the end.
@@ -447,5 +480,18 @@ mod tests {
         // The CRC-32 catalogue's check value for "123456789".
         assert_eq!(super::crc32(b"123456789"), 0xCBF4_3926);
         assert_eq!(super::crc32(b""), 0);
+    }
+
+    #[test]
+    fn crc32_nibbles_equals_crc32() {
+        assert_eq!(super::crc32_nibbles(b"123456789"), 0xCBF4_3926);
+        // Every length up to 300 over bytes that take every value.
+        let mut bytes = [0u8; 300];
+        for (i, b) in bytes.iter_mut().enumerate() {
+            *b = ((i as u32).wrapping_mul(2_654_435_761) >> 13) as u8;
+        }
+        for len in 0..=bytes.len() {
+            assert_eq!(super::crc32_nibbles(&bytes[..len]), super::crc32(&bytes[..len]), "{len}");
+        }
     }
 }

@@ -178,10 +178,10 @@ pub const MAX_SIGNIFICANT_DIGITS: usize = 19;
 /// powers of five, so board firmware and the host parse flags alike.
 ///
 /// The significant digits (at most [`MAX_SIGNIFICANT_DIGITS`]) form an integer
-/// `m` and the rest a power of ten, value = `m·10^e`. For `e ≥ 0` the product is
-/// an exact u128 converted with one rounding; for `e < 0` it is `m / 5^k · 2^−k`
-/// (k = −e) by restoring binary long division on a 192-bit remainder, rounded
-/// once from 26+ quotient bits and a sticky bit.
+/// `m` and the rest a power of ten, value = `m·10^e` = `(m·5^e / 5^−e) · 2^e`
+/// (each power of five present only for its sign of e), computed by restoring
+/// binary long division on 160-bit integers and rounded once from 26+ quotient
+/// bits and a sticky bit.
 pub fn parse_f32(s: &[u8]) -> Result<f32, ParseFloatError> {
     let (negative, body) = match s.first() {
         Some(b'-') => (true, &s[1..]),
@@ -247,44 +247,58 @@ pub fn parse_f32(s: &[u8]) -> Result<f32, ParseFloatError> {
     if m == 0 {
         return Ok(sign(0.0));
     }
-    if exp10 >= 0 {
-        let exact =
-            u32::try_from(exp10).ok().and_then(|e| 10u128.checked_pow(e)).and_then(|p| p.checked_mul(u128::from(m)));
-        // u128 → f32 rounds to nearest, ties to even; past u128, past f32::MAX too.
-        return Ok(sign(exact.map_or(f32::INFINITY, |v| v as f32)));
+    // m ≥ 1: from 10^39 up every value is past f32::MAX.
+    if exp10 > 38 {
+        return Ok(sign(f32::INFINITY));
     }
-    let k = exp10.unsigned_abs();
     // m < 10^19 < 2^64: below 2^64 · 10^−66 < 2^−150 every value rounds to 0.
-    if k > 65 {
+    if exp10 < -65 {
         return Ok(sign(0.0));
     }
-    Ok(sign(divide_by_power_of_ten(m, k as u32)))
+    Ok(sign(scale_by_power_of_ten(m, exp10 as i32)))
 }
 
-/// A 192-bit unsigned integer (three u64 words, least significant first): the
-/// divisor 5^k (k ≤ 65, below 2^152) and the remainder of [`divide_by_power_of_ten`].
+/// A 160-bit unsigned integer (five u32 limbs, least significant first): the
+/// dividend `m · 5^e` (m < 2^64, e ≤ 38: below 2^153), the divisor 5^k (k ≤ 65,
+/// below 2^152) and the remainder of [`scale_by_power_of_ten`]. u32 limbs keep
+/// the code small on 32-bit targets (no 64- or 128-bit multiplies).
 #[derive(Clone, Copy, PartialEq, Eq)]
-struct Wide([u64; 3]);
+struct Wide([u32; 5]);
 
 impl Wide {
-    fn times_small(self, f: u64) -> Wide {
-        let mut out = [0u64; 3];
-        let mut carry = 0u128;
-        for (o, &w) in out.iter_mut().zip(&self.0) {
-            let v = u128::from(w) * u128::from(f) + carry;
-            *o = v as u64;
-            carry = v >> 64;
+    fn from_u64(v: u64) -> Wide {
+        Wide([v as u32, (v >> 32) as u32, 0, 0, 0])
+    }
+
+    fn times_5(&mut self) {
+        let mut carry = 0u64;
+        for w in &mut self.0 {
+            let v = u64::from(*w) * 5 + carry;
+            *w = v as u32;
+            carry = v >> 32;
         }
-        Wide(out)
     }
 
-    fn shl1_or(self, bit: u64) -> Wide {
-        let w = self.0;
-        Wide([w[0] << 1 | bit, w[1] << 1 | w[0] >> 63, w[2] << 1 | w[1] >> 63])
+    /// Bit `i` (0 = least significant); 0 below bit 0.
+    fn bit(&self, i: i32) -> u32 {
+        if i < 0 {
+            0
+        } else {
+            self.0[i as usize / 32] >> (i % 32) & 1
+        }
     }
 
-    fn at_least(self, other: Wide) -> bool {
-        for i in (0..3).rev() {
+    fn shl1_or(&mut self, bit: u32) {
+        let mut carry = bit;
+        for w in &mut self.0 {
+            let top = *w >> 31;
+            *w = *w << 1 | carry;
+            carry = top;
+        }
+    }
+
+    fn at_least(&self, other: &Wide) -> bool {
+        for i in (0..5).rev() {
             if self.0[i] != other.0[i] {
                 return self.0[i] > other.0[i];
             }
@@ -292,48 +306,43 @@ impl Wide {
         true
     }
 
-    fn minus(self, other: Wide) -> Wide {
-        let mut out = [0u64; 3];
-        let mut borrow = 0u64;
-        for ((o, &a), &b) in out.iter_mut().zip(&self.0).zip(&other.0) {
-            let (a, b1) = a.overflowing_sub(b);
-            let (a, b2) = a.overflowing_sub(borrow);
-            *o = a;
-            borrow = u64::from(b1 || b2);
+    fn subtract(&mut self, other: &Wide) {
+        let mut borrow = false;
+        for (a, &b) in self.0.iter_mut().zip(&other.0) {
+            let (v, b1) = a.overflowing_sub(b);
+            let (v, b2) = v.overflowing_sub(u32::from(borrow));
+            *a = v;
+            borrow = b1 || b2;
         }
-        Wide(out)
     }
 }
 
-/// `m / 10^k` (1 ≤ k ≤ 65) rounded to the nearest f32, ties to even.
-fn divide_by_power_of_ten(m: u64, k: u32) -> f32 {
-    let mut d = Wide([1, 0, 0]);
-    for _ in 0..k {
-        d = d.times_small(5);
+/// `m · 10^e10` (1 ≤ m < 2^64, −65 ≤ e10 ≤ 38) rounded to the nearest f32, ties to even.
+fn scale_by_power_of_ten(m: u64, e10: i32) -> f32 {
+    // m · 10^e10 = (n / d) · 2^e10 with n = m · 5^max(e10, 0) and d = 5^max(−e10, 0).
+    let (mut n, mut d) = (Wide::from_u64(m), Wide::from_u64(1));
+    for _ in 0..e10 {
+        n.times_5();
     }
-    // The integer part of m / 5^k, one bit of m at a time, then fraction bits
+    for _ in e10..0 {
+        d.times_5();
+    }
+    // Binary long division: the bits of n from the top, then fraction bits (i < 0),
     // until the quotient has 26 significant bits or lies wholly below f32's
-    // subnormals (its binary exponent −(fraction bits + k) under −152).
-    let (mut q, mut rem, mut frac) = (0u64, Wide([0, 0, 0]), 0i32);
-    for i in (0..64).rev() {
-        rem = rem.shl1_or(m >> i & 1);
+    // subnormals (the weight of its last bit, 2^(i + e10), at most 2^−152).
+    let (mut q, mut rem, mut i) = (0u64, Wide([0; 5]), 160i32);
+    while q < 1 << 26 && i + e10 > -152 {
+        i -= 1;
+        rem.shl1_or(n.bit(i));
         q <<= 1;
-        if rem.at_least(d) {
-            rem = rem.minus(d);
+        if rem.at_least(&d) {
+            rem.subtract(&d);
             q |= 1;
         }
     }
-    while q < 1 << 26 && frac + (k as i32) < 152 {
-        rem = rem.shl1_or(0);
-        q <<= 1;
-        if rem.at_least(d) {
-            rem = rem.minus(d);
-            q |= 1;
-        }
-        frac += 1;
-    }
-    let sticky = rem != Wide([0, 0, 0]);
-    round_to_f32(q, -(frac + k as i32), sticky)
+    // n / d = (q + s) · 2^i with 0 ≤ s < 1: s is the remainder and the bits of n not brought in.
+    let sticky = rem != Wide([0; 5]) || (0..i).any(|j| n.bit(j) != 0);
+    round_to_f32(q, i + e10, sticky)
 }
 
 /// `(q + s) · 2^e2` with `0 ≤ s < 1` (s > 0 when `sticky`) rounded to the nearest

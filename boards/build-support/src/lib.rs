@@ -109,6 +109,20 @@ pub fn loaded_arena_bytes(default: usize) -> usize {
     bytes
 }
 
+/// Whether the model named by `MICROLM_MODEL` has a byte-level BPE tokenizer;
+/// `false` without a model or when the file does not parse (the firmware
+/// reports the parser's error when run).
+pub fn model_has_bpe_tokenizer() -> bool {
+    let Some(path) = settings().model else { return false };
+    let bytes = read_model(&path);
+    // `Model::parse` reads the file in place and wants it 4-byte aligned.
+    let mut buf = vec![0u8; bytes.len() + 3];
+    let at = buf.as_ptr().align_offset(4);
+    let aligned = &mut buf[at..at + bytes.len()];
+    aligned.copy_from_slice(&bytes);
+    microlm::Model::parse(aligned).is_ok_and(|model| model.tokenizer().as_bpe().is_some())
+}
+
 /// Words of a `[u32]` arena holding `bytes` (4-byte aligned, as `Session::new` wants).
 pub fn arena_words(bytes: usize) -> usize {
     bytes.div_ceil(4)

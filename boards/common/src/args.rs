@@ -156,10 +156,33 @@ fn real<'a>(flag: &'static str, value: Option<&'a [u8]>) -> Result<f32, ArgError
 }
 
 /// The default of `--kv`: the dtype the firmware was built for (`MICROLM_KV`
-/// when cargo built it, as build.rs sized the arena), else f32.
-fn built_kv() -> KvDtype {
-    option_env!("MICROLM_KV").and_then(|name| KvDtype::from_name(name.trim().as_bytes())).unwrap_or(KvDtype::F32)
-}
+/// when cargo built it, as build.rs sized the arena), else f32. Read at compile
+/// time: the name without the white space around it (what build.rs accepted:
+/// `f32`, `f16` or `i8`; any byte outside ASCII is white space there, as
+/// build.rs fails on other characters).
+const BUILT_KV: KvDtype = {
+    let mut name = match option_env!("MICROLM_KV") {
+        Some(name) => name.as_bytes(),
+        None => b"",
+    };
+    while let [first, rest @ ..] = name {
+        if !(first.is_ascii_whitespace() || *first >= 0x80) {
+            break;
+        }
+        name = rest;
+    }
+    while let [rest @ .., last] = name {
+        if !(last.is_ascii_whitespace() || *last >= 0x80) {
+            break;
+        }
+        name = rest;
+    }
+    match name {
+        b"f16" => KvDtype::F16,
+        b"i8" => KvDtype::I8,
+        _ => KvDtype::F32,
+    }
+};
 
 /// Parses a command line. Word 0 is the program name (QEMU puts
 /// the kernel file name there) and is skipped.
@@ -177,7 +200,7 @@ pub fn parse(line: &mut [u8]) -> Result<Args<'_>, ArgError<'_>> {
         min_p: 0.0,
         seed: None,
         ctx: None,
-        kv: built_kv(),
+        kv: BUILT_KV,
         window: None,
         arena: None,
         help: false,

@@ -32,7 +32,9 @@ unsafe fn DefaultHandler(irqn: i16) {
     }
     let mut out = Out::stdout();
     // The fault may interrupt a line of text: start a new one.
-    let _ = writeln!(out, "\nerror: unexpected exception {irqn}");
+    let _ = out.write_str(if irqn < 0 { "\nerror: unexpected exception -" } else { "\nerror: unexpected exception " });
+    let _ = crate::num::write_decimal(&mut out, u64::from(irqn.unsigned_abs()));
+    let _ = out.write_str("\n");
     crate::Console::flush(&mut out);
     host::exit(false)
 }
@@ -75,18 +77,7 @@ fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
         let _ = out.write_str(at.file());
         for n in [at.line(), at.column()] {
             let _ = out.write_str(":");
-            let mut digits = [0u8; 10];
-            let mut i = digits.len();
-            let mut n = n;
-            loop {
-                i -= 1;
-                digits[i] = b'0' + (n % 10) as u8;
-                n /= 10;
-                if n == 0 {
-                    break;
-                }
-            }
-            let _ = out.write_str(core::str::from_utf8(&digits[i..]).unwrap_or(""));
+            let _ = crate::num::write_decimal(&mut out, u64::from(n));
         }
     }
     let _ = out.write_str("\n");

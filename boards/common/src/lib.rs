@@ -35,6 +35,7 @@ pub mod link;
 #[cfg(feature = "loaded-model")]
 mod loaded;
 pub mod measure;
+mod num;
 pub mod session;
 
 #[cfg(feature = "semihosting")]
@@ -80,6 +81,41 @@ pub struct Board {
     pub default_ctx: Option<usize>,
     /// Finds the model file; called after the command line is parsed.
     pub model: fn() -> Result<&'static [u8], ModelError>,
+    /// The prompt encoders the firmware links: [`Encoders::All`], or
+    /// [`Encoders::SentencePiece`] for a board whose build script embeds a model
+    /// with a SentencePiece tokenizer.
+    pub encoders: Encoders,
+}
+
+/// Which prompt encoders a firmware links.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Encoders {
+    /// Both tokenizer kinds (`Tokenizer::encode`).
+    All,
+    /// The SentencePiece encoder only (`SpmTokenizer::encode`, what `Tokenizer::encode`
+    /// runs for that kind): the byte-level BPE encoder and its Unicode tables, about
+    /// 4.3 KB of flash, are left out, and a BPE tokenizer is [`EncodeError::BpeLeftOut`].
+    SentencePiece,
+}
+
+/// Why a prompt did not encode.
+#[derive(Clone, Copy, Debug)]
+pub enum EncodeError {
+    /// The tokenizer's own error.
+    Tokenizer(TokenizerError),
+    /// The model's tokenizer is byte-level BPE and the firmware has only the SentencePiece encoder.
+    BpeLeftOut,
+}
+
+impl fmt::Display for EncodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            EncodeError::Tokenizer(e) => e.fmt(f),
+            EncodeError::BpeLeftOut => f.write_str(
+                "the model's tokenizer is byte-level BPE; this firmware was built with the SentencePiece encoder only",
+            ),
+        }
+    }
 }
 
 /// Why a board found no usable model file.
@@ -203,7 +239,7 @@ enum Error<'a> {
     },
     Sampler(SamplerError),
     Session(SessionError),
-    Tokenizer(TokenizerError),
+    Encode(EncodeError),
     Generate(GenerateError),
     /// `--arena` asked for more than the board has.
     ArenaLimit {
@@ -230,7 +266,7 @@ impl fmt::Display for Error<'_> {
             }
             Error::Sampler(e) => write!(f, "invalid sampling settings: {e}"),
             Error::Session(e) => e.fmt(f),
-            Error::Tokenizer(e) => e.fmt(f),
+            Error::Encode(e) => e.fmt(f),
             Error::Generate(e) => e.fmt(f),
             Error::ArenaLimit { requested, available } => {
                 write!(f, "--arena {requested} is larger than the board's arena ({available} bytes)")
@@ -297,7 +333,13 @@ fn generate<'a, C: Console>(
     let needed = Tokenizer::encode_capacity(args.prompt);
     let max = prompt.len();
     let prompt = prompt.get_mut(..needed).ok_or(Error::Prompt { needed, max })?;
-    let n = model.tokenizer().encode(args.prompt, true, false, prompt).map_err(Error::Tokenizer)?;
+    // A constant per board (`BOARD` is a static): the encoder not chosen is not linked.
+    let n = match (board.encoders, model.tokenizer()) {
+        (Encoders::All, tokenizer) => tokenizer.encode(args.prompt, true, false, prompt),
+        (Encoders::SentencePiece, Tokenizer::SentencePiece(t)) => t.encode(args.prompt, true, false, prompt),
+        (Encoders::SentencePiece, Tokenizer::Bpe(_)) => return Err(Error::Encode(EncodeError::BpeLeftOut)),
+    }
+    .map_err(|e| Error::Encode(EncodeError::Tokenizer(e)))?;
     let prompt = &prompt[..n];
     let mut generation = Generation::new(&session, prompt, args.steps)?;
     if let Some(sinks) = args.window {
@@ -350,7 +392,8 @@ fn generate<'a, C: Console>(
         let _ = out.write_str(s);
     });
     let tokens = generation.pos();
-    let per_token = if tokens == 0 { 0 } else { (instructions + tokens as u64 / 2) / tokens as u64 };
+    // u64 division and formatting through `num`: core's would link 1.1 KB more.
+    let per_token = if tokens == 0 { 0 } else { num::div_rem(instructions + tokens as u64 / 2, tokens as u64).0 };
     let stop = match stop {
         Stop::Steps => "steps",
         Stop::Bos => "bos",
@@ -359,9 +402,10 @@ fn generate<'a, C: Console>(
     };
     let _ = write!(
         out,
-        "\nstats: tokens={tokens} prompt_tokens={} stop={stop} instructions_per_token={per_token} arena_bytes={} \
+        "\nstats: tokens={tokens} prompt_tokens={} stop={stop} instructions_per_token={} arena_bytes={} \
          stack_peak_bytes={} ids=",
         prompt.len(),
+        num::Decimal(per_token),
         plan.total,
         measure::stack_peak(),
     );

@@ -86,8 +86,9 @@ impl TickRate {
         let den = self.den.max(1);
         // ticks = q·den + r, so (ticks·num + den/2) / den = q·num + (r·num + den/2) / den
         // exactly, in u64 arithmetic (no 128-bit multiply and divide in the firmware).
-        let (q, r) = (ticks / den, ticks % den);
-        q.wrapping_mul(self.num).wrapping_add((r * self.num + den / 2) / den)
+        // (`num::div_rem`: no u64 division routine in the firmware.)
+        let (q, r) = crate::num::div_rem(ticks, den);
+        q.wrapping_mul(self.num).wrapping_add(crate::num::div_rem(r * self.num + den / 2, den).0)
     }
 }
 

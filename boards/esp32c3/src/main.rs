@@ -19,7 +19,7 @@ use core::fmt;
 use esp_hal::uart::{self, Uart, UartTx};
 use esp_hal::Blocking;
 use esp_println as _;
-use microlm_board::{Board, SerialConsole, TickRate, Timer};
+use microlm_board::{Board, Encoders, SerialConsole, TickRate, Timer};
 use static_cell::ConstStaticCell;
 
 // The application descriptor the ESP-IDF second-stage bootloader checks.
@@ -41,6 +41,7 @@ static BOARD: Board = Board {
     default_ctx: CTX,
     // The model embedded in flash.
     model: || microlm_board::embedded_model(&MODEL.0),
+    encoders: Encoders::All,
 };
 
 /// Microseconds since boot (esp-hal's SYSTIMER-based clock).

@@ -20,7 +20,7 @@ use hal::clocks::Clocks;
 use hal::gpio::{p0, Level};
 use hal::pac::{self, UARTE0};
 use hal::uarte::{Baudrate, Parity, Pins, Uarte};
-use microlm_board::{Board, SerialConsole, TickRate};
+use microlm_board::{Board, Encoders, SerialConsole, TickRate};
 use nrf52840_hal as hal;
 use panic_probe as _;
 use static_cell::ConstStaticCell;
@@ -43,6 +43,7 @@ static BOARD: Board = Board {
     default_ctx: CTX,
     // The model embedded in flash.
     model: || microlm_board::embedded_model(&MODEL.0),
+    encoders: Encoders::All,
 };
 
 /// UARTE0 as the run loop's console. EasyDMA reads only RAM, so the HAL

@@ -9,7 +9,7 @@
 #![no_main]
 
 use cortex_m_rt::entry;
-use microlm_board::{Board, Buffers, Once, TickRate};
+use microlm_board::{Board, Buffers, Encoders, Once, TickRate};
 
 // MODEL, ARENA_WORDS and CTX, from build.rs (MICROLM_MODEL, MICROLM_CTX).
 include!(concat!(env!("OUT_DIR"), "/model.rs"));
@@ -36,6 +36,9 @@ static BOARD: Board = Board {
     tick: TickRate::whole(80),
     default_ctx: CTX,
     model,
+    // The encoder of the embedded model's tokenizer kind (build.rs sets
+    // `microlm_bpe` for byte-level BPE): the BPE one is otherwise left out of the flash.
+    encoders: if cfg!(microlm_bpe) { Encoders::All } else { Encoders::SentencePiece },
 };
 
 #[entry]

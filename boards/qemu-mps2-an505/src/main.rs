@@ -7,7 +7,7 @@
 #![no_main]
 
 use cortex_m_rt::entry;
-use microlm_board::{Board, Buffers, Once, TickRate};
+use microlm_board::{Board, Buffers, Encoders, Once, TickRate};
 
 // ARENA_WORDS, from build.rs (MICROLM_ARENA_BYTES).
 include!(concat!(env!("OUT_DIR"), "/arena.rs"));
@@ -24,6 +24,7 @@ static BOARD: Board = Board {
     tick: TickRate::whole(50),
     default_ctx: None,
     model: microlm_board::loaded_model,
+    encoders: Encoders::All,
 };
 
 #[entry]

@@ -9,7 +9,7 @@
 #![no_main]
 
 use cortex_m_rt::entry;
-use microlm_board::{Board, Buffers, Once, TickRate};
+use microlm_board::{Board, Buffers, Encoders, Once, TickRate};
 
 // ARENA_WORDS, from build.rs (MICROLM_ARENA_BYTES).
 include!(concat!(env!("OUT_DIR"), "/arena.rs"));
@@ -27,6 +27,7 @@ static BOARD: Board = Board {
     tick: TickRate { num: 125, den: 4 },
     default_ctx: None,
     model: microlm_board::loaded_model,
+    encoders: Encoders::All,
 };
 
 #[entry]

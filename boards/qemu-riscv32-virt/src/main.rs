@@ -9,7 +9,7 @@
 #![no_std]
 #![no_main]
 
-use microlm_board::{Board, Buffers, Once, TickRate};
+use microlm_board::{Board, Buffers, Encoders, Once, TickRate};
 use riscv_rt::entry;
 
 // MODEL, ARENA_WORDS and CTX, from build.rs (MICROLM_MODEL, MICROLM_CTX).
@@ -35,6 +35,7 @@ static BOARD: Board = Board {
     tick: TickRate::whole(1),
     default_ctx: CTX,
     model,
+    encoders: Encoders::All,
 };
 
 #[entry]

@@ -20,7 +20,7 @@ use hal::fugit::RateExtU32 as _;
 use hal::gpio::{bank0, FunctionUart, Pin, PullDown};
 use hal::pac::{self, UART0};
 use hal::uart::{DataBits, Enabled, StopBits, UartConfig, UartPeripheral};
-use microlm_board::{Board, SerialConsole, TickRate};
+use microlm_board::{Board, Encoders, SerialConsole, TickRate};
 use panic_probe as _;
 use rp235x_hal as hal;
 use static_cell::ConstStaticCell;
@@ -51,6 +51,7 @@ static BOARD: Board = Board {
     default_ctx: CTX,
     // The model embedded in flash.
     model: || microlm_board::embedded_model(&MODEL.0),
+    encoders: Encoders::All,
 };
 
 /// UART0's pins: GPIO0 TX, GPIO1 RX.

@@ -30,7 +30,7 @@ compile_error!("enable `probe` (the board, the default) or `qemu` (QEMU netduino
 use core::fmt;
 
 use cortex_m_rt::entry;
-use microlm_board::{Board, SerialConsole, TickRate};
+use microlm_board::{Board, Encoders, SerialConsole, TickRate};
 use panic_probe as _;
 use static_cell::ConstStaticCell;
 use stm32f4xx_hal::pac::{self, USART1};
@@ -69,6 +69,7 @@ static BOARD: Board = Board {
     default_ctx: CTX,
     // The model embedded in flash.
     model: || microlm_board::embedded_model(&MODEL.0),
+    encoders: Encoders::All,
 };
 
 /// USART1 as the run loop's console: each byte is sent as it is written
