@@ -7,7 +7,8 @@
 //! instructions per token counted under QEMU `-icount` on the machine with the
 //! board's core. The table also gives an estimate of tokens/s on the board:
 //! its clock over the instructions per token at an assumed 1 instruction per
-//! cycle. A table that differs fails the test;
+//! cycle. A table that differs fails the test (flash within 64 bytes and
+//! instructions per token within 0.1 %, see [`same_table`]);
 //! `scripts/board-sizes.sh` (this test with MICROLM_WRITE_README=1) writes it.
 //!
 //! The same README section states the code size of the default firmware,
@@ -286,9 +287,10 @@ fn readme_an386_code_size_is_what_the_firmware_measures() {
     );
 }
 
-/// Bytes by which a stated section size may differ from a measurement: a checkout
-/// at another path hashes the runtime's path dependency differently, which can
-/// move the code's alignment padding by a few bytes (8 seen).
+/// Bytes by which a stated section size or a board's flash may differ from a
+/// measurement: a checkout at another path hashes the runtime's path dependency
+/// differently, which can move the code's alignment padding or an inlining
+/// decision by a few bytes (8 seen in the mps2-an386 code, 32 in the STM32F405's flash).
 const CODE_SIZE_DRIFT: u64 = 64;
 
 /// Whether a stated code size line equals the measured one but for each figure
@@ -368,6 +370,14 @@ fn same_table(readme: &str, measured: &str) -> Result<(), String> {
                     (Some(p), Some(q)) => (p - q).abs() <= 1.0,
                     _ => u == v,
                 },
+                // Flash used: within CODE_SIZE_DRIFT bytes (the path hash again), the size exact.
+                3 => match (leading_number(u), leading_number(v)) {
+                    (Some(p), Some(q)) => {
+                        (p - q).abs() <= CODE_SIZE_DRIFT as f64
+                            && u.split_once('/').map(|t| t.1) == v.split_once('/').map(|t| t.1)
+                    }
+                    _ => u == v,
+                },
                 _ => u == v,
             };
             if !close {
@@ -386,13 +396,14 @@ fn leading_number(cell: &str) -> Option<f64> {
 }
 
 #[test]
-fn the_table_comparison_allows_only_the_stated_instruction_drift() {
+fn the_table_comparison_allows_only_the_stated_drift() {
     let row = |flash: &str, ipt: &str, per_s: &str| {
         format!("| `boards/esp32c3` | ESP32-C3 (RV32IMC), 160 MHz | {flash} / 4,194,304 | 111,180 / 320,512 | stories260K q8_0 | 256 | i8 | 512 (the model's) | {ipt} (riscv32-virt) | ~{per_s} |\nnotes\n")
     };
     let base = row("535,888", "11,368,518", "14");
     assert_eq!(same_table(&base, &row("535,888", "11,368,438", "14")), Ok(()));
-    assert!(same_table(&base, &row("535,892", "11,368,518", "14")).is_err(), "flash is exact");
+    assert_eq!(same_table(&base, &row("535,920", "11,368,518", "14")), Ok(()), "32 bytes of flash drift");
+    assert!(same_table(&base, &row("535,988", "11,368,518", "14")).is_err(), "100 bytes of flash are a change");
     assert!(same_table(&base, &row("535,888", "11,400,000", "14")).is_err(), "0.3 % is a change");
     assert!(same_table(&base, &row("535,888", "11,368,518", "16")).is_err());
     assert!(same_table(&base, &base.replace("notes", "other notes")).is_err());
