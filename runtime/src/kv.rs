@@ -167,7 +167,8 @@ macro_rules! with_head_size {
 pub(crate) enum Store<'a> {
     /// (n_layers, n_kv_heads, ctx_len, head_size) f32, and whether every value written
     /// so far is moderate ([`kernels::moderate`]); tracked only where a kernel uses it
-    /// (MVE's vector scores), false elsewhere.
+    /// (MVE's vector scores, so the key cache), false elsewhere: once false, writes
+    /// skip the check.
     F32 { rows: &'a mut [f32], moderate: bool },
     /// (n_layers, ctx_len, kv_dim) binary16, 2 little-endian bytes each.
     F16(&'a mut [u8]),

@@ -696,6 +696,39 @@ pub fn scores8(q: &[f32; 8], keys: &[f32], sqrt_head: f32, max_in: f32, out: &mu
     Some(max)
 }
 
+/// `scalar::exp`'s fast path in MVE lanes, step for step: x in q0 → e^x in q2 (q1, q3
+/// and q0 clobbered), with q4 = shift, q5 = c1, q6 = 1, q7 = c2 in every lane
+/// ([`EXP_LANES`]) and the asm operands `{log2e}`, `{ln2_hi}`, `{ln2_lo}`, `{c5}`,
+/// `{c4}` and `{k}` (= c3). 2^n goes into the exponent bits: the shift's low 9 bits are
+/// 0, so t << 23 is n << 23. Used by [`exp_shifted_quads`] and [`swiglu4`].
+macro_rules! mve_exp_q0 {
+    () => {
+        concat!(
+            "vmul.f32 q1, q0, {log2e}\n",
+            "vadd.f32 q1, q1, q4\n",
+            "vsub.f32 q2, q1, q4\n",
+            "vmul.f32 q3, q2, {ln2_hi}\n",
+            "vsub.f32 q3, q0, q3\n",
+            "vmul.f32 q2, q2, {ln2_lo}\n",
+            "vsub.f32 q3, q3, q2\n",
+            "vmul.f32 q2, q3, {c5}\n",
+            "vadd.f32 q2, q2, {c4}\n",
+            "vmul.f32 q2, q2, q3\n",
+            "vadd.f32 q2, q2, {k}\n",
+            "vmul.f32 q2, q2, q3\n",
+            "vadd.f32 q2, q2, q7\n",
+            "vmul.f32 q2, q2, q3\n",
+            "vadd.f32 q2, q2, q5\n",
+            "vmul.f32 q0, q3, q3\n",
+            "vmul.f32 q2, q2, q0\n",
+            "vadd.f32 q2, q2, q3\n",
+            "vadd.f32 q2, q2, q6\n",
+            "vshl.i32 q1, q1, #23\n",
+            "vadd.i32 q2, q2, q1\n",
+        )
+    };
+}
+
 /// The exp loops' vector constants: four lanes each of the shift, c1, 1 and c2
 /// (loaded into q4-q7), then c3 (`scalar::EXP_CONSTANTS`).
 static EXP_LANES: [u32; 17] = {
@@ -753,28 +786,7 @@ fn exp_shifted_quads(x: &mut [f32], max: f32) -> usize {
             "mvns r0, r0",
             "lsls r0, r0, #16",
             "bne 9f",
-            "vmul.f32 q1, q0, {log2e}",
-            "vadd.f32 q1, q1, q4",
-            "vsub.f32 q2, q1, q4",
-            "vmul.f32 q3, q2, {ln2_hi}",
-            "vsub.f32 q3, q0, q3",
-            "vmul.f32 q2, q2, {ln2_lo}",
-            "vsub.f32 q3, q3, q2",
-            "vmul.f32 q2, q3, {c5}",
-            "vadd.f32 q2, q2, {c4}",
-            "vmul.f32 q2, q2, q3",
-            "vadd.f32 q2, q2, {k}",
-            "vmul.f32 q2, q2, q3",
-            "vadd.f32 q2, q2, q7",
-            "vmul.f32 q2, q2, q3",
-            "vadd.f32 q2, q2, q5",
-            "vmul.f32 q0, q3, q3",
-            "vmul.f32 q2, q2, q0",
-            "vadd.f32 q2, q2, q3",
-            "vadd.f32 q2, q2, q6",
-            // n = t's bits − shift's bits; shift's low 9 bits are 0, so t << 23 is n << 23.
-            "vshl.i32 q1, q1, #23",
-            "vadd.i32 q2, q2, q1",
+            mve_exp_q0!(),
             "vstrw.32 q2, [{p}], #16",
             "le lr, 2b",
             "9:",
@@ -916,27 +928,7 @@ pub fn swiglu4(gate: &mut [f32], up: &[f32]) -> usize {
             "mvns r0, r0",
             "lsls r0, r0, #16",
             "bne 9f",
-            "vmul.f32 q1, q0, {log2e}",
-            "vadd.f32 q1, q1, q4",
-            "vsub.f32 q2, q1, q4",
-            "vmul.f32 q3, q2, {ln2_hi}",
-            "vsub.f32 q3, q0, q3",
-            "vmul.f32 q2, q2, {ln2_lo}",
-            "vsub.f32 q3, q3, q2",
-            "vmul.f32 q2, q3, {c5}",
-            "vadd.f32 q2, q2, {c4}",
-            "vmul.f32 q2, q2, q3",
-            "vadd.f32 q2, q2, {k}",
-            "vmul.f32 q2, q2, q3",
-            "vadd.f32 q2, q2, q7",
-            "vmul.f32 q2, q2, q3",
-            "vadd.f32 q2, q2, q5",
-            "vmul.f32 q0, q3, q3",
-            "vmul.f32 q2, q2, q0",
-            "vadd.f32 q2, q2, q3",
-            "vadd.f32 q2, q2, q6",
-            "vshl.i32 q1, q1, #23",
-            "vadd.i32 q2, q2, q1",
+            mve_exp_q0!(),
             // 1 + e, then lane by lane on the scalar FPU: 1 / that, · v, · up.
             "vadd.f32 q2, q2, q6",
             "vdiv.f32 s8, s24, s8",

@@ -315,8 +315,6 @@ fn rows_f32<const G: usize, const CACHED: bool>(w: &[f32], x: &[f32], out: &mut 
     let mut acc = [_mm256_setzero_ps(); G];
     let mut j = 0;
     while j < body {
-        // SAFETY: j + 8 <= body <= cols = x.len().
-        let xv = unsafe { _mm256_loadu_ps(xp.add(j)) };
         // Stream in the next rows' bytes as far ahead as this pass reads them:
         // 64·G floats (4·G cache lines) of the next 8·G rows per step of eight columns.
         let ahead = wp.wrapping_add(8 * G * cols + 8 * G * j);
@@ -358,6 +356,8 @@ fn rows_f32<const G: usize, const CACHED: bool>(w: &[f32], x: &[f32], out: &mut 
                 }
             }
         } else {
+            // SAFETY: j + 8 <= body <= cols = x.len().
+            let xv = unsafe { _mm256_loadu_ps(xp.add(j)) };
             for (g, acc) in acc.iter_mut().enumerate() {
                 // Products w[r][j..j + 8] · x[j..j + 8] of each row (rounded as the scalar
                 // multiply), turned so vector k holds column j + k of the eight rows.
@@ -711,14 +711,19 @@ mod tests {
         }
         for &rows in &ROWS {
             for &cols in &COLS {
-                let w = awkward(rows * cols, (rows * 1000 + cols) as u64);
-                let x = awkward(cols, cols as u64 + 7);
-                let (mut fast, mut slow) = (vec![f32::NAN; rows], vec![f32::NAN; rows]);
-                assert!(matvec_f32(bytemuck::cast_slice(&w), &x, &mut fast));
-                crate::kernels::f32::matvec(bytemuck::cast_slice(&w), &x, &mut slow);
-                assert_eq!(bits(&fast), bits(&slow), "rows {rows} cols {cols}");
+                f32_matvec_equals_portable(rows, cols);
             }
         }
+    }
+
+    /// `matvec_f32` on awkward values of a `rows` × `cols` matrix equals the portable loop.
+    fn f32_matvec_equals_portable(rows: usize, cols: usize) {
+        let w = awkward(rows * cols, (rows * 1000 + cols) as u64);
+        let x = awkward(cols, cols as u64 + 7);
+        let (mut fast, mut slow) = (vec![f32::NAN; rows], vec![f32::NAN; rows]);
+        assert!(matvec_f32(bytemuck::cast_slice(&w), &x, &mut fast));
+        crate::kernels::f32::matvec(bytemuck::cast_slice(&w), &x, &mut slow);
+        assert_eq!(bits(&fast), bits(&slow), "rows {rows} cols {cols}");
     }
 
     /// Matrices above 64 Ki values take the streamed transpose (products of whole
@@ -730,12 +735,7 @@ mod tests {
         }
         for (rows, cols) in [(17, 4099), (300, 288), (9, 8192)] {
             assert!(rows * cols > 64 * 1024);
-            let w = awkward(rows * cols, (rows * 1000 + cols) as u64);
-            let x = awkward(cols, cols as u64 + 7);
-            let (mut fast, mut slow) = (vec![f32::NAN; rows], vec![f32::NAN; rows]);
-            assert!(matvec_f32(bytemuck::cast_slice(&w), &x, &mut fast));
-            crate::kernels::f32::matvec(bytemuck::cast_slice(&w), &x, &mut slow);
-            assert_eq!(bits(&fast), bits(&slow), "rows {rows} cols {cols}");
+            f32_matvec_equals_portable(rows, cols);
         }
     }
 
