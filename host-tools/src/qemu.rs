@@ -665,9 +665,24 @@ pub fn run_qemu(
             (std::thread::spawn(move || stream(text, sink)), Some(logger))
         }
     };
+    let mut reader = Some(reader);
+    let mut text = None;
     let status = loop {
         if let Some(status) = child.try_wait()? {
             break status;
+        }
+        // The text's reader stopped while QEMU runs: at the end of its output (then wait
+        // for the exit), or on an error such as a reader that closed the pipe (`| head`),
+        // which would otherwise leave the guest spinning until the timeout.
+        if let Some(done) = reader.take_if(|r| r.is_finished()) {
+            match done.join().map_err(|_| anyhow::anyhow!("output reader panicked"))? {
+                Ok(all) => text = Some(all),
+                Err(e) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(e.into());
+                }
+            }
         }
         if Instant::now() >= deadline {
             // Best effort: the process may have exited just now.
@@ -677,7 +692,11 @@ pub fn run_qemu(
         }
         std::thread::sleep(Duration::from_millis(20));
     };
-    let stdout = reader.join().map_err(|_| anyhow::anyhow!("output reader panicked"))??;
+    let stdout = match (text, reader) {
+        (Some(all), _) => all,
+        (None, Some(r)) => r.join().map_err(|_| anyhow::anyhow!("output reader panicked"))??,
+        (None, None) => Vec::new(),
+    };
     if let Some(logger) = logger {
         logger.join().map_err(|_| anyhow::anyhow!("log reader panicked"))??;
     }

@@ -5,6 +5,7 @@
 //! QEMU runs are bounded (the CLI kills QEMU after `--timeout`, the direct
 //! runs here after `BOUND`). `MICROLM_BLESS=1` rewrites the golden output.
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
@@ -420,6 +421,28 @@ fn qemu_missing_says_how_to_install() {
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("apt-get install qemu-system-arm"), "{stderr}");
+}
+
+/// A reader that closes the pipe (`| head`) ends the run quietly with exit code 0,
+/// as for `microlm generate`: QEMU is killed at once, not left until the timeout.
+#[test]
+fn qemu_cli_ends_when_the_reader_closes_the_pipe() {
+    let start = Instant::now();
+    let mut child = Command::new(microlm())
+        .arg("qemu")
+        .arg(q8_model())
+        .args(["-n", "8000", "--window", "-t", "0", "--timeout", "60", "--firmware"])
+        .arg(firmware())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = [0u8; 20];
+    child.stdout.take().unwrap().read_exact(&mut first).unwrap();
+    // The pipe's read end is dropped here: the next write fails.
+    let out = child.wait_with_output().unwrap();
+    assert!(start.elapsed() < Duration::from_secs(30), "{:?}", start.elapsed());
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
 /// A run longer than --timeout is killed and reported, not waited for. The run is
