@@ -42,8 +42,13 @@ pub fn run(args: &ConvertArgs) -> Result<()> {
     if args.input.is_dir() {
         return run_hf(args);
     }
-    if is_gguf(&args.input)? {
-        return run_gguf(args);
+    match leading_magic(&args.input) {
+        Some(m) if m == gguf::MAGIC => return run_gguf(args),
+        Some(m) if m == microlm::format::MAGIC => anyhow::bail!(
+            "{} is already a microlm model file: use `microlm quantize` to change its dtypes",
+            args.input.display()
+        ),
+        _ => {}
     }
     let tokenizer = args.tokenizer.as_ref().context("--tokenizer is required for a llama2.c checkpoint")?;
     let output = quantize::create_output(&args.output, &[&args.input, tokenizer], &args.quant)?;
@@ -158,17 +163,18 @@ fn run_hf(args: &ConvertArgs) -> Result<()> {
     Ok(())
 }
 
-/// Whether `path` starts with the GGUF magic (checked by content, not by name).
-fn is_gguf(path: &std::path::Path) -> Result<bool> {
+/// The first four bytes of `path` when it is a regular file that long (checked by
+/// content, not by name: the GGUF and microlm magics).
+fn leading_magic(path: &std::path::Path) -> Option<[u8; 4]> {
     use std::io::Read;
     // Only a regular file is opened: opening a FIFO or a device could block
     // (io::read refuses those with a clear error afterwards).
     if !std::fs::metadata(path).is_ok_and(|m| m.is_file()) {
-        return Ok(false);
+        return None;
     }
-    let Ok(mut f) = std::fs::File::open(path) else { return Ok(false) };
     let mut magic = [0u8; 4];
-    Ok(f.read_exact(&mut magic).is_ok() && magic == gguf::MAGIC)
+    std::fs::File::open(path).ok()?.read_exact(&mut magic).ok()?;
+    Some(magic)
 }
 
 /// The microlm dtype a ggml type goes to when `--dtype` is not given: the same

@@ -377,6 +377,18 @@ fn bytes(p: &Path) -> Vec<u8> {
     std::fs::read(p).unwrap()
 }
 
+/// A microlm model file given to `convert` is named as one, not misread as a llama2.c checkpoint.
+#[test]
+fn convert_names_a_microlm_file_as_one() {
+    let model = converted("f32");
+    let out = fresh("convert-mlm").join("again.mlm");
+    let (code, _, err) = run_cli(["convert".as_ref(), model.as_os_str(), "-o".as_ref(), out.as_os_str()]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("is already a microlm model file: use `microlm quantize`"), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(!out.exists());
+}
+
 #[test]
 fn convert_refuses_to_write_over_its_inputs() {
     let dir = fresh("convert-over-input");
