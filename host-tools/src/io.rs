@@ -348,7 +348,12 @@ impl Output {
         use std::os::unix::fs::PermissionsExt;
         let mode = fs::metadata(&target).map_or(0o666, |m| m.permissions().mode() & 0o7777);
         builder.permissions(fs::Permissions::from_mode(mode));
-        let temp = builder.tempfile_in(&dir).with_context(|| format!("cannot create a file in {}", dir.display()))?;
+        // tempfile's error names its random temporary file; say why without it (the
+        // directory's own error when it is missing, else the kind).
+        let temp = builder.tempfile_in(&dir).map_err(|e| {
+            let why = std::fs::metadata(&dir).err().unwrap_or_else(|| e.kind().into());
+            anyhow::anyhow!("cannot create a file in {}: {why}", dir.display())
+        })?;
         pending(temp.path(), true);
         Ok(Output { path: path.to_path_buf(), target, sink: Sink::Temp(temp) })
     }

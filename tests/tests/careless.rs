@@ -377,6 +377,26 @@ fn bytes(p: &Path) -> Vec<u8> {
     std::fs::read(p).unwrap()
 }
 
+/// An output in a missing directory is one line naming the directory and why, not the
+/// temporary file's random name.
+#[test]
+fn an_output_in_a_missing_directory_says_so() {
+    let model = converted("f32");
+    let out = fresh("missing-dir").join("nowhere").join("x.mlm");
+    let (code, _, err) = run_cli([
+        "quantize".as_ref(),
+        model.as_os_str(),
+        "--dtype".as_ref(),
+        "q8_0".as_ref(),
+        "-o".as_ref(),
+        out.as_os_str(),
+    ]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("cannot create a file in") && err.contains("No such file or directory"), "{err}");
+    assert!(!err.contains(".partial"), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+}
+
 /// A microlm model file given to `convert` is named as one, not misread as a llama2.c checkpoint.
 #[test]
 fn convert_names_a_microlm_file_as_one() {
