@@ -212,7 +212,9 @@ fn one_line(s: &str) -> String {
 /// Returns the path of a converted stories260K `.mlm`, converting it on first use.
 /// The per-tensor report of the conversion is printed only with `report`.
 pub fn demo_model(sources: &Sources, report: bool) -> Result<PathBuf> {
-    let out_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/models");
+    // The workspace's target/models (the manifest's parent, so the printed path has no `..`).
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap_or(Path::new(".."));
+    let out_dir = root.join("target/models");
     std::fs::create_dir_all(&out_dir).with_context(|| format!("cannot create {}", out_dir.display()))?;
     let out = out_dir.join("stories260K.mlm");
     let (input, tokenizer) = (sources.checkpoint.clone(), sources.tokenizer.clone());
