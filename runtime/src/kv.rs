@@ -257,7 +257,9 @@ impl Store<'_> {
     }
 
     /// `scores[i] = (q · K[layer, first + i, kv_head]) / sqrt_head` for each `i`, and
-    /// returns their maximum (−∞ when empty; NaN scores are skipped).
+    /// returns their maximum (−∞ when empty; NaN scores are skipped); lowers `floor` to
+    /// a lower bound of the scores where the kernel knows one, else sets it to −∞
+    /// (see [`kernels::scores_f32`]).
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn scores(
         &mut self,
@@ -268,6 +270,7 @@ impl Store<'_> {
         first: usize,
         sqrt_head: f32,
         scores: &mut [f32],
+        floor: &mut f32,
     ) -> f32 {
         let mut max = f32::NEG_INFINITY;
         if scores.is_empty() {
@@ -279,13 +282,15 @@ impl Store<'_> {
         // One loop per dtype, so the per-slot work has no dispatch; f32 and i8 unroll per head size.
         match self {
             Store::F32 { rows: c, moderate } => with_head_size!(d.head_size, hs => {
-                max = kernels::scores_f32(&q[..hs], &c[start..end], stride, offset, sqrt_head, max, scores, *moderate);
+                max = kernels::scores_f32(&q[..hs], &c[start..end], stride, offset, sqrt_head, max, scores, *moderate, floor);
             }),
             Store::F16(c) => {
+                *floor = f32::NEG_INFINITY;
                 let hs = d.head_size;
                 max = kernels::scores_f16(&q[..hs], &c[start * 2..end * 2], stride, offset, sqrt_head, max, scores);
             }
             Store::I8 { values, scales, query } => {
+                *floor = f32::NEG_INFINITY;
                 let q_scale = quantize_query(&q[..d.head_size], query);
                 with_head_size!(d.head_size, hs => {
                     let row_scales = &scales[start / stride..end / stride];
@@ -305,14 +310,25 @@ impl Store<'_> {
     /// The attention output of one head: with e(slot) = exp(scores\[slot\] − max),
     /// out (head_size) = (Σ_slot e(slot) · V\[layer, slot, kv_head\]) / Σ_slot e(slot),
     /// both sums over slots in index order. `scores` may be overwritten with the e(slot).
-    pub(crate) fn mix(&self, d: Dims, layer: usize, kv_head: usize, scores: &mut [f32], max: f32, out: &mut [f32]) {
+    /// `floor` is a lower bound of the scores or −∞ ([`Store::scores`]).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn mix(
+        &self,
+        d: Dims,
+        layer: usize,
+        kv_head: usize,
+        scores: &mut [f32],
+        max: f32,
+        floor: f32,
+        out: &mut [f32],
+    ) {
         let span = d.head_span(self.head_major(), layer, kv_head, 0..scores.len());
         let hs = d.head_size;
         let out = &mut out[..hs];
         // f32 cache, 8-wide heads: the fused kernel where the target has one (hard-float Cortex-M).
         if let (Store::F32 { rows: c, .. }, Ok(out)) = (self, <&mut [f32; 8]>::try_from(&mut *out)) {
             if let Some(values) = c.get(span.start..span.end) {
-                if kernels::mix_f32_head8(scores, max, values, out).is_some() {
+                if kernels::mix_f32_head8(scores, max, floor, values, out).is_some() {
                     return;
                 }
             }

@@ -334,10 +334,14 @@ fn attention(
         let head = h * hs..(h + 1) * hs;
         let kv_head = h / kv_mul;
         let (sink_att, ring_att) = att.split_at_mut(sinks);
-        let sink_max = keys.scores(dims, layer, kv_head, &queries.sink_q[head.clone()], 0, sqrt_head, sink_att);
-        let ring_max = keys.scores(dims, layer, kv_head, &queries.q[head.clone()], sinks, sqrt_head, ring_att);
+        // A lower bound of both parts' scores where the kernels know one, else −∞.
+        let mut floor = f32::INFINITY;
+        let sink_q = &queries.sink_q[head.clone()];
+        let sink_max = keys.scores(dims, layer, kv_head, sink_q, 0, sqrt_head, sink_att, &mut floor);
+        let ring_max =
+            keys.scores(dims, layer, kv_head, &queries.q[head.clone()], sinks, sqrt_head, ring_att, &mut floor);
         let max = if ring_max > sink_max { ring_max } else { sink_max };
-        values.mix(dims, layer, kv_head, att, max, &mut out[head]);
+        values.mix(dims, layer, kv_head, att, max, floor, &mut out[head]);
     }
 }
 

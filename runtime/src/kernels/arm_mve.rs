@@ -353,33 +353,36 @@ unsafe fn rows2_q8(wa: *const u8, wb: *const u8, x: *const u8, blocks: usize, ac
 unsafe fn rows4_q8(w: *const u8, row_bytes: usize, x: *const u8, blocks: usize, acc: *mut f32, quads: usize) {
     // The next group's rows start 4·row_bytes after this group's; the pointers have
     // moved blocks·34 bytes along their rows by then.
-    let params: [u32; 4] = [
+    // Where the four rows' scales are from row a's pointer (its block's quants): −2,
+    // row_bytes − 2, ... (wrapping: the gather adds the offsets modulo 2^32).
+    let scale = |k: usize| ((k * row_bytes) as u32).wrapping_sub(2);
+    let params: [u32; 8] = [
         x as u32,
         blocks as u32,
         (4 * row_bytes).wrapping_sub(blocks * q8_0::BLOCK_BYTES) as u32,
         // SAFETY: one past the end of `acc` (the caller's contract).
         unsafe { acc.add(4 * quads) } as u32,
+        scale(0),
+        scale(1),
+        scale(2),
+        scale(3),
     ];
     // SAFETY: the caller's contract; reads `params`, reads and writes the 4 · quads floats at
-    // `acc`; only the named registers, lr and q0-q6 (d0-d13) change; the flags are clobbered.
+    // `acc`; only the named registers, lr and q0-q7 (d0-d15) change; the flags are clobbered.
     unsafe {
         // Each row's pointer starts at its first block's quants (the f16 scale is at −2).
         let wa = w.add(2);
         let (wb, wc, wd) = (wa.add(row_bytes), wa.add(2 * row_bytes), wa.add(3 * row_bytes));
-        // Where the four rows' scales are from row a's pointer (its block's quants): −2,
-        // row_bytes − 2, ... (wrapping: the gather adds the offsets modulo 2^32).
-        let scales: [u32; 4] = core::array::from_fn(|k| ((k * row_bytes) as u32).wrapping_sub(2));
         asm!(
-            "vldrw.u32 q7, [{sc}]",
+            "vldrw.u32 q7, [{p}, #16]",
             "3:",
             "vldrw.u32 q6, [{acc}]",
             "ldr lr, [{p}, #4]",
             "dls lr, lr",
             "2:",
-            "ldr {xd}, [{x}]",
-            "vldrb.u8 q1, [{x}, #4]",
-            "vldrb.u8 q3, [{x}, #20]",
-            "adds {x}, #36",
+            "ldr {xd}, [{x}], #4",
+            "vldrb.u8 q1, [{x}], #16",
+            "vldrb.u8 q3, [{x}], #16",
             // The four f16 scales (a gather from row a's pointer) into the lanes of q4.
             "vldrh.u32 q4, [{wa}, q7]",
             // Per row: the exact block sum into a register, then into lane k of q5
@@ -424,7 +427,6 @@ unsafe fn rows4_q8(w: *const u8, row_bytes: usize, x: *const u8, blocks: usize, 
             "cmp {acc}, {xd}",
             "bne 3b",
             p = in(reg) params.as_ptr(),
-            sc = in(reg) scales.as_ptr(),
             acc = inout(reg) acc => _,
             wa = inout(reg) wa => _,
             wb = inout(reg) wb => _,
@@ -606,29 +608,31 @@ fn matvec_chunks<const WORDS: usize>(
 /// q\[j\] and `VADD.F32` sum each lane in the portable order (the first product
 /// taken as the sum: 0 + p and p differ only in the sign of a zero, which no
 /// later step can see), four scalar `VDIV.F32` on the lanes divide by `sqrt_head`,
-/// and `VMAXNM.F32` keeps a running maximum per lane. The last `n % 4` slots take
-/// [`arm_fpu::scores8`](super::arm_fpu::scores8). `None` unless `q` is
+/// and `VMAXNM.F32` keeps a running maximum per lane, `VMINNM.F32` a running minimum.
+/// The last `n % 4` slots take
+/// [`arm_fpu::scores8`](super::arm_fpu::scores8). Returns (maximum, minimum of `out`,
+/// +∞ when empty). `None` unless `q` is
 /// [`moderate`](super::moderate); the caller must know the keys are (the cache tracks it), which
 /// makes every lane's sum the scalar one (see [`moderate`](super::moderate)). Scores of moderate
 /// values are finite, so the maximum (NaNs never present) equals the portable one
 /// up to the sign of a zero, which the exponentials do not see.
-pub fn scores8(q: &[f32; 8], keys: &[f32], sqrt_head: f32, max_in: f32, out: &mut [f32]) -> Option<f32> {
+pub fn scores8(q: &[f32; 8], keys: &[f32], sqrt_head: f32, max_in: f32, out: &mut [f32]) -> Option<(f32, f32)> {
     let n = out.len();
     if n.checked_mul(8)? > keys.len() || !super::moderate(q) {
         return None;
     }
     let quads = n / 4;
     let mut max = max_in;
+    let mut min = f32::INFINITY;
     if quads > 0 {
-        // Row addresses of the slot before the first quad: the first gather of each step
-        // adds 128 bytes (four rows) with writeback.
         // Row addresses of the slot before the first quad (the first gather of each step
-        // adds 128 bytes, four rows, with writeback), then max_in in four lanes, then sqrt_head.
+        // adds 128 bytes, four rows, with writeback), then max_in in four lanes, then sqrt_head,
+        // then +∞ in four lanes.
         let base = (keys.as_ptr() as u32).wrapping_sub(128);
-        let m = max_in.to_bits();
-        let setup = [base, base + 32, base + 64, base + 96, m, m, m, m, sqrt_head.to_bits()];
+        let (m, inf) = (max_in.to_bits(), f32::INFINITY.to_bits());
+        let setup = [base, base + 32, base + 64, base + 96, m, m, m, m, sqrt_head.to_bits(), inf, inf, inf, inf];
         let [q0, q1, q2, q3, q4, q5, q6, q7] = q.map(f32::to_bits);
-        let max_bits: u32;
+        let (max_bits, min_bits): (u32, u32);
         // SAFETY: reads 4 · quads rows of 8 floats from `keys` (n ≤ keys.len() / 8, checked),
         // the 36 bytes of `setup`, and writes 4 · quads ≤ n floats at `out`. Only the named
         // registers, lr and q0-q7 (d0-d15) change.
@@ -637,6 +641,7 @@ pub fn scores8(q: &[f32; 8], keys: &[f32], sqrt_head: f32, max_in: f32, out: &mu
                 "vldrw.u32 q7, [{a}]",
                 "vldrw.u32 q6, [{a}, #16]",
                 "vldr s12, [{a}, #32]",
+                "vldrw.u32 q5, [{a}, #36]",
                 "dls lr, lr",
                 "2:",
                 "vldrw.u32 q1, [q7, #128]!",
@@ -669,11 +674,15 @@ pub fn scores8(q: &[f32; 8], keys: &[f32], sqrt_head: f32, max_in: f32, out: &mu
                 "vdiv.f32 s3, s3, s12",
                 "vstrw.32 q0, [{out}], #16",
                 "vmaxnm.f32 q6, q6, q0",
+                "vminnm.f32 q5, q5, q0",
                 "le lr, 2b",
-                // The lanes' maximum (each lane started at max_in).
+                // The lanes' maximum (each lane started at max_in) and minimum.
                 "vmov {a}, s24",
                 "vmaxnmv.f32 {a}, q6",
+                "vmov {b}, s20",
+                "vminnmv.f32 {b}, q5",
                 a = inout(reg) setup.as_ptr() => max_bits,
+                b = out(reg) min_bits,
                 out = inout(reg) out.as_mut_ptr() => _,
                 q0 = in(reg) q0, q1 = in(reg) q1, q2 = in(reg) q2, q3 = in(reg) q3,
                 q4 = in(reg) q4, q5 = in(reg) q5, q6 = in(reg) q6, q7 = in(reg) q7,
@@ -686,14 +695,16 @@ pub fn scores8(q: &[f32; 8], keys: &[f32], sqrt_head: f32, max_in: f32, out: &mu
             );
         }
         max = f32::from_bits(max_bits);
+        min = f32::from_bits(min_bits);
     }
     let done = 4 * quads;
     if done < n {
         let (rows, rest) = (&keys[done * 8..], &mut out[done..]);
         max = super::arm_fpu::scores8(q, rows, sqrt_head, max, rest)
             .unwrap_or_else(|| super::generic::scores_f32(q, rows, 8, 0, sqrt_head, max, rest));
+        min = rest.iter().fold(min, |m, &v| if v < m { v } else { m });
     }
-    Some(max)
+    Some((max, min))
 }
 
 /// `scalar::exp`'s fast path in MVE lanes, step for step: x in q0 → e^x in q2 (q1, q3
@@ -744,6 +755,59 @@ static EXP_LANES: [u32; 17] = {
     out
 };
 
+/// The loop of [`exp_shifted_quads`]: `$x[i] = exp($x[i] − $max)` for the whole quads of
+/// `$x` in MVE lanes, with the `$check` instructions (which may leave for `9f`) after each
+/// quad's `x − max` in q0 (and the asm operands they use); evaluates to how many values
+/// it did.
+macro_rules! exp_quads {
+    ($x:ident, $max:ident, [$($check:literal,)*], [$($operands:tt)*]) => {{
+        let quads = $x.len() / 4;
+        if quads == 0 {
+            return 0;
+        }
+        let [_, log2e, ln2_hi, ln2_lo, _, _, _, c4, c5, _, _] = crate::scalar::EXP_CONSTANTS;
+        let consts = &EXP_LANES;
+        let start = $x.as_mut_ptr();
+        let end: *mut f32;
+        // SAFETY: reads and writes 4 · quads ≤ len floats from `x`, reads `consts`; only the
+        // named registers, lr and q0-q7 (d0-d15) change; the flags are clobbered.
+        unsafe {
+            asm!(
+                "vldrw.u32 q4, [{k}]",
+                "vldrw.u32 q5, [{k}, #16]",
+                "vldrw.u32 q6, [{k}, #32]",
+                "vldrw.u32 q7, [{k}, #48]",
+                "ldr {k}, [{k}, #64]",
+                "dls lr, lr",
+                "2:",
+                "vldrw.u32 q0, [{p}]",
+                "vsub.f32 q0, q0, {max}",
+                $($check,)*
+                mve_exp_q0!(),
+                "vstrw.32 q2, [{p}], #16",
+                "le lr, 2b",
+                "9:",
+                k = inout(reg) consts.as_ptr() => _,
+                p = inout(reg) start => end,
+                max = in(reg) $max.to_bits(),
+                $($operands)*
+                log2e = in(reg) log2e.to_bits(),
+                ln2_hi = in(reg) ln2_hi.to_bits(),
+                ln2_lo = in(reg) ln2_lo.to_bits(),
+                c5 = in(reg) c5.to_bits(),
+                c4 = in(reg) c4.to_bits(),
+                inout("lr") quads => _,
+                out("d0") _, out("d1") _, out("d2") _, out("d3") _,
+                out("d4") _, out("d5") _, out("d6") _, out("d7") _,
+                out("d8") _, out("d9") _, out("d10") _, out("d11") _,
+                out("d12") _, out("d13") _, out("d14") _, out("d15") _,
+                options(nostack),
+            );
+        }
+        (end as usize - start as usize) / 4
+    }};
+}
+
 /// `x[i] = exp(x[i] − max)` ([`scalar::exp_at_most_zero`](crate::scalar::exp_at_most_zero))
 /// for the whole quads of `x` in MVE lanes, stopping before a quad with a lane
 /// outside exp's fast range (x − max < −87.33, or NaN); returns how many values it
@@ -759,69 +823,48 @@ static EXP_LANES: [u32; 17] = {
 /// or maximum below 2^-126) equals the flushed one or is so small that both
 /// exponentials are 1.
 fn exp_shifted_quads(x: &mut [f32], max: f32) -> usize {
-    let quads = x.len() / 4;
-    if quads == 0 {
-        return 0;
-    }
-    let [_, log2e, ln2_hi, ln2_lo, _, _, _, c4, c5, _, fast_min] = crate::scalar::EXP_CONSTANTS;
-    let consts = &EXP_LANES;
-    let start = x.as_mut_ptr();
-    let end: *mut f32;
-    // SAFETY: reads and writes 4 · quads ≤ x.len() floats from `x`, reads `consts`; only the
-    // named registers, lr, r0 and q0-q7 (d0-d15) change; the flags are clobbered.
-    unsafe {
-        asm!(
-            "vldrw.u32 q4, [{k}]",
-            "vldrw.u32 q5, [{k}, #16]",
-            "vldrw.u32 q6, [{k}, #32]",
-            "vldrw.u32 q7, [{k}, #48]",
-            "ldr {k}, [{k}, #64]",
-            "dls lr, lr",
-            "2:",
-            "vldrw.u32 q0, [{p}]",
-            "vsub.f32 q0, q0, {max}",
+    let fast_min = crate::scalar::EXP_CONSTANTS[10];
+    exp_quads!(
+        x,
+        max,
+        [
             // Every lane in the fast range (x ≥ −87.33, not NaN), or leave.
             "vcmp.f32 ge, q0, {fast_min}",
             "vmrs r0, p0",
             "mvns r0, r0",
             "lsls r0, r0, #16",
             "bne 9f",
-            mve_exp_q0!(),
-            "vstrw.32 q2, [{p}], #16",
-            "le lr, 2b",
-            "9:",
-            k = inout(reg) consts.as_ptr() => _,
-            p = inout(reg) start => end,
-            max = in(reg) max.to_bits(),
-            fast_min = in(reg) fast_min.to_bits(),
-            log2e = in(reg) log2e.to_bits(),
-            ln2_hi = in(reg) ln2_hi.to_bits(),
-            ln2_lo = in(reg) ln2_lo.to_bits(),
-            c5 = in(reg) c5.to_bits(),
-            c4 = in(reg) c4.to_bits(),
-            inout("lr") quads => _,
-            out("r0") _,
-            out("d0") _, out("d1") _, out("d2") _, out("d3") _,
-            out("d4") _, out("d5") _, out("d6") _, out("d7") _,
-            out("d8") _, out("d9") _, out("d10") _, out("d11") _,
-            out("d12") _, out("d13") _, out("d14") _, out("d15") _,
-            options(nostack),
-        );
-    }
-    (end as usize - start as usize) / 4
+        ],
+        [fast_min = in(reg) fast_min.to_bits(), out("r0") _,]
+    )
+}
+
+/// [`exp_shifted_quads`] without the per-quad range check, for callers that know
+/// every `x[i] − max` of the whole quads lies in exp's fast range; returns how many
+/// values it did (4 · (x.len() / 4)).
+fn exp_shifted_quads_in_range(x: &mut [f32], max: f32) -> usize {
+    exp_quads!(x, max, [], [])
 }
 
 /// [`super::mix_f32_head8`] on MVE: the exponentials in MVE lanes
 /// ([`exp_shifted_quads`]; a quad with a value outside the fast range, and the
-/// last `n % 4`, through the scalar `exp_at_most_zero`), written over `scores`,
+/// last `n % 4`, through the scalar `exp_at_most_zero`; when `floor` (a lower bound
+/// of the scores, or −∞) shows every whole quad in the fast range,
+/// [`exp_shifted_quads_in_range`]), written over `scores`,
 /// then the value pass on the scalar FPU ([`mix_exps8`]): Σ e and Σ e·v in slot
 /// order with separate multiply and add, as the portable path, so the same bits.
 /// (MVE lanes are not used for e·v: a product of two small values could be
 /// subnormal and would be flushed.)
-pub fn mix8(scores: &mut [f32], max: f32, values: &[f32], out: &mut [f32; 8]) {
+pub fn mix8(scores: &mut [f32], max: f32, floor: f32, values: &[f32], out: &mut [f32; 8]) {
     let n = scores.len().min(values.len() / 8);
     let scores = &mut scores[..n];
     let mut at = 0;
+    // Every score ≥ floor, so every lane's x − max ≥ floor − max (rounding is monotone; a
+    // flushed subnormal operand moves the difference by less than 2^-126): 1 of margin
+    // over the fast range's lower end (−87.33) lets the whole quads skip the check.
+    if floor - max >= crate::scalar::EXP_CONSTANTS[10] + 1.0 {
+        at = exp_shifted_quads_in_range(scores, max);
+    }
     while at < n {
         at += exp_shifted_quads(&mut scores[at..], max);
         // The quad it stopped before (or the last n % 4 values) on the scalar path.

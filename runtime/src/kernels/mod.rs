@@ -249,6 +249,10 @@ pub trait BlockSums {
 /// is the same either way). On MVE (Cortex-M55), when `moderate_rows` says every
 /// value of `rows` is [`moderate`] and `q` is too, 8-wide heads in contiguous rows
 /// run four slots per step in vector lanes (`arm_mve::scores8`, the same bits).
+///
+/// `floor` is lowered to the least score (all finite) where the kernel knows it
+/// (`arm_mve::scores8`), else set to −∞; it stays as it is when `out` is empty.
+/// [`mix_f32_head8`] takes the least of a head's floors.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 pub fn scores_f32(
@@ -260,13 +264,21 @@ pub fn scores_f32(
     max_in: f32,
     out: &mut [f32],
     moderate_rows: bool,
+    floor: &mut f32,
 ) -> f32 {
+    if out.is_empty() {
+        return max_in;
+    }
     #[cfg(microlm_mve)]
     if let (Ok(q8), 8, 0, true) = (<&[f32; 8]>::try_from(q), stride, offset, moderate_rows) {
-        if let Some(max) = arm_mve::scores8(q8, rows, sqrt_head, max_in, out) {
+        if let Some((max, min)) = arm_mve::scores8(q8, rows, sqrt_head, max_in, out) {
+            if min < *floor {
+                *floor = min;
+            }
             return max;
         }
     }
+    *floor = f32::NEG_INFINITY;
     #[cfg(not(microlm_mve))]
     let _ = moderate_rows;
     #[cfg(target_arch = "x86_64")]
@@ -346,12 +358,15 @@ pub fn scores_i8(
 /// target has such a kernel (x86-64 with AVX2, `x86::mix8`; hard-float Cortex-M, `arm_fpu`; on MVE the
 /// exponentials in vector lanes, `arm_mve::mix8`, which leaves the e_i in
 /// `scores`); `None` (doing nothing) sends the caller to the portable column loops
-/// of `kv.rs`, which give the same bits.
+/// of `kv.rs`, which give the same bits. `floor` is a lower bound of every score
+/// or −∞ (see [`scores_f32`]); MVE uses it to skip range checks.
 #[inline(always)]
-pub fn mix_f32_head8(scores: &mut [f32], max: f32, values: &[f32], out: &mut [f32; 8]) -> Option<()> {
+pub fn mix_f32_head8(scores: &mut [f32], max: f32, floor: f32, values: &[f32], out: &mut [f32; 8]) -> Option<()> {
+    #[cfg(not(microlm_mve))]
+    let _ = floor;
     #[cfg(microlm_mve)]
     {
-        arm_mve::mix8(scores, max, values, out);
+        arm_mve::mix8(scores, max, floor, values, out);
         Some(())
     }
     #[cfg(all(microlm_fpu, not(microlm_mve)))]

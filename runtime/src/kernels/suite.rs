@@ -283,10 +283,15 @@ pub fn attention() -> Result<(), Failure> {
             let rows = &rows[..n * stride];
             let (mut a, mut b) = ([0.0f32; SLOTS], [0.0f32; SLOTS]);
             let moderate = super::moderate(rows);
-            let ma = super::scores_f32(&q[..hs], rows, stride, offset, 2.5, f32::NEG_INFINITY, &mut a[..n], moderate);
-            let mb = generic::scores_f32(&q[..hs], rows, stride, offset, 2.5, f32::NEG_INFINITY, &mut b[..n]);
+            let mut floor = f32::INFINITY;
+            let ninf = f32::NEG_INFINITY;
+            let ma = super::scores_f32(&q[..hs], rows, stride, offset, 2.5, ninf, &mut a[..n], moderate, &mut floor);
+            let mb = generic::scores_f32(&q[..hs], rows, stride, offset, 2.5, ninf, &mut b[..n]);
             ensure(same(ma, mb), "attention.scores_max", case, None)?;
             ensure(a.iter().zip(&b).all(|(&x, &y)| same(x, y)), "attention.scores", case, None)?;
+            // The floor is −∞ or the least score.
+            let least = b[..n].iter().fold(f32::INFINITY, |m, &v| if v < m { v } else { m });
+            ensure(floor == ninf || floor == least, "attention.scores_floor", case, None)?;
         }
         // Scores with some far below the maximum (outside exp's fast range, some just
         // below its lower end) and a NaN-free max.
@@ -308,6 +313,8 @@ pub fn attention() -> Result<(), Failure> {
             s[1] = top - 87.5;
             s[2] = top - 87.7;
             s[4] = top - 87.329;
+            // Far outside, where the vector exponent bits would wrap.
+            s[3] = top - 150.0;
         }
         let max = s[..n].iter().fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m });
         let (mut e1, mut e2) = (s, s);
@@ -318,17 +325,22 @@ pub fn attention() -> Result<(), Failure> {
         // weights, sum and columns in slot order.
         let mut out = [0.0f32; 8];
         let values = &rows[..n * 8];
-        let mut e3 = s;
-        if super::mix_f32_head8(&mut e3[..n], max, values, &mut out).is_some() {
-            let (mut acc, mut sum) = ([0.0f32; 8], 0.0f32);
-            for (i, &e) in e2[..n].iter().enumerate() {
-                sum += e;
-                for (a, &v) in acc.iter_mut().zip(&values[i * 8..i * 8 + 8]) {
-                    *a += e * v;
-                }
+        let (mut acc, mut sum) = ([0.0f32; 8], 0.0f32);
+        for (i, &e) in e2[..n].iter().enumerate() {
+            sum += e;
+            for (a, &v) in acc.iter_mut().zip(&values[i * 8..i * 8 + 8]) {
+                *a += e * v;
             }
-            let ok = out.iter().zip(&acc).all(|(o, a)| o.to_bits() == (a / sum).to_bits());
-            ensure(ok, "attention.mix8", case, None)?;
+        }
+        // With no floor (−∞) and with the least score as the floor (which lets MVE skip
+        // the range checks when every score is within 86.33 of the maximum).
+        let least = s[..n].iter().fold(f32::INFINITY, |m, &v| if v < m { v } else { m });
+        for floor in [f32::NEG_INFINITY, least] {
+            let mut e3 = s;
+            if super::mix_f32_head8(&mut e3[..n], max, floor, values, &mut out).is_some() {
+                let ok = out.iter().zip(&acc).all(|(o, a)| o.to_bits() == (a / sum).to_bits());
+                ensure(ok, "attention.mix8", case, None)?;
+            }
         }
     }
     // The square root (RMSNorm, 1/√head_size) against libm, on every exponent.
