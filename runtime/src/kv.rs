@@ -326,9 +326,9 @@ impl Store<'_> {
         let hs = d.head_size;
         let out = &mut out[..hs];
         // f32 cache, 8-wide heads: the fused kernel where the target has one (hard-float Cortex-M).
-        if let (Store::F32 { rows: c, .. }, Ok(out)) = (self, <&mut [f32; 8]>::try_from(&mut *out)) {
+        if let (Store::F32 { rows: c, moderate }, Ok(out)) = (self, <&mut [f32; 8]>::try_from(&mut *out)) {
             if let Some(values) = c.get(span.start..span.end) {
-                if kernels::mix_f32_head8(scores, max, floor, values, out).is_some() {
+                if kernels::mix_f32_head8(scores, max, floor, values, *moderate, out).is_some() {
                     return;
                 }
             }

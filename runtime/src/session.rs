@@ -90,21 +90,19 @@ fn take<'a, T: bytemuck::Pod>(rest: &mut &'a mut [u8], n: usize) -> Result<&'a m
 }
 
 /// Splits the storage of one `kv` cache of `rows` (layer, position) rows off `rest`.
-/// `query_words` is the quantized query's size for an i8 key cache (0 for values);
-/// `keys` says it is the key cache, whose f32 store tracks whether its values are
-/// moderate where MVE's vector scores use that (the value cache's flag stays false,
-/// so its writes skip the check).
+/// `query_words` is the quantized query's size for an i8 key cache (0 for values).
+/// An f32 store tracks whether its values are moderate where MVE's vector scores
+/// and value sums use that.
 fn take_store<'a>(
     rest: &mut &'a mut [u8],
     kv: KvDtype,
     rows: usize,
     query_words: usize,
-    keys: bool,
     cfg: &Config,
 ) -> Result<Store<'a>, SessionError> {
     let n = rows.checked_mul(cfg.kv_dim()).ok_or(SessionError::Internal)?;
     Ok(match kv {
-        KvDtype::F32 => Store::F32 { rows: take(rest, n)?, moderate: keys && cfg!(microlm_mve) },
+        KvDtype::F32 => Store::F32 { rows: take(rest, n)?, moderate: cfg!(microlm_mve) },
         KvDtype::F16 => Store::F16(take(rest, n.checked_mul(2).ok_or(SessionError::Internal)?)?),
         KvDtype::I8 => {
             let scales = take(rest, rows)?; // (n_layers, ctx_len)
@@ -147,8 +145,8 @@ impl<'a> Session<'a> {
         let logits = take(&mut rest, cfg.vocab_size)?;
         let candidates = take(&mut rest, cfg.vocab_size)?;
         let xq = take(&mut rest, plan.act_quant / 4)?;
-        let key_cache = take_store(&mut rest, kv, rows, kv.query_bytes(cfg.head_size()) / 4, true, &cfg)?;
-        let value_cache = take_store(&mut rest, kv, rows, 0, false, &cfg)?;
+        let key_cache = take_store(&mut rest, kv, rows, kv.query_bytes(cfg.head_size()) / 4, &cfg)?;
+        let value_cache = take_store(&mut rest, kv, rows, 0, &cfg)?;
         Ok(Session {
             model,
             ctx_len,

@@ -850,19 +850,23 @@ fn exp_shifted_quads_in_range(x: &mut [f32], max: f32) -> usize {
 /// ([`exp_shifted_quads`]; a quad with a value outside the fast range, and the
 /// last `n % 4`, through the scalar `exp_at_most_zero`; when `floor` (a lower bound
 /// of the scores, or −∞) shows every whole quad in the fast range,
-/// [`exp_shifted_quads_in_range`]), written over `scores`,
-/// then the value pass on the scalar FPU ([`mix_exps8`]): Σ e and Σ e·v in slot
-/// order with separate multiply and add, as the portable path, so the same bits.
-/// (MVE lanes are not used for e·v: a product of two small values could be
-/// subnormal and would be flushed.)
-pub fn mix8(scores: &mut [f32], max: f32, floor: f32, values: &[f32], out: &mut [f32; 8]) {
+/// [`exp_shifted_quads_in_range`]), written over `scores`, then the value pass:
+/// Σ e and Σ e·v in slot order with separate multiply and add, as the portable
+/// path, so the same bits. The value pass runs on the scalar FPU ([`mix_exps8`]),
+/// or in MVE lanes ([`mix_exps8_lanes`]) when every value is
+/// [`moderate`](super::moderate) (`moderate_values`) and every e is at least 2^-50
+/// (the floor is within 34.6 of the maximum, and e^-34.6 > 2^-50): then each product
+/// e·v is 0 or in [2^-100, 2^50], a multiple of 2^-123, and so is every partial
+/// sum, so none is subnormal and MVE's flush-to-zero changes nothing.
+pub fn mix8(scores: &mut [f32], max: f32, floor: f32, values: &[f32], moderate_values: bool, out: &mut [f32; 8]) {
     let n = scores.len().min(values.len() / 8);
     let scores = &mut scores[..n];
     let mut at = 0;
     // Every score ≥ floor, so every lane's x − max ≥ floor − max (rounding is monotone; a
     // flushed subnormal operand moves the difference by less than 2^-126): 1 of margin
     // over the fast range's lower end (−87.33) lets the whole quads skip the check.
-    if floor - max >= crate::scalar::EXP_CONSTANTS[10] + 1.0 {
+    let spread = floor - max;
+    if spread >= crate::scalar::EXP_CONSTANTS[10] + 1.0 {
         at = exp_shifted_quads_in_range(scores, max);
     }
     while at < n {
@@ -876,7 +880,12 @@ pub fn mix8(scores: &mut [f32], max: f32, floor: f32, values: &[f32], out: &mut 
     let (mut sum, mut acc) = (0.0f32, [0.0f32; 8]);
     let quads = n / 4;
     if quads > 0 {
-        mix_exps8(&scores[..4 * quads], &values[..32 * quads], &mut sum, &mut acc);
+        let (e, rows) = (&scores[..4 * quads], &values[..32 * quads]);
+        if moderate_values && spread >= -34.6 {
+            mix_exps8_lanes(e, rows, &mut sum, &mut acc);
+        } else {
+            mix_exps8(e, rows, &mut sum, &mut acc);
+        }
     }
     for (&e, row) in scores[4 * quads..].iter().zip(values[32 * quads..].chunks_exact(8)) {
         sum += e;
@@ -887,6 +896,73 @@ pub fn mix8(scores: &mut [f32], max: f32, floor: f32, values: &[f32], out: &mut 
     for (o, &a) in out.iter_mut().zip(&acc) {
         *o = a / sum;
     }
+}
+
+/// [`mix_exps8`] with the products and column sums in MVE lanes (eight columns in
+/// two vectors), for the case [`mix8`] proves free of subnormals: per four slots
+/// one VLDRW of the e (Σ e on the scalar FPU, in slot order, from the lanes), and
+/// per slot two VLDRW of the row, `VMUL.F32` by e and `VADD.F32` into the sums.
+fn mix_exps8_lanes(e: &[f32], values: &[f32], sum: &mut f32, acc: &mut [f32; 8]) {
+    let quads = (e.len() / 4).min(values.len() / 32);
+    if quads == 0 {
+        return;
+    }
+    let mut s = *sum;
+    // SAFETY: reads 4 · quads floats of `e` and 32 · quads of `values` (in bounds), reads
+    // and writes the 8 floats of `acc`; only the named registers, lr, r0, r1 and q0-q4
+    // (d0-d9) change.
+    unsafe {
+        asm!(
+            "vldrw.u32 q3, [{acc}]",
+            "vldrw.u32 q4, [{acc}, #16]",
+            "dls lr, lr",
+            "2:",
+            "vldrw.u32 q0, [{e}], #16",
+            "vmov r0, r1, s0, s1",
+            "vadd.f32 {s}, {s}, s0",
+            "vldrw.u32 q1, [{v}], #16",
+            "vldrw.u32 q2, [{v}], #16",
+            "vmul.f32 q1, q1, r0",
+            "vmul.f32 q2, q2, r0",
+            "vadd.f32 q3, q3, q1",
+            "vadd.f32 q4, q4, q2",
+            "vadd.f32 {s}, {s}, s1",
+            "vldrw.u32 q1, [{v}], #16",
+            "vldrw.u32 q2, [{v}], #16",
+            "vmul.f32 q1, q1, r1",
+            "vmul.f32 q2, q2, r1",
+            "vadd.f32 q3, q3, q1",
+            "vadd.f32 q4, q4, q2",
+            "vmov r0, r1, s2, s3",
+            "vadd.f32 {s}, {s}, s2",
+            "vldrw.u32 q1, [{v}], #16",
+            "vldrw.u32 q2, [{v}], #16",
+            "vmul.f32 q1, q1, r0",
+            "vmul.f32 q2, q2, r0",
+            "vadd.f32 q3, q3, q1",
+            "vadd.f32 q4, q4, q2",
+            "vadd.f32 {s}, {s}, s3",
+            "vldrw.u32 q1, [{v}], #16",
+            "vldrw.u32 q2, [{v}], #16",
+            "vmul.f32 q1, q1, r1",
+            "vmul.f32 q2, q2, r1",
+            "vadd.f32 q3, q3, q1",
+            "vadd.f32 q4, q4, q2",
+            "le lr, 2b",
+            "vstrw.32 q3, [{acc}]",
+            "vstrw.32 q4, [{acc}, #16]",
+            acc = in(reg) acc.as_mut_ptr(),
+            e = inout(reg) e.as_ptr() => _,
+            v = inout(reg) values.as_ptr() => _,
+            s = inout(sreg) s,
+            inout("lr") quads => _,
+            out("r0") _, out("r1") _,
+            out("d0") _, out("d1") _, out("d2") _, out("d3") _, out("d4") _,
+            out("d5") _, out("d6") _, out("d7") _, out("d8") _, out("d9") _,
+            options(nostack),
+        );
+    }
+    *sum = s;
 }
 
 /// `sum += e[i]` and `acc[j] += e[i] · values[8i + j]` for the slots of `e` (a

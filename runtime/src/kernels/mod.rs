@@ -359,14 +359,23 @@ pub fn scores_i8(
 /// exponentials in vector lanes, `arm_mve::mix8`, which leaves the e_i in
 /// `scores`); `None` (doing nothing) sends the caller to the portable column loops
 /// of `kv.rs`, which give the same bits. `floor` is a lower bound of every score
-/// or −∞ (see [`scores_f32`]); MVE uses it to skip range checks.
+/// or −∞ (see [`scores_f32`]), `moderate_values` whether every value is
+/// [`moderate`]; MVE uses them to skip range checks and to sum the values in
+/// vector lanes.
 #[inline(always)]
-pub fn mix_f32_head8(scores: &mut [f32], max: f32, floor: f32, values: &[f32], out: &mut [f32; 8]) -> Option<()> {
+pub fn mix_f32_head8(
+    scores: &mut [f32],
+    max: f32,
+    floor: f32,
+    values: &[f32],
+    moderate_values: bool,
+    out: &mut [f32; 8],
+) -> Option<()> {
     #[cfg(not(microlm_mve))]
-    let _ = floor;
+    let _ = (floor, moderate_values);
     #[cfg(microlm_mve)]
     {
-        arm_mve::mix8(scores, max, floor, values, out);
+        arm_mve::mix8(scores, max, floor, values, moderate_values, out);
         Some(())
     }
     #[cfg(all(microlm_fpu, not(microlm_mve)))]

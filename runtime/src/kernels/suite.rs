@@ -236,6 +236,36 @@ pub fn matvecs(isa: Isa) -> Result<(), Failure> {
     Ok(())
 }
 
+/// [`super::mix_f32_head8`] over `scores` and the contiguous 8-value rows `values`
+/// equals the portable formula (weights, sum and columns in slot order), with no
+/// floor (−∞) and with the least score as the floor (which lets MVE skip the range
+/// checks, and sum in lanes when the scores lie within 34.6 of the maximum).
+fn mix_matches(scores: &[f32], values: &[f32], case: u32) -> Result<(), Failure> {
+    let n = scores.len();
+    let max = scores.iter().fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m });
+    let mut e = [0.0f32; 40];
+    e[..n].copy_from_slice(scores);
+    generic::exp_shifted(&mut e[..n], max);
+    let (mut acc, mut sum) = ([0.0f32; 8], 0.0f32);
+    for (&e, row) in e[..n].iter().zip(values.chunks_exact(8)) {
+        sum += e;
+        for (a, &v) in acc.iter_mut().zip(row) {
+            *a += e * v;
+        }
+    }
+    let least = scores.iter().fold(f32::INFINITY, |m, &v| if v < m { v } else { m });
+    for floor in [f32::NEG_INFINITY, least] {
+        let (mut scratch, mut out) = ([0.0f32; 40], [0.0f32; 8]);
+        scratch[..n].copy_from_slice(scores);
+        let moderate = super::moderate(values);
+        if super::mix_f32_head8(&mut scratch[..n], max, floor, values, moderate, &mut out).is_some() {
+            let ok = out.iter().zip(&acc).all(|(o, a)| o.to_bits() == (a / sum).to_bits());
+            ensure(ok, "attention.mix8", case, None)?;
+        }
+    }
+    Ok(())
+}
+
 /// The attention and exp kernels this target selects ([`super::scores_f32`],
 /// [`super::exp_shifted`], [`super::mix_f32_head8`], [`super::sqrt`]) equal the portable loops bit
 /// for bit, on 8-wide heads in contiguous rows (the f32 cache's head-major
@@ -321,27 +351,25 @@ pub fn attention() -> Result<(), Failure> {
         let (s1, s2) = (super::exp_shifted(&mut e1[..n], max), generic::exp_shifted(&mut e2[..n], max));
         ensure(s1.to_bits() == s2.to_bits(), "attention.exp_sum", case, None)?;
         ensure(e1.iter().zip(&e2).all(|(x, y)| x.to_bits() == y.to_bits()), "attention.exp", case, None)?;
-        // The fused value mix over contiguous 8-value rows against the portable formula:
-        // weights, sum and columns in slot order.
-        let mut out = [0.0f32; 8];
-        let values = &rows[..n * 8];
-        let (mut acc, mut sum) = ([0.0f32; 8], 0.0f32);
-        for (i, &e) in e2[..n].iter().enumerate() {
-            sum += e;
-            for (a, &v) in acc.iter_mut().zip(&values[i * 8..i * 8 + 8]) {
-                *a += e * v;
-            }
+        // The fused value mix over contiguous 8-value rows against the portable formula,
+        // as they are and with the scores 4 times closer (all e within MVE's vector range).
+        mix_matches(&s[..n], &rows[..n * 8], case)?;
+        let narrow = s.map(|v| v * 0.25);
+        mix_matches(&narrow[..n], &rows[..n * 8], case)?;
+    }
+    // Values that cancel to zero, then one more product: a product of a far e (e^-55 ≈
+    // 2^-79) and a moderate value is subnormal (scores spread beyond 34.6), as is one of
+    // e = 1 and a subnormal value (values not moderate); vector lanes would flush both.
+    let tiny = f32::from_bits((127 - 50) << 23);
+    let sub = f32::from_bits(0x0000_1234);
+    for (case, third_score, third_value) in [(20, -55.0f32, tiny), (21, 0.0, sub)] {
+        let scores = [0.5f32, 0.5, 0.5 + third_score, -0.25, 0.5, 0.125];
+        let mut values = [0.0f32; 48];
+        for (row, v) in values.chunks_exact_mut(8).zip([tiny, -tiny, third_value, 0.0, 1.0, -1.0]) {
+            row.fill(v);
         }
-        // With no floor (−∞) and with the least score as the floor (which lets MVE skip
-        // the range checks when every score is within 86.33 of the maximum).
-        let least = s[..n].iter().fold(f32::INFINITY, |m, &v| if v < m { v } else { m });
-        for floor in [f32::NEG_INFINITY, least] {
-            let mut e3 = s;
-            if super::mix_f32_head8(&mut e3[..n], max, floor, values, &mut out).is_some() {
-                let ok = out.iter().zip(&acc).all(|(o, a)| o.to_bits() == (a / sum).to_bits());
-                ensure(ok, "attention.mix8", case, None)?;
-            }
-        }
+        mix_matches(&scores[..4], &values[..32], case)?;
+        mix_matches(&scores, &values, case)?;
     }
     // The square root (RMSNorm, 1/√head_size) against libm, on every exponent.
     let mut x = 1.0e-45f32;
