@@ -609,9 +609,10 @@ fn matvec_chunks<const WORDS: usize>(
 /// taken as the sum: 0 + p and p differ only in the sign of a zero, which no
 /// later step can see), four scalar `VDIV.F32` on the lanes divide by `sqrt_head`,
 /// and `VMAXNM.F32` keeps a running maximum per lane, `VMINNM.F32` a running minimum.
-/// The last `n % 4` slots take
-/// [`arm_fpu::scores8`](super::arm_fpu::scores8). Returns (maximum, minimum of `out`,
-/// +∞ when empty). `None` unless `q` is
+/// The loop is tail-predicated (`DLSTP`/`LETP`): its last step takes the last `n % 4`
+/// slots in the low lanes, the other lanes neither loaded, stored nor compared (the
+/// scalar divisions of those lanes' stale values are never used). Returns (maximum,
+/// minimum of `out`, +∞ when empty). `None` unless `q` is
 /// [`moderate`](super::moderate); the caller must know the keys are (the cache tracks it), which
 /// makes every lane's sum the scalar one (see [`moderate`](super::moderate)). Scores of moderate
 /// values are finite, so the maximum (NaNs never present) equals the portable one
@@ -621,10 +622,9 @@ pub fn scores8(q: &[f32; 8], keys: &[f32], sqrt_head: f32, max_in: f32, out: &mu
     if n.checked_mul(8)? > keys.len() || !super::moderate(q) {
         return None;
     }
-    let quads = n / 4;
     let mut max = max_in;
     let mut min = f32::INFINITY;
-    if quads > 0 {
+    if n > 0 {
         // Row addresses of the slot before the first quad (the first gather of each step
         // adds 128 bytes, four rows, with writeback), then max_in in four lanes, then sqrt_head,
         // then +∞ in four lanes.
@@ -633,16 +633,17 @@ pub fn scores8(q: &[f32; 8], keys: &[f32], sqrt_head: f32, max_in: f32, out: &mu
         let setup = [base, base + 32, base + 64, base + 96, m, m, m, m, sqrt_head.to_bits(), inf, inf, inf, inf];
         let [q0, q1, q2, q3, q4, q5, q6, q7] = q.map(f32::to_bits);
         let (max_bits, min_bits): (u32, u32);
-        // SAFETY: reads 4 · quads rows of 8 floats from `keys` (n ≤ keys.len() / 8, checked),
-        // the 36 bytes of `setup`, and writes 4 · quads ≤ n floats at `out`. Only the named
-        // registers, lr and q0-q7 (d0-d15) change.
+        // SAFETY: reads n rows of 8 floats from `keys` (n ≤ keys.len() / 8, checked), the 52
+        // bytes of `setup`, and writes n floats at `out` (the tail-predicated loop's last step
+        // loads and stores only the lanes of its n % 4 slots). Only the named registers, lr
+        // and q0-q7 (d0-d15) change.
         unsafe {
             asm!(
                 "vldrw.u32 q7, [{a}]",
                 "vldrw.u32 q6, [{a}, #16]",
                 "vldr s12, [{a}, #32]",
                 "vldrw.u32 q5, [{a}, #36]",
-                "dls lr, lr",
+                "dlstp.32 lr, lr",
                 "2:",
                 "vldrw.u32 q1, [q7, #128]!",
                 "vmul.f32 q0, q1, {q0}",
@@ -675,7 +676,7 @@ pub fn scores8(q: &[f32; 8], keys: &[f32], sqrt_head: f32, max_in: f32, out: &mu
                 "vstrw.32 q0, [{out}], #16",
                 "vmaxnm.f32 q6, q6, q0",
                 "vminnm.f32 q5, q5, q0",
-                "le lr, 2b",
+                "letp lr, 2b",
                 // The lanes' maximum (each lane started at max_in) and minimum.
                 "vmov {a}, s24",
                 "vmaxnmv.f32 {a}, q6",
@@ -686,7 +687,7 @@ pub fn scores8(q: &[f32; 8], keys: &[f32], sqrt_head: f32, max_in: f32, out: &mu
                 out = inout(reg) out.as_mut_ptr() => _,
                 q0 = in(reg) q0, q1 = in(reg) q1, q2 = in(reg) q2, q3 = in(reg) q3,
                 q4 = in(reg) q4, q5 = in(reg) q5, q6 = in(reg) q6, q7 = in(reg) q7,
-                inout("lr") quads => _,
+                inout("lr") n => _,
                 out("d0") _, out("d1") _, out("d2") _, out("d3") _,
                 out("d4") _, out("d5") _, out("d6") _, out("d7") _,
                 out("d8") _, out("d9") _, out("d10") _, out("d11") _,
@@ -696,13 +697,6 @@ pub fn scores8(q: &[f32; 8], keys: &[f32], sqrt_head: f32, max_in: f32, out: &mu
         }
         max = f32::from_bits(max_bits);
         min = f32::from_bits(min_bits);
-    }
-    let done = 4 * quads;
-    if done < n {
-        let (rows, rest) = (&keys[done * 8..], &mut out[done..]);
-        max = super::arm_fpu::scores8(q, rows, sqrt_head, max, rest)
-            .unwrap_or_else(|| super::generic::scores_f32(q, rows, 8, 0, sqrt_head, max, rest));
-        min = rest.iter().fold(min, |m, &v| if v < m { v } else { m });
     }
     Some((max, min))
 }
@@ -755,56 +749,59 @@ static EXP_LANES: [u32; 17] = {
     out
 };
 
-/// The loop of [`exp_shifted_quads`]: `$x[i] = exp($x[i] − $max)` for the whole quads of
-/// `$x` in MVE lanes, with the `$check` instructions (which may leave for `9f`) after each
-/// quad's `x − max` in q0 (and the asm operands they use); evaluates to how many values
-/// it did.
+/// The loop of [`exp_shifted_quads`]: `$x[i] = exp($x[i] − $max)` in MVE lanes, `$steps`
+/// (in lr) counted by the loop instructions `$start` and `$end` (`DLS`/`LE` over whole
+/// quads, or `DLSTP.32`/`LETP` over all values), with the `$check` instructions (which may
+/// leave for `9f`) after each quad's `x − max` in q0 (and the asm operands they use);
+/// evaluates to the bytes the pointer moved.
 macro_rules! exp_quads {
-    ($x:ident, $max:ident, [$($check:literal,)*], [$($operands:tt)*]) => {{
-        let quads = $x.len() / 4;
-        if quads == 0 {
-            return 0;
-        }
+    ($x:ident, $max:ident, $steps:expr, $start:literal, $end:literal, [$($check:literal,)*], [$($operands:tt)*]) => {{
+        let steps = $steps;
         let [_, log2e, ln2_hi, ln2_lo, _, _, _, c4, c5, _, _] = crate::scalar::EXP_CONSTANTS;
         let consts = &EXP_LANES;
         let start = $x.as_mut_ptr();
         let end: *mut f32;
-        // SAFETY: reads and writes 4 · quads ≤ len floats from `x`, reads `consts`; only the
-        // named registers, lr and q0-q7 (d0-d15) change; the flags are clobbered.
-        unsafe {
-            asm!(
-                "vldrw.u32 q4, [{k}]",
-                "vldrw.u32 q5, [{k}, #16]",
-                "vldrw.u32 q6, [{k}, #32]",
-                "vldrw.u32 q7, [{k}, #48]",
-                "ldr {k}, [{k}, #64]",
-                "dls lr, lr",
-                "2:",
-                "vldrw.u32 q0, [{p}]",
-                "vsub.f32 q0, q0, {max}",
-                $($check,)*
-                mve_exp_q0!(),
-                "vstrw.32 q2, [{p}], #16",
-                "le lr, 2b",
-                "9:",
-                k = inout(reg) consts.as_ptr() => _,
-                p = inout(reg) start => end,
-                max = in(reg) $max.to_bits(),
-                $($operands)*
-                log2e = in(reg) log2e.to_bits(),
-                ln2_hi = in(reg) ln2_hi.to_bits(),
-                ln2_lo = in(reg) ln2_lo.to_bits(),
-                c5 = in(reg) c5.to_bits(),
-                c4 = in(reg) c4.to_bits(),
-                inout("lr") quads => _,
-                out("d0") _, out("d1") _, out("d2") _, out("d3") _,
-                out("d4") _, out("d5") _, out("d6") _, out("d7") _,
-                out("d8") _, out("d9") _, out("d10") _, out("d11") _,
-                out("d12") _, out("d13") _, out("d14") _, out("d15") _,
-                options(nostack),
-            );
+        if steps == 0 {
+            end = start;
+        } else {
+            // SAFETY: reads and writes the floats of `x` the steps take (whole quads, or with
+            // tail predication the last n % 4 in the low lanes), reads `consts`; only the
+            // named registers, lr and q0-q7 (d0-d15) change; the flags are clobbered.
+            unsafe {
+                asm!(
+                    "vldrw.u32 q4, [{k}]",
+                    "vldrw.u32 q5, [{k}, #16]",
+                    "vldrw.u32 q6, [{k}, #32]",
+                    "vldrw.u32 q7, [{k}, #48]",
+                    "ldr {k}, [{k}, #64]",
+                    $start,
+                    "2:",
+                    "vldrw.u32 q0, [{p}]",
+                    "vsub.f32 q0, q0, {max}",
+                    $($check,)*
+                    mve_exp_q0!(),
+                    "vstrw.32 q2, [{p}], #16",
+                    $end,
+                    "9:",
+                    k = inout(reg) consts.as_ptr() => _,
+                    p = inout(reg) start => end,
+                    max = in(reg) $max.to_bits(),
+                    $($operands)*
+                    log2e = in(reg) log2e.to_bits(),
+                    ln2_hi = in(reg) ln2_hi.to_bits(),
+                    ln2_lo = in(reg) ln2_lo.to_bits(),
+                    c5 = in(reg) c5.to_bits(),
+                    c4 = in(reg) c4.to_bits(),
+                    inout("lr") steps => _,
+                    out("d0") _, out("d1") _, out("d2") _, out("d3") _,
+                    out("d4") _, out("d5") _, out("d6") _, out("d7") _,
+                    out("d8") _, out("d9") _, out("d10") _, out("d11") _,
+                    out("d12") _, out("d13") _, out("d14") _, out("d15") _,
+                    options(nostack),
+                );
+            }
         }
-        (end as usize - start as usize) / 4
+        end as usize - start as usize
     }};
 }
 
@@ -827,6 +824,9 @@ fn exp_shifted_quads(x: &mut [f32], max: f32) -> usize {
     exp_quads!(
         x,
         max,
+        x.len() / 4,
+        "dls lr, lr",
+        "le lr, 2b",
         [
             // Every lane in the fast range (x ≥ −87.33, not NaN), or leave.
             "vcmp.f32 ge, q0, {fast_min}",
@@ -836,21 +836,21 @@ fn exp_shifted_quads(x: &mut [f32], max: f32) -> usize {
             "bne 9f",
         ],
         [fast_min = in(reg) fast_min.to_bits(), out("r0") _,]
-    )
+    ) / 4
 }
 
-/// [`exp_shifted_quads`] without the per-quad range check, for callers that know
-/// every `x[i] − max` of the whole quads lies in exp's fast range; returns how many
-/// values it did (4 · (x.len() / 4)).
-fn exp_shifted_quads_in_range(x: &mut [f32], max: f32) -> usize {
-    exp_quads!(x, max, [], [])
+/// [`exp_shifted_quads`] for all of `x` without the range check, for callers that know
+/// every `x[i] − max` lies in exp's fast range: a tail-predicated loop (`DLSTP`/`LETP`)
+/// whose last step loads and stores only the last `x.len() % 4` values' lanes.
+fn exp_shifted_in_range(x: &mut [f32], max: f32) {
+    let _ = exp_quads!(x, max, x.len(), "dlstp.32 lr, lr", "letp lr, 2b", [], []);
 }
 
 /// [`super::mix_f32_head8`] on MVE: the exponentials in MVE lanes
 /// ([`exp_shifted_quads`]; a quad with a value outside the fast range, and the
 /// last `n % 4`, through the scalar `exp_at_most_zero`; when `floor` (a lower bound
 /// of the scores, or −∞) shows every whole quad in the fast range,
-/// [`exp_shifted_quads_in_range`]), written over `scores`, then the value pass:
+/// [`exp_shifted_in_range`]), written over `scores`, then the value pass:
 /// Σ e and Σ e·v in slot order with separate multiply and add, as the portable
 /// path, so the same bits. The value pass runs on the scalar FPU ([`mix_exps8`]),
 /// or in MVE lanes ([`mix_exps8_lanes`]) when every value is
@@ -867,7 +867,8 @@ pub fn mix8(scores: &mut [f32], max: f32, floor: f32, values: &[f32], moderate_v
     // over the fast range's lower end (−87.33) lets the whole quads skip the check.
     let spread = floor - max;
     if spread >= crate::scalar::EXP_CONSTANTS[10] + 1.0 {
-        at = exp_shifted_quads_in_range(scores, max);
+        exp_shifted_in_range(scores, max);
+        at = n;
     }
     while at < n {
         at += exp_shifted_quads(&mut scores[at..], max);
@@ -878,16 +879,18 @@ pub fn mix8(scores: &mut [f32], max: f32, floor: f32, values: &[f32], moderate_v
         at = (at + 4).min(n);
     }
     let (mut sum, mut acc) = (0.0f32, [0.0f32; 8]);
-    let quads = n / 4;
-    if quads > 0 {
-        let (e, rows) = (&scores[..4 * quads], &values[..32 * quads]);
-        if moderate_values && spread >= -34.6 {
-            mix_exps8_lanes(e, rows, &mut sum, &mut acc);
-        } else {
-            mix_exps8(e, rows, &mut sum, &mut acc);
+    // Slots whose e·v are summed: all of them in lanes, else the whole quads on the FPU.
+    let done = if moderate_values && spread >= -34.6 {
+        mix_exps8_lanes(scores, values, &mut sum, &mut acc);
+        n
+    } else {
+        let quads = n / 4;
+        if quads > 0 {
+            mix_exps8(&scores[..4 * quads], &values[..32 * quads], &mut sum, &mut acc);
         }
-    }
-    for (&e, row) in scores[4 * quads..].iter().zip(values[32 * quads..].chunks_exact(8)) {
+        4 * quads
+    };
+    for (&e, row) in scores[done..].iter().zip(values[8 * done..].chunks_exact(8)) {
         sum += e;
         for (a, &v) in acc.iter_mut().zip(row) {
             *a += e * v;
@@ -901,21 +904,20 @@ pub fn mix8(scores: &mut [f32], max: f32, floor: f32, values: &[f32], moderate_v
 /// [`mix_exps8`] with the products and column sums in MVE lanes (eight columns in
 /// two vectors), for the case [`mix8`] proves free of subnormals: per four slots
 /// one VLDRW of the e (Σ e on the scalar FPU, in slot order, from the lanes), and
-/// per slot two VLDRW of the row, `VMUL.F32` by e and `VADD.F32` into the sums.
+/// per slot two VLDRW of the row, `VMUL.F32` by e and `VADD.F32` into the sums; then
+/// the last `n % 4` slots one at a time. Takes every slot of `e` (`values` holds as
+/// many 8-value rows).
 fn mix_exps8_lanes(e: &[f32], values: &[f32], sum: &mut f32, acc: &mut [f32; 8]) {
-    let quads = (e.len() / 4).min(values.len() / 32);
-    if quads == 0 {
-        return;
-    }
+    let n = e.len().min(values.len() / 8);
+    let (quads, rest) = (n / 4, n % 4);
     let mut s = *sum;
-    // SAFETY: reads 4 · quads floats of `e` and 32 · quads of `values` (in bounds), reads
-    // and writes the 8 floats of `acc`; only the named registers, lr, r0, r1 and q0-q4
-    // (d0-d9) change.
+    // SAFETY: reads n floats of `e` and 8 · n of `values` (in bounds), reads and writes the
+    // 8 floats of `acc`; only the named registers, lr, r0, r1 and q0-q4 (d0-d9) change.
     unsafe {
         asm!(
             "vldrw.u32 q3, [{acc}]",
             "vldrw.u32 q4, [{acc}, #16]",
-            "dls lr, lr",
+            "wls lr, {quads}, 3f",
             "2:",
             "vldrw.u32 q0, [{e}], #16",
             "vmov r0, r1, s0, s1",
@@ -949,13 +951,29 @@ fn mix_exps8_lanes(e: &[f32], values: &[f32], sum: &mut f32, acc: &mut [f32; 8])
             "vadd.f32 q3, q3, q1",
             "vadd.f32 q4, q4, q2",
             "le lr, 2b",
+            "3:",
+            "wls lr, {rest}, 5f",
+            "4:",
+            "vldmia {e}!, {{s0}}",
+            "vmov r0, s0",
+            "vadd.f32 {s}, {s}, s0",
+            "vldrw.u32 q1, [{v}], #16",
+            "vldrw.u32 q2, [{v}], #16",
+            "vmul.f32 q1, q1, r0",
+            "vmul.f32 q2, q2, r0",
+            "vadd.f32 q3, q3, q1",
+            "vadd.f32 q4, q4, q2",
+            "le lr, 4b",
+            "5:",
             "vstrw.32 q3, [{acc}]",
             "vstrw.32 q4, [{acc}, #16]",
             acc = in(reg) acc.as_mut_ptr(),
             e = inout(reg) e.as_ptr() => _,
             v = inout(reg) values.as_ptr() => _,
             s = inout(sreg) s,
-            inout("lr") quads => _,
+            quads = in(reg) quads,
+            rest = in(reg) rest,
+            out("lr") _,
             out("r0") _, out("r1") _,
             out("d0") _, out("d1") _, out("d2") _, out("d3") _, out("d4") _,
             out("d5") _, out("d6") _, out("d7") _, out("d8") _, out("d9") _,
