@@ -324,6 +324,52 @@ unsafe fn rows2_q8(wa: *const u8, wb: *const u8, x: *const u8, blocks: usize, ac
     (a, b)
 }
 
+/// One q8_0 block of four rows for [`rows4_q8`] and [`rows4_q8_2`]: the activation
+/// block at `{x}` (its f32 scale into `{xd}`, its quants into q1 and q3), the four f16
+/// scales gathered from `{wa}` with the offsets in q7, each row's exact block sum
+/// (`VMLADAV.S8`, pointers `{wa}`..`{wd}` post-indexed) into lane k of q5, then the
+/// f32 part into the running sums in q6. Clobbers r0, r2 and q0-q5.
+macro_rules! q8_block4 {
+    () => {
+        concat!(
+            "ldr {xd}, [{x}], #4\n",
+            "vldrb.u8 q1, [{x}], #16\n",
+            "vldrb.u8 q3, [{x}], #16\n",
+            // The four f16 scales (a gather from row a's pointer) into the lanes of q4.
+            "vldrh.u32 q4, [{wa}, q7]\n",
+            // Per row: the exact block sum into a register, then into lane k of q5
+            // (one scalar VMOV per lane).
+            "vldrb.u8 q0, [{wa}], #16\n",
+            "vmladav.s8 r0, q0, q1\n",
+            "vldrb.u8 q2, [{wa}], #18\n",
+            "vmladava.s8 r0, q2, q3\n",
+            "vldrb.u8 q0, [{wb}], #16\n",
+            "vmladav.s8 r2, q0, q1\n",
+            "vldrb.u8 q2, [{wb}], #18\n",
+            "vmladava.s8 r2, q2, q3\n",
+            "vmov s20, r0\n",
+            "vmov s21, r2\n",
+            "vldrb.u8 q0, [{wc}], #16\n",
+            "vmladav.s8 r0, q0, q1\n",
+            "vldrb.u8 q2, [{wc}], #18\n",
+            "vmladava.s8 r0, q2, q3\n",
+            "vldrb.u8 q0, [{wd}], #16\n",
+            "vmladav.s8 r2, q0, q1\n",
+            "vldrb.u8 q2, [{wd}], #18\n",
+            "vmladava.s8 r2, q2, q3\n",
+            "vmov s22, r0\n",
+            "vmov s23, r2\n",
+            // f32(w.d) (f16 subnormals exact), · x.d, (sumi as f32) · that,
+            // the running sums: lane k is row k.
+            "vcvtb.f32.f16 q4, q4\n",
+            "vmul.f32 q4, q4, {xd}\n",
+            "vcvt.f32.s32 q5, q5\n",
+            "vmul.f32 q5, q5, q4\n",
+            "vadd.f32 q6, q6, q5\n",
+        )
+    };
+}
+
 /// [`row_q8`] for `quads` groups of four rows at once (group g's rows start at
 /// `w + (4g + k)·row_bytes`, k < 4), sharing the activation loads, with the f32
 /// part in one MVE lane per row: each row its own sequential sum in block order,
@@ -380,40 +426,7 @@ unsafe fn rows4_q8(w: *const u8, row_bytes: usize, x: *const u8, blocks: usize, 
             "ldr lr, [{p}, #4]",
             "dls lr, lr",
             "2:",
-            "ldr {xd}, [{x}], #4",
-            "vldrb.u8 q1, [{x}], #16",
-            "vldrb.u8 q3, [{x}], #16",
-            // The four f16 scales (a gather from row a's pointer) into the lanes of q4.
-            "vldrh.u32 q4, [{wa}, q7]",
-            // Per row: the exact block sum into a register, then into lane k of q5
-            // (one scalar VMOV per lane).
-            "vldrb.u8 q0, [{wa}], #16",
-            "vmladav.s8 r0, q0, q1",
-            "vldrb.u8 q2, [{wa}], #18",
-            "vmladava.s8 r0, q2, q3",
-            "vldrb.u8 q0, [{wb}], #16",
-            "vmladav.s8 r2, q0, q1",
-            "vldrb.u8 q2, [{wb}], #18",
-            "vmladava.s8 r2, q2, q3",
-            "vmov s20, r0",
-            "vmov s21, r2",
-            "vldrb.u8 q0, [{wc}], #16",
-            "vmladav.s8 r0, q0, q1",
-            "vldrb.u8 q2, [{wc}], #18",
-            "vmladava.s8 r0, q2, q3",
-            "vldrb.u8 q0, [{wd}], #16",
-            "vmladav.s8 r2, q0, q1",
-            "vldrb.u8 q2, [{wd}], #18",
-            "vmladava.s8 r2, q2, q3",
-            "vmov s22, r0",
-            "vmov s23, r2",
-            // f32(w.d) (f16 subnormals exact), · x.d, (sumi as f32) · that,
-            // the running sums: lane k is row k.
-            "vcvtb.f32.f16 q4, q4",
-            "vmul.f32 q4, q4, {xd}",
-            "vcvt.f32.s32 q5, q5",
-            "vmul.f32 q5, q5, q4",
-            "vadd.f32 q6, q6, q5",
+            q8_block4!(),
             "le lr, 2b",
             "vstrw.32 q6, [{acc}], #16",
             // The next group of four rows, if any: its pointers, the activations again.
@@ -435,6 +448,62 @@ unsafe fn rows4_q8(w: *const u8, row_bytes: usize, x: *const u8, blocks: usize, 
             x = inout(reg) x => _,
             xd = out(reg) _,
             out("lr") _,
+            out("r0") _, out("r2") _,
+            out("d0") _, out("d1") _, out("d2") _, out("d3") _,
+            out("d4") _, out("d5") _, out("d6") _, out("d7") _,
+            out("d8") _, out("d9") _, out("d10") _, out("d11") _, out("d12") _, out("d13") _,
+            out("d14") _, out("d15") _,
+            options(nostack),
+        );
+    }
+}
+
+/// [`rows4_q8`] for a chunk of exactly two blocks per row (rows of 64 values: most
+/// matrices of small models), both blocks unrolled and the groups counted by the
+/// low-overhead loop: the same operations in the same order, less loop glue.
+///
+/// # Safety
+/// As [`rows4_q8`] with `blocks` = 2.
+#[inline(always)]
+unsafe fn rows4_q8_2(w: *const u8, row_bytes: usize, x: *const u8, acc: *mut f32, quads: usize) {
+    // The scales' offsets from row a's pointer (as in `rows4_q8`), then how far the next
+    // group's rows start from where this group's pointers end (two blocks along).
+    let params: [u32; 5] = [
+        2u32.wrapping_neg(),
+        (row_bytes as u32).wrapping_sub(2),
+        ((2 * row_bytes) as u32).wrapping_sub(2),
+        ((3 * row_bytes) as u32).wrapping_sub(2),
+        (4 * row_bytes).wrapping_sub(2 * q8_0::BLOCK_BYTES) as u32,
+    ];
+    // SAFETY: the caller's contract; reads `params`, reads and writes the 4 · quads floats at
+    // `acc`; only the named registers, lr and q0-q7 (d0-d15) change.
+    unsafe {
+        let wa = w.add(2);
+        let (wb, wc, wd) = (wa.add(row_bytes), wa.add(2 * row_bytes), wa.add(3 * row_bytes));
+        asm!(
+            "vldrw.u32 q7, [{step}]",
+            "ldr {step}, [{step}, #16]",
+            "dls lr, lr",
+            "2:",
+            "vldrw.u32 q6, [{acc}]",
+            q8_block4!(),
+            q8_block4!(),
+            "vstrw.32 q6, [{acc}], #16",
+            "sub {x}, #72",
+            "add {wa}, {step}",
+            "add {wb}, {step}",
+            "add {wc}, {step}",
+            "add {wd}, {step}",
+            "le lr, 2b",
+            step = inout(reg) params.as_ptr() => _,
+            acc = inout(reg) acc => _,
+            wa = inout(reg) wa => _,
+            wb = inout(reg) wb => _,
+            wc = inout(reg) wc => _,
+            wd = inout(reg) wd => _,
+            x = inout(reg) x => _,
+            xd = out(reg) _,
+            inout("lr") quads => _,
             out("r0") _, out("r2") _,
             out("d0") _, out("d1") _, out("d2") _, out("d3") _,
             out("d4") _, out("d5") _, out("d6") _, out("d7") _,
@@ -567,7 +636,13 @@ fn matvec_chunks<const WORDS: usize>(
         if dtype == DType::Q8_0 && quads > 0 {
             // SAFETY: rows 0..4·quads exist, so their n blocks are inside `w` (above); `out`
             // holds rows ≥ 4·quads floats; `narrowed` holds n ≤ chunk blocks; n ≥ 1 here.
-            unsafe { rows4_q8(start, row_bytes, x, n, out.as_mut_ptr(), quads) };
+            unsafe {
+                if n == 2 {
+                    rows4_q8_2(start, row_bytes, x, out.as_mut_ptr(), quads);
+                } else {
+                    rows4_q8(start, row_bytes, x, n, out.as_mut_ptr(), quads);
+                }
+            };
             done = 4 * quads;
         }
         let mut pairs = out[done..].chunks_exact_mut(2);

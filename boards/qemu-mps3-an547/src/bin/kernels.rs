@@ -22,7 +22,7 @@ use microlm_board::host::{exit, Out};
 use microlm_board::Console as _;
 
 /// Largest test shape: rows, and blocks per row (two chunk boundaries and a partial chunk).
-const ROWS: usize = 7;
+const ROWS: usize = 11;
 const BLOCKS: usize = 2 * arm_mve::CHUNK_BLOCKS + 3;
 const COLS: usize = BLOCKS * QK;
 
@@ -59,8 +59,9 @@ fn mve_matvec_equals_portable(out: &mut Out) -> bool {
     let mut row = [0f32; COLS];
     let mut case = 0u32;
     for dtype in [DType::Q8_0, DType::Q4_0, DType::Q4_16] {
-        for cols in [1, 33, arm_mve::CHUNK_BLOCKS * QK, arm_mve::CHUNK_BLOCKS * QK + 1, COLS - 7, COLS] {
-            // 7 rows: the q8_0 kernel's group of four, then a pair and a single row.
+        for cols in [1, 33, 2 * QK, arm_mve::CHUNK_BLOCKS * QK, arm_mve::CHUNK_BLOCKS * QK + 1, COLS - 7, COLS] {
+            // 11 rows: the q8_0 kernel's groups of four (two), then a pair and a single row; 64
+            // columns take the two-block loop.
             for rows in [1, 2, 5, ROWS] {
                 case += 1;
                 let row_bytes = dtype.row_bytes(cols).unwrap_or(0);
