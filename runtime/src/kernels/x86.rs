@@ -14,7 +14,11 @@
 //! register instead of one latency-bound chain per row. Each lane still adds
 //! its row's terms one at a time, left to right, with the same rounding (a
 //! separate multiply and add, no FMA), so the results equal the portable
-//! kernels bit for bit (tested against them below).
+//! kernels bit for bit (tested against them below). Matrices too large to stay
+//! in cache take sixteen rows at once where the CPU has AVX-512F
+//! (`rows16_f32_streamed`: one cache line of each row per step, the products
+//! transposed 16 × 16), measured 20–25 % faster per token than eight rows on
+//! the 110M shape.
 //!
 //! The instruction set is chosen once per process: under the `std` feature (and in
 //! tests) by runtime detection (`Isa::best`, AVX2 → SSE4.1 → portable),
@@ -28,9 +32,11 @@ use core::arch::x86_64::{
     _mm256_loadu_si256, _mm256_madd_epi16, _mm256_maddubs_epi16, _mm256_mul_ps, _mm256_packs_epi16,
     _mm256_permute2f128_ps, _mm256_permute2x128_si256, _mm256_permute4x64_epi64, _mm256_set1_epi16, _mm256_set1_ps,
     _mm256_set_epi8, _mm256_setzero_ps, _mm256_setzero_si256, _mm256_shuffle_epi8, _mm256_shuffle_ps, _mm256_sign_epi8,
-    _mm256_storeu_ps, _mm256_unpackhi_ps, _mm256_unpacklo_ps, _mm_add_epi32, _mm_and_si128, _mm_cvtepi8_epi16,
-    _mm_cvtepu8_epi16, _mm_cvtsi128_si32, _mm_loadu_ps, _mm_loadu_si128, _mm_madd_epi16, _mm_prefetch, _mm_set1_epi8,
-    _mm_set_epi8, _mm_shuffle_epi32, _mm_shuffle_epi8, _mm_srli_epi16, _mm_srli_si128, _MM_HINT_T0,
+    _mm256_storeu_ps, _mm256_unpackhi_ps, _mm256_unpacklo_ps, _mm512_add_ps, _mm512_loadu_ps, _mm512_mul_ps,
+    _mm512_setzero_ps, _mm512_shuffle_f32x4, _mm512_shuffle_ps, _mm512_storeu_ps, _mm512_unpackhi_ps,
+    _mm512_unpacklo_ps, _mm_add_epi32, _mm_and_si128, _mm_cvtepi8_epi16, _mm_cvtepu8_epi16, _mm_cvtsi128_si32,
+    _mm_loadu_ps, _mm_loadu_si128, _mm_madd_epi16, _mm_prefetch, _mm_set1_epi8, _mm_set_epi8, _mm_shuffle_epi32,
+    _mm_shuffle_epi8, _mm_srli_epi16, _mm_srli_si128, _MM_HINT_T0,
 };
 
 use super::{f16_to_f32, q8_0, q8_act, quantized_matvec, BlockSums, Isa, Portable};
@@ -43,6 +49,14 @@ pub(crate) fn has_sse41() -> bool {
 #[cfg(any(test, feature = "std"))]
 pub(crate) fn has_avx2() -> bool {
     std::is_x86_feature_detected!("avx2")
+}
+#[cfg(any(test, feature = "std"))]
+pub(crate) fn has_avx512f() -> bool {
+    std::is_x86_feature_detected!("avx512f")
+}
+#[cfg(not(any(test, feature = "std")))]
+pub(crate) fn has_avx512f() -> bool {
+    cfg!(target_feature = "avx512f")
 }
 #[cfg(any(test, feature = "std"))]
 pub(crate) fn has_f16c() -> bool {
@@ -388,9 +402,85 @@ fn rows_f32<const G: usize, const CACHED: bool>(w: &[f32], x: &[f32], out: &mut 
     }
 }
 
+/// [`rows_f32`]'s streamed path with AVX-512: sixteen rows, one register of
+/// sixteen per-row sums, per sixteen columns the products of each row's 64 bytes
+/// (one cache line) with x, transposed 16 × 16 (64 shuffles: per 128-bit lane
+/// pairs and quads of rows, then two rounds of `VSHUFF32X4` over the lanes), then
+/// added in column order: per row one sequential sum from 0.0, left to right.
+#[target_feature(enable = "avx512f")]
+#[inline]
+fn rows16_f32_streamed(w: &[f32], x: &[f32], out: &mut [f32]) {
+    let cols = x.len();
+    let body = cols / 16 * 16;
+    if w.len() < 16 * cols || out.len() < 16 {
+        return;
+    }
+    let (wp, xp) = (w.as_ptr(), x.as_ptr());
+    let mut acc = _mm512_setzero_ps();
+    let mut j = 0;
+    while j < body {
+        // The next sixteen rows' lines at these columns, one group ahead.
+        let ahead = wp.wrapping_add(16 * cols + j);
+        for r in 0..16 {
+            _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(r * cols).cast());
+        }
+        // SAFETY: j + 16 <= body <= cols = x.len().
+        let xv = unsafe { _mm512_loadu_ps(xp.add(j)) };
+        let mut p = [_mm512_setzero_ps(); 16];
+        for (r, p) in p.iter_mut().enumerate() {
+            // SAFETY: row r < 16 and j + 16 <= cols, so the 16 values lie inside w (checked above).
+            *p = _mm512_mul_ps(unsafe { _mm512_loadu_ps(wp.add(r * cols + j)) }, xv);
+        }
+        // Per 128-bit lane L: rows interleaved in pairs, then u[4g + k] holds rows
+        // 4g..4g + 4 at column 4L + k.
+        let mut t = [_mm512_setzero_ps(); 16];
+        for i in 0..8 {
+            t[2 * i] = _mm512_unpacklo_ps(p[2 * i], p[2 * i + 1]);
+            t[2 * i + 1] = _mm512_unpackhi_ps(p[2 * i], p[2 * i + 1]);
+        }
+        let mut u = [_mm512_setzero_ps(); 16];
+        for g in 0..4 {
+            let (a0, a1, a2, a3) = (t[4 * g], t[4 * g + 1], t[4 * g + 2], t[4 * g + 3]);
+            u[4 * g] = _mm512_shuffle_ps::<0x44>(a0, a2);
+            u[4 * g + 1] = _mm512_shuffle_ps::<0xEE>(a0, a2);
+            u[4 * g + 2] = _mm512_shuffle_ps::<0x44>(a1, a3);
+            u[4 * g + 3] = _mm512_shuffle_ps::<0xEE>(a1, a3);
+        }
+        // For each k, the 4 × 4 transpose of the 128-bit lanes of u[k], u[4 + k], u[8 + k],
+        // u[12 + k]: column 4L + k of all sixteen rows.
+        let mut c = [_mm512_setzero_ps(); 16];
+        for k in 0..4 {
+            let (a0, a1, a2, a3) = (u[k], u[4 + k], u[8 + k], u[12 + k]);
+            let b0 = _mm512_shuffle_f32x4::<0x88>(a0, a1);
+            let b1 = _mm512_shuffle_f32x4::<0xDD>(a0, a1);
+            let b2 = _mm512_shuffle_f32x4::<0x88>(a2, a3);
+            let b3 = _mm512_shuffle_f32x4::<0xDD>(a2, a3);
+            c[k] = _mm512_shuffle_f32x4::<0x88>(b0, b2);
+            c[8 + k] = _mm512_shuffle_f32x4::<0xDD>(b0, b2);
+            c[4 + k] = _mm512_shuffle_f32x4::<0x88>(b1, b3);
+            c[12 + k] = _mm512_shuffle_f32x4::<0xDD>(b1, b3);
+        }
+        for ck in c {
+            acc = _mm512_add_ps(acc, ck);
+        }
+        j += 16;
+    }
+    let mut lanes = [0.0f32; 16];
+    // SAFETY: writes the 16 values of the local array; storeu has no alignment requirement.
+    unsafe { _mm512_storeu_ps(lanes.as_mut_ptr(), acc) };
+    for (r, mut a) in lanes.into_iter().enumerate() {
+        let row = &w[r * cols..][..cols];
+        for (&wv, &xv) in row[body..].iter().zip(&x[body..]) {
+            a += wv * xv;
+        }
+        out[r] = a;
+    }
+}
+
 /// `out (rows) = w (rows, cols) · x (cols)` for f32 weights with AVX2, eight
 /// rows at a time (sixteen, `rows_f32::<2, _>`, measured slower: more concurrent
-/// streams for the prefetchers) ([`super::f32::matvec`]'s order: per row one
+/// streams for the prefetchers; but with AVX-512F, matrices too large for the
+/// cache take sixteen rows a step in one register, [`rows16_f32_streamed`]) ([`super::f32::matvec`]'s order: per row one
 /// sequential sum from 0.0, left to right); the last `rows % 8` rows take the portable dot.
 #[target_feature(enable = "avx2")]
 fn matvec_f32_avx2(w: &[f32], x: &[f32], out: &mut [f32]) {
@@ -398,6 +488,13 @@ fn matvec_f32_avx2(w: &[f32], x: &[f32], out: &mut [f32]) {
     let mut done = 0;
     // Matrices of at most 256 KiB (stories260K's) stay in cache between tokens.
     let cached = w.len() <= 64 * 1024;
+    if !cached && has_avx512f() {
+        while done + 16 <= out.len() {
+            // SAFETY: the CPU has AVX-512F (checked just before).
+            unsafe { rows16_f32_streamed(&w[done * cols..], x, &mut out[done..]) };
+            done += 16;
+        }
+    }
     while done + 8 <= out.len() {
         if cached {
             rows_f32::<1, true>(&w[done * cols..], x, &mut out[done..]);
@@ -736,6 +833,29 @@ mod tests {
         for (rows, cols) in [(17, 4099), (300, 288), (9, 8192)] {
             assert!(rows * cols > 64 * 1024);
             f32_matvec_equals_portable(rows, cols);
+        }
+    }
+
+    /// With AVX-512 the streamed rows go sixteen at a time (`rows16_f32_streamed`),
+    /// then eight, then one by one: all equal the portable loop, and so does the
+    /// sixteen-row kernel alone.
+    #[test]
+    fn f32_rows16_streamed_equal_the_portable_loop_bit_for_bit() {
+        if !has_avx2() || !has_avx512f() {
+            return;
+        }
+        for (rows, cols) in [(40, 2050), (33, 4099), (16, 4100), (250, 288)] {
+            assert!(rows * cols > 64 * 1024);
+            f32_matvec_equals_portable(rows, cols);
+        }
+        for cols in [16, 17, 31, 288, 4099] {
+            let w = awkward(16 * cols, cols as u64 + 3);
+            let x = awkward(cols, cols as u64 + 11);
+            let (mut fast, mut slow) = (vec![f32::NAN; 16], vec![f32::NAN; 16]);
+            // SAFETY: the CPU has AVX-512F (checked above).
+            unsafe { rows16_f32_streamed(&w, &x, &mut fast) };
+            crate::kernels::f32::matvec(bytemuck::cast_slice(&w), &x, &mut slow);
+            assert_eq!(bits(&fast), bits(&slow), "cols {cols}");
         }
     }
 
