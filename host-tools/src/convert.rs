@@ -327,7 +327,7 @@ fn int8_as_q8_0(ckpt: &llama2c::Checkpoint, entry: &TensorEntry) -> Option<Vec<u
     }
     let t = ckpt.int8(entry.kind, entry.layer as usize)?;
     let cols = entry.cols as usize;
-    if t.group_size % QK != 0 || cols % QK != 0 {
+    if t.group_size % QK != 0 || !cols.is_multiple_of(QK) {
         return None;
     }
     let mut out = vec![0u8; t.q.len() / QK * q8_0::BLOCK_BYTES];

@@ -379,7 +379,7 @@ impl<'a> Gguf<'a> {
 pub fn dequantize(ty: u32, bytes: &[u8], n: usize) -> Result<Vec<f32>> {
     let (_, name, blck, bsize) = type_info(ty).with_context(|| format!("GGUF: unknown tensor type id {ty}"))?;
     ensure!(
-        n % blck == 0 && (n / blck).checked_mul(bsize) == Some(bytes.len()),
+        n.is_multiple_of(blck) && (n / blck).checked_mul(bsize) == Some(bytes.len()),
         "GGUF: {} bytes of {name} do not hold {n} values ({bsize} bytes per {blck})",
         bytes.len()
     );
@@ -552,7 +552,7 @@ pub fn llama_config(g: &Gguf<'_>) -> Result<Config> {
         shared_classifier: g.tensor("output.weight").is_none(),
     };
     ensure!(
-        cfg.dim % cfg.n_heads == 0 && cfg.n_heads % cfg.n_kv_heads == 0,
+        cfg.dim.is_multiple_of(cfg.n_heads) && cfg.n_heads.is_multiple_of(cfg.n_kv_heads),
         "GGUF: head_count {} must divide embedding_length {} and head_count_kv {} must divide head_count",
         cfg.n_heads,
         cfg.dim,

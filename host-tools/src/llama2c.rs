@@ -96,7 +96,7 @@ fn config_from(d: [i32; 7], shared: bool) -> Result<Config> {
         shared_classifier: shared,
     };
     ensure!(
-        cfg.dim % cfg.n_heads == 0 && cfg.n_heads % cfg.n_kv_heads == 0,
+        cfg.dim.is_multiple_of(cfg.n_heads) && cfg.n_heads.is_multiple_of(cfg.n_kv_heads),
         "llama2.c header: n_heads {} must divide dim {} and n_kv_heads {} must divide n_heads",
         cfg.n_heads,
         cfg.dim,
@@ -125,7 +125,7 @@ impl Floats<'_> {
     /// `n` int8 values followed by `n / group_size` f32 scales (llama2.c `quantize_q80` output).
     fn take_int8(&mut self, n: usize, group_size: usize, what: &str) -> Result<Int8Tensor> {
         ensure!(
-            n % group_size == 0,
+            n.is_multiple_of(group_size),
             "version 2 checkpoint: {what} has {n} values, not a multiple of the group size {group_size}"
         );
         let end = self.at.checked_add(n).context("tensor size overflows")?;

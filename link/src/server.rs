@@ -426,4 +426,4 @@ fn cancelled<P: Port>(port: &mut P, frames: &mut Frames<MAX_FRAME>, out: &mut [u
 }
 
 /// Keeps DATA_OFFSET in the public docs' sense: the file follows the slot header.
-const _: () = assert!(DATA_OFFSET % 32 == 0);
+const _: () = assert!(DATA_OFFSET.is_multiple_of(32));

@@ -303,10 +303,10 @@ impl Config {
             eos_id: h.eos_id,
             shared_classifier: h.shared_classifier,
         };
-        if cfg.dim % cfg.n_heads != 0 || cfg.n_heads % cfg.n_kv_heads != 0 {
+        if !cfg.dim.is_multiple_of(cfg.n_heads) || !cfg.n_heads.is_multiple_of(cfg.n_kv_heads) {
             return Err(FormatError::BadHeads { n_heads: h.n_heads, n_kv_heads: h.n_kv_heads, dim: h.dim });
         }
-        if cfg.head_size() % 2 != 0 {
+        if !cfg.head_size().is_multiple_of(2) {
             return Err(FormatError::OddHeadSize { head_size: cfg.head_size() as u32 });
         }
         for (v, field) in [(cfg.norm_eps, Field::NormEps), (cfg.rope_theta, Field::RopeTheta)] {

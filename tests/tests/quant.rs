@@ -418,7 +418,7 @@ fn llama2c_version2_import_keeps_int8_values() {
                     // The file's value with its group scale rounded to f16 (the q8_0 scale type).
                     let scale = half_round(scales[i / gs]);
                     let expect = f32::from(q[i]) * scale;
-                    if m.cols % 32 == 0 {
+                    if m.cols.is_multiple_of(32) {
                         assert_eq!(v, expect, "{kind:?} {layer} [{r},{c}] passes through bit for bit");
                     }
                     max_err = max_err.max((v - f32::from(q[i]) * scales[i / gs]).abs());

@@ -62,7 +62,7 @@ impl<'a> Block<'a> {
     #[inline(always)]
     pub fn quant(&self, i: usize) -> i32 {
         let word = self.pairs[i / 2];
-        i32::from(if i % 2 == 0 { word as u16 as i16 } else { (word >> 16) as u16 as i16 })
+        i32::from(if i.is_multiple_of(2) { word as u16 as i16 } else { (word >> 16) as u16 as i16 })
     }
 }
 
