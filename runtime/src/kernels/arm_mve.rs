@@ -35,6 +35,7 @@
 #![allow(unsafe_code)]
 
 use core::arch::asm;
+use core::mem::MaybeUninit;
 
 use super::{q4_0, q8_0, q8_act, BlockSums, QK};
 use crate::dtype::DType;
@@ -132,14 +133,21 @@ impl BlockSums for Mve {
 
 /// Narrows `blocks` prepared activation blocks (`xq`, [`q8_act::BLOCK_WORDS`] words each)
 /// into `out`: per block its f32 scale, then its 32 quants as i8 in element order.
-fn narrow(xq: &[u32], out: &mut [u32], blocks: usize) {
-    let out: &mut [u8] = bytemuck::cast_slice_mut(out);
-    let blocks = blocks.min(out.len() / NARROW_BYTES).min(xq.len() / q8_act::BLOCK_WORDS);
-    for (src, dst) in xq.chunks_exact(q8_act::BLOCK_WORDS).zip(out.chunks_exact_mut(NARROW_BYTES)).take(blocks) {
-        dst[..4].copy_from_slice(&src[0].to_le_bytes());
+/// Returns how many blocks it wrote (at most `blocks`, as many as `xq` and `out` hold);
+/// `out` may start uninitialized: every byte of those blocks is written.
+fn narrow(xq: &[u32], out: &mut [MaybeUninit<u32>], blocks: usize) -> usize {
+    let blocks = blocks.min(out.len() * 4 / NARROW_BYTES).min(xq.len() / q8_act::BLOCK_WORDS);
+    let dst = out.as_mut_ptr().cast::<u8>();
+    for (b, src) in xq.chunks_exact(q8_act::BLOCK_WORDS).take(blocks).enumerate() {
+        // SAFETY: block b's 36 bytes (b < blocks ≤ out.len() · 4 / 36) lie inside `out`, at a
+        // multiple of 4 bytes from its (word-aligned) start: the scale is an aligned word write.
+        let dst = unsafe { dst.add(b * NARROW_BYTES) };
+        // SAFETY: as above.
+        unsafe { dst.cast::<u32>().write(src[0]) };
         // SAFETY: reads the 16 pair words of `src` (64 bytes: words 2..18 of the block) and
-        // PAIR_OFFSETS; writes the 32 quant bytes of `dst` (bytes 4..36; each scatter writes
-        // the low bytes of 8 halfwords at offsets 0..8 from its base). Only q0, q1 (d0-d3) change.
+        // PAIR_OFFSETS; writes the 32 quant bytes of the block (bytes 4..36 after `dst`; each
+        // scatter writes the low bytes of 8 halfwords at offsets 0..8 from its base). Only
+        // q0, q1 (d0-d3) change.
         unsafe {
             asm!(
                 "vldrh.u16 q1, [{off}]",
@@ -156,12 +164,13 @@ fn narrow(xq: &[u32], out: &mut [u32], blocks: usize) {
                 "vstrb.16 q0, [{dst}, q1]",
                 off = in(reg) PAIR_OFFSETS.as_ptr(),
                 src = inout(reg) src[2..].as_ptr() => _,
-                dst = inout(reg) dst[4..].as_mut_ptr() => _,
+                dst = inout(reg) dst.add(4) => _,
                 out("d0") _, out("d1") _, out("d2") _, out("d3") _,
                 options(nostack),
             );
         }
     }
+    blocks
 }
 
 /// `acc + Σ_b (sumi_b as f32) · (f32(w_b.d) · x_b.d)` over `blocks` q8_0 blocks at `w`
@@ -523,7 +532,7 @@ pub(crate) fn matvec(dtype: DType, w: &[u8], row_bytes: usize, xq: &[u32], out: 
     }
     let rows = out.len().min(w.len() / row_bytes);
     let out = &mut out[..rows];
-    out.fill(0.0);
+    fill_zero(out);
     // Blocks per row: the whole blocks of a row that have activations.
     let blocks = (row_bytes / block_bytes).min(xq.len() / q8_act::BLOCK_WORDS);
     // Short rows narrow into a smaller buffer: it is zeroed on every call.
@@ -550,13 +559,16 @@ fn matvec_chunks<const WORDS: usize>(
     let block_bytes = if dtype == DType::Q4_0 { q4_0::BLOCK_BYTES } else { q8_0::BLOCK_BYTES };
     let rows = out.len();
     let chunk = WORDS * 4 / NARROW_BYTES;
-    // Words, so each block's f32 scale is aligned for VLDR.
-    let mut narrowed = [0u32; WORDS];
-    let x = narrowed.as_ptr().cast::<u8>();
+    // Words, so each block's f32 scale is aligned for VLDR; not zeroed (that cost more
+    // than the narrowing), the rows read only the blocks `narrow` wrote.
+    let mut narrowed = [MaybeUninit::<u32>::uninit(); WORDS];
     let mut first = 0;
     while first < blocks {
-        let n = (blocks - first).min(chunk);
-        narrow(&xq[first * q8_act::BLOCK_WORDS..], &mut narrowed, n);
+        let n = narrow(&xq[first * q8_act::BLOCK_WORDS..], &mut narrowed, (blocks - first).min(chunk));
+        if n == 0 {
+            break;
+        }
+        let x = narrowed.as_ptr().cast::<u8>();
         // The chunk's blocks of row r: bytes r·row_bytes + first·block_bytes, n·block_bytes of
         // them, inside `w` (rows·row_bytes ≤ w.len(), (first + n)·block_bytes ≤ row_bytes).
         let start = w[first * block_bytes..].as_ptr();
@@ -1051,3 +1063,28 @@ pub fn prepare_block(x: &[f32; 32], out: &mut [u32; q8_act::BLOCK_WORDS]) -> boo
 
 /// Byte offsets of elements 0..4 of a group in pair order (i16 positions 0, 2, 1, 3).
 static PAIR_STORE: [u32; 4] = [0, 4, 2, 6];
+
+/// `out.fill(0.0)` with MVE stores: four zero words per `VSTRW.32`, the last
+/// `out.len() % 4` under tail predication (`DLSTP.32` / `LETP`). Integer stores
+/// of zero bits, so no float rounding is involved.
+pub fn fill_zero(out: &mut [f32]) {
+    if out.is_empty() {
+        return;
+    }
+    // SAFETY: writes out.len() floats from `out` (the tail-predicated loop stores exactly
+    // that many lanes); only the named registers, lr and q0 (d0-d1) change.
+    unsafe {
+        asm!(
+            "vmov.i32 q0, #0",
+            "dlstp.32 lr, {n}",
+            "2:",
+            "vstrw.32 q0, [{p}], #16",
+            "letp lr, 2b",
+            n = in(reg) out.len(),
+            p = inout(reg) out.as_mut_ptr() => _,
+            out("lr") _,
+            out("d0") _, out("d1") _,
+            options(nostack),
+        );
+    }
+}
