@@ -512,8 +512,12 @@ impl Matrix<'_> {
                 let too_small = SessionError::ScratchTooSmall { needed: words * 4, given: scratch.len() * 4 };
                 let xq = scratch.get_mut(..words).ok_or(too_small)?;
                 if *prepared != Some(self.cols) {
-                    // A short `x` leaves its missing tail at zero, like the row padding.
-                    xq.fill(0);
+                    // A short `x` leaves its missing tail at zero, like the row padding
+                    // (prepare_row writes every word of the blocks that hold values of `x`).
+                    let written = x.len().div_ceil(QK) * q8_act::BLOCK_WORDS;
+                    if let Some(tail) = xq.get_mut(written..) {
+                        tail.fill(0);
+                    }
                     q8_act::prepare_row(x, xq);
                     *prepared = Some(self.cols);
                 }
