@@ -987,28 +987,45 @@ pub fn swiglu4(gate: &mut [f32], up: &[f32]) -> usize {
 /// writing nothing, otherwise: the caller takes the FPU or portable path). The
 /// maximum is an integer maximum of the bits shifted left by one (`VMAXV.U32`:
 /// exact, NaN shows as a larger value), the scale is `arm_dsp::fast_scale`'s, then
-/// per four values: `VMUL.F32` by 1/d, `VCVT.S32.F32` with one fraction bit
-/// (trunc(2y)), round half away as `(t + (t >> 31) + 1) >> 1` (as
-/// `arm_fpu::prepare_block`), `VADDVA.S32` into the quant sum, and a scatter
-/// `VSTRH.32` into pair order. MVE's flush to zero changes nothing here: with
-/// 1/d ≤ 2^125 a subnormal x (flushed to 0) has |x/d| < 1/2, which rounds to 0
-/// either way, and a product below 2^-126 rounds to 0 either way.
+/// per four values: `VMUL.F32` by 1/d, `VCVTA.S32.F32` (round to nearest, ties away
+/// from zero: `round_half_away` of the product, as `quantize_block`; |x/d| ≤ 127 plus
+/// a rounding, far inside i32), `VADDVA.S32` into the quant sum, and a scatter
+/// `VSTRH.32` into pair order; both loops unrolled. MVE's flush to zero changes
+/// nothing here: with 1/d ≤ 2^125 a subnormal x (flushed to 0) has |x/d| < 1/2,
+/// which rounds to 0 either way, and a product below 2^-126 rounds to 0 either way.
 #[inline]
 pub fn prepare_block(x: &[f32; 32], out: &mut [u32; q8_act::BLOCK_WORDS]) -> bool {
     let bits2: u32;
-    // SAFETY: reads the 32 floats of `x`; only the named registers, lr and q0 (d0-d1) change.
+    // SAFETY: reads the 32 floats of `x`; only the named registers and q0 (d0-d1) change.
     unsafe {
         asm!(
             "movs {m}, #0",
-            "dls lr, lr",
-            "2:",
-            "vldrw.u32 q0, [{p}], #16",
+            "vldrw.u32 q0, [{p}]",
             "vshl.i32 q0, q0, #1",
             "vmaxv.u32 {m}, q0",
-            "le lr, 2b",
-            p = inout(reg) x.as_ptr() => _,
+            "vldrw.u32 q0, [{p}, #16]",
+            "vshl.i32 q0, q0, #1",
+            "vmaxv.u32 {m}, q0",
+            "vldrw.u32 q0, [{p}, #32]",
+            "vshl.i32 q0, q0, #1",
+            "vmaxv.u32 {m}, q0",
+            "vldrw.u32 q0, [{p}, #48]",
+            "vshl.i32 q0, q0, #1",
+            "vmaxv.u32 {m}, q0",
+            "vldrw.u32 q0, [{p}, #64]",
+            "vshl.i32 q0, q0, #1",
+            "vmaxv.u32 {m}, q0",
+            "vldrw.u32 q0, [{p}, #80]",
+            "vshl.i32 q0, q0, #1",
+            "vmaxv.u32 {m}, q0",
+            "vldrw.u32 q0, [{p}, #96]",
+            "vshl.i32 q0, q0, #1",
+            "vmaxv.u32 {m}, q0",
+            "vldrw.u32 q0, [{p}, #112]",
+            "vshl.i32 q0, q0, #1",
+            "vmaxv.u32 {m}, q0",
+            p = in(reg) x.as_ptr(),
             m = out(reg) bits2,
-            inout("lr") 8usize => _,
             out("d0") _, out("d1") _,
             options(readonly, nostack),
         );
@@ -1019,9 +1036,9 @@ pub fn prepare_block(x: &[f32; 32], out: &mut [u32; q8_act::BLOCK_WORDS]) -> boo
     }
     let (sum, d16): (u32, u32);
     // SAFETY: reads the 32 floats of `x` and PAIR_STORE; writes the 16 pair words of `out`
-    // (words 2..18: each scatter writes 4 halfwords within 8 bytes of its base, which
-    // advances 8 bytes a step, 8 steps); only the named registers, lr, s0 and q0-q2
-    // (d0-d5) change.
+    // (words 2..18: each scatter writes 4 halfwords within 8 bytes of its base plus the
+    // offset vector's 0, 8, 16 or 24, the base advancing 32 bytes after four of them);
+    // only the named registers, s0 and q0-q4 (d0-d9) change.
     unsafe {
         asm!(
             // The scale rounded to binary16 and back (exact), as the FPU quantizer.
@@ -1029,30 +1046,62 @@ pub fn prepare_block(x: &[f32; 32], out: &mut [u32; q8_act::BLOCK_WORDS]) -> boo
             "vcvtb.f16.f32 s0, s0",
             "vcvtb.f32.f16 s0, s0",
             "vmov {d}, s0",
-            "vldrw.u32 q2, [{offs}]",
-            "dls lr, lr",
-            "2:",
+            // Scatter offsets of the four quads of 16 values: PAIR_STORE + 0, 8, 16, 24.
+            "vldrw.u32 q1, [{offs}]",
+            "vadd.i32 q2, q1, {eight}",
+            "vadd.i32 q3, q2, {eight}",
+            "vadd.i32 q4, q3, {eight}",
             "vldrw.u32 q0, [{p}], #16",
             "vmul.f32 q0, q0, {id}",
-            "vcvt.s32.f32 q0, q0, #1",
-            "vshr.s32 q1, q0, #31",
-            "vadd.i32 q0, q0, q1",
-            "vadd.i32 q0, q0, {one}",
-            "vshr.s32 q0, q0, #1",
+            "vcvta.s32.f32 q0, q0",
             // (VADDVA's destination is an even register: r0.)
             "vaddva.s32 r0, q0",
+            "vstrh.32 q0, [{o}, q1]",
+            "vldrw.u32 q0, [{p}], #16",
+            "vmul.f32 q0, q0, {id}",
+            "vcvta.s32.f32 q0, q0",
+            "vaddva.s32 r0, q0",
             "vstrh.32 q0, [{o}, q2]",
-            "adds {o}, #8",
-            "le lr, 2b",
+            "vldrw.u32 q0, [{p}], #16",
+            "vmul.f32 q0, q0, {id}",
+            "vcvta.s32.f32 q0, q0",
+            "vaddva.s32 r0, q0",
+            "vstrh.32 q0, [{o}, q3]",
+            "vldrw.u32 q0, [{p}], #16",
+            "vmul.f32 q0, q0, {id}",
+            "vcvta.s32.f32 q0, q0",
+            "vaddva.s32 r0, q0",
+            "vstrh.32 q0, [{o}, q4]",
+            "adds {o}, #32",
+            "vldrw.u32 q0, [{p}], #16",
+            "vmul.f32 q0, q0, {id}",
+            "vcvta.s32.f32 q0, q0",
+            "vaddva.s32 r0, q0",
+            "vstrh.32 q0, [{o}, q1]",
+            "vldrw.u32 q0, [{p}], #16",
+            "vmul.f32 q0, q0, {id}",
+            "vcvta.s32.f32 q0, q0",
+            "vaddva.s32 r0, q0",
+            "vstrh.32 q0, [{o}, q2]",
+            "vldrw.u32 q0, [{p}], #16",
+            "vmul.f32 q0, q0, {id}",
+            "vcvta.s32.f32 q0, q0",
+            "vaddva.s32 r0, q0",
+            "vstrh.32 q0, [{o}, q3]",
+            "vldrw.u32 q0, [{p}]",
+            "vmul.f32 q0, q0, {id}",
+            "vcvta.s32.f32 q0, q0",
+            "vaddva.s32 r0, q0",
+            "vstrh.32 q0, [{o}, q4]",
             p = inout(reg) x.as_ptr() => _,
             o = inout(reg) out[2..].as_mut_ptr() => _,
             offs = in(reg) PAIR_STORE.as_ptr(),
             d = inout(reg) d.to_bits() => d16,
             id = in(reg) id.to_bits(),
-            one = in(reg) 1u32,
+            eight = in(reg) 8u32,
             inout("r0") 0u32 => sum,
-            inout("lr") 8usize => _,
-            out("d0") _, out("d1") _, out("d2") _, out("d3") _, out("d4") _, out("d5") _,
+            out("d0") _, out("d1") _, out("d2") _, out("d3") _, out("d4") _,
+            out("d5") _, out("d6") _, out("d7") _, out("d8") _, out("d9") _,
             options(nostack),
         );
     }
