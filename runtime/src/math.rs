@@ -115,6 +115,25 @@ pub fn rope(vec: &mut [f32], pos: usize, head_size: usize, theta: f32) {
     }
 }
 
+/// Applies RoPE to `q` and `k` (whole heads of `rotation.len()` values) with
+/// `rotation`, (cos, sin) per pair of a head, as [`rope`] does for each pair:
+/// `v0' = v0·cos − v1·sin`, `v1' = v0·sin + v1·cos`. On MVE four pairs a step in
+/// vector lanes where that keeps these bits (`kernels::rope_heads`).
+pub fn rope_rotate(q: &mut [f32], k: &mut [f32], rotation: &[f32]) {
+    for vec in [q, k] {
+        if crate::kernels::rope_heads(vec, rotation) {
+            continue;
+        }
+        for head in vec.chunks_exact_mut(rotation.len().max(2)) {
+            for (v, cs) in head.chunks_exact_mut(2).zip(rotation.chunks_exact(2)) {
+                let (v0, v1, fcr, fci) = (v[0], v[1], cs[0], cs[1]);
+                v[0] = v0 * fcr - v1 * fci;
+                v[1] = v0 * fci + v1 * fcr;
+            }
+        }
+    }
+}
+
 /// (cos, sin) of the RoPE angle for element `head_dim` (even) at `pos`.
 #[inline]
 pub fn rope_rotation(head_dim: usize, pos: usize, head_size: usize, theta: f32) -> (f32, f32) {

@@ -265,7 +265,8 @@ impl<'a> Session<'a> {
                 self.xb2.copy_from_slice(self.q);
                 math::rope(self.xb2, slots.sink_pos, dims.head_size, cfg.rope_theta);
             }
-            rope_qk(self.q, self.k, self.rope);
+            // q (dim) and k (kv_dim) rotated by the position's (cos, sin) per pair (head_size).
+            math::rope_rotate(self.q, self.k, self.rope);
             self.key_cache.write(dims, layer, slots.write, self.k)?;
             self.value_cache.write(dims, layer, slots.write, self.v)?;
             let queries = Queries { q: self.q, sink_q: self.xb2, sinks: slots.sinks };
@@ -338,17 +339,5 @@ fn attention(
         let ring_max = keys.scores(dims, layer, kv_head, &queries.q[head.clone()], sinks, sqrt_head, ring_att);
         let max = if ring_max > sink_max { ring_max } else { sink_max };
         values.mix(dims, layer, kv_head, att, max, &mut out[head]);
-    }
-}
-
-/// Applies RoPE to q (dim) and k (kv_dim) with `rotation` (head_size: cos, sin per pair).
-fn rope_qk(q: &mut [f32], k: &mut [f32], rotation: &[f32]) {
-    let head_size = rotation.len();
-    for head in q.chunks_exact_mut(head_size).chain(k.chunks_exact_mut(head_size)) {
-        for (v, cs) in head.chunks_exact_mut(2).zip(rotation.chunks_exact(2)) {
-            let (v0, v1, fcr, fci) = (v[0], v[1], cs[0], cs[1]);
-            v[0] = v0 * fcr - v1 * fci;
-            v[1] = v0 * fci + v1 * fcr;
-        }
     }
 }

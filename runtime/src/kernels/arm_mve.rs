@@ -1137,3 +1137,145 @@ pub fn fill_zero(out: &mut [f32]) {
         );
     }
 }
+
+/// [`super::moderate`] in MVE integer lanes: per four values (the last `n % 4` under
+/// tail predication, `DLSTP.32` / `LETP`) the bits shifted left by one (dropping the
+/// sign, so 2·|bits| exactly), a running `VMAX.U32` of them and a running `VMIN.U32`
+/// of them minus one (a zero becomes 2^32 − 1 and never lowers the minimum), then
+/// `VMAXV` / `VMINV` across the lanes: every value is 0 or within the bounds exactly
+/// when the maximum is at most 2·MAX and the minimum at least 2·MIN − 1. Integer
+/// operations only, so the answer is the portable one for every input (NaN and
+/// infinities lie above 2·MAX).
+pub fn moderate(x: &[f32]) -> bool {
+    if x.is_empty() {
+        return true;
+    }
+    let (max2, min2): (u32, u32);
+    // SAFETY: reads x.len() floats of `x` (the tail-predicated loop loads exactly that many
+    // lanes); only the named registers, lr and q0-q2 (d0-d5) change.
+    unsafe {
+        asm!(
+            "vmov.i32 q1, #0",
+            "vmov.i8 q2, #0xff",
+            "dlstp.32 lr, {n}",
+            "2:",
+            "vldrw.u32 q0, [{p}], #16",
+            "vshl.i32 q0, q0, #1",
+            "vmax.u32 q1, q1, q0",
+            "vsub.i32 q0, q0, {one}",
+            "vmin.u32 q2, q2, q0",
+            "letp lr, 2b",
+            "movs {mx}, #0",
+            "vmaxv.u32 {mx}, q1",
+            "mov.w {mn}, #-1",
+            "vminv.u32 {mn}, q2",
+            n = in(reg) x.len(),
+            p = inout(reg) x.as_ptr() => _,
+            one = in(reg) 1u32,
+            mx = out(reg) max2,
+            mn = out(reg) min2,
+            out("lr") _,
+            out("d0") _, out("d1") _, out("d2") _, out("d3") _, out("d4") _, out("d5") _,
+            options(readonly, nostack),
+        );
+    }
+    max2 <= super::MODERATE_MAX << 1 && min2 >= (super::MODERATE_MIN << 1) - 1
+}
+
+/// The rotation of four pairs, v0 in q0 and v1 in q1, by cos in q2 and sin in q3:
+/// q0 ← v0·cos − v1·sin, q1 ← v1·cos + v0·sin (q4, q5 clobbered). Used by [`rope`].
+macro_rules! rope_q0q1 {
+    () => {
+        concat!(
+            "vmul.f32 q4, q0, q3\n",
+            "vmul.f32 q0, q0, q2\n",
+            "vmul.f32 q5, q1, q3\n",
+            "vsub.f32 q0, q0, q5\n",
+            "vmul.f32 q1, q1, q2\n",
+            "vadd.f32 q1, q1, q4\n",
+        )
+    };
+}
+
+/// RoPE's rotation of every pair of `vec` (heads of `rotation.len()` values; `rotation`
+/// holds (cos, sin) per pair of a head): `v0' = v0·cos − v1·sin`, `v1' = v0·sin + v1·cos`
+/// (`math::rope_rotate`), four pairs per step in MVE lanes: `VLD20`/`VLD21` take the
+/// four v0 and the four v1 apart, four `VMUL.F32`, one `VSUB.F32` and one `VADD.F32`
+/// (multiply, then add: each rounding of the scalar expression, in the same order;
+/// the sum's operands are swapped, which IEEE addition does not see), `VST20`/`VST21`
+/// put them back. Returns `false`, doing nothing, unless the head size is a multiple
+/// of 8, `vec` is whole heads and both `vec` and `rotation` are
+/// [`moderate`](super::moderate): each product of moderate values is then 0 or in
+/// [2^-100, 2^100] and a multiple of 2^-123, so the difference and the sum are 0 or
+/// multiples of 2^-123 below 2^101: no input, product or result is subnormal or
+/// overflows, nothing is NaN, and MVE's flush to zero and default NaN change no bit.
+pub fn rope(vec: &mut [f32], rotation: &[f32]) -> bool {
+    let hs = rotation.len();
+    if hs == 0 || hs % 8 != 0 || vec.len() % hs != 0 || !moderate(rotation) || !moderate(vec) {
+        return false;
+    }
+    let groups = vec.len() / 8;
+    if groups == 0 {
+        return true;
+    }
+    if hs == 8 {
+        // One group per head: cos and sin stay in q2, q3.
+        // SAFETY: reads the 8 floats of `rotation`, reads and writes 8 · groups = vec.len()
+        // floats of `vec`; only the named registers, lr and q0-q5 (d0-d11) change.
+        unsafe {
+            asm!(
+                "vld20.32 {{q2, q3}}, [{r}]",
+                "vld21.32 {{q2, q3}}, [{r}]",
+                "dls lr, lr",
+                "2:",
+                "vld20.32 {{q0, q1}}, [{p}]",
+                "vld21.32 {{q0, q1}}, [{p}]",
+                rope_q0q1!(),
+                "vst20.32 {{q0, q1}}, [{p}]",
+                "vst21.32 {{q0, q1}}, [{p}]!",
+                "le lr, 2b",
+                r = in(reg) rotation.as_ptr(),
+                p = inout(reg) vec.as_mut_ptr() => _,
+                inout("lr") groups => _,
+                out("d0") _, out("d1") _, out("d2") _, out("d3") _,
+                out("d4") _, out("d5") _, out("d6") _, out("d7") _,
+                out("d8") _, out("d9") _, out("d10") _, out("d11") _,
+                options(nostack),
+            );
+        }
+        return true;
+    }
+    // Longer heads: cos and sin of the group's pairs loaded each step, the rotation
+    // pointer back at its start after each head.
+    // SAFETY: reads the hs floats of `rotation` (the pointer stays in [start, end)), reads
+    // and writes 8 · groups = vec.len() floats of `vec`; only the named registers, lr and
+    // q0-q5 (d0-d11) change; the flags are clobbered.
+    unsafe {
+        asm!(
+            "mov {r}, {start}",
+            "dls lr, lr",
+            "2:",
+            "vld20.32 {{q2, q3}}, [{r}]",
+            "vld21.32 {{q2, q3}}, [{r}]!",
+            "cmp {r}, {end}",
+            "it eq",
+            "moveq {r}, {start}",
+            "vld20.32 {{q0, q1}}, [{p}]",
+            "vld21.32 {{q0, q1}}, [{p}]",
+            rope_q0q1!(),
+            "vst20.32 {{q0, q1}}, [{p}]",
+            "vst21.32 {{q0, q1}}, [{p}]!",
+            "le lr, 2b",
+            start = in(reg) rotation.as_ptr(),
+            end = in(reg) rotation.as_ptr_range().end,
+            r = out(reg) _,
+            p = inout(reg) vec.as_mut_ptr() => _,
+            inout("lr") groups => _,
+            out("d0") _, out("d1") _, out("d2") _, out("d3") _,
+            out("d4") _, out("d5") _, out("d6") _, out("d7") _,
+            out("d8") _, out("d9") _, out("d10") _, out("d11") _,
+            options(nostack),
+        );
+    }
+    true
+}

@@ -288,15 +288,36 @@ pub fn scores_f32(
 /// dot products of such values meet no subnormal (each nonzero product lies in
 /// [2^-100, 2^100], so it and every partial sum are 0 or multiples of 2^-123 below
 /// 2^103), so vector float units that flush subnormals (MVE) give the scalar bits.
+/// On MVE the test runs in integer lanes (`arm_mve::moderate`, the same answer).
 #[inline]
 pub fn moderate(x: &[f32]) -> bool {
+    #[cfg(microlm_mve)]
+    return arm_mve::moderate(x);
     // |v| as bits orders like |v| (NaN above infinity): 0, or 2^-50 ..= 2^50.
-    const MIN: u32 = (127 - 50) << 23;
-    const MAX: u32 = (127 + 50) << 23;
+    #[cfg(not(microlm_mve))]
     x.iter().fold(true, |ok, &v| {
         let b = v.to_bits() & 0x7fff_ffff;
-        ok & (b == 0 || b.wrapping_sub(MIN) <= MAX - MIN)
+        ok & (b == 0 || b.wrapping_sub(MODERATE_MIN) <= MODERATE_MAX - MODERATE_MIN)
     })
+}
+
+/// The bits of 2^-50 and 2^50, [`moderate`]'s bounds on |v|.
+const MODERATE_MIN: u32 = (127 - 50) << 23;
+const MODERATE_MAX: u32 = (127 + 50) << 23;
+
+/// RoPE's rotation of the pairs of `vec` (whole heads of `rotation.len()` values) by
+/// `rotation` ((cos, sin) per pair of a head) where this target has a kernel for it
+/// (MVE, `arm_mve::rope`, when its guard holds; the same bits as `math::rope_rotate`'s
+/// loop): returns whether it did them; `false` (nothing done) sends the caller to its loop.
+#[inline(always)]
+pub fn rope_heads(vec: &mut [f32], rotation: &[f32]) -> bool {
+    #[cfg(microlm_mve)]
+    return arm_mve::rope(vec, rotation);
+    #[cfg(not(microlm_mve))]
+    {
+        let _ = (vec, rotation);
+        false
+    }
 }
 
 /// Σ_i q\[i\]·k\[i\] for i16 values `q` (as words: [`q8_act`] pair order for each

@@ -10,6 +10,8 @@
 //!   scalar references `q8_0::vec_dot_ref` / `q4_0::vec_dot_ref` / `q4_16::vec_dot_ref`;
 //! - [`f32_matvecs`]: f32 matvecs equal one sequential sum per row;
 //! - [`quantizer`]: activation quantization equals the portable quantizer;
+//! - [`moderate`] and [`rope`]: the MVE guard test equals its definition, and
+//!   RoPE's rotation as this target runs it equals the scalar expression;
 //! - [`attention`]: the attention and exp kernels this target selects,
 //!   bit-identical to the portable loops;
 //! - [`run_all`]: all of the above for every [`Isa`] this CPU runs.
@@ -375,6 +377,96 @@ pub fn argmax() -> Result<(), Failure> {
     Ok(())
 }
 
+/// [`super::moderate`] (integer lanes on MVE) equals its definition, `v == 0` or
+/// 2^-50 ≤ |v| ≤ 2^50 for every value, on 0 to 13 values with one edge value
+/// (each bound, its neighbours, ±0, subnormals, ±∞, NaN) at each position.
+pub fn moderate() -> Result<(), Failure> {
+    let (lo, hi) = (f32::from_bits((127 - 50) << 23), f32::from_bits((127 + 50) << 23));
+    let edges = [
+        0.0,
+        -0.0,
+        lo,
+        -lo,
+        f32::from_bits(lo.to_bits() - 1),
+        hi,
+        -hi,
+        f32::from_bits(hi.to_bits() + 1),
+        f32::from_bits(1),
+        -f32::MIN_POSITIVE,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        f32::NAN,
+        f32::from_bits(0xffc0_0001),
+    ];
+    let mut x = [0.0f32; 13];
+    let mut case = 0;
+    for n in 0..=x.len() {
+        for (e, &edge) in edges.iter().enumerate() {
+            for at in 0..n.max(1) {
+                case += 1;
+                values(&mut x, 9900 + (n * 31 + e) as u64);
+                if at < n {
+                    x[at] = edge;
+                }
+                let x = &x[..n];
+                let want = x.iter().all(|&v| v == 0.0 || (lo..=hi).contains(&libm::fabsf(v)));
+                ensure(super::moderate(x) == want, "moderate", case, None)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// RoPE's pair rotation as this target runs it (`math::rope_rotate`: four pairs a
+/// step in MVE lanes where its guard holds) equals `v0·cos − v1·sin`,
+/// `v0·sin + v1·cos` per pair, bit for bit, for head sizes 8, 16 and 6, with values
+/// and rotations whose products or results are subnormal, tiny or huge values,
+/// zeros of both signs, ±∞ and a NaN with a payload.
+pub fn rope() -> Result<(), Failure> {
+    let (mut q, mut k) = ([0.0f32; 48], [0.0f32; 32]);
+    let mut rotation = [0.0f32; 16];
+    for case in 0..12u32 {
+        let hs = [8, 16, 6][case as usize % 3];
+        let (nq, nk) = (hs * (48 / hs), hs * (32 / hs / 2));
+        values(&mut q, 9700 + u64::from(case));
+        values(&mut k, 9800 + u64::from(case));
+        values(&mut rotation, 9750 + u64::from(case));
+        let at = (case as usize * 5) % nk;
+        match case / 3 {
+            // A product below 2^-126 beside a zero (a subnormal result on the scalar FPU),
+            // then a subnormal value beside a zero.
+            1 => {
+                (q[at], q[at ^ 1]) = (f32::from_bits((127 - 70) << 23), 0.0);
+                rotation[(at % hs) | 1] = f32::from_bits((127 - 60) << 23);
+            }
+            2 => (k[at], k[at ^ 1]) = (f32::from_bits(0x0000_0123), 0.0),
+            // A NaN with a payload in q, ±0 and a huge value in k, a rotation of exact zeros.
+            3 => {
+                q[at] = f32::from_bits(0x7fc0_1234);
+                (k[0], k[1], k[at]) = (-0.0, 0.0, 3e38);
+                (rotation[0], rotation[3]) = (-0.0, 0.0);
+            }
+            _ => {}
+        }
+        let rot = &rotation[..hs];
+        let want = |v: &[f32], i: usize| {
+            let (p, j) = (i / 2 * 2, i % hs / 2 * 2);
+            let (v0, v1, c, s) = (v[p], v[p + 1], rot[j], rot[j + 1]);
+            if i % 2 == 0 {
+                v0 * c - v1 * s
+            } else {
+                v0 * s + v1 * c
+            }
+        };
+        let (q0, k0) = (q, k);
+        crate::math::rope_rotate(&mut q[..nq], &mut k[..nk], rot);
+        let ok = (0..nq).all(|i| q[i].to_bits() == want(&q0, i).to_bits())
+            && (0..nk).all(|i| k[i].to_bits() == want(&k0, i).to_bits());
+        ensure(ok, "rope", case, None)?;
+    }
+    Ok(())
+}
+
 /// SwiGLU as this target runs it (`math::swiglu`: four values a step in an FPU
 /// loop on hard-float Cortex-M) equals `v · (1 / (1 + exp(−v))) · u` per value,
 /// with values at and beyond both ends of exp's fast range, NaN and ±∞.
@@ -508,6 +600,8 @@ pub fn run_all() -> Result<(), Failure> {
     quantizer()?;
     f32_matvecs()?;
     argmax()?;
+    moderate()?;
+    rope()?;
     swiglu()?;
     attention()
 }
@@ -577,6 +671,16 @@ mod tests {
     #[test]
     fn argmax_kernel() {
         super::argmax().unwrap();
+    }
+
+    #[test]
+    fn moderate_test() {
+        super::moderate().unwrap();
+    }
+
+    #[test]
+    fn rope_kernel() {
+        super::rope().unwrap();
     }
 
     #[test]
