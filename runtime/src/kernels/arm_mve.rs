@@ -1279,3 +1279,74 @@ pub fn rope(vec: &mut [f32], rotation: &[f32]) -> bool {
     }
     true
 }
+
+/// [`arm_fpu::argmax8`](super::arm_fpu::argmax8) (the first largest of
+/// `x[..8 · (x.len() / 8)]` as `if v > best { best = v }` finds it from `x[0]`, and
+/// whether those values are all finite) on integer lanes, when the values are finite
+/// and one is greater than zero; otherwise it returns `arm_fpu::argmax8`'s answer.
+/// The first pass keeps a running `VMAX.S32` of the bits and a running `VMAX.U32` of
+/// the bits shifted left by one (2·|bits|: at least 2·0x7F80_0000 only for an
+/// infinity or a NaN). A positive float's bits, as i32, order like its value and
+/// exceed those of every negative float, ±0 and negative NaN, so when the largest
+/// bits are those of a positive finite float they are the largest value's, and only
+/// equal values have equal bits: the second pass stops at the first quad holding
+/// them (`VCMP.I32` on the lanes), and the first such lane is the portable loop's
+/// choice. No float instruction runs, so MVE's flush to zero plays no part.
+pub fn argmax8(x: &[f32]) -> Option<(usize, f32, bool)> {
+    let quads = x.len() / 8 * 2;
+    if quads == 0 {
+        return None;
+    }
+    let (best, bits2): (u32, u32);
+    // SAFETY: reads 4 · quads ≤ x.len() floats from `x`; only the named registers, lr and
+    // q0-q2 (d0-d5) change.
+    unsafe {
+        asm!(
+            "vmov.i32 q1, #0x80000000",
+            "vmov.i32 q2, #0",
+            "dls lr, lr",
+            "2:",
+            "vldrw.u32 q0, [{p}], #16",
+            "vmax.s32 q1, q1, q0",
+            "vshl.i32 q0, q0, #1",
+            "vmax.u32 q2, q2, q0",
+            "le lr, 2b",
+            "mov.w {b}, #0x80000000",
+            "vmaxv.s32 {b}, q1",
+            "movs {m}, #0",
+            "vmaxv.u32 {m}, q2",
+            p = inout(reg) x.as_ptr() => _,
+            b = out(reg) best,
+            m = out(reg) bits2,
+            inout("lr") quads => _,
+            out("d0") _, out("d1") _, out("d2") _, out("d3") _, out("d4") _, out("d5") _,
+            options(readonly, nostack),
+        );
+    }
+    if bits2 >= 0xFF00_0000 || best as i32 <= 0 {
+        return super::arm_fpu::argmax8(x);
+    }
+    let (at, lanes): (*const f32, u32);
+    // SAFETY: reads whole quads of `x` until one holds `best`, which one of the first
+    // `quads` does (the first pass found it there); only the named registers, lr and q0
+    // (d0-d1) change; the flags are clobbered.
+    unsafe {
+        asm!(
+            "2:",
+            "vldrw.u32 q0, [{p}], #16",
+            "vcmp.i32 eq, q0, {b}",
+            "vmrs {l}, p0",
+            "cmp {l}, #0",
+            "beq 2b",
+            p = inout(reg) x.as_ptr() => at,
+            b = in(reg) best,
+            l = out(reg) lanes,
+            out("d0") _, out("d1") _,
+            options(readonly, nostack),
+        );
+    }
+    // The quad's first value (at was advanced past it), then its first equal lane:
+    // each lane owns four bits of P0.
+    let index = (at as usize - x.as_ptr() as usize) / 4 - 4 + lanes.trailing_zeros() as usize / 4;
+    Some((index, f32::from_bits(best), true))
+}

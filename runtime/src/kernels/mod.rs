@@ -398,11 +398,14 @@ pub use generic::{mix_f16, mix_f32, mix_i8, scores_f16};
 
 /// The first largest of `x[..8 · (x.len() / 8)]` (as `if v > best { best = v }` from
 /// `x[0]`, NaNs never chosen) and whether those values are all finite, as (index,
-/// value, finite), where this target has a loop for it (hard-float Cortex-M); `None`
-/// sends the caller to its own loop.
+/// value, finite), where this target has a loop for it (hard-float Cortex-M; on MVE
+/// integer lanes when the values are finite and one is positive); `None` sends the
+/// caller to its own loop.
 #[inline(always)]
 pub fn argmax8(x: &[f32]) -> Option<(usize, f32, bool)> {
-    #[cfg(microlm_fpu)]
+    #[cfg(microlm_mve)]
+    return arm_mve::argmax8(x);
+    #[cfg(all(microlm_fpu, not(microlm_mve)))]
     return arm_fpu::argmax8(x);
     #[cfg(not(microlm_fpu))]
     {

@@ -351,9 +351,9 @@ pub fn attention() -> Result<(), Failure> {
 /// chosen (one first stays), −0.0 against +0.0, and the finiteness of what it covers.
 pub fn argmax() -> Result<(), Failure> {
     let mut x = [0.0f32; 77];
-    for case in 0..9u32 {
+    for case in 0..14u32 {
         values(&mut x, 9000 + u64::from(case));
-        let n = [8, 16, 77, 64, 24, 40, 9, 72, 16][case as usize];
+        let n = [8, 16, 77, 64, 24, 40, 9, 72, 16, 40, 16, 24, 72, 77][case as usize];
         match case {
             3 => (x[5], x[40]) = (9.0, 9.0),
             4 => x[3] = f32::NAN,
@@ -361,6 +361,17 @@ pub fn argmax() -> Result<(), Failure> {
             6 => x[..9].copy_from_slice(&[-0.0, 0.0, -0.0, 0.0, -1.0, -0.0, 0.0, -2.0, 0.0]),
             7 => x[0] = f32::NAN,
             8 => x[9] = f32::NEG_INFINITY,
+            // All negative; then positive subnormals with a tie (MVE's integer lanes take
+            // them); a negative NaN among positive values; the maximum in a quad's last lane.
+            9 => x.iter_mut().for_each(|v| *v = -libm::fabsf(*v) - 0.5),
+            10 => {
+                for (i, v) in x[..16].iter_mut().enumerate() {
+                    *v = f32::from_bits([3, 9, 1, 12, 7, 12, 0, 5][i % 8] + i as u32 / 8);
+                }
+            }
+            11 => x[7] = f32::from_bits(0xffc0_0000),
+            12 => x[71] = 99.0,
+            13 => (x[2], x[3]) = (f32::from_bits(0x7f80_0001), 50.0),
             _ => {}
         }
         let Some((i, v, finite)) = super::argmax8(&x[..n]) else { continue };
