@@ -8,28 +8,43 @@ pub use crate::scalar::{exp, exp_at_most_zero, exp_branch_free, max_abs, round_h
 /// `out (n) = weight (n) * x (n) / sqrt(mean(x²) + eps)`; an empty `weight` is all
 /// ones (a norm folded into the next matmuls, [`DType::Ones`](crate::format::DType::Ones)).
 pub fn rmsnorm(out: &mut [f32], x: &[f32], weight: &[f32], eps: f32) {
-    let scale = rms_scale(x, eps);
+    rmsnorm_from(out, x, weight, sum_squares(x), eps);
+}
+
+/// [`rmsnorm`] of `x` given `ss` = [`sum_squares`]`(x)` (what [`add_in_place_squares`]
+/// returns), so a residual add and the norm after it read `x` once.
+pub fn rmsnorm_from(out: &mut [f32], x: &[f32], weight: &[f32], ss: f32, eps: f32) {
+    let scale = rms_scale(ss, x.len(), eps);
     if weight.is_empty() {
         // A folded norm (dtype ones): 1 · (scale · v), the same bits as a stored 1.0.
         for_each8(out, x, x, |_, v| scale * v);
         return;
     }
+    // Hard-float Cortex-M55: whole groups of eight in an FPU loop (the same bits).
+    let done = crate::kernels::norm8(out, x, weight, scale);
+    let (Some(out), Some(weight), Some(x)) = (out.get_mut(done..), weight.get(done..), x.get(done..)) else { return };
     for_each8(out, weight, x, |w, v| w * (scale * v));
 }
 
 /// In-place RMSNorm (`x` is both input and output).
 pub fn rmsnorm_in_place(x: &mut [f32], weight: &[f32], eps: f32) {
-    let scale = rms_scale(x, eps);
+    rmsnorm_in_place_from(x, weight, sum_squares(x), eps);
+}
+
+/// [`rmsnorm_in_place`] given `ss` = [`sum_squares`]`(x)`.
+pub fn rmsnorm_in_place_from(x: &mut [f32], weight: &[f32], ss: f32, eps: f32) {
+    let scale = rms_scale(ss, x.len(), eps);
     for (v, &w) in x.iter_mut().zip(weight) {
         *v = w * (scale * *v);
     }
 }
 
-/// `1 / sqrt(mean(x²) + eps)`, the squares summed left to right (eight values a
-/// step, so each group comes in with one multi-register load).
-#[inline(always)]
-fn rms_scale(x: &[f32], eps: f32) -> f32 {
-    let mut ss = 0.0f32;
+/// `Σ x_i²`, left to right (eight values a step, so each group comes in with one
+/// multi-register load; on Cortex-M55 an FPU loop of VMLA, which rounds the
+/// product before adding: the same bits).
+pub fn sum_squares(x: &[f32]) -> f32 {
+    let (done, mut ss) = crate::kernels::squares8(x);
+    let x = x.get(done..).unwrap_or(&[]);
     let groups = x.chunks_exact(8);
     let rest = groups.remainder();
     for g in groups {
@@ -41,7 +56,14 @@ fn rms_scale(x: &[f32], eps: f32) -> f32 {
     for &v in rest {
         ss += v * v;
     }
-    ss /= x.len() as f32;
+    ss
+}
+
+/// `1 / sqrt(ss / n + eps)`, RMSNorm's scale from `ss` = Σ x² over n values.
+#[inline(always)]
+fn rms_scale(ss: f32, n: usize, eps: f32) -> f32 {
+    let mut ss = ss;
+    ss /= n as f32;
     ss += eps;
     1.0 / crate::kernels::sqrt(ss)
 }
@@ -84,6 +106,33 @@ pub fn add_in_place(x: &mut [f32], d: &[f32]) {
     for (x, &d) in x_rest.iter_mut().zip(&d[split..n]) {
         *x += d;
     }
+}
+
+/// [`add_in_place`], returning [`sum_squares`] of the updated `x` (its first
+/// `min(x.len(), d.len())` values): the residual add and the sum of squares of the
+/// RMSNorm after it in one pass (on Cortex-M55 an FPU loop, VADD then VMLA per value).
+pub fn add_in_place_squares(x: &mut [f32], d: &[f32]) -> f32 {
+    let n = x.len().min(d.len());
+    let (x, d) = (&mut x[..n], &d[..n]);
+    let (done, mut ss) = crate::kernels::add_squares8(x, d);
+    let (x, d) = (&mut x[done..], &d[done..]);
+    let split = x.len() / 8 * 8;
+    let (x8, x_rest) = x.split_at_mut(split);
+    for (x, d) in x8.chunks_exact_mut(8).zip(d.chunks_exact(8)) {
+        let (x, d): (&mut [f32; 8], &[f32; 8]) = match (x.try_into(), d.try_into()) {
+            (Ok(x), Ok(d)) => (x, d),
+            _ => return ss,
+        };
+        for i in 0..8 {
+            x[i] += d[i];
+            ss += x[i] * x[i];
+        }
+    }
+    for (x, &d) in x_rest.iter_mut().zip(&d[split..]) {
+        *x += d;
+        ss += *x * *x;
+    }
+    ss
 }
 
 /// Numerically stable softmax in place: subtract the max, exponentiate, normalize.

@@ -252,9 +252,11 @@ impl<'a> Session<'a> {
             (cs[0], cs[1]) = math::rope_rotation(pair * 2, pos, dims.head_size, cfg.rope_theta);
         }
 
+        // Σ x² of the residual stream, for the next RMSNorm (after each block, from its add).
+        let mut ss = math::sum_squares(self.x);
         for layer in 0..cfg.n_layers {
             // Attention block: xb = rmsnorm(x); q, k, v projections; k and v go into the cache.
-            math::rmsnorm(self.xb, self.x, m.norm(TensorKind::AttnNorm, layer)?, cfg.norm_eps);
+            math::rmsnorm_from(self.xb, self.x, m.norm(TensorKind::AttnNorm, layer)?, ss, cfg.norm_eps);
             observe(TensorKind::Wq, layer, self.xb);
             let (wq, wk, wv) =
                 (m.matrix(TensorKind::Wq, layer)?, m.matrix(TensorKind::Wk, layer)?, m.matrix(TensorKind::Wv, layer)?);
@@ -282,20 +284,20 @@ impl<'a> Session<'a> {
             );
             observe(TensorKind::Wo, layer, self.xb);
             m.matrix(TensorKind::Wo, layer)?.matvec(self.xb, self.xb2, self.xq)?;
-            math::add_in_place(self.x, self.xb2);
+            ss = math::add_in_place_squares(self.x, self.xb2);
 
             // FFN block: x += w2 · (silu(w1 · xb) * (w3 · xb)), xb = rmsnorm(x).
-            math::rmsnorm(self.xb, self.x, m.norm(TensorKind::FfnNorm, layer)?, cfg.norm_eps);
+            math::rmsnorm_from(self.xb, self.x, m.norm(TensorKind::FfnNorm, layer)?, ss, cfg.norm_eps);
             observe(TensorKind::W1, layer, self.xb);
             let (w1, w3) = (m.matrix(TensorKind::W1, layer)?, m.matrix(TensorKind::W3, layer)?);
             Matrix::matvecs([(w1, &mut *self.hb), (w3, &mut *self.hb2)], self.xb, self.xq)?;
             math::swiglu(self.hb, self.hb2);
             observe(TensorKind::W2, layer, self.hb);
             m.matrix(TensorKind::W2, layer)?.matvec(self.hb, self.xb, self.xq)?;
-            math::add_in_place(self.x, self.xb);
+            ss = math::add_in_place_squares(self.x, self.xb);
         }
 
-        math::rmsnorm_in_place(self.x, m.norm(TensorKind::FinalNorm, 0)?, cfg.norm_eps);
+        math::rmsnorm_in_place_from(self.x, m.norm(TensorKind::FinalNorm, 0)?, ss, cfg.norm_eps);
         observe(TensorKind::Classifier, 0, self.x);
         m.matrix(TensorKind::Classifier, 0)?.matvec(self.x, self.logits, self.xq)?;
         Ok(&mut *self.logits)

@@ -1350,3 +1350,137 @@ pub fn argmax8(x: &[f32]) -> Option<(usize, f32, bool)> {
     let index = (at as usize - x.as_ptr() as usize) / 4 - 4 + lanes.trailing_zeros() as usize / 4;
     Some((index, f32::from_bits(best), true))
 }
+
+/// Eight VMLA of one group's squares into `ss`, the group in s0-s7.
+macro_rules! squares_s0_s7 {
+    () => {
+        concat!(
+            "vmla.f32 {ss}, s0, s0\n",
+            "vmla.f32 {ss}, s1, s1\n",
+            "vmla.f32 {ss}, s2, s2\n",
+            "vmla.f32 {ss}, s3, s3\n",
+            "vmla.f32 {ss}, s4, s4\n",
+            "vmla.f32 {ss}, s5, s5\n",
+            "vmla.f32 {ss}, s6, s6\n",
+            "vmla.f32 {ss}, s7, s7\n",
+        )
+    };
+}
+
+/// `(8 · (x.len() / 8), Σ x_i²)` over those values, left to right from 0.0, on the
+/// scalar FPU (not MVE lanes: the sum is one chain, and squares may be subnormal):
+/// per group one VLDM and eight VMLA, which rounds each square before adding it, as
+/// `ss += v * v` does (`math::sum_squares`).
+pub fn squares8(x: &[f32]) -> (usize, f32) {
+    let groups = x.len() / 8;
+    if groups == 0 {
+        return (0, 0.0);
+    }
+    let mut ss = 0.0f32;
+    // SAFETY: reads 8 · groups floats of `x`; only the named registers, lr and s0-s7
+    // (d0-d3) change.
+    unsafe {
+        asm!(
+            "dls lr, lr",
+            "2:",
+            "vldmia {p}!, {{s0-s7}}",
+            squares_s0_s7!(),
+            "le lr, 2b",
+            p = inout(reg) x.as_ptr() => _,
+            ss = inout(sreg) ss,
+            inout("lr") groups => _,
+            out("d0") _, out("d1") _, out("d2") _, out("d3") _,
+            options(readonly, nostack),
+        );
+    }
+    (8 * groups, ss)
+}
+
+/// `x[i] += d[i]` for the whole groups of eight of the shorter slice, and Σ x_i² of the
+/// results, left to right from 0.0, as `(count, sum)`, on the scalar FPU
+/// (`math::add_in_place_squares`): per group a VLDM of x and of d, VADD then VMLA per
+/// value (the square rounded before it is added), one VSTM.
+pub fn add_squares8(x: &mut [f32], d: &[f32]) -> (usize, f32) {
+    let groups = x.len().min(d.len()) / 8;
+    if groups == 0 {
+        return (0, 0.0);
+    }
+    let mut ss = 0.0f32;
+    // SAFETY: reads 8 · groups floats of `d`, reads and writes as many of `x`; only the
+    // named registers, lr and s0-s15 (d0-d7) change.
+    unsafe {
+        asm!(
+            "dls lr, lr",
+            "2:",
+            "vldmia {x}, {{s0-s7}}",
+            "vldmia {d}!, {{s8-s15}}",
+            "vadd.f32 s0, s0, s8",
+            "vadd.f32 s1, s1, s9",
+            "vadd.f32 s2, s2, s10",
+            "vadd.f32 s3, s3, s11",
+            "vadd.f32 s4, s4, s12",
+            "vadd.f32 s5, s5, s13",
+            "vadd.f32 s6, s6, s14",
+            "vadd.f32 s7, s7, s15",
+            squares_s0_s7!(),
+            "vstmia {x}!, {{s0-s7}}",
+            "le lr, 2b",
+            x = inout(reg) x.as_mut_ptr() => _,
+            d = inout(reg) d.as_ptr() => _,
+            ss = inout(sreg) ss,
+            inout("lr") groups => _,
+            out("d0") _, out("d1") _, out("d2") _, out("d3") _,
+            out("d4") _, out("d5") _, out("d6") _, out("d7") _,
+            options(nostack),
+        );
+    }
+    (8 * groups, ss)
+}
+
+/// `out[i] = weight[i] · (scale · x[i])` (`math::rmsnorm`'s expression, both products
+/// rounded in that order) for the whole groups of eight of the shortest slice, on the
+/// scalar FPU (the products may be subnormal, so not MVE lanes): per group a VLDM of x
+/// and of the weights, sixteen VMUL, one VSTM. Returns how many values it did.
+pub fn norm8(out: &mut [f32], x: &[f32], weight: &[f32], scale: f32) -> usize {
+    let groups = out.len().min(x.len()).min(weight.len()) / 8;
+    if groups == 0 {
+        return 0;
+    }
+    // SAFETY: reads 8 · groups floats of `x` and of `weight`, writes as many of `out`; only
+    // the named registers, lr and s0-s15 (d0-d7) change.
+    unsafe {
+        asm!(
+            "dls lr, lr",
+            "2:",
+            "vldmia {x}!, {{s0-s7}}",
+            "vldmia {w}!, {{s8-s15}}",
+            "vmul.f32 s0, s0, {s}",
+            "vmul.f32 s1, s1, {s}",
+            "vmul.f32 s2, s2, {s}",
+            "vmul.f32 s3, s3, {s}",
+            "vmul.f32 s4, s4, {s}",
+            "vmul.f32 s5, s5, {s}",
+            "vmul.f32 s6, s6, {s}",
+            "vmul.f32 s7, s7, {s}",
+            "vmul.f32 s0, s8, s0",
+            "vmul.f32 s1, s9, s1",
+            "vmul.f32 s2, s10, s2",
+            "vmul.f32 s3, s11, s3",
+            "vmul.f32 s4, s12, s4",
+            "vmul.f32 s5, s13, s5",
+            "vmul.f32 s6, s14, s6",
+            "vmul.f32 s7, s15, s7",
+            "vstmia {o}!, {{s0-s7}}",
+            "le lr, 2b",
+            x = inout(reg) x.as_ptr() => _,
+            w = inout(reg) weight.as_ptr() => _,
+            o = inout(reg) out.as_mut_ptr() => _,
+            s = in(sreg) scale,
+            inout("lr") groups => _,
+            out("d0") _, out("d1") _, out("d2") _, out("d3") _,
+            out("d4") _, out("d5") _, out("d6") _, out("d7") _,
+            options(nostack),
+        );
+    }
+    8 * groups
+}

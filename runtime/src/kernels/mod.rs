@@ -437,6 +437,47 @@ pub fn swiglu4(gate: &mut [f32], up: &[f32]) -> usize {
     }
 }
 
+/// `(8 · (x.len() / 8), Σ x_i²)` over those values, left to right, where this target has
+/// a loop for it (Cortex-M55: `arm_mve::squares8`, an FPU loop of VMLA); `(0, 0.0)` elsewhere.
+#[inline(always)]
+pub fn squares8(x: &[f32]) -> (usize, f32) {
+    #[cfg(microlm_mve)]
+    return arm_mve::squares8(x);
+    #[cfg(not(microlm_mve))]
+    {
+        let _ = x;
+        (0, 0.0)
+    }
+}
+
+/// `x[i] += d[i]` for i < 8 · (min(x.len(), d.len()) / 8) and Σ x_i² of the results,
+/// left to right, as `(count, sum)`, where this target has a loop for it (Cortex-M55:
+/// `arm_mve::add_squares8`); `(0, 0.0)` (nothing done) elsewhere.
+#[inline(always)]
+pub fn add_squares8(x: &mut [f32], d: &[f32]) -> (usize, f32) {
+    #[cfg(microlm_mve)]
+    return arm_mve::add_squares8(x, d);
+    #[cfg(not(microlm_mve))]
+    {
+        let _ = (x, d);
+        (0, 0.0)
+    }
+}
+
+/// `out[i] = weight[i] · (scale · x[i])` for whole groups of eight of the shortest
+/// slice, where this target has a loop for it (Cortex-M55: `arm_mve::norm8`);
+/// returns how many it did (0 elsewhere).
+#[inline(always)]
+pub fn norm8(out: &mut [f32], x: &[f32], weight: &[f32], scale: f32) -> usize {
+    #[cfg(microlm_mve)]
+    return arm_mve::norm8(out, x, weight, scale);
+    #[cfg(not(microlm_mve))]
+    {
+        let _ = (out, x, weight, scale);
+        0
+    }
+}
+
 /// √x, correctly rounded (IEEE 754): VSQRT on hard-float Cortex-M, `libm::sqrtf`
 /// elsewhere (the same bits; the kernel suite checks them on the device).
 #[inline(always)]

@@ -12,6 +12,7 @@
 //! - [`quantizer`]: activation quantization equals the portable quantizer;
 //! - [`moderate`] and [`rope`]: the MVE guard test equals its definition, and
 //!   RoPE's rotation as this target runs it equals the scalar expression;
+//! - [`norms`]: RMSNorm's sum of squares, scaling and the residual add with it;
 //! - [`attention`]: the attention and exp kernels this target selects,
 //!   bit-identical to the portable loops;
 //! - [`run_all`]: all of the above for every [`Isa`] this CPU runs.
@@ -478,6 +479,49 @@ pub fn rope() -> Result<(), Failure> {
     Ok(())
 }
 
+/// RMSNorm's parts as this target runs them (`math::sum_squares`,
+/// `math::add_in_place_squares`, `math::rmsnorm_from`: FPU loops of eight on
+/// Cortex-M55) equal the scalar expressions bit for bit (`ss += v · v` left to right,
+/// `x += d`, `w · (s · x)`), on 0 to 45 values including subnormals, values whose
+/// squares or products are subnormal, ±0, ±∞ and a NaN with a payload.
+pub fn norms() -> Result<(), Failure> {
+    let (mut x, mut d, mut w) = ([0.0f32; 45], [0.0f32; 45], [0.0f32; 45]);
+    for case in 0..10u32 {
+        let n = [45, 8, 0, 17, 40, 16, 3, 44, 24, 45][case as usize];
+        values(&mut x, 9300 + u64::from(case));
+        values(&mut d, 9400 + u64::from(case));
+        values(&mut w, 9450 + u64::from(case));
+        let at = case as usize * 7 % 45;
+        match case % 5 {
+            1 => (x[at], d[at / 2], w[at / 3]) = (f32::from_bits(0x0000_0321), -1e-30, 1e-30),
+            2 => (x[at], x[at / 2]) = (-0.0, 3e-20),
+            3 => (d[at], w[at / 2]) = (f32::INFINITY, f32::from_bits(0x7fc0_0abc)),
+            4 => x.iter_mut().for_each(|v| *v *= 1e-25),
+            _ => {}
+        }
+        let (x, d, w) = (&mut x[..n], &d[..n], &w[..n]);
+        let mut want_ss = 0.0f32;
+        for &v in x.iter() {
+            want_ss += v * v;
+        }
+        let mut ok = crate::math::sum_squares(x).to_bits() == want_ss.to_bits();
+        let mut want_x = [0.0f32; 45];
+        let mut want_ss = 0.0f32;
+        for i in 0..n {
+            want_x[i] = x[i] + d[i];
+            want_ss += want_x[i] * want_x[i];
+        }
+        let ss = crate::math::add_in_place_squares(x, d);
+        ok &= ss.to_bits() == want_ss.to_bits() && (0..n).all(|i| x[i].to_bits() == want_x[i].to_bits());
+        let mut out = [0.0f32; 45];
+        crate::math::rmsnorm_from(&mut out[..n], x, w, ss, 1e-5);
+        let s = 1.0 / crate::kernels::sqrt(ss / n.max(1) as f32 + 1e-5);
+        ok &= (0..n).all(|i| out[i].to_bits() == (w[i] * (s * x[i])).to_bits());
+        ensure(ok, "norms", case, None)?;
+    }
+    Ok(())
+}
+
 /// SwiGLU as this target runs it (`math::swiglu`: four values a step in an FPU
 /// loop on hard-float Cortex-M) equals `v · (1 / (1 + exp(−v))) · u` per value,
 /// with values at and beyond both ends of exp's fast range, NaN and ±∞.
@@ -613,6 +657,7 @@ pub fn run_all() -> Result<(), Failure> {
     argmax()?;
     moderate()?;
     rope()?;
+    norms()?;
     swiglu()?;
     attention()
 }
@@ -687,6 +732,11 @@ mod tests {
     #[test]
     fn moderate_test() {
         super::moderate().unwrap();
+    }
+
+    #[test]
+    fn norms_kernels() {
+        super::norms().unwrap();
     }
 
     #[test]
