@@ -557,7 +557,6 @@ fn matvec_chunks<const WORDS: usize>(
     blocks: usize,
 ) {
     let block_bytes = if dtype == DType::Q4_0 { q4_0::BLOCK_BYTES } else { q8_0::BLOCK_BYTES };
-    let rows = out.len();
     let chunk = WORDS * 4 / NARROW_BYTES;
     // Words, so each block's f32 scale is aligned for VLDR; not zeroed (that cost more
     // than the narrowing), the rows read only the blocks `narrow` wrote.
@@ -568,47 +567,59 @@ fn matvec_chunks<const WORDS: usize>(
         if n == 0 {
             break;
         }
-        let x = narrowed.as_ptr().cast::<u8>();
         // The chunk's blocks of row r: bytes r·row_bytes + first·block_bytes, n·block_bytes of
         // them, inside `w` (rows·row_bytes ≤ w.len(), (first + n)·block_bytes ≤ row_bytes).
-        let start = w[first * block_bytes..].as_ptr();
-        let mut done = 0;
-        let quads = rows / 4;
-        if dtype == DType::Q8_0 && quads > 0 {
-            // SAFETY: rows 0..4·quads exist, so their n blocks are inside `w` (above); `out`
-            // holds rows ≥ 4·quads floats; `narrowed` holds n ≤ chunk blocks; n ≥ 1 here.
-            unsafe { rows4_q8(start, row_bytes, x, n, out.as_mut_ptr(), quads) };
-            done = 4 * quads;
-        }
-        let mut pairs = out[done..].chunks_exact_mut(2);
-        for (p, pair) in (&mut pairs).enumerate() {
-            // SAFETY: rows done + 2p and done + 2p + 1 exist, so both pointers and the
-            // n blocks after them are inside `w` (above); `narrowed` holds n ≤ chunk
-            // blocks; n ≥ 1 inside this loop.
-            let (a, b) = unsafe {
-                let wa = start.add((done + 2 * p) * row_bytes);
-                let wb = wa.add(row_bytes);
-                if dtype == DType::Q4_0 {
-                    rows2_q4(wa, wb, x, n, (pair[0], pair[1]))
-                } else {
-                    rows2_q8(wa, wb, x, n, (pair[0], pair[1]))
-                }
-            };
-            pair[0] = a;
-            pair[1] = b;
-        }
-        if let [o] = pairs.into_remainder() {
-            // SAFETY: the last row (rows − 1) and its n blocks are inside `w`, as above.
-            *o = unsafe {
-                let wr = start.add((rows - 1) * row_bytes);
-                if dtype == DType::Q4_0 {
-                    row_q4(wr, x, n, *o)
-                } else {
-                    row_q8(wr, x, n, *o)
-                }
-            };
-        }
+        // SAFETY: as just said; `narrowed` holds the n ≥ 1 blocks `narrow` wrote.
+        unsafe { row_sums(dtype, w[first * block_bytes..].as_ptr(), row_bytes, narrowed.as_ptr().cast(), n, out) };
         first += n;
+    }
+}
+
+/// Adds each row's sum over `blocks` blocks to `out` (one float per row, in row order):
+/// q8_0 rows four at a time ([`rows4_q8`]), then (and q4_0 rows) two at a time, the last
+/// odd one alone. Row r's blocks start at `start + r·row_bytes`.
+///
+/// # Safety
+/// For every row r < out.len(), `start + r·row_bytes` must be readable for `blocks` blocks
+/// of `dtype` (q8_0 or q4_0); `x` (4-byte aligned) for `blocks` narrowed blocks;
+/// `blocks ≥ 1`.
+#[inline(always)]
+unsafe fn row_sums(dtype: DType, start: *const u8, row_bytes: usize, x: *const u8, blocks: usize, out: &mut [f32]) {
+    let n = blocks;
+    let rows = out.len();
+    let mut done = 0;
+    let quads = rows / 4;
+    if dtype == DType::Q8_0 && quads > 0 {
+        // SAFETY: rows 0..4·quads exist (the caller's contract); `out` holds rows ≥
+        // 4·quads floats.
+        unsafe { rows4_q8(start, row_bytes, x, n, out.as_mut_ptr(), quads) };
+        done = 4 * quads;
+    }
+    let mut pairs = out[done..].chunks_exact_mut(2);
+    for (p, pair) in (&mut pairs).enumerate() {
+        // SAFETY: rows done + 2p and done + 2p + 1 exist (the caller's contract).
+        let (a, b) = unsafe {
+            let wa = start.add((done + 2 * p) * row_bytes);
+            let wb = wa.add(row_bytes);
+            if dtype == DType::Q4_0 {
+                rows2_q4(wa, wb, x, n, (pair[0], pair[1]))
+            } else {
+                rows2_q8(wa, wb, x, n, (pair[0], pair[1]))
+            }
+        };
+        pair[0] = a;
+        pair[1] = b;
+    }
+    if let [o] = pairs.into_remainder() {
+        // SAFETY: the last row (rows − 1) exists (the caller's contract).
+        *o = unsafe {
+            let wr = start.add((rows - 1) * row_bytes);
+            if dtype == DType::Q4_0 {
+                row_q4(wr, x, n, *o)
+            } else {
+                row_q8(wr, x, n, *o)
+            }
+        };
     }
 }
 
@@ -982,19 +993,12 @@ pub fn swiglu4(gate: &mut [f32], up: &[f32]) -> usize {
     (end as usize - start as usize) / 4
 }
 
-/// `q8_act::prepare_block(quantize_block(x))` for 32 values in MVE lanes, when max |x|
-/// is finite and `d = max|x| / 127` is 0 or at least 2^-125 (returns `false`,
-/// writing nothing, otherwise: the caller takes the FPU or portable path). The
-/// maximum is an integer maximum of the bits shifted left by one (`VMAXV.U32`:
-/// exact, NaN shows as a larger value), the scale is `arm_dsp::fast_scale`'s, then
-/// per four values: `VMUL.F32` by 1/d, `VCVTA.S32.F32` (round to nearest, ties away
-/// from zero: `round_half_away` of the product, as `quantize_block`; |x/d| ≤ 127 plus
-/// a rounding, far inside i32), `VADDVA.S32` into the quant sum, and a scatter
-/// `VSTRH.32` into pair order; both loops unrolled. MVE's flush to zero changes
-/// nothing here: with 1/d ≤ 2^125 a subnormal x (flushed to 0) has |x/d| < 1/2,
-/// which rounds to 0 either way, and a product below 2^-126 rounds to 0 either way.
-#[inline]
-pub fn prepare_block(x: &[f32; 32], out: &mut [u32; q8_act::BLOCK_WORDS]) -> bool {
+/// The quantizer's `(d, 1/d)` for a block (`arm_dsp::fast_scale` of max |x|), when the
+/// vector quantizers apply: max |x| finite and d = 0 or d ≥ 2^-125. The maximum is an
+/// integer maximum of the bits shifted left by one (`VMAXV.U32`: exact, NaN shows as
+/// a larger value), unrolled.
+#[inline(always)]
+fn block_scale(x: &[f32; 32]) -> Option<(f32, f32)> {
     let bits2: u32;
     // SAFETY: reads the 32 floats of `x`; only the named registers and q0 (d0-d1) change.
     unsafe {
@@ -1030,10 +1034,22 @@ pub fn prepare_block(x: &[f32; 32], out: &mut [u32; q8_act::BLOCK_WORDS]) -> boo
             options(readonly, nostack),
         );
     }
-    let Some((d, id)) = super::arm_dsp::fast_scale(bits2) else { return false };
-    if d != 0.0 && d < f32::from_bits((127 - 125) << 23) {
-        return false;
-    }
+    let (d, id) = super::arm_dsp::fast_scale(bits2)?;
+    (d == 0.0 || d >= f32::from_bits((127 - 125) << 23)).then_some((d, id))
+}
+
+/// `q8_act::prepare_block(quantize_block(x))` for 32 values in MVE lanes, when max |x|
+/// is finite and `d = max|x| / 127` is 0 or at least 2^-125 (returns `false`,
+/// writing nothing, otherwise: the caller takes the FPU or portable path). The
+/// maximum and the scale are [`block_scale`]'s, then per four values: `VMUL.F32` by 1/d, `VCVTA.S32.F32` (round to nearest, ties away
+/// from zero: `round_half_away` of the product, as `quantize_block`; |x/d| ≤ 127 plus
+/// a rounding, far inside i32), `VADDVA.S32` into the quant sum, and a scatter
+/// `VSTRH.32` into pair order; both loops unrolled. MVE's flush to zero changes
+/// nothing here: with 1/d ≤ 2^125 a subnormal x (flushed to 0) has |x/d| < 1/2,
+/// which rounds to 0 either way, and a product below 2^-126 rounds to 0 either way.
+#[inline]
+pub fn prepare_block(x: &[f32; 32], out: &mut [u32; q8_act::BLOCK_WORDS]) -> bool {
+    let Some((d, id)) = block_scale(x) else { return false };
     let (sum, d16): (u32, u32);
     // SAFETY: reads the 32 floats of `x` and PAIR_STORE; writes the 16 pair words of `out`
     // (words 2..18: each scatter writes 4 halfwords within 8 bytes of its base plus the
@@ -1483,4 +1499,130 @@ pub fn norm8(out: &mut [f32], x: &[f32], weight: &[f32], scale: f32) -> usize {
         );
     }
     8 * groups
+}
+
+/// q8_0-quantizes `x` into narrowed blocks at the start of `out` for the MVE matvec
+/// ([`matvec_narrowed`]), for `out.len() / q8_act::BLOCK_WORDS` blocks (the scratch of
+/// a quantized matvec: [`q8_act::words`]`(cols)`): per block the f16 scale widened to
+/// f32, then the 32 quants as i8 in element order ([`NARROW_BYTES`] bytes, where
+/// [`matvec`] narrows prepared blocks to), blocks past the end of `x` zero and a
+/// partial last one zero-padded, as the weights are. Each block is
+/// `q8_0::quantize_block`'s: [`prepare_block_narrow`] where its guard holds, else the
+/// portable quantizer.
+pub fn prepare_row_narrow(x: &[f32], out: &mut [u32]) {
+    let blocks = out.len() / q8_act::BLOCK_WORDS;
+    let words = NARROW_BYTES / 4;
+    for (b, dst) in out[..blocks * words].chunks_exact_mut(words).enumerate() {
+        let chunk = x.get(b * QK..).unwrap_or(&[]);
+        let chunk = &chunk[..chunk.len().min(QK)];
+        if chunk.is_empty() {
+            dst.fill(0);
+            continue;
+        }
+        let mut padded: [f32; QK];
+        let values: &[f32; QK] = match <&[f32; QK]>::try_from(chunk) {
+            Ok(whole) => whole,
+            Err(_) => {
+                padded = [0.0f32; QK];
+                padded[..chunk.len()].copy_from_slice(chunk);
+                &padded
+            }
+        };
+        let Ok(dst) = <&mut [u32; NARROW_BYTES / 4]>::try_from(dst) else { continue };
+        if prepare_block_narrow(values, dst) {
+            continue;
+        }
+        let mut q8 = [0u8; q8_0::BLOCK_BYTES];
+        q8_0::quantize_block(chunk, &mut q8);
+        dst[0] = half::f16::from_le_bytes([q8[0], q8[1]]).to_f32().to_bits();
+        for (word, quad) in dst[1..].iter_mut().zip(q8[2..].chunks_exact(4)) {
+            *word = u32::from_le_bytes([quad[0], quad[1], quad[2], quad[3]]);
+        }
+    }
+}
+
+/// `q8_0::quantize_block(x)` as one narrowed block (`out`: the scale widened to f32,
+/// then the 32 quants as i8 in element order) in MVE lanes, when [`prepare_block`]'s
+/// guard holds (returns `false`, writing nothing, otherwise): the same maximum, scale
+/// and `VMUL.F32` / `VCVTA.S32.F32` per four values, so the same quants (the argument
+/// for MVE's flush to zero is [`prepare_block`]'s), stored by `VSTRB.32` (the low
+/// byte of each lane: the quants lie in −127..=127).
+#[inline]
+pub fn prepare_block_narrow(x: &[f32; 32], out: &mut [u32; NARROW_BYTES / 4]) -> bool {
+    let Some((d, id)) = block_scale(x) else { return false };
+    let d16: u32;
+    // SAFETY: reads the 32 floats of `x`; writes the 32 bytes of `out` after its first
+    // word (eight stores of four bytes); only the named registers, s0 and q0 (d0-d1) change.
+    unsafe {
+        asm!(
+            // The scale rounded to binary16 and back (exact), as the FPU quantizer.
+            "vmov s0, {d}",
+            "vcvtb.f16.f32 s0, s0",
+            "vcvtb.f32.f16 s0, s0",
+            "vmov {d}, s0",
+            "vldrw.u32 q0, [{p}], #16",
+            "vmul.f32 q0, q0, {id}",
+            "vcvta.s32.f32 q0, q0",
+            "vstrb.32 q0, [{o}], #4",
+            "vldrw.u32 q0, [{p}], #16",
+            "vmul.f32 q0, q0, {id}",
+            "vcvta.s32.f32 q0, q0",
+            "vstrb.32 q0, [{o}], #4",
+            "vldrw.u32 q0, [{p}], #16",
+            "vmul.f32 q0, q0, {id}",
+            "vcvta.s32.f32 q0, q0",
+            "vstrb.32 q0, [{o}], #4",
+            "vldrw.u32 q0, [{p}], #16",
+            "vmul.f32 q0, q0, {id}",
+            "vcvta.s32.f32 q0, q0",
+            "vstrb.32 q0, [{o}], #4",
+            "vldrw.u32 q0, [{p}], #16",
+            "vmul.f32 q0, q0, {id}",
+            "vcvta.s32.f32 q0, q0",
+            "vstrb.32 q0, [{o}], #4",
+            "vldrw.u32 q0, [{p}], #16",
+            "vmul.f32 q0, q0, {id}",
+            "vcvta.s32.f32 q0, q0",
+            "vstrb.32 q0, [{o}], #4",
+            "vldrw.u32 q0, [{p}], #16",
+            "vmul.f32 q0, q0, {id}",
+            "vcvta.s32.f32 q0, q0",
+            "vstrb.32 q0, [{o}], #4",
+            "vldrw.u32 q0, [{p}]",
+            "vmul.f32 q0, q0, {id}",
+            "vcvta.s32.f32 q0, q0",
+            "vstrb.32 q0, [{o}]",
+            p = inout(reg) x.as_ptr() => _,
+            o = inout(reg) out[1..].as_mut_ptr() => _,
+            d = inout(reg) d.to_bits() => d16,
+            id = in(reg) id.to_bits(),
+            out("d0") _, out("d1") _,
+            options(nostack),
+        );
+    }
+    out[0] = d16;
+    true
+}
+
+/// `out (rows) = w (rows, cols) · x` for q8_0 or q4_0 rows of `row_bytes` bytes with the
+/// activations narrowed in place by [`prepare_row_narrow`] (`xn`: [`q8_act::words`]`(cols)`
+/// words, the narrowed blocks at its start): [`matvec`]'s rows and order, without
+/// narrowing prepared blocks first (so matvecs of one input share the narrowed blocks).
+pub(crate) fn matvec_narrowed(dtype: DType, w: &[u8], row_bytes: usize, xn: &[u32], out: &mut [f32]) {
+    let block_bytes = if dtype == DType::Q4_0 { q4_0::BLOCK_BYTES } else { q8_0::BLOCK_BYTES };
+    if row_bytes == 0 {
+        return out.fill(0.0);
+    }
+    let rows = out.len().min(w.len() / row_bytes);
+    let out = &mut out[..rows];
+    fill_zero(out);
+    // The whole blocks of a row that have activations (xn holds a narrowed block per
+    // BLOCK_WORDS words).
+    let blocks = (row_bytes / block_bytes).min(xn.len() / q8_act::BLOCK_WORDS);
+    if blocks == 0 || rows == 0 {
+        return;
+    }
+    // SAFETY: rows·row_bytes ≤ w.len() and blocks·block_bytes ≤ row_bytes, so every row's
+    // blocks are inside `w`; `xn` holds `blocks` narrowed blocks (blocks·36 ≤ xn.len()·4).
+    unsafe { row_sums(dtype, w.as_ptr(), row_bytes, xn.as_ptr().cast(), blocks, out) };
 }

@@ -551,9 +551,10 @@ impl Matrix<'_> {
     }
 
     /// The body of [`Matrix::matvec`], [`Matrix::matvec_on`] and [`Matrix::matvecs`], inlined
-    /// so the forward pass makes one call per matvec. `prepared` is `Some(cols)` when
-    /// `scratch` already holds `x` quantized for `cols` columns (this call then skips
-    /// quantizing when its `cols` match) and is updated after quantizing.
+    /// so the forward pass makes one call per matvec. `prepared` is `Some((cols, narrowed))`
+    /// when `scratch` already holds `x` quantized for `cols` columns, as prepared words or
+    /// (`narrowed`, MVE) as i8 blocks (this call then skips quantizing when both match),
+    /// and is updated after quantizing.
     #[inline(always)]
     fn matvec_with(
         &self,
@@ -561,7 +562,7 @@ impl Matrix<'_> {
         x: &[f32],
         out: &mut [f32],
         scratch: &mut [u32],
-        prepared: &mut Option<usize>,
+        prepared: &mut Option<(usize, bool)>,
     ) -> Result<(), SessionError> {
         let x = &x[..self.cols.min(x.len())];
         let rows = self.rows.min(out.len());
@@ -576,7 +577,18 @@ impl Matrix<'_> {
                 let row_bytes = self.dtype.row_bytes(self.cols).ok_or(SessionError::Internal)?;
                 let too_small = SessionError::ScratchTooSmall { needed: words * 4, given: scratch.len() * 4 };
                 let xq = scratch.get_mut(..words).ok_or(too_small)?;
-                if *prepared != Some(self.cols) {
+                // MVE's q8_0 and q4_0 rows read the activations as i8 blocks, prepared so once
+                // for the matvecs of one input (its block sums are the same integers).
+                #[cfg(microlm_mve)]
+                if isa == Isa::Mve && self.dtype != DType::Q4_16 {
+                    if *prepared != Some((self.cols, true)) {
+                        arm_mve::prepare_row_narrow(x, xq);
+                        *prepared = Some((self.cols, true));
+                    }
+                    arm_mve::matvec_narrowed(self.dtype, self.data, row_bytes, xq, out);
+                    return Ok(());
+                }
+                if *prepared != Some((self.cols, false)) {
                     // A short `x` leaves its missing tail at zero, like the row padding
                     // (prepare_row writes every word of the blocks that hold values of `x`).
                     let written = x.len().div_ceil(QK) * q8_act::BLOCK_WORDS;
@@ -584,7 +596,7 @@ impl Matrix<'_> {
                         tail.fill(0);
                     }
                     q8_act::prepare_row(x, xq);
-                    *prepared = Some(self.cols);
+                    *prepared = Some((self.cols, false));
                 }
                 quantized_matvec_on(isa, self.dtype, self.data, row_bytes, xq, out);
             }

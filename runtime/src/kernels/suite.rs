@@ -625,7 +625,8 @@ pub fn quant_block(case: u32) -> [f32; QK] {
 
 /// Activation quantization as this target runs it (`q8_act::prepare_row`, the FPU
 /// quantizer on hard-float Cortex-M with DSP) equals `q8_0::quantize_block` then
-/// `q8_act::prepare_block`, word for word, on whole and partial blocks.
+/// `q8_act::prepare_block`, word for word, on whole and partial blocks (on MVE also
+/// `arm_mve::prepare_row_narrow`, the i8 blocks of its matvec).
 pub fn quantizer() -> Result<(), Failure> {
     for case in 0..2000u32 {
         let x = quant_block(case);
@@ -637,6 +638,14 @@ pub fn quantizer() -> Result<(), Failure> {
         let mut got = [0u32; q8_act::BLOCK_WORDS];
         q8_act::prepare_row(&x[..n], &mut got);
         ensure(got == want, "quantizer", case, None)?;
+        // MVE's matvec quantizes into i8 blocks: the same scale (widened) and quants.
+        #[cfg(microlm_mve)]
+        {
+            let mut narrow = [u32::MAX; q8_act::BLOCK_WORDS];
+            super::arm_mve::prepare_row_narrow(&x[..n], &mut narrow);
+            let qs: &[u8] = bytemuck::cast_slice(&narrow[1..9]);
+            ensure(narrow[0] == want[0] && qs == &q8[2..], "quantizer.narrow", case, None)?;
+        }
     }
     Ok(())
 }
