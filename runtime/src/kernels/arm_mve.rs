@@ -336,7 +336,8 @@ unsafe fn rows2_q8(wa: *const u8, wb: *const u8, x: *const u8, blocks: usize, ac
 /// [`row_q8`] for `quads` groups of four rows at once (group g's rows start at
 /// `w + (4g + k)·row_bytes`, k < 4), sharing the activation loads, with the f32
 /// part in one MVE lane per row: each row its own sequential sum in block order,
-/// carried in `acc` (4 · quads floats, row order). The loop over the groups is in
+/// carried in `acc` (4 · quads floats, row order), from the values there or (`ZERO`)
+/// from 0.0. The loop over the groups is in
 /// the asm too (the rows of small models are a few blocks long, so per-group glue counts).
 ///
 /// The MVE float instructions (`VMUL.F32`, `VCVT.F32.S32`, `VADD.F32`) run under the
@@ -359,7 +360,14 @@ unsafe fn rows2_q8(wa: *const u8, wb: *const u8, x: *const u8, blocks: usize, ac
 /// (4-byte aligned) for `blocks × 36`, `acc` writable for 4 · quads floats (4-byte
 /// aligned), `blocks ≥ 1`, `quads ≥ 1`.
 #[inline(always)]
-unsafe fn rows4_q8(w: *const u8, row_bytes: usize, x: *const u8, blocks: usize, acc: *mut f32, quads: usize) {
+unsafe fn rows4_q8<const ZERO: bool>(
+    w: *const u8,
+    row_bytes: usize,
+    x: *const u8,
+    blocks: usize,
+    acc: *mut f32,
+    quads: usize,
+) {
     // The next group's rows start 4·row_bytes after this group's; the pointers have
     // moved blocks·34 bytes along their rows by then.
     let params: [u32; 4] = [
@@ -378,77 +386,87 @@ unsafe fn rows4_q8(w: *const u8, row_bytes: usize, x: *const u8, blocks: usize, 
         // Where the four rows' scales are from row a's pointer (its block's quants): −2,
         // row_bytes − 2, ... (wrapping: the gather adds the offsets modulo 2^32).
         let scales: [u32; 4] = core::array::from_fn(|k| ((k * row_bytes) as u32).wrapping_sub(2));
-        asm!(
-            "vldrw.u32 q7, [{sc}]",
-            "3:",
-            "vldrw.u32 q6, [{acc}]",
-            "ldr lr, [{p}, #4]",
-            "dls lr, lr",
-            "2:",
-            "ldr {xd}, [{x}]",
-            "vldrb.u8 q1, [{x}, #4]",
-            "vldrb.u8 q3, [{x}, #20]",
-            "adds {x}, #36",
-            // The four f16 scales (a gather from row a's pointer) into the lanes of q4.
-            "vldrh.u32 q4, [{wa}, q7]",
-            // Per row: the exact block sum into a register, then into lane k of q5
-            // (one scalar VMOV per lane).
-            "vldrb.u8 q0, [{wa}], #16",
-            "vmladav.s8 r0, q0, q1",
-            "vldrb.u8 q2, [{wa}], #18",
-            "vmladava.s8 r0, q2, q3",
-            "vldrb.u8 q0, [{wb}], #16",
-            "vmladav.s8 r2, q0, q1",
-            "vldrb.u8 q2, [{wb}], #18",
-            "vmladava.s8 r2, q2, q3",
-            "vmov s20, r0",
-            "vmov s21, r2",
-            "vldrb.u8 q0, [{wc}], #16",
-            "vmladav.s8 r0, q0, q1",
-            "vldrb.u8 q2, [{wc}], #18",
-            "vmladava.s8 r0, q2, q3",
-            "vldrb.u8 q0, [{wd}], #16",
-            "vmladav.s8 r2, q0, q1",
-            "vldrb.u8 q2, [{wd}], #18",
-            "vmladava.s8 r2, q2, q3",
-            "vmov s22, r0",
-            "vmov s23, r2",
-            // f32(w.d) (f16 subnormals exact), · x.d, (sumi as f32) · that,
-            // the running sums: lane k is row k.
-            "vcvtb.f32.f16 q4, q4",
-            "vmul.f32 q4, q4, {xd}",
-            "vcvt.f32.s32 q5, q5",
-            "vmul.f32 q5, q5, q4",
-            "vadd.f32 q6, q6, q5",
-            "le lr, 2b",
-            "vstrw.32 q6, [{acc}], #16",
-            // The next group of four rows, if any: its pointers, the activations again.
-            "ldr {xd}, [{p}, #8]",
-            "add {wa}, {xd}",
-            "add {wb}, {xd}",
-            "add {wc}, {xd}",
-            "add {wd}, {xd}",
-            "ldr {x}, [{p}]",
-            "ldr {xd}, [{p}, #12]",
-            "cmp {acc}, {xd}",
-            "bne 3b",
-            p = in(reg) params.as_ptr(),
-            sc = in(reg) scales.as_ptr(),
-            acc = inout(reg) acc => _,
-            wa = inout(reg) wa => _,
-            wb = inout(reg) wb => _,
-            wc = inout(reg) wc => _,
-            wd = inout(reg) wd => _,
-            x = inout(reg) x => _,
-            xd = out(reg) _,
-            out("lr") _,
-            out("r0") _, out("r2") _,
-            out("d0") _, out("d1") _, out("d2") _, out("d3") _,
-            out("d4") _, out("d5") _, out("d6") _, out("d7") _,
-            out("d8") _, out("d9") _, out("d10") _, out("d11") _, out("d12") _, out("d13") _,
-            out("d14") _, out("d15") _,
-            options(nostack),
-        );
+        // The group's running sums start from `acc` or (ZERO) from 0.0.
+        macro_rules! rows4 {
+            ($init:literal) => {
+                asm!(
+                    "vldrw.u32 q7, [{sc}]",
+                    "3:",
+                    $init,
+                    "ldr lr, [{p}, #4]",
+                    "dls lr, lr",
+                    "2:",
+                    "ldr {xd}, [{x}]",
+                    "vldrb.u8 q1, [{x}, #4]",
+                    "vldrb.u8 q3, [{x}, #20]",
+                    "adds {x}, #36",
+                    // The four f16 scales (a gather from row a's pointer) into the lanes of q4.
+                    "vldrh.u32 q4, [{wa}, q7]",
+                    // Per row: the exact block sum into a register, then into lane k of q5
+                    // (one scalar VMOV per lane).
+                    "vldrb.u8 q0, [{wa}], #16",
+                    "vmladav.s8 r0, q0, q1",
+                    "vldrb.u8 q2, [{wa}], #18",
+                    "vmladava.s8 r0, q2, q3",
+                    "vldrb.u8 q0, [{wb}], #16",
+                    "vmladav.s8 r2, q0, q1",
+                    "vldrb.u8 q2, [{wb}], #18",
+                    "vmladava.s8 r2, q2, q3",
+                    "vmov s20, r0",
+                    "vmov s21, r2",
+                    "vldrb.u8 q0, [{wc}], #16",
+                    "vmladav.s8 r0, q0, q1",
+                    "vldrb.u8 q2, [{wc}], #18",
+                    "vmladava.s8 r0, q2, q3",
+                    "vldrb.u8 q0, [{wd}], #16",
+                    "vmladav.s8 r2, q0, q1",
+                    "vldrb.u8 q2, [{wd}], #18",
+                    "vmladava.s8 r2, q2, q3",
+                    "vmov s22, r0",
+                    "vmov s23, r2",
+                    // f32(w.d) (f16 subnormals exact), · x.d, (sumi as f32) · that,
+                    // the running sums: lane k is row k.
+                    "vcvtb.f32.f16 q4, q4",
+                    "vmul.f32 q4, q4, {xd}",
+                    "vcvt.f32.s32 q5, q5",
+                    "vmul.f32 q5, q5, q4",
+                    "vadd.f32 q6, q6, q5",
+                    "le lr, 2b",
+                    "vstrw.32 q6, [{acc}], #16",
+                    // The next group of four rows, if any: its pointers, the activations again.
+                    "ldr {xd}, [{p}, #8]",
+                    "add {wa}, {xd}",
+                    "add {wb}, {xd}",
+                    "add {wc}, {xd}",
+                    "add {wd}, {xd}",
+                    "ldr {x}, [{p}]",
+                    "ldr {xd}, [{p}, #12]",
+                    "cmp {acc}, {xd}",
+                    "bne 3b",
+                    p = in(reg) params.as_ptr(),
+                    sc = in(reg) scales.as_ptr(),
+                    acc = inout(reg) acc => _,
+                    wa = inout(reg) wa => _,
+                    wb = inout(reg) wb => _,
+                    wc = inout(reg) wc => _,
+                    wd = inout(reg) wd => _,
+                    x = inout(reg) x => _,
+                    xd = out(reg) _,
+                    out("lr") _,
+                    out("r0") _, out("r2") _,
+                    out("d0") _, out("d1") _, out("d2") _, out("d3") _,
+                    out("d4") _, out("d5") _, out("d6") _, out("d7") _,
+                    out("d8") _, out("d9") _, out("d10") _, out("d11") _, out("d12") _, out("d13") _,
+                    out("d14") _, out("d15") _,
+                    options(nostack),
+                );
+            };
+        }
+        if ZERO {
+            rows4!("vmov.i32 q6, #0");
+        } else {
+            rows4!("vldrw.u32 q6, [{acc}]");
+        }
     }
 }
 
@@ -570,12 +588,15 @@ fn matvec_chunks<const WORDS: usize>(
         // The chunk's blocks of row r: bytes r·row_bytes + first·block_bytes, n·block_bytes of
         // them, inside `w` (rows·row_bytes ≤ w.len(), (first + n)·block_bytes ≤ row_bytes).
         // SAFETY: as just said; `narrowed` holds the n ≥ 1 blocks `narrow` wrote.
-        unsafe { row_sums(dtype, w[first * block_bytes..].as_ptr(), row_bytes, narrowed.as_ptr().cast(), n, out) };
+        unsafe {
+            row_sums::<false>(dtype, w[first * block_bytes..].as_ptr(), row_bytes, narrowed.as_ptr().cast(), n, out)
+        };
         first += n;
     }
 }
 
-/// Adds each row's sum over `blocks` blocks to `out` (one float per row, in row order):
+/// Adds each row's sum over `blocks` blocks to `out` (one float per row, in row order;
+/// with `ZERO` each row's sum starts from 0.0 instead, whatever `out` holds):
 /// q8_0 rows four at a time ([`rows4_q8`]), then (and q4_0 rows) two at a time, the last
 /// odd one alone. Row r's blocks start at `start + r·row_bytes`.
 ///
@@ -584,7 +605,14 @@ fn matvec_chunks<const WORDS: usize>(
 /// of `dtype` (q8_0 or q4_0); `x` (4-byte aligned) for `blocks` narrowed blocks;
 /// `blocks ≥ 1`.
 #[inline(always)]
-unsafe fn row_sums(dtype: DType, start: *const u8, row_bytes: usize, x: *const u8, blocks: usize, out: &mut [f32]) {
+unsafe fn row_sums<const ZERO: bool>(
+    dtype: DType,
+    start: *const u8,
+    row_bytes: usize,
+    x: *const u8,
+    blocks: usize,
+    out: &mut [f32],
+) {
     let n = blocks;
     let rows = out.len();
     let mut done = 0;
@@ -592,32 +620,34 @@ unsafe fn row_sums(dtype: DType, start: *const u8, row_bytes: usize, x: *const u
     if dtype == DType::Q8_0 && quads > 0 {
         // SAFETY: rows 0..4·quads exist (the caller's contract); `out` holds rows ≥
         // 4·quads floats.
-        unsafe { rows4_q8(start, row_bytes, x, n, out.as_mut_ptr(), quads) };
+        unsafe { rows4_q8::<ZERO>(start, row_bytes, x, n, out.as_mut_ptr(), quads) };
         done = 4 * quads;
     }
     let mut pairs = out[done..].chunks_exact_mut(2);
     for (p, pair) in (&mut pairs).enumerate() {
+        let acc = if ZERO { (0.0, 0.0) } else { (pair[0], pair[1]) };
         // SAFETY: rows done + 2p and done + 2p + 1 exist (the caller's contract).
         let (a, b) = unsafe {
             let wa = start.add((done + 2 * p) * row_bytes);
             let wb = wa.add(row_bytes);
             if dtype == DType::Q4_0 {
-                rows2_q4(wa, wb, x, n, (pair[0], pair[1]))
+                rows2_q4(wa, wb, x, n, acc)
             } else {
-                rows2_q8(wa, wb, x, n, (pair[0], pair[1]))
+                rows2_q8(wa, wb, x, n, acc)
             }
         };
         pair[0] = a;
         pair[1] = b;
     }
     if let [o] = pairs.into_remainder() {
+        let acc = if ZERO { 0.0 } else { *o };
         // SAFETY: the last row (rows − 1) exists (the caller's contract).
         *o = unsafe {
             let wr = start.add((rows - 1) * row_bytes);
             if dtype == DType::Q4_0 {
-                row_q4(wr, x, n, *o)
+                row_q4(wr, x, n, acc)
             } else {
-                row_q8(wr, x, n, *o)
+                row_q8(wr, x, n, acc)
             }
         };
     }
@@ -1615,14 +1645,14 @@ pub(crate) fn matvec_narrowed(dtype: DType, w: &[u8], row_bytes: usize, xn: &[u3
     }
     let rows = out.len().min(w.len() / row_bytes);
     let out = &mut out[..rows];
-    fill_zero(out);
     // The whole blocks of a row that have activations (xn holds a narrowed block per
     // BLOCK_WORDS words).
     let blocks = (row_bytes / block_bytes).min(xn.len() / q8_act::BLOCK_WORDS);
     if blocks == 0 || rows == 0 {
-        return;
+        return fill_zero(out);
     }
     // SAFETY: rows·row_bytes ≤ w.len() and blocks·block_bytes ≤ row_bytes, so every row's
     // blocks are inside `w`; `xn` holds `blocks` narrowed blocks (blocks·36 ≤ xn.len()·4).
-    unsafe { row_sums(dtype, w.as_ptr(), row_bytes, xn.as_ptr().cast(), blocks, out) };
+    // Every row's sum starts from 0.0, so `out` needs no zeroing first.
+    unsafe { row_sums::<true>(dtype, w.as_ptr(), row_bytes, xn.as_ptr().cast(), blocks, out) };
 }
