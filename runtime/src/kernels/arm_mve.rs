@@ -1540,34 +1540,43 @@ pub fn norm8(out: &mut [f32], x: &[f32], weight: &[f32], scale: f32) -> usize {
 /// `q8_0::quantize_block`'s: [`prepare_block_narrow`] where its guard holds, else the
 /// portable quantizer.
 pub fn prepare_row_narrow(x: &[f32], out: &mut [u32]) {
+    const WORDS: usize = NARROW_BYTES / 4;
     let blocks = out.len() / q8_act::BLOCK_WORDS;
-    let words = NARROW_BYTES / 4;
-    for (b, dst) in out[..blocks * words].chunks_exact_mut(words).enumerate() {
-        let chunk = x.get(b * QK..).unwrap_or(&[]);
-        let chunk = &chunk[..chunk.len().min(QK)];
-        if chunk.is_empty() {
-            dst.fill(0);
+    let out = &mut out[..blocks * WORDS];
+    let x = &x[..x.len().min(blocks * QK)];
+    let whole = x.chunks_exact(QK);
+    let tail = whole.remainder();
+    let mut dst = out.chunks_exact_mut(WORDS);
+    for (values, block) in whole.zip(&mut dst) {
+        let (Ok(values), Ok(block)) = (<&[f32; QK]>::try_from(values), <&mut [u32; WORDS]>::try_from(block)) else {
             continue;
-        }
-        let mut padded: [f32; QK];
-        let values: &[f32; QK] = match <&[f32; QK]>::try_from(chunk) {
-            Ok(whole) => whole,
-            Err(_) => {
-                padded = [0.0f32; QK];
-                padded[..chunk.len()].copy_from_slice(chunk);
-                &padded
-            }
         };
-        let Ok(dst) = <&mut [u32; NARROW_BYTES / 4]>::try_from(dst) else { continue };
-        if prepare_block_narrow(values, dst) {
-            continue;
+        if !prepare_block_narrow(values, block) {
+            narrow_portable(values, block);
         }
-        let mut q8 = [0u8; q8_0::BLOCK_BYTES];
-        q8_0::quantize_block(chunk, &mut q8);
-        dst[0] = half::f16::from_le_bytes([q8[0], q8[1]]).to_f32().to_bits();
-        for (word, quad) in dst[1..].iter_mut().zip(q8[2..].chunks_exact(4)) {
-            *word = u32::from_le_bytes([quad[0], quad[1], quad[2], quad[3]]);
+    }
+    if !tail.is_empty() {
+        if let Some(Ok(block)) = dst.next().map(<&mut [u32; WORDS]>::try_from) {
+            // The partial last block from a zero-padded copy, as the weights are padded.
+            let mut padded = [0.0f32; QK];
+            padded[..tail.len()].copy_from_slice(tail);
+            if !prepare_block_narrow(&padded, block) {
+                narrow_portable(tail, block);
+            }
         }
+    }
+    for block in dst {
+        block.fill(0);
+    }
+}
+
+/// `q8_0::quantize_block(x)` as one narrowed block, by the portable quantizer.
+fn narrow_portable(x: &[f32], out: &mut [u32; NARROW_BYTES / 4]) {
+    let mut q8 = [0u8; q8_0::BLOCK_BYTES];
+    q8_0::quantize_block(x, &mut q8);
+    out[0] = half::f16::from_le_bytes([q8[0], q8[1]]).to_f32().to_bits();
+    for (word, quad) in out[1..].iter_mut().zip(q8[2..].chunks_exact(4)) {
+        *word = u32::from_le_bytes([quad[0], quad[1], quad[2], quad[3]]);
     }
 }
 
