@@ -1023,7 +1023,7 @@ pub fn swiglu4(gate: &mut [f32], up: &[f32]) -> usize {
     (end as usize - start as usize) / 4
 }
 
-/// The quantizer's `(d, 1/d)` for a block (`arm_dsp::fast_scale` of max |x|), when the
+/// The quantizer's `(d, 1/d)` for a block (`arm_dsp::fast_scale`'s of max |x|), when the
 /// vector quantizers apply: max |x| finite and d = 0 or d ≥ 2^-125. The maximum is an
 /// integer maximum of the bits shifted left by one (`VMAXV.U32`: exact, NaN shows as
 /// a larger value), unrolled.
@@ -1064,8 +1064,17 @@ fn block_scale(x: &[f32; 32]) -> Option<(f32, f32)> {
             options(readonly, nostack),
         );
     }
-    let (d, id) = super::arm_dsp::fast_scale(bits2)?;
-    (d == 0.0 || d >= f32::from_bits((127 - 125) << 23)).then_some((d, id))
+    // arm_dsp::fast_scale's (d, 1/d) where d = 0 or d ≥ 2^-125 (so d is normal), in
+    // fewer steps: no NaN or infinity, then d = max|x| / 127, then the bound.
+    if bits2 >= 0xFF00_0000 {
+        return None;
+    }
+    let d = f32::from_bits(bits2 >> 1) / 127.0;
+    if d >= f32::from_bits((127 - 125) << 23) {
+        Some((d, 1.0 / d))
+    } else {
+        (bits2 == 0).then_some((0.0, 0.0))
+    }
 }
 
 /// `q8_act::prepare_block(quantize_block(x))` for 32 values in MVE lanes, when max |x|
