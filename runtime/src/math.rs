@@ -34,6 +34,9 @@ pub fn rmsnorm_in_place(x: &mut [f32], weight: &[f32], eps: f32) {
 /// [`rmsnorm_in_place`] given `ss` = [`sum_squares`]`(x)`.
 pub fn rmsnorm_in_place_from(x: &mut [f32], weight: &[f32], ss: f32, eps: f32) {
     let scale = rms_scale(ss, x.len(), eps);
+    // Hard-float Cortex-M55: whole groups of eight in an FPU loop (the same bits).
+    let done = crate::kernels::norm8_in_place(x, weight, scale);
+    let (Some(x), Some(weight)) = (x.get_mut(done..), weight.get(done..)) else { return };
     for (v, &w) in x.iter_mut().zip(weight) {
         *v = w * (scale * *v);
     }
@@ -167,10 +170,11 @@ pub fn rope(vec: &mut [f32], pos: usize, head_size: usize, theta: f32) {
 /// Applies RoPE to `q` and `k` (whole heads of `rotation.len()` values) with
 /// `rotation`, (cos, sin) per pair of a head, as [`rope`] does for each pair:
 /// `v0' = v0·cos − v1·sin`, `v1' = v0·sin + v1·cos`. On MVE four pairs a step in
-/// vector lanes where that keeps these bits (`kernels::rope_heads`).
+/// vector lanes where that keeps these bits (`kernels::rope_qk`).
 pub fn rope_rotate(q: &mut [f32], k: &mut [f32], rotation: &[f32]) {
-    for vec in [q, k] {
-        if crate::kernels::rope_heads(vec, rotation) {
+    let done = crate::kernels::rope_qk(q, k, rotation);
+    for (vec, done) in [q, k].into_iter().zip(done) {
+        if done {
             continue;
         }
         for head in vec.chunks_exact_mut(rotation.len().max(2)) {

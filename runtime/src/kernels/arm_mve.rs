@@ -1252,21 +1252,30 @@ macro_rules! rope_q0q1 {
     };
 }
 
-/// RoPE's rotation of every pair of `vec` (heads of `rotation.len()` values; `rotation`
-/// holds (cos, sin) per pair of a head): `v0' = v0·cos − v1·sin`, `v1' = v0·sin + v1·cos`
+/// RoPE's rotation of every pair of `q` and of `k` (heads of `rotation.len()` values;
+/// `rotation` holds (cos, sin) per pair of a head): `v0' = v0·cos − v1·sin`, `v1' = v0·sin + v1·cos`
 /// (`math::rope_rotate`), four pairs per step in MVE lanes: `VLD20`/`VLD21` take the
 /// four v0 and the four v1 apart, four `VMUL.F32`, one `VSUB.F32` and one `VADD.F32`
 /// (multiply, then add: each rounding of the scalar expression, in the same order;
 /// the sum's operands are swapped, which IEEE addition does not see), `VST20`/`VST21`
-/// put them back. Returns `false`, doing nothing, unless the head size is a multiple
-/// of 8, `vec` is whole heads and both `vec` and `rotation` are
-/// [`moderate`](super::moderate): each product of moderate values is then 0 or in
+/// put them back. Returns whether it rotated `q` and `k`: it leaves one alone unless
+/// the head size is a multiple of 8, the vector is whole heads and both it and
+/// `rotation` are [`moderate`](super::moderate): each product of moderate values is then 0 or in
 /// [2^-100, 2^100] and a multiple of 2^-123, so the difference and the sum are 0 or
 /// multiples of 2^-123 below 2^101: no input, product or result is subnormal or
 /// overflows, nothing is NaN, and MVE's flush to zero and default NaN change no bit.
-pub fn rope(vec: &mut [f32], rotation: &[f32]) -> bool {
+pub fn rope(q: &mut [f32], k: &mut [f32], rotation: &[f32]) -> [bool; 2] {
     let hs = rotation.len();
-    if hs == 0 || hs % 8 != 0 || vec.len() % hs != 0 || !moderate(rotation) || !moderate(vec) {
+    if hs == 0 || hs % 8 != 0 || !moderate(rotation) {
+        return [false; 2];
+    }
+    [rope_heads(q, rotation), rope_heads(k, rotation)]
+}
+
+/// [`rope`] for one vector, `rotation` known to be moderate with 8 | rotation.len().
+fn rope_heads(vec: &mut [f32], rotation: &[f32]) -> bool {
+    let hs = rotation.len();
+    if hs == 0 || vec.len() % hs != 0 || !moderate(vec) {
         return false;
     }
     let groups = vec.len() / 8;
@@ -1498,11 +1507,32 @@ pub fn add_squares8(x: &mut [f32], d: &[f32]) -> (usize, f32) {
 /// and of the weights, sixteen VMUL, one VSTM. Returns how many values it did.
 pub fn norm8(out: &mut [f32], x: &[f32], weight: &[f32], scale: f32) -> usize {
     let groups = out.len().min(x.len()).min(weight.len()) / 8;
+    // SAFETY: `x` and `weight` hold 8 · groups floats, `out` as many (writable).
+    unsafe { norm8_raw(out.as_mut_ptr(), x.as_ptr(), weight.as_ptr(), groups, scale) };
+    8 * groups
+}
+
+/// [`norm8`] in place: `x[i] = weight[i] · (scale · x[i])` (`math::rmsnorm_in_place`'s
+/// expression) for the whole groups of eight of the shorter slice; returns how many.
+pub fn norm8_in_place(x: &mut [f32], weight: &[f32], scale: f32) -> usize {
+    let groups = x.len().min(weight.len()) / 8;
+    let p = x.as_mut_ptr();
+    // SAFETY: `x` and `weight` hold 8 · groups floats; each group of `x` is loaded before
+    // it is stored, so reading and writing through the same pointer is what in place means.
+    unsafe { norm8_raw(p, p, weight.as_ptr(), groups, scale) };
+    8 * groups
+}
+
+/// The loop of [`norm8`] over `groups` groups of eight.
+///
+/// # Safety
+/// `x` and `w` must be readable and `out` writable for 8 · groups floats (`out` may be `x`).
+#[inline(always)]
+unsafe fn norm8_raw(out: *mut f32, x: *const f32, w: *const f32, groups: usize, scale: f32) {
     if groups == 0 {
-        return 0;
+        return;
     }
-    // SAFETY: reads 8 · groups floats of `x` and of `weight`, writes as many of `out`; only
-    // the named registers, lr and s0-s15 (d0-d7) change.
+    // SAFETY: the caller's contract; only the named registers, lr and s0-s15 (d0-d7) change.
     unsafe {
         asm!(
             "dls lr, lr",
@@ -1527,9 +1557,9 @@ pub fn norm8(out: &mut [f32], x: &[f32], weight: &[f32], scale: f32) -> usize {
             "vmul.f32 s7, s15, s7",
             "vstmia {o}!, {{s0-s7}}",
             "le lr, 2b",
-            x = inout(reg) x.as_ptr() => _,
-            w = inout(reg) weight.as_ptr() => _,
-            o = inout(reg) out.as_mut_ptr() => _,
+            x = inout(reg) x => _,
+            w = inout(reg) w => _,
+            o = inout(reg) out => _,
             s = in(sreg) scale,
             inout("lr") groups => _,
             out("d0") _, out("d1") _, out("d2") _, out("d3") _,
@@ -1537,7 +1567,6 @@ pub fn norm8(out: &mut [f32], x: &[f32], weight: &[f32], scale: f32) -> usize {
             options(nostack),
         );
     }
-    8 * groups
 }
 
 /// q8_0-quantizes `x` into narrowed blocks at the start of `out` for the MVE matvec

@@ -305,18 +305,18 @@ pub fn moderate(x: &[f32]) -> bool {
 const MODERATE_MIN: u32 = (127 - 50) << 23;
 const MODERATE_MAX: u32 = (127 + 50) << 23;
 
-/// RoPE's rotation of the pairs of `vec` (whole heads of `rotation.len()` values) by
-/// `rotation` ((cos, sin) per pair of a head) where this target has a kernel for it
+/// RoPE's rotation of the pairs of `q` and `k` (whole heads of `rotation.len()` values)
+/// by `rotation` ((cos, sin) per pair of a head) where this target has a kernel for it
 /// (MVE, `arm_mve::rope`, when its guard holds; the same bits as `math::rope_rotate`'s
-/// loop): returns whether it did them; `false` (nothing done) sends the caller to its loop.
+/// loop): returns whether it did each; `false` (that one untouched) sends the caller to its loop.
 #[inline(always)]
-pub fn rope_heads(vec: &mut [f32], rotation: &[f32]) -> bool {
+pub fn rope_qk(q: &mut [f32], k: &mut [f32], rotation: &[f32]) -> [bool; 2] {
     #[cfg(microlm_mve)]
-    return arm_mve::rope(vec, rotation);
+    return arm_mve::rope(q, k, rotation);
     #[cfg(not(microlm_mve))]
     {
-        let _ = (vec, rotation);
-        false
+        let _ = (q, k, rotation);
+        [false; 2]
     }
 }
 
@@ -474,6 +474,19 @@ pub fn norm8(out: &mut [f32], x: &[f32], weight: &[f32], scale: f32) -> usize {
     #[cfg(not(microlm_mve))]
     {
         let _ = (out, x, weight, scale);
+        0
+    }
+}
+
+/// [`norm8`] in place: `x[i] = weight[i] · (scale · x[i])` for whole groups of eight
+/// (Cortex-M55: `arm_mve::norm8_in_place`); returns how many it did (0 elsewhere).
+#[inline(always)]
+pub fn norm8_in_place(x: &mut [f32], weight: &[f32], scale: f32) -> usize {
+    #[cfg(microlm_mve)]
+    return arm_mve::norm8_in_place(x, weight, scale);
+    #[cfg(not(microlm_mve))]
+    {
+        let _ = (x, weight, scale);
         0
     }
 }

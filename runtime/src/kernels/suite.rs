@@ -480,7 +480,7 @@ pub fn rope() -> Result<(), Failure> {
 }
 
 /// RMSNorm's parts as this target runs them (`math::sum_squares`,
-/// `math::add_in_place_squares`, `math::rmsnorm_from`: FPU loops of eight on
+/// `math::add_in_place_squares`, `math::rmsnorm_from` and `rmsnorm_in_place_from`: FPU loops of eight on
 /// Cortex-M55) equal the scalar expressions bit for bit (`ss += v · v` left to right,
 /// `x += d`, `w · (s · x)`), on 0 to 45 values including subnormals, values whose
 /// squares or products are subnormal, ±0, ±∞ and a NaN with a payload.
@@ -517,6 +517,10 @@ pub fn norms() -> Result<(), Failure> {
         crate::math::rmsnorm_from(&mut out[..n], x, w, ss, 1e-5);
         let s = 1.0 / crate::kernels::sqrt(ss / n.max(1) as f32 + 1e-5);
         ok &= (0..n).all(|i| out[i].to_bits() == (w[i] * (s * x[i])).to_bits());
+        let mut y = [0.0f32; 45];
+        y[..n].copy_from_slice(x);
+        crate::math::rmsnorm_in_place_from(&mut y[..n], w, ss, 1e-5);
+        ok &= (0..n).all(|i| y[i].to_bits() == out[i].to_bits());
         ensure(ok, "norms", case, None)?;
     }
     Ok(())
