@@ -1703,3 +1703,66 @@ pub(crate) fn matvec_narrowed(dtype: DType, w: &[u8], row_bytes: usize, xn: &[u3
     // Every row's sum starts from 0.0, so `out` needs no zeroing first.
     unsafe { row_sums::<true>(dtype, w.as_ptr(), row_bytes, xn.as_ptr().cast(), blocks, out) };
 }
+
+/// `out[i] = d · qs[i]` for one q8_0 block (`q8_0::dequantize_row`'s products, d the
+/// f16 scale widened) in MVE lanes, when d is finite (returns `false`, writing nothing,
+/// otherwise): `VCVTB.F32.F16` widens the scale (its f16 inputs are not flushed:
+/// FPSCR.FZ16 is 0 in the standard value), then per four quants `VLDRB.S32`,
+/// `VCVT.F32.S32` (exact) and `VMUL.F32`. No subnormal can occur: a nonzero finite
+/// f16 is at least 2^-24 and a nonzero quant at least 1 in magnitude, so every
+/// product is 0 or normal (and at most 65504 · 128, finite), and without a NaN
+/// operand MVE's default NaN plays no part.
+pub fn dequantize_block_q8(block: &crate::dtype::BlockQ8_0, out: &mut [f32; QK]) -> bool {
+    let h = u16::from_le_bytes(block.d);
+    if h & 0x7c00 == 0x7c00 {
+        return false;
+    }
+    // SAFETY: reads the 32 quant bytes of `block`, writes the 32 floats of `out`; only the
+    // named registers, s0 and q0-q1 (d0-d3) change.
+    unsafe {
+        asm!(
+            "vmov s0, {h}",
+            "vcvtb.f32.f16 s0, s0",
+            "vmov {h}, s0",
+            "vldrb.s32 q0, [r2]",
+            "vldrb.s32 q1, [r2, #4]",
+            "vcvt.f32.s32 q0, q0",
+            "vcvt.f32.s32 q1, q1",
+            "vmul.f32 q0, q0, {h}",
+            "vmul.f32 q1, q1, {h}",
+            "vstrw.32 q0, [{o}]",
+            "vstrw.32 q1, [{o}, #16]",
+            "vldrb.s32 q0, [r2, #8]",
+            "vldrb.s32 q1, [r2, #12]",
+            "vcvt.f32.s32 q0, q0",
+            "vcvt.f32.s32 q1, q1",
+            "vmul.f32 q0, q0, {h}",
+            "vmul.f32 q1, q1, {h}",
+            "vstrw.32 q0, [{o}, #32]",
+            "vstrw.32 q1, [{o}, #48]",
+            "vldrb.s32 q0, [r2, #16]",
+            "vldrb.s32 q1, [r2, #20]",
+            "vcvt.f32.s32 q0, q0",
+            "vcvt.f32.s32 q1, q1",
+            "vmul.f32 q0, q0, {h}",
+            "vmul.f32 q1, q1, {h}",
+            "vstrw.32 q0, [{o}, #64]",
+            "vstrw.32 q1, [{o}, #80]",
+            "vldrb.s32 q0, [r2, #24]",
+            "vldrb.s32 q1, [r2, #28]",
+            "vcvt.f32.s32 q0, q0",
+            "vcvt.f32.s32 q1, q1",
+            "vmul.f32 q0, q0, {h}",
+            "vmul.f32 q1, q1, {h}",
+            "vstrw.32 q0, [{o}, #96]",
+            "vstrw.32 q1, [{o}, #112]",
+            h = inout(reg) u32::from(h) => _,
+            // (The widening VLDRB.S32 takes a low base register.)
+            in("r2") block.qs.as_ptr(),
+            o = in(reg) out.as_mut_ptr(),
+            out("d0") _, out("d1") _, out("d2") _, out("d3") _,
+            options(nostack),
+        );
+    }
+    true
+}

@@ -13,6 +13,7 @@
 //! - [`moderate`] and [`rope`]: the MVE guard test equals its definition, and
 //!   RoPE's rotation as this target runs it equals the scalar expression;
 //! - [`norms`]: RMSNorm's sum of squares, scaling and the residual add with it;
+//! - [`dequantize`]: q8_0 rows back to f32 (the embedding lookup);
 //! - [`attention`]: the attention and exp kernels this target selects,
 //!   bit-identical to the portable loops;
 //! - [`run_all`]: all of the above for every [`Isa`] this CPU runs.
@@ -526,6 +527,35 @@ pub fn norms() -> Result<(), Failure> {
     Ok(())
 }
 
+/// q8_0 rows dequantized as this target does it (`q8_0::dequantize_row`: whole blocks
+/// in MVE lanes on Cortex-M55) equal `f32(d) · q` per value, bit for bit, with f16
+/// scales normal, subnormal, ±0, ±∞ and NaN with a payload, the extreme quants, and a
+/// partial last block.
+pub fn dequantize() -> Result<(), Failure> {
+    const SCALES: [u16; 8] = [0x3c00, 0x0001, 0x8000, 0x7bff, 0xfc00, 0x7e01, 0x2e66, 0x83ff];
+    let mut row = [0u8; 3 * q8_0::BLOCK_BYTES];
+    let mut quants = [0u8; 3 * QK];
+    for case in 0..SCALES.len() as u32 {
+        bytes(&mut quants, 9200 + case);
+        (quants[5], quants[40]) = (0x80, 0x7f);
+        for (b, block) in row.chunks_exact_mut(q8_0::BLOCK_BYTES).enumerate() {
+            let d = SCALES[(case as usize + b) % SCALES.len()];
+            block[..2].copy_from_slice(&d.to_le_bytes());
+            block[2..].copy_from_slice(&quants[b * QK..(b + 1) * QK]);
+        }
+        let n = 3 * QK - case as usize % 5;
+        let mut out = [0.0f32; 3 * QK];
+        q8_0::dequantize_row(&row, &mut out[..n]);
+        let ok = (0..n).all(|i| {
+            let block = &row[i / QK * q8_0::BLOCK_BYTES..];
+            let d = half::f16::from_le_bytes([block[0], block[1]]).to_f32();
+            out[i].to_bits() == (d * f32::from(block[2 + i % QK] as i8)).to_bits()
+        });
+        ensure(ok, "dequantize", case, None)?;
+    }
+    Ok(())
+}
+
 /// SwiGLU as this target runs it (`math::swiglu`: four values a step in an FPU
 /// loop on hard-float Cortex-M) equals `v · (1 / (1 + exp(−v))) · u` per value,
 /// with values at and beyond both ends of exp's fast range, NaN and ±∞.
@@ -671,6 +701,7 @@ pub fn run_all() -> Result<(), Failure> {
     moderate()?;
     rope()?;
     norms()?;
+    dequantize()?;
     swiglu()?;
     attention()
 }
@@ -745,6 +776,11 @@ mod tests {
     #[test]
     fn moderate_test() {
         super::moderate().unwrap();
+    }
+
+    #[test]
+    fn dequantize_kernel() {
+        super::dequantize().unwrap();
     }
 
     #[test]
