@@ -1348,51 +1348,55 @@ fn rope_heads(vec: &mut [f32], rotation: &[f32]) -> bool {
 /// `x[..8 · (x.len() / 8)]` as `if v > best { best = v }` finds it from `x[0]`, and
 /// whether those values are all finite) on integer lanes, when the values are finite
 /// and one is greater than zero; otherwise it returns `arm_fpu::argmax8`'s answer.
-/// The first pass keeps a running `VMAX.S32` of the bits and a running `VMAX.U32` of
-/// the bits shifted left by one (2·|bits|: at least 2·0x7F80_0000 only for an
-/// infinity or a NaN). A positive float's bits, as i32, order like its value and
+/// The first pass keeps a running `VMAX.S32` and a running `VMAX.U32` of the bits
+/// (a positive infinity or NaN shows in the first as at least 0x7F80_0000, a negative
+/// one in the second as at least 0xFF80_0000). A positive float's bits, as i32, order like its value and
 /// exceed those of every negative float, ±0 and negative NaN, so when the largest
 /// bits are those of a positive finite float they are the largest value's, and only
 /// equal values have equal bits: the second pass stops at the first quad holding
 /// them (`VCMP.I32` on the lanes), and the first such lane is the portable loop's
 /// choice. No float instruction runs, so MVE's flush to zero plays no part.
 pub fn argmax8(x: &[f32]) -> Option<(usize, f32, bool)> {
-    let quads = x.len() / 8 * 2;
-    if quads == 0 {
+    let pairs = x.len() / 8;
+    if pairs == 0 {
         return None;
     }
-    let (best, bits2): (u32, u32);
-    // SAFETY: reads 4 · quads ≤ x.len() floats from `x`; only the named registers, lr and
-    // q0-q2 (d0-d5) change.
+    let (best, umax): (u32, u32);
+    // SAFETY: reads 8 · pairs ≤ x.len() floats from `x`; only the named registers, lr and
+    // q0-q3 (d0-d7) change.
     unsafe {
         asm!(
-            "vmov.i32 q1, #0x80000000",
-            "vmov.i32 q2, #0",
+            "vmov.i32 q2, #0x80000000",
+            "vmov.i32 q3, #0",
             "dls lr, lr",
             "2:",
             "vldrw.u32 q0, [{p}], #16",
-            "vmax.s32 q1, q1, q0",
-            "vshl.i32 q0, q0, #1",
-            "vmax.u32 q2, q2, q0",
+            "vldrw.u32 q1, [{p}], #16",
+            "vmax.s32 q2, q2, q0",
+            "vmax.u32 q3, q3, q0",
+            "vmax.s32 q2, q2, q1",
+            "vmax.u32 q3, q3, q1",
             "le lr, 2b",
             "mov.w {b}, #0x80000000",
-            "vmaxv.s32 {b}, q1",
+            "vmaxv.s32 {b}, q2",
             "movs {m}, #0",
-            "vmaxv.u32 {m}, q2",
+            "vmaxv.u32 {m}, q3",
             p = inout(reg) x.as_ptr() => _,
             b = out(reg) best,
-            m = out(reg) bits2,
-            inout("lr") quads => _,
-            out("d0") _, out("d1") _, out("d2") _, out("d3") _, out("d4") _, out("d5") _,
+            m = out(reg) umax,
+            inout("lr") pairs => _,
+            out("d0") _, out("d1") _, out("d2") _, out("d3") _,
+            out("d4") _, out("d5") _, out("d6") _, out("d7") _,
             options(readonly, nostack),
         );
     }
-    if bits2 >= 0xFF00_0000 || best as i32 <= 0 {
+    // A positive infinity or NaN has the largest bits as i32, a negative one as u32.
+    if best as i32 <= 0 || best >= 0x7f80_0000 || umax >= 0xff80_0000 {
         return super::arm_fpu::argmax8(x);
     }
     let (at, lanes): (*const f32, u32);
     // SAFETY: reads whole quads of `x` until one holds `best`, which one of the first
-    // `quads` does (the first pass found it there); only the named registers, lr and q0
+    // 2 · pairs does (the first pass found it there); only the named registers, lr and q0
     // (d0-d1) change; the flags are clobbered.
     unsafe {
         asm!(
