@@ -1,10 +1,12 @@
 //! Device kernel tests for the Cortex-M55: the runtime's kernel suite
 //! (`kernels::suite::run_all`, which here covers the MVE block sums
 //! `arm_mve::Mve`, the MVE matvec of `Isa::Mve`, and through `kernels::scores_f32`,
-//! `mix_f32_head8`, `math::swiglu` and `q8_act::prepare_row` the MVE attention,
-//! SwiGLU and quantizer, with subnormal inputs), then the MVE matvec
-//! against the portable one, bit for bit, on shapes that span several of its
-//! activation chunks (`arm_mve::CHUNK_BLOCKS` blocks), in QEMU mps3-an547.
+//! `mix_f32_head8`, `math::swiglu`, `q8_act::prepare_row`, `math::rope_rotate`,
+//! the sampler's argmax, `q8_0::dequantize_row` and `math`'s RMSNorm parts the MVE
+//! attention, SwiGLU, quantizers, RoPE, argmax, dequantization and FPU loops, with
+//! subnormal inputs), then the MVE matvec (and, row by row, `vec_dot`) against the
+//! portable one, bit for bit, on shapes that span several of its activation chunks
+//! (`arm_mve::CHUNK_BLOCKS` blocks), in QEMU mps3-an547.
 //!
 //! Prints `ok NAME` or `FAIL NAME: ...` per check, then `N passed, M failed`;
 //! the semihosting exit code is 0 only if M = 0. Run:
