@@ -948,7 +948,9 @@ fn mix_exps8(e: &[f32], values: &[f32], sum: &mut f32, acc: &mut [f32; 8]) {
 /// [`exp_shifted_quads`] (`VNEG` only flips the sign bit; a subnormal −v, flushed,
 /// gives e = 1 as the scalar path does), 1 + e too (e is normal, so it is ≥ 1);
 /// the division and both products are scalar FPU instructions on the lanes, since
-/// v and the products may be subnormal.
+/// v and the products may be subnormal. When every |v| of those quads is at most
+/// 87.33 ([`max_abs_bits`] first), the loop runs without its per-step test, which
+/// every step would pass.
 pub fn swiglu4(gate: &mut [f32], up: &[f32]) -> usize {
     let quads = gate.len().min(up.len()) / 4;
     if quads == 0 {
@@ -957,68 +959,83 @@ pub fn swiglu4(gate: &mut [f32], up: &[f32]) -> usize {
     let [_, log2e, ln2_hi, ln2_lo, _, _, _, c4, c5, _, fast_min] = crate::scalar::EXP_CONSTANTS;
     let fast_max = crate::scalar::EXP_FAST_MAX;
     let consts = &EXP_LANES;
+    // With every |v| ≤ 87.33 (so −v in the fast range) the loop needs no test per step:
+    // one integer maximum of the bits over `gate` first (|v| orders like its bits, NaN
+    // above them all), then the loop without it, the same operations on every lane.
+    let all_fast = max_abs_bits(&gate[..4 * quads]) <= (-fast_min).to_bits();
     let start = gate.as_mut_ptr();
     let end: *mut f32;
+    macro_rules! swiglu_loop {
+        ($($check:literal),*) => {
+            asm!(
+                "vldrw.u32 q4, [{k}]",
+                "vldrw.u32 q5, [{k}, #16]",
+                "vldrw.u32 q6, [{k}, #32]",
+                "vldrw.u32 q7, [{k}, #48]",
+                "ldr {k}, [{k}, #64]",
+                "dls lr, lr",
+                "2:",
+                "vldrw.u32 q0, [{g}]",
+                "vneg.f32 q0, q0",
+                $($check,)*
+                mve_exp_q0!(),
+                // 1 + e, then lane by lane on the scalar FPU: 1 / that, · v, · up.
+                "vadd.f32 q2, q2, q6",
+                "vdiv.f32 s8, s24, s8",
+                "vdiv.f32 s9, s24, s9",
+                "vdiv.f32 s10, s24, s10",
+                "vdiv.f32 s11, s24, s11",
+                "vldrw.u32 q0, [{g}]",
+                "vldrw.u32 q1, [{u}], #16",
+                "vmul.f32 s0, s0, s8",
+                "vmul.f32 s1, s1, s9",
+                "vmul.f32 s2, s2, s10",
+                "vmul.f32 s3, s3, s11",
+                "vmul.f32 s0, s0, s4",
+                "vmul.f32 s1, s1, s5",
+                "vmul.f32 s2, s2, s6",
+                "vmul.f32 s3, s3, s7",
+                "vstrw.32 q0, [{g}], #16",
+                "le lr, 2b",
+                "9:",
+                k = inout(reg) consts.as_ptr() => _,
+                g = inout(reg) start => end,
+                u = inout(reg) up.as_ptr() => _,
+                fast_min = in(reg) fast_min.to_bits(),
+                fast_max = in(reg) fast_max.to_bits(),
+                log2e = in(reg) log2e.to_bits(),
+                ln2_hi = in(reg) ln2_hi.to_bits(),
+                ln2_lo = in(reg) ln2_lo.to_bits(),
+                c5 = in(reg) c5.to_bits(),
+                c4 = in(reg) c4.to_bits(),
+                inout("lr") quads => _,
+                out("r0") _,
+                out("d0") _, out("d1") _, out("d2") _, out("d3") _,
+                out("d4") _, out("d5") _, out("d6") _, out("d7") _,
+                out("d8") _, out("d9") _, out("d10") _, out("d11") _,
+                out("d12") _, out("d13") _, out("d14") _, out("d15") _,
+                options(nostack),
+            );
+        };
+    }
     // SAFETY: reads and writes 4 · quads floats of `gate`, reads as many of `up` (both in
     // bounds) and `consts`; only the named registers, lr, r0 and q0-q7 (d0-d15) change;
     // the flags are clobbered.
     unsafe {
-        asm!(
-            "vldrw.u32 q4, [{k}]",
-            "vldrw.u32 q5, [{k}, #16]",
-            "vldrw.u32 q6, [{k}, #32]",
-            "vldrw.u32 q7, [{k}, #48]",
-            "ldr {k}, [{k}, #64]",
-            "dls lr, lr",
-            "2:",
-            "vldrw.u32 q0, [{g}]",
-            "vneg.f32 q0, q0",
-            // Every lane in the fast range (−87.33 ≤ x ≤ 88.37, not NaN), or leave.
-            "vcmp.f32 ge, q0, {fast_min}",
-            "vpst",
-            "vcmpt.f32 le, q0, {fast_max}",
-            "vmrs r0, p0",
-            "mvns r0, r0",
-            "lsls r0, r0, #16",
-            "bne 9f",
-            mve_exp_q0!(),
-            // 1 + e, then lane by lane on the scalar FPU: 1 / that, · v, · up.
-            "vadd.f32 q2, q2, q6",
-            "vdiv.f32 s8, s24, s8",
-            "vdiv.f32 s9, s24, s9",
-            "vdiv.f32 s10, s24, s10",
-            "vdiv.f32 s11, s24, s11",
-            "vldrw.u32 q0, [{g}]",
-            "vldrw.u32 q1, [{u}], #16",
-            "vmul.f32 s0, s0, s8",
-            "vmul.f32 s1, s1, s9",
-            "vmul.f32 s2, s2, s10",
-            "vmul.f32 s3, s3, s11",
-            "vmul.f32 s0, s0, s4",
-            "vmul.f32 s1, s1, s5",
-            "vmul.f32 s2, s2, s6",
-            "vmul.f32 s3, s3, s7",
-            "vstrw.32 q0, [{g}], #16",
-            "le lr, 2b",
-            "9:",
-            k = inout(reg) consts.as_ptr() => _,
-            g = inout(reg) start => end,
-            u = inout(reg) up.as_ptr() => _,
-            fast_min = in(reg) fast_min.to_bits(),
-            fast_max = in(reg) fast_max.to_bits(),
-            log2e = in(reg) log2e.to_bits(),
-            ln2_hi = in(reg) ln2_hi.to_bits(),
-            ln2_lo = in(reg) ln2_lo.to_bits(),
-            c5 = in(reg) c5.to_bits(),
-            c4 = in(reg) c4.to_bits(),
-            inout("lr") quads => _,
-            out("r0") _,
-            out("d0") _, out("d1") _, out("d2") _, out("d3") _,
-            out("d4") _, out("d5") _, out("d6") _, out("d7") _,
-            out("d8") _, out("d9") _, out("d10") _, out("d11") _,
-            out("d12") _, out("d13") _, out("d14") _, out("d15") _,
-            options(nostack),
-        );
+        if all_fast {
+            swiglu_loop!("@ no range test ({fast_min}, {fast_max} unused)");
+        } else {
+            swiglu_loop!(
+                // Every lane in the fast range (−87.33 ≤ x ≤ 88.37, not NaN), or leave.
+                "vcmp.f32 ge, q0, {fast_min}",
+                "vpst",
+                "vcmpt.f32 le, q0, {fast_max}",
+                "vmrs r0, p0",
+                "mvns r0, r0",
+                "lsls r0, r0, #16",
+                "bne 9f"
+            );
+        }
     }
     (end as usize - start as usize) / 4
 }
@@ -1769,4 +1786,36 @@ pub fn dequantize_block_q8(block: &crate::dtype::BlockQ8_0, out: &mut [f32; QK])
         );
     }
     true
+}
+
+/// The largest |v| of `x` as bits (`|v|` orders like its bits; a NaN is above every
+/// number, 0 for an empty `x`): per four values (the last `n % 4` under tail
+/// predication) the bits shifted left by one into a running `VMAX.U32`.
+fn max_abs_bits(x: &[f32]) -> u32 {
+    if x.is_empty() {
+        return 0;
+    }
+    let max2: u32;
+    // SAFETY: reads x.len() floats of `x` (the tail-predicated loop loads exactly that many
+    // lanes); only the named registers, lr and q0-q1 (d0-d3) change.
+    unsafe {
+        asm!(
+            "vmov.i32 q1, #0",
+            "dlstp.32 lr, {n}",
+            "2:",
+            "vldrw.u32 q0, [{p}], #16",
+            "vshl.i32 q0, q0, #1",
+            "vmax.u32 q1, q1, q0",
+            "letp lr, 2b",
+            "movs {m}, #0",
+            "vmaxv.u32 {m}, q1",
+            n = in(reg) x.len(),
+            p = inout(reg) x.as_ptr() => _,
+            m = out(reg) max2,
+            out("lr") _,
+            out("d0") _, out("d1") _, out("d2") _, out("d3") _,
+            options(readonly, nostack),
+        );
+    }
+    max2 >> 1
 }

@@ -561,13 +561,14 @@ pub fn dequantize() -> Result<(), Failure> {
 /// with values at and beyond both ends of exp's fast range, NaN and ±∞.
 pub fn swiglu() -> Result<(), Failure> {
     let (mut gate, mut up) = ([0.0f32; 45], [0.0f32; 45]);
-    for case in 0..8u32 {
+    for case in 0..12u32 {
         values(&mut gate, 9500 + u64::from(case));
         values(&mut up, 9600 + u64::from(case));
-        let n = [45, 8, 3, 44, 40, 17, 44, 45][case as usize];
+        let n = [45, 8, 3, 44, 40, 17, 44, 45, 44, 45, 40, 41][case as usize];
         for (i, g) in gate.iter_mut().enumerate() {
             *g *= 4.0;
-            if (i + case as usize) % 9 == 4 {
+            // (Cases 8 on keep every |v| ≤ 87.33, MVE's loop without a test per step.)
+            if case < 8 && (i + case as usize) % 9 == 4 {
                 // exp(−v) near its fast range's ends: −v from -87.9 to -87.1 and 88.2 to 88.8.
                 let k = (i % 5) as f32 / 5.0;
                 *g = if i % 2 == 0 { 87.1 + 0.8 * k } else { -88.2 - 0.6 * k };
@@ -581,10 +582,22 @@ pub fn swiglu() -> Result<(), Failure> {
             gate.iter_mut().step_by(2).for_each(|g| *g *= 1.0e-39);
             up.iter_mut().skip(1).step_by(3).for_each(|u| *u *= 1.0e-30);
         }
-        if case == 7 {
+        if case == 7 || case == 9 {
             // Small gates times small ups: subnormal results.
             gate.iter_mut().for_each(|g| *g *= 1.0e-20);
             up.iter_mut().for_each(|u| *u *= 1.0e-19);
+        }
+        if case == 9 {
+            // Subnormal gates, and an up of ±∞.
+            (gate[2], gate[9], up[4], up[5]) = (f32::from_bits(5), -f32::from_bits(0x0040_0000), f32::INFINITY, -1e-45);
+        }
+        if case == 10 {
+            // At the bound: ±87.33 (no test per step), and extremes of exp(−v) there.
+            (gate[0], gate[7], gate[38]) = (87.33, -87.33, -87.32);
+        }
+        if case == 11 {
+            // Just past the bound (the loop with its test): 87.33's successor, −88.
+            (gate[3], gate[20]) = (f32::from_bits(87.33f32.to_bits() + 1), -88.0);
         }
         let mut expected = gate;
         for (g, &u) in expected[..n].iter_mut().zip(&up) {
