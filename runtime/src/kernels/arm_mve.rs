@@ -949,7 +949,7 @@ fn mix_exps8(e: &[f32], values: &[f32], sum: &mut f32, acc: &mut [f32; 8]) {
 /// gives e = 1 as the scalar path does), 1 + e too (e is normal, so it is ≥ 1);
 /// the division and both products are scalar FPU instructions on the lanes, since
 /// v and the products may be subnormal. When every |v| of those quads is at most
-/// 87.33 ([`max_abs_bits`] first), the loop runs without its per-step test, which
+/// 87.33 (`max_abs_bits` first), the loop runs without its per-step test, which
 /// every step would pass.
 pub fn swiglu4(gate: &mut [f32], up: &[f32]) -> usize {
     let quads = gate.len().min(up.len()) / 4;
@@ -1097,7 +1097,7 @@ fn block_scale(x: &[f32; 32]) -> Option<(f32, f32)> {
 /// `q8_act::prepare_block(quantize_block(x))` for 32 values in MVE lanes, when max |x|
 /// is finite and `d = max|x| / 127` is 0 or at least 2^-125 (returns `false`,
 /// writing nothing, otherwise: the caller takes the FPU or portable path). The
-/// maximum and the scale are [`block_scale`]'s, then per four values: `VMUL.F32` by 1/d, `VCVTA.S32.F32` (round to nearest, ties away
+/// maximum and the scale are `block_scale`'s, then per four values: `VMUL.F32` by 1/d, `VCVTA.S32.F32` (round to nearest, ties away
 /// from zero: `round_half_away` of the product, as `quantize_block`; |x/d| ≤ 127 plus
 /// a rounding, far inside i32), `VADDVA.S32` into the quant sum, and a scatter
 /// `VSTRH.32` into pair order; both loops unrolled. MVE's flush to zero changes
@@ -1591,10 +1591,10 @@ unsafe fn norm8_raw(out: *mut f32, x: *const f32, w: *const f32, groups: usize, 
 }
 
 /// q8_0-quantizes `x` into narrowed blocks at the start of `out` for the MVE matvec
-/// ([`matvec_narrowed`]), for `out.len() / q8_act::BLOCK_WORDS` blocks (the scratch of
+/// (`matvec_narrowed`), for `out.len() / q8_act::BLOCK_WORDS` blocks (the scratch of
 /// a quantized matvec: [`q8_act::words`]`(cols)`): per block the f16 scale widened to
-/// f32, then the 32 quants as i8 in element order ([`NARROW_BYTES`] bytes, where
-/// [`matvec`] narrows prepared blocks to), blocks past the end of `x` zero and a
+/// f32, then the 32 quants as i8 in element order (`NARROW_BYTES` bytes, where
+/// `matvec` narrows prepared blocks to), blocks past the end of `x` zero and a
 /// partial last one zero-padded, as the weights are. Each block is
 /// `q8_0::quantize_block`'s: [`prepare_block_narrow`] where its guard holds, else the
 /// portable quantizer.
