@@ -8,28 +8,46 @@ pub use crate::scalar::{exp, exp_at_most_zero, exp_branch_free, max_abs, round_h
 /// `out (n) = weight (n) * x (n) / sqrt(mean(x²) + eps)`; an empty `weight` is all
 /// ones (a norm folded into the next matmuls, [`DType::Ones`](crate::format::DType::Ones)).
 pub fn rmsnorm(out: &mut [f32], x: &[f32], weight: &[f32], eps: f32) {
-    let scale = rms_scale(x, eps);
+    rmsnorm_from(out, x, weight, sum_squares(x), eps);
+}
+
+/// [`rmsnorm`] of `x` given `ss` = [`sum_squares`]`(x)` (what [`add_in_place_squares`]
+/// returns), so a residual add and the norm after it read `x` once.
+pub fn rmsnorm_from(out: &mut [f32], x: &[f32], weight: &[f32], ss: f32, eps: f32) {
+    let scale = rms_scale(ss, x.len(), eps);
     if weight.is_empty() {
         // A folded norm (dtype ones): 1 · (scale · v), the same bits as a stored 1.0.
         for_each8(out, x, x, |_, v| scale * v);
         return;
     }
+    // Hard-float Cortex-M55: whole groups of eight in an FPU loop (the same bits).
+    let done = crate::kernels::norm8(out, x, weight, scale);
+    let (Some(out), Some(weight), Some(x)) = (out.get_mut(done..), weight.get(done..), x.get(done..)) else { return };
     for_each8(out, weight, x, |w, v| w * (scale * v));
 }
 
 /// In-place RMSNorm (`x` is both input and output).
 pub fn rmsnorm_in_place(x: &mut [f32], weight: &[f32], eps: f32) {
-    let scale = rms_scale(x, eps);
+    rmsnorm_in_place_from(x, weight, sum_squares(x), eps);
+}
+
+/// [`rmsnorm_in_place`] given `ss` = [`sum_squares`]`(x)`.
+pub fn rmsnorm_in_place_from(x: &mut [f32], weight: &[f32], ss: f32, eps: f32) {
+    let scale = rms_scale(ss, x.len(), eps);
+    // Hard-float Cortex-M55: whole groups of eight in an FPU loop (the same bits).
+    let done = crate::kernels::norm8_in_place(x, weight, scale);
+    let (Some(x), Some(weight)) = (x.get_mut(done..), weight.get(done..)) else { return };
     for (v, &w) in x.iter_mut().zip(weight) {
         *v = w * (scale * *v);
     }
 }
 
-/// `1 / sqrt(mean(x²) + eps)`, the squares summed left to right (eight values a
-/// step, so each group comes in with one multi-register load).
-#[inline(always)]
-fn rms_scale(x: &[f32], eps: f32) -> f32 {
-    let mut ss = 0.0f32;
+/// `Σ x_i²`, left to right (eight values a step, so each group comes in with one
+/// multi-register load; on Cortex-M55 an FPU loop of VMLA, which rounds the
+/// product before adding: the same bits).
+pub fn sum_squares(x: &[f32]) -> f32 {
+    let (done, mut ss) = crate::kernels::squares8(x);
+    let x = x.get(done..).unwrap_or(&[]);
     let groups = x.chunks_exact(8);
     let rest = groups.remainder();
     for g in groups {
@@ -41,7 +59,14 @@ fn rms_scale(x: &[f32], eps: f32) -> f32 {
     for &v in rest {
         ss += v * v;
     }
-    ss /= x.len() as f32;
+    ss
+}
+
+/// `1 / sqrt(ss / n + eps)`, RMSNorm's scale from `ss` = Σ x² over n values.
+#[inline(always)]
+fn rms_scale(ss: f32, n: usize, eps: f32) -> f32 {
+    let mut ss = ss;
+    ss /= n as f32;
     ss += eps;
     1.0 / crate::kernels::sqrt(ss)
 }
@@ -86,6 +111,33 @@ pub fn add_in_place(x: &mut [f32], d: &[f32]) {
     }
 }
 
+/// [`add_in_place`], returning [`sum_squares`] of the updated `x` (its first
+/// `min(x.len(), d.len())` values): the residual add and the sum of squares of the
+/// RMSNorm after it in one pass (on Cortex-M55 an FPU loop, VADD then VMLA per value).
+pub fn add_in_place_squares(x: &mut [f32], d: &[f32]) -> f32 {
+    let n = x.len().min(d.len());
+    let (x, d) = (&mut x[..n], &d[..n]);
+    let (done, mut ss) = crate::kernels::add_squares8(x, d);
+    let (x, d) = (&mut x[done..], &d[done..]);
+    let split = x.len() / 8 * 8;
+    let (x8, x_rest) = x.split_at_mut(split);
+    for (x, d) in x8.chunks_exact_mut(8).zip(d.chunks_exact(8)) {
+        let (x, d): (&mut [f32; 8], &[f32; 8]) = match (x.try_into(), d.try_into()) {
+            (Ok(x), Ok(d)) => (x, d),
+            _ => return ss,
+        };
+        for i in 0..8 {
+            x[i] += d[i];
+            ss += x[i] * x[i];
+        }
+    }
+    for (x, &d) in x_rest.iter_mut().zip(&d[split..]) {
+        *x += d;
+        ss += *x * *x;
+    }
+    ss
+}
+
 /// Numerically stable softmax in place: subtract the max, exponentiate, normalize.
 pub fn softmax(x: &mut [f32]) {
     let Some(&first) = x.first() else { return };
@@ -111,6 +163,26 @@ pub fn rope(vec: &mut [f32], pos: usize, head_size: usize, theta: f32) {
             let (v0, v1) = (v[0], v[1]);
             v[0] = v0 * fcr - v1 * fci;
             v[1] = v0 * fci + v1 * fcr;
+        }
+    }
+}
+
+/// Applies RoPE to `q` and `k` (whole heads of `rotation.len()` values) with
+/// `rotation`, (cos, sin) per pair of a head, as [`rope`] does for each pair:
+/// `v0' = v0·cos − v1·sin`, `v1' = v0·sin + v1·cos`. On MVE four pairs a step in
+/// vector lanes where that keeps these bits (`kernels::rope_qk`).
+pub fn rope_rotate(q: &mut [f32], k: &mut [f32], rotation: &[f32]) {
+    let done = crate::kernels::rope_qk(q, k, rotation);
+    for (vec, done) in [q, k].into_iter().zip(done) {
+        if done {
+            continue;
+        }
+        for head in vec.chunks_exact_mut(rotation.len().max(2)) {
+            for (v, cs) in head.chunks_exact_mut(2).zip(rotation.chunks_exact(2)) {
+                let (v0, v1, fcr, fci) = (v[0], v[1], cs[0], cs[1]);
+                v[0] = v0 * fcr - v1 * fci;
+                v[1] = v0 * fci + v1 * fcr;
+            }
         }
     }
 }

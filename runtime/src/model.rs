@@ -32,6 +32,9 @@ pub struct Model<'a> {
     config: Config,
     dtypes: KindDtypes,
     layout: Layout,
+    /// Per tensor kind (by `TensorKind::index`): its shape, dtype and byte length, so
+    /// `matrix` looks them up instead of deriving them on every call.
+    views: [KindView; 12],
     tokenizer: Tokenizer<'a>,
     /// The format the file was converted from (`llama2.c`, `gguf`, `huggingface`; "" in version 1 files).
     source: &'a str,
@@ -40,6 +43,15 @@ pub struct Model<'a> {
     /// Byte length of the tokenizer section.
     tokenizer_len: usize,
     crc: u32,
+}
+
+/// The shape, dtype and byte length of every tensor of one kind.
+#[derive(Clone, Copy, Debug)]
+struct KindView {
+    dtype: DType,
+    rows: usize,
+    cols: usize,
+    len: usize,
 }
 
 impl<'a> Model<'a> {
@@ -142,6 +154,16 @@ impl<'a> Model<'a> {
             return Err(FormatError::TensorOutOfBounds { index: expected as u32 - 1 });
         }
 
+        let mut views = [KindView { dtype: DType::F32, rows: 0, cols: 0, len: 0 }; 12];
+        for kind in TensorKind::ALL {
+            let (rows, cols) = config.shape(kind);
+            let dtype = dtypes[kind.index()];
+            // Every kind in the file was laid out without overflow; a kind the file lacks
+            // (a shared classifier) gets a length no slice has.
+            let len = dtype.row_bytes(cols).and_then(|rb| rb.checked_mul(rows)).unwrap_or(usize::MAX);
+            views[kind.index()] = KindView { dtype, rows, cols, len };
+        }
+
         Ok(Model {
             bytes,
             name: header.name,
@@ -149,6 +171,7 @@ impl<'a> Model<'a> {
             config,
             dtypes,
             layout,
+            views,
             tokenizer,
             table,
             tokenizer_len: tok_end - tok_start,
@@ -263,12 +286,10 @@ impl<'a> Model<'a> {
     pub fn matrix(&self, kind: TensorKind, layer: usize) -> Result<Matrix<'a>, SessionError> {
         let kind =
             if kind == TensorKind::Classifier && self.config.shared_classifier { TensorKind::Embedding } else { kind };
-        let (rows, cols) = self.config.shape(kind);
-        let dtype = self.dtypes[kind.index()];
-        let len = dtype.row_bytes(cols).and_then(|rb| rb.checked_mul(rows)).ok_or(SessionError::Internal)?;
+        let view = self.views.get(kind.index()).ok_or(SessionError::Internal)?;
         let start = self.layout.offset(kind, layer).ok_or(SessionError::Internal)?;
-        let data = start.checked_add(len).and_then(|end| self.bytes.get(start..end)).ok_or(SessionError::Internal)?;
-        Ok(Matrix { dtype, rows, cols, data })
+        let data = self.bytes.get(start..).and_then(|b| b.get(..view.len)).ok_or(SessionError::Internal)?;
+        Ok(Matrix { dtype: view.dtype, rows: view.rows, cols: view.cols, data })
     }
 
     /// An f32 norm weight vector (dim) viewed in place.

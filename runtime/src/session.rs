@@ -250,9 +250,11 @@ impl<'a> Session<'a> {
             (cs[0], cs[1]) = math::rope_rotation(pair * 2, pos, dims.head_size, cfg.rope_theta);
         }
 
+        // Σ x² of the residual stream, for the next RMSNorm (after each block, from its add).
+        let mut ss = math::sum_squares(self.x);
         for layer in 0..cfg.n_layers {
             // Attention block: xb = rmsnorm(x); q, k, v projections; k and v go into the cache.
-            math::rmsnorm(self.xb, self.x, m.norm(TensorKind::AttnNorm, layer)?, cfg.norm_eps);
+            math::rmsnorm_from(self.xb, self.x, m.norm(TensorKind::AttnNorm, layer)?, ss, cfg.norm_eps);
             observe(TensorKind::Wq, layer, self.xb);
             let (wq, wk, wv) =
                 (m.matrix(TensorKind::Wq, layer)?, m.matrix(TensorKind::Wk, layer)?, m.matrix(TensorKind::Wv, layer)?);
@@ -263,7 +265,8 @@ impl<'a> Session<'a> {
                 self.xb2.copy_from_slice(self.q);
                 math::rope(self.xb2, slots.sink_pos, dims.head_size, cfg.rope_theta);
             }
-            rope_qk(self.q, self.k, self.rope);
+            // q (dim) and k (kv_dim) rotated by the position's (cos, sin) per pair (head_size).
+            math::rope_rotate(self.q, self.k, self.rope);
             self.key_cache.write(dims, layer, slots.write, self.k)?;
             self.value_cache.write(dims, layer, slots.write, self.v)?;
             let queries = Queries { q: self.q, sink_q: self.xb2, sinks: slots.sinks };
@@ -279,20 +282,20 @@ impl<'a> Session<'a> {
             );
             observe(TensorKind::Wo, layer, self.xb);
             m.matrix(TensorKind::Wo, layer)?.matvec(self.xb, self.xb2, self.xq)?;
-            math::add_in_place(self.x, self.xb2);
+            ss = math::add_in_place_squares(self.x, self.xb2);
 
             // FFN block: x += w2 · (silu(w1 · xb) * (w3 · xb)), xb = rmsnorm(x).
-            math::rmsnorm(self.xb, self.x, m.norm(TensorKind::FfnNorm, layer)?, cfg.norm_eps);
+            math::rmsnorm_from(self.xb, self.x, m.norm(TensorKind::FfnNorm, layer)?, ss, cfg.norm_eps);
             observe(TensorKind::W1, layer, self.xb);
             let (w1, w3) = (m.matrix(TensorKind::W1, layer)?, m.matrix(TensorKind::W3, layer)?);
             Matrix::matvecs([(w1, &mut *self.hb), (w3, &mut *self.hb2)], self.xb, self.xq)?;
             math::swiglu(self.hb, self.hb2);
             observe(TensorKind::W2, layer, self.hb);
             m.matrix(TensorKind::W2, layer)?.matvec(self.hb, self.xb, self.xq)?;
-            math::add_in_place(self.x, self.xb);
+            ss = math::add_in_place_squares(self.x, self.xb);
         }
 
-        math::rmsnorm_in_place(self.x, m.norm(TensorKind::FinalNorm, 0)?, cfg.norm_eps);
+        math::rmsnorm_in_place_from(self.x, m.norm(TensorKind::FinalNorm, 0)?, ss, cfg.norm_eps);
         observe(TensorKind::Classifier, 0, self.x);
         m.matrix(TensorKind::Classifier, 0)?.matvec(self.x, self.logits, self.xq)?;
         Ok(&mut *self.logits)
@@ -340,17 +343,5 @@ fn attention(
             keys.scores(dims, layer, kv_head, &queries.q[head.clone()], sinks, sqrt_head, ring_att, &mut floor);
         let max = if ring_max > sink_max { ring_max } else { sink_max };
         values.mix(dims, layer, kv_head, att, max, floor, &mut out[head]);
-    }
-}
-
-/// Applies RoPE to q (dim) and k (kv_dim) with `rotation` (head_size: cos, sin per pair).
-fn rope_qk(q: &mut [f32], k: &mut [f32], rotation: &[f32]) {
-    let head_size = rotation.len();
-    for head in q.chunks_exact_mut(head_size).chain(k.chunks_exact_mut(head_size)) {
-        for (v, cs) in head.chunks_exact_mut(2).zip(rotation.chunks_exact(2)) {
-            let (v0, v1, fcr, fci) = (v[0], v[1], cs[0], cs[1]);
-            v[0] = v0 * fcr - v1 * fci;
-            v[1] = v0 * fci + v1 * fcr;
-        }
     }
 }

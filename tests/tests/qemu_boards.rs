@@ -527,9 +527,11 @@ fn riscv32_virt_corrupt_model_is_an_error_exit() {
 /// was added, 611,005 with the MVE matvec, 471,935 with the head-major FPU
 /// attention loops, the FPU activation quantizer and a smaller narrowing
 /// buffer, 307,172 with the f32 part of the four-row q8_0 loop, the attention
-/// scores, the exponentials, SwiGLU and the activation quantizer in MVE lanes
+/// scores, the exponentials, SwiGLU and the activation quantizer in MVE lanes,
+/// 267,537 with the matvec's input quantized straight to i8 blocks, RoPE, the
+/// argmax and the dequantization in lanes and RMSNorm in FPU loops
 /// (docs/BOARDS.md); the budget sits about 3 % above it.
-const AN547_GREEDY_BUDGET: u64 = 318_000;
+const AN547_GREEDY_BUDGET: u64 = 276_000;
 
 /// The attention cost of one more cache position on mps3-an547 (1,068 measured:
 /// 40 heads of 8, scores and exponentials four slots per MVE step), held with

@@ -35,6 +35,7 @@
 #![allow(unsafe_code)]
 
 use core::arch::asm;
+use core::mem::MaybeUninit;
 
 use super::{q4_0, q8_0, q8_act, BlockSums, QK};
 use crate::dtype::DType;
@@ -132,14 +133,21 @@ impl BlockSums for Mve {
 
 /// Narrows `blocks` prepared activation blocks (`xq`, [`q8_act::BLOCK_WORDS`] words each)
 /// into `out`: per block its f32 scale, then its 32 quants as i8 in element order.
-fn narrow(xq: &[u32], out: &mut [u32], blocks: usize) {
-    let out: &mut [u8] = bytemuck::cast_slice_mut(out);
-    let blocks = blocks.min(out.len() / NARROW_BYTES).min(xq.len() / q8_act::BLOCK_WORDS);
-    for (src, dst) in xq.chunks_exact(q8_act::BLOCK_WORDS).zip(out.chunks_exact_mut(NARROW_BYTES)).take(blocks) {
-        dst[..4].copy_from_slice(&src[0].to_le_bytes());
+/// Returns how many blocks it wrote (at most `blocks`, as many as `xq` and `out` hold);
+/// `out` may start uninitialized: every byte of those blocks is written.
+fn narrow(xq: &[u32], out: &mut [MaybeUninit<u32>], blocks: usize) -> usize {
+    let blocks = blocks.min(out.len() * 4 / NARROW_BYTES).min(xq.len() / q8_act::BLOCK_WORDS);
+    let dst = out.as_mut_ptr().cast::<u8>();
+    for (b, src) in xq.chunks_exact(q8_act::BLOCK_WORDS).take(blocks).enumerate() {
+        // SAFETY: block b's 36 bytes (b < blocks ≤ out.len() · 4 / 36) lie inside `out`, at a
+        // multiple of 4 bytes from its (word-aligned) start: the scale is an aligned word write.
+        let dst = unsafe { dst.add(b * NARROW_BYTES) };
+        // SAFETY: as above.
+        unsafe { dst.cast::<u32>().write(src[0]) };
         // SAFETY: reads the 16 pair words of `src` (64 bytes: words 2..18 of the block) and
-        // PAIR_OFFSETS; writes the 32 quant bytes of `dst` (bytes 4..36; each scatter writes
-        // the low bytes of 8 halfwords at offsets 0..8 from its base). Only q0, q1 (d0-d3) change.
+        // PAIR_OFFSETS; writes the 32 quant bytes of the block (bytes 4..36 after `dst`; each
+        // scatter writes the low bytes of 8 halfwords at offsets 0..8 from its base). Only
+        // q0, q1 (d0-d3) change.
         unsafe {
             asm!(
                 "vldrh.u16 q1, [{off}]",
@@ -156,12 +164,13 @@ fn narrow(xq: &[u32], out: &mut [u32], blocks: usize) {
                 "vstrb.16 q0, [{dst}, q1]",
                 off = in(reg) PAIR_OFFSETS.as_ptr(),
                 src = inout(reg) src[2..].as_ptr() => _,
-                dst = inout(reg) dst[4..].as_mut_ptr() => _,
+                dst = inout(reg) dst.add(4) => _,
                 out("d0") _, out("d1") _, out("d2") _, out("d3") _,
                 options(nostack),
             );
         }
     }
+    blocks
 }
 
 /// `acc + Σ_b (sumi_b as f32) · (f32(w_b.d) · x_b.d)` over `blocks` q8_0 blocks at `w`
@@ -373,7 +382,8 @@ macro_rules! q8_block4 {
 /// [`row_q8`] for `quads` groups of four rows at once (group g's rows start at
 /// `w + (4g + k)·row_bytes`, k < 4), sharing the activation loads, with the f32
 /// part in one MVE lane per row: each row its own sequential sum in block order,
-/// carried in `acc` (4 · quads floats, row order). The loop over the groups is in
+/// carried in `acc` (4 · quads floats, row order), from the values there or (`ZERO`)
+/// from 0.0. The loop over the groups is in
 /// the asm too (the rows of small models are a few blocks long, so per-group glue counts).
 ///
 /// The MVE float instructions (`VMUL.F32`, `VCVT.F32.S32`, `VADD.F32`) run under the
@@ -396,11 +406,19 @@ macro_rules! q8_block4 {
 /// (4-byte aligned) for `blocks × 36`, `acc` writable for 4 · quads floats (4-byte
 /// aligned), `blocks ≥ 1`, `quads ≥ 1`.
 #[inline(always)]
-unsafe fn rows4_q8(w: *const u8, row_bytes: usize, x: *const u8, blocks: usize, acc: *mut f32, quads: usize) {
-    // The next group's rows start 4·row_bytes after this group's; the pointers have
-    // moved blocks·34 bytes along their rows by then.
-    // Where the four rows' scales are from row a's pointer (its block's quants): −2,
-    // row_bytes − 2, ... (wrapping: the gather adds the offsets modulo 2^32).
+unsafe fn rows4_q8<const ZERO: bool>(
+    w: *const u8,
+    row_bytes: usize,
+    x: *const u8,
+    blocks: usize,
+    acc: *mut f32,
+    quads: usize,
+) {
+    // The activations, the blocks, how far the next group's rows start from where this
+    // group's pointers end (4·row_bytes after this group's start; the pointers have moved
+    // blocks·34 bytes along their rows by then), the end of `acc`, then where the four
+    // rows' scales are from row a's pointer (its block's quants): −2, row_bytes − 2, ...
+    // (wrapping: the gather adds the offsets modulo 2^32).
     let scale = |k: usize| ((k * row_bytes) as u32).wrapping_sub(2);
     let params: [u32; 8] = [
         x as u32,
@@ -419,42 +437,52 @@ unsafe fn rows4_q8(w: *const u8, row_bytes: usize, x: *const u8, blocks: usize, 
         // Each row's pointer starts at its first block's quants (the f16 scale is at −2).
         let wa = w.add(2);
         let (wb, wc, wd) = (wa.add(row_bytes), wa.add(2 * row_bytes), wa.add(3 * row_bytes));
-        asm!(
-            "vldrw.u32 q7, [{p}, #16]",
-            "3:",
-            "vldrw.u32 q6, [{acc}]",
-            "ldr lr, [{p}, #4]",
-            "dls lr, lr",
-            "2:",
-            q8_block4!(),
-            "le lr, 2b",
-            "vstrw.32 q6, [{acc}], #16",
-            // The next group of four rows, if any: its pointers, the activations again.
-            "ldr {xd}, [{p}, #8]",
-            "add {wa}, {xd}",
-            "add {wb}, {xd}",
-            "add {wc}, {xd}",
-            "add {wd}, {xd}",
-            "ldr {x}, [{p}]",
-            "ldr {xd}, [{p}, #12]",
-            "cmp {acc}, {xd}",
-            "bne 3b",
-            p = in(reg) params.as_ptr(),
-            acc = inout(reg) acc => _,
-            wa = inout(reg) wa => _,
-            wb = inout(reg) wb => _,
-            wc = inout(reg) wc => _,
-            wd = inout(reg) wd => _,
-            x = inout(reg) x => _,
-            xd = out(reg) _,
-            out("lr") _,
-            out("r0") _, out("r2") _,
-            out("d0") _, out("d1") _, out("d2") _, out("d3") _,
-            out("d4") _, out("d5") _, out("d6") _, out("d7") _,
-            out("d8") _, out("d9") _, out("d10") _, out("d11") _, out("d12") _, out("d13") _,
-            out("d14") _, out("d15") _,
-            options(nostack),
-        );
+        // The group's running sums start from `acc` or (ZERO) from 0.0.
+        macro_rules! rows4 {
+            ($init:literal) => {
+                asm!(
+                    "vldrw.u32 q7, [{p}, #16]",
+                    "3:",
+                    $init,
+                    "ldr lr, [{p}, #4]",
+                    "dls lr, lr",
+                    "2:",
+                    q8_block4!(),
+                    "le lr, 2b",
+                    "vstrw.32 q6, [{acc}], #16",
+                    // The next group of four rows, if any: its pointers, the activations again.
+                    "ldr {xd}, [{p}, #8]",
+                    "add {wa}, {xd}",
+                    "add {wb}, {xd}",
+                    "add {wc}, {xd}",
+                    "add {wd}, {xd}",
+                    "ldr {x}, [{p}]",
+                    "ldr {xd}, [{p}, #12]",
+                    "cmp {acc}, {xd}",
+                    "bne 3b",
+                    p = in(reg) params.as_ptr(),
+                    acc = inout(reg) acc => _,
+                    wa = inout(reg) wa => _,
+                    wb = inout(reg) wb => _,
+                    wc = inout(reg) wc => _,
+                    wd = inout(reg) wd => _,
+                    x = inout(reg) x => _,
+                    xd = out(reg) _,
+                    out("lr") _,
+                    out("r0") _, out("r2") _,
+                    out("d0") _, out("d1") _, out("d2") _, out("d3") _,
+                    out("d4") _, out("d5") _, out("d6") _, out("d7") _,
+                    out("d8") _, out("d9") _, out("d10") _, out("d11") _, out("d12") _, out("d13") _,
+                    out("d14") _, out("d15") _,
+                    options(nostack),
+                );
+            };
+        }
+        if ZERO {
+            rows4!("vmov.i32 q6, #0");
+        } else {
+            rows4!("vldrw.u32 q6, [{acc}]");
+        }
     }
 }
 
@@ -465,7 +493,7 @@ unsafe fn rows4_q8(w: *const u8, row_bytes: usize, x: *const u8, blocks: usize, 
 /// # Safety
 /// As [`rows4_q8`] with `blocks` = 2.
 #[inline(always)]
-unsafe fn rows4_q8_2(w: *const u8, row_bytes: usize, x: *const u8, acc: *mut f32, quads: usize) {
+unsafe fn rows4_q8_2<const ZERO: bool>(w: *const u8, row_bytes: usize, x: *const u8, acc: *mut f32, quads: usize) {
     // The scales' offsets from row a's pointer (as in `rows4_q8`), then how far the next
     // group's rows start from where this group's pointers end (two blocks along).
     let params: [u32; 5] = [
@@ -480,37 +508,47 @@ unsafe fn rows4_q8_2(w: *const u8, row_bytes: usize, x: *const u8, acc: *mut f32
     unsafe {
         let wa = w.add(2);
         let (wb, wc, wd) = (wa.add(row_bytes), wa.add(2 * row_bytes), wa.add(3 * row_bytes));
-        asm!(
-            "vldrw.u32 q7, [{step}]",
-            "ldr {step}, [{step}, #16]",
-            "dls lr, lr",
-            "2:",
-            "vldrw.u32 q6, [{acc}]",
-            q8_block4!(),
-            q8_block4!(),
-            "vstrw.32 q6, [{acc}], #16",
-            "sub {x}, #72",
-            "add {wa}, {step}",
-            "add {wb}, {step}",
-            "add {wc}, {step}",
-            "add {wd}, {step}",
-            "le lr, 2b",
-            step = inout(reg) params.as_ptr() => _,
-            acc = inout(reg) acc => _,
-            wa = inout(reg) wa => _,
-            wb = inout(reg) wb => _,
-            wc = inout(reg) wc => _,
-            wd = inout(reg) wd => _,
-            x = inout(reg) x => _,
-            xd = out(reg) _,
-            inout("lr") quads => _,
-            out("r0") _, out("r2") _,
-            out("d0") _, out("d1") _, out("d2") _, out("d3") _,
-            out("d4") _, out("d5") _, out("d6") _, out("d7") _,
-            out("d8") _, out("d9") _, out("d10") _, out("d11") _, out("d12") _, out("d13") _,
-            out("d14") _, out("d15") _,
-            options(nostack),
-        );
+        // The group's running sums start from `acc` or (ZERO) from 0.0.
+        macro_rules! rows4_2 {
+            ($init:literal) => {
+                asm!(
+                    "vldrw.u32 q7, [{step}]",
+                    "ldr {step}, [{step}, #16]",
+                    "dls lr, lr",
+                    "2:",
+                    $init,
+                    q8_block4!(),
+                    q8_block4!(),
+                    "vstrw.32 q6, [{acc}], #16",
+                    "sub {x}, #72",
+                    "add {wa}, {step}",
+                    "add {wb}, {step}",
+                    "add {wc}, {step}",
+                    "add {wd}, {step}",
+                    "le lr, 2b",
+                    step = inout(reg) params.as_ptr() => _,
+                    acc = inout(reg) acc => _,
+                    wa = inout(reg) wa => _,
+                    wb = inout(reg) wb => _,
+                    wc = inout(reg) wc => _,
+                    wd = inout(reg) wd => _,
+                    x = inout(reg) x => _,
+                    xd = out(reg) _,
+                    inout("lr") quads => _,
+                    out("r0") _, out("r2") _,
+                    out("d0") _, out("d1") _, out("d2") _, out("d3") _,
+                    out("d4") _, out("d5") _, out("d6") _, out("d7") _,
+                    out("d8") _, out("d9") _, out("d10") _, out("d11") _, out("d12") _, out("d13") _,
+                    out("d14") _, out("d15") _,
+                    options(nostack),
+                );
+            };
+        }
+        if ZERO {
+            rows4_2!("vmov.i32 q6, #0");
+        } else {
+            rows4_2!("vldrw.u32 q6, [{acc}]");
+        }
     }
 }
 
@@ -594,7 +632,7 @@ pub(crate) fn matvec(dtype: DType, w: &[u8], row_bytes: usize, xq: &[u32], out: 
     }
     let rows = out.len().min(w.len() / row_bytes);
     let out = &mut out[..rows];
-    out.fill(0.0);
+    fill_zero(out);
     // Blocks per row: the whole blocks of a row that have activations.
     let blocks = (row_bytes / block_bytes).min(xq.len() / q8_act::BLOCK_WORDS);
     // Short rows narrow into a smaller buffer: it is zeroed on every call.
@@ -619,61 +657,87 @@ fn matvec_chunks<const WORDS: usize>(
     blocks: usize,
 ) {
     let block_bytes = if dtype == DType::Q4_0 { q4_0::BLOCK_BYTES } else { q8_0::BLOCK_BYTES };
-    let rows = out.len();
     let chunk = WORDS * 4 / NARROW_BYTES;
-    // Words, so each block's f32 scale is aligned for VLDR.
-    let mut narrowed = [0u32; WORDS];
-    let x = narrowed.as_ptr().cast::<u8>();
+    // Words, so each block's f32 scale is aligned for VLDR; not zeroed (that cost more
+    // than the narrowing), the rows read only the blocks `narrow` wrote.
+    let mut narrowed = [MaybeUninit::<u32>::uninit(); WORDS];
     let mut first = 0;
     while first < blocks {
-        let n = (blocks - first).min(chunk);
-        narrow(&xq[first * q8_act::BLOCK_WORDS..], &mut narrowed, n);
+        let n = narrow(&xq[first * q8_act::BLOCK_WORDS..], &mut narrowed, (blocks - first).min(chunk));
+        if n == 0 {
+            break;
+        }
         // The chunk's blocks of row r: bytes r·row_bytes + first·block_bytes, n·block_bytes of
         // them, inside `w` (rows·row_bytes ≤ w.len(), (first + n)·block_bytes ≤ row_bytes).
-        let start = w[first * block_bytes..].as_ptr();
-        let mut done = 0;
-        let quads = rows / 4;
-        if dtype == DType::Q8_0 && quads > 0 {
-            // SAFETY: rows 0..4·quads exist, so their n blocks are inside `w` (above); `out`
-            // holds rows ≥ 4·quads floats; `narrowed` holds n ≤ chunk blocks; n ≥ 1 here.
-            unsafe {
-                if n == 2 {
-                    rows4_q8_2(start, row_bytes, x, out.as_mut_ptr(), quads);
-                } else {
-                    rows4_q8(start, row_bytes, x, n, out.as_mut_ptr(), quads);
-                }
-            };
-            done = 4 * quads;
-        }
-        let mut pairs = out[done..].chunks_exact_mut(2);
-        for (p, pair) in (&mut pairs).enumerate() {
-            // SAFETY: rows done + 2p and done + 2p + 1 exist, so both pointers and the
-            // n blocks after them are inside `w` (above); `narrowed` holds n ≤ chunk
-            // blocks; n ≥ 1 inside this loop.
-            let (a, b) = unsafe {
-                let wa = start.add((done + 2 * p) * row_bytes);
-                let wb = wa.add(row_bytes);
-                if dtype == DType::Q4_0 {
-                    rows2_q4(wa, wb, x, n, (pair[0], pair[1]))
-                } else {
-                    rows2_q8(wa, wb, x, n, (pair[0], pair[1]))
-                }
-            };
-            pair[0] = a;
-            pair[1] = b;
-        }
-        if let [o] = pairs.into_remainder() {
-            // SAFETY: the last row (rows − 1) and its n blocks are inside `w`, as above.
-            *o = unsafe {
-                let wr = start.add((rows - 1) * row_bytes);
-                if dtype == DType::Q4_0 {
-                    row_q4(wr, x, n, *o)
-                } else {
-                    row_q8(wr, x, n, *o)
-                }
-            };
-        }
+        // SAFETY: as just said; `narrowed` holds the n ≥ 1 blocks `narrow` wrote.
+        unsafe {
+            row_sums::<false>(dtype, w[first * block_bytes..].as_ptr(), row_bytes, narrowed.as_ptr().cast(), n, out)
+        };
         first += n;
+    }
+}
+
+/// Adds each row's sum over `blocks` blocks to `out` (one float per row, in row order;
+/// with `ZERO` each row's sum starts from 0.0 instead, whatever `out` holds):
+/// q8_0 rows four at a time ([`rows4_q8`]), then (and q4_0 rows) two at a time, the last
+/// odd one alone. Row r's blocks start at `start + r·row_bytes`.
+///
+/// # Safety
+/// For every row r < out.len(), `start + r·row_bytes` must be readable for `blocks` blocks
+/// of `dtype` (q8_0 or q4_0); `x` (4-byte aligned) for `blocks` narrowed blocks;
+/// `blocks ≥ 1`.
+#[inline(always)]
+unsafe fn row_sums<const ZERO: bool>(
+    dtype: DType,
+    start: *const u8,
+    row_bytes: usize,
+    x: *const u8,
+    blocks: usize,
+    out: &mut [f32],
+) {
+    let n = blocks;
+    let rows = out.len();
+    let mut done = 0;
+    let quads = rows / 4;
+    if dtype == DType::Q8_0 && quads > 0 {
+        // SAFETY: rows 0..4·quads exist (the caller's contract); `out` holds rows ≥
+        // 4·quads floats.
+        unsafe {
+            if n == 2 {
+                rows4_q8_2::<ZERO>(start, row_bytes, x, out.as_mut_ptr(), quads);
+            } else {
+                rows4_q8::<ZERO>(start, row_bytes, x, n, out.as_mut_ptr(), quads);
+            }
+        };
+        done = 4 * quads;
+    }
+    let mut pairs = out[done..].chunks_exact_mut(2);
+    for (p, pair) in (&mut pairs).enumerate() {
+        let acc = if ZERO { (0.0, 0.0) } else { (pair[0], pair[1]) };
+        // SAFETY: rows done + 2p and done + 2p + 1 exist (the caller's contract).
+        let (a, b) = unsafe {
+            let wa = start.add((done + 2 * p) * row_bytes);
+            let wb = wa.add(row_bytes);
+            if dtype == DType::Q4_0 {
+                rows2_q4(wa, wb, x, n, acc)
+            } else {
+                rows2_q8(wa, wb, x, n, acc)
+            }
+        };
+        pair[0] = a;
+        pair[1] = b;
+    }
+    if let [o] = pairs.into_remainder() {
+        let acc = if ZERO { 0.0 } else { *o };
+        // SAFETY: the last row (rows − 1) exists (the caller's contract).
+        *o = unsafe {
+            let wr = start.add((rows - 1) * row_bytes);
+            if dtype == DType::Q4_0 {
+                row_q4(wr, x, n, acc)
+            } else {
+                row_q8(wr, x, n, acc)
+            }
+        };
     }
 }
 
@@ -1107,7 +1171,9 @@ fn mix_exps8(e: &[f32], values: &[f32], sum: &mut f32, acc: &mut [f32; 8]) {
 /// [`exp_shifted_quads`] (`VNEG` only flips the sign bit; a subnormal −v, flushed,
 /// gives e = 1 as the scalar path does), 1 + e too (e is normal, so it is ≥ 1);
 /// the division and both products are scalar FPU instructions on the lanes, since
-/// v and the products may be subnormal.
+/// v and the products may be subnormal. When every |v| of those quads is at most
+/// 87.33 (`max_abs_bits` first), the loop runs without its per-step test, which
+/// every step would pass.
 pub fn swiglu4(gate: &mut [f32], up: &[f32]) -> usize {
     let quads = gate.len().min(up.len()) / 4;
     if quads == 0 {
@@ -1116,112 +1182,158 @@ pub fn swiglu4(gate: &mut [f32], up: &[f32]) -> usize {
     let [_, log2e, ln2_hi, ln2_lo, _, _, _, c4, c5, _, fast_min] = crate::scalar::EXP_CONSTANTS;
     let fast_max = crate::scalar::EXP_FAST_MAX;
     let consts = &EXP_LANES;
+    // With every |v| ≤ 87.33 (so −v in the fast range) the loop needs no test per step:
+    // one integer maximum of the bits over `gate` first (|v| orders like its bits, NaN
+    // above them all), then the loop without it, the same operations on every lane.
+    let all_fast = max_abs_bits(&gate[..4 * quads]) <= (-fast_min).to_bits();
     let start = gate.as_mut_ptr();
     let end: *mut f32;
+    macro_rules! swiglu_loop {
+        ($($check:literal),*) => {
+            asm!(
+                "vldrw.u32 q4, [{k}]",
+                "vldrw.u32 q5, [{k}, #16]",
+                "vldrw.u32 q6, [{k}, #32]",
+                "vldrw.u32 q7, [{k}, #48]",
+                "ldr {k}, [{k}, #64]",
+                "dls lr, lr",
+                "2:",
+                "vldrw.u32 q0, [{g}]",
+                "vneg.f32 q0, q0",
+                $($check,)*
+                mve_exp_q0!(),
+                // 1 + e, then lane by lane on the scalar FPU: 1 / that, · v, · up.
+                "vadd.f32 q2, q2, q6",
+                "vdiv.f32 s8, s24, s8",
+                "vdiv.f32 s9, s24, s9",
+                "vdiv.f32 s10, s24, s10",
+                "vdiv.f32 s11, s24, s11",
+                "vldrw.u32 q0, [{g}]",
+                "vldrw.u32 q1, [{u}], #16",
+                "vmul.f32 s0, s0, s8",
+                "vmul.f32 s1, s1, s9",
+                "vmul.f32 s2, s2, s10",
+                "vmul.f32 s3, s3, s11",
+                "vmul.f32 s0, s0, s4",
+                "vmul.f32 s1, s1, s5",
+                "vmul.f32 s2, s2, s6",
+                "vmul.f32 s3, s3, s7",
+                "vstrw.32 q0, [{g}], #16",
+                "le lr, 2b",
+                "9:",
+                k = inout(reg) consts.as_ptr() => _,
+                g = inout(reg) start => end,
+                u = inout(reg) up.as_ptr() => _,
+                fast_min = in(reg) fast_min.to_bits(),
+                fast_max = in(reg) fast_max.to_bits(),
+                log2e = in(reg) log2e.to_bits(),
+                ln2_hi = in(reg) ln2_hi.to_bits(),
+                ln2_lo = in(reg) ln2_lo.to_bits(),
+                c5 = in(reg) c5.to_bits(),
+                c4 = in(reg) c4.to_bits(),
+                inout("lr") quads => _,
+                out("r0") _,
+                out("d0") _, out("d1") _, out("d2") _, out("d3") _,
+                out("d4") _, out("d5") _, out("d6") _, out("d7") _,
+                out("d8") _, out("d9") _, out("d10") _, out("d11") _,
+                out("d12") _, out("d13") _, out("d14") _, out("d15") _,
+                options(nostack),
+            );
+        };
+    }
     // SAFETY: reads and writes 4 · quads floats of `gate`, reads as many of `up` (both in
     // bounds) and `consts`; only the named registers, lr, r0 and q0-q7 (d0-d15) change;
     // the flags are clobbered.
     unsafe {
-        asm!(
-            "vldrw.u32 q4, [{k}]",
-            "vldrw.u32 q5, [{k}, #16]",
-            "vldrw.u32 q6, [{k}, #32]",
-            "vldrw.u32 q7, [{k}, #48]",
-            "ldr {k}, [{k}, #64]",
-            "dls lr, lr",
-            "2:",
-            "vldrw.u32 q0, [{g}]",
-            "vneg.f32 q0, q0",
-            // Every lane in the fast range (−87.33 ≤ x ≤ 88.37, not NaN), or leave.
-            "vcmp.f32 ge, q0, {fast_min}",
-            "vpst",
-            "vcmpt.f32 le, q0, {fast_max}",
-            "vmrs r0, p0",
-            "mvns r0, r0",
-            "lsls r0, r0, #16",
-            "bne 9f",
-            mve_exp_q0!(),
-            // 1 + e, then lane by lane on the scalar FPU: 1 / that, · v, · up.
-            "vadd.f32 q2, q2, q6",
-            "vdiv.f32 s8, s24, s8",
-            "vdiv.f32 s9, s24, s9",
-            "vdiv.f32 s10, s24, s10",
-            "vdiv.f32 s11, s24, s11",
-            "vldrw.u32 q0, [{g}]",
-            "vldrw.u32 q1, [{u}], #16",
-            "vmul.f32 s0, s0, s8",
-            "vmul.f32 s1, s1, s9",
-            "vmul.f32 s2, s2, s10",
-            "vmul.f32 s3, s3, s11",
-            "vmul.f32 s0, s0, s4",
-            "vmul.f32 s1, s1, s5",
-            "vmul.f32 s2, s2, s6",
-            "vmul.f32 s3, s3, s7",
-            "vstrw.32 q0, [{g}], #16",
-            "le lr, 2b",
-            "9:",
-            k = inout(reg) consts.as_ptr() => _,
-            g = inout(reg) start => end,
-            u = inout(reg) up.as_ptr() => _,
-            fast_min = in(reg) fast_min.to_bits(),
-            fast_max = in(reg) fast_max.to_bits(),
-            log2e = in(reg) log2e.to_bits(),
-            ln2_hi = in(reg) ln2_hi.to_bits(),
-            ln2_lo = in(reg) ln2_lo.to_bits(),
-            c5 = in(reg) c5.to_bits(),
-            c4 = in(reg) c4.to_bits(),
-            inout("lr") quads => _,
-            out("r0") _,
-            out("d0") _, out("d1") _, out("d2") _, out("d3") _,
-            out("d4") _, out("d5") _, out("d6") _, out("d7") _,
-            out("d8") _, out("d9") _, out("d10") _, out("d11") _,
-            out("d12") _, out("d13") _, out("d14") _, out("d15") _,
-            options(nostack),
-        );
+        if all_fast {
+            swiglu_loop!("@ no range test ({fast_min}, {fast_max} unused)");
+        } else {
+            swiglu_loop!(
+                // Every lane in the fast range (−87.33 ≤ x ≤ 88.37, not NaN), or leave.
+                "vcmp.f32 ge, q0, {fast_min}",
+                "vpst",
+                "vcmpt.f32 le, q0, {fast_max}",
+                "vmrs r0, p0",
+                "mvns r0, r0",
+                "lsls r0, r0, #16",
+                "bne 9f"
+            );
+        }
     }
     (end as usize - start as usize) / 4
+}
+
+/// The quantizer's `(d, 1/d)` for a block (`arm_dsp::fast_scale`'s of max |x|), when the
+/// vector quantizers apply: max |x| finite and d = 0 or d ≥ 2^-125. The maximum is an
+/// integer maximum of the bits shifted left by one (`VMAXV.U32`: exact, NaN shows as
+/// a larger value), unrolled.
+#[inline(always)]
+fn block_scale(x: &[f32; 32]) -> Option<(f32, f32)> {
+    let bits2: u32;
+    // SAFETY: reads the 32 floats of `x`; only the named registers and q0 (d0-d1) change.
+    unsafe {
+        asm!(
+            "movs {m}, #0",
+            "vldrw.u32 q0, [{p}]",
+            "vshl.i32 q0, q0, #1",
+            "vmaxv.u32 {m}, q0",
+            "vldrw.u32 q0, [{p}, #16]",
+            "vshl.i32 q0, q0, #1",
+            "vmaxv.u32 {m}, q0",
+            "vldrw.u32 q0, [{p}, #32]",
+            "vshl.i32 q0, q0, #1",
+            "vmaxv.u32 {m}, q0",
+            "vldrw.u32 q0, [{p}, #48]",
+            "vshl.i32 q0, q0, #1",
+            "vmaxv.u32 {m}, q0",
+            "vldrw.u32 q0, [{p}, #64]",
+            "vshl.i32 q0, q0, #1",
+            "vmaxv.u32 {m}, q0",
+            "vldrw.u32 q0, [{p}, #80]",
+            "vshl.i32 q0, q0, #1",
+            "vmaxv.u32 {m}, q0",
+            "vldrw.u32 q0, [{p}, #96]",
+            "vshl.i32 q0, q0, #1",
+            "vmaxv.u32 {m}, q0",
+            "vldrw.u32 q0, [{p}, #112]",
+            "vshl.i32 q0, q0, #1",
+            "vmaxv.u32 {m}, q0",
+            p = in(reg) x.as_ptr(),
+            m = out(reg) bits2,
+            out("d0") _, out("d1") _,
+            options(readonly, nostack),
+        );
+    }
+    // arm_dsp::fast_scale's (d, 1/d) where d = 0 or d ≥ 2^-125 (so d is normal), in
+    // fewer steps: no NaN or infinity, then d = max|x| / 127, then the bound.
+    if bits2 >= 0xFF00_0000 {
+        return None;
+    }
+    let d = f32::from_bits(bits2 >> 1) / 127.0;
+    if d >= f32::from_bits((127 - 125) << 23) {
+        Some((d, 1.0 / d))
+    } else {
+        (bits2 == 0).then_some((0.0, 0.0))
+    }
 }
 
 /// `q8_act::prepare_block(quantize_block(x))` for 32 values in MVE lanes, when max |x|
 /// is finite and `d = max|x| / 127` is 0 or at least 2^-125 (returns `false`,
 /// writing nothing, otherwise: the caller takes the FPU or portable path). The
-/// maximum is an integer maximum of the bits shifted left by one (`VMAXV.U32`:
-/// exact, NaN shows as a larger value), the scale is `arm_dsp::fast_scale`'s, then
-/// per four values: `VMUL.F32` by 1/d, `VCVT.S32.F32` with one fraction bit
-/// (trunc(2y)), round half away as `(t + (t >> 31) + 1) >> 1` (as
-/// `arm_fpu::prepare_block`), `VADDVA.S32` into the quant sum, and a scatter
-/// `VSTRH.32` into pair order. MVE's flush to zero changes nothing here: with
-/// 1/d ≤ 2^125 a subnormal x (flushed to 0) has |x/d| < 1/2, which rounds to 0
-/// either way, and a product below 2^-126 rounds to 0 either way.
+/// maximum and the scale are `block_scale`'s, then per four values: `VMUL.F32` by 1/d, `VCVTA.S32.F32` (round to nearest, ties away
+/// from zero: `round_half_away` of the product, as `quantize_block`; |x/d| ≤ 127 plus
+/// a rounding, far inside i32), `VADDVA.S32` into the quant sum, and a scatter
+/// `VSTRH.32` into pair order; both loops unrolled. MVE's flush to zero changes
+/// nothing here: with 1/d ≤ 2^125 a subnormal x (flushed to 0) has |x/d| < 1/2,
+/// which rounds to 0 either way, and a product below 2^-126 rounds to 0 either way.
 #[inline]
 pub fn prepare_block(x: &[f32; 32], out: &mut [u32; q8_act::BLOCK_WORDS]) -> bool {
-    let bits2: u32;
-    // SAFETY: reads the 32 floats of `x`; only the named registers, lr and q0 (d0-d1) change.
-    unsafe {
-        asm!(
-            "movs {m}, #0",
-            "dls lr, lr",
-            "2:",
-            "vldrw.u32 q0, [{p}], #16",
-            "vshl.i32 q0, q0, #1",
-            "vmaxv.u32 {m}, q0",
-            "le lr, 2b",
-            p = inout(reg) x.as_ptr() => _,
-            m = out(reg) bits2,
-            inout("lr") 8usize => _,
-            out("d0") _, out("d1") _,
-            options(readonly, nostack),
-        );
-    }
-    let Some((d, id)) = super::arm_dsp::fast_scale(bits2) else { return false };
-    if d != 0.0 && d < f32::from_bits((127 - 125) << 23) {
-        return false;
-    }
+    let Some((d, id)) = block_scale(x) else { return false };
     let (sum, d16): (u32, u32);
     // SAFETY: reads the 32 floats of `x` and PAIR_STORE; writes the 16 pair words of `out`
-    // (words 2..18: each scatter writes 4 halfwords within 8 bytes of its base, which
-    // advances 8 bytes a step, 8 steps); only the named registers, lr, s0 and q0-q2
-    // (d0-d5) change.
+    // (words 2..18: each scatter writes 4 halfwords within 8 bytes of its base plus the
+    // offset vector's 0, 8, 16 or 24, the base advancing 32 bytes after four of them);
+    // only the named registers, s0 and q0-q4 (d0-d9) change.
     unsafe {
         asm!(
             // The scale rounded to binary16 and back (exact), as the FPU quantizer.
@@ -1229,30 +1341,62 @@ pub fn prepare_block(x: &[f32; 32], out: &mut [u32; q8_act::BLOCK_WORDS]) -> boo
             "vcvtb.f16.f32 s0, s0",
             "vcvtb.f32.f16 s0, s0",
             "vmov {d}, s0",
-            "vldrw.u32 q2, [{offs}]",
-            "dls lr, lr",
-            "2:",
+            // Scatter offsets of the four quads of 16 values: PAIR_STORE + 0, 8, 16, 24.
+            "vldrw.u32 q1, [{offs}]",
+            "vadd.i32 q2, q1, {eight}",
+            "vadd.i32 q3, q2, {eight}",
+            "vadd.i32 q4, q3, {eight}",
             "vldrw.u32 q0, [{p}], #16",
             "vmul.f32 q0, q0, {id}",
-            "vcvt.s32.f32 q0, q0, #1",
-            "vshr.s32 q1, q0, #31",
-            "vadd.i32 q0, q0, q1",
-            "vadd.i32 q0, q0, {one}",
-            "vshr.s32 q0, q0, #1",
+            "vcvta.s32.f32 q0, q0",
             // (VADDVA's destination is an even register: r0.)
             "vaddva.s32 r0, q0",
+            "vstrh.32 q0, [{o}, q1]",
+            "vldrw.u32 q0, [{p}], #16",
+            "vmul.f32 q0, q0, {id}",
+            "vcvta.s32.f32 q0, q0",
+            "vaddva.s32 r0, q0",
             "vstrh.32 q0, [{o}, q2]",
-            "adds {o}, #8",
-            "le lr, 2b",
+            "vldrw.u32 q0, [{p}], #16",
+            "vmul.f32 q0, q0, {id}",
+            "vcvta.s32.f32 q0, q0",
+            "vaddva.s32 r0, q0",
+            "vstrh.32 q0, [{o}, q3]",
+            "vldrw.u32 q0, [{p}], #16",
+            "vmul.f32 q0, q0, {id}",
+            "vcvta.s32.f32 q0, q0",
+            "vaddva.s32 r0, q0",
+            "vstrh.32 q0, [{o}, q4]",
+            "adds {o}, #32",
+            "vldrw.u32 q0, [{p}], #16",
+            "vmul.f32 q0, q0, {id}",
+            "vcvta.s32.f32 q0, q0",
+            "vaddva.s32 r0, q0",
+            "vstrh.32 q0, [{o}, q1]",
+            "vldrw.u32 q0, [{p}], #16",
+            "vmul.f32 q0, q0, {id}",
+            "vcvta.s32.f32 q0, q0",
+            "vaddva.s32 r0, q0",
+            "vstrh.32 q0, [{o}, q2]",
+            "vldrw.u32 q0, [{p}], #16",
+            "vmul.f32 q0, q0, {id}",
+            "vcvta.s32.f32 q0, q0",
+            "vaddva.s32 r0, q0",
+            "vstrh.32 q0, [{o}, q3]",
+            "vldrw.u32 q0, [{p}]",
+            "vmul.f32 q0, q0, {id}",
+            "vcvta.s32.f32 q0, q0",
+            "vaddva.s32 r0, q0",
+            "vstrh.32 q0, [{o}, q4]",
             p = inout(reg) x.as_ptr() => _,
             o = inout(reg) out[2..].as_mut_ptr() => _,
             offs = in(reg) PAIR_STORE.as_ptr(),
             d = inout(reg) d.to_bits() => d16,
             id = in(reg) id.to_bits(),
-            one = in(reg) 1u32,
+            eight = in(reg) 8u32,
             inout("r0") 0u32 => sum,
-            inout("lr") 8usize => _,
-            out("d0") _, out("d1") _, out("d2") _, out("d3") _, out("d4") _, out("d5") _,
+            out("d0") _, out("d1") _, out("d2") _, out("d3") _, out("d4") _,
+            out("d5") _, out("d6") _, out("d7") _, out("d8") _, out("d9") _,
             options(nostack),
         );
     }
@@ -1263,3 +1407,638 @@ pub fn prepare_block(x: &[f32; 32], out: &mut [u32; q8_act::BLOCK_WORDS]) -> boo
 
 /// Byte offsets of elements 0..4 of a group in pair order (i16 positions 0, 2, 1, 3).
 static PAIR_STORE: [u32; 4] = [0, 4, 2, 6];
+
+/// `out.fill(0.0)` with MVE stores: four zero words per `VSTRW.32`, the last
+/// `out.len() % 4` under tail predication (`DLSTP.32` / `LETP`). Integer stores
+/// of zero bits, so no float rounding is involved.
+pub fn fill_zero(out: &mut [f32]) {
+    if out.is_empty() {
+        return;
+    }
+    // SAFETY: writes out.len() floats from `out` (the tail-predicated loop stores exactly
+    // that many lanes); only the named registers, lr and q0 (d0-d1) change.
+    unsafe {
+        asm!(
+            "vmov.i32 q0, #0",
+            "dlstp.32 lr, {n}",
+            "2:",
+            "vstrw.32 q0, [{p}], #16",
+            "letp lr, 2b",
+            n = in(reg) out.len(),
+            p = inout(reg) out.as_mut_ptr() => _,
+            out("lr") _,
+            out("d0") _, out("d1") _,
+            options(nostack),
+        );
+    }
+}
+
+/// [`super::moderate`] in MVE integer lanes: per four values (the last `n % 4` under
+/// tail predication, `DLSTP.32` / `LETP`) the bits shifted left by one (dropping the
+/// sign, so 2·|bits| exactly), a running `VMAX.U32` of them and a running `VMIN.U32`
+/// of them minus one (a zero becomes 2^32 − 1 and never lowers the minimum), then
+/// `VMAXV` / `VMINV` across the lanes: every value is 0 or within the bounds exactly
+/// when the maximum is at most 2·MAX and the minimum at least 2·MIN − 1. Integer
+/// operations only, so the answer is the portable one for every input (NaN and
+/// infinities lie above 2·MAX).
+pub fn moderate(x: &[f32]) -> bool {
+    if x.is_empty() {
+        return true;
+    }
+    let (max2, min2): (u32, u32);
+    // SAFETY: reads x.len() floats of `x` (the tail-predicated loop loads exactly that many
+    // lanes); only the named registers, lr and q0-q2 (d0-d5) change.
+    unsafe {
+        asm!(
+            "vmov.i32 q1, #0",
+            "vmov.i8 q2, #0xff",
+            "dlstp.32 lr, {n}",
+            "2:",
+            "vldrw.u32 q0, [{p}], #16",
+            "vshl.i32 q0, q0, #1",
+            "vmax.u32 q1, q1, q0",
+            "vsub.i32 q0, q0, {one}",
+            "vmin.u32 q2, q2, q0",
+            "letp lr, 2b",
+            "movs {mx}, #0",
+            "vmaxv.u32 {mx}, q1",
+            "mov.w {mn}, #-1",
+            "vminv.u32 {mn}, q2",
+            n = in(reg) x.len(),
+            p = inout(reg) x.as_ptr() => _,
+            one = in(reg) 1u32,
+            mx = out(reg) max2,
+            mn = out(reg) min2,
+            out("lr") _,
+            out("d0") _, out("d1") _, out("d2") _, out("d3") _, out("d4") _, out("d5") _,
+            options(readonly, nostack),
+        );
+    }
+    max2 <= super::MODERATE_MAX << 1 && min2 >= (super::MODERATE_MIN << 1) - 1
+}
+
+/// The rotation of four pairs, v0 in q0 and v1 in q1, by cos in q2 and sin in q3:
+/// q0 ← v0·cos − v1·sin, q1 ← v1·cos + v0·sin (q4, q5 clobbered). Used by [`rope`].
+macro_rules! rope_q0q1 {
+    () => {
+        concat!(
+            "vmul.f32 q4, q0, q3\n",
+            "vmul.f32 q0, q0, q2\n",
+            "vmul.f32 q5, q1, q3\n",
+            "vsub.f32 q0, q0, q5\n",
+            "vmul.f32 q1, q1, q2\n",
+            "vadd.f32 q1, q1, q4\n",
+        )
+    };
+}
+
+/// RoPE's rotation of every pair of `q` and of `k` (heads of `rotation.len()` values;
+/// `rotation` holds (cos, sin) per pair of a head): `v0' = v0·cos − v1·sin`, `v1' = v0·sin + v1·cos`
+/// (`math::rope_rotate`), four pairs per step in MVE lanes: `VLD20`/`VLD21` take the
+/// four v0 and the four v1 apart, four `VMUL.F32`, one `VSUB.F32` and one `VADD.F32`
+/// (multiply, then add: each rounding of the scalar expression, in the same order;
+/// the sum's operands are swapped, which IEEE addition does not see), `VST20`/`VST21`
+/// put them back. Returns whether it rotated `q` and `k`: it leaves one alone unless
+/// the head size is a multiple of 8, the vector is whole heads and both it and
+/// `rotation` are [`moderate`](super::moderate): each product of moderate values is then 0 or in
+/// [2^-100, 2^100] and a multiple of 2^-123, so the difference and the sum are 0 or
+/// multiples of 2^-123 below 2^101: no input, product or result is subnormal or
+/// overflows, nothing is NaN, and MVE's flush to zero and default NaN change no bit.
+pub fn rope(q: &mut [f32], k: &mut [f32], rotation: &[f32]) -> [bool; 2] {
+    let hs = rotation.len();
+    if hs == 0 || hs % 8 != 0 || !moderate(rotation) {
+        return [false; 2];
+    }
+    [rope_heads(q, rotation), rope_heads(k, rotation)]
+}
+
+/// [`rope`] for one vector, `rotation` known to be moderate with 8 | rotation.len().
+fn rope_heads(vec: &mut [f32], rotation: &[f32]) -> bool {
+    let hs = rotation.len();
+    if hs == 0 || vec.len() % hs != 0 || !moderate(vec) {
+        return false;
+    }
+    let groups = vec.len() / 8;
+    if groups == 0 {
+        return true;
+    }
+    if hs == 8 {
+        // One group per head: cos and sin stay in q2, q3.
+        // SAFETY: reads the 8 floats of `rotation`, reads and writes 8 · groups = vec.len()
+        // floats of `vec`; only the named registers, lr and q0-q5 (d0-d11) change.
+        unsafe {
+            asm!(
+                "vld20.32 {{q2, q3}}, [{r}]",
+                "vld21.32 {{q2, q3}}, [{r}]",
+                "dls lr, lr",
+                "2:",
+                "vld20.32 {{q0, q1}}, [{p}]",
+                "vld21.32 {{q0, q1}}, [{p}]",
+                rope_q0q1!(),
+                "vst20.32 {{q0, q1}}, [{p}]",
+                "vst21.32 {{q0, q1}}, [{p}]!",
+                "le lr, 2b",
+                r = in(reg) rotation.as_ptr(),
+                p = inout(reg) vec.as_mut_ptr() => _,
+                inout("lr") groups => _,
+                out("d0") _, out("d1") _, out("d2") _, out("d3") _,
+                out("d4") _, out("d5") _, out("d6") _, out("d7") _,
+                out("d8") _, out("d9") _, out("d10") _, out("d11") _,
+                options(nostack),
+            );
+        }
+        return true;
+    }
+    // Longer heads: cos and sin of the group's pairs loaded each step, the rotation
+    // pointer back at its start after each head.
+    // SAFETY: reads the hs floats of `rotation` (the pointer stays in [start, end)), reads
+    // and writes 8 · groups = vec.len() floats of `vec`; only the named registers, lr and
+    // q0-q5 (d0-d11) change; the flags are clobbered.
+    unsafe {
+        asm!(
+            "mov {r}, {start}",
+            "dls lr, lr",
+            "2:",
+            "vld20.32 {{q2, q3}}, [{r}]",
+            "vld21.32 {{q2, q3}}, [{r}]!",
+            "cmp {r}, {end}",
+            "it eq",
+            "moveq {r}, {start}",
+            "vld20.32 {{q0, q1}}, [{p}]",
+            "vld21.32 {{q0, q1}}, [{p}]",
+            rope_q0q1!(),
+            "vst20.32 {{q0, q1}}, [{p}]",
+            "vst21.32 {{q0, q1}}, [{p}]!",
+            "le lr, 2b",
+            start = in(reg) rotation.as_ptr(),
+            end = in(reg) rotation.as_ptr_range().end,
+            r = out(reg) _,
+            p = inout(reg) vec.as_mut_ptr() => _,
+            inout("lr") groups => _,
+            out("d0") _, out("d1") _, out("d2") _, out("d3") _,
+            out("d4") _, out("d5") _, out("d6") _, out("d7") _,
+            out("d8") _, out("d9") _, out("d10") _, out("d11") _,
+            options(nostack),
+        );
+    }
+    true
+}
+
+/// [`arm_fpu::argmax8`](super::arm_fpu::argmax8) (the first largest of
+/// `x[..8 · (x.len() / 8)]` as `if v > best { best = v }` finds it from `x[0]`, and
+/// whether those values are all finite) on integer lanes, when the values are finite
+/// and one is greater than zero; otherwise it returns `arm_fpu::argmax8`'s answer.
+/// The first pass keeps a running `VMAX.S32` and a running `VMAX.U32` of the bits
+/// (a positive infinity or NaN shows in the first as at least 0x7F80_0000, a negative
+/// one in the second as at least 0xFF80_0000). A positive float's bits, as i32, order like its value and
+/// exceed those of every negative float, ±0 and negative NaN, so when the largest
+/// bits are those of a positive finite float they are the largest value's, and only
+/// equal values have equal bits: the second pass stops at the first quad holding
+/// them (`VCMP.I32` on the lanes), and the first such lane is the portable loop's
+/// choice. No float instruction runs, so MVE's flush to zero plays no part.
+pub fn argmax8(x: &[f32]) -> Option<(usize, f32, bool)> {
+    let pairs = x.len() / 8;
+    if pairs == 0 {
+        return None;
+    }
+    let (best, umax): (u32, u32);
+    // SAFETY: reads 8 · pairs ≤ x.len() floats from `x`; only the named registers, lr and
+    // q0-q3 (d0-d7) change.
+    unsafe {
+        asm!(
+            "vmov.i32 q2, #0x80000000",
+            "vmov.i32 q3, #0",
+            "dls lr, lr",
+            "2:",
+            "vldrw.u32 q0, [{p}], #16",
+            "vldrw.u32 q1, [{p}], #16",
+            "vmax.s32 q2, q2, q0",
+            "vmax.u32 q3, q3, q0",
+            "vmax.s32 q2, q2, q1",
+            "vmax.u32 q3, q3, q1",
+            "le lr, 2b",
+            "mov.w {b}, #0x80000000",
+            "vmaxv.s32 {b}, q2",
+            "movs {m}, #0",
+            "vmaxv.u32 {m}, q3",
+            p = inout(reg) x.as_ptr() => _,
+            b = out(reg) best,
+            m = out(reg) umax,
+            inout("lr") pairs => _,
+            out("d0") _, out("d1") _, out("d2") _, out("d3") _,
+            out("d4") _, out("d5") _, out("d6") _, out("d7") _,
+            options(readonly, nostack),
+        );
+    }
+    // A positive infinity or NaN has the largest bits as i32, a negative one as u32.
+    if best as i32 <= 0 || best >= 0x7f80_0000 || umax >= 0xff80_0000 {
+        return super::arm_fpu::argmax8(x);
+    }
+    let (at, lanes): (*const f32, u32);
+    // SAFETY: reads whole quads of `x` until one holds `best`, which one of the first
+    // 2 · pairs does (the first pass found it there); only the named registers, lr and q0
+    // (d0-d1) change; the flags are clobbered.
+    unsafe {
+        asm!(
+            "2:",
+            "vldrw.u32 q0, [{p}], #16",
+            "vcmp.i32 eq, q0, {b}",
+            "vmrs {l}, p0",
+            "cmp {l}, #0",
+            "beq 2b",
+            p = inout(reg) x.as_ptr() => at,
+            b = in(reg) best,
+            l = out(reg) lanes,
+            out("d0") _, out("d1") _,
+            options(readonly, nostack),
+        );
+    }
+    // The quad's first value (at was advanced past it), then its first equal lane:
+    // each lane owns four bits of P0.
+    let index = (at as usize - x.as_ptr() as usize) / 4 - 4 + lanes.trailing_zeros() as usize / 4;
+    Some((index, f32::from_bits(best), true))
+}
+
+/// Eight VMLA of one group's squares into `ss`, the group in s0-s7.
+macro_rules! squares_s0_s7 {
+    () => {
+        concat!(
+            "vmla.f32 {ss}, s0, s0\n",
+            "vmla.f32 {ss}, s1, s1\n",
+            "vmla.f32 {ss}, s2, s2\n",
+            "vmla.f32 {ss}, s3, s3\n",
+            "vmla.f32 {ss}, s4, s4\n",
+            "vmla.f32 {ss}, s5, s5\n",
+            "vmla.f32 {ss}, s6, s6\n",
+            "vmla.f32 {ss}, s7, s7\n",
+        )
+    };
+}
+
+/// `(8 · (x.len() / 8), Σ x_i²)` over those values, left to right from 0.0, on the
+/// scalar FPU (not MVE lanes: the sum is one chain, and squares may be subnormal):
+/// per group one VLDM and eight VMLA, which rounds each square before adding it, as
+/// `ss += v * v` does (`math::sum_squares`).
+pub fn squares8(x: &[f32]) -> (usize, f32) {
+    let groups = x.len() / 8;
+    if groups == 0 {
+        return (0, 0.0);
+    }
+    let mut ss = 0.0f32;
+    // SAFETY: reads 8 · groups floats of `x`; only the named registers, lr and s0-s7
+    // (d0-d3) change.
+    unsafe {
+        asm!(
+            "dls lr, lr",
+            "2:",
+            "vldmia {p}!, {{s0-s7}}",
+            squares_s0_s7!(),
+            "le lr, 2b",
+            p = inout(reg) x.as_ptr() => _,
+            ss = inout(sreg) ss,
+            inout("lr") groups => _,
+            out("d0") _, out("d1") _, out("d2") _, out("d3") _,
+            options(readonly, nostack),
+        );
+    }
+    (8 * groups, ss)
+}
+
+/// `x[i] += d[i]` for the whole groups of eight of the shorter slice, and Σ x_i² of the
+/// results, left to right from 0.0, as `(count, sum)`, on the scalar FPU
+/// (`math::add_in_place_squares`): per group a VLDM of x and of d, VADD then VMLA per
+/// value (the square rounded before it is added), one VSTM.
+pub fn add_squares8(x: &mut [f32], d: &[f32]) -> (usize, f32) {
+    let groups = x.len().min(d.len()) / 8;
+    if groups == 0 {
+        return (0, 0.0);
+    }
+    let mut ss = 0.0f32;
+    // SAFETY: reads 8 · groups floats of `d`, reads and writes as many of `x`; only the
+    // named registers, lr and s0-s15 (d0-d7) change.
+    unsafe {
+        asm!(
+            "dls lr, lr",
+            "2:",
+            "vldmia {x}, {{s0-s7}}",
+            "vldmia {d}!, {{s8-s15}}",
+            "vadd.f32 s0, s0, s8",
+            "vadd.f32 s1, s1, s9",
+            "vadd.f32 s2, s2, s10",
+            "vadd.f32 s3, s3, s11",
+            "vadd.f32 s4, s4, s12",
+            "vadd.f32 s5, s5, s13",
+            "vadd.f32 s6, s6, s14",
+            "vadd.f32 s7, s7, s15",
+            squares_s0_s7!(),
+            "vstmia {x}!, {{s0-s7}}",
+            "le lr, 2b",
+            x = inout(reg) x.as_mut_ptr() => _,
+            d = inout(reg) d.as_ptr() => _,
+            ss = inout(sreg) ss,
+            inout("lr") groups => _,
+            out("d0") _, out("d1") _, out("d2") _, out("d3") _,
+            out("d4") _, out("d5") _, out("d6") _, out("d7") _,
+            options(nostack),
+        );
+    }
+    (8 * groups, ss)
+}
+
+/// `out[i] = weight[i] · (scale · x[i])` (`math::rmsnorm`'s expression, both products
+/// rounded in that order) for the whole groups of eight of the shortest slice, on the
+/// scalar FPU (the products may be subnormal, so not MVE lanes): per group a VLDM of x
+/// and of the weights, sixteen VMUL, one VSTM. Returns how many values it did.
+pub fn norm8(out: &mut [f32], x: &[f32], weight: &[f32], scale: f32) -> usize {
+    let groups = out.len().min(x.len()).min(weight.len()) / 8;
+    // SAFETY: `x` and `weight` hold 8 · groups floats, `out` as many (writable).
+    unsafe { norm8_raw(out.as_mut_ptr(), x.as_ptr(), weight.as_ptr(), groups, scale) };
+    8 * groups
+}
+
+/// [`norm8`] in place: `x[i] = weight[i] · (scale · x[i])` (`math::rmsnorm_in_place`'s
+/// expression) for the whole groups of eight of the shorter slice; returns how many.
+pub fn norm8_in_place(x: &mut [f32], weight: &[f32], scale: f32) -> usize {
+    let groups = x.len().min(weight.len()) / 8;
+    let p = x.as_mut_ptr();
+    // SAFETY: `x` and `weight` hold 8 · groups floats; each group of `x` is loaded before
+    // it is stored, so reading and writing through the same pointer is what in place means.
+    unsafe { norm8_raw(p, p, weight.as_ptr(), groups, scale) };
+    8 * groups
+}
+
+/// The loop of [`norm8`] over `groups` groups of eight.
+///
+/// # Safety
+/// `x` and `w` must be readable and `out` writable for 8 · groups floats (`out` may be `x`).
+#[inline(always)]
+unsafe fn norm8_raw(out: *mut f32, x: *const f32, w: *const f32, groups: usize, scale: f32) {
+    if groups == 0 {
+        return;
+    }
+    // SAFETY: the caller's contract; only the named registers, lr and s0-s15 (d0-d7) change.
+    unsafe {
+        asm!(
+            "dls lr, lr",
+            "2:",
+            "vldmia {x}!, {{s0-s7}}",
+            "vldmia {w}!, {{s8-s15}}",
+            "vmul.f32 s0, s0, {s}",
+            "vmul.f32 s1, s1, {s}",
+            "vmul.f32 s2, s2, {s}",
+            "vmul.f32 s3, s3, {s}",
+            "vmul.f32 s4, s4, {s}",
+            "vmul.f32 s5, s5, {s}",
+            "vmul.f32 s6, s6, {s}",
+            "vmul.f32 s7, s7, {s}",
+            "vmul.f32 s0, s8, s0",
+            "vmul.f32 s1, s9, s1",
+            "vmul.f32 s2, s10, s2",
+            "vmul.f32 s3, s11, s3",
+            "vmul.f32 s4, s12, s4",
+            "vmul.f32 s5, s13, s5",
+            "vmul.f32 s6, s14, s6",
+            "vmul.f32 s7, s15, s7",
+            "vstmia {o}!, {{s0-s7}}",
+            "le lr, 2b",
+            x = inout(reg) x => _,
+            w = inout(reg) w => _,
+            o = inout(reg) out => _,
+            s = in(sreg) scale,
+            inout("lr") groups => _,
+            out("d0") _, out("d1") _, out("d2") _, out("d3") _,
+            out("d4") _, out("d5") _, out("d6") _, out("d7") _,
+            options(nostack),
+        );
+    }
+}
+
+/// q8_0-quantizes `x` into narrowed blocks at the start of `out` for the MVE matvec
+/// (`matvec_narrowed`), for `out.len() / q8_act::BLOCK_WORDS` blocks (the scratch of
+/// a quantized matvec: [`q8_act::words`]`(cols)`): per block the f16 scale widened to
+/// f32, then the 32 quants as i8 in element order (`NARROW_BYTES` bytes, where
+/// `matvec` narrows prepared blocks to), blocks past the end of `x` zero and a
+/// partial last one zero-padded, as the weights are. Each block is
+/// `q8_0::quantize_block`'s: [`prepare_block_narrow`] where its guard holds, else the
+/// portable quantizer.
+pub fn prepare_row_narrow(x: &[f32], out: &mut [u32]) {
+    const WORDS: usize = NARROW_BYTES / 4;
+    let blocks = out.len() / q8_act::BLOCK_WORDS;
+    let out = &mut out[..blocks * WORDS];
+    let x = &x[..x.len().min(blocks * QK)];
+    let whole = x.chunks_exact(QK);
+    let tail = whole.remainder();
+    let mut dst = out.chunks_exact_mut(WORDS);
+    for (values, block) in whole.zip(&mut dst) {
+        let (Ok(values), Ok(block)) = (<&[f32; QK]>::try_from(values), <&mut [u32; WORDS]>::try_from(block)) else {
+            continue;
+        };
+        if !prepare_block_narrow(values, block) {
+            narrow_portable(values, block);
+        }
+    }
+    if !tail.is_empty() {
+        if let Some(Ok(block)) = dst.next().map(<&mut [u32; WORDS]>::try_from) {
+            // The partial last block from a zero-padded copy, as the weights are padded.
+            let mut padded = [0.0f32; QK];
+            padded[..tail.len()].copy_from_slice(tail);
+            if !prepare_block_narrow(&padded, block) {
+                narrow_portable(tail, block);
+            }
+        }
+    }
+    for block in dst {
+        block.fill(0);
+    }
+}
+
+/// `q8_0::quantize_block(x)` as one narrowed block, by the portable quantizer.
+fn narrow_portable(x: &[f32], out: &mut [u32; NARROW_BYTES / 4]) {
+    let mut q8 = [0u8; q8_0::BLOCK_BYTES];
+    q8_0::quantize_block(x, &mut q8);
+    out[0] = half::f16::from_le_bytes([q8[0], q8[1]]).to_f32().to_bits();
+    for (word, quad) in out[1..].iter_mut().zip(q8[2..].chunks_exact(4)) {
+        *word = u32::from_le_bytes([quad[0], quad[1], quad[2], quad[3]]);
+    }
+}
+
+/// `q8_0::quantize_block(x)` as one narrowed block (`out`: the scale widened to f32,
+/// then the 32 quants as i8 in element order) in MVE lanes, when [`prepare_block`]'s
+/// guard holds (returns `false`, writing nothing, otherwise): the same maximum, scale
+/// and `VMUL.F32` / `VCVTA.S32.F32` per four values, so the same quants (the argument
+/// for MVE's flush to zero is [`prepare_block`]'s), stored by `VSTRB.32` (the low
+/// byte of each lane: the quants lie in −127..=127).
+#[inline]
+pub fn prepare_block_narrow(x: &[f32; 32], out: &mut [u32; NARROW_BYTES / 4]) -> bool {
+    let Some((d, id)) = block_scale(x) else { return false };
+    let d16: u32;
+    // SAFETY: reads the 32 floats of `x`; writes the 32 bytes of `out` after its first
+    // word (eight stores of four bytes); only the named registers, s0 and q0 (d0-d1) change.
+    unsafe {
+        asm!(
+            // The scale rounded to binary16 and back (exact), as the FPU quantizer.
+            "vmov s0, {d}",
+            "vcvtb.f16.f32 s0, s0",
+            "vcvtb.f32.f16 s0, s0",
+            "vmov {d}, s0",
+            "vldrw.u32 q0, [{p}], #16",
+            "vmul.f32 q0, q0, {id}",
+            "vcvta.s32.f32 q0, q0",
+            "vstrb.32 q0, [{o}], #4",
+            "vldrw.u32 q0, [{p}], #16",
+            "vmul.f32 q0, q0, {id}",
+            "vcvta.s32.f32 q0, q0",
+            "vstrb.32 q0, [{o}], #4",
+            "vldrw.u32 q0, [{p}], #16",
+            "vmul.f32 q0, q0, {id}",
+            "vcvta.s32.f32 q0, q0",
+            "vstrb.32 q0, [{o}], #4",
+            "vldrw.u32 q0, [{p}], #16",
+            "vmul.f32 q0, q0, {id}",
+            "vcvta.s32.f32 q0, q0",
+            "vstrb.32 q0, [{o}], #4",
+            "vldrw.u32 q0, [{p}], #16",
+            "vmul.f32 q0, q0, {id}",
+            "vcvta.s32.f32 q0, q0",
+            "vstrb.32 q0, [{o}], #4",
+            "vldrw.u32 q0, [{p}], #16",
+            "vmul.f32 q0, q0, {id}",
+            "vcvta.s32.f32 q0, q0",
+            "vstrb.32 q0, [{o}], #4",
+            "vldrw.u32 q0, [{p}], #16",
+            "vmul.f32 q0, q0, {id}",
+            "vcvta.s32.f32 q0, q0",
+            "vstrb.32 q0, [{o}], #4",
+            "vldrw.u32 q0, [{p}]",
+            "vmul.f32 q0, q0, {id}",
+            "vcvta.s32.f32 q0, q0",
+            "vstrb.32 q0, [{o}]",
+            p = inout(reg) x.as_ptr() => _,
+            o = inout(reg) out[1..].as_mut_ptr() => _,
+            d = inout(reg) d.to_bits() => d16,
+            id = in(reg) id.to_bits(),
+            out("d0") _, out("d1") _,
+            options(nostack),
+        );
+    }
+    out[0] = d16;
+    true
+}
+
+/// `out (rows) = w (rows, cols) · x` for q8_0 or q4_0 rows of `row_bytes` bytes with the
+/// activations narrowed in place by [`prepare_row_narrow`] (`xn`: [`q8_act::words`]`(cols)`
+/// words, the narrowed blocks at its start): [`matvec`]'s rows and order, without
+/// narrowing prepared blocks first (so matvecs of one input share the narrowed blocks).
+pub(crate) fn matvec_narrowed(dtype: DType, w: &[u8], row_bytes: usize, xn: &[u32], out: &mut [f32]) {
+    let block_bytes = if dtype == DType::Q4_0 { q4_0::BLOCK_BYTES } else { q8_0::BLOCK_BYTES };
+    if row_bytes == 0 {
+        return out.fill(0.0);
+    }
+    let rows = out.len().min(w.len() / row_bytes);
+    let out = &mut out[..rows];
+    // The whole blocks of a row that have activations (xn holds a narrowed block per
+    // BLOCK_WORDS words).
+    let blocks = (row_bytes / block_bytes).min(xn.len() / q8_act::BLOCK_WORDS);
+    if blocks == 0 || rows == 0 {
+        return fill_zero(out);
+    }
+    // SAFETY: rows·row_bytes ≤ w.len() and blocks·block_bytes ≤ row_bytes, so every row's
+    // blocks are inside `w`; `xn` holds `blocks` narrowed blocks (blocks·36 ≤ xn.len()·4).
+    // Every row's sum starts from 0.0, so `out` needs no zeroing first.
+    unsafe { row_sums::<true>(dtype, w.as_ptr(), row_bytes, xn.as_ptr().cast(), blocks, out) };
+}
+
+/// `out[i] = d · qs[i]` for one q8_0 block (`q8_0::dequantize_row`'s products, d the
+/// f16 scale widened) in MVE lanes, when d is finite (returns `false`, writing nothing,
+/// otherwise): `VCVTB.F32.F16` widens the scale (its f16 inputs are not flushed:
+/// FPSCR.FZ16 is 0 in the standard value), then per four quants `VLDRB.S32`,
+/// `VCVT.F32.S32` (exact) and `VMUL.F32`. No subnormal can occur: a nonzero finite
+/// f16 is at least 2^-24 and a nonzero quant at least 1 in magnitude, so every
+/// product is 0 or normal (and at most 65504 · 128, finite), and without a NaN
+/// operand MVE's default NaN plays no part.
+pub fn dequantize_block_q8(block: &crate::dtype::BlockQ8_0, out: &mut [f32; QK]) -> bool {
+    let h = u16::from_le_bytes(block.d);
+    if h & 0x7c00 == 0x7c00 {
+        return false;
+    }
+    // SAFETY: reads the 32 quant bytes of `block`, writes the 32 floats of `out`; only the
+    // named registers, s0 and q0-q1 (d0-d3) change.
+    unsafe {
+        asm!(
+            "vmov s0, {h}",
+            "vcvtb.f32.f16 s0, s0",
+            "vmov {h}, s0",
+            "vldrb.s32 q0, [r2]",
+            "vldrb.s32 q1, [r2, #4]",
+            "vcvt.f32.s32 q0, q0",
+            "vcvt.f32.s32 q1, q1",
+            "vmul.f32 q0, q0, {h}",
+            "vmul.f32 q1, q1, {h}",
+            "vstrw.32 q0, [{o}]",
+            "vstrw.32 q1, [{o}, #16]",
+            "vldrb.s32 q0, [r2, #8]",
+            "vldrb.s32 q1, [r2, #12]",
+            "vcvt.f32.s32 q0, q0",
+            "vcvt.f32.s32 q1, q1",
+            "vmul.f32 q0, q0, {h}",
+            "vmul.f32 q1, q1, {h}",
+            "vstrw.32 q0, [{o}, #32]",
+            "vstrw.32 q1, [{o}, #48]",
+            "vldrb.s32 q0, [r2, #16]",
+            "vldrb.s32 q1, [r2, #20]",
+            "vcvt.f32.s32 q0, q0",
+            "vcvt.f32.s32 q1, q1",
+            "vmul.f32 q0, q0, {h}",
+            "vmul.f32 q1, q1, {h}",
+            "vstrw.32 q0, [{o}, #64]",
+            "vstrw.32 q1, [{o}, #80]",
+            "vldrb.s32 q0, [r2, #24]",
+            "vldrb.s32 q1, [r2, #28]",
+            "vcvt.f32.s32 q0, q0",
+            "vcvt.f32.s32 q1, q1",
+            "vmul.f32 q0, q0, {h}",
+            "vmul.f32 q1, q1, {h}",
+            "vstrw.32 q0, [{o}, #96]",
+            "vstrw.32 q1, [{o}, #112]",
+            h = inout(reg) u32::from(h) => _,
+            // (The widening VLDRB.S32 takes a low base register.)
+            in("r2") block.qs.as_ptr(),
+            o = in(reg) out.as_mut_ptr(),
+            out("d0") _, out("d1") _, out("d2") _, out("d3") _,
+            options(nostack),
+        );
+    }
+    true
+}
+
+/// The largest |v| of `x` as bits (`|v|` orders like its bits; a NaN is above every
+/// number, 0 for an empty `x`): per four values (the last `n % 4` under tail
+/// predication) the bits shifted left by one into a running `VMAX.U32`.
+fn max_abs_bits(x: &[f32]) -> u32 {
+    if x.is_empty() {
+        return 0;
+    }
+    let max2: u32;
+    // SAFETY: reads x.len() floats of `x` (the tail-predicated loop loads exactly that many
+    // lanes); only the named registers, lr and q0-q1 (d0-d3) change.
+    unsafe {
+        asm!(
+            "vmov.i32 q1, #0",
+            "dlstp.32 lr, {n}",
+            "2:",
+            "vldrw.u32 q0, [{p}], #16",
+            "vshl.i32 q0, q0, #1",
+            "vmax.u32 q1, q1, q0",
+            "letp lr, 2b",
+            "movs {m}, #0",
+            "vmaxv.u32 {m}, q1",
+            n = in(reg) x.len(),
+            p = inout(reg) x.as_ptr() => _,
+            m = out(reg) max2,
+            out("lr") _,
+            out("d0") _, out("d1") _, out("d2") _, out("d3") _,
+            options(readonly, nostack),
+        );
+    }
+    max2 >> 1
+}

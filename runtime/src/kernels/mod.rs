@@ -300,15 +300,36 @@ pub fn scores_f32(
 /// dot products of such values meet no subnormal (each nonzero product lies in
 /// [2^-100, 2^100], so it and every partial sum are 0 or multiples of 2^-123 below
 /// 2^103), so vector float units that flush subnormals (MVE) give the scalar bits.
+/// On MVE the test runs in integer lanes (`arm_mve::moderate`, the same answer).
 #[inline]
 pub fn moderate(x: &[f32]) -> bool {
+    #[cfg(microlm_mve)]
+    return arm_mve::moderate(x);
     // |v| as bits orders like |v| (NaN above infinity): 0, or 2^-50 ..= 2^50.
-    const MIN: u32 = (127 - 50) << 23;
-    const MAX: u32 = (127 + 50) << 23;
+    #[cfg(not(microlm_mve))]
     x.iter().fold(true, |ok, &v| {
         let b = v.to_bits() & 0x7fff_ffff;
-        ok & (b == 0 || b.wrapping_sub(MIN) <= MAX - MIN)
+        ok & (b == 0 || b.wrapping_sub(MODERATE_MIN) <= MODERATE_MAX - MODERATE_MIN)
     })
+}
+
+/// The bits of 2^-50 and 2^50, [`moderate`]'s bounds on |v|.
+const MODERATE_MIN: u32 = (127 - 50) << 23;
+const MODERATE_MAX: u32 = (127 + 50) << 23;
+
+/// RoPE's rotation of the pairs of `q` and `k` (whole heads of `rotation.len()` values)
+/// by `rotation` ((cos, sin) per pair of a head) where this target has a kernel for it
+/// (MVE, `arm_mve::rope`, when its guard holds; the same bits as `math::rope_rotate`'s
+/// loop): returns whether it did each; `false` (that one untouched) sends the caller to its loop.
+#[inline(always)]
+pub fn rope_qk(q: &mut [f32], k: &mut [f32], rotation: &[f32]) -> [bool; 2] {
+    #[cfg(microlm_mve)]
+    return arm_mve::rope(q, k, rotation);
+    #[cfg(not(microlm_mve))]
+    {
+        let _ = (q, k, rotation);
+        [false; 2]
+    }
 }
 
 /// Σ_i q\[i\]·k\[i\] for i16 values `q` (as words: [`q8_act`] pair order for each
@@ -401,11 +422,14 @@ pub use generic::{mix_f16, mix_f32, mix_i8, scores_f16};
 
 /// The first largest of `x[..8 · (x.len() / 8)]` (as `if v > best { best = v }` from
 /// `x[0]`, NaNs never chosen) and whether those values are all finite, as (index,
-/// value, finite), where this target has a loop for it (hard-float Cortex-M); `None`
-/// sends the caller to its own loop.
+/// value, finite), where this target has a loop for it (hard-float Cortex-M; on MVE
+/// integer lanes when the values are finite and one is positive); `None` sends the
+/// caller to its own loop.
 #[inline(always)]
 pub fn argmax8(x: &[f32]) -> Option<(usize, f32, bool)> {
-    #[cfg(microlm_fpu)]
+    #[cfg(microlm_mve)]
+    return arm_mve::argmax8(x);
+    #[cfg(all(microlm_fpu, not(microlm_mve)))]
     return arm_fpu::argmax8(x);
     #[cfg(not(microlm_fpu))]
     {
@@ -433,6 +457,60 @@ pub fn swiglu4(gate: &mut [f32], up: &[f32]) -> usize {
     #[cfg(not(microlm_fpu))]
     {
         let _ = (gate, up);
+        0
+    }
+}
+
+/// `(8 · (x.len() / 8), Σ x_i²)` over those values, left to right, where this target has
+/// a loop for it (Cortex-M55: `arm_mve::squares8`, an FPU loop of VMLA); `(0, 0.0)` elsewhere.
+#[inline(always)]
+pub fn squares8(x: &[f32]) -> (usize, f32) {
+    #[cfg(microlm_mve)]
+    return arm_mve::squares8(x);
+    #[cfg(not(microlm_mve))]
+    {
+        let _ = x;
+        (0, 0.0)
+    }
+}
+
+/// `x[i] += d[i]` for i < 8 · (min(x.len(), d.len()) / 8) and Σ x_i² of the results,
+/// left to right, as `(count, sum)`, where this target has a loop for it (Cortex-M55:
+/// `arm_mve::add_squares8`); `(0, 0.0)` (nothing done) elsewhere.
+#[inline(always)]
+pub fn add_squares8(x: &mut [f32], d: &[f32]) -> (usize, f32) {
+    #[cfg(microlm_mve)]
+    return arm_mve::add_squares8(x, d);
+    #[cfg(not(microlm_mve))]
+    {
+        let _ = (x, d);
+        (0, 0.0)
+    }
+}
+
+/// `out[i] = weight[i] · (scale · x[i])` for whole groups of eight of the shortest
+/// slice, where this target has a loop for it (Cortex-M55: `arm_mve::norm8`);
+/// returns how many it did (0 elsewhere).
+#[inline(always)]
+pub fn norm8(out: &mut [f32], x: &[f32], weight: &[f32], scale: f32) -> usize {
+    #[cfg(microlm_mve)]
+    return arm_mve::norm8(out, x, weight, scale);
+    #[cfg(not(microlm_mve))]
+    {
+        let _ = (out, x, weight, scale);
+        0
+    }
+}
+
+/// [`norm8`] in place: `x[i] = weight[i] · (scale · x[i])` for whole groups of eight
+/// (Cortex-M55: `arm_mve::norm8_in_place`); returns how many it did (0 elsewhere).
+#[inline(always)]
+pub fn norm8_in_place(x: &mut [f32], weight: &[f32], scale: f32) -> usize {
+    #[cfg(microlm_mve)]
+    return arm_mve::norm8_in_place(x, weight, scale);
+    #[cfg(not(microlm_mve))]
+    {
+        let _ = (x, weight, scale);
         0
     }
 }
@@ -510,9 +588,10 @@ impl Matrix<'_> {
     }
 
     /// The body of [`Matrix::matvec`], [`Matrix::matvec_on`] and [`Matrix::matvecs`], inlined
-    /// so the forward pass makes one call per matvec. `prepared` is `Some(cols)` when
-    /// `scratch` already holds `x` quantized for `cols` columns (this call then skips
-    /// quantizing when its `cols` match) and is updated after quantizing.
+    /// so the forward pass makes one call per matvec. `prepared` is `Some((cols, narrowed))`
+    /// when `scratch` already holds `x` quantized for `cols` columns, as prepared words or
+    /// (`narrowed`, MVE) as i8 blocks (this call then skips quantizing when both match),
+    /// and is updated after quantizing.
     #[inline(always)]
     fn matvec_with(
         &self,
@@ -520,7 +599,7 @@ impl Matrix<'_> {
         x: &[f32],
         out: &mut [f32],
         scratch: &mut [u32],
-        prepared: &mut Option<usize>,
+        prepared: &mut Option<(usize, bool)>,
     ) -> Result<(), SessionError> {
         let x = &x[..self.cols.min(x.len())];
         let rows = self.rows.min(out.len());
@@ -535,11 +614,26 @@ impl Matrix<'_> {
                 let row_bytes = self.dtype.row_bytes(self.cols).ok_or(SessionError::Internal)?;
                 let too_small = SessionError::ScratchTooSmall { needed: words * 4, given: scratch.len() * 4 };
                 let xq = scratch.get_mut(..words).ok_or(too_small)?;
-                if *prepared != Some(self.cols) {
-                    // A short `x` leaves its missing tail at zero, like the row padding.
-                    xq.fill(0);
+                // MVE's q8_0 and q4_0 rows read the activations as i8 blocks, prepared so once
+                // for the matvecs of one input (its block sums are the same integers).
+                #[cfg(microlm_mve)]
+                if isa == Isa::Mve && self.dtype != DType::Q4_16 {
+                    if *prepared != Some((self.cols, true)) {
+                        arm_mve::prepare_row_narrow(x, xq);
+                        *prepared = Some((self.cols, true));
+                    }
+                    arm_mve::matvec_narrowed(self.dtype, self.data, row_bytes, xq, out);
+                    return Ok(());
+                }
+                if *prepared != Some((self.cols, false)) {
+                    // A short `x` leaves its missing tail at zero, like the row padding
+                    // (prepare_row writes every word of the blocks that hold values of `x`).
+                    let written = x.len().div_ceil(QK) * q8_act::BLOCK_WORDS;
+                    if let Some(tail) = xq.get_mut(written..) {
+                        tail.fill(0);
+                    }
                     q8_act::prepare_row(x, xq);
-                    *prepared = Some(self.cols);
+                    *prepared = Some((self.cols, false));
                 }
                 quantized_matvec_on(isa, self.dtype, self.data, row_bytes, xq, out);
             }

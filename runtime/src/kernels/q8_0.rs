@@ -61,6 +61,13 @@ pub fn quantize_row(x: &[f32], out: &mut [u8]) {
 /// Dequantizes the blocks in `bytes` into `out` (`out.len()` values; padding is dropped).
 pub fn dequantize_row(bytes: &[u8], out: &mut [f32]) {
     for (chunk, b) in out.chunks_mut(QK).zip(BlockQ8_0::slice(bytes)) {
+        // Cortex-M55: a whole block with a finite scale in MVE lanes (the same products).
+        #[cfg(microlm_mve)]
+        if let Ok(chunk) = <&mut [f32; QK]>::try_from(&mut *chunk) {
+            if super::arm_mve::dequantize_block_q8(b, chunk) {
+                continue;
+            }
+        }
         let d = b.scale();
         for (o, &q) in chunk.iter_mut().zip(&b.qs) {
             *o = d * f32::from(q);

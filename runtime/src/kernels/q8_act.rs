@@ -93,15 +93,14 @@ pub fn prepare_row(x: &[f32], out: &mut [u32]) {
         // Hard-float Cortex-M with DSP: the FPU quantizer where it applies (the same words).
         #[cfg(all(microlm_dsp, microlm_fpu))]
         {
-            let padded: [f32; QK];
+            let mut padded: [f32; QK];
             // A whole block is read in place; the last, partial one from a zero-padded copy
             // (zeroed only then: clearing it for every block cost more than the quantizer's loads).
             let values: &[f32; QK] = match <&[f32; QK]>::try_from(chunk) {
                 Ok(whole) => whole,
                 Err(_) => {
-                    let mut p = [0.0f32; QK];
-                    p[..chunk.len()].copy_from_slice(chunk);
-                    padded = p;
+                    padded = [0.0f32; QK];
+                    padded[..chunk.len()].copy_from_slice(chunk);
                     &padded
                 }
             };

@@ -10,6 +10,10 @@
 //!   scalar references `q8_0::vec_dot_ref` / `q4_0::vec_dot_ref` / `q4_16::vec_dot_ref`;
 //! - [`f32_matvecs`]: f32 matvecs equal one sequential sum per row;
 //! - [`quantizer`]: activation quantization equals the portable quantizer;
+//! - [`moderate`] and [`rope`]: the MVE guard test equals its definition, and
+//!   RoPE's rotation as this target runs it equals the scalar expression;
+//! - [`norms`]: RMSNorm's sum of squares, scaling and the residual add with it;
+//! - [`dequantize`]: q8_0 rows back to f32 (the embedding lookup);
 //! - [`attention`]: the attention and exp kernels this target selects,
 //!   bit-identical to the portable loops;
 //! - [`run_all`]: all of the above for every [`Isa`] this CPU runs.
@@ -389,9 +393,9 @@ pub fn attention() -> Result<(), Failure> {
 /// chosen (one first stays), −0.0 against +0.0, and the finiteness of what it covers.
 pub fn argmax() -> Result<(), Failure> {
     let mut x = [0.0f32; 77];
-    for case in 0..9u32 {
+    for case in 0..14u32 {
         values(&mut x, 9000 + u64::from(case));
-        let n = [8, 16, 77, 64, 24, 40, 9, 72, 16][case as usize];
+        let n = [8, 16, 77, 64, 24, 40, 9, 72, 16, 40, 16, 24, 72, 77][case as usize];
         match case {
             3 => (x[5], x[40]) = (9.0, 9.0),
             4 => x[3] = f32::NAN,
@@ -399,6 +403,17 @@ pub fn argmax() -> Result<(), Failure> {
             6 => x[..9].copy_from_slice(&[-0.0, 0.0, -0.0, 0.0, -1.0, -0.0, 0.0, -2.0, 0.0]),
             7 => x[0] = f32::NAN,
             8 => x[9] = f32::NEG_INFINITY,
+            // All negative; then positive subnormals with a tie (MVE's integer lanes take
+            // them); a negative NaN among positive values; the maximum in a quad's last lane.
+            9 => x.iter_mut().for_each(|v| *v = -libm::fabsf(*v) - 0.5),
+            10 => {
+                for (i, v) in x[..16].iter_mut().enumerate() {
+                    *v = f32::from_bits([3, 9, 1, 12, 7, 12, 0, 5][i % 8] + i as u32 / 8);
+                }
+            }
+            11 => x[7] = f32::from_bits(0xffc0_0000),
+            12 => x[71] = 99.0,
+            13 => (x[2], x[3]) = (f32::from_bits(0x7f80_0001), 50.0),
             _ => {}
         }
         let Some((i, v, finite)) = super::argmax8(&x[..n]) else { continue };
@@ -415,18 +430,185 @@ pub fn argmax() -> Result<(), Failure> {
     Ok(())
 }
 
+/// [`super::moderate`] (integer lanes on MVE) equals its definition, `v == 0` or
+/// 2^-50 ≤ |v| ≤ 2^50 for every value, on 0 to 13 values with one edge value
+/// (each bound, its neighbours, ±0, subnormals, ±∞, NaN) at each position.
+pub fn moderate() -> Result<(), Failure> {
+    let (lo, hi) = (f32::from_bits((127 - 50) << 23), f32::from_bits((127 + 50) << 23));
+    let edges = [
+        0.0,
+        -0.0,
+        lo,
+        -lo,
+        f32::from_bits(lo.to_bits() - 1),
+        hi,
+        -hi,
+        f32::from_bits(hi.to_bits() + 1),
+        f32::from_bits(1),
+        -f32::MIN_POSITIVE,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        f32::NAN,
+        f32::from_bits(0xffc0_0001),
+    ];
+    let mut x = [0.0f32; 13];
+    let mut case = 0;
+    for n in 0..=x.len() {
+        for (e, &edge) in edges.iter().enumerate() {
+            for at in 0..n.max(1) {
+                case += 1;
+                values(&mut x, 9900 + (n * 31 + e) as u64);
+                if at < n {
+                    x[at] = edge;
+                }
+                let x = &x[..n];
+                let want = x.iter().all(|&v| v == 0.0 || (lo..=hi).contains(&libm::fabsf(v)));
+                ensure(super::moderate(x) == want, "moderate", case, None)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// RoPE's pair rotation as this target runs it (`math::rope_rotate`: four pairs a
+/// step in MVE lanes where its guard holds) equals `v0·cos − v1·sin`,
+/// `v0·sin + v1·cos` per pair, bit for bit, for head sizes 8, 16 and 6, with values
+/// and rotations whose products or results are subnormal, tiny or huge values,
+/// zeros of both signs, ±∞ and a NaN with a payload.
+pub fn rope() -> Result<(), Failure> {
+    let (mut q, mut k) = ([0.0f32; 48], [0.0f32; 32]);
+    let mut rotation = [0.0f32; 16];
+    for case in 0..12u32 {
+        let hs = [8, 16, 6][case as usize % 3];
+        let (nq, nk) = (hs * (48 / hs), hs * (32 / hs / 2));
+        values(&mut q, 9700 + u64::from(case));
+        values(&mut k, 9800 + u64::from(case));
+        values(&mut rotation, 9750 + u64::from(case));
+        let at = (case as usize * 5) % nk;
+        match case / 3 {
+            // A product below 2^-126 beside a zero (a subnormal result on the scalar FPU),
+            // then a subnormal value beside a zero.
+            1 => {
+                (q[at], q[at ^ 1]) = (f32::from_bits((127 - 70) << 23), 0.0);
+                rotation[(at % hs) | 1] = f32::from_bits((127 - 60) << 23);
+            }
+            2 => (k[at], k[at ^ 1]) = (f32::from_bits(0x0000_0123), 0.0),
+            // A NaN with a payload in q, ±0 and a huge value in k, a rotation of exact zeros.
+            3 => {
+                q[at] = f32::from_bits(0x7fc0_1234);
+                (k[0], k[1], k[at]) = (-0.0, 0.0, 3e38);
+                (rotation[0], rotation[3]) = (-0.0, 0.0);
+            }
+            _ => {}
+        }
+        let rot = &rotation[..hs];
+        let want = |v: &[f32], i: usize| {
+            let (p, j) = (i / 2 * 2, i % hs / 2 * 2);
+            let (v0, v1, c, s) = (v[p], v[p + 1], rot[j], rot[j + 1]);
+            if i % 2 == 0 {
+                v0 * c - v1 * s
+            } else {
+                v0 * s + v1 * c
+            }
+        };
+        let (q0, k0) = (q, k);
+        crate::math::rope_rotate(&mut q[..nq], &mut k[..nk], rot);
+        let ok = (0..nq).all(|i| q[i].to_bits() == want(&q0, i).to_bits())
+            && (0..nk).all(|i| k[i].to_bits() == want(&k0, i).to_bits());
+        ensure(ok, "rope", case, None)?;
+    }
+    Ok(())
+}
+
+/// RMSNorm's parts as this target runs them (`math::sum_squares`,
+/// `math::add_in_place_squares`, `math::rmsnorm_from` and `rmsnorm_in_place_from`: FPU loops of eight on
+/// Cortex-M55) equal the scalar expressions bit for bit (`ss += v · v` left to right,
+/// `x += d`, `w · (s · x)`), on 0 to 45 values including subnormals, values whose
+/// squares or products are subnormal, ±0, ±∞ and a NaN with a payload.
+pub fn norms() -> Result<(), Failure> {
+    let (mut x, mut d, mut w) = ([0.0f32; 45], [0.0f32; 45], [0.0f32; 45]);
+    for case in 0..10u32 {
+        let n = [45, 8, 0, 17, 40, 16, 3, 44, 24, 45][case as usize];
+        values(&mut x, 9300 + u64::from(case));
+        values(&mut d, 9400 + u64::from(case));
+        values(&mut w, 9450 + u64::from(case));
+        let at = case as usize * 7 % 45;
+        match case % 5 {
+            1 => (x[at], d[at / 2], w[at / 3]) = (f32::from_bits(0x0000_0321), -1e-30, 1e-30),
+            2 => (x[at], x[at / 2]) = (-0.0, 3e-20),
+            3 => (d[at], w[at / 2]) = (f32::INFINITY, f32::from_bits(0x7fc0_0abc)),
+            4 => x.iter_mut().for_each(|v| *v *= 1e-25),
+            _ => {}
+        }
+        let (x, d, w) = (&mut x[..n], &d[..n], &w[..n]);
+        let mut want_ss = 0.0f32;
+        for &v in x.iter() {
+            want_ss += v * v;
+        }
+        let mut ok = crate::math::sum_squares(x).to_bits() == want_ss.to_bits();
+        let mut want_x = [0.0f32; 45];
+        let mut want_ss = 0.0f32;
+        for i in 0..n {
+            want_x[i] = x[i] + d[i];
+            want_ss += want_x[i] * want_x[i];
+        }
+        let ss = crate::math::add_in_place_squares(x, d);
+        ok &= ss.to_bits() == want_ss.to_bits() && (0..n).all(|i| x[i].to_bits() == want_x[i].to_bits());
+        let mut out = [0.0f32; 45];
+        crate::math::rmsnorm_from(&mut out[..n], x, w, ss, 1e-5);
+        let s = 1.0 / crate::kernels::sqrt(ss / n.max(1) as f32 + 1e-5);
+        ok &= (0..n).all(|i| out[i].to_bits() == (w[i] * (s * x[i])).to_bits());
+        let mut y = [0.0f32; 45];
+        y[..n].copy_from_slice(x);
+        crate::math::rmsnorm_in_place_from(&mut y[..n], w, ss, 1e-5);
+        ok &= (0..n).all(|i| y[i].to_bits() == out[i].to_bits());
+        ensure(ok, "norms", case, None)?;
+    }
+    Ok(())
+}
+
+/// q8_0 rows dequantized as this target does it (`q8_0::dequantize_row`: whole blocks
+/// in MVE lanes on Cortex-M55) equal `f32(d) · q` per value, bit for bit, with f16
+/// scales normal, subnormal, ±0, ±∞ and NaN with a payload, the extreme quants, and a
+/// partial last block.
+pub fn dequantize() -> Result<(), Failure> {
+    const SCALES: [u16; 8] = [0x3c00, 0x0001, 0x8000, 0x7bff, 0xfc00, 0x7e01, 0x2e66, 0x83ff];
+    let mut row = [0u8; 3 * q8_0::BLOCK_BYTES];
+    let mut quants = [0u8; 3 * QK];
+    for case in 0..SCALES.len() as u32 {
+        bytes(&mut quants, 9200 + case);
+        (quants[5], quants[40]) = (0x80, 0x7f);
+        for (b, block) in row.chunks_exact_mut(q8_0::BLOCK_BYTES).enumerate() {
+            let d = SCALES[(case as usize + b) % SCALES.len()];
+            block[..2].copy_from_slice(&d.to_le_bytes());
+            block[2..].copy_from_slice(&quants[b * QK..(b + 1) * QK]);
+        }
+        let n = 3 * QK - case as usize % 5;
+        let mut out = [0.0f32; 3 * QK];
+        q8_0::dequantize_row(&row, &mut out[..n]);
+        let ok = (0..n).all(|i| {
+            let block = &row[i / QK * q8_0::BLOCK_BYTES..];
+            let d = half::f16::from_le_bytes([block[0], block[1]]).to_f32();
+            out[i].to_bits() == (d * f32::from(block[2 + i % QK] as i8)).to_bits()
+        });
+        ensure(ok, "dequantize", case, None)?;
+    }
+    Ok(())
+}
+
 /// SwiGLU as this target runs it (`math::swiglu`: four values a step in an FPU
 /// loop on hard-float Cortex-M) equals `v · (1 / (1 + exp(−v))) · u` per value,
 /// with values at and beyond both ends of exp's fast range, NaN and ±∞.
 pub fn swiglu() -> Result<(), Failure> {
     let (mut gate, mut up) = ([0.0f32; 45], [0.0f32; 45]);
-    for case in 0..8u32 {
+    for case in 0..12u32 {
         values(&mut gate, 9500 + u64::from(case));
         values(&mut up, 9600 + u64::from(case));
-        let n = [45, 8, 3, 44, 40, 17, 44, 45][case as usize];
+        let n = [45, 8, 3, 44, 40, 17, 44, 45, 44, 45, 40, 41][case as usize];
         for (i, g) in gate.iter_mut().enumerate() {
             *g *= 4.0;
-            if (i + case as usize) % 9 == 4 {
+            // (Cases 8 on keep every |v| ≤ 87.33, MVE's loop without a test per step.)
+            if case < 8 && (i + case as usize) % 9 == 4 {
                 // exp(−v) near its fast range's ends: −v from -87.9 to -87.1 and 88.2 to 88.8.
                 let k = (i % 5) as f32 / 5.0;
                 *g = if i % 2 == 0 { 87.1 + 0.8 * k } else { -88.2 - 0.6 * k };
@@ -440,10 +622,22 @@ pub fn swiglu() -> Result<(), Failure> {
             gate.iter_mut().step_by(2).for_each(|g| *g *= 1.0e-39);
             up.iter_mut().skip(1).step_by(3).for_each(|u| *u *= 1.0e-30);
         }
-        if case == 7 {
+        if case == 7 || case == 9 {
             // Small gates times small ups: subnormal results.
             gate.iter_mut().for_each(|g| *g *= 1.0e-20);
             up.iter_mut().for_each(|u| *u *= 1.0e-19);
+        }
+        if case == 9 {
+            // Subnormal gates, and an up of ±∞.
+            (gate[2], gate[9], up[4], up[5]) = (f32::from_bits(5), -f32::from_bits(0x0040_0000), f32::INFINITY, -1e-45);
+        }
+        if case == 10 {
+            // At the bound: ±87.33 (no test per step), and extremes of exp(−v) there.
+            (gate[0], gate[7], gate[38]) = (87.33, -87.33, -87.32);
+        }
+        if case == 11 {
+            // Just past the bound (the loop with its test): 87.33's successor, −88.
+            (gate[3], gate[20]) = (f32::from_bits(87.33f32.to_bits() + 1), -88.0);
         }
         let mut expected = gate;
         for (g, &u) in expected[..n].iter_mut().zip(&up) {
@@ -518,7 +712,8 @@ pub fn quant_block(case: u32) -> [f32; QK] {
 
 /// Activation quantization as this target runs it (`q8_act::prepare_row`, the FPU
 /// quantizer on hard-float Cortex-M with DSP) equals `q8_0::quantize_block` then
-/// `q8_act::prepare_block`, word for word, on whole and partial blocks.
+/// `q8_act::prepare_block`, word for word, on whole and partial blocks (on MVE also
+/// `arm_mve::prepare_row_narrow`, the i8 blocks of its matvec).
 pub fn quantizer() -> Result<(), Failure> {
     for case in 0..2000u32 {
         let x = quant_block(case);
@@ -530,6 +725,14 @@ pub fn quantizer() -> Result<(), Failure> {
         let mut got = [0u32; q8_act::BLOCK_WORDS];
         q8_act::prepare_row(&x[..n], &mut got);
         ensure(got == want, "quantizer", case, None)?;
+        // MVE's matvec quantizes into i8 blocks: the same scale (widened) and quants.
+        #[cfg(microlm_mve)]
+        {
+            let mut narrow = [u32::MAX; q8_act::BLOCK_WORDS];
+            super::arm_mve::prepare_row_narrow(&x[..n], &mut narrow);
+            let qs: &[u8] = bytemuck::cast_slice(&narrow[1..9]);
+            ensure(narrow[0] == want[0] && qs == &q8[2..], "quantizer.narrow", case, None)?;
+        }
     }
     Ok(())
 }
@@ -548,6 +751,10 @@ pub fn run_all() -> Result<(), Failure> {
     quantizer()?;
     f32_matvecs()?;
     argmax()?;
+    moderate()?;
+    rope()?;
+    norms()?;
+    dequantize()?;
     swiglu()?;
     attention()
 }
@@ -617,6 +824,26 @@ mod tests {
     #[test]
     fn argmax_kernel() {
         super::argmax().unwrap();
+    }
+
+    #[test]
+    fn moderate_test() {
+        super::moderate().unwrap();
+    }
+
+    #[test]
+    fn dequantize_kernel() {
+        super::dequantize().unwrap();
+    }
+
+    #[test]
+    fn norms_kernels() {
+        super::norms().unwrap();
+    }
+
+    #[test]
+    fn rope_kernel() {
+        super::rope().unwrap();
     }
 
     #[test]

@@ -1,10 +1,12 @@
 //! Device kernel tests for the Cortex-M55: the runtime's kernel suite
 //! (`kernels::suite::run_all`, which here covers the MVE block sums
 //! `arm_mve::Mve`, the MVE matvec of `Isa::Mve`, and through `kernels::scores_f32`,
-//! `mix_f32_head8`, `math::swiglu` and `q8_act::prepare_row` the MVE attention,
-//! SwiGLU and quantizer, with subnormal inputs), then the MVE matvec
-//! against the portable one, bit for bit, on shapes that span several of its
-//! activation chunks (`arm_mve::CHUNK_BLOCKS` blocks), in QEMU mps3-an547.
+//! `mix_f32_head8`, `math::swiglu`, `q8_act::prepare_row`, `math::rope_rotate`,
+//! the sampler's argmax, `q8_0::dequantize_row` and `math`'s RMSNorm parts the MVE
+//! attention, SwiGLU, quantizers, RoPE, argmax, dequantization and FPU loops, with
+//! subnormal inputs), then the MVE matvec (and, row by row, `vec_dot`) against the
+//! portable one, bit for bit, on shapes that span several of its activation chunks
+//! (`arm_mve::CHUNK_BLOCKS` blocks), in QEMU mps3-an547.
 //!
 //! Prints `ok NAME` or `FAIL NAME: ...` per check, then `N passed, M failed`;
 //! the semihosting exit code is 0 only if M = 0. Run:
@@ -83,14 +85,29 @@ fn mve_matvec_equals_portable(out: &mut Out) -> bool {
                     x[..cols].iter_mut().for_each(|v| *v *= f32::from_bits((127 - 18) << 23));
                 }
                 let m = Matrix { dtype, rows, cols, data: &w[..rows * row_bytes] };
-                let (mut a, mut b) = ([f32::NAN; ROWS], [f32::NAN; ROWS]);
+                let (mut a, mut b, mut c) = ([f32::NAN; ROWS], [f32::NAN; ROWS], [f32::NAN; ROWS]);
                 let ok = m.matvec_on(Isa::Mve, &x[..cols], &mut a[..rows], scratch).is_ok()
                     && m.matvec_on(Isa::Portable, &x[..cols], &mut b[..rows], scratch).is_ok();
-                if let Some(r) = (0..rows).find(|&r| !ok || a[r].to_bits() != b[r].to_bits()) {
+                // One row at a time through `vec_dot` (prepared activations, narrowed by the
+                // MVE matvec a chunk at a time).
+                q8_act::prepare_row(&x[..cols], &mut scratch[..q8_act::words(cols).unwrap_or(0)]);
+                let xq = &scratch[..q8_act::words(cols).unwrap_or(0)];
+                for (r, c) in c.iter_mut().enumerate().take(rows) {
+                    let row = &w[r * row_bytes..(r + 1) * row_bytes];
+                    *c = match dtype {
+                        DType::Q8_0 => q8_0::vec_dot(row, xq),
+                        DType::Q4_0 => q4_0::vec_dot(row, xq),
+                        _ => b[r],
+                    };
+                }
+                if let Some(r) =
+                    (0..rows).find(|&r| !ok || a[r].to_bits() != b[r].to_bits() || c[r].to_bits() != b[r].to_bits())
+                {
                     let _ = writeln!(
                         out,
-                        "FAIL mve matvec = portable: {dtype:?} {rows}x{cols} row {r}: mve {:#010x}, portable {:#010x}",
+                        "FAIL mve matvec = portable: {dtype:?} {rows}x{cols} row {r}: mve {:#010x}, vec_dot {:#010x}, portable {:#010x}",
                         a[r].to_bits(),
+                        c[r].to_bits(),
                         b[r].to_bits()
                     );
                     return false;
