@@ -529,14 +529,17 @@ fn riscv32_virt_corrupt_model_is_an_error_exit() {
 /// buffer, 307,172 with the f32 part of the four-row q8_0 loop, the attention
 /// scores, the exponentials, SwiGLU and the activation quantizer in MVE lanes,
 /// 267,537 with the matvec's input quantized straight to i8 blocks, RoPE, the
-/// argmax and the dequantization in lanes and RMSNorm in FPU loops
-/// (docs/BOARDS.md); the budget sits about 3 % above it.
-const AN547_GREEDY_BUDGET: u64 = 276_000;
+/// argmax and the dequantization in lanes and RMSNorm in FPU loops, 244,607
+/// with the value sums in lanes where no product can be subnormal, the
+/// exponentials without range checks where the scores' least value shows them
+/// in range, tail-predicated attention loops and an unrolled loop for
+/// two-block rows (docs/BOARDS.md); the budget is 250,000, 2 % above it.
+const AN547_GREEDY_BUDGET: u64 = 250_000;
 
-/// The attention cost of one more cache position on mps3-an547 (1,068 measured:
-/// 40 heads of 8, scores and exponentials four slots per MVE step), held with
-/// about 8 % to spare.
-const AN547_PER_POSITION_BUDGET: u64 = 1_150;
+/// The attention cost of one more cache position on mps3-an547 (1,002 measured:
+/// 40 heads of 8, scores, exponentials and most value sums four slots per MVE
+/// step), held with about 5 % to spare.
+const AN547_PER_POSITION_BUDGET: u64 = 1_050;
 
 /// The mps3-an547 firmware binary `bin`, built once per name (with cargo, in its own directory).
 fn an547_build(bin: &str) -> PathBuf {
