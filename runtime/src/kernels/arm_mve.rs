@@ -1506,7 +1506,7 @@ macro_rules! rope_q0q1 {
 /// overflows, nothing is NaN, and MVE's flush to zero and default NaN change no bit.
 pub fn rope(q: &mut [f32], k: &mut [f32], rotation: &[f32]) -> [bool; 2] {
     let hs = rotation.len();
-    if hs == 0 || hs % 8 != 0 || !moderate(rotation) {
+    if hs == 0 || !hs.is_multiple_of(8) || !moderate(rotation) {
         return [false; 2];
     }
     [rope_heads(q, rotation), rope_heads(k, rotation)]
@@ -1515,7 +1515,7 @@ pub fn rope(q: &mut [f32], k: &mut [f32], rotation: &[f32]) -> [bool; 2] {
 /// [`rope`] for one vector, `rotation` known to be moderate with 8 | rotation.len().
 fn rope_heads(vec: &mut [f32], rotation: &[f32]) -> bool {
     let hs = rotation.len();
-    if hs == 0 || vec.len() % hs != 0 || !moderate(vec) {
+    if hs == 0 || !vec.len().is_multiple_of(hs) || !moderate(vec) {
         return false;
     }
     let groups = vec.len() / 8;

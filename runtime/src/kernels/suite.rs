@@ -505,7 +505,7 @@ pub fn rope() -> Result<(), Failure> {
         let want = |v: &[f32], i: usize| {
             let (p, j) = (i / 2 * 2, i % hs / 2 * 2);
             let (v0, v1, c, s) = (v[p], v[p + 1], rot[j], rot[j + 1]);
-            if i % 2 == 0 {
+            if i.is_multiple_of(2) {
                 v0 * c - v1 * s
             } else {
                 v0 * s + v1 * c
