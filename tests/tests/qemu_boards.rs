@@ -529,7 +529,7 @@ fn riscv32_virt_corrupt_model_is_an_error_exit() {
 /// buffer, 307,172 with the f32 part of the four-row q8_0 loop, the attention
 /// scores, the exponentials, SwiGLU and the activation quantizer in MVE lanes,
 /// 267,537 with the matvec's input quantized straight to i8 blocks, RoPE, the
-/// argmax and the dequantization in lanes and RMSNorm in FPU loops, 244,607
+/// argmax and the dequantization in lanes and RMSNorm in FPU loops, 244,967
 /// with the value sums in lanes where no product can be subnormal, the
 /// exponentials without range checks where the scores' least value shows them
 /// in range, tail-predicated attention loops and an unrolled loop for

@@ -163,7 +163,7 @@ fn block_sums(r: &mut Report) {
         let x = activation_block(&mut rng, i % PATTERNS);
         let mut w = [0u8; 32];
         w.iter_mut().enumerate().for_each(|(j, b)| *b = pattern_byte(&mut rng, (i / 2) % PATTERNS, j));
-        *h = if i % 2 == 0 {
+        *h = if i.is_multiple_of(2) {
             (arm_dsp::dot_q8(&w, pairs(&x)) as u32, Portable::q8(&w, pairs(&x)) as u32)
         } else {
             let nib: &[u8; 16] = w[..16].try_into().unwrap_or(&[0; 16]);

@@ -12,6 +12,13 @@
 //! loops keep it scalar FPv5 (`VCVTB.F32.F16`, `VMUL.F32`, `VADD.F32` under the
 //! default FPSCR, as the compiled portable code).
 //!
+//! The range tests compare in lanes (`VCMP`, `VPST`), which writes the predicate
+//! register VPR; `asm!` cannot name it as clobbered. That is sound because
+//! compiled code keeps no predicate live across these calls: MVE builds turn
+//! LLVM's loop and SLP vectorizers off (`-C no-vectorize-loops -C
+//! no-vectorize-slp`, which `runtime/build.rs` checks), so only this asm uses
+//! vector instructions.
+//!
 //! [`matvec`] (what [`Isa::Mve`](super::Isa::Mve) runs) first narrows the
 //! prepared activations ([`q8_act`](super::q8_act): i16 in pair order) back to
 //! i8 in element order, with their f32 scale, for up to [`CHUNK_BLOCKS`]
@@ -758,7 +765,11 @@ unsafe fn row_sums<const ZERO: bool>(
 /// up to the sign of a zero, which the exponentials do not see.
 pub fn scores8(q: &[f32; 8], keys: &[f32], sqrt_head: f32, max_in: f32, out: &mut [f32]) -> Option<(f32, f32)> {
     let n = out.len();
-    if n.checked_mul(8)? > keys.len() || !super::moderate(q) {
+    // 1 ≤ sqrt_head ≤ 8 (8-wide heads take √8; compared as bits, which order like
+    // positive values): a nonzero sum (≥ 2^-123) divided by it stays normal, so the
+    // lanes' maximum and minimum see no subnormal.
+    let (one, eight) = (1.0f32.to_bits(), 8.0f32.to_bits());
+    if n.checked_mul(8)? > keys.len() || sqrt_head.to_bits().wrapping_sub(one) > eight - one || !super::moderate(q) {
         return None;
     }
     let mut max = max_in;
@@ -769,7 +780,21 @@ pub fn scores8(q: &[f32; 8], keys: &[f32], sqrt_head: f32, max_in: f32, out: &mu
         // then +∞ in four lanes.
         let base = (keys.as_ptr() as u32).wrapping_sub(128);
         let (m, inf) = (max_in.to_bits(), f32::INFINITY.to_bits());
-        let setup = [base, base + 32, base + 64, base + 96, m, m, m, m, sqrt_head.to_bits(), inf, inf, inf, inf];
+        let setup = [
+            base,
+            base.wrapping_add(32),
+            base.wrapping_add(64),
+            base.wrapping_add(96),
+            m,
+            m,
+            m,
+            m,
+            sqrt_head.to_bits(),
+            inf,
+            inf,
+            inf,
+            inf,
+        ];
         let [q0, q1, q2, q3, q4, q5, q6, q7] = q.map(f32::to_bits);
         let (max_bits, min_bits): (u32, u32);
         // SAFETY: reads n rows of 8 floats from `keys` (n ≤ keys.len() / 8, checked), the 52
@@ -905,7 +930,8 @@ macro_rules! exp_quads {
         } else {
             // SAFETY: reads and writes the floats of `x` the steps take (whole quads, or with
             // tail predication the last n % 4 in the low lanes), reads `consts`; only the
-            // named registers, lr and q0-q7 (d0-d15) change; the flags are clobbered.
+            // named registers, lr and q0-q7 (d0-d15) change; the flags and (with `$check`)
+            // VPR are clobbered (see the module doc).
             unsafe {
                 asm!(
                     "vldrw.u32 q4, [{k}]",
@@ -1243,7 +1269,7 @@ pub fn swiglu4(gate: &mut [f32], up: &[f32]) -> usize {
     }
     // SAFETY: reads and writes 4 · quads floats of `gate`, reads as many of `up` (both in
     // bounds) and `consts`; only the named registers, lr, r0 and q0-q7 (d0-d15) change;
-    // the flags are clobbered.
+    // the flags and VPR are clobbered (see the module doc).
     unsafe {
         if all_fast {
             swiglu_loop!("@ no range test ({fast_min}, {fast_max} unused)");
@@ -1637,7 +1663,7 @@ pub fn argmax8(x: &[f32]) -> Option<(usize, f32, bool)> {
     let (at, lanes): (*const f32, u32);
     // SAFETY: reads whole quads of `x` until one holds `best`, which one of the first
     // 2 · pairs does (the first pass found it there); only the named registers, lr and q0
-    // (d0-d1) change; the flags are clobbered.
+    // (d0-d1) change; the flags and VPR are clobbered (see the module doc).
     unsafe {
         asm!(
             "2:",

@@ -234,6 +234,15 @@ pub fn matvecs(isa: Isa) -> Result<(), Failure> {
                     };
                     ensure(o.to_bits() == want.to_bits(), name, case, Some(isa))?;
                 }
+                // The prepared-word path too (`quantized_matvec_on`, what `vec_dot` takes; on
+                // MVE the chunked loops whose row sums continue from `out`).
+                if dtype != DType::Q4_16 {
+                    q8_act::prepare_row(x, &mut xq[..nb * q8_act::BLOCK_WORDS]);
+                    let mut out2 = [f32::NAN; MAX_ROWS];
+                    super::quantized_matvec_on(isa, dtype, data, row_bytes, &xq, &mut out2[..rows]);
+                    let same = out2[..rows].iter().zip(&out[..rows]).all(|(a, b)| a.to_bits() == b.to_bits());
+                    ensure(same, "matvecs.prepared", case, Some(isa))?;
+                }
             }
         }
     }

@@ -81,7 +81,7 @@ fn mve_matvec_equals_portable(out: &mut Out) -> bool {
                 fill(&mut x[..cols], case * 16 + 15);
                 // Every other case, activations scaled by 2^-18: f16 subnormal activation
                 // scales, so the f32 part's products reach its smallest values (2^-48).
-                if case % 2 == 0 {
+                if case.is_multiple_of(2) {
                     x[..cols].iter_mut().for_each(|v| *v *= f32::from_bits((127 - 18) << 23));
                 }
                 let m = Matrix { dtype, rows, cols, data: &w[..rows * row_bytes] };
