@@ -820,6 +820,17 @@ pub(crate) mod test_data {
         v.iter().map(|x| x.to_bits()).collect()
     }
 
+    /// `fast` (an f32 matvec that returns whether it ran) on awkward values of a
+    /// `rows` × `cols` matrix runs and equals the portable loop bit for bit.
+    pub fn f32_matvec_matches(rows: usize, cols: usize, fast: impl Fn(&[u8], &[f32], &mut [f32]) -> bool) {
+        let w = awkward(rows * cols, (rows * 1000 + cols) as u64);
+        let x = awkward(cols, cols as u64 + 7);
+        let (mut got, mut want) = (vec![f32::NAN; rows], vec![f32::NAN; rows]);
+        assert!(fast(bytemuck::cast_slice(&w), &x, &mut got));
+        super::f32::matvec(bytemuck::cast_slice(&w), &x, &mut want);
+        assert_eq!(bits(&got), bits(&want), "rows {rows} cols {cols}");
+    }
+
     /// A q8_0 matrix (rows, cols) of [`values`], its row length in bytes, one
     /// q8_0 activation row x8 (cols) and x8's prepared words for the matvec.
     pub fn q8_0_case(rows: usize, cols: usize) -> (Vec<u8>, usize, Vec<u8>, Vec<u32>) {

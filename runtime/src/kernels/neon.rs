@@ -276,7 +276,7 @@ mod tests {
     use std::vec;
 
     use super::*;
-    use crate::kernels::test_data::{awkward, bits, q8_0_case};
+    use crate::kernels::test_data::{bits, f32_matvec_matches, q8_0_case};
     use crate::kernels::Portable;
 
     const ROWS: [usize; 10] = [1, 3, 4, 5, 7, 8, 9, 16, 17, 33];
@@ -286,12 +286,7 @@ mod tests {
     fn f32_row_blocks_equal_the_portable_loop_bit_for_bit() {
         for &rows in &ROWS {
             for &cols in &COLS {
-                let w = awkward(rows * cols, (rows * 1000 + cols) as u64);
-                let x = awkward(cols, cols as u64 + 7);
-                let (mut fast, mut slow) = (vec![f32::NAN; rows], vec![f32::NAN; rows]);
-                assert!(matvec_f32(bytemuck::cast_slice(&w), &x, &mut fast));
-                crate::kernels::f32::matvec(bytemuck::cast_slice(&w), &x, &mut slow);
-                assert_eq!(bits(&fast), bits(&slow), "rows {rows} cols {cols}");
+                f32_matvec_matches(rows, cols, matvec_f32);
             }
         }
     }

@@ -392,13 +392,21 @@ fn rows_f32<const G: usize, const CACHED: bool>(w: &[f32], x: &[f32], out: &mut 
         let mut lanes = [0.0f32; 8];
         // SAFETY: writes the 8 values of the local array; storeu has no alignment requirement.
         unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), *acc) };
-        for (r, mut a) in lanes.into_iter().enumerate() {
-            let row = &w[(8 * g + r) * cols..][..cols];
-            for (&wv, &xv) in row[body..].iter().zip(&x[body..]) {
-                a += wv * xv;
-            }
-            out[8 * g + r] = a;
+        finish_rows(&lanes, &w[8 * g * cols..], x, body, &mut out[8 * g..]);
+    }
+}
+
+/// Row r's sum so far `sums[r]` (columns `..body`) plus its columns `body..`, left
+/// to right, into `out[r]`, for the rows of `w` (`cols` = x.len() values each).
+#[inline]
+fn finish_rows(sums: &[f32], w: &[f32], x: &[f32], body: usize, out: &mut [f32]) {
+    let cols = x.len();
+    for ((&s, row), o) in sums.iter().zip(w.chunks_exact(cols)).zip(out) {
+        let mut a = s;
+        for (&wv, &xv) in row[body..].iter().zip(&x[body..]) {
+            a += wv * xv;
         }
+        *o = a;
     }
 }
 
@@ -468,13 +476,7 @@ fn rows16_f32_streamed(w: &[f32], x: &[f32], out: &mut [f32]) {
     let mut lanes = [0.0f32; 16];
     // SAFETY: writes the 16 values of the local array; storeu has no alignment requirement.
     unsafe { _mm512_storeu_ps(lanes.as_mut_ptr(), acc) };
-    for (r, mut a) in lanes.into_iter().enumerate() {
-        let row = &w[r * cols..][..cols];
-        for (&wv, &xv) in row[body..].iter().zip(&x[body..]) {
-            a += wv * xv;
-        }
-        out[r] = a;
-    }
+    finish_rows(&lanes, w, x, body, out);
 }
 
 /// `out (rows) = w (rows, cols) · x (cols)` for f32 weights with AVX2, eight
@@ -796,7 +798,7 @@ mod tests {
     use std::vec;
 
     use super::*;
-    use crate::kernels::test_data::{awkward, bits, q8_0_case, values};
+    use crate::kernels::test_data::{awkward, bits, f32_matvec_matches, q8_0_case, values};
 
     const ROWS: [usize; 9] = [1, 7, 8, 9, 15, 16, 17, 24, 31];
     const COLS: [usize; 9] = [1, 7, 8, 9, 31, 32, 64, 100, 288];
@@ -815,12 +817,7 @@ mod tests {
 
     /// `matvec_f32` on awkward values of a `rows` × `cols` matrix equals the portable loop.
     fn f32_matvec_equals_portable(rows: usize, cols: usize) {
-        let w = awkward(rows * cols, (rows * 1000 + cols) as u64);
-        let x = awkward(cols, cols as u64 + 7);
-        let (mut fast, mut slow) = (vec![f32::NAN; rows], vec![f32::NAN; rows]);
-        assert!(matvec_f32(bytemuck::cast_slice(&w), &x, &mut fast));
-        crate::kernels::f32::matvec(bytemuck::cast_slice(&w), &x, &mut slow);
-        assert_eq!(bits(&fast), bits(&slow), "rows {rows} cols {cols}");
+        f32_matvec_matches(rows, cols, matvec_f32);
     }
 
     /// Matrices above 64 Ki values take the streamed transpose (products of whole
