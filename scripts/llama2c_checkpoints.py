@@ -181,4 +181,8 @@ if __name__ == "__main__":
     elif len(sys.argv) == 4 and sys.argv[1] == "q80":
         export_q80(sys.argv[2], sys.argv[3])
     else:
-        sys.exit(__doc__.split("\n\n")[1] + "\nusage: llama2c_checkpoints.py random {15M,42M,110M} OUT_DIR | q80 IN OUT")
+        usage = "usage: llama2c_checkpoints.py random {15M,42M,110M} OUT_DIR | q80 IN OUT\n\n" + __doc__.split("\n\n")[1]
+        if sys.argv[1:] in (["-h"], ["--help"]):
+            print(usage)
+        else:
+            sys.exit(usage)
